@@ -1,0 +1,245 @@
+//! `sandbox`: run a program in a sandbox, or report what this host can enforce.
+//!
+//! Exit code of `sandbox run`: the program's own; 128+N when it died of signal N; 124 on timeout; 125 when the
+//! sandbox failed; 126 when the program is not executable; 127 when it was not found.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sandbox::{Backend, Mount, Network, Policy, Sandbox};
+
+/// Exit code for every failure of the sandbox itself.
+const SANDBOX_ERROR: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "sandbox",
+    version,
+    about = "Run untrusted programs in a sandbox"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run PROGRAM in a sandbox.
+    Run(RunArgs),
+    /// Print what this host can enforce.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Namespace,
+    Vm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NetArg {
+    None,
+    Host,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Which backend runs the program.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Show host path SRC read-only at DST (default: SRC). Repeatable.
+    #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
+    ro_bind: Vec<String>,
+    /// Show host path SRC read-write at DST (default: SRC). Repeatable.
+    #[arg(long = "bind", value_name = "SRC[:DST]")]
+    bind: Vec<String>,
+    /// Mount an empty tmpfs at DST. Repeatable.
+    #[arg(long, value_name = "DST")]
+    tmpfs: Vec<PathBuf>,
+    /// Set an environment variable (the environment starts empty but for PATH). Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Hostname inside the sandbox.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Network access.
+    #[arg(long, value_enum)]
+    net: Option<NetArg>,
+    /// Wall-clock limit in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Start from this TOML policy; the flags above add to it.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Write the verdict as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// The program and its arguments.
+    #[arg(required = true, last = true, value_name = "PROGRAM")]
+    program: Vec<std::ffi::OsString>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { SANDBOX_ERROR } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Run(args) => match run(args) {
+            Ok(code) => code,
+            Err(msg) => {
+                eprintln!("sandbox: {msg}");
+                ExitCode::from(SANDBOX_ERROR)
+            }
+        },
+        Command::Doctor { json } => doctor(json),
+    }
+}
+
+/// `SRC[:DST]` into a (source, destination) pair.
+fn split_bind(spec: &str) -> (PathBuf, PathBuf) {
+    match spec.split_once(':') {
+        Some((src, dst)) => (src.into(), dst.into()),
+        None => (spec.into(), spec.into()),
+    }
+}
+
+fn build_policy(args: &RunArgs) -> Result<Policy, String> {
+    let mut policy = match &args.policy {
+        Some(file) => Policy::from_toml_file(file).map_err(|e| e.to_string())?,
+        None => Policy::default(),
+    };
+    for spec in &args.ro_bind {
+        let (src, dst) = split_bind(spec);
+        policy.mounts.push(Mount::RoBind { src, dst });
+    }
+    for spec in &args.bind {
+        let (src, dst) = split_bind(spec);
+        policy.mounts.push(Mount::Bind { src, dst });
+    }
+    for dst in &args.tmpfs {
+        policy.mounts.push(Mount::Tmpfs {
+            dst: dst.clone(),
+            size: None,
+        });
+    }
+    if let Some(h) = &args.hostname {
+        policy.hostname = h.clone();
+    }
+    match args.net {
+        Some(NetArg::None) => policy.network = Network::None,
+        Some(NetArg::Host) => policy.network = Network::Host,
+        None => {}
+    }
+    if let Some(t) = args.timeout {
+        let t = Duration::try_from_secs_f64(t)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("--timeout {t}: give a positive number of seconds"))?;
+        policy.timeout = Some(t);
+    }
+    policy.validate().map_err(|e| e.to_string())?;
+    Ok(policy)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let policy = build_policy(&args)?;
+    let (program, rest) = args.program.split_first().expect("clap requires a program");
+    let mut cmd = Sandbox::new(program);
+    cmd.args(rest).policy(policy).backend(match args.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Namespace => Backend::Namespace,
+        BackendArg::Vm => Backend::Vm,
+    });
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+        cmd.env(k, v);
+    }
+    if let Some(d) = &args.cwd {
+        cmd.current_dir(d);
+    }
+    let outcome = cmd.status().map_err(|e| e.to_string())?;
+    if let Some(path) = &args.report {
+        let text =
+            serde_json::to_string_pretty(&outcome.report_json()).expect("JSON value serialises");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write the report to {path:?}: {e}"))?;
+    }
+    if let sandbox::Status::SetupFailed(f) = &outcome.status {
+        eprintln!("sandbox: {f}");
+    }
+    Ok(ExitCode::from(
+        outcome.status.exit_code().clamp(0, 255) as u8
+    ))
+}
+
+fn doctor(json: bool) -> ExitCode {
+    let report = sandbox::probe();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("kernel:           {}", report.kernel);
+    println!("running as root:  {}", yes(report.root));
+    println!(
+        "user namespaces:  {}{}",
+        yes(report.user_namespaces),
+        report
+            .user_namespaces_error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    );
+    println!("cgroup layout:    {}", report.cgroup.layout);
+    println!(
+        "  v2 controllers: {}",
+        report.cgroup.v2_controllers.join(" ")
+    );
+    println!(
+        "  v1 controllers: {}",
+        report.cgroup.v1_controllers.join(" ")
+    );
+    for w in &report.cgroup.writable {
+        println!("  writable:       {}", w.display());
+    }
+    println!("seccomp:          {}", yes(report.seccomp));
+    println!(
+        "landlock:         {}",
+        report
+            .landlock_abi
+            .map_or("not enabled".into(), |v| format!("ABI {v}"))
+    );
+    println!(
+        "kvm:              {} ({}){}",
+        yes(report.kvm.usable),
+        report.kvm.flavour,
+        report
+            .kvm
+            .reason
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}

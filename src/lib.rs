@@ -1,0 +1,30 @@
+//! # sandbox
+//!
+//! Run untrusted programs with strong defaults: new user, pid, mount, net, ipc, uts and cgroup namespaces, a
+//! fresh read-only root, no network, no capabilities, and an honest verdict of what happened.
+//!
+//! ```no_run
+//! use sandbox::{Policy, Sandbox};
+//! use std::time::Duration;
+//!
+//! let outcome = Sandbox::new("sh")
+//!     .args(["-c", "echo hello from $(hostname)"])
+//!     .policy(Policy::default().timeout(Duration::from_secs(5)))
+//!     .output()?;
+//! assert!(outcome.status.success());
+//! assert_eq!(outcome.stdout, b"hello from sandbox\n");
+//! # Ok::<(), sandbox::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod command;
+mod namespace;
+pub mod outcome;
+pub mod policy;
+pub mod probe;
+
+pub use command::{Backend, Error, Sandbox, SandboxChild, Stdio};
+pub use namespace::DEFAULT_PATH;
+pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
+pub use policy::{Mount, Network, Policy, PolicyError};
+pub use probe::{HostReport, probe};

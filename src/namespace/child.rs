@@ -1,0 +1,350 @@
+//! The sandbox side: what runs after `clone`, as one linear function, then the tiny PID 1.
+//!
+//! This code runs in a copy of a possibly multi-threaded host process: it must not allocate, take locks or
+//! panic. Everything it needs was prepared by the host in a [`ChildSpec`]; failures are reported as a fixed-size
+//! message through the report pipe and end the child.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+
+use libc::c_char;
+
+use super::plan::{Op, SOURCE_FD_DIR, Step};
+use super::sys::{self, Errno};
+use crate::outcome::Stage;
+
+/// Messages on the report pipe, child to host: four native-endian `u32` words, written atomically.
+pub mod msg {
+    /// Setup failed: stage, step index (or `u32::MAX`), errno.
+    pub const SETUP_FAILED: u32 = 1;
+    /// The program was executed.
+    pub const STARTED: u32 = 2;
+    /// The program ended: raw wait status.
+    pub const EXITED: u32 = 3;
+    /// The wall-clock limit ran out.
+    pub const TIMED_OUT: u32 = 4;
+    /// Size of one message.
+    pub const LEN: usize = 16;
+
+    /// Encodes a message.
+    pub fn encode(words: [u32; 4]) -> [u8; LEN] {
+        let mut out = [0u8; LEN];
+        for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+
+    /// Decodes a message.
+    pub fn decode(buf: &[u8; LEN]) -> [u32; 4] {
+        let mut words = [0u32; 4];
+        for (w, chunk) in words.iter_mut().zip(buf.chunks_exact(4)) {
+            *w = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
+        }
+        words
+    }
+}
+
+/// Everything the child needs, prepared before `clone`.
+pub struct ChildSpec {
+    /// Filesystem steps, from the host root to the finished new root.
+    pub steps: Vec<Step>,
+    /// Host paths of bind sources, opened `O_PATH` before the child leaves the caller's credentials.
+    pub sources: Vec<CString>,
+    /// Descriptors of the opened sources (filled in by the child; as long as `sources`).
+    pub source_fds: Vec<RawFd>,
+    /// Hostname to set (UTS namespace).
+    pub hostname: Vec<u8>,
+    /// Bring loopback up (own network namespace).
+    pub loopback: bool,
+    /// Working directory inside the sandbox.
+    pub cwd: CString,
+    /// Absolute paths to try executing, in order.
+    pub candidates: Vec<CString>,
+    /// NULL-terminated argv (pointers into `_argv`).
+    pub argv: Vec<*const c_char>,
+    /// NULL-terminated envp (pointers into `_envp`).
+    pub envp: Vec<*const c_char>,
+    /// Owners of the argv strings.
+    pub _argv: Vec<CString>,
+    /// Owners of the envp strings.
+    pub _envp: Vec<CString>,
+    /// Sandbox user and group.
+    pub uid: u32,
+    pub gid: u32,
+    /// Whether `setgroups` is permitted (root callers) so supplementary groups can be dropped.
+    pub drop_groups: bool,
+    /// Descriptors to install as 0, 1, 2 (`-1`: leave as inherited).
+    pub stdio: [RawFd; 3],
+    /// The child reads one byte here once the host has written the id maps.
+    pub sync_fd: RawFd,
+    /// The child writes [`msg`] messages here.
+    pub report_fd: RawFd,
+    /// Hangs up when the host process dies: the sandbox then ends itself.
+    pub death_fd: RawFd,
+    /// Wall-clock limit in milliseconds, or -1.
+    pub timeout_ms: i64,
+}
+
+/// Sends a setup failure to the host and ends the process.
+fn fail(report: RawFd, stage: Stage, step: u32, errno: Errno) -> ! {
+    let _ = sys::write_all(
+        report,
+        &msg::encode([msg::SETUP_FAILED, stage as u32, step, errno as u32]),
+    );
+    sys::exit(125)
+}
+
+/// Writes `prefix` followed by the decimal `n` and a NUL into `buf`; returns the C string.
+fn fd_path<'a>(buf: &'a mut [u8; 64], prefix: &str, n: RawFd) -> &'a CStr {
+    let p = prefix.as_bytes();
+    buf[..p.len()].copy_from_slice(p);
+    let mut digits = [0u8; 12];
+    let mut i = digits.len();
+    let mut v = n.max(0) as u32;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let d = &digits[i..];
+    buf[p.len()..p.len() + d.len()].copy_from_slice(d);
+    buf[p.len() + d.len()] = 0;
+    CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/")
+}
+
+/// Runs one filesystem step.
+fn run_step(op: &Op, source_fds: &[RawFd]) -> Result<(), Errno> {
+    match op {
+        Op::BindSource { source, dst } => {
+            let mut buf = [0u8; 64];
+            let fd = source_fds.get(*source).copied().unwrap_or(-1);
+            let src = fd_path(&mut buf, SOURCE_FD_DIR, fd);
+            sys::mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)
+        }
+        Op::Mount {
+            src,
+            dst,
+            fstype,
+            flags,
+            data,
+        } => sys::mount(
+            src.as_deref(),
+            dst,
+            fstype.as_deref(),
+            *flags,
+            data.as_deref(),
+        ),
+        Op::SetAttr {
+            path,
+            set,
+            recursive,
+        } => sys::mount_setattr(path, *set, *recursive),
+        Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
+        Op::Touch { path } => sys::touch(path),
+        Op::Symlink { target, path } => sys::symlink(target, path),
+        Op::PivotRoot { new_root, put_old } => sys::pivot_root(new_root, put_old),
+        Op::Chdir { path } => sys::chdir(path),
+        Op::Detach { path } => sys::umount2(path, libc::MNT_DETACH),
+    }
+}
+
+/// The child's whole setup, top to bottom. Never returns.
+pub fn main(spec: &mut ChildSpec) -> ! {
+    let report = spec.report_fd;
+    let none = u32::MAX;
+
+    // 1. Standard streams in place, then no other inherited descriptor survives.
+    for (target, &src) in spec.stdio.iter().enumerate() {
+        if src >= 0 && src != target as RawFd {
+            if let Err(e) = sys::dup2(src, target as RawFd) {
+                fail(report, Stage::Init, none, e);
+            }
+        }
+    }
+    let mut keep = [spec.sync_fd, spec.report_fd, spec.death_fd];
+    keep.sort_unstable();
+    if let Err(e) = sys::close_all_except(&keep) {
+        fail(report, Stage::Init, none, e);
+    }
+
+    // 2. Wait until the host has written our uid/gid maps (end of file: the host gave up).
+    let mut go = [0u8; 1];
+    if sys::read_full(spec.sync_fd, &mut go) != Ok(1) {
+        sys::exit(125);
+    }
+    sys::close(spec.sync_fd);
+
+    // 3. Open the bind sources with the caller's credentials (a root caller may bind what only root can
+    //    reach), then become the sandbox user, whose ids the new namespace maps, keeping capabilities in it.
+    for (i, path) in spec.sources.iter().enumerate() {
+        match sys::open_path(path) {
+            Ok(fd) => spec.source_fds[i] = fd,
+            Err(e) => fail(report, Stage::Mounts, u32::MAX - 1 - i as u32, e),
+        }
+    }
+    if let Err(e) = sys::set_ids(spec.uid, spec.gid, spec.drop_groups) {
+        fail(report, Stage::Credentials, none, e);
+    }
+
+    // 4. The filesystem view, ending with pivot_root into it and the host root detached.
+    for (i, step) in spec.steps.iter().enumerate() {
+        if let Err(e) = run_step(&step.op, &spec.source_fds) {
+            fail(report, step.stage, i as u32, e);
+        }
+    }
+    for &fd in &spec.source_fds {
+        sys::close(fd);
+    }
+
+    // 5. Hostname and loopback in our own UTS and network namespaces.
+    if let Err(e) = sys::sethostname(&spec.hostname) {
+        fail(report, Stage::Hostname, none, e);
+    }
+    if spec.loopback {
+        if let Err(e) = sys::interface_up(c"lo") {
+            fail(report, Stage::Network, none, e);
+        }
+    }
+
+    // 6. No capabilities, for good: lock the no-root secure bits and empty the bounding set (these need
+    //    CAP_SETPCAP), clear every capability set, forbid privilege gains, and keep the program away from
+    //    this process's memory and descriptors (not dumpable).
+    let creds = sys::lock_securebits_and_drop_bounding()
+        .and_then(|()| sys::clear_capabilities())
+        .and_then(|()| sys::no_new_privs())
+        .and_then(|()| sys::not_dumpable());
+    if let Err(e) = creds {
+        fail(report, Stage::Credentials, none, e);
+    }
+
+    // 7. Working directory, checked with the sandbox user's permissions.
+    if let Err(e) = sys::chdir(&spec.cwd) {
+        fail(report, Stage::Cwd, none, e);
+    }
+
+    // 8. Become the tiny init: start the program and supervise it.
+    init(spec)
+}
+
+/// PID 1 of the sandbox: starts the program, reaps every orphan, forwards signals, enforces the wall-clock
+/// limit, and ends the sandbox when the program ends (the kernel then kills whatever is left in the pid
+/// namespace) or when the host process dies.
+fn init(spec: &ChildSpec) -> ! {
+    let report = spec.report_fd;
+    let none = u32::MAX;
+    let start = sys::monotonic_ms();
+
+    // All signals are blocked and read from a signalfd; the program gets a clean mask before exec.
+    let all = sys::full_sigset();
+    let sfd = sys::set_sigmask(&all)
+        .and_then(|()| sys::signalfd(&all))
+        .unwrap_or_else(|e| fail(report, Stage::Init, none, e));
+    let [exec_rd, exec_wr] = sys::pipe().unwrap_or_else(|e| fail(report, Stage::Init, none, e));
+
+    let program = match sys::fork() {
+        Err(e) => fail(report, Stage::Init, none, e),
+        Ok(0) => {
+            sys::close(exec_rd);
+            sys::close(sfd);
+            sys::close(spec.death_fd);
+            sys::close(report);
+            exec_program(spec, exec_wr)
+        }
+        Ok(pid) => pid,
+    };
+    sys::close(exec_wr);
+
+    // End of file on the exec pipe means execve succeeded (the pipe is close-on-exec).
+    let mut buf = [0u8; msg::LEN];
+    match sys::read_full(exec_rd, &mut buf) {
+        Ok(0) => {
+            let _ = sys::write_all(report, &msg::encode([msg::STARTED, program as u32, 0, 0]));
+        }
+        _ => {
+            let _ = sys::wait_pid(program);
+            let _ = sys::write_all(report, &buf);
+            sys::exit(125);
+        }
+    }
+    sys::close(exec_rd);
+
+    let mut fds = [
+        libc::pollfd {
+            fd: sfd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: spec.death_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        let wait_ms = if spec.timeout_ms < 0 {
+            -1
+        } else {
+            (spec.timeout_ms - (sys::monotonic_ms() - start)).clamp(0, i32::MAX as i64) as i32
+        };
+        let ready = sys::poll(&mut fds, wait_ms).unwrap_or(0);
+        if ready == 0 && wait_ms >= 0 {
+            let _ = sys::write_all(report, &msg::encode([msg::TIMED_OUT, 0, 0, 0]));
+            sys::exit(0);
+        }
+        if fds[1].revents != 0 {
+            // The host process is gone: nobody will read a verdict. Take everything down.
+            sys::exit(1);
+        }
+        if fds[0].revents & libc::POLLIN == 0 {
+            continue;
+        }
+        let Ok(sig) = sys::read_signal(sfd) else {
+            continue;
+        };
+        if sig != libc::SIGCHLD {
+            sys::kill(program, sig);
+            continue;
+        }
+        while let Ok(Some((pid, status))) = sys::reap_any() {
+            if pid == program {
+                let _ = sys::write_all(report, &msg::encode([msg::EXITED, status as u32, 0, 0]));
+                sys::exit(0);
+            }
+        }
+    }
+}
+
+/// The program's own process: a session of its own, default signals, then execve.
+fn exec_program(spec: &ChildSpec, exec_wr: RawFd) -> ! {
+    let fail_exec = |stage: Stage, e: Errno| -> ! {
+        let _ = sys::write_all(
+            exec_wr,
+            &msg::encode([msg::SETUP_FAILED, stage as u32, u32::MAX, e as u32]),
+        );
+        sys::exit(127)
+    };
+    if let Err(e) = sys::setsid() {
+        fail_exec(Stage::Init, e);
+    }
+    sys::reset_signal_dispositions();
+    // SAFETY: an all-zero sigset is a valid empty set.
+    let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    if let Err(e) = sys::set_sigmask(&empty) {
+        fail_exec(Stage::Init, e);
+    }
+
+    // Try each candidate like execvp: a missing file moves on, a permission problem is remembered.
+    let mut err = libc::ENOENT;
+    for path in &spec.candidates {
+        match sys::execve(path, &spec.argv, &spec.envp) {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => err = libc::EACCES,
+            e => fail_exec(Stage::Exec, e),
+        }
+    }
+    fail_exec(Stage::Exec, err)
+}

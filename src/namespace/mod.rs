@@ -1,0 +1,353 @@
+//! The namespace backend: the program runs on the host kernel in new user, pid, mount, net, ipc, uts and cgroup
+//! namespaces, on a fresh root built from the policy.
+//!
+//! Host side, in order: plan the filesystem view and prepare every string and descriptor → `clone` with the
+//! new namespaces → write the uid/gid maps → release the child → wait for its report (started, or which step
+//! failed). The child side is [`child::main`].
+
+pub(crate) mod child;
+mod idmap;
+pub(crate) mod plan;
+pub(crate) mod sys;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use child::{ChildSpec, msg};
+
+use crate::outcome::{SetupFailure, Stage};
+use crate::policy::{Network, Policy};
+
+/// Default `PATH` inside the sandbox.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What to run, as the host-side API resolved it.
+pub(crate) struct Launch<'a> {
+    pub program: &'a std::ffi::OsStr,
+    pub args: &'a [std::ffi::OsString],
+    pub env: &'a [(std::ffi::OsString, std::ffi::OsString)],
+    pub cwd: Option<&'a Path>,
+    pub policy: &'a Policy,
+    /// Descriptors for the program's 0, 1, 2 (`-1`: inherit the host's).
+    pub stdio: [RawFd; 3],
+}
+
+/// A started sandbox, host side.
+pub(crate) struct Started {
+    /// Host pid of the sandbox's init.
+    pub pid: libc::pid_t,
+    /// pidfd of the init.
+    pub pidfd: OwnedFd,
+    /// Where the init reports the verdict.
+    pub report: File,
+    /// Held only to be closed: the init watches the other end and ends the sandbox when this closes.
+    pub _death: OwnedFd,
+}
+
+fn setup_error(stage: Stage, errno: Option<i32>, message: impl Into<String>) -> SetupFailure {
+    SetupFailure {
+        stage,
+        errno,
+        message: message.into(),
+    }
+}
+
+fn os_error(stage: Stage, what: &str, e: std::io::Error) -> SetupFailure {
+    setup_error(stage, e.raw_os_error(), format!("{what}: {e}"))
+}
+
+fn c(bytes: &[u8], what: &str) -> Result<CString, SetupFailure> {
+    CString::new(bytes)
+        .map_err(|_| setup_error(Stage::Prepare, None, format!("{what} contains a NUL byte")))
+}
+
+/// An O_CLOEXEC pipe whose ends are both above the standard descriptors.
+fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
+    let [r, w] = sys::pipe().map_err(|e| {
+        os_error(
+            Stage::Prepare,
+            "pipe2",
+            std::io::Error::from_raw_os_error(e),
+        )
+    })?;
+    // SAFETY: pipe2 just returned these two descriptors, owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w)) };
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+/// Moves a descriptor to a number of at least 3, so installing stdio in the child cannot clobber it.
+pub(crate) fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, SetupFailure> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let dup = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map_err(|e| os_error(Stage::Prepare, "fcntl(F_DUPFD_CLOEXEC)", e.into()))?;
+    // SAFETY: fcntl just returned this new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// The executable paths to try for `program`, like execvp with the sandbox's PATH.
+fn candidates(program: &std::ffi::OsStr, path_var: &[u8]) -> Result<Vec<CString>, SetupFailure> {
+    let bytes = program.as_bytes();
+    if bytes.is_empty() {
+        return Err(setup_error(
+            Stage::Exec,
+            Some(libc::ENOENT),
+            "the program name is empty",
+        ));
+    }
+    if bytes.contains(&b'/') {
+        return Ok(vec![c(bytes, "program path")?]);
+    }
+    path_var
+        .split(|&b| b == b':')
+        .map(|dir| {
+            let dir = if dir.is_empty() { &b"."[..] } else { dir };
+            let mut full = dir.to_vec();
+            full.push(b'/');
+            full.extend_from_slice(bytes);
+            c(&full, "PATH entry")
+        })
+        .collect()
+}
+
+/// Builds the child's specification: every string and pointer the child will use.
+fn prepare(launch: &Launch<'_>) -> Result<ChildSpec, SetupFailure> {
+    let policy = launch.policy;
+    policy
+        .validate()
+        .map_err(|e| setup_error(Stage::Prepare, None, e.to_string()))?;
+    let plan = plan::plan(policy).map_err(|e| setup_error(Stage::Mounts, None, e.to_string()))?;
+
+    let mut env: Vec<CString> = Vec::new();
+    let mut path_var = DEFAULT_PATH.as_bytes().to_vec();
+    if !launch.env.iter().any(|(k, _)| k == "PATH") {
+        env.push(c(format!("PATH={DEFAULT_PATH}").as_bytes(), "PATH")?);
+    }
+    for (k, v) in launch.env {
+        if k.is_empty() || k.as_bytes().contains(&b'=') {
+            return Err(setup_error(
+                Stage::Prepare,
+                None,
+                format!("environment variable name {k:?} is invalid"),
+            ));
+        }
+        if k == "PATH" {
+            path_var = v.as_bytes().to_vec();
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env.push(c(&kv, "environment variable")?);
+    }
+    let mut argv_owned = vec![c(launch.program.as_bytes(), "program name")?];
+    for a in launch.args {
+        argv_owned.push(c(a.as_bytes(), "argument")?);
+    }
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let cwd = match launch.cwd {
+        Some(d) if !d.is_absolute() => {
+            return Err(setup_error(
+                Stage::Cwd,
+                None,
+                format!("working directory {d:?} is not absolute"),
+            ));
+        }
+        Some(d) => c(d.as_os_str().as_bytes(), "working directory")?,
+        None => c(b"/", "working directory")?,
+    };
+    Ok(ChildSpec {
+        steps: plan.steps,
+        source_fds: vec![-1; plan.sources.len()],
+        sources: plan.sources,
+        hostname: policy.hostname.as_bytes().to_vec(),
+        loopback: policy.network == Network::None,
+        cwd,
+        candidates: candidates(launch.program, &path_var)?,
+        argv: ptrs(&argv_owned),
+        envp: ptrs(&env),
+        _argv: argv_owned,
+        _envp: env,
+        uid: policy.uid,
+        gid: policy.gid,
+        drop_groups: false,
+        stdio: launch.stdio,
+        sync_fd: -1,
+        report_fd: -1,
+        death_fd: -1,
+        timeout_ms: policy
+            .timeout
+            .map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64),
+    })
+}
+
+/// Starts the program in a new sandbox. Returns once the program was executed, or with the step that failed.
+pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
+    let mut spec = prepare(launch)?;
+    let maps = idmap::IdMaps::for_caller(launch.policy);
+    spec.drop_groups = maps.may_drop_groups();
+
+    let (sync_rd, sync_wr) = pipe()?;
+    let (report_rd, report_wr) = pipe()?;
+    let (death_rd, death_wr) = pipe()?;
+    spec.sync_fd = sync_rd.as_raw_fd();
+    spec.report_fd = report_wr.as_raw_fd();
+    spec.death_fd = death_rd.as_raw_fd();
+    debug_assert!(
+        spec.stdio.iter().all(|&fd| fd < 0 || fd > 2),
+        "stdio sources sit above 2"
+    );
+
+    let mut flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    if launch.policy.network == Network::None {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: the child branch only runs `child::main`, which makes raw system calls on data prepared above
+    // and leaves through _exit; it never returns into Rust code that could allocate or unwind.
+    let pid = unsafe {
+        sys::clone(
+            flags as libc::c_ulong | sys::CLONE_PIDFD | libc::SIGCHLD as libc::c_ulong,
+            &mut pidfd,
+        )
+    };
+    let pid = match pid {
+        Ok(0) => child::main(&mut spec),
+        Ok(pid) => pid,
+        Err(e) => {
+            return Err(setup_error(
+                Stage::Namespaces,
+                Some(e),
+                format!(
+                    "clone(CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNS|...) failed: {}; this host does not let this user \
+                     create namespaces (check the sysctls user.max_user_namespaces and \
+                     kernel.unprivileged_userns_clone, or AppArmor's userns restriction), or use the VM backend",
+                    std::io::Error::from_raw_os_error(e)
+                ),
+            ));
+        }
+    };
+    // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop((sync_rd, report_wr, death_rd));
+    let mut report = File::from(report_rd);
+
+    let release = maps.write(pid).and_then(|()| {
+        nix::unistd::write(&sync_wr, b"x")
+            .map(drop)
+            .map_err(|e| os_error(Stage::IdMap, "release", e.into()))
+    });
+    drop(sync_wr);
+    if let Err(e) = release {
+        kill_and_reap(pid);
+        return Err(e);
+    }
+
+    let mut buf = [0u8; msg::LEN];
+    let got = read_message(&mut report, &mut buf);
+    match got.map(|()| msg::decode(&buf)) {
+        Ok([msg::STARTED, ..]) => Ok(Started {
+            pid,
+            pidfd,
+            report,
+            _death: death_wr,
+        }),
+        Ok([msg::SETUP_FAILED, stage, step, errno]) => {
+            kill_and_reap(pid);
+            Err(describe_failure(
+                &spec,
+                Stage::from_u32(stage),
+                step,
+                errno as i32,
+                launch.program,
+            ))
+        }
+        other => {
+            let status = kill_and_reap(pid);
+            Err(setup_error(
+                Stage::Init,
+                None,
+                format!(
+                    "the sandbox ended before starting the program (report {other:?}, wait status {status})"
+                ),
+            ))
+        }
+    }
+}
+
+/// Reads exactly one report message.
+pub(crate) fn read_message(report: &mut File, buf: &mut [u8; msg::LEN]) -> std::io::Result<()> {
+    report.read_exact(buf)
+}
+
+fn kill_and_reap(pid: libc::pid_t) -> i32 {
+    sys::kill(pid, libc::SIGKILL);
+    sys::wait_pid(pid).unwrap_or(-1)
+}
+
+/// Turns a child's failure report into a message naming the step, path and fix.
+fn describe_failure(
+    spec: &ChildSpec,
+    stage: Stage,
+    step: u32,
+    errno: i32,
+    program: &std::ffi::OsStr,
+) -> SetupFailure {
+    let err = std::io::Error::from_raw_os_error(errno);
+    let what = match stage {
+        Stage::Exec => format!("cannot execute {program:?}: {err}"),
+        Stage::Cwd => format!(
+            "cannot change to the working directory {:?}: {err}",
+            spec.cwd
+        ),
+        Stage::Hostname => format!("sethostname failed: {err}"),
+        Stage::Network => format!("cannot bring up loopback in the new network namespace: {err}"),
+        Stage::Credentials => format!(
+            "cannot switch to uid {} gid {} and drop capabilities: {err}",
+            spec.uid, spec.gid
+        ),
+        Stage::Mounts if step >= u32::MAX - spec.sources.len() as u32 => {
+            let path = &spec.sources[(u32::MAX - 1 - step) as usize];
+            format!("cannot open the bind source {path:?}: {err}")
+        }
+        _ => match spec.steps.get(step as usize) {
+            Some(s) => {
+                let s = match &s.op {
+                    plan::Op::BindSource { source, dst } => format!(
+                        "bind mount of {:?} on {dst:?}",
+                        spec.sources
+                            .get(*source)
+                            .map(|p| p.to_string_lossy())
+                            .unwrap_or_default()
+                    ),
+                    op => op.to_string(),
+                };
+                let hint = match errno {
+                    libc::EPERM | libc::EACCES => {
+                        "; the kernel refused this mount in an unprivileged user namespace (a locked or \
+                         restricted mount, or a security module)"
+                    }
+                    libc::ENOENT => "; a path of the view is missing",
+                    _ => "",
+                };
+                format!("{s} failed: {err}{hint}")
+            }
+            None => format!("{err}"),
+        },
+    };
+    setup_error(stage, Some(errno), what)
+}

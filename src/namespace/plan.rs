@@ -1,0 +1,785 @@
+//! The filesystem view as a list of primitive steps, computed on the host before the sandbox is cloned.
+//!
+//! The child only walks this list and makes one system call per step, so it needs no allocation; the host
+//! keeps the list to describe a failing step by its index. Pure logic: unit-tested without privileges.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use libc::c_ulong;
+
+use super::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+use crate::outcome::Stage;
+use crate::policy::{Mount, Policy, SYSTEM_ETC, SYSTEM_TOP};
+
+/// Errors found while planning the filesystem view.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A bind source does not exist (or cannot be resolved).
+    #[error("bind source {path:?} cannot be used: {source}; create it or fix the path")]
+    Source {
+        /// The source as given.
+        path: PathBuf,
+        /// Why it cannot be resolved.
+        source: std::io::Error,
+    },
+    /// A mount point would have to be created inside a host directory.
+    #[error(
+        "cannot mount at {dst:?}: the mount point {host:?} does not exist on the host inside the bind at {cover:?} \
+         (the sandbox never creates files on the host); create it or mount elsewhere"
+    )]
+    MountpointMissing {
+        /// Destination inside the sandbox.
+        dst: PathBuf,
+        /// The enclosing bind's destination.
+        cover: PathBuf,
+        /// The host path that would have to exist.
+        host: PathBuf,
+    },
+    /// A path contains a NUL byte.
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(PathBuf),
+}
+
+/// Where the host's root is while the view is built.
+const OLD: &str = "/oldroot";
+/// Where the new root is built.
+const NEW: &str = "/newroot";
+/// An existing host directory on which the staging tmpfs is mounted (inside the new mount namespace only).
+const STAGE: &str = "/tmp";
+
+/// One primitive step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `mount(2)`.
+    Mount {
+        src: Option<CString>,
+        dst: CString,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+    },
+    /// A recursive bind of host source number `source` (opened by the child before it drops host
+    /// credentials, see [`Plan::sources`]) at `dst`.
+    BindSource { source: usize, dst: CString },
+    /// `mount_setattr(2)` setting `MOUNT_ATTR_*` flags.
+    SetAttr {
+        path: CString,
+        set: u64,
+        recursive: bool,
+    },
+    /// `mkdir(2)` (existing is fine).
+    Mkdir { path: CString, mode: u32 },
+    /// Create an empty file (existing is fine).
+    Touch { path: CString },
+    /// `symlink(2)`.
+    Symlink { target: CString, path: CString },
+    /// `pivot_root(2)`.
+    PivotRoot { new_root: CString, put_old: CString },
+    /// `chdir(2)`.
+    Chdir { path: CString },
+    /// `umount2(2)` with `MNT_DETACH`.
+    Detach { path: CString },
+}
+
+/// A step and the stage it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub stage: Stage,
+    pub op: Op,
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Mount {
+                src,
+                dst,
+                fstype,
+                flags,
+                data,
+            } => write!(
+                f,
+                "mount({:?} on {:?}, type {:?}, flags {:#x}, options {:?})",
+                src, dst, fstype, flags, data
+            ),
+            Op::BindSource { source, dst } => {
+                write!(f, "bind mount of host source #{source} on {dst:?}")
+            }
+            Op::SetAttr {
+                path,
+                set,
+                recursive,
+            } => write!(
+                f,
+                "mount_setattr({path:?}, set {set:#x}{})",
+                if *recursive { ", recursive" } else { "" }
+            ),
+            Op::Mkdir { path, .. } => write!(f, "mkdir({path:?})"),
+            Op::Touch { path } => write!(f, "creating mount point file {path:?}"),
+            Op::Symlink { target, path } => write!(f, "symlink({path:?} -> {target:?})"),
+            Op::PivotRoot { new_root, put_old } => {
+                write!(f, "pivot_root({new_root:?}, {put_old:?})")
+            }
+            Op::Chdir { path } => write!(f, "chdir({path:?})"),
+            Op::Detach { path } => write!(f, "umount2({path:?}, MNT_DETACH)"),
+        }
+    }
+}
+
+fn cstr(p: impl AsRef<Path>) -> Result<CString, PlanError> {
+    let p = p.as_ref();
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| PlanError::Nul(p.into()))
+}
+
+fn lit(s: &str) -> CString {
+    CString::new(s).expect("literal without NUL")
+}
+
+/// What lies under a path of the new root, deciding whether mount points may be created there.
+#[derive(Debug, Clone)]
+enum Cover {
+    /// A filesystem of ours (tmpfs): anything may be created.
+    Ours,
+    /// A host directory bound here: mount points must already exist on the host under this source.
+    Host(PathBuf),
+    /// A filesystem nothing may be created in (proc).
+    Fixed,
+}
+
+/// Kind of host entry a bind refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// Builds the step list for a policy.
+pub struct Planner {
+    steps: Vec<Step>,
+    /// Mounted destinations (inside the sandbox) and what covers them, in mount order.
+    covers: Vec<(PathBuf, Cover)>,
+    /// Symlinks we created at the top of the new root: name -> target.
+    links: Vec<(PathBuf, PathBuf)>,
+    /// Directories already created, to avoid repeating mkdir steps.
+    made: BTreeSet<PathBuf>,
+    /// Canonical host paths of bind sources.
+    sources: Vec<CString>,
+    uid: u32,
+    gid: u32,
+}
+
+impl Planner {
+    fn new(uid: u32, gid: u32) -> Self {
+        Planner {
+            steps: Vec::new(),
+            covers: vec![(PathBuf::from("/"), Cover::Ours)],
+            links: Vec::new(),
+            made: BTreeSet::new(),
+            sources: Vec::new(),
+            uid,
+            gid,
+        }
+    }
+
+    fn push(&mut self, stage: Stage, op: Op) {
+        self.steps.push(Step { stage, op });
+    }
+
+    fn mount(
+        &mut self,
+        src: Option<CString>,
+        dst: CString,
+        fstype: Option<&str>,
+        flags: c_ulong,
+        data: Option<String>,
+    ) {
+        self.push(
+            Stage::Mounts,
+            Op::Mount {
+                src,
+                dst,
+                fstype: fstype.map(lit),
+                flags,
+                data: data.map(|d| CString::new(d).expect("mount options without NUL")),
+            },
+        );
+    }
+
+    fn set_attr(&mut self, path: CString, set: u64, recursive: bool) {
+        self.push(
+            Stage::Mounts,
+            Op::SetAttr {
+                path,
+                set,
+                recursive,
+            },
+        );
+    }
+
+    /// The host path of a canonical host path while building (under the old root).
+    fn host(p: &Path) -> PathBuf {
+        Path::new(OLD).join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    /// The build path of a sandbox path (under the new root).
+    fn new_path(p: &Path) -> PathBuf {
+        Path::new(NEW).join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    /// Rewrites a sandbox path through the top-level symlinks we created (e.g. `/bin/x` -> `/usr/bin/x`).
+    fn resolve(&self, dst: &Path) -> PathBuf {
+        for (link, target) in &self.links {
+            if let Ok(rest) = dst.strip_prefix(link) {
+                let base = if target.is_absolute() {
+                    target.clone()
+                } else {
+                    link.parent().unwrap_or(Path::new("/")).join(target)
+                };
+                return base.join(rest);
+            }
+        }
+        dst.to_path_buf()
+    }
+
+    /// The innermost mount that covers `dst`.
+    fn cover_of(&self, dst: &Path) -> (PathBuf, Cover) {
+        self.covers
+            .iter()
+            .rev()
+            .find(|(d, _)| dst.starts_with(d))
+            .cloned()
+            .expect("the root covers every path")
+    }
+
+    /// Adds the steps that make `dst` exist as a mount point of `kind`.
+    fn mountpoint(&mut self, dst: &Path, kind: Kind) -> Result<(), PlanError> {
+        let (cover_dst, cover) = self.cover_of(dst);
+        match cover {
+            Cover::Ours => {
+                let rel = dst.strip_prefix(&cover_dst).expect("cover is a prefix");
+                let mut cur = cover_dst.clone();
+                let comps: Vec<_> = rel.components().collect();
+                for (i, c) in comps.iter().enumerate() {
+                    cur.push(c);
+                    let last = i + 1 == comps.len();
+                    if last && kind == Kind::File {
+                        self.push(
+                            Stage::Mounts,
+                            Op::Touch {
+                                path: cstr(Self::new_path(&cur))?,
+                            },
+                        );
+                    } else if self.made.insert(cur.clone()) {
+                        self.push(
+                            Stage::Mounts,
+                            Op::Mkdir {
+                                path: cstr(Self::new_path(&cur))?,
+                                mode: 0o755,
+                            },
+                        );
+                    }
+                }
+                Ok(())
+            }
+            Cover::Host(src) => {
+                let rel = dst.strip_prefix(&cover_dst).expect("cover is a prefix");
+                let host = src.join(rel);
+                let ok = match std::fs::metadata(&host) {
+                    Ok(m) => m.is_dir() == (kind == Kind::Dir),
+                    Err(_) => false,
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(PlanError::MountpointMissing {
+                        dst: dst.into(),
+                        cover: cover_dst,
+                        host,
+                    })
+                }
+            }
+            Cover::Fixed => Err(PlanError::MountpointMissing {
+                dst: dst.into(),
+                cover: cover_dst.clone(),
+                host: cover_dst,
+            }),
+        }
+    }
+
+    /// A bind of the host path `src` (as given) at `dst`.
+    fn bind(&mut self, src: &Path, dst: &Path, writable: bool) -> Result<(), PlanError> {
+        let real = std::fs::canonicalize(src).map_err(|source| PlanError::Source {
+            path: src.into(),
+            source,
+        })?;
+        let kind = if real.is_dir() { Kind::Dir } else { Kind::File };
+        let dst = self.resolve(dst);
+        self.mountpoint(&dst, kind)?;
+        let target = cstr(Self::new_path(&dst))?;
+        self.sources.push(cstr(&real)?);
+        self.push(
+            Stage::Mounts,
+            Op::BindSource {
+                source: self.sources.len() - 1,
+                dst: target.clone(),
+            },
+        );
+        let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        if !writable {
+            attrs |= MOUNT_ATTR_RDONLY;
+        }
+        self.set_attr(target, attrs, true);
+        let cover = if kind == Kind::Dir {
+            Cover::Host(real)
+        } else {
+            Cover::Fixed
+        };
+        self.covers.push((dst, cover));
+        Ok(())
+    }
+
+    /// A tmpfs at `dst` with the given mount options.
+    fn tmpfs(&mut self, dst: &Path, options: String, flags: c_ulong) -> Result<(), PlanError> {
+        let dst = self.resolve(dst);
+        self.mountpoint(&dst, Kind::Dir)?;
+        self.mount(
+            Some(lit("tmpfs")),
+            cstr(Self::new_path(&dst))?,
+            Some("tmpfs"),
+            flags,
+            Some(options),
+        );
+        self.covers.push((dst, Cover::Ours));
+        Ok(())
+    }
+
+    /// A symlink at `path` inside the sandbox.
+    fn symlink(&mut self, target: &Path, path: &Path) -> Result<(), PlanError> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        if parent != Path::new("/") {
+            self.mountpoint(parent, Kind::Dir)?;
+        }
+        self.push(
+            Stage::Mounts,
+            Op::Symlink {
+                target: cstr(target)?,
+                path: cstr(Self::new_path(path))?,
+            },
+        );
+        Ok(())
+    }
+
+    /// The read-only host system: top-level entries and the `/etc` files programs need.
+    fn system(&mut self) -> Result<(), PlanError> {
+        for name in SYSTEM_TOP {
+            let host = Path::new("/").join(name);
+            let Ok(meta) = std::fs::symlink_metadata(&host) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&host).map_err(|source| PlanError::Source {
+                    path: host.clone(),
+                    source,
+                })?;
+                self.symlink(&target, &host)?;
+                self.links.push((host, target));
+            } else if meta.is_dir() {
+                self.bind(&host, &host, false)?;
+            }
+        }
+        for name in SYSTEM_ETC {
+            let host = Path::new("/etc").join(name);
+            let Ok(meta) = std::fs::symlink_metadata(&host) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                // Keep a symlink when it points into the system view; else show what it points to.
+                match std::fs::canonicalize(&host) {
+                    Ok(real)
+                        if SYSTEM_TOP
+                            .iter()
+                            .any(|t| real.starts_with(Path::new("/").join(t))) =>
+                    {
+                        let target =
+                            std::fs::read_link(&host).map_err(|source| PlanError::Source {
+                                path: host.clone(),
+                                source,
+                            })?;
+                        self.symlink(&target, &host)?;
+                    }
+                    Ok(real) => self.bind(&real, &host, false)?,
+                    Err(_) => continue, // dangling on the host too
+                }
+            } else {
+                self.bind(&host, &host, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A minimal `/dev`: the harmless character devices, a private devpts, shm, and the usual links.
+    fn dev(&mut self) -> Result<(), PlanError> {
+        let dev = Path::new("/dev");
+        self.tmpfs(
+            dev,
+            "mode=0755,size=65536".into(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+        )?;
+        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let node = dev.join(name);
+            if std::fs::metadata(&node).is_err() {
+                continue;
+            }
+            self.mountpoint(&node, Kind::File)?;
+            let target = cstr(Self::new_path(&node))?;
+            self.mount(
+                Some(cstr(Self::host(&node))?),
+                target.clone(),
+                None,
+                libc::MS_BIND,
+                None,
+            );
+            self.set_attr(target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, false);
+            self.covers.push((node, Cover::Fixed));
+        }
+        let pts = dev.join("pts");
+        self.mountpoint(&pts, Kind::Dir)?;
+        self.mount(
+            Some(lit("devpts")),
+            cstr(Self::new_path(&pts))?,
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620".into()),
+        );
+        self.covers.push((pts, Cover::Fixed));
+        self.symlink(Path::new("pts/ptmx"), &dev.join("ptmx"))?;
+        self.tmpfs(
+            &dev.join("shm"),
+            "mode=1777".into(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+        )?;
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            self.symlink(Path::new(target), &dev.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// A proc for the new pid namespace, with the kernel's sensitive files masked and `/proc/sys` read-only.
+    fn proc(&mut self) -> Result<(), PlanError> {
+        let proc = Path::new("/proc");
+        self.mountpoint(proc, Kind::Dir)?;
+        let target = cstr(Self::new_path(proc))?;
+        self.mount(
+            Some(lit("proc")),
+            target,
+            Some("proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        );
+        self.covers.push((proc.into(), Cover::Fixed));
+        // Files that expose kernel memory or host-wide state: hidden behind /dev/null.
+        for name in [
+            "kcore",
+            "keys",
+            "timer_list",
+            "sched_debug",
+            "latency_stats",
+            "sysrq-trigger",
+        ] {
+            let host = proc.join(name);
+            if std::fs::symlink_metadata(&host).is_err() {
+                continue;
+            }
+            let target = cstr(Self::new_path(&host))?;
+            self.mount(
+                Some(cstr(Self::host(Path::new("/dev/null")))?),
+                target.clone(),
+                None,
+                libc::MS_BIND,
+                None,
+            );
+            self.set_attr(
+                target,
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+                false,
+            );
+        }
+        // Directories of hardware and host state: hidden behind an empty read-only tmpfs.
+        for name in ["acpi", "scsi", "asound"] {
+            let host = proc.join(name);
+            if !host.is_dir() {
+                continue;
+            }
+            let target = cstr(Self::new_path(&host))?;
+            self.mount(
+                Some(lit("tmpfs")),
+                target.clone(),
+                Some("tmpfs"),
+                libc::MS_RDONLY,
+                Some("size=0".into()),
+            );
+        }
+        // Kernel tunables and other host-wide knobs: visible but read-only.
+        for name in ["sys", "bus", "fs", "irq"] {
+            let host = proc.join(name);
+            if !host.is_dir() {
+                continue;
+            }
+            let target = cstr(Self::new_path(&host))?;
+            self.mount(
+                Some(target.clone()),
+                target.clone(),
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            );
+            self.set_attr(
+                target,
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+                true,
+            );
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Plan {
+        // Into the new root; the staging root and the host's old root go away with one lazy unmount.
+        self.push(Stage::PivotRoot, Op::Chdir { path: lit(NEW) });
+        self.push(
+            Stage::PivotRoot,
+            Op::PivotRoot {
+                new_root: lit("."),
+                put_old: lit("."),
+            },
+        );
+        self.push(Stage::PivotRoot, Op::Detach { path: lit(".") });
+        self.push(Stage::PivotRoot, Op::Chdir { path: lit("/") });
+        // The root tmpfs and /dev hold only what we made: freeze them.
+        self.set_attr(lit("/dev"), MOUNT_ATTR_RDONLY, false);
+        self.set_attr(lit("/"), MOUNT_ATTR_RDONLY, false);
+        Plan {
+            steps: self.steps,
+            sources: self.sources,
+        }
+    }
+}
+
+/// The filesystem view as steps.
+#[derive(Debug)]
+pub struct Plan {
+    /// From the host's root to the finished new root.
+    pub steps: Vec<Step>,
+    /// Host paths of bind sources, canonical. The child opens them (`O_PATH`) while it still has the caller's
+    /// credentials, so a root caller can bind what only root can reach, and the sandbox user never needs
+    /// search permission on the host path.
+    pub sources: Vec<CString>,
+}
+
+/// Where a host bind source's descriptor is reached during the build (the host's proc is under the old root).
+pub const SOURCE_FD_DIR: &str = "/oldroot/proc/self/fd/";
+
+/// The complete list of filesystem steps for `policy`, from the host's root to the finished new root.
+pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
+    let mut p = Planner::new(policy.uid, policy.gid);
+    // Private propagation: nothing we mount leaks to the host, nothing the host mounts appears here.
+    p.mount(None, lit("/"), None, libc::MS_REC | libc::MS_PRIVATE, None);
+    // A staging root whose /oldroot is the host root and /newroot the root being built.
+    p.mount(
+        Some(lit("tmpfs")),
+        lit(STAGE),
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0700".into()),
+    );
+    for d in [OLD, NEW] {
+        p.push(
+            Stage::Mounts,
+            Op::Mkdir {
+                path: cstr(Path::new(STAGE).join(&d[1..]))?,
+                mode: 0o700,
+            },
+        );
+    }
+    p.push(
+        Stage::PivotRoot,
+        Op::PivotRoot {
+            new_root: lit(STAGE),
+            put_old: cstr(Path::new(STAGE).join(&OLD[1..]))?,
+        },
+    );
+    p.push(Stage::PivotRoot, Op::Chdir { path: lit("/") });
+    p.mount(
+        Some(lit("tmpfs")),
+        lit(NEW),
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755,size=1048576".into()),
+    );
+
+    if policy.system {
+        p.system()?;
+    }
+    p.dev()?;
+    p.proc()?;
+    let user_tmp = policy.mounts.iter().any(|m| m.dst() == Path::new("/tmp"));
+    if policy.system && !user_tmp {
+        p.tmpfs(
+            Path::new("/tmp"),
+            "mode=1777".into(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+        )?;
+    }
+    for m in &policy.mounts {
+        match m {
+            Mount::RoBind { src, dst } => p.bind(src, dst, false)?,
+            Mount::Bind { src, dst } => p.bind(src, dst, true)?,
+            Mount::Tmpfs { dst, size } => {
+                let mut opts = format!("mode=0755,uid={},gid={}", p.uid, p.gid);
+                if let Some(size) = size {
+                    opts.push_str(&format!(",size={size}"));
+                }
+                p.tmpfs(dst, opts, libc::MS_NOSUID | libc::MS_NODEV)?
+            }
+        }
+    }
+    Ok(p.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(|s| s.op.to_string()).collect()
+    }
+
+    fn steps(p: &Policy) -> Result<Vec<Step>, PlanError> {
+        plan(p).map(|p| p.steps)
+    }
+
+    #[test]
+    fn empty_policy_builds_dev_proc_and_pivots() {
+        let steps = steps(&Policy::empty()).unwrap();
+        let t = text(&steps);
+        assert!(
+            t[0].contains("\"/\"")
+                && t[0].contains(&format!("{:#x}", libc::MS_REC | libc::MS_PRIVATE))
+        );
+        assert!(t.iter().any(|s| s.contains("\"/newroot/dev/null\"")));
+        assert!(t.iter().any(|s| s.contains("\"devpts\"")));
+        assert!(t.iter().any(|s| s.starts_with("mount(Some(\"proc\")")));
+        assert!(
+            t.iter()
+                .any(|s| s.contains("/newroot/proc/sys") && s.contains("recursive"))
+        );
+        assert!(
+            !t.iter().any(|s| s.contains("/newroot/usr")),
+            "no system view in an empty policy"
+        );
+        let last = &steps[steps.len() - 1];
+        assert_eq!(
+            last.op,
+            Op::SetAttr {
+                path: lit("/"),
+                set: MOUNT_ATTR_RDONLY,
+                recursive: false
+            }
+        );
+    }
+
+    #[test]
+    fn system_view_is_read_only() {
+        let steps = steps(&Policy::default()).unwrap();
+        let usr = steps
+            .iter()
+            .position(|s| matches!(&s.op, Op::BindSource { dst, .. } if dst.as_bytes() == b"/newroot/usr"))
+            .expect("usr is bound");
+        assert_eq!(
+            steps[usr + 1].op,
+            Op::SetAttr {
+                path: lit("/newroot/usr"),
+                set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                recursive: true
+            }
+        );
+        assert!(
+            text(&steps)
+                .iter()
+                .any(|s| s.contains("\"/newroot/tmp\"") && s.contains("mode=1777"))
+        );
+    }
+
+    #[test]
+    fn rw_bind_is_not_read_only_and_sources_are_canonical() {
+        let dir = std::env::temp_dir().join(format!("sandbox-plan-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(dir.join("sub"), &link).unwrap();
+        let p = plan(&Policy::empty().bind(&link, "/data/x")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let real = CString::new(dir.join("sub").as_os_str().as_bytes()).unwrap();
+        let source = p
+            .sources
+            .iter()
+            .position(|s| *s == real)
+            .expect("the canonical source");
+        let i = p
+            .steps
+            .iter()
+            .position(|s| {
+                s.op == Op::BindSource {
+                    source,
+                    dst: lit("/newroot/data/x"),
+                }
+            })
+            .expect("bind step");
+        assert_eq!(
+            p.steps[i + 1].op,
+            Op::SetAttr {
+                path: lit("/newroot/data/x"),
+                set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                recursive: true
+            }
+        );
+        let t = text(&p.steps);
+        assert!(t.iter().any(|s| s == "mkdir(\"/newroot/data\")"));
+        assert!(t.iter().any(|s| s == "mkdir(\"/newroot/data/x\")"));
+    }
+
+    #[test]
+    fn missing_source_is_an_error() {
+        let err = plan(&Policy::empty().ro_bind("/nonexistent/sandbox/path", "/x")).unwrap_err();
+        assert!(matches!(err, PlanError::Source { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/sandbox/path"));
+    }
+
+    #[test]
+    fn never_creates_mount_points_on_the_host() {
+        // /usr is a host bind: a mount point below it must already exist on the host.
+        let err = plan(&Policy::default().tmpfs("/usr/sandbox-nonexistent-dir")).unwrap_err();
+        assert!(matches!(err, PlanError::MountpointMissing { .. }), "{err}");
+        // An existing directory is fine.
+        assert!(plan(&Policy::default().tmpfs("/usr/share")).is_ok());
+        // Inside our own tmpfs anything may be created.
+        assert!(plan(&Policy::default().tmpfs("/tmp/a/b")).is_ok());
+    }
+
+    #[test]
+    fn user_tmp_replaces_default_tmp() {
+        let steps = steps(&Policy::default().tmpfs_sized("/tmp", 4096)).unwrap();
+        let n = text(&steps)
+            .iter()
+            .filter(|s| s.contains("\"/newroot/tmp\"") && s.starts_with("mount("))
+            .count();
+        assert_eq!(n, 1);
+    }
+}

@@ -1,0 +1,229 @@
+//! The verdict of a run, the same on every backend.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Which backend ran the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Linux namespaces on the host kernel.
+    Namespace,
+    /// A microVM running our guest kernel.
+    Vm,
+}
+
+/// The step of sandbox construction that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Preparing the run on the host (paths, pipes, plan).
+    Prepare,
+    /// Creating the namespaces (clone).
+    Namespaces,
+    /// Writing the uid/gid maps.
+    IdMap,
+    /// Building the filesystem view.
+    Mounts,
+    /// Switching to the new root.
+    PivotRoot,
+    /// Setting the hostname.
+    Hostname,
+    /// Bringing up loopback in the network namespace.
+    Network,
+    /// Switching to the sandbox user and dropping capabilities.
+    Credentials,
+    /// Changing to the working directory.
+    Cwd,
+    /// Setting up stdio and the init process.
+    Init,
+    /// Executing the program.
+    Exec,
+}
+
+impl Stage {
+    /// Decodes the number a sandbox child reports.
+    pub(crate) fn from_u32(n: u32) -> Stage {
+        use Stage::*;
+        [
+            Prepare,
+            Namespaces,
+            IdMap,
+            Mounts,
+            PivotRoot,
+            Hostname,
+            Network,
+            Credentials,
+            Cwd,
+            Init,
+            Exec,
+        ]
+        .get(n as usize)
+        .copied()
+        .unwrap_or(Init)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).expect("stage serialises");
+        f.write_str(s.as_str().unwrap_or("unknown"))
+    }
+}
+
+/// Why the sandbox could not start the program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SetupFailure {
+    /// The failing step.
+    pub stage: Stage,
+    /// The OS error number, when a system call failed.
+    pub errno: Option<i32>,
+    /// What failed, on which path or syscall, and what to do about it.
+    pub message: String,
+}
+
+impl std::fmt::Display for SetupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sandbox setup failed at {}: {}",
+            self.stage, self.message
+        )
+    }
+}
+
+/// How the run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The program exited with this code.
+    Exited(i32),
+    /// The program was killed by this signal.
+    Signaled(i32),
+    /// The wall-clock limit ran out; the whole tree was killed.
+    TimedOut,
+    /// The sandbox could not be built or the program not started.
+    SetupFailed(SetupFailure),
+}
+
+impl Status {
+    /// True when the program exited with code 0.
+    pub fn success(&self) -> bool {
+        *self == Status::Exited(0)
+    }
+
+    /// The exit code a shell would show: the program's own, 128+N for signal N, 124 on timeout, 127 when the
+    /// program was not found, 126 when it could not be executed, 125 for any other sandbox failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Status::Exited(c) => *c,
+            Status::Signaled(s) => 128 + s,
+            Status::TimedOut => 124,
+            Status::SetupFailed(f) if f.stage == Stage::Exec => match f.errno {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => 127,
+                _ => 126,
+            },
+            Status::SetupFailed(_) => 125,
+        }
+    }
+
+    /// The status name used in JSON reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Exited(_) => "exited",
+            Status::Signaled(_) => "signaled",
+            Status::TimedOut => "timed_out",
+            Status::SetupFailed(_) => "setup_failed",
+        }
+    }
+}
+
+/// Resources the run used, with where each figure came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Wall-clock time from spawn to the end of the last process.
+    pub wall: Duration,
+    /// User CPU time of the whole process tree.
+    pub cpu_user: Duration,
+    /// System CPU time of the whole process tree.
+    pub cpu_sys: Duration,
+    /// Peak resident memory in bytes, and its source.
+    pub peak_memory_bytes: Option<u64>,
+    /// Where the CPU and memory figures come from (`rusage`: the largest single process, not the tree).
+    pub source: &'static str,
+}
+
+/// The verdict of a run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// How it ended.
+    pub status: Status,
+    /// Captured standard output (empty unless piped).
+    pub stdout: Vec<u8>,
+    /// Captured standard error (empty unless piped).
+    pub stderr: Vec<u8>,
+    /// Resources used.
+    pub usage: Usage,
+    /// Which backend ran it.
+    pub backend: BackendKind,
+    /// Why the backend was chosen over the preferred one, when Auto fell back.
+    pub fallback_reason: Option<String>,
+}
+
+impl Outcome {
+    /// The verdict as the JSON object of the CLI's `--report` contract.
+    pub fn report_json(&self) -> serde_json::Value {
+        let (exit_code, signal) = match &self.status {
+            Status::Exited(c) => (Some(*c), None),
+            Status::Signaled(s) => (None, Some(*s)),
+            _ => (None, None),
+        };
+        let mut v = serde_json::json!({
+            "status": self.status.name(),
+            "exit_code": exit_code,
+            "signal": signal,
+            "backend": self.backend,
+            "fallback_reason": self.fallback_reason,
+            "wall_ms": self.usage.wall.as_millis() as u64,
+            "cpu_user_ms": self.usage.cpu_user.as_millis() as u64,
+            "cpu_sys_ms": self.usage.cpu_sys.as_millis() as u64,
+            "peak_memory_bytes": self.usage.peak_memory_bytes,
+            "usage_source": self.usage.source,
+        });
+        if let Status::SetupFailed(f) = &self.status {
+            v["setup_error"] = serde_json::json!({
+                "stage": f.stage, "errno": f.errno, "message": f.message,
+            });
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(stage: Stage, errno: i32) -> Status {
+        Status::SetupFailed(SetupFailure {
+            stage,
+            errno: Some(errno),
+            message: String::new(),
+        })
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(Status::Exited(3).exit_code(), 3);
+        assert_eq!(Status::Signaled(9).exit_code(), 137);
+        assert_eq!(Status::TimedOut.exit_code(), 124);
+        assert_eq!(failed(Stage::Exec, libc::ENOENT).exit_code(), 127);
+        assert_eq!(failed(Stage::Exec, libc::EACCES).exit_code(), 126);
+        assert_eq!(failed(Stage::Mounts, libc::ENOENT).exit_code(), 125);
+    }
+
+    #[test]
+    fn stage_names() {
+        assert_eq!(Stage::PivotRoot.to_string(), "pivot_root");
+        assert_eq!(Stage::from_u32(Stage::Exec as u32), Stage::Exec);
+    }
+}

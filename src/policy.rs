@@ -1,0 +1,432 @@
+//! What a sandboxed program is allowed to see and do: the same description for every backend.
+//!
+//! A [`Policy`] is plain data (serde), loadable from TOML. Backends decide how to enforce it.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors in a policy, found before anything is spawned.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A mount destination must be an absolute, normalised path other than `/`.
+    #[error(
+        "mount destination {0:?} is not usable: give an absolute path without `..`, other than `/`"
+    )]
+    BadDestination(PathBuf),
+    /// A bind source must be an absolute path.
+    #[error("bind source {0:?} is not an absolute path")]
+    RelativeSource(PathBuf),
+    /// The hostname is not a valid UTS name.
+    #[error("hostname {0:?} is invalid: use 1 to 64 characters of letters, digits, `-` and `.`")]
+    BadHostname(String),
+    /// A tmpfs was given a size of zero.
+    #[error("tmpfs at {0:?} has size 0: give a size in bytes, or none for the default")]
+    ZeroTmpfsSize(PathBuf),
+    /// The timeout is zero or not a finite number of seconds.
+    #[error("timeout must be a positive number of seconds")]
+    BadTimeout,
+    /// A root caller's sandbox must not map to host root.
+    #[error("host_uid and host_gid must not be 0: the sandbox never runs as host root")]
+    HostRoot,
+    /// The policy file could not be read.
+    #[error("cannot read policy file {path:?}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The policy file is not valid TOML for a [`Policy`].
+    #[error("policy file {path:?} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with the line.
+        message: String,
+    },
+}
+
+/// One filesystem entry of the sandbox's view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Mount {
+    /// A host path shown read-only (and nosuid, nodev) at `dst`, submounts included.
+    RoBind {
+        /// Host path.
+        src: PathBuf,
+        /// Path inside the sandbox.
+        dst: PathBuf,
+    },
+    /// A host path shown read-write at `dst`: writes land on the host (nosuid, nodev).
+    Bind {
+        /// Host path.
+        src: PathBuf,
+        /// Path inside the sandbox.
+        dst: PathBuf,
+    },
+    /// An empty in-memory filesystem at `dst`, owned by the sandbox user.
+    Tmpfs {
+        /// Path inside the sandbox.
+        dst: PathBuf,
+        /// Size limit in bytes (the kernel default, half of RAM, when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+    },
+}
+
+impl Mount {
+    /// Where the mount appears inside the sandbox.
+    pub fn dst(&self) -> &Path {
+        match self {
+            Mount::RoBind { dst, .. } | Mount::Bind { dst, .. } | Mount::Tmpfs { dst, .. } => dst,
+        }
+    }
+}
+
+/// The network the sandbox sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// A network namespace of its own with only loopback, up.
+    #[default]
+    None,
+    /// The host's network (no network namespace).
+    Host,
+}
+
+/// What the sandboxed program may see and do.
+///
+/// The default is strict: the host system read-only (`/usr`, the `/bin`, `/sbin` and `/lib*` entries and the
+/// `/etc` files programs need, see [`SYSTEM_ETC`]), an empty tmpfs at `/tmp`, a minimal `/dev`, a fresh `/proc`,
+/// no home, no network, hostname `sandbox`, user and group 0 inside (mapped to an unprivileged host id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Show the host system read-only (see the type's docs). `false` starts from an empty root.
+    pub system: bool,
+    /// Mounts applied in order, after the system view (a later mount may sit inside an earlier one).
+    #[serde(rename = "mount")]
+    pub mounts: Vec<Mount>,
+    /// Hostname inside the sandbox.
+    pub hostname: String,
+    /// Network access.
+    pub network: Network,
+    /// User id inside the sandbox.
+    pub uid: u32,
+    /// Group id inside the sandbox.
+    pub gid: u32,
+    /// Host uid the sandbox user maps to when the caller is root (never host root). Default 65534 (nobody).
+    /// An unprivileged caller always maps to its own uid.
+    pub host_uid: u32,
+    /// Host gid the sandbox group maps to when the caller is root. Default 65534 (nogroup).
+    pub host_gid: u32,
+    /// Wall-clock limit: the whole process tree is killed when it runs out.
+    #[serde(
+        default,
+        rename = "timeout_secs",
+        with = "secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+/// `/etc` entries shown read-only by the system view, when they exist on the host.
+pub const SYSTEM_ETC: &[&str] = &[
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "gai.conf",
+    "group",
+    "host.conf",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "passwd",
+    "protocols",
+    "python3",
+    "python3.11",
+    "python3.12",
+    "resolv.conf",
+    "services",
+    "ssl",
+    "timezone",
+];
+
+/// Top-level host entries shown read-only by the system view, when they exist (symlinks stay symlinks).
+pub const SYSTEM_TOP: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            system: true,
+            mounts: Vec::new(),
+            hostname: "sandbox".into(),
+            network: Network::None,
+            uid: 0,
+            gid: 0,
+            host_uid: 65534,
+            host_gid: 65534,
+            timeout: None,
+        }
+    }
+}
+
+impl Policy {
+    /// An empty root: no host files at all; add mounts yourself.
+    pub fn empty() -> Self {
+        Policy {
+            system: false,
+            ..Policy::default()
+        }
+    }
+
+    /// Reads a policy from a TOML file.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|message| PolicyError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parses a policy from TOML text; the error is the parser's message.
+    pub fn from_toml_str(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The policy as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Policy always serialises")
+    }
+
+    /// Adds a read-only bind of host `src` at `dst`.
+    pub fn ro_bind(mut self, src: impl Into<PathBuf>, dst: impl Into<PathBuf>) -> Self {
+        self.mounts.push(Mount::RoBind {
+            src: src.into(),
+            dst: dst.into(),
+        });
+        self
+    }
+
+    /// Adds a read-write bind of host `src` at `dst`.
+    pub fn bind(mut self, src: impl Into<PathBuf>, dst: impl Into<PathBuf>) -> Self {
+        self.mounts.push(Mount::Bind {
+            src: src.into(),
+            dst: dst.into(),
+        });
+        self
+    }
+
+    /// Adds an empty tmpfs at `dst`.
+    pub fn tmpfs(mut self, dst: impl Into<PathBuf>) -> Self {
+        self.mounts.push(Mount::Tmpfs {
+            dst: dst.into(),
+            size: None,
+        });
+        self
+    }
+
+    /// Adds an empty tmpfs of at most `size` bytes at `dst`.
+    pub fn tmpfs_sized(mut self, dst: impl Into<PathBuf>, size: u64) -> Self {
+        self.mounts.push(Mount::Tmpfs {
+            dst: dst.into(),
+            size: Some(size),
+        });
+        self
+    }
+
+    /// Sets the hostname.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = name.into();
+        self
+    }
+
+    /// Sets the network access.
+    pub fn network(mut self, network: Network) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Sets the wall-clock limit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the user and group ids inside the sandbox.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+
+    /// Checks the policy for mistakes that need no system call to find.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        for m in &self.mounts {
+            check_destination(m.dst())?;
+            match m {
+                Mount::RoBind { src, .. } | Mount::Bind { src, .. } if !src.is_absolute() => {
+                    return Err(PolicyError::RelativeSource(src.clone()));
+                }
+                Mount::Tmpfs { dst, size: Some(0) } => {
+                    return Err(PolicyError::ZeroTmpfsSize(dst.clone()));
+                }
+                _ => {}
+            }
+        }
+        let h = &self.hostname;
+        if h.is_empty()
+            || h.len() > 64
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(PolicyError::BadHostname(h.clone()));
+        }
+        if self.host_uid == 0 || self.host_gid == 0 {
+            return Err(PolicyError::HostRoot);
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(PolicyError::BadTimeout);
+        }
+        Ok(())
+    }
+}
+
+/// A destination must be absolute, not `/`, and contain only normal components.
+fn check_destination(dst: &Path) -> Result<(), PolicyError> {
+    let bad = || PolicyError::BadDestination(dst.into());
+    let mut comps = dst.components();
+    if comps.next() != Some(Component::RootDir) {
+        return Err(bad());
+    }
+    let mut normal = 0;
+    for c in comps {
+        match c {
+            Component::Normal(_) => normal += 1,
+            _ => return Err(bad()),
+        }
+    }
+    if normal == 0 {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Serialises an optional duration as fractional seconds.
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let v = Option::<f64>::deserialize(d)?;
+        v.map(|s| {
+            Duration::try_from_secs_f64(s).map_err(|_| {
+                serde::de::Error::custom("timeout_secs must be a non-negative number of seconds")
+            })
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip() {
+        let p = Policy::default()
+            .ro_bind("/opt", "/opt")
+            .bind("/srv/data", "/data")
+            .tmpfs_sized("/work", 1 << 20)
+            .hostname("judge")
+            .timeout(Duration::from_millis(2500));
+        let text = p.to_toml();
+        assert_eq!(Policy::from_toml_str(&text).unwrap(), p);
+    }
+
+    #[test]
+    fn toml_file_form() {
+        let p = Policy::from_toml_str(
+            r#"
+            hostname = "box"
+            network = "host"
+            timeout_secs = 1.5
+            [[mount]]
+            type = "ro_bind"
+            src = "/usr"
+            dst = "/usr"
+            [[mount]]
+            type = "tmpfs"
+            dst = "/scratch"
+            size = 4096
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.hostname, "box");
+        assert_eq!(p.network, Network::Host);
+        assert_eq!(p.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(p.mounts.len(), 2);
+        assert!(p.system);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = Policy::from_toml_str("hostnme = \"x\"").unwrap_err();
+        assert!(err.contains("hostnme"), "{err}");
+        assert!(Policy::from_toml_str("timeout_secs = -1").is_err());
+        assert!(Policy::from_toml_str("[[mount]]\ntype = \"nfs\"\ndst = \"/x\"").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(Policy::default().validate().is_ok());
+        for dst in ["relative", "/", "/a/../b", "", "//"] {
+            let err = Policy::default().tmpfs(dst).validate().unwrap_err();
+            assert!(
+                matches!(err, PolicyError::BadDestination(_)),
+                "{dst}: {err}"
+            );
+        }
+        assert!(matches!(
+            Policy::default().ro_bind("usr", "/usr").validate(),
+            Err(PolicyError::RelativeSource(_))
+        ));
+        assert!(matches!(
+            Policy::default().hostname("a b").validate(),
+            Err(PolicyError::BadHostname(_))
+        ));
+        assert!(matches!(
+            Policy::default().hostname("x".repeat(65)).validate(),
+            Err(PolicyError::BadHostname(_))
+        ));
+        assert!(matches!(
+            Policy::default().tmpfs_sized("/t", 0).validate(),
+            Err(PolicyError::ZeroTmpfsSize(_))
+        ));
+        assert!(matches!(
+            Policy::default().timeout(Duration::ZERO).validate(),
+            Err(PolicyError::BadTimeout)
+        ));
+    }
+}

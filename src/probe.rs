@@ -1,0 +1,240 @@
+//! What this host can enforce, found by trying rather than guessing.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::namespace::sys;
+
+/// The cgroup layout the caller sits in.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CgroupReport {
+    /// "v2" (unified only), "v1" (legacy controllers only), "hybrid" (v1 controllers beside an empty v2) or "none".
+    pub layout: &'static str,
+    /// Controllers usable through the unified (v2) hierarchy in the caller's cgroup.
+    pub v2_controllers: Vec<String>,
+    /// v1 hierarchies mounted, by controller.
+    pub v1_controllers: Vec<String>,
+    /// The caller's own cgroup directories, per hierarchy, that this caller can write (where sandboxes go).
+    pub writable: Vec<PathBuf>,
+}
+
+/// How `/dev/kvm` behaves here.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KvmReport {
+    /// `/dev/kvm` opens and answers KVM_GET_API_VERSION.
+    pub usable: bool,
+    /// "hardware" (VMX/SVM), "pvm" (the kvm_pvm software module) or "none".
+    pub flavour: &'static str,
+    /// Why it is not usable, when it is not.
+    pub reason: Option<String>,
+}
+
+/// The host report printed by `sandbox doctor`.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostReport {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Running as root.
+    pub root: bool,
+    /// New user, pid, mount, net, ipc, uts and cgroup namespaces can be created by this caller (tried).
+    pub user_namespaces: bool,
+    /// Why not, when not.
+    pub user_namespaces_error: Option<String>,
+    /// The cgroup layout.
+    pub cgroup: CgroupReport,
+    /// seccomp filters are available.
+    pub seccomp: bool,
+    /// The landlock ABI version, when landlock is enabled.
+    pub landlock_abi: Option<u32>,
+    /// KVM.
+    pub kvm: KvmReport,
+}
+
+/// Probes the host.
+pub fn probe() -> HostReport {
+    let (user_namespaces, user_namespaces_error) = match try_namespaces() {
+        Ok(()) => (true, None),
+        Err(e) => (false, Some(e)),
+    };
+    HostReport {
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        root: nix::unistd::geteuid().is_root(),
+        user_namespaces,
+        user_namespaces_error,
+        cgroup: cgroups(),
+        // SAFETY: prctl(PR_GET_SECCOMP) only reads this thread's mode.
+        seccomp: unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } >= 0,
+        landlock_abi: landlock_abi(),
+        kvm: kvm(),
+    }
+}
+
+/// Creates, for real, a child in all the namespaces a sandbox uses; it exits at once.
+fn try_namespaces() -> Result<(), String> {
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP
+        | libc::SIGCHLD;
+    let mut pidfd = -1;
+    // SAFETY: the child only calls _exit.
+    match unsafe { sys::clone(flags as libc::c_ulong, &mut pidfd) } {
+        Ok(0) => sys::exit(0),
+        Ok(pid) => {
+            let _ = sys::wait_pid(pid);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "clone with new namespaces failed: {}",
+            std::io::Error::from_raw_os_error(e)
+        )),
+    }
+}
+
+fn landlock_abi() -> Option<u32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: with a NULL attribute and size 0 this only returns the ABI version.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (v > 0).then_some(v as u32)
+}
+
+fn kvm() -> KvmReport {
+    let flavour = if Path::new("/sys/module/kvm_pvm").exists() {
+        "pvm"
+    } else if std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| {
+            c.lines()
+                .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
+        })
+        .unwrap_or(false)
+    {
+        "hardware"
+    } else {
+        "none"
+    };
+    match std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(f) => {
+            use std::os::fd::AsRawFd;
+            const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+            // SAFETY: KVM_GET_API_VERSION takes no argument and only returns a number.
+            let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+            KvmReport {
+                usable: v == 12,
+                flavour,
+                reason: (v != 12).then(|| format!("KVM_GET_API_VERSION returned {v}")),
+            }
+        }
+        Err(e) => KvmReport {
+            usable: false,
+            flavour,
+            reason: Some(format!("cannot open /dev/kvm: {e}")),
+        },
+    }
+}
+
+/// One line of `/proc/self/cgroup`: hierarchy id, controllers, path.
+fn own_cgroups() -> Vec<(String, String)> {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let _id = it.next()?;
+            Some((it.next()?.to_string(), it.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// cgroup mounts from mountinfo: (mount point, fstype, super options).
+fn cgroup_mounts() -> Vec<(PathBuf, String, String)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mnt = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let _src = r.next()?;
+            let opts = r.next().unwrap_or("");
+            (fstype == "cgroup" || fstype == "cgroup2")
+                .then(|| (PathBuf::from(mnt), fstype.to_string(), opts.to_string()))
+        })
+        .collect()
+}
+
+fn cgroups() -> CgroupReport {
+    let own = own_cgroups();
+    let mounts = cgroup_mounts();
+    let mut v1 = Vec::new();
+    let mut v2_controllers = Vec::new();
+    let mut writable = Vec::new();
+    for (mnt, fstype, opts) in &mounts {
+        let (dir, controllers) = if fstype == "cgroup2" {
+            let Some((_, path)) = own.iter().find(|(c, _)| c.is_empty()) else {
+                continue;
+            };
+            let dir = mnt.join(path.trim_start_matches('/'));
+            v2_controllers = std::fs::read_to_string(dir.join("cgroup.controllers"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            (dir, Vec::new())
+        } else {
+            let ctrls: Vec<String> = opts
+                .split(',')
+                .filter(|o| {
+                    [
+                        "memory", "pids", "cpu", "cpuacct", "cpuset", "freezer", "blkio", "devices",
+                    ]
+                    .contains(o)
+                })
+                .map(String::from)
+                .collect();
+            let Some((_, path)) = own
+                .iter()
+                .find(|(c, _)| c.split(',').any(|x| ctrls.contains(&x.to_string())))
+            else {
+                continue;
+            };
+            (mnt.join(path.trim_start_matches('/')), ctrls)
+        };
+        v1.extend(controllers);
+        if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok() {
+            writable.push(dir);
+        }
+    }
+    v1.sort();
+    v1.dedup();
+    let has_v2 = mounts.iter().any(|m| m.1 == "cgroup2");
+    let layout = match (has_v2, v1.is_empty()) {
+        (true, true) => "v2",
+        (true, false) => "hybrid",
+        (false, false) => "v1",
+        (false, true) => "none",
+    };
+    CgroupReport {
+        layout,
+        v2_controllers,
+        v1_controllers: v1,
+        writable,
+    }
+}
