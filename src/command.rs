@@ -214,8 +214,8 @@ impl Sandbox {
         let mut streams = Streams::default();
         let mut fds: [RawFd; 3] = [-1; 3];
         let mut held: Vec<OwnedFd> = Vec::new();
-        for slot in 0..3 {
-            let s = self.stdio[slot].take().unwrap_or_else(|| {
+        for (slot, (fd_slot, chosen)) in fds.iter_mut().zip(&mut self.stdio).enumerate() {
+            let s = chosen.take().unwrap_or_else(|| {
                 if slot == 0 {
                     stdin_default()
                 } else {
@@ -250,7 +250,7 @@ impl Sandbox {
             };
             if let Some(fd) = child_end {
                 let fd = namespace::above_stdio(fd).map_err(Error::Setup)?;
-                fds[slot] = fd.as_raw_fd();
+                *fd_slot = fd.as_raw_fd();
                 held.push(fd);
             }
         }

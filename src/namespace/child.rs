@@ -84,6 +84,8 @@ pub struct ChildSpec {
     pub death_fd: RawFd,
     /// Wall-clock limit in milliseconds, or -1.
     pub timeout_ms: i64,
+    /// The host process's argv area, overwritten so the sandbox cannot read the host's arguments.
+    pub argv_area: (usize, usize),
 }
 
 /// Sends a setup failure to the host and ends the process.
@@ -156,6 +158,10 @@ fn run_step(op: &Op, source_fds: &[RawFd]) -> Result<(), Errno> {
 pub fn main(spec: &mut ChildSpec) -> ! {
     let report = spec.report_fd;
     let none = u32::MAX;
+    // While the host thread waits in spawn() for our report, its death must end us too (init later
+    // watches the death pipe instead, which follows the host process rather than one thread).
+    sys::parent_death_signal(libc::SIGKILL);
+    sys::set_process_name(c"sandbox-init", spec.argv_area);
 
     // 1. Standard streams in place, then no other inherited descriptor survives.
     for (target, &src) in spec.stdio.iter().enumerate() {
@@ -262,6 +268,7 @@ fn init(spec: &ChildSpec) -> ! {
     let mut buf = [0u8; msg::LEN];
     match sys::read_full(exec_rd, &mut buf) {
         Ok(0) => {
+            sys::parent_death_signal(0);
             let _ = sys::write_all(report, &msg::encode([msg::STARTED, program as u32, 0, 0]));
         }
         _ => {

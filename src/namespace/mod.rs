@@ -184,10 +184,27 @@ fn prepare(launch: &Launch<'_>) -> Result<ChildSpec, SetupFailure> {
         sync_fd: -1,
         report_fd: -1,
         death_fd: -1,
+        argv_area: argv_area(),
         timeout_ms: policy
             .timeout
             .map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64),
     })
+}
+
+/// The `[arg_start, arg_end)` addresses of this process's command line (fields 48 and 49 of /proc/self/stat).
+fn argv_area() -> (usize, usize) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<usize> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // `rest` starts at field 3, so field N is at index N - 3.
+    match (f.get(45), f.get(46)) {
+        (Some(&a), Some(&b)) => (a, b),
+        _ => (0, 0),
+    }
 }
 
 /// Starts the program in a new sandbox. Returns once the program was executed, or with the step that failed.
@@ -203,7 +220,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
     spec.report_fd = report_wr.as_raw_fd();
     spec.death_fd = death_rd.as_raw_fd();
     debug_assert!(
-        spec.stdio.iter().all(|&fd| fd < 0 || fd > 2),
+        spec.stdio.iter().all(|&fd| !(0..=2).contains(&fd)),
         "stdio sources sit above 2"
     );
 

@@ -233,15 +233,20 @@ pub fn interface_up(name: &CStr) -> SysResult<()> {
 }
 
 /// Becomes `uid`/`gid` (real, effective and saved), dropping supplementary groups first when `drop_groups`.
+///
+/// Raw system calls on purpose: glibc's wrappers broadcast id changes to every thread it believes exists,
+/// and in a child cloned from a multi-threaded process those threads do not exist, so they would wait forever.
 pub fn set_ids(uid: u32, gid: u32, drop_groups: bool) -> SysResult<()> {
     if drop_groups {
         // SAFETY: an empty group list with a NULL pointer is valid.
-        check(unsafe { libc::setgroups(0, std::ptr::null()) } as c_long)?;
+        check(unsafe {
+            libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+        })?;
     }
     // SAFETY: plain syscalls with integer arguments.
-    check(unsafe { libc::setresgid(gid, gid, gid) } as c_long)?;
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
     // SAFETY: as above.
-    check(unsafe { libc::setresuid(uid, uid, uid) } as c_long).map(drop)
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
 }
 
 /// Locks the "no root privileges" secure bits so no later execve can gain capabilities from uid 0 or
@@ -328,6 +333,31 @@ pub fn open_path(path: &CStr) -> SysResult<RawFd> {
         .map(|fd| fd as RawFd)
 }
 
+/// Renames this process: its `comm` and its command line (the argv area `[start, end)` as the kernel reports
+/// it in /proc/self/stat) both become `name`, so the sandbox cannot read the host program's arguments
+/// through /proc/1/cmdline.
+pub fn set_process_name(name: &CStr, argv_area: (usize, usize)) {
+    // SAFETY: prctl reads a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+    let (start, end) = argv_area;
+    let bytes = name.to_bytes_with_nul();
+    if start == 0 || end <= start || end - start > (1 << 20) || end - start < bytes.len() {
+        return;
+    }
+    // SAFETY: [start, end) is this process's argument area (mapped, writable stack memory, read from
+    // /proc/self/stat by the host before clone); after clone this is our private copy and nothing reads it.
+    unsafe {
+        std::ptr::write_bytes(start as *mut u8, 0, end - start);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), start as *mut u8, bytes.len());
+    }
+}
+
+/// `prctl(PR_SET_PDEATHSIG)`: `sig` when the thread that created this process ends (0 clears it).
+pub fn parent_death_signal(sig: c_int) {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as c_ulong, 0, 0, 0) };
+}
+
 /// `prctl(PR_SET_NO_NEW_PRIVS)`.
 pub fn no_new_privs() -> SysResult<()> {
     // SAFETY: prctl with integer arguments.
@@ -398,10 +428,10 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> SysResult<()> {
 pub fn read_full(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
     let mut done = 0;
     while done < buf.len() {
+        let tail = &mut buf[done..];
         // SAFETY: pointer and length describe the unread tail of `buf`.
-        match check(
-            unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) } as c_long,
-        ) {
+        let ret = unsafe { libc::read(fd, tail.as_mut_ptr().cast(), tail.len()) };
+        match check(ret as c_long) {
             Ok(0) => break,
             Ok(n) => done += n as usize,
             Err(libc::EINTR) => {}
@@ -470,10 +500,8 @@ pub fn read_signal(fd: RawFd) -> SysResult<i32> {
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> SysResult<usize> {
     loop {
         // SAFETY: pointer and length describe `fds`.
-        match check(
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) }
-                as c_long,
-        ) {
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        match check(ret as c_long) {
             Err(libc::EINTR) => {}
             r => return r.map(|n| n as usize),
         }

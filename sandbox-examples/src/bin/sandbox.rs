@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run PROGRAM in a sandbox.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print what this host can enforce.
     Doctor {
         /// Print JSON instead of text.
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => match run(args) {
+        Command::Run(args) => match run(*args) {
             Ok(code) => code,
             Err(msg) => {
                 eprintln!("sandbox: {msg}");
