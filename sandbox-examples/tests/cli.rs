@@ -1,0 +1,238 @@
+//! The `sandbox` CLI contract: flags, exit codes, the JSON report, and die-with-parent.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The CLI under test: `SANDBOX_BIN` when the binary was staged elsewhere (unprivileged CI runs), else cargo's.
+fn bin() -> PathBuf {
+    std::env::var_os("SANDBOX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sandbox").into())
+}
+
+fn sandbox(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir("/")
+        .output()
+        .expect("the CLI runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sandbox-cli-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        TempDir(p)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    fn s(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn report(args: &[&str]) -> (Output, serde_json::Value) {
+    let dir = TempDir::new("report");
+    let file = dir.join("report.json");
+    let mut all = vec!["run", "--report", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = sandbox(&all);
+    let json = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("no report ({e}); stderr: {}", text(&out.stderr)));
+    (out, serde_json::from_str(&json).unwrap())
+}
+
+#[test]
+fn prints_and_exits_with_the_programs_code() {
+    let (out, r) = report(&["--", "/bin/sh", "-c", "echo hi; exit 3"]);
+    assert_eq!(text(&out.stdout), "hi\n");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(r["status"], "exited");
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["backend"], "namespace");
+    assert!(r["wall_ms"].as_u64().is_some());
+    assert!(r["fallback_reason"].is_null());
+}
+
+#[test]
+fn signals_map_to_128_plus_n() {
+    let (out, r) = report(&["--", "/bin/sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137));
+    assert_eq!(r["status"], "signaled");
+    assert_eq!(r["signal"], 9);
+}
+
+#[test]
+fn timeout_is_124() {
+    let start = Instant::now();
+    let (out, r) = report(&["--timeout", "0.3", "--", "/bin/sleep", "30"]);
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(r["status"], "timed_out");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn not_found_is_127_and_not_executable_is_126() {
+    let (out, r) = report(&["--", "no-such-program-xyz"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(r["status"], "setup_failed");
+    let out = sandbox(&["run", "--", "/etc/passwd"]);
+    assert_eq!(out.status.code(), Some(126));
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_125() {
+    for args in [
+        vec!["run", "--no-such-flag", "--", "true"],
+        vec!["run", "--ro-bind", "/nonexistent/cli-src", "--", "true"],
+        vec!["run", "--hostname", "bad name", "--", "true"],
+        vec!["run", "--timeout", "-1", "--", "true"],
+        vec!["run", "--env", "NOEQUALS", "--", "true"],
+        vec!["run", "--tmpfs", "relative", "--", "true"],
+        vec!["run", "--policy", "/nonexistent/policy.toml", "--", "true"],
+        vec!["run", "--cwd", "/nonexistent", "--", "true"],
+    ] {
+        let out = sandbox(&args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("sandbox") || err.contains("error"), "{args:?}: {err}");
+    }
+    let err = text(&sandbox(&["run", "--ro-bind", "/nonexistent/cli-src", "--", "true"]).stderr);
+    assert!(err.contains("/nonexistent/cli-src"), "{err}");
+}
+
+#[test]
+fn mounts_env_cwd_hostname_from_flags() {
+    let ro = TempDir::new("ro");
+    let rw = TempDir::new("rw");
+    std::fs::write(ro.join("in"), "input").unwrap();
+    let ro_spec = format!("{}:/in", ro.s());
+    let out = sandbox(&[
+        "run",
+        "--ro-bind",
+        &ro_spec,
+        "--bind",
+        rw.s(),
+        "--tmpfs",
+        "/scratch",
+        "--env",
+        "WHO=judge",
+        "--cwd",
+        "/scratch",
+        "--hostname",
+        "box1",
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!(
+            "cat /in/in > {rw}/copy && echo $WHO $(hostname) $(pwd) > {rw}/facts; echo x > /in/new",
+            rw = rw.s()
+        ),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "the ro write fails last: {}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(rw.join("copy")).unwrap(), "input");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("facts")).unwrap(),
+        "judge box1 /scratch\n"
+    );
+    assert!(!ro.join("new").exists());
+}
+
+#[test]
+fn policy_file_and_network_flag() {
+    let dir = TempDir::new("policy");
+    let policy = dir.join("p.toml");
+    std::fs::write(&policy, "hostname = \"from-file\"\nnetwork = \"none\"\n").unwrap();
+    let out = sandbox(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "hostname; grep -c : /proc/net/dev",
+    ]);
+    assert_eq!(text(&out.stdout), "from-file\n1\n");
+    let out = sandbox(&["run", "--net", "host", "--", "/bin/cat", "/proc/net/dev"]);
+    let host = std::fs::read_to_string("/proc/net/dev").unwrap().lines().count();
+    assert_eq!(text(&out.stdout).lines().count(), host);
+    std::fs::write(&policy, "hostnme = \"typo\"\n").unwrap();
+    let out = sandbox(&["run", "--policy", policy.to_str().unwrap(), "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("hostnme"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn doctor_reports_the_host() {
+    let out = sandbox(&["doctor", "--json"]);
+    assert!(out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["user_namespaces"], true, "{r}");
+    assert!(r["kernel"].as_str().unwrap().len() > 2);
+    assert!(["v1", "v2", "hybrid", "none"].contains(&r["cgroup"]["layout"].as_str().unwrap()));
+    assert!(["hardware", "pvm", "none"].contains(&r["kvm"]["flavour"].as_str().unwrap()));
+    let out = sandbox(&["doctor"]);
+    assert!(text(&out.stdout).contains("user namespaces:  yes"));
+}
+
+#[test]
+fn sandbox_dies_with_the_cli() {
+    let marker = format!("{}", 600_000 + std::process::id() % 100_000);
+    let mut cli = Command::new(bin())
+        .args(["run", "--", "/bin/sh", "-c"])
+        .arg(format!("sleep {marker} & sleep {marker}"))
+        .spawn()
+        .unwrap();
+    let pattern = format!("sleep {marker}");
+    let start = Instant::now();
+    while count(&pattern) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "the sandbox did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    let start = Instant::now();
+    while count(&pattern) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "sandboxed processes survived their supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes whose command line contains `pattern`.
+fn count(pattern: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(pattern))
+                .unwrap_or(false)
+        })
+        .count()
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh Debian 12 machine.
+#
+# 1. Installs what the tests need (Debian packages) when it is missing.
+# 2. Checks formatting and lints.
+# 3. Runs the whole suite as the calling user (root in CI).
+# 4. Runs the test binaries again as an unprivileged user (uid/gid 65534), staged in a temp dir that user can
+#    read, because most users of a sandbox are not root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+
+# --- 1. packages -------------------------------------------------------------------------------------------
+need=()
+for pair in setpriv:util-linux bwrap:bubblewrap; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        say "installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || {
+            apt-get update -qq && apt-get install -y -qq "${need[@]}"
+        }
+    else
+        echo "missing packages: ${need[*]} (install them as root)" >&2
+        exit 1
+    fi
+fi
+
+# --- 2. style ----------------------------------------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# --- 3. the suite as the caller ----------------------------------------------------------------------------
+say "cargo test as $(id -un)"
+cargo test --workspace
+
+# --- 4. the suite as an unprivileged user -------------------------------------------------------------------
+if [ "$(id -u)" != 0 ]; then
+    say "not root: the unprivileged run above already covers the unprivileged path"
+    exit 0
+fi
+stage=$(mktemp -d /tmp/sandbox-unpriv.XXXXXX)
+trap 'rm -rf "$stage"' EXIT
+chmod 755 "$stage"
+mapfile -t bins < <(cargo test --workspace --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
+        print(m["executable"])')
+cargo build --workspace --quiet
+install -m 755 target/debug/sandbox "$stage/sandbox"
+failed=0
+for b in "${bins[@]}"; do
+    name=$(basename "$b")
+    install -m 755 "$b" "$stage/$name"
+    say "unprivileged (uid 65534): $name"
+    if ! (cd /tmp && SANDBOX_BIN="$stage/sandbox" setpriv --reuid=65534 --regid=65534 --clear-groups \
+        "$stage/$name" --test-threads=2); then
+        failed=1
+    fi
+done
+[ "$failed" = 0 ] || { echo "unprivileged tests failed" >&2; exit 1; }
+say "all tests passed, as root and as uid 65534"
