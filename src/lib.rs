@@ -3,7 +3,7 @@
 //! Run untrusted programs with strong defaults: new user, pid, mount, net, ipc, uts and cgroup namespaces, a
 //! fresh read-only root, no network, no capabilities, and an honest verdict of what happened.
 //!
-//! ```no_run
+//! ```
 //! use sandbox::{Policy, Sandbox};
 //! use std::time::Duration;
 //!

@@ -115,10 +115,18 @@ fn bad_input_is_one_clear_line_and_125() {
         vec!["run", "--cwd", "/nonexistent", "--", "true"],
     ] {
         let out = sandbox(&args);
-        assert_eq!(out.status.code(), Some(125), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         let err = text(&out.stderr);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
-        assert!(err.contains("sandbox") || err.contains("error"), "{args:?}: {err}");
+        assert!(
+            err.contains("sandbox") || err.contains("error"),
+            "{args:?}: {err}"
+        );
     }
     let err = text(&sandbox(&["run", "--ro-bind", "/nonexistent/cli-src", "--", "true"]).stderr);
     assert!(err.contains("/nonexistent/cli-src"), "{err}");
@@ -152,7 +160,12 @@ fn mounts_env_cwd_hostname_from_flags() {
             rw = rw.s()
         ),
     ]);
-    assert_eq!(out.status.code(), Some(2), "the ro write fails last: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the ro write fails last: {}",
+        text(&out.stderr)
+    );
     assert_eq!(std::fs::read_to_string(rw.join("copy")).unwrap(), "input");
     assert_eq!(
         std::fs::read_to_string(rw.join("facts")).unwrap(),
@@ -177,12 +190,19 @@ fn policy_file_and_network_flag() {
     ]);
     assert_eq!(text(&out.stdout), "from-file\n1\n");
     let out = sandbox(&["run", "--net", "host", "--", "/bin/cat", "/proc/net/dev"]);
-    let host = std::fs::read_to_string("/proc/net/dev").unwrap().lines().count();
+    let host = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(text(&out.stdout).lines().count(), host);
     std::fs::write(&policy, "hostnme = \"typo\"\n").unwrap();
     let out = sandbox(&["run", "--policy", policy.to_str().unwrap(), "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out.stderr).contains("hostnme"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("hostnme"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -209,7 +229,10 @@ fn sandbox_dies_with_the_cli() {
     let pattern = format!("sleep {marker}");
     let start = Instant::now();
     while count(&pattern) < 2 {
-        assert!(start.elapsed() < Duration::from_secs(5), "the sandbox did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the sandbox did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     cli.kill().unwrap();
@@ -231,7 +254,11 @@ fn count(pattern: &str) -> usize {
         .flatten()
         .filter(|e| {
             std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(pattern))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(pattern)
+                })
                 .unwrap_or(false)
         })
         .count()
