@@ -13,7 +13,7 @@ say() { printf '==> %s\n' "$*"; }
 
 # --- 1. packages -------------------------------------------------------------------------------------------
 need=()
-for pair in setpriv:util-linux bwrap:bubblewrap; do
+for pair in setpriv:util-linux bwrap:bubblewrap python3:python3; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -7,8 +7,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::namespace::seccomp;
 use crate::namespace::{self, Launch, Started, child::msg};
-use crate::outcome::{BackendKind, Outcome, SetupFailure, Status, Usage};
+use crate::outcome::{BackendKind, Denial, Outcome, SetupFailure, Status, TimeLimit, Usage};
 use crate::policy::{Policy, PolicyError};
 
 /// Errors of the sandbox API.
@@ -170,14 +171,7 @@ impl Sandbox {
         self.policy.validate()?;
         match self.spawn_with_defaults(|| Stdio::Null, || Stdio::Piped) {
             Ok(child) => child.wait_with_output(),
-            Err(Error::Setup(f)) => Ok(Outcome {
-                status: Status::SetupFailed(f),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                usage: Usage::default(),
-                backend: BackendKind::Namespace,
-                fallback_reason: None,
-            }),
+            Err(Error::Setup(f)) => Ok(Outcome::setup_failed(f, BackendKind::Namespace)),
             Err(e) => Err(e),
         }
     }
@@ -187,14 +181,7 @@ impl Sandbox {
         self.policy.validate()?;
         match self.spawn() {
             Ok(mut child) => child.wait(),
-            Err(Error::Setup(f)) => Ok(Outcome {
-                status: Status::SetupFailed(f),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                usage: Usage::default(),
-                backend: BackendKind::Namespace,
-                fallback_reason: None,
-            }),
+            Err(Error::Setup(f)) => Ok(Outcome::setup_failed(f, BackendKind::Namespace)),
             Err(e) => Err(e),
         }
     }
@@ -470,10 +457,43 @@ impl SandboxChild {
                 source: std::io::Error::last_os_error(),
             });
         }
+        // The init's last words: denied system calls, then how the program ended.
+        let mut denied = Vec::new();
+        let mut last = None;
         let mut buf = [0u8; msg::LEN];
-        let report = namespace::read_message(&mut s.report, &mut buf).map(|()| msg::decode(&buf));
-        let status = match report {
-            Ok([msg::EXITED, raw, ..]) => {
+        while namespace::read_message(&mut s.report, &mut buf).is_ok() {
+            match msg::decode(&buf) {
+                [msg::DENIED, nr, count, _] => denied.push(Denial {
+                    syscall: seccomp::syscall_name(nr as i32)
+                        .map_or_else(|| format!("#{nr}"), String::from),
+                    count,
+                }),
+                words => {
+                    last = Some(words);
+                    break;
+                }
+            }
+        }
+        let stats = s.cgroup.as_ref().map(|cg| cg.stats()).unwrap_or_default();
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        let cpu_user = stats.cpu_user.unwrap_or(tv(ru.ru_utime));
+        let cpu_sys = stats.cpu_sys.unwrap_or(tv(ru.ru_stime));
+        let killed_by = |sig| match last {
+            Some([msg::EXITED, raw, ..]) => {
+                libc::WIFSIGNALED(raw as i32) && libc::WTERMSIG(raw as i32) == sig
+            }
+            _ => false,
+        };
+        let over_cpu = s.cpu_time.is_some_and(|limit| {
+            killed_by(libc::SIGXCPU) || (killed_by(libc::SIGKILL) && cpu_user + cpu_sys >= limit)
+        });
+        let status = match last {
+            _ if over_cpu => Status::TimedOut(TimeLimit::Cpu),
+            Some([msg::TIMED_OUT, ..]) => Status::TimedOut(TimeLimit::Wall),
+            _ if stats.oom_kills > 0 && (killed_by(libc::SIGKILL) || last.is_none()) => {
+                Status::OomKilled
+            }
+            Some([msg::EXITED, raw, ..]) => {
                 let raw = raw as i32;
                 if libc::WIFSIGNALED(raw) {
                     Status::Signaled(libc::WTERMSIG(raw))
@@ -481,30 +501,32 @@ impl SandboxChild {
                     Status::Exited(libc::WEXITSTATUS(raw))
                 }
             }
-            Ok([msg::TIMED_OUT, ..]) => Status::TimedOut,
-            _ if self.killed
-                && self.timeout.is_some()
-                && wall >= self.timeout.unwrap_or_default() =>
-            {
-                Status::TimedOut
+            _ if self.killed && self.timeout.is_some_and(|t| wall >= t) => {
+                Status::TimedOut(TimeLimit::Wall)
             }
             _ => Status::Signaled(libc::SIGKILL),
         };
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        let (peak, source) = match stats.peak_memory {
+            Some(p) => (Some(p), "cgroup"),
+            None => (Some(ru.ru_maxrss as u64 * 1024), "rusage"),
+        };
         self.done = Some(Outcome {
             status,
             stdout: Vec::new(),
             stderr: Vec::new(),
             usage: Usage {
                 wall,
-                cpu_user: tv(ru.ru_utime),
-                cpu_sys: tv(ru.ru_stime),
-                peak_memory_bytes: Some(ru.ru_maxrss as u64 * 1024),
-                source: "rusage",
+                cpu_user,
+                cpu_sys,
+                peak_memory_bytes: peak,
+                source,
             },
             backend: BackendKind::Namespace,
             fallback_reason: None,
+            enforced: std::mem::take(&mut s.enforced),
+            denied_syscalls: denied,
         });
+        // Dropping `s` removes the run's cgroup, now empty.
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ pub mod policy;
 pub mod probe;
 
 pub use command::{Backend, Error, Sandbox, SandboxChild, Stdio};
-pub use namespace::DEFAULT_PATH;
+pub use namespace::{DEFAULT_PATH, landlock, seccomp};
 pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
 pub use policy::{Mount, Network, Policy, PolicyError};
 pub use probe::{HostReport, probe};

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::namespace::cgroup::CgroupEnforced;
+
 /// Which backend ran the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +42,14 @@ pub enum Stage {
     Init,
     /// Executing the program.
     Exec,
+    /// Creating the run's cgroup and applying its limits.
+    Cgroup,
+    /// Applying landlock.
+    Landlock,
+    /// Compiling or installing the seccomp filter.
+    Seccomp,
+    /// Setting resource limits (rlimits).
+    Rlimits,
 }
 
 impl Stage {
@@ -58,6 +68,10 @@ impl Stage {
             Cwd,
             Init,
             Exec,
+            Cgroup,
+            Landlock,
+            Seccomp,
+            Rlimits,
         ]
         .get(n as usize)
         .copied()
@@ -93,6 +107,16 @@ impl std::fmt::Display for SetupFailure {
     }
 }
 
+/// Which time limit ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeLimit {
+    /// The wall-clock limit (`Policy::timeout`): the whole tree was killed.
+    Wall,
+    /// The CPU-time limit (`Limits::cpu_time`) of the program.
+    Cpu,
+}
+
 /// How the run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -100,8 +124,10 @@ pub enum Status {
     Exited(i32),
     /// The program was killed by this signal.
     Signaled(i32),
-    /// The wall-clock limit ran out; the whole tree was killed.
-    TimedOut,
+    /// A time limit ran out.
+    TimedOut(TimeLimit),
+    /// The program was killed by the kernel's OOM killer at the memory limit.
+    OomKilled,
     /// The sandbox could not be built or the program not started.
     SetupFailed(SetupFailure),
 }
@@ -118,7 +144,8 @@ impl Status {
         match self {
             Status::Exited(c) => *c,
             Status::Signaled(s) => 128 + s,
-            Status::TimedOut => 124,
+            Status::TimedOut(_) => 124,
+            Status::OomKilled => 128 + libc::SIGKILL,
             Status::SetupFailed(f) if f.stage == Stage::Exec => match f.errno {
                 Some(libc::ENOENT) | Some(libc::ENOTDIR) => 127,
                 _ => 126,
@@ -132,7 +159,8 @@ impl Status {
         match self {
             Status::Exited(_) => "exited",
             Status::Signaled(_) => "signaled",
-            Status::TimedOut => "timed_out",
+            Status::TimedOut(_) => "timed_out",
+            Status::OomKilled => "oom_killed",
             Status::SetupFailed(_) => "setup_failed",
         }
     }
@@ -153,6 +181,42 @@ pub struct Usage {
     pub source: &'static str,
 }
 
+/// What was actually enforced for a run: the honest part of the verdict.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Enforced {
+    /// The namespaces the program runs in.
+    pub namespaces: Vec<&'static str>,
+    /// The host uid and gid the sandbox user maps to.
+    pub host_uid: u32,
+    /// See `host_uid`.
+    pub host_gid: u32,
+    /// The run's cgroup and its limits, when one was created.
+    pub cgroup: Option<CgroupEnforced>,
+    /// Resource limits set with setrlimit: name, soft value.
+    pub rlimits: Vec<(&'static str, u64)>,
+    /// The seccomp profile: "default", "custom" or "none".
+    pub seccomp: &'static str,
+    /// Whether denied system calls were counted (`denied_syscalls`).
+    pub seccomp_audit: bool,
+    /// Landlock's ABI and rights, when applied.
+    pub landlock: Option<crate::namespace::landlock::Enforced>,
+    /// Every capability set is empty and the bounding set too; no-root secure bits are locked.
+    pub capabilities_dropped: bool,
+    /// `no_new_privs` is set.
+    pub no_new_privs: bool,
+    /// What the policy asked for but this host could not enforce, and why.
+    pub not_enforced: Vec<String>,
+}
+
+/// A system call the seccomp filter denied, and how often.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    /// The system call's name (or its number).
+    pub syscall: String,
+    /// How many times it was denied.
+    pub count: u32,
+}
+
 /// The verdict of a run.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -168,9 +232,27 @@ pub struct Outcome {
     pub backend: BackendKind,
     /// Why the backend was chosen over the preferred one, when Auto fell back.
     pub fallback_reason: Option<String>,
+    /// What was enforced.
+    pub enforced: Enforced,
+    /// System calls the seccomp filter denied (with `audit_denials`).
+    pub denied_syscalls: Vec<Denial>,
 }
 
 impl Outcome {
+    /// The verdict of a run whose sandbox could not be built or whose program could not be started.
+    pub fn setup_failed(failure: SetupFailure, backend: BackendKind) -> Outcome {
+        Outcome {
+            status: Status::SetupFailed(failure),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            usage: Usage::default(),
+            backend,
+            fallback_reason: None,
+            enforced: Enforced::default(),
+            denied_syscalls: Vec::new(),
+        }
+    }
+
     /// The verdict as the JSON object of the CLI's `--report` contract.
     pub fn report_json(&self) -> serde_json::Value {
         let (exit_code, signal) = match &self.status {
@@ -189,6 +271,9 @@ impl Outcome {
             "cpu_sys_ms": self.usage.cpu_sys.as_millis() as u64,
             "peak_memory_bytes": self.usage.peak_memory_bytes,
             "usage_source": self.usage.source,
+            "timeout": match &self.status { Status::TimedOut(l) => serde_json::to_value(l).ok(), _ => None },
+            "enforced": self.enforced,
+            "denied_syscalls": self.denied_syscalls,
         });
         if let Status::SetupFailed(f) = &self.status {
             v["setup_error"] = serde_json::json!({
@@ -215,7 +300,8 @@ mod tests {
     fn exit_codes_follow_the_shell() {
         assert_eq!(Status::Exited(3).exit_code(), 3);
         assert_eq!(Status::Signaled(9).exit_code(), 137);
-        assert_eq!(Status::TimedOut.exit_code(), 124);
+        assert_eq!(Status::TimedOut(TimeLimit::Wall).exit_code(), 124);
+        assert_eq!(Status::OomKilled.exit_code(), 137);
         assert_eq!(failed(Stage::Exec, libc::ENOENT).exit_code(), 127);
         assert_eq!(failed(Stage::Exec, libc::EACCES).exit_code(), 126);
         assert_eq!(failed(Stage::Mounts, libc::ENOENT).exit_code(), 125);

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::namespace::seccomp::{
+    Action as SeccompAction, ArgCond, CmpOp, CustomProfile, Rule as SeccompRule, SeccompProfile,
+};
+
 /// Errors in a policy, found before anything is spawned.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -24,9 +28,12 @@ pub enum PolicyError {
     /// A tmpfs was given a size of zero.
     #[error("tmpfs at {0:?} has size 0: give a size in bytes, or none for the default")]
     ZeroTmpfsSize(PathBuf),
-    /// The timeout is zero or not a finite number of seconds.
-    #[error("timeout must be a positive number of seconds")]
+    /// A timeout is zero or not a finite number of seconds.
+    #[error("timeout_secs and cpu_time_secs must be positive numbers of seconds")]
     BadTimeout,
+    /// A resource limit is out of range.
+    #[error("invalid limit: {0}")]
+    BadLimit(&'static str),
     /// A root caller's sandbox must not map to host root.
     #[error("host_uid and host_gid must not be 0: the sandbox never runs as host root")]
     HostRoot,
@@ -130,6 +137,76 @@ pub struct Policy {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The seccomp filter (`"default"`, `"none"` or a custom profile table).
+    pub seccomp: SeccompProfile,
+    /// Count the system calls the filter denies and report them in the verdict (answered through seccomp
+    /// user notification; allowed calls cost nothing extra).
+    pub audit_denials: bool,
+    /// Landlock rules, derived from the mounts, as defence in depth.
+    pub landlock: Landlock,
+}
+
+/// Resource limits of a run. The cgroup limits (`memory`, `pids`, `cpus`) need a writable cgroup beneath the
+/// caller's own; without one they are reported as not enforced, unless `required`, which makes the run fail.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Memory of the whole tree in bytes, swap included (cgroup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Number of processes and threads of the whole tree (cgroup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// CPU bandwidth in cores, e.g. 0.5 (cgroup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// CPU time of each process (RLIMIT_CPU); the verdict says `timed_out` with `timeout: "cpu"`.
+    #[serde(
+        default,
+        rename = "cpu_time_secs",
+        with = "secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_time: Option<Duration>,
+    /// Open files per process (RLIMIT_NOFILE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nofile: Option<u64>,
+    /// Processes of the sandbox user (RLIMIT_NPROC; counted per host uid, prefer `pids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nproc: Option<u64>,
+    /// Largest file a process may write, in bytes (RLIMIT_FSIZE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsize: Option<u64>,
+    /// Fail the run when a cgroup limit cannot be enforced, instead of reporting it.
+    pub required: bool,
+}
+
+/// Landlock settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Landlock {
+    /// Apply landlock at all (ABI 1 is then required).
+    pub enabled: bool,
+    /// Restrict TCP bind/connect to the ports below (ABI 4). Default: when the network is `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restrict_tcp: Option<bool>,
+    /// Ports the sandbox may bind (0: an ephemeral port).
+    pub tcp_bind: Vec<u16>,
+    /// Ports the sandbox may connect to.
+    pub tcp_connect: Vec<u16>,
+}
+
+impl Default for Landlock {
+    fn default() -> Self {
+        Landlock {
+            enabled: true,
+            restrict_tcp: None,
+            tcp_bind: Vec::new(),
+            tcp_connect: Vec::new(),
+        }
+    }
 }
 
 /// `/etc` entries shown read-only by the system view, when they exist on the host.
@@ -176,6 +253,10 @@ impl Default for Policy {
             host_uid: 65534,
             host_gid: 65534,
             timeout: None,
+            limits: Limits::default(),
+            seccomp: SeccompProfile::Default,
+            audit_denials: true,
+            landlock: Landlock::default(),
         }
     }
 }
@@ -266,6 +347,36 @@ impl Policy {
         self
     }
 
+    /// Limits the memory of the whole tree (bytes, swap included).
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.limits.memory = Some(bytes);
+        self
+    }
+
+    /// Limits the number of processes and threads of the whole tree.
+    pub fn pids(mut self, n: u64) -> Self {
+        self.limits.pids = Some(n);
+        self
+    }
+
+    /// Limits CPU bandwidth to this many cores.
+    pub fn cpus(mut self, cores: f64) -> Self {
+        self.limits.cpus = Some(cores);
+        self
+    }
+
+    /// Limits the CPU time of each process.
+    pub fn cpu_time(mut self, t: Duration) -> Self {
+        self.limits.cpu_time = Some(t);
+        self
+    }
+
+    /// Sets the seccomp profile.
+    pub fn seccomp(mut self, profile: SeccompProfile) -> Self {
+        self.seccomp = profile;
+        self
+    }
+
     /// Sets the user and group ids inside the sandbox.
     pub fn user(mut self, uid: u32, gid: u32) -> Self {
         self.uid = uid;
@@ -299,8 +410,21 @@ impl Policy {
         if self.host_uid == 0 || self.host_gid == 0 {
             return Err(PolicyError::HostRoot);
         }
-        if self.timeout == Some(Duration::ZERO) {
+        if self.timeout == Some(Duration::ZERO) || self.limits.cpu_time == Some(Duration::ZERO) {
             return Err(PolicyError::BadTimeout);
+        }
+        let l = &self.limits;
+        if l.memory == Some(0) || l.pids == Some(0) || l.nofile == Some(0) || l.nproc == Some(0) {
+            return Err(PolicyError::BadLimit(
+                "memory, pids, nofile and nproc must be at least 1",
+            ));
+        }
+        if let Some(c) = l.cpus {
+            if !(c.is_finite() && c >= 0.01) {
+                return Err(PolicyError::BadLimit(
+                    "cpus must be a number of cores of at least 0.01",
+                ));
+            }
         }
         Ok(())
     }

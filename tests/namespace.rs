@@ -227,7 +227,10 @@ fn timeout_kills_grandchildren_and_daemons() {
     .policy(Policy::default().timeout(Duration::from_millis(500)))
     .output()
     .unwrap();
-    assert_eq!(o.status, Status::TimedOut);
+    assert_eq!(
+        o.status,
+        Status::TimedOut(sandbox::outcome::TimeLimit::Wall)
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_no_processes_with(&format!("sleep {m}"));
 }

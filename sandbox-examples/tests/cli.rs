@@ -113,6 +113,16 @@ fn bad_input_is_one_clear_line_and_125() {
         vec!["run", "--tmpfs", "relative", "--", "true"],
         vec!["run", "--policy", "/nonexistent/policy.toml", "--", "true"],
         vec!["run", "--cwd", "/nonexistent", "--", "true"],
+        vec!["run", "--memory", "lots", "--", "true"],
+        vec!["run", "--cpus", "0", "--", "true"],
+        vec!["run", "--cpu-time", "0", "--", "true"],
+        vec![
+            "run",
+            "--seccomp",
+            "/nonexistent/profile.toml",
+            "--",
+            "true",
+        ],
     ] {
         let out = sandbox(&args);
         assert_eq!(
@@ -203,6 +213,54 @@ fn policy_file_and_network_flag() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn limits_and_seccomp_flags() {
+    let (out, r) = report(&[
+        "--cpu-time",
+        "1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(r["status"], "timed_out");
+    assert_eq!(r["timeout"], "cpu");
+    let (_, r) = report(&["--seccomp", "none", "--", "/bin/true"]);
+    assert_eq!(r["enforced"]["seccomp"], "none");
+    let (_, r) = report(&["--", "/bin/sh", "-c", "unshare -U true; true"]);
+    assert_eq!(r["denied_syscalls"][0]["syscall"], "unshare", "{r}");
+    let (out, r) = report(&[
+        "--memory",
+        "64M",
+        "--pids",
+        "32",
+        "--cpus",
+        "0.5",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    if r["enforced"]["cgroup"].is_null() {
+        assert!(
+            !r["enforced"]["not_enforced"].as_array().unwrap().is_empty(),
+            "{r}"
+        );
+        let out = sandbox(&[
+            "run",
+            "--memory",
+            "64M",
+            "--require-limits",
+            "--",
+            "/bin/true",
+        ]);
+        assert_eq!(out.status.code(), Some(125));
+    } else {
+        assert_eq!(r["enforced"]["cgroup"]["memory"], 64 << 20);
+        assert_eq!(r["enforced"]["cgroup"]["pids"], 32);
+    }
 }
 
 #[test]

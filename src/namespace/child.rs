@@ -11,6 +11,7 @@ use libc::c_char;
 
 use super::plan::{Op, SOURCE_FD_DIR, Step};
 use super::sys::{self, Errno};
+use super::{landlock, seccomp};
 use crate::outcome::Stage;
 
 /// Messages on the report pipe, child to host: four native-endian `u32` words, written atomically.
@@ -23,6 +24,8 @@ pub mod msg {
     pub const EXITED: u32 = 3;
     /// The wall-clock limit ran out.
     pub const TIMED_OUT: u32 = 4;
+    /// The seccomp filter denied a system call: number, count (sent before EXITED).
+    pub const DENIED: u32 = 5;
     /// Size of one message.
     pub const LEN: usize = 16;
 
@@ -86,6 +89,14 @@ pub struct ChildSpec {
     pub timeout_ms: i64,
     /// The host process's argv area, overwritten so the sandbox cannot read the host's arguments.
     pub argv_area: (usize, usize),
+    /// The seccomp filter the init installs before forking the program.
+    pub filter: Option<seccomp::Filter>,
+    /// The landlock ruleset (`-1`: no landlock).
+    pub landlock_fd: RawFd,
+    /// Landlock rules for paths that exist only inside the sandbox: path, access.
+    pub landlock_rules: Vec<(CString, u64)>,
+    /// `(resource, soft, hard)` for setrlimit.
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
 }
 
 /// Sends a setup failure to the host and ends the process.
@@ -171,7 +182,12 @@ pub fn main(spec: &mut ChildSpec) -> ! {
             }
         }
     }
-    let mut keep = [spec.sync_fd, spec.report_fd, spec.death_fd];
+    let mut keep = [
+        spec.sync_fd,
+        spec.report_fd,
+        spec.death_fd,
+        spec.landlock_fd,
+    ];
     keep.sort_unstable();
     if let Err(e) = sys::close_all_except(&keep) {
         fail(report, Stage::Init, none, e);
@@ -194,6 +210,10 @@ pub fn main(spec: &mut ChildSpec) -> ! {
     }
     if let Err(e) = sys::set_ids(spec.uid, spec.gid, spec.drop_groups) {
         fail(report, Stage::Credentials, none, e);
+    }
+    // The host has placed us in the run's cgroup: make it the root of our cgroup view.
+    if let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP) {
+        fail(report, Stage::Namespaces, none, e);
     }
 
     // 4. The filesystem view, ending with pivot_root into it and the host root detached.
@@ -227,12 +247,26 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         fail(report, Stage::Credentials, none, e);
     }
 
-    // 7. Working directory, checked with the sandbox user's permissions.
+    // 7. Landlock: rules for the paths that exist only in here (tmpfs, /dev, /proc, the root), added to the
+    //    ruleset the host made with the bind sources' rules; then this process and all it starts are bound.
+    if spec.landlock_fd >= 0 {
+        for (path, access) in &spec.landlock_rules {
+            if let Err(e) = landlock::add_path_rule(spec.landlock_fd, path, *access) {
+                fail(report, Stage::Landlock, none, e);
+            }
+        }
+        if let Err(e) = landlock::restrict_self(spec.landlock_fd) {
+            fail(report, Stage::Landlock, none, e);
+        }
+        sys::close(spec.landlock_fd);
+    }
+
+    // 8. Working directory, checked with the sandbox user's permissions.
     if let Err(e) = sys::chdir(&spec.cwd) {
         fail(report, Stage::Cwd, none, e);
     }
 
-    // 8. Become the tiny init: start the program and supervise it.
+    // 9. Become the tiny init: start the program and supervise it.
     init(spec)
 }
 
@@ -251,6 +285,21 @@ fn init(spec: &ChildSpec) -> ! {
         .unwrap_or_else(|e| fail(report, Stage::Init, none, e));
     let [exec_rd, exec_wr] = sys::pipe().unwrap_or_else(|e| fail(report, Stage::Init, none, e));
 
+    // Resource limits, inherited by the program.
+    for &(resource, soft, hard) in &spec.rlimits {
+        if let Err(e) = sys::set_rlimit(resource, soft, hard) {
+            fail(report, Stage::Rlimits, resource, e);
+        }
+    }
+    // seccomp last: on this process, so the program inherits it through fork and execve, and so this
+    // process can answer the notifications of denied calls (audit) without being a separate server.
+    let listener = match &spec.filter {
+        Some(f) => seccomp::install(&f.program, f.listener)
+            .unwrap_or_else(|e| fail(report, Stage::Seccomp, none, e))
+            .unwrap_or(-1),
+        None => -1,
+    };
+
     let program = match sys::fork() {
         Err(e) => fail(report, Stage::Init, none, e),
         Ok(0) => {
@@ -258,6 +307,9 @@ fn init(spec: &ChildSpec) -> ! {
             sys::close(sfd);
             sys::close(spec.death_fd);
             sys::close(report);
+            if listener >= 0 {
+                sys::close(listener);
+            }
             exec_program(spec, exec_wr)
         }
         Ok(pid) => pid,
@@ -279,6 +331,7 @@ fn init(spec: &ChildSpec) -> ! {
     }
     sys::close(exec_rd);
 
+    let mut denials = seccomp::Denials::default();
     let mut fds = [
         libc::pollfd {
             fd: sfd,
@@ -287,6 +340,12 @@ fn init(spec: &ChildSpec) -> ! {
         },
         libc::pollfd {
             fd: spec.death_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        // A negative descriptor is ignored by poll.
+        libc::pollfd {
+            fd: listener,
             events: libc::POLLIN,
             revents: 0,
         },
@@ -306,6 +365,11 @@ fn init(spec: &ChildSpec) -> ! {
             // The host process is gone: nobody will read a verdict. Take everything down.
             sys::exit(1);
         }
+        if fds[2].revents & libc::POLLIN != 0 {
+            if let Some(f) = &spec.filter {
+                let _ = seccomp::answer_one(listener, f, &mut denials);
+            }
+        }
         if fds[0].revents & libc::POLLIN == 0 {
             continue;
         }
@@ -318,6 +382,10 @@ fn init(spec: &ChildSpec) -> ! {
         }
         while let Ok(Some((pid, status))) = sys::reap_any() {
             if pid == program {
+                for (nr, count) in denials.nonzero() {
+                    let _ =
+                        sys::write_all(report, &msg::encode([msg::DENIED, nr as u32, count, 0]));
+                }
                 let _ = sys::write_all(report, &msg::encode([msg::EXITED, status as u32, 0, 0]));
                 sys::exit(0);
             }

@@ -41,6 +41,17 @@ impl IdMaps {
         }
     }
 
+    /// The host uid and gid the sandbox user maps to.
+    pub fn host_ids(&self) -> (u32, u32) {
+        let outside = |m: &str| {
+            m.split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0)
+        };
+        (outside(&self.uid_map), outside(&self.gid_map))
+    }
+
     /// Whether the sandbox may call `setgroups` to drop the caller's supplementary groups.
     pub fn may_drop_groups(&self) -> bool {
         self.privileged

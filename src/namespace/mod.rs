@@ -5,9 +5,13 @@
 //! new namespaces → write the uid/gid maps → release the child → wait for its report (started, or which step
 //! failed). The child side is [`child::main`].
 
+pub mod cgroup;
 pub(crate) mod child;
 mod idmap;
+pub mod landlock;
+mod layers;
 pub(crate) mod plan;
+pub mod seccomp;
 pub(crate) mod sys;
 
 use std::ffi::CString;
@@ -19,7 +23,7 @@ use std::path::Path;
 
 use child::{ChildSpec, msg};
 
-use crate::outcome::{SetupFailure, Stage};
+use crate::outcome::{Enforced, SetupFailure, Stage};
 use crate::policy::{Network, Policy};
 
 /// Default `PATH` inside the sandbox.
@@ -46,6 +50,12 @@ pub(crate) struct Started {
     pub report: File,
     /// Held only to be closed: the init watches the other end and ends the sandbox when this closes.
     pub _death: OwnedFd,
+    /// The run's cgroup (removed when this is dropped, after the init was reaped).
+    pub cgroup: Option<cgroup::RunCgroup>,
+    /// What is enforced.
+    pub enforced: Enforced,
+    /// The CPU-time limit, to tell a CPU timeout from a plain signal.
+    pub cpu_time: Option<std::time::Duration>,
 }
 
 fn setup_error(stage: Stage, errno: Option<i32>, message: impl Into<String>) -> SetupFailure {
@@ -116,12 +126,13 @@ fn candidates(program: &std::ffi::OsStr, path_var: &[u8]) -> Result<Vec<CString>
 }
 
 /// Builds the child's specification: every string and pointer the child will use.
-fn prepare(launch: &Launch<'_>) -> Result<ChildSpec, SetupFailure> {
+fn prepare(launch: &Launch<'_>) -> Result<(ChildSpec, plan::Plan), SetupFailure> {
     let policy = launch.policy;
     policy
         .validate()
         .map_err(|e| setup_error(Stage::Prepare, None, e.to_string()))?;
-    let plan = plan::plan(policy).map_err(|e| setup_error(Stage::Mounts, None, e.to_string()))?;
+    let mut plan =
+        plan::plan(policy).map_err(|e| setup_error(Stage::Mounts, None, e.to_string()))?;
 
     let mut env: Vec<CString> = Vec::new();
     let mut path_var = DEFAULT_PATH.as_bytes().to_vec();
@@ -165,10 +176,10 @@ fn prepare(launch: &Launch<'_>) -> Result<ChildSpec, SetupFailure> {
         Some(d) => c(d.as_os_str().as_bytes(), "working directory")?,
         None => c(b"/", "working directory")?,
     };
-    Ok(ChildSpec {
-        steps: plan.steps,
+    let spec = ChildSpec {
+        steps: std::mem::take(&mut plan.steps),
         source_fds: vec![-1; plan.sources.len()],
-        sources: plan.sources,
+        sources: plan.sources.clone(),
         hostname: policy.hostname.as_bytes().to_vec(),
         loopback: policy.network == Network::None,
         cwd,
@@ -185,10 +196,15 @@ fn prepare(launch: &Launch<'_>) -> Result<ChildSpec, SetupFailure> {
         report_fd: -1,
         death_fd: -1,
         argv_area: argv_area(),
+        filter: None,
+        landlock_fd: -1,
+        landlock_rules: Vec::new(),
+        rlimits: Vec::new(),
         timeout_ms: policy
             .timeout
             .map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64),
-    })
+    };
+    Ok((spec, plan))
 }
 
 /// The `[arg_start, arg_end)` addresses of this process's command line (fields 48 and 49 of /proc/self/stat).
@@ -209,9 +225,18 @@ fn argv_area() -> (usize, usize) {
 
 /// Starts the program in a new sandbox. Returns once the program was executed, or with the step that failed.
 pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
-    let mut spec = prepare(launch)?;
+    let (mut spec, plan) = prepare(launch)?;
     let maps = idmap::IdMaps::for_caller(launch.policy);
     spec.drop_groups = maps.may_drop_groups();
+    let layers = layers::prepare(launch.policy, &plan, maps.host_ids())?;
+    spec.filter = layers.filter;
+    spec.landlock_fd = layers
+        .landlock
+        .as_ref()
+        .map_or(-1, |l| l.ruleset_fd.as_raw_fd());
+    spec.landlock_rules = layers.landlock_rules;
+    spec.rlimits = layers.rlimits;
+    let run_cgroup = layers.cgroup;
 
     let (sync_rd, sync_wr) = pipe()?;
     let (report_rd, report_wr) = pipe()?;
@@ -224,12 +249,12 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
         "stdio sources sit above 2"
     );
 
+    // The cgroup namespace is unshared by the child once it sits in the run's cgroup.
     let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWCGROUP;
+        | libc::CLONE_NEWUTS;
     if launch.policy.network == Network::None {
         flags |= libc::CLONE_NEWNET;
     }
@@ -263,7 +288,13 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
     drop((sync_rd, report_wr, death_rd));
     let mut report = File::from(report_rd);
 
-    let release = maps.write(pid).and_then(|()| {
+    let placed = match &run_cgroup {
+        Some(cg) => cg
+            .add(pid)
+            .map_err(|e| setup_error(Stage::Cgroup, None, e.to_string())),
+        None => Ok(()),
+    };
+    let release = placed.and_then(|()| maps.write(pid)).and_then(|()| {
         nix::unistd::write(&sync_wr, b"x")
             .map(drop)
             .map_err(|e| os_error(Stage::IdMap, "release", e.into()))
@@ -282,6 +313,9 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
             pidfd,
             report,
             _death: death_wr,
+            cgroup: run_cgroup,
+            enforced: layers.enforced,
+            cpu_time: launch.policy.limits.cpu_time,
         }),
         Ok([msg::SETUP_FAILED, stage, step, errno]) => {
             kill_and_reap(pid);

@@ -167,6 +167,10 @@ pub struct Planner {
     made: BTreeSet<PathBuf>,
     /// Canonical host paths of bind sources.
     sources: Vec<CString>,
+    /// Whether each source is bound read-write.
+    writable: Vec<bool>,
+    /// Paths that exist only inside the sandbox, with the landlock rights they get.
+    inside: Vec<(CString, Inside)>,
     uid: u32,
     gid: u32,
 }
@@ -179,6 +183,8 @@ impl Planner {
             links: Vec::new(),
             made: BTreeSet::new(),
             sources: Vec::new(),
+            writable: Vec::new(),
+            inside: Vec::new(),
             uid,
             gid,
         }
@@ -320,6 +326,7 @@ impl Planner {
         self.mountpoint(&dst, kind)?;
         let target = cstr(Self::new_path(&dst))?;
         self.sources.push(cstr(&real)?);
+        self.writable.push(writable);
         self.push(
             Stage::Mounts,
             Op::BindSource {
@@ -342,8 +349,15 @@ impl Planner {
     }
 
     /// A tmpfs at `dst` with the given mount options.
-    fn tmpfs(&mut self, dst: &Path, options: String, flags: c_ulong) -> Result<(), PlanError> {
+    fn tmpfs(
+        &mut self,
+        dst: &Path,
+        options: String,
+        flags: c_ulong,
+        inside: Inside,
+    ) -> Result<(), PlanError> {
         let dst = self.resolve(dst);
+        self.inside.push((cstr(&dst)?, inside));
         self.mountpoint(&dst, Kind::Dir)?;
         self.mount(
             Some(lit("tmpfs")),
@@ -427,6 +441,7 @@ impl Planner {
             dev,
             "mode=0755,size=65536".into(),
             libc::MS_NOSUID | libc::MS_NOEXEC,
+            Inside::Dev,
         )?;
         for name in ["null", "zero", "full", "random", "urandom", "tty"] {
             let node = dev.join(name);
@@ -460,6 +475,7 @@ impl Planner {
             &dev.join("shm"),
             "mode=1777".into(),
             libc::MS_NOSUID | libc::MS_NODEV,
+            Inside::Write,
         )?;
         for (name, target) in [
             ("fd", "/proc/self/fd"),
@@ -485,6 +501,7 @@ impl Planner {
             None,
         );
         self.covers.push((proc.into(), Cover::Fixed));
+        self.inside.push((lit("/proc"), Inside::Proc));
         // Files that expose kernel memory or host-wide state: hidden behind /dev/null.
         for name in [
             "kcore",
@@ -551,6 +568,7 @@ impl Planner {
     }
 
     fn finish(mut self) -> Plan {
+        self.inside.push((lit("/"), Inside::Root));
         // Into the new root; the staging root and the host's old root go away with one lazy unmount.
         self.push(Stage::PivotRoot, Op::Chdir { path: lit(NEW) });
         self.push(
@@ -568,6 +586,8 @@ impl Planner {
         Plan {
             steps: self.steps,
             sources: self.sources,
+            writable: self.writable,
+            inside: self.inside,
         }
     }
 }
@@ -581,6 +601,24 @@ pub struct Plan {
     /// credentials, so a root caller can bind what only root can reach, and the sandbox user never needs
     /// search permission on the host path.
     pub sources: Vec<CString>,
+    /// Whether each source is bound read-write (for landlock).
+    pub writable: Vec<bool>,
+    /// Paths that exist only inside the sandbox (tmpfs, /dev, /proc, the root), with the landlock rights
+    /// they get; the child adds these rules after pivot_root.
+    pub inside: Vec<(CString, Inside)>,
+}
+
+/// Landlock rights of a path that exists only inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inside {
+    /// A tmpfs: read and write.
+    Write,
+    /// `/dev`: device access.
+    Dev,
+    /// `/proc`: read.
+    Proc,
+    /// The root: listing only.
+    Root,
 }
 
 /// Where a host bind source's descriptor is reached during the build (the host's proc is under the old root).
@@ -635,6 +673,7 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
             Path::new("/tmp"),
             "mode=1777".into(),
             libc::MS_NOSUID | libc::MS_NODEV,
+            Inside::Write,
         )?;
     }
     for m in &policy.mounts {
@@ -646,7 +685,7 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
                 if let Some(size) = size {
                     opts.push_str(&format!(",size={size}"));
                 }
-                p.tmpfs(dst, opts, libc::MS_NOSUID | libc::MS_NODEV)?
+                p.tmpfs(dst, opts, libc::MS_NOSUID | libc::MS_NODEV, Inside::Write)?
             }
         }
     }

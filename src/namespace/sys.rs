@@ -204,6 +204,22 @@ pub fn sethostname(name: &[u8]) -> SysResult<()> {
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } as c_long).map(drop)
 }
 
+/// `unshare(2)`.
+pub fn unshare(flags: c_int) -> SysResult<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::unshare(flags) } as c_long).map(drop)
+}
+
+/// `setrlimit(2)`.
+pub fn set_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> SysResult<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit.
+    check(unsafe { libc::setrlimit(resource, &lim) } as c_long).map(drop)
+}
+
 /// Sets the `IFF_UP` flag of the interface `name` (a NUL-terminated name of at most 15 bytes).
 pub fn interface_up(name: &CStr) -> SysResult<()> {
     // SAFETY: plain syscall with integer arguments.
@@ -370,10 +386,10 @@ pub fn dup2(old: RawFd, new: RawFd) -> SysResult<()> {
     check(unsafe { libc::dup2(old, new) } as c_long).map(drop)
 }
 
-/// Closes every descriptor from 3 up, except those in `keep` (sorted ascending).
+/// Closes every descriptor from 3 up, except those in `keep` (sorted ascending; negative entries are ignored).
 pub fn close_all_except(keep: &[RawFd]) -> SysResult<()> {
     let mut from: u32 = 3;
-    for &fd in keep {
+    for &fd in keep.iter().filter(|&&fd| fd >= 0) {
         let fd = fd as u32;
         if fd >= from {
             if fd > from {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sandbox::seccomp::SeccompProfile;
 use sandbox::{Backend, Mount, Network, Policy, Sandbox};
 
 /// Exit code for every failure of the sandbox itself.
@@ -78,6 +79,24 @@ struct RunArgs {
     /// Wall-clock limit in seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
+    /// Memory limit of the whole tree, swap included (e.g. 512M, 2G; K/M/G are powers of 1024).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Most processes and threads the tree may have.
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// CPU bandwidth in cores (e.g. 0.5).
+    #[arg(long, value_name = "FLOAT")]
+    cpus: Option<f64>,
+    /// CPU time limit of each process, in seconds.
+    #[arg(long = "cpu-time", value_name = "SECONDS")]
+    cpu_time: Option<f64>,
+    /// Fail instead of running when a cgroup limit cannot be enforced.
+    #[arg(long = "require-limits")]
+    require_limits: bool,
+    /// seccomp profile: default, none, or a TOML profile file.
+    #[arg(long, value_name = "default|none|FILE")]
+    seccomp: Option<String>,
     /// Start from this TOML policy; the flags above add to it.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -152,8 +171,60 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
             .ok_or_else(|| format!("--timeout {t}: give a positive number of seconds"))?;
         policy.timeout = Some(t);
     }
+    if let Some(m) = &args.memory {
+        policy.limits.memory = Some(parse_size(m)?);
+    }
+    if let Some(p) = args.pids {
+        policy.limits.pids = Some(p);
+    }
+    if let Some(c) = args.cpus {
+        policy.limits.cpus = Some(c);
+    }
+    if let Some(t) = args.cpu_time {
+        let t = Duration::try_from_secs_f64(t)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("--cpu-time {t}: give a positive number of seconds"))?;
+        policy.limits.cpu_time = Some(t);
+    }
+    if args.require_limits {
+        policy.limits.required = true;
+    }
+    match args.seccomp.as_deref() {
+        None => {}
+        Some("default") => policy.seccomp = SeccompProfile::Default,
+        Some("none") => policy.seccomp = SeccompProfile::None,
+        Some(file) => {
+            policy.seccomp = SeccompProfile::Custom(
+                sandbox::seccomp::load_file(file).map_err(|e| e.to_string())?,
+            )
+        }
+    }
     policy.validate().map_err(|e| e.to_string())?;
     Ok(policy)
+}
+
+/// `512M`-style sizes: a number with an optional K, M, G or T suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("size {text:?}: the suffix must be K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("size {text:?}: give a positive whole number, e.g. 512M"))
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
@@ -242,4 +313,21 @@ fn doctor(json: bool) -> ExitCode {
             .unwrap_or_default()
     );
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("-5K").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

@@ -1,0 +1,177 @@
+//! The security and resource layers of a run, prepared on the host before `clone`: the seccomp filter, the
+//! landlock ruleset, the run's cgroup and the rlimits, together with the honest account of what will be
+//! enforced.
+
+use std::ffi::CString;
+
+use super::cgroup::{CgroupLimits, RunCgroup};
+use super::plan::{Inside, Plan};
+use super::{landlock, seccomp};
+use crate::outcome::{Enforced, SetupFailure, Stage};
+use crate::policy::{Network, Policy};
+
+/// What the child applies, besides namespaces and mounts.
+pub(crate) struct Layers {
+    /// The seccomp filter, installed by the init just before it forks the program.
+    pub filter: Option<seccomp::Filter>,
+    /// The landlock ruleset (bind-source rules already added), applied by the child after pivot_root.
+    pub landlock: Option<landlock::Prepared>,
+    /// Rules the child adds for paths that exist only inside the sandbox: path, access mask.
+    pub landlock_rules: Vec<(CString, u64)>,
+    /// The run's cgroup, when limits were asked for and a cgroup could be created.
+    pub cgroup: Option<RunCgroup>,
+    /// `(resource, soft, hard)` for setrlimit in the init (inherited by the program).
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    /// The account of what is enforced.
+    pub enforced: Enforced,
+}
+
+fn failure(stage: Stage, message: String) -> SetupFailure {
+    SetupFailure {
+        stage,
+        errno: None,
+        message,
+    }
+}
+
+/// Prepares every layer `policy` asks for.
+pub(crate) fn prepare(
+    policy: &Policy,
+    plan: &Plan,
+    host_ids: (u32, u32),
+) -> Result<Layers, SetupFailure> {
+    let mut enforced = Enforced {
+        namespaces: vec!["user", "pid", "mount", "ipc", "uts", "cgroup"],
+        host_uid: host_ids.0,
+        host_gid: host_ids.1,
+        capabilities_dropped: true,
+        no_new_privs: true,
+        ..Enforced::default()
+    };
+    if policy.network == Network::None {
+        enforced.namespaces.push("net");
+    }
+
+    // seccomp: compiled here, installed by the init.
+    let filter = match &policy.seccomp {
+        seccomp::SeccompProfile::None => {
+            enforced.seccomp = "none";
+            None
+        }
+        profile => {
+            enforced.seccomp = if matches!(profile, seccomp::SeccompProfile::Default) {
+                "default"
+            } else {
+                "custom"
+            };
+            let f = seccomp::compile(profile, policy.audit_denials)
+                .map_err(|e| failure(Stage::Seccomp, e.to_string()))?;
+            enforced.seccomp_audit = f.listener;
+            Some(f)
+        }
+    };
+
+    // landlock: bind sources are ruled here by their host inodes; the rest by the child after pivot_root.
+    let (landlock, landlock_rules) = if policy.landlock.enabled {
+        let binds: Vec<(std::path::PathBuf, bool)> = plan
+            .sources
+            .iter()
+            .zip(&plan.writable)
+            .map(|(s, w)| {
+                (
+                    std::path::PathBuf::from(s.to_string_lossy().into_owned()),
+                    *w,
+                )
+            })
+            .collect();
+        let net = landlock::NetRules {
+            tcp_bind: policy.landlock.tcp_bind.clone(),
+            tcp_connect: policy.landlock.tcp_connect.clone(),
+            handle: policy
+                .landlock
+                .restrict_tcp
+                .unwrap_or(policy.network == Network::None),
+        };
+        let prepared = landlock::prepare(&binds, &net, 1)
+            .map_err(|e| failure(Stage::Landlock, e.to_string()))?;
+        let rules = plan
+            .inside
+            .iter()
+            .map(|(path, kind)| {
+                let access = match kind {
+                    Inside::Write => prepared.write_access,
+                    Inside::Dev => prepared.dev_access,
+                    Inside::Proc => prepared.proc_access,
+                    Inside::Root => prepared.root_access,
+                };
+                (path.clone(), access)
+            })
+            .collect();
+        enforced.landlock = Some(prepared.enforced.clone());
+        (Some(prepared), rules)
+    } else {
+        (None, Vec::new())
+    };
+
+    // The run's cgroup.
+    let l = &policy.limits;
+    let limits = CgroupLimits {
+        memory: l.memory,
+        pids: l.pids,
+        cpus: l.cpus,
+    };
+    let cgroup = if limits.any() {
+        match RunCgroup::create(limits) {
+            Ok(cg) => {
+                enforced.cgroup = Some(cg.enforced());
+                Some(cg)
+            }
+            Err(reason) if l.required => {
+                return Err(failure(
+                    Stage::Cgroup,
+                    format!(
+                        "the policy requires cgroup limits but none can be enforced here: {reason}; run as \
+                         root, from a delegated cgroup, or use the VM backend"
+                    ),
+                ));
+            }
+            Err(reason) => {
+                enforced
+                    .not_enforced
+                    .push(format!("memory/pids/cpus limits: {reason}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // rlimits, set by the init before it forks the program. No core dumps, ever.
+    let mut rlimits = vec![(libc::RLIMIT_CORE, 0, 0)];
+    enforced.rlimits.push(("core", 0));
+    if let Some(t) = l.cpu_time {
+        // Whole seconds, rounded up: SIGXCPU at the soft limit, SIGKILL one second later.
+        let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+        rlimits.push((libc::RLIMIT_CPU, secs, secs + 1));
+        enforced.rlimits.push(("cpu", secs));
+    }
+    for (res, name, v) in [
+        (libc::RLIMIT_NOFILE, "nofile", l.nofile),
+        (libc::RLIMIT_NPROC, "nproc", l.nproc),
+        (libc::RLIMIT_FSIZE, "fsize", l.fsize),
+    ] {
+        if let Some(v) = v {
+            rlimits.push((res, v, v));
+            enforced.rlimits.push((name, v));
+        }
+    }
+
+    Ok(Layers {
+        filter,
+        landlock,
+        landlock_rules,
+        cgroup,
+        rlimits,
+        enforced,
+    })
+}
