@@ -1,0 +1,258 @@
+//! `sandbox-bench`: spawn latency of our sandbox next to its peers, measured in the same run.
+//!
+//! ```text
+//! sandbox-bench [--runs N] [--only NAME,...]
+//! ```
+//! Every case runs `/bin/true` N times (default 200) after 5 warm-up runs and prints the median, min and max
+//! spawn-to-exit latency, and each case's ratio to bubblewrap's. Cases:
+//! - `cli`: `sandbox run -- /bin/true` with every layer on (the default policy);
+//! - `cli-bare`: the same without seccomp and landlock;
+//! - `bwrap`: `bwrap --unshare-all --die-with-parent` with a comparable read-only view;
+//! - `bwrap-seccomp`: the same plus our default seccomp filter passed with `--seccomp`;
+//! - `unshare`: `unshare -Urpmnif --fork /bin/true` (namespaces only, no new root);
+//! - `lib`, `lib-bare`, `lib-noaudit`, `lib-nolandlock`, `lib-noseccomp`, `lib-cgroup`: the library's
+//!   in-process `Sandbox::output()`, with all layers, none, and one layer changed at a time.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sandbox::seccomp::SeccompProfile;
+use sandbox::{Policy, Sandbox, Status};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut runs = 200usize;
+    let mut only: Option<Vec<String>> = None;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--runs" => {
+                runs = args
+                    .get(i + 1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage());
+                i += 1;
+            }
+            "--only" => {
+                only = Some(
+                    args.get(i + 1)
+                        .unwrap_or_else(|| usage())
+                        .split(',')
+                        .map(String::from)
+                        .collect(),
+                );
+                i += 1;
+            }
+            _ => usage(),
+        }
+        i += 1;
+    }
+    let cli = sibling("sandbox");
+    let bare = std::env::temp_dir().join(format!("sandbox-bench-bare-{}.toml", std::process::id()));
+    std::fs::write(&bare, "seccomp = \"none\"\n[landlock]\nenabled = false\n").expect("temp file");
+    let filter = bpf_file();
+
+    let bwrap_view = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--hostname",
+        "sandbox",
+    ];
+    let mut cases: Vec<(&str, Box<dyn FnMut() -> bool>)> = Vec::new();
+    {
+        let cli = cli.clone();
+        cases.push((
+            "cli",
+            Box::new(move || run(Command::new(&cli).args(["run", "--", "/bin/true"]))),
+        ));
+    }
+    {
+        let cli = cli.clone();
+        let bare = bare.clone();
+        cases.push((
+            "cli-bare",
+            Box::new(move || {
+                run(Command::new(&cli)
+                    .arg("run")
+                    .arg("--policy")
+                    .arg(&bare)
+                    .args(["--", "/bin/true"]))
+            }),
+        ));
+    }
+    cases.push((
+        "bwrap",
+        Box::new(move || run(Command::new("bwrap").args(bwrap_view).arg("/bin/true"))),
+    ));
+    if let Some(f) = filter {
+        cases.push((
+            "bwrap-seccomp",
+            Box::new(move || {
+                let file = std::fs::File::open(&f).expect("filter file");
+                let fd = file.as_raw_fd();
+                // The descriptor must survive exec: clear close-on-exec for the child only.
+                let mut cmd = Command::new("bwrap");
+                cmd.args(bwrap_view)
+                    .args(["--seccomp", &fd.to_string(), "/bin/true"]);
+                use std::os::unix::process::CommandExt;
+                // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                run(&mut cmd)
+            }),
+        ));
+    }
+    cases.push((
+        "unshare",
+        Box::new(|| run(Command::new("unshare").args(["-Urpmnif", "--fork", "/bin/true"]))),
+    ));
+    let lib = |policy: Policy| -> Box<dyn FnMut() -> bool> {
+        Box::new(move || {
+            let o = Sandbox::new("/bin/true")
+                .policy(policy.clone())
+                .output()
+                .expect("valid policy");
+            o.status == Status::Exited(0)
+        })
+    };
+    let mut no_audit = Policy::default();
+    no_audit.audit_denials = false;
+    let mut no_landlock = Policy::default();
+    no_landlock.landlock.enabled = false;
+    let mut bare_policy = no_landlock.clone().seccomp(SeccompProfile::None);
+    bare_policy.audit_denials = false;
+    cases.push(("lib", lib(Policy::default())));
+    cases.push(("lib-bare", lib(bare_policy)));
+    cases.push(("lib-noaudit", lib(no_audit)));
+    cases.push(("lib-nolandlock", lib(no_landlock)));
+    cases.push((
+        "lib-noseccomp",
+        lib(Policy::default().seccomp(SeccompProfile::None)),
+    ));
+    cases.push((
+        "lib-cgroup",
+        lib(Policy::default().memory(256 << 20).pids(256)),
+    ));
+
+    println!(
+        "spawn-to-exit of /bin/true, {runs} runs each after 5 warm-ups ({} cores, kernel {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        sandbox::probe().kernel
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>12}",
+        "case", "median ms", "min ms", "max ms", "vs bwrap"
+    );
+    let mut results: Vec<(&str, Duration, Duration, Duration)> = Vec::new();
+    for (name, f) in cases.iter_mut() {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == name)) {
+            continue;
+        }
+        for _ in 0..5 {
+            if !f() {
+                println!("{name:<16} failed; skipped");
+                break;
+            }
+        }
+        let mut times = Vec::with_capacity(runs);
+        let mut ok = true;
+        for _ in 0..runs {
+            let t = Instant::now();
+            ok &= f();
+            times.push(t.elapsed());
+        }
+        if !ok {
+            println!("{name:<16} failed; skipped");
+            continue;
+        }
+        times.sort();
+        results.push((
+            name,
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1],
+        ));
+    }
+    let bwrap = results.iter().find(|r| r.0 == "bwrap").map(|r| r.1);
+    for (name, med, min, max) in &results {
+        let ratio = bwrap.map_or("-".into(), |b| {
+            format!("{:.2}x", med.as_secs_f64() / b.as_secs_f64())
+        });
+        println!(
+            "{name:<16} {:>10.2} {:>10.2} {:>10.2} {ratio:>12}",
+            ms(*med),
+            ms(*min),
+            ms(*max)
+        );
+    }
+    let _ = std::fs::remove_file(&bare);
+    let _ = std::io::stdout().flush();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn usage() -> ! {
+    eprintln!("usage: sandbox-bench [--runs N] [--only CASE,...]");
+    std::process::exit(2)
+}
+
+fn run(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The binary `name` next to this one.
+fn sibling(name: &str) -> std::path::PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    me.with_file_name(name)
+}
+
+/// Our default filter (without audit) as raw BPF for bwrap's `--seccomp`.
+fn bpf_file() -> Option<std::path::PathBuf> {
+    let filter = sandbox::seccomp::compile(&SeccompProfile::Default, false).ok()?;
+    let mut bytes = Vec::new();
+    for ins in &filter.program {
+        bytes.extend_from_slice(&ins.code.to_ne_bytes());
+        bytes.push(ins.jt);
+        bytes.push(ins.jf);
+        bytes.extend_from_slice(&ins.k.to_ne_bytes());
+    }
+    let path = std::env::temp_dir().join(format!("sandbox-bench-{}.bpf", std::process::id()));
+    std::fs::write(&path, bytes).ok()?;
+    Some(path)
+}
