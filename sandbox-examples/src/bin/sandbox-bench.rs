@@ -81,7 +81,7 @@ fn main() {
         "--hostname",
         "sandbox",
     ];
-    let mut cases: Vec<(&str, Box<dyn FnMut() -> bool>)> = Vec::new();
+    let mut cases: Vec<(&str, Case)> = Vec::new();
     {
         let cli = cli.clone();
         cases.push((
@@ -135,7 +135,7 @@ fn main() {
         "unshare",
         Box::new(|| run(Command::new("unshare").args(["-Urpmnif", "--fork", "/bin/true"]))),
     ));
-    let lib = |policy: Policy| -> Box<dyn FnMut() -> bool> {
+    let lib = |policy: Policy| -> Case {
         Box::new(move || {
             let o = Sandbox::new("/bin/true")
                 .policy(policy.clone())
@@ -144,8 +144,10 @@ fn main() {
             o.status == Status::Exited(0)
         })
     };
-    let mut no_audit = Policy::default();
-    no_audit.audit_denials = false;
+    let no_audit = Policy {
+        audit_denials: false,
+        ..Policy::default()
+    };
     let mut no_landlock = Policy::default();
     no_landlock.landlock.enabled = false;
     let mut bare_policy = no_landlock.clone().seccomp(SeccompProfile::None);
@@ -217,6 +219,9 @@ fn main() {
     let _ = std::fs::remove_file(&bare);
     let _ = std::io::stdout().flush();
 }
+
+/// One benchmark case: runs `/bin/true` once, returns whether it succeeded.
+type Case = Box<dyn FnMut() -> bool>;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
