@@ -23,6 +23,14 @@ fn stdout(o: &sandbox::Outcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Tests that create cgroups run one at a time, so that one test's check for leftovers does not see another
+/// test's live cgroups.
+static CGROUPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cgroup_lock() -> std::sync::MutexGuard<'static, ()> {
+    CGROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Whether this caller can get a cgroup for a run (root on our machines; a delegated user elsewhere).
 fn cgroups_usable() -> bool {
     let o = sh("true", Policy::default().pids(64));
@@ -218,7 +226,11 @@ fn cpu_time_limit_stops_a_spin() {
     );
     assert_eq!(o.status, Status::TimedOut(TimeLimit::Cpu), "{o:?}");
     assert!(start.elapsed() < Duration::from_secs(10));
-    assert!(o.usage.cpu_user + o.usage.cpu_sys >= Duration::from_millis(900));
+    assert!(
+        o.usage.cpu_user + o.usage.cpu_sys >= Duration::from_millis(900),
+        "{:?}",
+        o.usage
+    );
     assert_eq!(o.report_json()["timeout"], "cpu");
 }
 
@@ -240,6 +252,7 @@ fn rlimits_apply() {
 
 #[test]
 fn memory_hog_is_oom_killed_and_reported() {
+    let _serial = cgroup_lock();
     if !cgroups_usable() {
         let o = sh("true", Policy::default().memory(64 << 20));
         assert!(
@@ -277,6 +290,7 @@ fn memory_hog_is_oom_killed_and_reported() {
 
 #[test]
 fn fork_bomb_hits_the_pids_limit_and_the_host_stays_responsive() {
+    let _serial = cgroup_lock();
     if !cgroups_usable() {
         eprintln!(
             "pids limit not enforceable for this caller: see memory_hog_is_oom_killed_and_reported"
@@ -305,6 +319,7 @@ fn fork_bomb_hits_the_pids_limit_and_the_host_stays_responsive() {
 
 #[test]
 fn no_cgroups_left_after_failed_runs() {
+    let _serial = cgroup_lock();
     if !cgroups_usable() {
         return;
     }

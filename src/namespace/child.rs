@@ -158,6 +158,7 @@ fn run_step(op: &Op, source_fds: &[RawFd]) -> Result<(), Errno> {
         } => sys::mount_setattr(path, *set, *recursive),
         Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
         Op::Touch { path } => sys::touch(path),
+        Op::WriteFile { path, contents } => sys::write_file(path, contents),
         Op::Symlink { target, path } => sys::symlink(target, path),
         Op::PivotRoot { new_root, put_old } => sys::pivot_root(new_root, put_old),
         Op::Chdir { path } => sys::chdir(path),

@@ -102,6 +102,7 @@ pub(crate) fn prepare(
                     Inside::Write => prepared.write_access,
                     Inside::Dev => prepared.dev_access,
                     Inside::Proc => prepared.proc_access,
+                    Inside::Read => prepared.read_access,
                     Inside::Root => prepared.root_access,
                 };
                 (path.clone(), access)

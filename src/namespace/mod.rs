@@ -13,6 +13,7 @@ mod layers;
 pub(crate) mod plan;
 pub mod seccomp;
 pub(crate) mod sys;
+mod view;
 
 use std::ffi::CString;
 use std::fs::File;

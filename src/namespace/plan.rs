@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use libc::c_ulong;
 
-use super::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+use super::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use crate::outcome::Stage;
-use crate::policy::{Mount, Policy, SYSTEM_ETC, SYSTEM_TOP};
+use crate::policy::{Mount, Policy};
 
 /// Errors found while planning the filesystem view.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,8 @@ pub enum Op {
     Mkdir { path: CString, mode: u32 },
     /// Create an empty file (existing is fine).
     Touch { path: CString },
+    /// Create a file with these contents (a copy of a small host file; cheaper than a bind mount).
+    WriteFile { path: CString, contents: Vec<u8> },
     /// `symlink(2)`.
     Symlink { target: CString, path: CString },
     /// `pivot_root(2)`.
@@ -119,6 +121,9 @@ impl std::fmt::Display for Op {
             ),
             Op::Mkdir { path, .. } => write!(f, "mkdir({path:?})"),
             Op::Touch { path } => write!(f, "creating mount point file {path:?}"),
+            Op::WriteFile { path, contents } => {
+                write!(f, "writing {path:?} ({} bytes)", contents.len())
+            }
             Op::Symlink { target, path } => write!(f, "symlink({path:?} -> {target:?})"),
             Op::PivotRoot { new_root, put_old } => {
                 write!(f, "pivot_root({new_root:?}, {put_old:?})")
@@ -129,18 +134,18 @@ impl std::fmt::Display for Op {
     }
 }
 
-fn cstr(p: impl AsRef<Path>) -> Result<CString, PlanError> {
+pub(super) fn cstr(p: impl AsRef<Path>) -> Result<CString, PlanError> {
     let p = p.as_ref();
     CString::new(p.as_os_str().as_bytes()).map_err(|_| PlanError::Nul(p.into()))
 }
 
-fn lit(s: &str) -> CString {
+pub(super) fn lit(s: &str) -> CString {
     CString::new(s).expect("literal without NUL")
 }
 
 /// What lies under a path of the new root, deciding whether mount points may be created there.
 #[derive(Debug, Clone)]
-enum Cover {
+pub(super) enum Cover {
     /// A filesystem of ours (tmpfs): anything may be created.
     Ours,
     /// A host directory bound here: mount points must already exist on the host under this source.
@@ -151,28 +156,28 @@ enum Cover {
 
 /// Kind of host entry a bind refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Dir,
     File,
 }
 
 /// Builds the step list for a policy.
 pub struct Planner {
-    steps: Vec<Step>,
+    pub(super) steps: Vec<Step>,
     /// Mounted destinations (inside the sandbox) and what covers them, in mount order.
-    covers: Vec<(PathBuf, Cover)>,
+    pub(super) covers: Vec<(PathBuf, Cover)>,
     /// Symlinks we created at the top of the new root: name -> target.
-    links: Vec<(PathBuf, PathBuf)>,
+    pub(super) links: Vec<(PathBuf, PathBuf)>,
     /// Directories already created, to avoid repeating mkdir steps.
-    made: BTreeSet<PathBuf>,
+    pub(super) made: BTreeSet<PathBuf>,
     /// Canonical host paths of bind sources.
-    sources: Vec<CString>,
+    pub(super) sources: Vec<CString>,
     /// Whether each source is bound read-write.
-    writable: Vec<bool>,
+    pub(super) writable: Vec<bool>,
     /// Paths that exist only inside the sandbox, with the landlock rights they get.
-    inside: Vec<(CString, Inside)>,
-    uid: u32,
-    gid: u32,
+    pub(super) inside: Vec<(CString, Inside)>,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
 }
 
 impl Planner {
@@ -190,11 +195,11 @@ impl Planner {
         }
     }
 
-    fn push(&mut self, stage: Stage, op: Op) {
+    pub(super) fn push(&mut self, stage: Stage, op: Op) {
         self.steps.push(Step { stage, op });
     }
 
-    fn mount(
+    pub(super) fn mount(
         &mut self,
         src: Option<CString>,
         dst: CString,
@@ -214,7 +219,7 @@ impl Planner {
         );
     }
 
-    fn set_attr(&mut self, path: CString, set: u64, recursive: bool) {
+    pub(super) fn set_attr(&mut self, path: CString, set: u64, recursive: bool) {
         self.push(
             Stage::Mounts,
             Op::SetAttr {
@@ -226,12 +231,12 @@ impl Planner {
     }
 
     /// The host path of a canonical host path while building (under the old root).
-    fn host(p: &Path) -> PathBuf {
+    pub(super) fn host(p: &Path) -> PathBuf {
         Path::new(OLD).join(p.strip_prefix("/").unwrap_or(p))
     }
 
     /// The build path of a sandbox path (under the new root).
-    fn new_path(p: &Path) -> PathBuf {
+    pub(super) fn new_path(p: &Path) -> PathBuf {
         Path::new(NEW).join(p.strip_prefix("/").unwrap_or(p))
     }
 
@@ -261,7 +266,7 @@ impl Planner {
     }
 
     /// Adds the steps that make `dst` exist as a mount point of `kind`.
-    fn mountpoint(&mut self, dst: &Path, kind: Kind) -> Result<(), PlanError> {
+    pub(super) fn mountpoint(&mut self, dst: &Path, kind: Kind) -> Result<(), PlanError> {
         let (cover_dst, cover) = self.cover_of(dst);
         match cover {
             Cover::Ours => {
@@ -316,7 +321,7 @@ impl Planner {
     }
 
     /// A bind of the host path `src` (as given) at `dst`.
-    fn bind(&mut self, src: &Path, dst: &Path, writable: bool) -> Result<(), PlanError> {
+    pub(super) fn bind(&mut self, src: &Path, dst: &Path, writable: bool) -> Result<(), PlanError> {
         let real = std::fs::canonicalize(src).map_err(|source| PlanError::Source {
             path: src.into(),
             source,
@@ -349,7 +354,7 @@ impl Planner {
     }
 
     /// A tmpfs at `dst` with the given mount options.
-    fn tmpfs(
+    pub(super) fn tmpfs(
         &mut self,
         dst: &Path,
         options: String,
@@ -371,7 +376,7 @@ impl Planner {
     }
 
     /// A symlink at `path` inside the sandbox.
-    fn symlink(&mut self, target: &Path, path: &Path) -> Result<(), PlanError> {
+    pub(super) fn symlink(&mut self, target: &Path, path: &Path) -> Result<(), PlanError> {
         let parent = path.parent().unwrap_or(Path::new("/"));
         if parent != Path::new("/") {
             self.mountpoint(parent, Kind::Dir)?;
@@ -383,187 +388,6 @@ impl Planner {
                 path: cstr(Self::new_path(path))?,
             },
         );
-        Ok(())
-    }
-
-    /// The read-only host system: top-level entries and the `/etc` files programs need.
-    fn system(&mut self) -> Result<(), PlanError> {
-        for name in SYSTEM_TOP {
-            let host = Path::new("/").join(name);
-            let Ok(meta) = std::fs::symlink_metadata(&host) else {
-                continue;
-            };
-            if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&host).map_err(|source| PlanError::Source {
-                    path: host.clone(),
-                    source,
-                })?;
-                self.symlink(&target, &host)?;
-                self.links.push((host, target));
-            } else if meta.is_dir() {
-                self.bind(&host, &host, false)?;
-            }
-        }
-        for name in SYSTEM_ETC {
-            let host = Path::new("/etc").join(name);
-            let Ok(meta) = std::fs::symlink_metadata(&host) else {
-                continue;
-            };
-            if meta.file_type().is_symlink() {
-                // Keep a symlink when it points into the system view; else show what it points to.
-                match std::fs::canonicalize(&host) {
-                    Ok(real)
-                        if SYSTEM_TOP
-                            .iter()
-                            .any(|t| real.starts_with(Path::new("/").join(t))) =>
-                    {
-                        let target =
-                            std::fs::read_link(&host).map_err(|source| PlanError::Source {
-                                path: host.clone(),
-                                source,
-                            })?;
-                        self.symlink(&target, &host)?;
-                    }
-                    Ok(real) => self.bind(&real, &host, false)?,
-                    Err(_) => continue, // dangling on the host too
-                }
-            } else {
-                self.bind(&host, &host, false)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A minimal `/dev`: the harmless character devices, a private devpts, shm, and the usual links.
-    fn dev(&mut self) -> Result<(), PlanError> {
-        let dev = Path::new("/dev");
-        self.tmpfs(
-            dev,
-            "mode=0755,size=65536".into(),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Inside::Dev,
-        )?;
-        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-            let node = dev.join(name);
-            if std::fs::metadata(&node).is_err() {
-                continue;
-            }
-            self.mountpoint(&node, Kind::File)?;
-            let target = cstr(Self::new_path(&node))?;
-            self.mount(
-                Some(cstr(Self::host(&node))?),
-                target.clone(),
-                None,
-                libc::MS_BIND,
-                None,
-            );
-            self.set_attr(target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, false);
-            self.covers.push((node, Cover::Fixed));
-        }
-        let pts = dev.join("pts");
-        self.mountpoint(&pts, Kind::Dir)?;
-        self.mount(
-            Some(lit("devpts")),
-            cstr(Self::new_path(&pts))?,
-            Some("devpts"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620".into()),
-        );
-        self.covers.push((pts, Cover::Fixed));
-        self.symlink(Path::new("pts/ptmx"), &dev.join("ptmx"))?;
-        self.tmpfs(
-            &dev.join("shm"),
-            "mode=1777".into(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Inside::Write,
-        )?;
-        for (name, target) in [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-        ] {
-            self.symlink(Path::new(target), &dev.join(name))?;
-        }
-        Ok(())
-    }
-
-    /// A proc for the new pid namespace, with the kernel's sensitive files masked and `/proc/sys` read-only.
-    fn proc(&mut self) -> Result<(), PlanError> {
-        let proc = Path::new("/proc");
-        self.mountpoint(proc, Kind::Dir)?;
-        let target = cstr(Self::new_path(proc))?;
-        self.mount(
-            Some(lit("proc")),
-            target,
-            Some("proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        );
-        self.covers.push((proc.into(), Cover::Fixed));
-        self.inside.push((lit("/proc"), Inside::Proc));
-        // Files that expose kernel memory or host-wide state: hidden behind /dev/null.
-        for name in [
-            "kcore",
-            "keys",
-            "timer_list",
-            "sched_debug",
-            "latency_stats",
-            "sysrq-trigger",
-        ] {
-            let host = proc.join(name);
-            if std::fs::symlink_metadata(&host).is_err() {
-                continue;
-            }
-            let target = cstr(Self::new_path(&host))?;
-            self.mount(
-                Some(cstr(Self::host(Path::new("/dev/null")))?),
-                target.clone(),
-                None,
-                libc::MS_BIND,
-                None,
-            );
-            self.set_attr(
-                target,
-                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
-                false,
-            );
-        }
-        // Directories of hardware and host state: hidden behind an empty read-only tmpfs.
-        for name in ["acpi", "scsi", "asound"] {
-            let host = proc.join(name);
-            if !host.is_dir() {
-                continue;
-            }
-            let target = cstr(Self::new_path(&host))?;
-            self.mount(
-                Some(lit("tmpfs")),
-                target.clone(),
-                Some("tmpfs"),
-                libc::MS_RDONLY,
-                Some("size=0".into()),
-            );
-        }
-        // Kernel tunables and other host-wide knobs: visible but read-only.
-        for name in ["sys", "bus", "fs", "irq"] {
-            let host = proc.join(name);
-            if !host.is_dir() {
-                continue;
-            }
-            let target = cstr(Self::new_path(&host))?;
-            self.mount(
-                Some(target.clone()),
-                target.clone(),
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                None,
-            );
-            self.set_attr(
-                target,
-                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
-                true,
-            );
-        }
         Ok(())
     }
 
@@ -617,6 +441,8 @@ pub enum Inside {
     Dev,
     /// `/proc`: read.
     Proc,
+    /// Files we wrote (the copied `/etc` files): read.
+    Read,
     /// The root: listing only.
     Root,
 }

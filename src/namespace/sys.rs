@@ -186,6 +186,16 @@ pub fn touch(path: &CStr) -> SysResult<()> {
     Ok(())
 }
 
+/// Creates `path` (mode 0644) holding `contents`.
+pub fn write_file(path: &CStr, contents: &[u8]) -> SysResult<()> {
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: `path` is NUL-terminated.
+    let fd = check(unsafe { libc::open(path.as_ptr(), flags, 0o644) } as c_long)? as RawFd;
+    let written = write_all(fd, contents);
+    close(fd);
+    written
+}
+
 /// `symlink(2)`.
 pub fn symlink(target: &CStr, path: &CStr) -> SysResult<()> {
     // SAFETY: both are NUL-terminated.

@@ -192,9 +192,46 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
+/// Removes run cgroups in `parent` whose creating process is gone (a supervisor killed before it could
+/// clean up). Their names carry the creator's pid; a live creator's are left alone.
+fn reap_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sandbox-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // kill(pid, 0) fails with ESRCH once the creator is gone.
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            remove_dir(&e.path());
+        }
+    }
+}
+
+static REAPED: std::sync::Once = std::sync::Once::new();
+
 impl RunCgroup {
     /// Creates the run's cgroup with `limits`. `Err` carries the reason nothing could be enforced.
     pub fn create(limits: CgroupLimits) -> Result<RunCgroup, String> {
+        // Once per process: clean up after supervisors that died before removing their runs' cgroups.
+        REAPED.call_once(|| {
+            let mut parents: Vec<PathBuf> = own_v2_dir().into_iter().collect();
+            for c in ["memory", "pids", "cpu", "cpuacct"] {
+                parents.extend(own_v1_dir(c));
+            }
+            for p in parents {
+                reap_stale(&p);
+            }
+        });
         let name = run_name();
         let v2_reason = match v2::create(&name, &limits) {
             Ok(dir) => {
@@ -287,6 +324,21 @@ mod tests {
     fn mountinfo_escapes() {
         assert_eq!(unescape(r"/a\040b"), "/a b");
         assert_eq!(unescape("/sys/fs/cgroup"), "/sys/fs/cgroup");
+    }
+
+    #[test]
+    fn stale_run_cgroups_are_reaped() {
+        // A plain directory tree stands in for a hierarchy: reaping only reads names and removes dirs.
+        let dir = std::env::temp_dir().join(format!("sandbox-reap-{}", std::process::id()));
+        let live = dir.join(format!("sandbox-{}-0", std::process::id()));
+        let dead = dir.join("sandbox-2147483000-3");
+        let other = dir.join("unrelated");
+        for d in [&live, &dead, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        reap_stale(&dir);
+        assert!(live.exists() && other.exists() && !dead.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
