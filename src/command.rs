@@ -82,6 +82,7 @@ pub struct Sandbox {
     stdio: [Option<Stdio>; 3],
     policy: Policy,
     backend: Backend,
+    extra_fds: Vec<(OwnedFd, RawFd)>,
 }
 
 impl Sandbox {
@@ -95,6 +96,7 @@ impl Sandbox {
             stdio: [None, None, None],
             policy: Policy::default(),
             backend: Backend::Auto,
+            extra_fds: Vec::new(),
         }
     }
 
@@ -144,6 +146,13 @@ impl Sandbox {
     /// Sets the program's standard error.
     pub fn stderr(&mut self, s: Stdio) -> &mut Self {
         self.stdio[2] = Some(s);
+        self
+    }
+
+    /// Passes `fd` to the program as descriptor number `target` (3 or more), e.g. a socket. Every other
+    /// descriptor of the host process stays outside.
+    pub fn inherit_fd(&mut self, fd: OwnedFd, target: RawFd) -> &mut Self {
+        self.extra_fds.push((fd, target));
         self
     }
 
@@ -236,11 +245,15 @@ impl Sandbox {
                 }
             };
             if let Some(fd) = child_end {
-                let fd = namespace::above_stdio(fd).map_err(Error::Setup)?;
                 *fd_slot = fd.as_raw_fd();
                 held.push(fd);
             }
         }
+        let extra: Vec<(RawFd, RawFd)> = self
+            .extra_fds
+            .iter()
+            .map(|(fd, t)| (fd.as_raw_fd(), *t))
+            .collect();
         let launch = Launch {
             program: &self.program,
             args: &self.args,
@@ -248,6 +261,7 @@ impl Sandbox {
             cwd: self.cwd.as_deref(),
             policy: &self.policy,
             stdio: fds,
+            extra_fds: &extra,
         };
         let started = Instant::now();
         let inner = namespace::spawn(&launch).map_err(Error::Setup)?;

@@ -34,6 +34,9 @@ pub enum PolicyError {
     /// A resource limit is out of range.
     #[error("invalid limit: {0}")]
     BadLimit(&'static str),
+    /// A device is not a path below /dev.
+    #[error("device {0:?} must be a path below /dev, such as /dev/kvm")]
+    BadDevice(PathBuf),
     /// A root caller's sandbox must not map to host root.
     #[error("host_uid and host_gid must not be 0: the sandbox never runs as host root")]
     HostRoot,
@@ -146,6 +149,9 @@ pub struct Policy {
     pub audit_denials: bool,
     /// Landlock rules, derived from the mounts, as defence in depth.
     pub landlock: Landlock,
+    /// Extra host device nodes shown in the sandbox's `/dev` (e.g. `/dev/kvm`); character devices only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<PathBuf>,
 }
 
 /// Resource limits of a run. The cgroup limits (`memory`, `pids`, `cpus`) need a writable cgroup beneath the
@@ -257,6 +263,7 @@ impl Default for Policy {
             seccomp: SeccompProfile::Default,
             audit_denials: true,
             landlock: Landlock::default(),
+            devices: Vec::new(),
         }
     }
 }
@@ -406,6 +413,11 @@ impl Policy {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         {
             return Err(PolicyError::BadHostname(h.clone()));
+        }
+        for d in &self.devices {
+            if !d.starts_with("/dev") || check_destination(d).is_err() || d == Path::new("/dev") {
+                return Err(PolicyError::BadDevice(d.clone()));
+            }
         }
         if self.host_uid == 0 || self.host_gid == 0 {
             return Err(PolicyError::HostRoot);

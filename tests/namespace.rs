@@ -383,3 +383,70 @@ fn spawn_from_many_threads() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn passed_descriptors_arrive_at_their_numbers() {
+    use std::io::Read;
+    let (mut r3, w3) = std::io::pipe().unwrap();
+    let (mut r4, w4) = std::io::pipe().unwrap();
+    let o = sh("echo three >&3; echo four >&4; ls /proc/self/fd | tr '\\n' ' '")
+        .inherit_fd(w4.into(), 3)
+        .inherit_fd(w3.into(), 4)
+        .output()
+        .unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    let (mut a, mut b) = (String::new(), String::new());
+    r4.read_to_string(&mut a).unwrap();
+    r3.read_to_string(&mut b).unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("three\n", "four\n"));
+    assert_eq!(
+        stdout(&o),
+        "0 1 2 3 4 5 ",
+        "only stdio, the passed ones and ls's own"
+    );
+    let o = sh("true")
+        .inherit_fd(std::fs::File::open("/dev/null").unwrap().into(), 1)
+        .output()
+        .unwrap();
+    assert!(matches!(o.status, Status::SetupFailed(_)), "{:?}", o.status);
+}
+
+#[test]
+fn extra_devices_are_shown_and_checked() {
+    let with = |d: &str| Policy {
+        devices: vec![d.into()],
+        ..Policy::default()
+    };
+    let o = sh("true")
+        .policy(with("/dev/nonexistent-device"))
+        .output()
+        .unwrap();
+    assert!(
+        matches!(o.status, Status::SetupFailed(ref f) if f.message.contains("character device")),
+        "{:?}",
+        o.status
+    );
+    assert!(
+        sh("true").policy(with("/etc/passwd")).output().is_err(),
+        "outside /dev: a policy error"
+    );
+    let o = sh("true").policy(with("/dev/ptmx")).output().unwrap();
+    assert!(
+        matches!(o.status, Status::SetupFailed(_)),
+        "ptmx is ours: {:?}",
+        o.status
+    );
+    let dev = ["/dev/kvm", "/dev/fuse", "/dev/autofs"]
+        .into_iter()
+        .find(|d| std::path::Path::new(d).exists())
+        .expect("one of /dev/kvm, /dev/fuse, /dev/autofs exists on our machines");
+    let o = sh(&format!("test -c {dev} && echo yes"))
+        .policy(with(dev))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "yes\n", "{o:?}");
+    let o = sh(&format!("test -e {dev} || echo absent"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "absent\n");
+}

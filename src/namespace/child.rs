@@ -77,8 +77,13 @@ pub struct ChildSpec {
     pub gid: u32,
     /// Whether `setgroups` is permitted (root callers) so supplementary groups can be dropped.
     pub drop_groups: bool,
-    /// Descriptors to install as 0, 1, 2 (`-1`: leave as inherited).
-    pub stdio: [RawFd; 3],
+    /// Descriptors to install: `(source, target)`, the program's 0, 1, 2 (unless inherited) and any extra
+    /// descriptors passed in. Targets are distinct.
+    pub fd_map: Vec<(RawFd, RawFd)>,
+    /// Descriptors below this number are lifted above it before installing `fd_map` (its largest target + 1).
+    pub fd_floor: RawFd,
+    /// Scratch space for the list of descriptors to keep (`4 + fd_map.len()` entries, filled by the child).
+    pub keep: Vec<RawFd>,
     /// The child reads one byte here once the host has written the id maps.
     pub sync_fd: RawFd,
     /// The child writes [`msg`] messages here.
@@ -175,22 +180,46 @@ pub fn main(spec: &mut ChildSpec) -> ! {
     sys::parent_death_signal(libc::SIGKILL);
     sys::set_process_name(c"sandbox-init", spec.argv_area);
 
-    // 1. Standard streams in place, then no other inherited descriptor survives.
-    for (target, &src) in spec.stdio.iter().enumerate() {
-        if src >= 0 && src != target as RawFd {
-            if let Err(e) = sys::dup2(src, target as RawFd) {
-                fail(report, Stage::Init, none, e);
+    // 1. Descriptors: lift every descriptor we need above all target numbers (so installing one cannot
+    //    clobber another), install the program's stdio and any passed descriptors at their numbers, then close
+    //    every other inherited descriptor.
+    let floor = spec.fd_floor;
+    let lift = |fd: &mut RawFd| {
+        if *fd >= 0 && *fd < floor {
+            match sys::dup_above(*fd, floor) {
+                Ok(new) => *fd = new,
+                Err(e) => fail(report, Stage::Init, none, e),
             }
         }
+    };
+    lift(&mut spec.sync_fd);
+    lift(&mut spec.report_fd);
+    lift(&mut spec.death_fd);
+    lift(&mut spec.landlock_fd);
+    for (src, _) in spec.fd_map.iter_mut() {
+        lift(src);
     }
-    let mut keep = [
+    let report = spec.report_fd;
+    for &(src, target) in &spec.fd_map {
+        if let Err(e) = sys::dup2(src, target) {
+            fail(report, Stage::Init, none, e);
+        }
+    }
+    let internal = [
         spec.sync_fd,
         spec.report_fd,
         spec.death_fd,
         spec.landlock_fd,
     ];
-    keep.sort_unstable();
-    if let Err(e) = sys::close_all_except(&keep) {
+    for (slot, fd) in spec
+        .keep
+        .iter_mut()
+        .zip(internal.iter().chain(spec.fd_map.iter().map(|(_, t)| t)))
+    {
+        *slot = *fd;
+    }
+    spec.keep.sort_unstable();
+    if let Err(e) = sys::close_all_except(&spec.keep) {
         fail(report, Stage::Init, none, e);
     }
 

@@ -39,6 +39,8 @@ pub(crate) struct Launch<'a> {
     pub policy: &'a Policy,
     /// Descriptors for the program's 0, 1, 2 (`-1`: inherit the host's).
     pub stdio: [RawFd; 3],
+    /// Further descriptors for the program: `(descriptor here, number in the sandbox)`, numbers 3 and up.
+    pub extra_fds: &'a [(RawFd, RawFd)],
 }
 
 /// A started sandbox, host side.
@@ -76,7 +78,7 @@ fn c(bytes: &[u8], what: &str) -> Result<CString, SetupFailure> {
         .map_err(|_| setup_error(Stage::Prepare, None, format!("{what} contains a NUL byte")))
 }
 
-/// An O_CLOEXEC pipe whose ends are both above the standard descriptors.
+/// An O_CLOEXEC pipe: `(read end, write end)`.
 fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
     let [r, w] = sys::pipe().map_err(|e| {
         os_error(
@@ -86,19 +88,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
         )
     })?;
     // SAFETY: pipe2 just returned these two descriptors, owned by nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w)) };
-    Ok((above_stdio(r)?, above_stdio(w)?))
-}
-
-/// Moves a descriptor to a number of at least 3, so installing stdio in the child cannot clobber it.
-pub(crate) fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, SetupFailure> {
-    if fd.as_raw_fd() > 2 {
-        return Ok(fd);
-    }
-    let dup = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-        .map_err(|e| os_error(Stage::Prepare, "fcntl(F_DUPFD_CLOEXEC)", e.into()))?;
-    // SAFETY: fcntl just returned this new descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+    Ok(unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w)) })
 }
 
 /// The executable paths to try for `program`, like execvp with the sandbox's PATH.
@@ -177,6 +167,20 @@ fn prepare(launch: &Launch<'_>) -> Result<(ChildSpec, plan::Plan), SetupFailure>
         Some(d) => c(d.as_os_str().as_bytes(), "working directory")?,
         None => c(b"/", "working directory")?,
     };
+    let mut fd_map: Vec<(RawFd, RawFd)> = (0..3)
+        .filter(|&i| launch.stdio[i as usize] >= 0)
+        .map(|i| (launch.stdio[i as usize], i))
+        .collect();
+    for &(src, target) in launch.extra_fds {
+        if target < 3 || fd_map.iter().any(|&(_, t)| t == target) {
+            return Err(setup_error(
+                Stage::Prepare,
+                None,
+                format!("descriptor number {target} for the sandbox is below 3 or given twice"),
+            ));
+        }
+        fd_map.push((src, target));
+    }
     let spec = ChildSpec {
         steps: std::mem::take(&mut plan.steps),
         source_fds: vec![-1; plan.sources.len()],
@@ -192,7 +196,9 @@ fn prepare(launch: &Launch<'_>) -> Result<(ChildSpec, plan::Plan), SetupFailure>
         uid: policy.uid,
         gid: policy.gid,
         drop_groups: false,
-        stdio: launch.stdio,
+        fd_map: fd_map.clone(),
+        fd_floor: fd_map.iter().map(|&(_, t)| t + 1).max().unwrap_or(3).max(3),
+        keep: vec![-1; 4 + fd_map.len()],
         sync_fd: -1,
         report_fd: -1,
         death_fd: -1,
@@ -245,10 +251,6 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
     spec.sync_fd = sync_rd.as_raw_fd();
     spec.report_fd = report_wr.as_raw_fd();
     spec.death_fd = death_rd.as_raw_fd();
-    debug_assert!(
-        spec.stdio.iter().all(|&fd| !(0..=2).contains(&fd)),
-        "stdio sources sit above 2"
-    );
 
     // The cgroup namespace is unshared by the child once it sits in the run's cgroup.
     let mut flags = libc::CLONE_NEWUSER

@@ -38,6 +38,12 @@ pub enum PlanError {
         /// The host path that would have to exist.
         host: PathBuf,
     },
+    /// A device named by the policy is not a character device directly below /dev, or is one of ours.
+    #[error(
+        "{0:?} is not a character device directly below /dev on this host, or is one the sandbox provides \
+         itself (ptmx, pts, shm, fd, std*, null, zero, full)"
+    )]
+    NotADevice(PathBuf),
     /// A path contains a NUL byte.
     #[error("path {0:?} contains a NUL byte")]
     Nul(PathBuf),
@@ -491,7 +497,7 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
     if policy.system {
         p.system()?;
     }
-    p.dev()?;
+    p.dev(&policy.devices)?;
     p.proc()?;
     let user_tmp = policy.mounts.iter().any(|m| m.dst() == Path::new("/tmp"));
     if policy.system && !user_tmp {

@@ -396,6 +396,12 @@ pub fn dup2(old: RawFd, new: RawFd) -> SysResult<()> {
     check(unsafe { libc::dup2(old, new) } as c_long).map(drop)
 }
 
+/// Duplicates `fd` to the lowest free number at or above `floor`, close-on-exec.
+pub fn dup_above(fd: RawFd, floor: RawFd) -> SysResult<RawFd> {
+    // SAFETY: plain fcntl with integer arguments.
+    check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) } as c_long).map(|n| n as RawFd)
+}
+
 /// Closes every descriptor from 3 up, except those in `keep` (sorted ascending; negative entries are ignored).
 pub fn close_all_except(keep: &[RawFd]) -> SysResult<()> {
     let mut from: u32 = 3;

@@ -96,7 +96,7 @@ impl Planner {
     }
 
     /// A minimal `/dev`: the harmless character devices, a private devpts, shm, and the usual links.
-    pub(super) fn dev(&mut self) -> Result<(), PlanError> {
+    pub(super) fn dev(&mut self, extra: &[std::path::PathBuf]) -> Result<(), PlanError> {
         let dev = Path::new("/dev");
         self.tmpfs(
             dev,
@@ -104,8 +104,22 @@ impl Planner {
             libc::MS_NOSUID | libc::MS_NOEXEC,
             Inside::Dev,
         )?;
-        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-            let node = dev.join(name);
+        use std::os::unix::fs::FileTypeExt;
+        const OURS: [&str; 10] = [
+            "ptmx", "pts", "shm", "fd", "stdin", "stdout", "stderr", "null", "zero", "full",
+        ];
+        for d in extra {
+            if d.parent() != Some(dev) || OURS.iter().any(|o| d.ends_with(o)) {
+                return Err(PlanError::NotADevice(d.clone()));
+            }
+            let is_char = std::fs::metadata(d).is_ok_and(|m| m.file_type().is_char_device());
+            if !is_char {
+                return Err(PlanError::NotADevice(d.clone()));
+            }
+        }
+        let standard = ["null", "zero", "full", "random", "urandom", "tty"].map(|n| dev.join(n));
+        let extra = extra.iter().filter(|d| !standard.contains(d)).cloned();
+        for node in standard.clone().into_iter().chain(extra) {
             if std::fs::metadata(&node).is_err() {
                 continue;
             }
