@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::namespace::sys;
+use crate::namespace::{cgroup, sys};
 
 /// The cgroup layout the caller sits in.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub fn probe() -> HostReport {
         cgroup: cgroups(),
         // SAFETY: prctl(PR_GET_SECCOMP) only reads this thread's mode.
         seccomp: unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } >= 0,
-        landlock_abi: landlock_abi(),
+        landlock_abi: crate::namespace::landlock::abi().ok(),
         kvm: kvm(),
     }
 }
@@ -95,20 +95,6 @@ fn try_namespaces() -> Result<(), String> {
             std::io::Error::from_raw_os_error(e)
         )),
     }
-}
-
-fn landlock_abi() -> Option<u32> {
-    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
-    // SAFETY: with a NULL attribute and size 0 this only returns the ABI version.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    (v > 0).then_some(v as u32)
 }
 
 fn kvm() -> KvmReport {
@@ -149,40 +135,9 @@ fn kvm() -> KvmReport {
     }
 }
 
-/// One line of `/proc/self/cgroup`: hierarchy id, controllers, path.
-fn own_cgroups() -> Vec<(String, String)> {
-    std::fs::read_to_string("/proc/self/cgroup")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let _id = it.next()?;
-            Some((it.next()?.to_string(), it.next()?.to_string()))
-        })
-        .collect()
-}
-
-/// cgroup mounts from mountinfo: (mount point, fstype, super options).
-fn cgroup_mounts() -> Vec<(PathBuf, String, String)> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mnt = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            let _src = r.next()?;
-            let opts = r.next().unwrap_or("");
-            (fstype == "cgroup" || fstype == "cgroup2")
-                .then(|| (PathBuf::from(mnt), fstype.to_string(), opts.to_string()))
-        })
-        .collect()
-}
-
 fn cgroups() -> CgroupReport {
-    let own = own_cgroups();
-    let mounts = cgroup_mounts();
+    let own = cgroup::own_cgroups();
+    let mounts = cgroup::cgroup_mounts();
     let mut v1 = Vec::new();
     let mut v2_controllers = Vec::new();
     let mut writable = Vec::new();
