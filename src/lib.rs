@@ -18,10 +18,12 @@
 #![warn(missing_docs)]
 
 mod command;
+pub mod guest;
 mod namespace;
 pub mod outcome;
 pub mod policy;
 pub mod probe;
+pub mod vm;
 
 pub use command::{Backend, Error, Sandbox, SandboxChild, Stdio};
 pub use namespace::{DEFAULT_PATH, landlock, seccomp};

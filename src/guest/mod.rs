@@ -1,0 +1,329 @@
+//! The guest agent `sandbox-init`: PID 1 of the sandbox microVM.
+//!
+//! As PID 1, in order: leave the initramfs root (so the sandboxes' `pivot_root` works) → mount proc, sysfs,
+//! devtmpfs (+ devpts, shm), cgroup2 (cpu, memory, pids enabled for children), tmpfs on `/tmp` and `/run` →
+//! find the named virtio-serial ports ([`Channels`]) → read the [`RunSpec`] from the `sandbox.control` port,
+//! else from `/sandbox/spec.json` in the initramfs → mount its shares (9p or virtio-fs) and create its links →
+//! run the program with the library's [`Sandbox`](crate::Sandbox) on the namespace backend, so cgroups,
+//! seccomp, landlock and namespaces apply inside the guest exactly as on a host → send the verdict line
+//! (`SANDBOX-VERDICT {json}`, see [`verdict_json`]) on the console and the control port → `sync` and
+//! `reboot(RB_AUTOBOOT)`, which ends a `-no-reboot` VM.
+//!
+//! The agent never panics or hangs on its own account: every failure becomes a verdict (exit status 125 for
+//! the agent or sandbox, 126 not executable, 127 not found), and a panic hook turns a bug into one too.
+//!
+//! Not as PID 1, `sandbox-init run SPEC.json` runs a specification on the host (shares and links are
+//! skipped) and prints the verdict: a way to try a specification without a VM.
+
+mod mounts;
+mod ports;
+mod spec;
+mod verdict;
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+pub use ports::{CONTROL_PORT, Channels, STDERR_PORT, STDIN_PORT, STDOUT_PORT};
+pub use spec::{Link, RunSpec, Share, ShareFs};
+pub use verdict::{
+    AgentInfo, READY_PREFIX, VERDICT_PREFIX, agent_failure, find_verdict, uptime_ms, verdict_json,
+};
+
+use crate::{BackendKind, Outcome, Stage, Stdio};
+use verdict::say;
+
+/// Where the agent looks for the specification when there is no control port.
+pub const SPEC_PATH: &str = "/sandbox/spec.json";
+/// The agent's version, sent with every verdict.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The largest specification the agent reads.
+const MAX_SPEC: u64 = 16 << 20;
+
+/// Errors of the agent itself, one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// A mount failed.
+    #[error("mount -t {fstype} {device} {target:?} (options {options:?}) failed: {errno}{hint}")]
+    Mount {
+        /// Filesystem type.
+        fstype: String,
+        /// Source (device, share tag).
+        device: String,
+        /// Mount point.
+        target: PathBuf,
+        /// Filesystem options.
+        options: String,
+        /// Why.
+        errno: Errno,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// A directory or link could not be created.
+    #[error("cannot create {path:?}: {source}")]
+    Create {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A share's mount point passes through a symbolic link.
+    #[error(
+        "share mount point {path:?} resolves to {real:?}: mount points must not pass through links"
+    )]
+    Symlinked {
+        /// The mount point as given.
+        path: PathBuf,
+        /// Where it leads.
+        real: PathBuf,
+    },
+    /// Leaving the initramfs root failed.
+    #[error("leaving the initramfs root failed at `{step}`: {errno}")]
+    LeaveRootfs {
+        /// The failing step.
+        step: &'static str,
+        /// Why.
+        errno: Errno,
+    },
+    /// A virtio-serial port could not be opened.
+    #[error("cannot open virtio port {name} ({path:?}): {source}")]
+    Port {
+        /// The port's name.
+        name: String,
+        /// Its device.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No specification arrived.
+    #[error("no run specification: {0}")]
+    NoSpec(String),
+    /// The specification is not valid.
+    #[error("the run specification from {from} is invalid: {message}")]
+    BadSpec {
+        /// Where it came from.
+        from: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The sandbox API refused the run before building anything (an invalid policy).
+    #[error("{0}")]
+    Sandbox(#[from] crate::Error),
+}
+
+impl GuestError {
+    /// The construction stage to report.
+    pub fn stage(&self) -> Stage {
+        match self {
+            GuestError::Mount { .. }
+            | GuestError::Create { .. }
+            | GuestError::Symlinked { .. }
+            | GuestError::LeaveRootfs { .. } => Stage::Mounts,
+            _ => Stage::Prepare,
+        }
+    }
+
+    /// The OS error number, when a system call failed.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            GuestError::Mount { errno, .. } | GuestError::LeaveRootfs { errno, .. } => {
+                Some(*errno as i32)
+            }
+            GuestError::Create { source, .. } | GuestError::Port { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        }
+    }
+
+    /// The verdict of this failure (exit status 125).
+    pub fn into_outcome(self) -> Outcome {
+        agent_failure(self.stage(), self.errno(), self.to_string())
+    }
+}
+
+/// The agent's entry point (the `sandbox-init` binary calls only this).
+pub fn main() -> ! {
+    let pid1 = std::process::id() == 1;
+    verdict::install_panic_hook(pid1);
+    if pid1 {
+        init_main()
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["run", path] => host_run(Path::new(path)),
+        ["--version"] => {
+            println!("sandbox-init {VERSION}");
+            std::process::exit(0)
+        }
+        _ => {
+            say("usage: sandbox-init (as PID 1 of the sandbox VM)\n       \
+                 sandbox-init run SPEC.json   (run a specification here, without shares or links)\n       \
+                 sandbox-init --version");
+            std::process::exit(125)
+        }
+    }
+}
+
+/// PID 1: boot the guest, run the specification, report, end the VM.
+fn init_main() -> ! {
+    let mut info = AgentInfo {
+        version: VERSION,
+        ..AgentInfo::default()
+    };
+    // Held until the VM ends: the verdict goes back through it.
+    let mut control = None;
+    let outcome = match boot_and_run(&mut info, &mut control) {
+        Ok(o) => o,
+        Err(e) => {
+            say(&format!("sandbox-init: {e}"));
+            e.into_outcome()
+        }
+    };
+    info.uptime_end_ms = uptime_ms();
+    verdict::send(&verdict_json(&outcome, &info));
+    drop(control);
+    verdict::end_vm()
+}
+
+fn boot_and_run(
+    info: &mut AgentInfo,
+    control: &mut Option<std::fs::File>,
+) -> Result<Outcome, GuestError> {
+    mounts::leave_rootfs()?;
+    let mounted = mounts::mount_system();
+    mounts::ensure_stdio();
+    info.warnings = mounted?;
+    info.uptime_start_ms = uptime_ms();
+    say(&format!(
+        "sandbox-init {VERSION}: PID 1, guest uptime {:.3} s",
+        info.uptime_start_ms.unwrap_or(0) as f64 / 1000.0
+    ));
+    for w in &info.warnings {
+        say(&format!("sandbox-init: warning: {w}"));
+    }
+
+    let ports = ports::discover();
+    ports::link_by_name(&ports);
+    let mut channels = Channels::open(&ports)?;
+    *control = channels.control.take();
+    verdict::set_control(control.as_ref().map(|f| f.as_raw_fd()));
+
+    let (spec, from) = match control.as_ref() {
+        Some(port) => {
+            let ready = serde_json::json!({"version": VERSION, "uptime_ms": info.uptime_start_ms});
+            let _ = verdict::write_all(
+                std::os::fd::AsFd::as_fd(port),
+                format!("{READY_PREFIX}{ready}\n").as_bytes(),
+            );
+            (read_line(port)?, "control_port")
+        }
+        None => (read_file(Path::new(SPEC_PATH))?, "initramfs"),
+    };
+    info.spec_source = Some(from);
+    let spec = RunSpec::from_json(&spec)
+        .and_then(|s| s.validate().map(|()| s))
+        .map_err(|message| GuestError::BadSpec { from, message })?;
+
+    mounts::mount_shares(&spec.shares)?;
+    mounts::make_links(&spec.links)?;
+    let mut outcome = run(&spec, channels)?;
+    outcome.backend = BackendKind::Vm;
+    Ok(outcome)
+}
+
+/// Runs the specification with the namespace backend and the given channels; stdout and stderr default to
+/// the agent's own (the console), stdin to `/dev/null`.
+pub fn run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
+    let mut cmd = spec.to_sandbox();
+    cmd.stdin(channels.stdin.map_or(Stdio::Null, Stdio::from));
+    if let Some(f) = channels.stdout {
+        cmd.stdout(Stdio::from(f));
+    }
+    if let Some(f) = channels.stderr {
+        cmd.stderr(Stdio::from(f));
+    }
+    Ok(cmd.status()?)
+}
+
+/// Reads one line (the specification) from the control port.
+fn read_line(port: &std::fs::File) -> Result<Vec<u8>, GuestError> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut reader = port;
+    loop {
+        match reader.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => {
+                line.push(byte[0]);
+                if line.len() as u64 > MAX_SPEC {
+                    return Err(GuestError::NoSpec(format!(
+                        "the specification on {CONTROL_PORT} exceeds {MAX_SPEC} bytes"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(GuestError::NoSpec(format!(
+                    "reading {CONTROL_PORT} failed: {e}"
+                )));
+            }
+        }
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Err(GuestError::NoSpec(format!(
+            "the host closed {CONTROL_PORT} without sending one"
+        )));
+    }
+    Ok(line)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, GuestError> {
+    let f = std::fs::File::open(path).map_err(|e| {
+        GuestError::NoSpec(format!(
+            "there is no {CONTROL_PORT} port and {path:?} cannot be read: {e}"
+        ))
+    })?;
+    let mut buf = Vec::new();
+    f.take(MAX_SPEC + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| GuestError::NoSpec(format!("reading {path:?} failed: {e}")))?;
+    if buf.len() as u64 > MAX_SPEC {
+        return Err(GuestError::NoSpec(format!(
+            "{path:?} exceeds {MAX_SPEC} bytes"
+        )));
+    }
+    Ok(buf)
+}
+
+/// `sandbox-init run SPEC.json` on a host: the same specification, verdict and exit status, without the
+/// guest's mounts, shares, links or reboot.
+fn host_run(path: &Path) -> ! {
+    let mut info = AgentInfo {
+        version: VERSION,
+        spec_source: Some("file"),
+        ..AgentInfo::default()
+    };
+    let result = read_file(path).and_then(|bytes| {
+        let spec = RunSpec::from_json(&bytes)
+            .and_then(|s| s.validate().map(|()| s))
+            .map_err(|message| GuestError::BadSpec {
+                from: "file",
+                message,
+            })?;
+        if !spec.shares.is_empty() || !spec.links.is_empty() {
+            info.warnings
+                .push("shares and links are only set up in the guest; skipped".into());
+        }
+        run(&spec, Channels::default())
+    });
+    let outcome = result.unwrap_or_else(|e| {
+        say(&format!("sandbox-init: {e}"));
+        e.into_outcome()
+    });
+    verdict::send(&verdict_json(&outcome, &info));
+    std::process::exit(outcome.status.exit_code())
+}

@@ -1,0 +1,176 @@
+//! The verdict line, and how the agent ends: every path, a panic included, ends in one verdict and a reboot
+//! that stops the VM.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::{BackendKind, Outcome, SetupFailure, Stage};
+
+/// The prefix of the verdict line on the console and on the control port: `SANDBOX-VERDICT {json}`.
+pub const VERDICT_PREFIX: &str = "SANDBOX-VERDICT ";
+/// The prefix of the line the agent sends on the control port when it is ready for the specification:
+/// `SANDBOX-READY {"version": ..., "uptime_ms": ...}`.
+pub const READY_PREFIX: &str = "SANDBOX-READY ";
+
+/// The control port's descriptor, for the panic hook (-1: none).
+static CONTROL_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Facts about the agent's own run, sent with the verdict.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AgentInfo {
+    /// The agent's version.
+    pub version: &'static str,
+    /// Guest uptime when the agent started (the boot time to the agent), in milliseconds.
+    pub uptime_start_ms: Option<u64>,
+    /// Guest uptime when the verdict was made, in milliseconds.
+    pub uptime_end_ms: Option<u64>,
+    /// Where the specification came from: `control_port`, `initramfs` or `file`.
+    pub spec_source: Option<&'static str>,
+    /// What the guest lacks without failing the run (e.g. a cgroup controller).
+    pub warnings: Vec<String>,
+}
+
+/// Guest uptime in milliseconds, from `/proc/uptime`.
+pub fn uptime_ms() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1000.0) as u64)
+}
+
+/// The verdict JSON: [`Outcome::report_json`] plus `exit_status` (the exit code a shell would show: the
+/// program's own, 128+N for a signal, 124 timeout, 125 sandbox or agent failure, 126 not executable, 127 not
+/// found) and `agent`.
+pub fn verdict_json(outcome: &Outcome, agent: &AgentInfo) -> serde_json::Value {
+    let mut v = outcome.report_json();
+    v["exit_status"] = outcome.status.exit_code().into();
+    v["agent"] = serde_json::to_value(agent).unwrap_or_default();
+    v
+}
+
+/// Finds the verdict in a console log or control-port transcript (the last verdict line wins).
+pub fn find_verdict(text: &str) -> Option<serde_json::Value> {
+    text.lines()
+        .rev()
+        .filter_map(|l| {
+            l.find(VERDICT_PREFIX)
+                .map(|i| &l[i + VERDICT_PREFIX.len()..])
+        })
+        .find_map(|json| serde_json::from_str(json.trim()).ok())
+}
+
+/// The verdict of a failure of the agent itself (exit status 125).
+pub fn agent_failure(stage: Stage, errno: Option<i32>, message: String) -> Outcome {
+    Outcome::setup_failed(
+        SetupFailure {
+            stage,
+            errno,
+            message: format!("guest agent: {message}"),
+        },
+        BackendKind::Vm,
+    )
+}
+
+/// Writes a line to the console (standard error), ignoring failures: PID 1 must not panic on a lost console.
+pub(crate) fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(line.as_bytes());
+    let _ = err.write_all(b"\n");
+}
+
+/// Remembers the control port for the panic hook.
+pub(crate) fn set_control(fd: Option<std::os::fd::RawFd>) {
+    CONTROL_FD.store(fd.unwrap_or(-1), Ordering::SeqCst);
+}
+
+/// Sends the verdict line on the console (standard output, after a newline in case the program's output
+/// did not end with one) and on the control port when there is one.
+pub(crate) fn send(v: &serde_json::Value) {
+    let line = format!("{VERDICT_PREFIX}{v}\n");
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(format!("\n{line}").as_bytes());
+    let _ = out.flush();
+    let fd = CONTROL_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: the descriptor belongs to the control port File that the agent keeps open until it ends
+        // the VM; it is only borrowed for this write.
+        let port = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = write_all(port, line.as_bytes());
+    }
+}
+
+/// Writes the whole buffer to a descriptor, retrying short writes and interruptions.
+pub(crate) fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut buf: &[u8]) -> nix::Result<()> {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(0) => return Err(nix::errno::Errno::EIO),
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Ends the VM: flush the filesystems and the console, then `reboot(RB_AUTOBOOT)`, which with `reboot=k` on
+/// the kernel command line resets through the i8042 controller, and a `-no-reboot` VMM exits. Should the
+/// reboot fail, PID 1 exits, the kernel panics, and `panic=-1` reboots at once.
+pub(crate) fn end_vm() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::termios::tcdrain(std::io::stdout().as_fd());
+    let _ = nix::sys::termios::tcdrain(std::io::stderr().as_fd());
+    // SAFETY: reboot(2) takes no pointers; with RB_AUTOBOOT it does not return on success.
+    let rc = unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    say(&format!(
+        "sandbox-init: reboot(RB_AUTOBOOT) returned {rc} ({}); exiting PID 1 instead",
+        std::io::Error::last_os_error()
+    ));
+    std::process::exit(125)
+}
+
+/// A panic becomes a verdict (exit status 125) and, in PID 1, the end of the VM: a PID 1 that unwound and
+/// exited would panic the kernel without telling the host why.
+pub(crate) fn install_panic_hook(pid1: bool) {
+    std::panic::set_hook(Box::new(move |info| {
+        let message = format!("internal error (panic): {info}");
+        say(&format!("sandbox-init: {message}"));
+        let outcome = agent_failure(Stage::Prepare, None, message);
+        send(&verdict_json(
+            &outcome,
+            &AgentInfo {
+                version: super::VERSION,
+                uptime_end_ms: uptime_ms(),
+                ..AgentInfo::default()
+            },
+        ));
+        if pid1 {
+            end_vm();
+        }
+        std::process::exit(125);
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Status;
+
+    #[test]
+    fn verdict_line_round_trips() {
+        let mut o = agent_failure(Stage::Mounts, Some(19), "mount failed".into());
+        let v = verdict_json(&o, &AgentInfo::default());
+        assert_eq!(v["exit_status"], 125);
+        assert_eq!(v["status"], "setup_failed");
+        assert_eq!(v["backend"], "vm");
+        assert_eq!(v["setup_error"]["errno"], 19);
+        let console = format!(
+            "[    0.9] some kernel line\nprogram output{VERDICT_PREFIX}{v}\nreboot: Restarting system\n"
+        );
+        assert_eq!(find_verdict(&console).unwrap(), v);
+        o.status = Status::Exited(7);
+        let v = verdict_json(&o, &AgentInfo::default());
+        assert_eq!(v["exit_status"], 7);
+        assert_eq!(v["exit_code"], 7);
+        assert!(find_verdict("no verdict here\nSANDBOX-VERDICT {broken").is_none());
+    }
+}
