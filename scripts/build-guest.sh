@@ -28,8 +28,8 @@ echo "==> guest agent: building sandbox-init ($profile, static, target dir $targ
 
 args=(build --manifest-path "$here/Cargo.toml" --target "$triple" --bin sandbox-init)
 [ "$profile" = release ] && args+=(--release)
-# Static glibc; no debug info in the binary (it goes into the uncompressed initramfs).
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C strip=debuginfo" \
+# Static glibc; no symbols or debug info in the binary (it goes into the uncompressed initramfs).
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C strip=symbols" \
     CARGO_TARGET_DIR="$target_dir" cargo "${args[@]}" >&2
 
 agent="$target_dir/$triple/$profile/sandbox-init"

@@ -516,3 +516,70 @@ fn an_agent_failure_is_125_and_the_vm_still_ends() {
     let msg = v["setup_error"]["message"].as_str().unwrap_or("");
     assert!(msg.contains("mount -t 9p absent"), "{v:#}");
 }
+
+/// Outside a VM, `sandbox-init run SPEC.json` runs a specification on the host with the namespace backend:
+/// the same specification-to-sandbox mapping and verdict line, without booting anything.
+#[test]
+fn the_agent_runs_a_spec_on_the_host_too() {
+    let tmp = TempDir::new("hostrun");
+    let mut spec = RunSpec::new("sh");
+    spec.args = vec![
+        "-c".into(),
+        r#"echo "pid=$$ host=$(cat /proc/sys/kernel/hostname) x=$X cwd=$PWD"; exit 4"#.into(),
+    ];
+    spec.env.insert("X".into(), "y".into());
+    spec.cwd = Some("/tmp".into());
+    spec.policy = Policy::default().hostname("hostrun");
+    let path = tmp.path("spec.json");
+    std::fs::write(&path, spec.to_json_line()).unwrap();
+    let out = Command::new(&artifacts().agent)
+        .arg("run")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("pid=2 host=hostrun x=y cwd=/tmp"),
+        "{stdout}\n{stderr}"
+    );
+    let v = find_verdict(&stdout).unwrap_or_else(|| panic!("no verdict: {stdout}"));
+    assert_eq!(v["exit_code"], 4, "{v:#}");
+    assert_eq!(v["backend"], "namespace", "{v:#}");
+    assert_eq!(v["agent"]["spec_source"], "file", "{v:#}");
+}
+
+/// A host that connects and hangs up without sending a specification gets no hung VM: the agent reports
+/// the failure (125) on the console and ends the VM even though the control port can no longer take it.
+#[test]
+fn a_host_that_hangs_up_does_not_keep_the_vm_alive() {
+    let tmp = TempDir::new("hangup");
+    let sock = tmp.path("control.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let qemu = vec![
+        "-device".to_string(),
+        "virtio-serial-device".into(),
+        "-chardev".into(),
+        format!("socket,id=ctl,path={}", sock.display()),
+        "-device".into(),
+        format!("virtserialport,chardev=ctl,name={CONTROL_PORT}"),
+    ];
+    let host = std::thread::spawn(move || {
+        // Accept QEMU's connection, wait for the agent's READY line, then hang up.
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
+        let mut first = String::new();
+        let _ = BufReader::new(&stream).read_line(&mut first);
+        first
+    });
+    let initramfs = pack_agent(&artifacts().agent, None, &[]).unwrap();
+    let b = boot(&tmp, &initramfs, &qemu);
+    let first = host.join().unwrap();
+    assert!(first.starts_with(READY_PREFIX), "{first}");
+    let v = verdict_of(&b);
+    assert_eq!(v["exit_status"], 125, "{v:#}");
+    let msg = v["setup_error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("without sending one"), "{v:#}");
+}

@@ -214,10 +214,15 @@ fn boot_and_run(
     let (spec, from) = match control.as_ref() {
         Some(port) => {
             let ready = serde_json::json!({"version": VERSION, "uptime_ms": info.uptime_start_ms});
-            let _ = verdict::write_all(
+            // The host end must be connected from the start: a read from an unconnected port ends at once.
+            if let Err(e) = verdict::port_write(
                 std::os::fd::AsFd::as_fd(port),
                 format!("{READY_PREFIX}{ready}\n").as_bytes(),
-            );
+            ) {
+                say(&format!(
+                    "sandbox-init: cannot announce readiness on {CONTROL_PORT}: {e}"
+                ));
+            }
             (read_line(port)?, "control_port")
         }
         None => (read_file(Path::new(SPEC_PATH))?, "initramfs"),

@@ -2,8 +2,12 @@
 //! that stops the VM.
 
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::{BackendKind, Outcome, SetupFailure, Stage};
 
@@ -84,7 +88,8 @@ pub(crate) fn set_control(fd: Option<std::os::fd::RawFd>) {
 }
 
 /// Sends the verdict line on the console (standard output, after a newline in case the program's output
-/// did not end with one) and on the control port when there is one.
+/// did not end with one) and on the control port when there is one. The port write gives up after
+/// [`PORT_WRITE_LIMIT`]: a host that stopped reading must not keep the VM alive.
 pub(crate) fn send(v: &serde_json::Value) {
     let line = format!("{VERDICT_PREFIX}{v}\n");
     let mut out = std::io::stdout().lock();
@@ -95,17 +100,50 @@ pub(crate) fn send(v: &serde_json::Value) {
         // SAFETY: the descriptor belongs to the control port File that the agent keeps open until it ends
         // the VM; it is only borrowed for this write.
         let port = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let _ = write_all(port, line.as_bytes());
+        if let Err(e) = port_write(port, line.as_bytes()) {
+            say(&format!(
+                "sandbox-init: the verdict could not be sent on {}: {e}",
+                super::CONTROL_PORT
+            ));
+        }
     }
 }
 
-/// Writes the whole buffer to a descriptor, retrying short writes and interruptions.
-pub(crate) fn write_all(fd: std::os::fd::BorrowedFd<'_>, mut buf: &[u8]) -> nix::Result<()> {
+/// Writes a whole line to a virtio port, waiting at most [`PORT_WRITE_LIMIT`] for the host to take it (a
+/// port write blocks while the host end is not connected). The descriptor's flags are restored after.
+pub(crate) fn port_write(port: BorrowedFd<'_>, buf: &[u8]) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(port, FcntlArg::F_GETFL)?);
+    fcntl(port, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    let written = write_within(port, buf, PORT_WRITE_LIMIT);
+    let restored = fcntl(port, FcntlArg::F_SETFL(flags));
+    written.and(restored.map(drop))
+}
+
+/// How long the agent tries to hand the verdict to a control port whose host end does not read.
+pub const PORT_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Writes the whole buffer, retrying short writes and interruptions; on a non-blocking descriptor it waits
+/// for room at most `limit` in total.
+fn write_within(fd: BorrowedFd<'_>, mut buf: &[u8], limit: Duration) -> nix::Result<()> {
+    let start = Instant::now();
     while !buf.is_empty() {
         match nix::unistd::write(fd, buf) {
-            Ok(0) => return Err(nix::errno::Errno::EIO),
+            Ok(0) => return Err(Errno::EIO),
             Ok(n) => buf = &buf[n..],
-            Err(nix::errno::Errno::EINTR) => {}
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let left = limit.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    return Err(Errno::ETIMEDOUT);
+                }
+                let ms = left.as_millis().min(1000) as u16;
+                let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         }
     }
