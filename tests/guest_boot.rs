@@ -212,7 +212,8 @@ fn boot(tmp: &TempDir, initramfs: &[u8], extra: &[String]) -> Boot {
         console.push_str(&qemu_err);
     }
     eprintln!(
-        "boot: {:.2} s wall, qemu {status}, console:\n{console}\n--- end of console ---",
+        "boot: initramfs {} bytes, {:.2} s wall, qemu {status}, console:\n{console}\n--- end of console ---",
+        initramfs.len(),
         wall.as_secs_f64()
     );
     Boot {
