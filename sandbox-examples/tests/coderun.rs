@@ -211,7 +211,7 @@ fn tle_on_an_infinite_loop() {
     );
     assert_eq!(v["verdict"], "TLE", "{v}");
     assert_eq!(v["time_limit"], "cpu", "{v}");
-    assert!(v["cpu_ms"].as_u64().unwrap() >= 900, "{v}");
+    assert!(v["cpu_ms"].as_u64().unwrap() >= 500, "{v}");
     assert!(start.elapsed() < Duration::from_secs(20));
 }
 

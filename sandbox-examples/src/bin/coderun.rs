@@ -17,7 +17,8 @@
 //! memory limit), `OLE` (more than `--output-limit` bytes on standard output: coderun stops reading and kills
 //! the sandbox). Beside it: the program's stdout (truncated to the limit) and stderr (truncated to 64 KiB),
 //! both decoded as UTF-8 with invalid bytes replaced; exit code or signal; wall/CPU time and peak memory;
-//! whether the memory limit was enforced and, when not, why (a cgroup this user may write is needed).
+//! whether the memory and pids limits were enforced and, when not, why (a cgroup this user may write is
+//! needed; without one a big allocation simply succeeds, and no MLE is made up).
 //!
 //! Exit code: 0 whenever a verdict was produced, 2 for bad usage, 125 when the sandbox itself failed (the
 //! JSON object then holds `error`), 128+N when coderun was interrupted by signal N (also with `error`).
