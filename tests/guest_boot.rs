@@ -366,6 +366,11 @@ fn guest_runs_a_host_shell_in_a_sandbox_with_shares() {
     assert_eq!(v["exit_status"], 7, "{v:#}");
     assert_eq!(v["backend"], "vm", "{v:#}");
     assert_eq!(v["agent"]["spec_source"], "initramfs", "{v:#}");
+    assert_eq!(
+        v["agent"]["warnings"],
+        serde_json::json!([]),
+        "proc, sys, dev, cgroup2 with cpu, memory and pids: {v:#}"
+    );
     let e = &v["enforced"];
     assert_eq!(e["seccomp"], "default", "{v:#}");
     assert!(

@@ -101,15 +101,31 @@ pub(crate) fn mount_system() -> Result<Vec<String>, GuestError> {
         ("/tmp", "tmpfs", nosuid_nodev, "mode=1777"),
         ("/run", "tmpfs", nosuid_nodev, "mode=0755"),
     ];
+    let mut warnings = Vec::new();
+    let mut cgroups = true;
     for &(target, fstype, flags, options) in table {
         let target = Path::new(target);
-        mkdir_p(target)?;
-        do_mount(fstype, target, fstype, flags, options)?;
+        let mounted =
+            mkdir_p(target).and_then(|()| do_mount(fstype, target, fstype, flags, options));
+        match mounted {
+            // Without cgroups the run goes on: the sandbox reports its cgroup limits as not enforced, or
+            // fails the run itself when the policy requires them.
+            Err(e) if fstype == "cgroup2" => {
+                warnings.push(format!("no cgroup2 in the guest, so no cgroup limits: {e}"));
+                cgroups = false;
+                continue;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
         if fstype == "devtmpfs" {
             dev_links();
         }
     }
-    Ok(enable_controllers())
+    if cgroups {
+        warnings.extend(enable_controllers());
+    }
+    Ok(warnings)
 }
 
 /// The /dev entries udev would add: /dev/fd and the standard stream links.
