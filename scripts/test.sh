@@ -13,7 +13,7 @@ say() { printf '==> %s\n' "$*"; }
 
 # --- 1. packages -------------------------------------------------------------------------------------------
 need=()
-for pair in setpriv:util-linux bwrap:bubblewrap python3:python3; do
+for pair in setpriv:util-linux bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -28,6 +28,13 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+
+# --- 1b. the guest: kernel (cached by a hash of its inputs; ~4-8 min the first time) and static agent ------
+say "guest kernel (kernel-config/build.sh)"
+SANDBOX_KERNEL=$(kernel-config/build.sh | tail -n 1)
+say "guest agent (scripts/build-guest.sh)"
+SANDBOX_AGENT=$(scripts/build-guest.sh | tail -n 1)
+export SANDBOX_KERNEL SANDBOX_AGENT
 
 # --- 2. style ----------------------------------------------------------------------------------------------
 say "cargo fmt --check"
@@ -54,13 +61,19 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
         print(m["executable"])')
 cargo build --workspace --quiet
-install -m 755 target/debug/sandbox "$stage/sandbox"
+for b in sandbox coderun sandbox-test-runner; do
+    install -m 755 "target/debug/$b" "$stage/$b"
+done
+install -m 644 "$SANDBOX_KERNEL" "$stage/vmlinux"
+install -m 755 "$SANDBOX_AGENT" "$stage/sandbox-init"
 failed=0
 for b in "${bins[@]}"; do
     name=$(basename "$b")
     install -m 755 "$b" "$stage/$name"
     say "unprivileged (uid 65534): $name"
-    if ! (cd /tmp && SANDBOX_BIN="$stage/sandbox" setpriv --reuid=65534 --regid=65534 --clear-groups \
+    if ! (cd /tmp && SANDBOX_BIN="$stage/sandbox" CODERUN_BIN="$stage/coderun" \
+        SANDBOX_KERNEL="$stage/vmlinux" SANDBOX_AGENT="$stage/sandbox-init" \
+        SANDBOX_TEST_RUNNER_BIN="$stage/sandbox-test-runner" setpriv --reuid=65534 --regid=65534 --clear-groups \
         "$stage/$name" --test-threads=2); then
         failed=1
     fi
