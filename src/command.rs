@@ -2,15 +2,16 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{PipeReader, PipeWriter, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::io::{PipeReader, PipeWriter};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::namespace::seccomp;
-use crate::namespace::{self, Launch, Started, child::msg};
-use crate::outcome::{BackendKind, Denial, Outcome, SetupFailure, Status, TimeLimit, Usage};
+use crate::namespace::{self, Launch};
+use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage};
 use crate::policy::{Policy, PolicyError};
+use crate::running::{Inner, SandboxChild};
+use crate::vm;
 
 /// Errors of the sandbox API.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,18 @@ pub enum Backend {
     Vm,
 }
 
+/// Which engine runs the VM backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VmEngine {
+    /// Our own KVM VMM on hosts with hardware KVM, else QEMU.
+    #[default]
+    Auto,
+    /// QEMU `-M microvm` (KVM when hardware KVM is usable, else TCG).
+    Qemu,
+    /// Our own KVM VMM.
+    Builtin,
+}
+
 /// Where one of the program's standard streams goes.
 #[derive(Debug, Default)]
 pub enum Stdio {
@@ -82,6 +95,7 @@ pub struct Sandbox {
     stdio: [Option<Stdio>; 3],
     policy: Policy,
     backend: Backend,
+    vm_engine: VmEngine,
     extra_fds: Vec<(OwnedFd, RawFd)>,
 }
 
@@ -96,6 +110,7 @@ impl Sandbox {
             stdio: [None, None, None],
             policy: Policy::default(),
             backend: Backend::Auto,
+            vm_engine: VmEngine::Auto,
             extra_fds: Vec::new(),
         }
     }
@@ -168,6 +183,12 @@ impl Sandbox {
         self
     }
 
+    /// Chooses the VM backend's engine.
+    pub fn vm_engine(&mut self, engine: VmEngine) -> &mut Self {
+        self.vm_engine = engine;
+        self
+    }
+
     /// Starts the program; standard streams are inherited unless set.
     pub fn spawn(&mut self) -> Result<SandboxChild, Error> {
         self.spawn_with_defaults(|| Stdio::Inherit, || Stdio::Inherit)
@@ -180,7 +201,7 @@ impl Sandbox {
         self.policy.validate()?;
         match self.spawn_with_defaults(|| Stdio::Null, || Stdio::Piped) {
             Ok(child) => child.wait_with_output(),
-            Err(Error::Setup(f)) => Ok(Outcome::setup_failed(f, BackendKind::Namespace)),
+            Err(Error::Setup(f)) => Ok(Outcome::setup_failed(f, self.failed_backend())),
             Err(e) => Err(e),
         }
     }
@@ -190,8 +211,17 @@ impl Sandbox {
         self.policy.validate()?;
         match self.spawn() {
             Ok(mut child) => child.wait(),
-            Err(Error::Setup(f)) => Ok(Outcome::setup_failed(f, BackendKind::Namespace)),
+            Err(Error::Setup(f)) => Ok(Outcome::setup_failed(f, self.failed_backend())),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The backend a setup failure is reported against.
+    fn failed_backend(&self) -> BackendKind {
+        if self.backend == Backend::Vm {
+            BackendKind::Vm
+        } else {
+            BackendKind::Namespace
         }
     }
 
@@ -201,10 +231,10 @@ impl Sandbox {
         out_default: impl Fn() -> Stdio,
     ) -> Result<SandboxChild, Error> {
         self.policy.validate()?;
-        if self.backend == Backend::Vm {
+        if self.backend != Backend::Namespace && self.vm_engine == VmEngine::Builtin {
             return Err(Error::Backend(
-                "vm",
-                "the VM backend is not built yet; use --backend namespace".into(),
+                "vm (builtin engine)",
+                "our own KVM VMM is not built yet; use the qemu engine".into(),
             ));
         }
         let mut streams = Streams::default();
@@ -264,313 +294,55 @@ impl Sandbox {
             extra_fds: &extra,
         };
         let started = Instant::now();
-        let inner = namespace::spawn(&launch).map_err(Error::Setup)?;
+        let timeout = self.policy.timeout;
+        let (inner, deadline) = match self.backend {
+            Backend::Namespace => (
+                Inner::Namespace(Box::new(namespace::spawn(&launch).map_err(Error::Setup)?)),
+                timeout.map(|t| t + TIMEOUT_GRACE),
+            ),
+            Backend::Vm => (
+                Inner::Vm(Box::new(
+                    vm::engine::spawn(&launch, None).map_err(Error::Setup)?,
+                )),
+                timeout.map(|t| t + VM_GRACE),
+            ),
+            Backend::Auto => match namespace::spawn(&launch) {
+                Ok(s) => (
+                    Inner::Namespace(Box::new(s)),
+                    timeout.map(|t| t + TIMEOUT_GRACE),
+                ),
+                // The host cannot give this policy its namespaces or its required limits: the VM can.
+                Err(f) if f.stage == Stage::Namespaces || f.stage == Stage::Cgroup => {
+                    let reason = format!("namespace backend unavailable: {}", f.message);
+                    let vm = vm::engine::spawn(&launch, Some(reason)).map_err(|v| {
+                        Error::Setup(SetupFailure {
+                            message: format!("{}; and the VM backend: {}", f.message, v.message),
+                            ..v
+                        })
+                    })?;
+                    (Inner::Vm(Box::new(vm)), timeout.map(|t| t + VM_GRACE))
+                }
+                Err(f) => return Err(Error::Setup(f)),
+            },
+        };
         drop(held);
-        Ok(SandboxChild {
-            stdin: streams.stdin,
-            stdout: streams.stdout,
-            stderr: streams.stderr,
-            inner: Some(inner),
+        Ok(SandboxChild::new(
+            inner,
             started,
-            timeout: self.policy.timeout,
-            killed: false,
-            done: None,
-        })
+            deadline,
+            (streams.stdin, streams.stdout, streams.stderr),
+        ))
     }
 }
+
+/// Extra time the host gives a namespace sandbox's own timeout before it kills the sandbox itself.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+/// Extra time for a VM: its boot comes before the program's clock starts.
+const VM_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Streams {
     stdin: Option<PipeWriter>,
     stdout: Option<PipeReader>,
     stderr: Option<PipeReader>,
-}
-
-/// A running sandbox. Dropping it kills the whole process tree.
-#[derive(Debug)]
-pub struct SandboxChild {
-    /// The program's standard input, when piped.
-    pub stdin: Option<PipeWriter>,
-    /// The program's standard output, when piped.
-    pub stdout: Option<PipeReader>,
-    /// The program's standard error, when piped.
-    pub stderr: Option<PipeReader>,
-    inner: Option<Started>,
-    started: Instant,
-    timeout: Option<Duration>,
-    killed: bool,
-    done: Option<Outcome>,
-}
-
-impl std::fmt::Debug for Started {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Started").field("pid", &self.pid).finish()
-    }
-}
-
-/// Extra time the host gives the sandbox's own timeout before it kills the sandbox itself.
-const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
-
-impl SandboxChild {
-    /// The host pid of the sandbox's init process (the program's parent, PID 1 inside).
-    pub fn id(&self) -> u32 {
-        self.inner.as_ref().map_or(0, |s| s.pid as u32)
-    }
-
-    /// Kills the whole process tree.
-    pub fn kill(&mut self) -> Result<(), Error> {
-        if let Some(s) = &self.inner {
-            self.killed = true;
-            send_signal(&s.pidfd, libc::SIGKILL).map_err(io("pidfd_send_signal(SIGKILL)"))?;
-        }
-        Ok(())
-    }
-
-    /// Sends `signal` to the program (through the sandbox's init, which forwards it).
-    pub fn signal(&mut self, signal: i32) -> Result<(), Error> {
-        if let Some(s) = &self.inner {
-            send_signal(&s.pidfd, signal).map_err(io("pidfd_send_signal"))?;
-        }
-        Ok(())
-    }
-
-    /// Waits for the end without blocking: `None` while the sandbox still runs.
-    pub fn try_wait(&mut self) -> Result<Option<Outcome>, Error> {
-        if self.done.is_none() {
-            self.poll_exit(Some(Duration::ZERO))?;
-        }
-        Ok(self.done.clone())
-    }
-
-    /// Waits for the end (enforcing the timeout) and returns the verdict. Piped streams are left open.
-    pub fn wait(&mut self) -> Result<Outcome, Error> {
-        drop(self.stdin.take());
-        while self.done.is_none() {
-            self.poll_exit(None)?;
-        }
-        Ok(self.done.clone().expect("set above"))
-    }
-
-    /// Waits for the end while collecting stdout and stderr.
-    pub fn wait_with_output(mut self) -> Result<Outcome, Error> {
-        drop(self.stdin.take());
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let mut streams: Vec<(PipeReader, bool)> = Vec::new();
-        if let Some(s) = self.stdout.take() {
-            streams.push((s, true));
-        }
-        if let Some(s) = self.stderr.take() {
-            streams.push((s, false));
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        while !streams.is_empty() {
-            let mut pfds: Vec<libc::pollfd> = streams
-                .iter()
-                .map(|(s, _)| libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            let wait = self
-                .remaining()
-                .map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
-            let ready = namespace::sys::poll(&mut pfds, wait).map_err(|e| Error::Io {
-                what: "poll on the sandbox's output",
-                source: std::io::Error::from_raw_os_error(e),
-            })?;
-            if ready == 0 {
-                // The sandbox overran its own timeout: take it down; the pipes then close.
-                self.kill()?;
-                continue;
-            }
-            let mut i = 0;
-            while i < streams.len() {
-                if pfds[i].revents == 0 {
-                    i += 1;
-                    continue;
-                }
-                let (s, is_out) = &mut streams[i];
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        streams.remove(i);
-                        pfds.remove(i);
-                        continue;
-                    }
-                    Ok(n) => {
-                        if *is_out {
-                            out.extend_from_slice(&buf[..n]);
-                        } else {
-                            err.extend_from_slice(&buf[..n]);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Err(Error::Io {
-                            what: "reading the sandbox's output",
-                            source: e,
-                        });
-                    }
-                }
-                i += 1;
-            }
-        }
-        let mut outcome = self.wait()?;
-        outcome.stdout = out;
-        outcome.stderr = err;
-        Ok(outcome)
-    }
-
-    /// How long until the host stops waiting for the sandbox's own timeout.
-    fn remaining(&self) -> Option<Duration> {
-        self.timeout
-            .map(|t| (t + TIMEOUT_GRACE).saturating_sub(self.started.elapsed()))
-    }
-
-    /// Waits up to `limit` (or the timeout) for the init to end; records the verdict when it did.
-    fn poll_exit(&mut self, limit: Option<Duration>) -> Result<(), Error> {
-        let Some(s) = &self.inner else { return Ok(()) };
-        let wait = match (limit, self.remaining()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let mut pfd = [libc::pollfd {
-            fd: s.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        let ms = wait.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
-        let ready = namespace::sys::poll(&mut pfd, ms).map_err(|e| Error::Io {
-            what: "poll on the sandbox's pidfd",
-            source: std::io::Error::from_raw_os_error(e),
-        })?;
-        if ready == 0 {
-            if self.remaining() == Some(Duration::ZERO) {
-                self.kill()?;
-            }
-            return Ok(());
-        }
-        self.reap()
-    }
-
-    /// Collects the ended init and turns its report into the verdict.
-    fn reap(&mut self) -> Result<(), Error> {
-        let Some(mut s) = self.inner.take() else {
-            return Ok(());
-        };
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is valid storage for the kernel to fill.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `status` and `ru` are writable; `pid` is our own unreaped child (its pidfd is held).
-        let r = unsafe { libc::wait4(s.pid, &mut status, 0, &mut ru) };
-        let wall = self.started.elapsed();
-        if r < 0 {
-            return Err(Error::Io {
-                what: "wait4 on the sandbox's init",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // The init's last words: denied system calls, then how the program ended.
-        let mut denied = Vec::new();
-        let mut last = None;
-        let mut buf = [0u8; msg::LEN];
-        while namespace::read_message(&mut s.report, &mut buf).is_ok() {
-            match msg::decode(&buf) {
-                [msg::DENIED, nr, count, _] => denied.push(Denial {
-                    syscall: seccomp::syscall_name(nr as i32)
-                        .map_or_else(|| format!("#{nr}"), String::from),
-                    count,
-                }),
-                words => {
-                    last = Some(words);
-                    break;
-                }
-            }
-        }
-        let stats = s.cgroup.as_ref().map(|cg| cg.stats()).unwrap_or_default();
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        let cpu_user = stats.cpu_user.unwrap_or(tv(ru.ru_utime));
-        let cpu_sys = stats.cpu_sys.unwrap_or(tv(ru.ru_stime));
-        let killed_by = |sig| match last {
-            Some([msg::EXITED, raw, ..]) => {
-                libc::WIFSIGNALED(raw as i32) && libc::WTERMSIG(raw as i32) == sig
-            }
-            _ => false,
-        };
-        let over_cpu = s.cpu_time.is_some_and(|limit| {
-            killed_by(libc::SIGXCPU) || (killed_by(libc::SIGKILL) && cpu_user + cpu_sys >= limit)
-        });
-        let status = match last {
-            _ if over_cpu => Status::TimedOut(TimeLimit::Cpu),
-            Some([msg::TIMED_OUT, ..]) => Status::TimedOut(TimeLimit::Wall),
-            _ if stats.oom_kills > 0 && (killed_by(libc::SIGKILL) || last.is_none()) => {
-                Status::OomKilled
-            }
-            Some([msg::EXITED, raw, ..]) => {
-                let raw = raw as i32;
-                if libc::WIFSIGNALED(raw) {
-                    Status::Signaled(libc::WTERMSIG(raw))
-                } else {
-                    Status::Exited(libc::WEXITSTATUS(raw))
-                }
-            }
-            _ if self.killed && self.timeout.is_some_and(|t| wall >= t) => {
-                Status::TimedOut(TimeLimit::Wall)
-            }
-            _ => Status::Signaled(libc::SIGKILL),
-        };
-        let (peak, source) = match stats.peak_memory {
-            Some(p) => (Some(p), "cgroup"),
-            None => (Some(ru.ru_maxrss as u64 * 1024), "rusage"),
-        };
-        self.done = Some(Outcome {
-            status,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            usage: Usage {
-                wall,
-                cpu_user,
-                cpu_sys,
-                peak_memory_bytes: peak,
-                source,
-            },
-            backend: BackendKind::Namespace,
-            fallback_reason: None,
-            enforced: std::mem::take(&mut s.enforced),
-            denied_syscalls: denied,
-        });
-        // Dropping `s` removes the run's cgroup, now empty.
-        Ok(())
-    }
-}
-
-impl Drop for SandboxChild {
-    fn drop(&mut self) {
-        if let Some(s) = self.inner.take() {
-            let _ = send_signal(&s.pidfd, libc::SIGKILL);
-            let _ = namespace::sys::wait_pid(s.pid);
-        }
-    }
-}
-
-fn send_signal(pidfd: &impl AsFd, signal: i32) -> std::io::Result<()> {
-    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and no siginfo.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_fd().as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        // ESRCH: it already ended, which is what was wanted.
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            return Err(e);
-        }
-    }
-    Ok(())
 }

@@ -23,10 +23,12 @@ mod namespace;
 pub mod outcome;
 pub mod policy;
 pub mod probe;
+mod running;
 pub mod vm;
 
-pub use command::{Backend, Error, Sandbox, SandboxChild, Stdio};
+pub use command::{Backend, Error, Sandbox, Stdio, VmEngine};
 pub use namespace::{DEFAULT_PATH, landlock, seccomp};
 pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
 pub use policy::{Mount, Network, Policy, PolicyError};
 pub use probe::{HostReport, probe};
+pub use running::SandboxChild;

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::namespace::cgroup::CgroupEnforced;
 
 /// Which backend ran the program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
     /// Linux namespaces on the host kernel.
@@ -17,7 +17,7 @@ pub enum BackendKind {
 }
 
 /// The step of sandbox construction that failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Preparing the run on the host (paths, pipes, plan).
@@ -42,6 +42,8 @@ pub enum Stage {
     Init,
     /// Executing the program.
     Exec,
+    /// Starting or talking to the virtual machine.
+    Vm,
     /// Creating the run's cgroup and applying its limits.
     Cgroup,
     /// Applying landlock.
@@ -72,6 +74,7 @@ impl Stage {
             Landlock,
             Seccomp,
             Rlimits,
+            Vm,
         ]
         .get(n as usize)
         .copied()
@@ -108,7 +111,7 @@ impl std::fmt::Display for SetupFailure {
 }
 
 /// Which time limit ran out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeLimit {
     /// The wall-clock limit (`Policy::timeout`): the whole tree was killed.
@@ -178,14 +181,15 @@ pub struct Usage {
     /// Peak resident memory in bytes, and its source.
     pub peak_memory_bytes: Option<u64>,
     /// Where the CPU and memory figures come from (`rusage`: the largest single process, not the tree).
-    pub source: &'static str,
+    pub source: String,
 }
 
 /// What was actually enforced for a run: the honest part of the verdict.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Enforced {
     /// The namespaces the program runs in.
-    pub namespaces: Vec<&'static str>,
+    pub namespaces: Vec<String>,
     /// The host uid and gid the sandbox user maps to.
     pub host_uid: u32,
     /// See `host_uid`.
@@ -193,9 +197,9 @@ pub struct Enforced {
     /// The run's cgroup and its limits, when one was created.
     pub cgroup: Option<CgroupEnforced>,
     /// Resource limits set with setrlimit: name, soft value.
-    pub rlimits: Vec<(&'static str, u64)>,
+    pub rlimits: Vec<(String, u64)>,
     /// The seccomp profile: "default", "custom" or "none".
-    pub seccomp: &'static str,
+    pub seccomp: String,
     /// Whether denied system calls were counted (`denied_syscalls`).
     pub seccomp_audit: bool,
     /// Landlock's ABI and rights, when applied.
@@ -209,12 +213,27 @@ pub struct Enforced {
 }
 
 /// A system call the seccomp filter denied, and how often.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Denial {
     /// The system call's name (or its number).
     pub syscall: String,
     /// How many times it was denied.
     pub count: u32,
+}
+
+/// How the VM backend ran the program.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VmInfo {
+    /// The engine: "qemu" or "builtin".
+    pub engine: String,
+    /// The accelerator: "kvm" or "tcg".
+    pub accelerator: String,
+    /// Why this accelerator.
+    pub accelerator_reason: String,
+    /// Guest uptime when the agent started, in milliseconds.
+    pub boot_ms: Option<u64>,
+    /// The end of the guest's kernel log, kept when the run failed.
+    pub console_tail: Option<String>,
 }
 
 /// The verdict of a run.
@@ -236,6 +255,8 @@ pub struct Outcome {
     pub enforced: Enforced,
     /// System calls the seccomp filter denied (with `audit_denials`).
     pub denied_syscalls: Vec<Denial>,
+    /// The VM backend's engine and accelerator, when it ran the program.
+    pub vm: Option<VmInfo>,
 }
 
 impl Outcome {
@@ -250,7 +271,75 @@ impl Outcome {
             fallback_reason: None,
             enforced: Enforced::default(),
             denied_syscalls: Vec::new(),
+            vm: None,
         }
+    }
+
+    /// The same verdict with another status.
+    pub fn with_status(mut self, status: Status) -> Outcome {
+        self.status = status;
+        self
+    }
+
+    /// Reads back a verdict written by [`Outcome::report_json`] (the guest agent's verdict line); `None` when
+    /// it is not one. Captured output is not part of a report.
+    pub fn from_report_json(v: &serde_json::Value) -> Option<Outcome> {
+        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_i64);
+        let ms = |k: &str| {
+            Duration::from_millis(v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0))
+        };
+        let status = match v.get("status")?.as_str()? {
+            "exited" => Status::Exited(num("exit_code")? as i32),
+            "signaled" => Status::Signaled(num("signal")? as i32),
+            "timed_out" => Status::TimedOut(
+                serde_json::from_value(v.get("timeout")?.clone()).unwrap_or(TimeLimit::Wall),
+            ),
+            "oom_killed" => Status::OomKilled,
+            "setup_failed" => {
+                let e = v.get("setup_error")?;
+                Status::SetupFailed(SetupFailure {
+                    stage: serde_json::from_value(e.get("stage")?.clone()).ok()?,
+                    errno: e
+                        .get("errno")
+                        .and_then(serde_json::Value::as_i64)
+                        .map(|n| n as i32),
+                    message: e.get("message")?.as_str()?.to_string(),
+                })
+            }
+            _ => return None,
+        };
+        Some(Outcome {
+            status,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            usage: Usage {
+                wall: ms("wall_ms"),
+                cpu_user: ms("cpu_user_ms"),
+                cpu_sys: ms("cpu_sys_ms"),
+                peak_memory_bytes: v
+                    .get("peak_memory_bytes")
+                    .and_then(serde_json::Value::as_u64),
+                source: v
+                    .get("usage_source")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            },
+            backend: serde_json::from_value(v.get("backend")?.clone()).ok()?,
+            fallback_reason: v
+                .get("fallback_reason")
+                .and_then(|s| s.as_str())
+                .map(String::from),
+            enforced: v
+                .get("enforced")
+                .and_then(|e| serde_json::from_value(e.clone()).ok())
+                .unwrap_or_default(),
+            denied_syscalls: v
+                .get("denied_syscalls")
+                .and_then(|d| serde_json::from_value(d.clone()).ok())
+                .unwrap_or_default(),
+            vm: None,
+        })
     }
 
     /// The verdict as the JSON object of the CLI's `--report` contract.
@@ -274,7 +363,12 @@ impl Outcome {
             "timeout": match &self.status { Status::TimedOut(l) => serde_json::to_value(l).ok(), _ => None },
             "enforced": self.enforced,
             "denied_syscalls": self.denied_syscalls,
+            "vm_engine": self.vm.as_ref().map(|v| v.engine.clone()),
+            "accelerator": self.vm.as_ref().map(|v| v.accelerator.clone()),
         });
+        if let Some(vm) = &self.vm {
+            v["vm"] = serde_json::to_value(vm).unwrap_or_default();
+        }
         if let Status::SetupFailed(f) = &self.status {
             v["setup_error"] = serde_json::json!({
                 "stage": f.stage, "errno": f.errno, "message": f.message,
@@ -305,6 +399,42 @@ mod tests {
         assert_eq!(failed(Stage::Exec, libc::ENOENT).exit_code(), 127);
         assert_eq!(failed(Stage::Exec, libc::EACCES).exit_code(), 126);
         assert_eq!(failed(Stage::Mounts, libc::ENOENT).exit_code(), 125);
+    }
+
+    #[test]
+    fn report_round_trip() {
+        let mut o = Outcome::setup_failed(
+            SetupFailure {
+                stage: Stage::Exec,
+                errno: Some(2),
+                message: "cannot execute".into(),
+            },
+            BackendKind::Vm,
+        );
+        o.enforced.seccomp = "default".into();
+        o.denied_syscalls.push(Denial {
+            syscall: "bpf".into(),
+            count: 2,
+        });
+        let back = Outcome::from_report_json(&o.report_json()).unwrap();
+        assert_eq!(back.status, o.status);
+        assert_eq!(back.backend, BackendKind::Vm);
+        assert_eq!(back.enforced.seccomp, "default");
+        assert_eq!(back.denied_syscalls, o.denied_syscalls);
+        for status in [
+            Status::Exited(3),
+            Status::Signaled(9),
+            Status::TimedOut(TimeLimit::Cpu),
+            Status::OomKilled,
+        ] {
+            let mut o = o.clone();
+            o.status = status.clone();
+            assert_eq!(
+                Outcome::from_report_json(&o.report_json()).unwrap().status,
+                status
+            );
+        }
+        assert!(Outcome::from_report_json(&serde_json::json!({"status": "odd"})).is_none());
     }
 
     #[test]

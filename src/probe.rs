@@ -49,6 +49,23 @@ pub struct HostReport {
     pub landlock_abi: Option<u32>,
     /// KVM.
     pub kvm: KvmReport,
+    /// The VM backend's engines and guest.
+    pub vm: VmReport,
+}
+
+/// What the VM backend would use here.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmReport {
+    /// `qemu-system-x86_64`, when found.
+    pub qemu: Option<PathBuf>,
+    /// The accelerator QEMU would use ("kvm" or "tcg"), and why.
+    pub accelerator: String,
+    /// The guest kernel, when found.
+    pub kernel: Option<PathBuf>,
+    /// The static guest agent, when found.
+    pub agent: Option<PathBuf>,
+    /// Why the VM backend cannot run here, when it cannot.
+    pub problem: Option<String>,
 }
 
 /// Probes the host.
@@ -57,6 +74,7 @@ pub fn probe() -> HostReport {
         Ok(()) => (true, None),
         Err(e) => (false, Some(e)),
     };
+    let kvm = probe_kvm();
     HostReport {
         kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
@@ -68,7 +86,32 @@ pub fn probe() -> HostReport {
         // SAFETY: prctl(PR_GET_SECCOMP) only reads this thread's mode.
         seccomp: unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } >= 0,
         landlock_abi: crate::namespace::landlock::abi().ok(),
-        kvm: kvm(),
+        vm: vm_report(&kvm),
+        kvm,
+    }
+}
+
+fn vm_report(kvm: &KvmReport) -> VmReport {
+    let qemu = crate::vm::qemu::find_qemu();
+    let (accel, why) = crate::vm::qemu::choose_accel(kvm);
+    let assets = crate::vm::engine::assets();
+    let problem = match (&qemu, &assets) {
+        (None, _) => {
+            Some("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".to_string())
+        }
+        (_, Err(e)) => Some(e.clone()),
+        _ => None,
+    };
+    let (kernel, agent) = match assets {
+        Ok((k, a)) => (Some(k), Some(a)),
+        Err(_) => (None, None),
+    };
+    VmReport {
+        qemu,
+        accelerator: format!("{}: {why}", accel.name()),
+        kernel,
+        agent,
+        problem,
     }
 }
 
@@ -97,7 +140,8 @@ fn try_namespaces() -> Result<(), String> {
     }
 }
 
-fn kvm() -> KvmReport {
+/// How `/dev/kvm` behaves here (opened and asked for its API version).
+pub fn probe_kvm() -> KvmReport {
     let flavour = if Path::new("/sys/module/kvm_pvm").exists() {
         "pvm"
     } else if std::fs::read_to_string("/proc/cpuinfo")

@@ -41,7 +41,9 @@ pub(crate) fn prepare(
     host_ids: (u32, u32),
 ) -> Result<Layers, SetupFailure> {
     let mut enforced = Enforced {
-        namespaces: vec!["user", "pid", "mount", "ipc", "uts", "cgroup"],
+        namespaces: ["user", "pid", "mount", "ipc", "uts", "cgroup"]
+            .map(String::from)
+            .to_vec(),
         host_uid: host_ids.0,
         host_gid: host_ids.1,
         capabilities_dropped: true,
@@ -49,13 +51,13 @@ pub(crate) fn prepare(
         ..Enforced::default()
     };
     if policy.network == Network::None {
-        enforced.namespaces.push("net");
+        enforced.namespaces.push("net".into());
     }
 
     // seccomp: compiled here, installed by the init.
     let filter = match &policy.seccomp {
         seccomp::SeccompProfile::None => {
-            enforced.seccomp = "none";
+            enforced.seccomp = "none".into();
             None
         }
         profile => {
@@ -63,7 +65,8 @@ pub(crate) fn prepare(
                 "default"
             } else {
                 "custom"
-            };
+            }
+            .into();
             let f = seccomp::compile(profile, policy.audit_denials)
                 .map_err(|e| failure(Stage::Seccomp, e.to_string()))?;
             enforced.seccomp_audit = f.listener;
@@ -149,12 +152,12 @@ pub(crate) fn prepare(
 
     // rlimits, set by the init before it forks the program. No core dumps, ever.
     let mut rlimits = vec![(libc::RLIMIT_CORE, 0, 0)];
-    enforced.rlimits.push(("core", 0));
+    enforced.rlimits.push(("core".into(), 0));
     if let Some(t) = l.cpu_time {
         // Whole seconds, rounded up: SIGXCPU at the soft limit, SIGKILL one second later.
         let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
         rlimits.push((libc::RLIMIT_CPU, secs, secs + 1));
-        enforced.rlimits.push(("cpu", secs));
+        enforced.rlimits.push(("cpu".into(), secs));
     }
     for (res, name, v) in [
         (libc::RLIMIT_NOFILE, "nofile", l.nofile),
@@ -163,7 +166,7 @@ pub(crate) fn prepare(
     ] {
         if let Some(v) = v {
             rlimits.push((res, v, v));
-            enforced.rlimits.push((name, v));
+            enforced.rlimits.push((name.into(), v));
         }
     }
 

@@ -12,6 +12,7 @@ pub mod landlock;
 mod layers;
 pub(crate) mod plan;
 pub mod seccomp;
+mod supervise;
 pub(crate) mod sys;
 mod view;
 

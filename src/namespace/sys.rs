@@ -560,6 +560,30 @@ pub fn wait_pid(pid: libc::pid_t) -> SysResult<c_int> {
     }
 }
 
+/// `pidfd_send_signal(2)`; a process that already ended (ESRCH) is not an error.
+pub fn pidfd_signal(pidfd: &impl std::os::fd::AsRawFd, signal: c_int) -> SysResult<()> {
+    // SAFETY: pidfd_send_signal with a pidfd, a signal number and no siginfo.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match check(ret) {
+        Ok(_) | Err(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `pidfd_open(2)`.
+pub fn pidfd_open(pid: libc::pid_t) -> SysResult<RawFd> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(|fd| fd as RawFd)
+}
+
 /// `kill(2)`.
 pub fn kill(pid: libc::pid_t, sig: c_int) {
     // SAFETY: plain syscall with integer arguments.

@@ -4,4 +4,6 @@
 //! This module holds what the host side needs to prepare a guest: [`initramfs`] packs the agent (and, without
 //! a control port, the run specification) into the uncompressed initramfs the kernel unpacks at boot.
 
+pub mod engine;
 pub mod initramfs;
+pub mod qemu;

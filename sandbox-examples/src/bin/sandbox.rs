@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sandbox::seccomp::SeccompProfile;
-use sandbox::{Backend, Mount, Network, Policy, Sandbox};
+use sandbox::{Backend, Mount, Network, Policy, Sandbox, VmEngine};
 
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
@@ -45,6 +45,13 @@ enum BackendArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    Auto,
+    Qemu,
+    Builtin,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum NetArg {
     None,
     Host,
@@ -55,6 +62,9 @@ struct RunArgs {
     /// Which backend runs the program.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
+    /// Which engine runs the VM backend.
+    #[arg(long = "vm-engine", value_enum, default_value = "auto")]
+    vm_engine: EngineArg,
     /// Show host path SRC read-only at DST (default: SRC). Repeatable.
     #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
     ro_bind: Vec<String>,
@@ -235,6 +245,11 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         BackendArg::Auto => Backend::Auto,
         BackendArg::Namespace => Backend::Namespace,
         BackendArg::Vm => Backend::Vm,
+    });
+    cmd.vm_engine(match args.vm_engine {
+        EngineArg::Auto => VmEngine::Auto,
+        EngineArg::Qemu => VmEngine::Qemu,
+        EngineArg::Builtin => VmEngine::Builtin,
     });
     for kv in &args.env {
         let (k, v) = kv

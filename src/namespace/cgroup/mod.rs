@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors managing a run's cgroup.
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +70,11 @@ pub struct CgroupStats {
 }
 
 /// What the cgroup enforced, for the verdict.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CgroupEnforced {
     /// "v1" or "v2".
-    pub version: &'static str,
+    pub version: String,
     /// The run's cgroup directories.
     pub paths: Vec<PathBuf>,
     /// Memory limit in bytes.
@@ -273,7 +274,7 @@ impl RunCgroup {
     /// What this cgroup enforces.
     pub fn enforced(&self) -> CgroupEnforced {
         CgroupEnforced {
-            version: self.version,
+            version: self.version.into(),
             paths: self.dirs.clone(),
             memory: self.limits.memory,
             pids: self.limits.pids,

@@ -1,0 +1,256 @@
+//! `SandboxChild`: a running sandbox on either backend, shaped like `std::process::Child`.
+
+use std::io::{PipeReader, PipeWriter, Read};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use crate::command::Error;
+use crate::namespace::{self, sys};
+use crate::outcome::Outcome;
+use crate::vm::engine::VmRun;
+
+/// The backend-specific part of a running sandbox.
+#[derive(Debug)]
+pub(crate) enum Inner {
+    /// A namespace sandbox: its init process.
+    Namespace(Box<namespace::Started>),
+    /// A VM: the QEMU process and its channels.
+    Vm(Box<VmRun>),
+}
+
+impl Inner {
+    fn pid(&self) -> u32 {
+        match self {
+            Inner::Namespace(s) => s.pid as u32,
+            Inner::Vm(v) => v.pid(),
+        }
+    }
+
+    fn pidfd(&self) -> BorrowedFd<'_> {
+        match self {
+            Inner::Namespace(s) => std::os::fd::AsFd::as_fd(&s.pidfd),
+            Inner::Vm(v) => v.pidfd(),
+        }
+    }
+
+    fn finish(self, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
+        match self {
+            Inner::Namespace(s) => s.finish(wall, host_timeout).map_err(|source| Error::Io {
+                what: "wait4 on the sandbox's init",
+                source,
+            }),
+            Inner::Vm(v) => v.finish(wall, host_timeout),
+        }
+    }
+
+    fn abort(self) {
+        match self {
+            Inner::Namespace(s) => s.abort(),
+            Inner::Vm(v) => v.abort(),
+        }
+    }
+}
+
+/// A running sandbox. Dropping it kills the whole process tree (for the VM backend: the VM).
+#[derive(Debug)]
+pub struct SandboxChild {
+    /// The program's standard input, when piped.
+    pub stdin: Option<PipeWriter>,
+    /// The program's standard output, when piped.
+    pub stdout: Option<PipeReader>,
+    /// The program's standard error, when piped.
+    pub stderr: Option<PipeReader>,
+    inner: Option<Inner>,
+    started: Instant,
+    /// When the host stops waiting for the sandbox's own limit and kills it.
+    deadline: Option<Duration>,
+    killed: bool,
+    done: Option<Outcome>,
+}
+
+impl SandboxChild {
+    pub(crate) fn new(
+        inner: Inner,
+        started: Instant,
+        deadline: Option<Duration>,
+        streams: (Option<PipeWriter>, Option<PipeReader>, Option<PipeReader>),
+    ) -> Self {
+        SandboxChild {
+            stdin: streams.0,
+            stdout: streams.1,
+            stderr: streams.2,
+            inner: Some(inner),
+            started,
+            deadline,
+            killed: false,
+            done: None,
+        }
+    }
+
+    /// The host pid of the sandbox's root process: the namespace sandbox's init (PID 1 inside), or QEMU.
+    pub fn id(&self) -> u32 {
+        self.inner.as_ref().map_or(0, Inner::pid)
+    }
+
+    /// Kills the whole process tree.
+    pub fn kill(&mut self) -> Result<(), Error> {
+        if let Some(inner) = &self.inner {
+            self.killed = true;
+            sys::pidfd_signal(&inner.pidfd(), libc::SIGKILL).map_err(|e| Error::Io {
+                what: "pidfd_send_signal(SIGKILL)",
+                source: std::io::Error::from_raw_os_error(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the program (the namespace sandbox's init forwards it). The VM backend does not
+    /// forward signals yet: only SIGKILL (which ends the VM) is accepted there.
+    pub fn signal(&mut self, signal: i32) -> Result<(), Error> {
+        match &self.inner {
+            Some(Inner::Vm(_)) if signal != libc::SIGKILL => Err(Error::Backend(
+                "vm",
+                format!("signal {signal} cannot be forwarded into the VM yet; kill() ends it"),
+            )),
+            Some(inner) => sys::pidfd_signal(&inner.pidfd(), signal).map_err(|e| Error::Io {
+                what: "pidfd_send_signal",
+                source: std::io::Error::from_raw_os_error(e),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the end without blocking: `None` while the sandbox still runs.
+    pub fn try_wait(&mut self) -> Result<Option<Outcome>, Error> {
+        if self.done.is_none() {
+            self.poll_exit(Some(Duration::ZERO))?;
+        }
+        Ok(self.done.clone())
+    }
+
+    /// Waits for the end (enforcing the timeout) and returns the verdict. Piped streams are left open.
+    pub fn wait(&mut self) -> Result<Outcome, Error> {
+        drop(self.stdin.take());
+        while self.done.is_none() {
+            self.poll_exit(None)?;
+        }
+        Ok(self.done.clone().expect("set above"))
+    }
+
+    /// Waits for the end while collecting stdout and stderr.
+    pub fn wait_with_output(mut self) -> Result<Outcome, Error> {
+        drop(self.stdin.take());
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut streams: Vec<(PipeReader, bool)> = Vec::new();
+        if let Some(s) = self.stdout.take() {
+            streams.push((s, true));
+        }
+        if let Some(s) = self.stderr.take() {
+            streams.push((s, false));
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        while !streams.is_empty() {
+            let mut pfds: Vec<libc::pollfd> = streams
+                .iter()
+                .map(|(s, _)| libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let wait = self.remaining().map_or(-1, millis);
+            let ready = sys::poll(&mut pfds, wait).map_err(|e| Error::Io {
+                what: "poll on the sandbox's output",
+                source: std::io::Error::from_raw_os_error(e),
+            })?;
+            if ready == 0 {
+                // The sandbox overran its own limit: take it down; the pipes then close.
+                self.kill()?;
+                continue;
+            }
+            let mut i = 0;
+            while i < streams.len() {
+                if pfds[i].revents == 0 {
+                    i += 1;
+                    continue;
+                }
+                let (s, is_out) = &mut streams[i];
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        streams.remove(i);
+                        pfds.remove(i);
+                        continue;
+                    }
+                    Ok(n) => {
+                        if *is_out {
+                            out.extend_from_slice(&buf[..n]);
+                        } else {
+                            err.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(Error::Io {
+                            what: "reading the sandbox's output",
+                            source: e,
+                        });
+                    }
+                }
+                i += 1;
+            }
+        }
+        let mut outcome = self.wait()?;
+        outcome.stdout = out;
+        outcome.stderr = err;
+        Ok(outcome)
+    }
+
+    /// How long until the host stops waiting for the sandbox's own limit.
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_sub(self.started.elapsed()))
+    }
+
+    /// Waits up to `limit` (or the deadline) for the sandbox to end; records the verdict when it did.
+    fn poll_exit(&mut self, limit: Option<Duration>) -> Result<(), Error> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        let wait = match (limit, self.remaining()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut pfd = [libc::pollfd {
+            fd: inner.pidfd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ready = sys::poll(&mut pfd, wait.map_or(-1, millis)).map_err(|e| Error::Io {
+            what: "poll on the sandbox's pidfd",
+            source: std::io::Error::from_raw_os_error(e),
+        })?;
+        if ready == 0 {
+            if self.remaining() == Some(Duration::ZERO) {
+                self.kill()?;
+            }
+            return Ok(());
+        }
+        let inner = self.inner.take().expect("checked above");
+        let host_timeout = self.killed && self.remaining() == Some(Duration::ZERO);
+        self.done = Some(inner.finish(self.started.elapsed(), host_timeout)?);
+        Ok(())
+    }
+}
+
+fn millis(d: Duration) -> i32 {
+    d.as_millis().min(i32::MAX as u128) as i32
+}
+
+impl Drop for SandboxChild {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.abort();
+        }
+    }
+}

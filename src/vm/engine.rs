@@ -1,0 +1,726 @@
+//! The VM backend, host side: the same run as on the namespace backend, inside a microVM.
+//!
+//! In order: find the guest kernel, agent and QEMU → pack the agent into an initramfs (once per agent) →
+//! turn the run into a [`RunSpec`]: the host's `/usr` and `/etc` (as the host sandbox shows them) and every
+//! bind source become read-only or writable virtio-9p shares, the policy's bind sources are rewritten to
+//! where the agent mounts them → start QEMU, itself confined in a namespace sandbox when the host allows
+//! (it sees only the system, the kernel, the initramfs and the shares; no network), else under `no_new_privs`
+//! and our seccomp filter → send the spec on the control port → when QEMU ends, read the agent's verdict.
+//! The program's stdout and stderr go from their virtio-serial ports straight into pipes the host reads;
+//! the kernel log goes to the serial console, kept apart and shown only when a run fails.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::qemu::{self, Accel, Machine, Port, Share};
+use crate::command::Error;
+use crate::guest::{Link, RunSpec, Share as GuestShare, ShareFs, find_verdict};
+use crate::namespace::{self, Launch, sys};
+use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
+use crate::policy::{Mount, Network, Policy, SYSTEM_TOP};
+
+/// How long a guest may take from QEMU's start to the agent's READY line before the run is abandoned.
+const BOOT_LIMIT: Duration = Duration::from_secs(60);
+/// How much of the kernel log is kept for a failed run's verdict.
+const CONSOLE_TAIL: usize = 16 * 1024;
+/// Guest RAM beyond the policy's memory limit: the kernel and the agent.
+const GUEST_OVERHEAD_MIB: u64 = 128;
+
+fn fail(message: impl Into<String>) -> SetupFailure {
+    SetupFailure {
+        stage: Stage::Vm,
+        errno: None,
+        message: message.into(),
+    }
+}
+
+/// The guest kernel and agent: `$SANDBOX_KERNEL` and `$SANDBOX_AGENT`, else the kernel build cache
+/// (`kernel-config/build.sh`) and `sandbox-init` next to the running program.
+pub fn assets() -> Result<(PathBuf, PathBuf), String> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|c| c.join("sandbox/kernel/current/vmlinux"));
+    let kernel = std::env::var_os("SANDBOX_KERNEL")
+        .map(PathBuf::from)
+        .or(cache)
+        .filter(|p| p.is_file())
+        .ok_or("no guest kernel: build it with kernel-config/build.sh, or set SANDBOX_KERNEL")?;
+    let agent = std::env::var_os("SANDBOX_AGENT")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .map(|e| e.with_file_name("sandbox-init"))
+        })
+        .filter(|p| p.is_file())
+        .ok_or("no guest agent: build it with scripts/build-guest.sh, or set SANDBOX_AGENT")?;
+    if !is_static_elf(&agent) {
+        return Err(format!(
+            "the guest agent {} is not a static executable (the guest has no libraries): build it with \
+             scripts/build-guest.sh and set SANDBOX_AGENT to the path it prints",
+            agent.display()
+        ));
+    }
+    Ok((kernel, agent))
+}
+
+/// Whether `path` is a 64-bit ELF executable without a program interpreter (`PT_INTERP`).
+fn is_static_elf(path: &Path) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 64];
+    if f.read_exact(&mut head).is_err() || &head[..4] != b"\x7fELF" || head[4] != 2 {
+        return false;
+    }
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().expect("2 bytes"));
+    let (phoff, phentsize, phnum) = (u64_at(&head, 32), u16_at(&head, 54), u16_at(&head, 56));
+    let mut table = vec![0u8; usize::from(phentsize) * usize::from(phnum)];
+    use std::io::Seek;
+    if phentsize < 4
+        || f.seek(std::io::SeekFrom::Start(phoff)).is_err()
+        || f.read_exact(&mut table).is_err()
+    {
+        return false;
+    }
+    const PT_INTERP: u32 = 3;
+    !table
+        .chunks_exact(usize::from(phentsize))
+        .any(|ph| u32::from_le_bytes(ph[..4].try_into().expect("4 bytes")) == PT_INTERP)
+}
+
+/// The initramfs holding `agent`, written once per agent into a per-user cache directory.
+fn initramfs(agent: &Path) -> Result<PathBuf, String> {
+    let meta = std::fs::metadata(agent).map_err(|e| format!("{}: {e}", agent.display()))?;
+    let stamp = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("sandbox-vm-{}", nix::unistd::geteuid()));
+    let file = dir.join(format!("initramfs-{:x}-{stamp:x}.cpio", meta.len()));
+    if file.is_file() {
+        return Ok(file);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let bytes = super::initramfs::pack_agent(agent, None, &[]).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!(".initramfs-{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, &file))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(file)
+}
+
+/// Where the agent mounts the share of policy bind number `i`.
+fn share_dir(i: usize) -> PathBuf {
+    PathBuf::from(format!("/run/sandbox/share/{i}"))
+}
+
+/// The guest's run specification, and the shares QEMU must export for it.
+fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), String> {
+    let mut shares = Vec::new();
+    let mut gshares = Vec::new();
+    let mut links = Vec::new();
+    let mut add = |tag: String, host: PathBuf, guest: PathBuf, readonly: bool| {
+        gshares.push(GuestShare {
+            tag: tag.clone(),
+            guest_path: guest,
+            fs: ShareFs::NineP,
+            readonly,
+        });
+        shares.push(Share {
+            tag,
+            path: host,
+            readonly,
+        });
+    };
+    let policy = launch.policy;
+    if policy.system {
+        // The guest's system is the host's, read-only: /usr and /etc (as QEMU's own sandbox shows it, i.e.
+        // only the entries programs need), plus the top-level links or directories.
+        for (i, name) in SYSTEM_TOP.iter().enumerate() {
+            let host = Path::new("/").join(name);
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let target = std::fs::read_link(&host).map_err(|e| e.to_string())?;
+                    links.push(Link { path: host, target });
+                }
+                Ok(m) if m.is_dir() => add(format!("sys{i}"), host.clone(), host, true),
+                _ => {}
+            }
+        }
+        add("etc".into(), "/etc".into(), "/etc".into(), true);
+    }
+    let mut guest_policy = policy.clone();
+    for (i, m) in guest_policy.mounts.iter_mut().enumerate() {
+        let (src, readonly) = match m {
+            Mount::RoBind { src, .. } => (src, true),
+            Mount::Bind { src, .. } => (src, false),
+            Mount::Tmpfs { .. } => continue,
+        };
+        let real = std::fs::canonicalize(&*src)
+            .map_err(|e| format!("bind source {}: {e}", src.display()))?;
+        // 9p shares directories: a file is reached through its directory.
+        let (dir, rest) = if real.is_dir() {
+            (real.clone(), PathBuf::new())
+        } else {
+            let parent = real.parent().unwrap_or(Path::new("/")).to_path_buf();
+            (parent, PathBuf::from(real.file_name().unwrap_or_default()))
+        };
+        add(format!("b{i}"), dir, share_dir(i), readonly);
+        *src = share_dir(i).join(rest);
+    }
+    // Inside the guest the agent is root; there the sandbox maps to the guest's nobody.
+    guest_policy.host_uid = 65534;
+    guest_policy.host_gid = 65534;
+    let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+    let spec = RunSpec {
+        program: text(launch.program),
+        args: launch.args.iter().map(|a| text(a)).collect(),
+        env: launch.env.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        cwd: launch.cwd.map(Path::to_path_buf),
+        policy: guest_policy,
+        shares: gshares,
+        links,
+    };
+    spec.validate()?;
+    Ok((spec, shares))
+}
+
+/// Text collected by a reader thread, keeping at most the last `cap` bytes.
+#[derive(Clone, Default)]
+struct Tail(Arc<Mutex<Vec<u8>>>);
+
+impl Tail {
+    fn reader(&self, mut from: impl Read + Send + 'static, cap: usize) -> JoinHandle<()> {
+        let tail = self.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                t.extend_from_slice(&buf[..n]);
+                if t.len() > cap {
+                    let cut = t.len() - cap;
+                    t.drain(..cut);
+                }
+            }
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+/// How QEMU runs.
+#[derive(Debug)]
+enum Host {
+    /// Inside a namespace sandbox of ours.
+    Sandboxed(Box<namespace::Started>),
+    /// As a plain child process under no_new_privs and seccomp (the host has no usable namespaces).
+    Plain(std::process::Child, OwnedFd),
+}
+
+/// A running VM, host side.
+pub(crate) struct VmRun {
+    host: Host,
+    control: Tail,
+    console: Tail,
+    qemu_stderr: Tail,
+    threads: Vec<JoinHandle<()>>,
+    info: VmInfo,
+    fallback_reason: Option<String>,
+}
+
+impl std::fmt::Debug for VmRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmRun").field("host", &self.host).finish()
+    }
+}
+
+/// A pipe as `(read end, write end)`.
+fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
+    let (r, w) = std::io::pipe().map_err(|e| fail(format!("pipe: {e}")))?;
+    Ok((r.into(), w.into()))
+}
+
+/// A connected socket pair: `(host end, QEMU's end)`.
+fn socket_pair() -> Result<(UnixStream, OwnedFd), SetupFailure> {
+    let (host, qemu) = UnixStream::pair().map_err(|e| fail(format!("socketpair: {e}")))?;
+    Ok((host, qemu.into()))
+}
+
+fn is_dev_null(fd: RawFd) -> bool {
+    // SAFETY: `fd` stays open for the duration of the call (the caller owns it); ManuallyDrop keeps it so.
+    let f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let null = std::fs::metadata("/dev/null").ok();
+    f.metadata().is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.file_type().is_char_device() && null.is_some_and(|n| n.rdev() == m.rdev())
+    })
+}
+
+/// A duplicate of `fd` (the host's own stream `inherit` for -1).
+fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, SetupFailure> {
+    let src = if fd >= 0 { fd } else { inherit };
+    // SAFETY: borrowing a descriptor that stays open for this call.
+    let b = unsafe { BorrowedFd::borrow_raw(src) };
+    b.try_clone_to_owned()
+        .map_err(|e| fail(format!("duplicating descriptor {src}: {e}")))
+}
+
+/// An output stream of the program: its port's socket, copied by a thread into the destination (`fd`, or
+/// the host's own stream `inherit`). Returns QEMU's end.
+fn output_port(
+    fd: RawFd,
+    inherit: RawFd,
+    threads: &mut Vec<JoinHandle<()>>,
+) -> Result<OwnedFd, SetupFailure> {
+    let target = dup(fd, inherit)?;
+    let (mut host, qemu) = socket_pair()?;
+    threads.push(std::thread::spawn(move || {
+        let mut to = std::fs::File::from(target);
+        let _ = std::io::copy(&mut host, &mut to);
+    }));
+    Ok(qemu)
+}
+
+/// Starts the run in a VM.
+pub(crate) fn spawn(
+    launch: &Launch<'_>,
+    fallback_reason: Option<String>,
+) -> Result<VmRun, SetupFailure> {
+    let qemu_bin = qemu::find_qemu().ok_or_else(|| {
+        fail("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU")
+    })?;
+    let (kernel, agent) = assets().map_err(fail)?;
+    let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
+    let (spec, shares) = guest_spec(launch).map_err(fail)?;
+    let (accel, accel_reason) = qemu::choose_accel(&crate::probe::probe_kvm());
+    let policy = launch.policy;
+    let memory_mib = policy
+        .limits
+        .memory
+        .map_or(256, |m| (m >> 20) + GUEST_OVERHEAD_MIB)
+        .max(128);
+    let cpus = policy
+        .limits
+        .cpus
+        .map_or(1, |c| c.ceil().clamp(1.0, 8.0) as u32);
+
+    // Descriptors QEMU gets, at fixed numbers in its process.
+    let mut threads = Vec::new();
+    let (console_host, console_qemu) = socket_pair()?;
+    let (control_host, control_qemu) = socket_pair()?;
+    let mut fds: Vec<(OwnedFd, RawFd)> = vec![(console_qemu, 3), (control_qemu, 4)];
+    let mut ports = vec![Port {
+        name: "sandbox.control",
+        fd: 4,
+    }];
+    let stdin = launch.stdio[0];
+    if !(stdin >= 0 && is_dev_null(stdin)) {
+        let source = dup(stdin, 0)?;
+        let (mut host, qemu) = socket_pair()?;
+        // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
+        std::thread::spawn(move || {
+            let mut from = std::fs::File::from(source);
+            let _ = std::io::copy(&mut from, &mut host);
+            let _ = host.shutdown(std::net::Shutdown::Write);
+        });
+        fds.push((qemu, 5));
+        ports.push(Port {
+            name: "sandbox.stdin",
+            fd: 5,
+        });
+    }
+    fds.push((output_port(launch.stdio[1], 1, &mut threads)?, 6));
+    fds.push((output_port(launch.stdio[2], 2, &mut threads)?, 7));
+    ports.push(Port {
+        name: "sandbox.stdout",
+        fd: 6,
+    });
+    ports.push(Port {
+        name: "sandbox.stderr",
+        fd: 7,
+    });
+    let machine = Machine {
+        kernel: kernel.clone(),
+        initramfs: initrd.clone(),
+        memory_mib,
+        cpus,
+        accel,
+        cmdline: String::new(),
+        shares: shares.clone(),
+        ports,
+        console_fd: 3,
+    };
+    let (err_r, err_w) = pipe()?;
+
+    // The spec waits in the socket until the agent reads it.
+    let mut control_w = control_host
+        .try_clone()
+        .map_err(|e| fail(format!("socket: {e}")))?;
+    control_w
+        .write_all(spec.to_json_line().as_bytes())
+        .map_err(|e| fail(format!("sending the run specification: {e}")))?;
+
+    let deadline = policy.timeout.map(|t| t + BOOT_LIMIT);
+    let host = start_confined(
+        &qemu_bin,
+        &machine,
+        &fds,
+        err_w.as_raw_fd(),
+        &kernel,
+        &initrd,
+        &shares,
+        deadline,
+    )
+    .or_else(|confined| {
+        if confined.stage == Stage::Namespaces {
+            start_plain(&qemu_bin, &machine, &fds, err_w.as_raw_fd())
+        } else {
+            Err(confined)
+        }
+    })?;
+    drop(fds);
+    drop(err_w);
+
+    let console = Tail::default();
+    let qemu_stderr = Tail::default();
+    let control = Tail::default();
+    threads.push(console.reader(console_host, CONSOLE_TAIL));
+    threads.push(qemu_stderr.reader(std::fs::File::from(err_r), 4096));
+    threads.push(control.reader(control_host, 1 << 20));
+    let run = VmRun {
+        host,
+        control,
+        console,
+        qemu_stderr,
+        threads,
+        info: VmInfo {
+            engine: "qemu".into(),
+            accelerator: accel.name().into(),
+            accelerator_reason: accel_reason,
+            boot_ms: None,
+            console_tail: None,
+        },
+        fallback_reason,
+    };
+    run.watch_boot();
+    Ok(run)
+}
+
+/// QEMU inside a namespace sandbox: the system read-only, the kernel, the initramfs and the shares bound,
+/// /dev/kvm only with KVM, no network.
+#[allow(clippy::too_many_arguments)]
+fn start_confined(
+    qemu_bin: &Path,
+    machine: &Machine,
+    fds: &[(OwnedFd, RawFd)],
+    stderr: RawFd,
+    kernel: &Path,
+    initrd: &Path,
+    shares: &[Share],
+    deadline: Option<Duration>,
+) -> Result<Host, SetupFailure> {
+    let mut policy = Policy::default()
+        .ro_bind(kernel, kernel)
+        .ro_bind(initrd, initrd)
+        .network(Network::None);
+    for s in shares {
+        if s.path == Path::new("/etc")
+            || SYSTEM_TOP.iter().any(|t| s.path == Path::new("/").join(t))
+        {
+            continue; // already in the system view
+        }
+        policy = if s.readonly {
+            policy.ro_bind(&s.path, &s.path)
+        } else {
+            policy.bind(&s.path, &s.path)
+        };
+    }
+    if machine.accel == Accel::Kvm {
+        policy.devices.push("/dev/kvm".into());
+    }
+    policy.timeout = deadline;
+    policy.audit_denials = false;
+    let args = machine.args();
+    let extra: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    let null = std::fs::File::open("/dev/null").map_err(|e| fail(format!("/dev/null: {e}")))?;
+    let launch = Launch {
+        program: qemu_bin.as_os_str(),
+        args: &args,
+        env: &[],
+        cwd: None,
+        policy: &policy,
+        stdio: [null.as_raw_fd(), null.as_raw_fd(), stderr],
+        extra_fds: &extra,
+    };
+    namespace::spawn(&launch).map(|s| Host::Sandboxed(Box::new(s)))
+}
+
+/// QEMU as a plain child: its descriptors in place, `no_new_privs`, our default seccomp filter, and never
+/// as root (a root caller's QEMU becomes nobody).
+fn start_plain(
+    qemu_bin: &Path,
+    machine: &Machine,
+    fds: &[(OwnedFd, RawFd)],
+    stderr: RawFd,
+) -> Result<Host, SetupFailure> {
+    use std::os::unix::process::CommandExt;
+    let filter = crate::seccomp::compile(&crate::seccomp::SeccompProfile::Default, false)
+        .map_err(|e| fail(e.to_string()))?;
+    let map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    let floor = map.iter().map(|&(_, n)| n + 1).max().unwrap_or(3);
+    let root = nix::unistd::geteuid().is_root();
+    let stderr_fd = stderr;
+    let mut cmd = std::process::Command::new(qemu_bin);
+    cmd.args(machine.args())
+        .env_clear()
+        .env("PATH", namespace::DEFAULT_PATH)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system calls on
+    // data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let os = |e: i32| std::io::Error::from_raw_os_error(e);
+            let mut lifted = [-1; 8];
+            for (i, &(src, _)) in map.iter().enumerate().take(8) {
+                lifted[i] = sys::dup_above(src, floor).map_err(os)?;
+            }
+            for (i, &(_, target)) in map.iter().enumerate().take(8) {
+                sys::dup2(lifted[i], target).map_err(os)?;
+            }
+            sys::dup2(stderr_fd, 2).map_err(os)?;
+            if root {
+                sys::set_ids(65534, 65534, true).map_err(os)?;
+            }
+            sys::no_new_privs().map_err(os)?;
+            crate::seccomp::install(&filter.program, false).map_err(os)?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("starting {}: {e}", qemu_bin.display())))?;
+    let pidfd = sys::pidfd_open(child.id() as i32).map_err(|e| {
+        fail(format!(
+            "pidfd_open: {}",
+            std::io::Error::from_raw_os_error(e)
+        ))
+    })?;
+    // SAFETY: pidfd_open just returned this descriptor.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Host::Plain(child, pidfd))
+}
+
+impl VmRun {
+    pub(crate) fn pid(&self) -> u32 {
+        match &self.host {
+            Host::Sandboxed(s) => s.pid as u32,
+            Host::Plain(c, _) => c.id(),
+        }
+    }
+
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        match &self.host {
+            Host::Sandboxed(s) => s.pidfd.as_fd(),
+            Host::Plain(_, fd) => fd.as_fd(),
+        }
+    }
+
+    /// Kills QEMU when the agent has not said READY within [`BOOT_LIMIT`].
+    fn watch_boot(&self) {
+        let control = self.control.clone();
+        let Ok(pidfd) = self.pidfd().try_clone_to_owned() else {
+            return;
+        };
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < BOOT_LIMIT {
+                if control.text().contains(crate::guest::READY_PREFIX) {
+                    return;
+                }
+                // Also stop watching once QEMU has ended.
+                let mut pfd = [libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                if sys::poll(&mut pfd, 50).unwrap_or(0) > 0 {
+                    return;
+                }
+            }
+            let _ = sys::pidfd_signal(&pidfd, libc::SIGKILL);
+        });
+    }
+
+    /// Collects QEMU (ended or about to) and reads the agent's verdict.
+    pub(crate) fn finish(self, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
+        let qemu_status = match self.host {
+            Host::Sandboxed(s) => {
+                s.finish(wall, host_timeout)
+                    .map(|o| o.status)
+                    .map_err(|source| Error::Io {
+                        what: "waiting for QEMU",
+                        source,
+                    })?
+            }
+            Host::Plain(mut c, _) => {
+                let st = c.wait().map_err(|source| Error::Io {
+                    what: "waiting for QEMU",
+                    source,
+                })?;
+                use std::os::unix::process::ExitStatusExt;
+                match (st.code(), st.signal()) {
+                    (Some(c), _) => Status::Exited(c),
+                    (_, Some(s)) => Status::Signaled(s),
+                    _ => Status::Signaled(libc::SIGKILL),
+                }
+            }
+        };
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let mut info = self.info;
+        let verdict = find_verdict(&self.control.text()).and_then(|v| {
+            info.boot_ms = v["agent"]["uptime_start_ms"].as_u64();
+            Outcome::from_report_json(&v)
+        });
+        let mut outcome = match verdict {
+            Some(o) => o,
+            None => {
+                let console = self.console.text();
+                info.console_tail = Some(console.clone());
+                let status = if host_timeout {
+                    Status::TimedOut(TimeLimit::Wall)
+                } else {
+                    Status::SetupFailed(fail(format!(
+                        "the VM ended without a verdict (QEMU: {qemu_status:?}{}); the guest's last words:\n{}",
+                        match self.qemu_stderr.text().trim() {
+                            "" => String::new(),
+                            e => format!(", {e}"),
+                        },
+                        last_lines(&console, 15)
+                    )))
+                };
+                Outcome::setup_failed(fail(""), BackendKind::Vm).with_status(status)
+            }
+        };
+        outcome.backend = BackendKind::Vm;
+        outcome.usage.wall = wall;
+        outcome.fallback_reason = self.fallback_reason;
+        outcome.vm = Some(info);
+        Ok(outcome)
+    }
+
+    /// Kills QEMU and reaps it.
+    pub(crate) fn abort(self) {
+        match self.host {
+            Host::Sandboxed(s) => s.abort(),
+            Host::Plain(mut c, _) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch<'a>(policy: &'a Policy, args: &'a [std::ffi::OsString]) -> Launch<'a> {
+        Launch {
+            program: "/bin/sh".as_ref(),
+            args,
+            env: &[],
+            cwd: None,
+            policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+        }
+    }
+
+    #[test]
+    fn static_executables_are_told_apart() {
+        assert!(
+            !is_static_elf(Path::new("/bin/sh")),
+            "/bin/sh has an interpreter"
+        );
+        assert!(!is_static_elf(Path::new("/etc/passwd")));
+        if let Some(agent) = std::env::var_os("SANDBOX_AGENT") {
+            assert!(is_static_elf(Path::new(&agent)));
+        }
+    }
+
+    #[test]
+    fn spec_shares_the_system_and_rewrites_binds() {
+        let dir = std::env::temp_dir().join(format!("sandbox-engine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), "x").unwrap();
+        let policy = Policy::default()
+            .bind(&dir, "/data")
+            .ro_bind(dir.join("f"), "/in/f")
+            .tmpfs("/scratch");
+        let args = vec!["-c".into(), "true".into()];
+        let (spec, shares) = guest_spec(&launch(&policy, &args)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            shares
+                .iter()
+                .any(|s| s.path == Path::new("/usr") && s.readonly)
+        );
+        assert!(
+            shares
+                .iter()
+                .any(|s| s.path == Path::new("/etc") && s.readonly)
+        );
+        assert!(
+            shares
+                .iter()
+                .any(|s| s.tag == "b0" && s.path == dir && !s.readonly)
+        );
+        assert!(
+            shares
+                .iter()
+                .any(|s| s.tag == "b1" && s.path == dir && s.readonly)
+        );
+        assert_eq!(
+            spec.policy.mounts[0],
+            Mount::Bind {
+                src: "/run/sandbox/share/0".into(),
+                dst: "/data".into()
+            }
+        );
+        assert_eq!(
+            spec.policy.mounts[1],
+            Mount::RoBind {
+                src: "/run/sandbox/share/1/f".into(),
+                dst: "/in/f".into()
+            }
+        );
+        assert!(matches!(spec.policy.mounts[2], Mount::Tmpfs { .. }));
+        assert_eq!(spec.args, ["-c", "true"]);
+        if std::fs::symlink_metadata("/bin").is_ok_and(|m| m.file_type().is_symlink()) {
+            assert!(spec.links.iter().any(|l| l.path == Path::new("/bin")));
+        }
+    }
+}

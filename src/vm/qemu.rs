@@ -1,0 +1,266 @@
+//! The QEMU engine: a `qemu-system-x86_64 -M microvm` command line for our guest, and the choice of
+//! accelerator.
+//!
+//! Devices: the kernel log on the 8250 serial port (never mixed with program output); a virtio-serial
+//! controller with named ports (`sandbox.control`, `sandbox.stdin`, `sandbox.stdout`, `sandbox.stderr`)
+//! whose QEMU ends are connected sockets handed to QEMU as descriptors; one virtio-9p device per shared directory (QEMU's own
+//! server; read-only shares with `readonly=on`); an i8042 so that the guest's reboot ends the VM
+//! (`reboot=k` and `-no-reboot`).
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use crate::probe::KvmReport;
+
+/// How QEMU executes the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulator.
+    Tcg,
+}
+
+impl Accel {
+    /// The name used in verdicts: "kvm" or "tcg".
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Picks the accelerator: hardware KVM when usable, TCG otherwise and on PVM hosts, with the reason.
+pub fn choose_accel(kvm: &KvmReport) -> (Accel, String) {
+    match (kvm.usable, kvm.flavour) {
+        (true, "hardware") => (Accel::Kvm, "hardware KVM is usable".into()),
+        (true, "pvm") => (
+            Accel::Tcg,
+            "/dev/kvm is kvm_pvm (software, no VT-x/SVM): TCG boots our guest about 35x faster here".into(),
+        ),
+        (true, _) => (Accel::Kvm, "/dev/kvm is usable".into()),
+        (false, _) => (
+            Accel::Tcg,
+            format!(
+                "no usable KVM ({}): software emulation",
+                kvm.reason.as_deref().unwrap_or("no /dev/kvm")
+            ),
+        ),
+    }
+}
+
+/// A directory shared with the guest over virtio-9p.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// The mount tag the guest mounts.
+    pub tag: String,
+    /// The directory on the host (as QEMU sees it).
+    pub path: PathBuf,
+    /// Refused writes, enforced by QEMU on the host side.
+    pub readonly: bool,
+}
+
+/// A virtio-serial port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    /// The name the guest sees under /dev/virtio-ports/.
+    pub name: &'static str,
+    /// The descriptor number, in QEMU's process, of a connected socket whose other end the host holds
+    /// (passed, never reopened by path, so QEMU needs no access to any file for it).
+    pub fd: RawFd,
+}
+
+/// Everything one QEMU run needs.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    /// The guest kernel (PVH vmlinux).
+    pub kernel: PathBuf,
+    /// The uncompressed initramfs with the agent.
+    pub initramfs: PathBuf,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Extra kernel command line options.
+    pub cmdline: String,
+    /// Shared directories.
+    pub shares: Vec<Share>,
+    /// virtio-serial ports.
+    pub ports: Vec<Port>,
+    /// Descriptor number (in QEMU's process) of the connected socket the serial console (kernel log) goes to.
+    pub console_fd: RawFd,
+}
+
+/// Kernel options for every boot: console on the serial port, quiet, reboot through the keyboard controller
+/// (QEMU exits with `-no-reboot`), panic reboots at once, no APIC timer calibration (0.25 s under TCG).
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 nolapic_timer";
+
+impl Machine {
+    /// The QEMU arguments (after the program name).
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: String| a.push(s.into());
+        push("-M".into());
+        push("microvm,acpi=off,pit=on,pic=on,rtc=on".into());
+        push("-accel".into());
+        push(self.accel.name().into());
+        push("-cpu".into());
+        push(
+            if self.accel == Accel::Kvm {
+                "host"
+            } else {
+                "max"
+            }
+            .into(),
+        );
+        push("-m".into());
+        push(format!("{}M", self.memory_mib));
+        push("-smp".into());
+        push(self.cpus.to_string());
+        for s in [
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-display",
+            "none",
+        ] {
+            push(s.into());
+        }
+        push("-device".into());
+        push("i8042".into());
+        push("-chardev".into());
+        push(format!("socket,id=console,fd={}", self.console_fd));
+        push("-serial".into());
+        push("chardev:console".into());
+        push("-kernel".into());
+        push(path_arg(&self.kernel));
+        push("-initrd".into());
+        push(path_arg(&self.initramfs));
+        push("-append".into());
+        push(if self.cmdline.is_empty() {
+            BASE_CMDLINE.to_string()
+        } else {
+            format!("{BASE_CMDLINE} {}", self.cmdline)
+        });
+        if !self.ports.is_empty() {
+            push("-device".into());
+            push("virtio-serial-device,max_ports=8".into());
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            push("-chardev".into());
+            push(format!("socket,id=port{i},fd={}", p.fd));
+            push("-device".into());
+            push(format!("virtserialport,chardev=port{i},name={}", p.name));
+        }
+        for (i, s) in self.shares.iter().enumerate() {
+            push("-fsdev".into());
+            push(format!(
+                "local,id=fs{i},path={},security_model=none{}",
+                escape_opt(&s.path),
+                if s.readonly { ",readonly=on" } else { "" }
+            ));
+            push("-device".into());
+            push(format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", s.tag));
+        }
+        a
+    }
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// QEMU option values escape a comma by doubling it.
+fn escape_opt(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// `qemu-system-x86_64` from `$SANDBOX_QEMU` or the `PATH`.
+pub fn find_qemu() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SANDBOX_QEMU") {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Machine {
+        Machine {
+            kernel: "/k/vmlinux".into(),
+            initramfs: "/k/init.cpio".into(),
+            memory_mib: 256,
+            cpus: 1,
+            accel: Accel::Tcg,
+            cmdline: String::new(),
+            shares: vec![Share {
+                tag: "s0".into(),
+                path: "/data,x".into(),
+                readonly: true,
+            }],
+            ports: vec![
+                Port {
+                    name: "sandbox.control",
+                    fd: 5,
+                },
+                Port {
+                    name: "sandbox.stdout",
+                    fd: 6,
+                },
+            ],
+            console_fd: 4,
+        }
+    }
+
+    #[test]
+    fn command_line() {
+        let args: Vec<String> = machine()
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let joined = args.join(" ");
+        for want in [
+            "-accel tcg",
+            "-cpu max",
+            "-m 256M",
+            "-no-reboot",
+            "-device i8042",
+            "-kernel /k/vmlinux",
+            "-initrd /k/init.cpio",
+            "socket,id=port0,fd=5",
+            "virtserialport,chardev=port0,name=sandbox.control",
+            "socket,id=port1,fd=6",
+            "local,id=fs0,path=/data,,x,security_model=none,readonly=on",
+            "virtio-9p-device,fsdev=fs0,mount_tag=s0",
+            "socket,id=console,fd=4",
+        ] {
+            assert!(joined.contains(want), "{want:?} missing in {joined}");
+        }
+        let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
+        assert_eq!(append, BASE_CMDLINE);
+    }
+
+    #[test]
+    fn accelerator_choice() {
+        let r = |usable, flavour| KvmReport {
+            usable,
+            flavour,
+            reason: None,
+        };
+        assert_eq!(choose_accel(&r(true, "hardware")).0, Accel::Kvm);
+        assert_eq!(choose_accel(&r(true, "pvm")).0, Accel::Tcg);
+        assert!(choose_accel(&r(true, "pvm")).1.contains("pvm"));
+        assert_eq!(choose_accel(&r(false, "none")).0, Accel::Tcg);
+    }
+}
