@@ -125,6 +125,12 @@ pub(crate) fn mount_system() -> Result<Vec<String>, GuestError> {
     if cgroups {
         warnings.extend(enable_controllers());
     }
+    // Guest RAM is the memory limit plus a margin: with the kernel's default heuristic a large allocation
+    // would fail at once (ENOMEM) where a host lets it through until the cgroup's OOM killer stops it. Always
+    // overcommit, so the memory limit behaves the same on both backends.
+    if let Err(e) = std::fs::write("/proc/sys/vm/overcommit_memory", "1") {
+        warnings.push(format!("cannot set vm.overcommit_memory: {e}"));
+    }
     Ok(warnings)
 }
 

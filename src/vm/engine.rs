@@ -296,6 +296,36 @@ fn output_port(
     Ok(qemu)
 }
 
+/// Copies the caller's stdin into the guest's stdin port. QEMU drops what arrives before the guest opened the
+/// port, and a hang-up (end of file) ends the port at once, so: wait for the agent's READY line (its ports are
+/// open then), copy, wait until QEMU has taken every byte from the socket, then hang up.
+fn relay_stdin(source: OwnedFd, mut to: UnixStream, control: Tail) {
+    let start = Instant::now();
+    while !control.text().contains(crate::guest::READY_PREFIX) {
+        if start.elapsed() > BOOT_LIMIT {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut from = std::fs::File::from(source);
+    if std::io::copy(&mut from, &mut to).is_err() {
+        return;
+    }
+    let drained = Instant::now();
+    while unread(&to) > 0 && drained.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Bytes written to a socket that its peer has not read yet (SIOCOUTQ); 0 when unknown.
+fn unread(s: &UnixStream) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 { 0 } else { n }
+}
+
 /// Starts the run in a VM.
 pub(crate) fn spawn(
     launch: &Launch<'_>,
@@ -328,16 +358,14 @@ pub(crate) fn spawn(
         name: "sandbox.control",
         fd: 4,
     }];
+    let control = Tail::default();
     let stdin = launch.stdio[0];
     if !(stdin >= 0 && is_dev_null(stdin)) {
         let source = dup(stdin, 0)?;
-        let (mut host, qemu) = socket_pair()?;
+        let (host, qemu) = socket_pair()?;
+        let ready = control.clone();
         // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
-        std::thread::spawn(move || {
-            let mut from = std::fs::File::from(source);
-            let _ = std::io::copy(&mut from, &mut host);
-            let _ = host.shutdown(std::net::Shutdown::Write);
-        });
+        std::thread::spawn(move || relay_stdin(source, host, ready));
         fds.push((qemu, 5));
         ports.push(Port {
             name: "sandbox.stdin",
@@ -398,7 +426,6 @@ pub(crate) fn spawn(
 
     let console = Tail::default();
     let qemu_stderr = Tail::default();
-    let control = Tail::default();
     threads.push(console.reader(console_host, CONSOLE_TAIL));
     threads.push(qemu_stderr.reader(std::fs::File::from(err_r), 4096));
     threads.push(control.reader(control_host, 1 << 20));

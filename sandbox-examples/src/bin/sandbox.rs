@@ -327,6 +327,30 @@ fn doctor(json: bool) -> ExitCode {
             .map(|e| format!(": {e}"))
             .unwrap_or_default()
     );
+    let vm = &report.vm;
+    let shown = |p: &Option<std::path::PathBuf>| {
+        p.as_deref()
+            .map_or("missing".into(), |p| p.display().to_string())
+    };
+    println!(
+        "vm engines:       qemu {} ({}); builtin: not built yet",
+        shown(&vm.qemu),
+        vm.accelerator
+    );
+    println!(
+        "guest:            kernel {}, agent {}",
+        shown(&vm.kernel),
+        shown(&vm.agent)
+    );
+    if let Some(problem) = &vm.problem {
+        println!("  vm problem:     {problem}");
+    }
+    let auto = match (report.user_namespaces, &vm.problem) {
+        (true, _) => "namespace",
+        (false, None) => "vm (qemu)",
+        (false, Some(_)) => "none usable: see above",
+    };
+    println!("backend (auto):   {auto}");
     ExitCode::SUCCESS
 }
 
