@@ -508,7 +508,16 @@ fn start_plain(
     use std::os::unix::process::CommandExt;
     let filter = crate::seccomp::compile(&crate::seccomp::SeccompProfile::Default, false)
         .map_err(|e| fail(e.to_string()))?;
-    let map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    // The kernel and initramfs are opened here and reached through /proc/self/fd, so a root caller's QEMU,
+    // running as nobody, needs no access to the directories they sit in.
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
+    let (kernel, initrd) = (open(&machine.kernel)?, open(&machine.initramfs)?);
+    let mut machine = machine.clone();
+    machine.kernel = "/proc/self/fd/8".into();
+    machine.initramfs = "/proc/self/fd/9".into();
+    let mut map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    map.push((kernel.as_raw_fd(), 8));
+    map.push((initrd.as_raw_fd(), 9));
     let floor = map.iter().map(|&(_, n)| n + 1).max().unwrap_or(3);
     let root = nix::unistd::geteuid().is_root();
     let stderr_fd = stderr;
@@ -523,11 +532,11 @@ fn start_plain(
     unsafe {
         cmd.pre_exec(move || {
             let os = |e: i32| std::io::Error::from_raw_os_error(e);
-            let mut lifted = [-1; 8];
-            for (i, &(src, _)) in map.iter().enumerate().take(8) {
+            let mut lifted = [-1; 10];
+            for (i, &(src, _)) in map.iter().enumerate().take(10) {
                 lifted[i] = sys::dup_above(src, floor).map_err(os)?;
             }
-            for (i, &(_, target)) in map.iter().enumerate().take(8) {
+            for (i, &(_, target)) in map.iter().enumerate().take(10) {
                 sys::dup2(lifted[i], target).map_err(os)?;
             }
             sys::dup2(stderr_fd, 2).map_err(os)?;
@@ -542,6 +551,7 @@ fn start_plain(
     let child = cmd
         .spawn()
         .map_err(|e| fail(format!("starting {}: {e}", qemu_bin.display())))?;
+    drop((kernel, initrd));
     let pidfd = sys::pidfd_open(child.id() as i32).map_err(|e| {
         fail(format!(
             "pidfd_open: {}",

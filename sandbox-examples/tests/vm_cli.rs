@@ -1,0 +1,193 @@
+//! The VM backend through the CLI: the QEMU engine's verdict, the automatic fallback on a host that forbids
+//! namespaces, and clean ends for broken guests and killed supervisors. Needs the guest kernel and agent
+//! (`SANDBOX_KERNEL`, `SANDBOX_AGENT`; scripts/test.sh sets both).
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> PathBuf {
+    std::env::var_os("SANDBOX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sandbox").into())
+}
+
+fn report_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("sandbox-vm-cli-{tag}-{}.json", std::process::id()))
+}
+
+fn run(cmd: &mut Command, tag: &str) -> (Output, serde_json::Value) {
+    let report = report_path(tag);
+    let out = cmd.current_dir("/").output().expect("the CLI runs");
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&report);
+    (out, serde_json::from_str(&text).unwrap())
+}
+
+fn sandbox(tag: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--report"])
+        .arg(report_path(tag))
+        .args(args);
+    cmd
+}
+
+#[test]
+fn vm_backend_prints_and_exits_with_the_program() {
+    let (out, r) = run(
+        &mut sandbox(
+            "hi",
+            &["--backend", "vm", "--", "/bin/sh", "-c", "echo hi; exit 3"],
+        ),
+        "hi",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(r["backend"], "vm");
+    assert_eq!(r["vm_engine"], "qemu");
+    assert!(
+        ["tcg", "kvm"].contains(&r["accelerator"].as_str().unwrap()),
+        "{r}"
+    );
+    assert!(r["vm"]["boot_ms"].as_u64().is_some(), "{r}");
+    assert_eq!(r["enforced"]["seccomp"], "default");
+}
+
+#[test]
+fn builtin_engine_is_refused_clearly() {
+    let out = Command::new(bin())
+        .args([
+            "run",
+            "--backend",
+            "vm",
+            "--vm-engine",
+            "builtin",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("builtin"));
+}
+
+/// The CLI on a host like a container with Docker's default seccomp profile: unshare, setns and clone with
+/// namespace flags fail with EPERM, clone3 with ENOSYS. Auto must pick the VM and say why.
+#[test]
+fn auto_falls_back_to_the_vm_where_namespaces_are_forbidden() {
+    let filter =
+        sandbox::seccomp::compile(&sandbox::seccomp::SeccompProfile::Default, false).unwrap();
+    let mut cmd = sandbox("fallback", &["--", "/bin/sh", "-c", "echo inside; exit 4"]);
+    // SAFETY: the closure only makes two system calls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            sandbox::seccomp::install(&filter.program, false)
+                .map(drop)
+                .map_err(std::io::Error::from_raw_os_error)
+        });
+    }
+    let (out, r) = run(&mut cmd, "fallback");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inside\n");
+    assert_eq!(r["backend"], "vm", "{r}");
+    let reason = r["fallback_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("namespace"), "{reason}");
+}
+
+#[test]
+fn a_broken_guest_ends_in_a_clean_verdict() {
+    let start = Instant::now();
+    let (out, r) = run(
+        sandbox("broken", &["--backend", "vm", "--", "/bin/true"])
+            .env("SANDBOX_KERNEL", "/etc/hostname"),
+        "broken",
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(r["status"], "setup_failed");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn killing_the_cli_ends_the_vm() {
+    let marker = format!("sleep {}", 900_000 + std::process::id() % 100_000);
+    let mut cli = Command::new(bin())
+        .args(["run", "--backend", "vm", "--", "/bin/sh", "-c"])
+        .arg(format!("{marker}; true"))
+        .spawn()
+        .unwrap();
+    let qemu_running = || count("qemu-system-x86_64") > 0;
+    let start = Instant::now();
+    while !qemu_running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "QEMU did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = count("qemu-system-x86_64");
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    let start = Instant::now();
+    while count("qemu-system-x86_64") >= before {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "QEMU survived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes whose command line contains `pattern` and whose parent chain includes this test process.
+fn count(pattern: &str) -> usize {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(pattern) && descends_from(pid, me)
+        })
+        .count()
+}
+
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    for _ in 0..32 {
+        if pid == ancestor {
+            return true;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        else {
+            return false;
+        };
+        if ppid == 0 {
+            return false;
+        }
+        pid = ppid;
+    }
+    false
+}
