@@ -1,8 +1,13 @@
 //! `sandbox-bench`: spawn latency of our sandbox next to its peers, measured in the same run.
 //!
 //! ```text
-//! sandbox-bench [--runs N] [--only NAME,...]
+//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,throughput,vm,stdout] [--secs S] [--vm-runs N]
 //! ```
+//! Sections (all by default): `spawn` (below), `throughput` (2 concurrent spawners for S seconds, default 10:
+//! the library in-process versus bwrap), `vm` (cold `/bin/true` in the VM backend versus a bare QEMU boot of
+//! the same kernel and initramfs, and QEMU's peak RSS; needs SANDBOX_KERNEL/SANDBOX_AGENT or the defaults),
+//! `stdout` (1 GiB through a namespace sandbox and 64 MiB through the VM, versus a plain pipe).
+//!
 //! Every case runs `/bin/true` N times (default 200) after 5 warm-up runs and prints the median, min and max
 //! spawn-to-exit latency, and each case's ratio to bubblewrap's. Cases:
 //! - `cli`: `sandbox run -- /bin/true` with every layer on (the default policy);
@@ -21,15 +26,46 @@ use std::time::{Duration, Instant};
 use sandbox::seccomp::SeccompProfile;
 use sandbox::{Policy, Sandbox, Status};
 
+#[path = "../bench_more.rs"]
+mod more;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 200usize;
     let mut only: Option<Vec<String>> = None;
+    let mut sections: Vec<String> = ["spawn", "throughput", "vm", "stdout"]
+        .map(String::from)
+        .to_vec();
+    let mut secs = 10u64;
+    let mut vm_runs = 10usize;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--runs" => {
                 runs = args
+                    .get(i + 1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage());
+                i += 1;
+            }
+            "--sections" => {
+                sections = args
+                    .get(i + 1)
+                    .unwrap_or_else(|| usage())
+                    .split(',')
+                    .map(String::from)
+                    .collect();
+                i += 1;
+            }
+            "--secs" => {
+                secs = args
+                    .get(i + 1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage());
+                i += 1;
+            }
+            "--vm-runs" => {
+                vm_runs = args
                     .get(i + 1)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| usage());
@@ -54,7 +90,7 @@ fn main() {
     std::fs::write(&bare, "seccomp = \"none\"\n[landlock]\nenabled = false\n").expect("temp file");
     let filter = bpf_file();
 
-    let bwrap_view = [
+    const BWRAP_VIEW: &[&str] = &[
         "--unshare-all",
         "--die-with-parent",
         "--ro-bind",
@@ -81,6 +117,7 @@ fn main() {
         "--hostname",
         "sandbox",
     ];
+    let bwrap_view = BWRAP_VIEW;
     let mut cases: Vec<(&str, Case)> = Vec::new();
     {
         let cli = cli.clone();
@@ -166,7 +203,15 @@ fn main() {
     ));
 
     println!(
-        "spawn-to-exit of /bin/true, {runs} runs each after 5 warm-ups ({} cores, kernel {})",
+        "sandbox-bench on {} cores, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        sandbox::probe().kernel
+    );
+    if !sections.iter().any(|s| s == "spawn") {
+        cases.clear();
+    }
+    println!(
+        "\nspawn-to-exit of /bin/true, {runs} runs each after 5 warm-ups ({} cores, kernel {})",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         sandbox::probe().kernel
     );
@@ -217,6 +262,15 @@ fn main() {
         );
     }
     let _ = std::fs::remove_file(&bare);
+    if sections.iter().any(|s| s == "throughput") {
+        more::concurrent(secs, BWRAP_VIEW);
+    }
+    if sections.iter().any(|s| s == "vm") {
+        more::vm(vm_runs, &cli);
+    }
+    if sections.iter().any(|s| s == "stdout") {
+        more::stdout(1024, 64);
+    }
     let _ = std::io::stdout().flush();
 }
 
@@ -228,7 +282,9 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: sandbox-bench [--runs N] [--only CASE,...]");
+    eprintln!(
+        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,throughput,vm,stdout] [--secs S] [--vm-runs N]"
+    );
     std::process::exit(2)
 }
 

@@ -1,0 +1,234 @@
+//! The benchmark sections beyond spawn latency: throughput of concurrent spawners, the VM backend against a
+//! bare QEMU boot, and stdout throughput. Included by `sandbox-bench`.
+
+use std::io::Read;
+use std::process::{Command, Stdio as StdStdio};
+use std::time::{Duration, Instant};
+
+use sandbox::{Backend, Policy, Sandbox, Status, Stdio};
+
+/// Runs `f` on `threads` threads for `secs` seconds; returns completed runs per second.
+fn throughput(
+    threads: usize,
+    secs: u64,
+    f: impl Fn() -> bool + Send + Sync + Copy + 'static,
+) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    if f() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / secs as f64
+}
+
+/// Two concurrent spawners of `/bin/true` for `secs` seconds: the library in-process versus bwrap.
+pub fn concurrent(secs: u64, bwrap_view: &'static [&'static str]) {
+    println!("\nthroughput: 2 concurrent spawners of /bin/true for {secs} s each");
+    let ours = throughput(2, secs, || {
+        Sandbox::new("/bin/true")
+            .output()
+            .is_ok_and(|o| o.status == Status::Exited(0))
+    });
+    let bwrap = throughput(2, secs, move || {
+        Command::new("bwrap")
+            .args(bwrap_view)
+            .arg("/bin/true")
+            .stdout(StdStdio::null())
+            .stderr(StdStdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    println!("{:<16} {:>10.1} runs/s", "lib (in-process)", ours);
+    println!("{:<16} {:>10.1} runs/s", "bwrap", bwrap);
+    if bwrap > 0.0 {
+        println!("{:<16} {:>10.2}x", "ours / bwrap", ours / bwrap);
+    }
+}
+
+/// Peak RSS (KiB) of the reaped descendants of this process so far.
+fn children_maxrss_kib() -> i64 {
+    // SAFETY: an all-zero rusage is valid storage for the kernel to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is writable.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    ru.ru_maxrss
+}
+
+/// Cold runs of `/bin/true` in the VM backend versus a bare QEMU boot of the same kernel and initramfs
+/// (the agent finds no specification, reports, and ends the VM), plus QEMU's peak RSS.
+pub fn vm(runs: usize, cli: &std::path::Path) {
+    println!("\nVM backend: cold run of /bin/true, {runs} runs each (QEMU engine)");
+    let (kernel, agent) = match sandbox::vm::engine::assets() {
+        Ok(a) => a,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    let Some(qemu) = sandbox::vm::qemu::find_qemu() else {
+        println!("skipped: no qemu-system-x86_64");
+        return;
+    };
+    let initrd = std::env::temp_dir().join(format!("sandbox-bench-{}.cpio", std::process::id()));
+    let bytes = sandbox::vm::initramfs::pack_agent(&agent, None, &[]).expect("initramfs");
+    std::fs::write(&initrd, bytes).expect("temp file");
+    let accel = sandbox::vm::qemu::choose_accel(&sandbox::probe::probe_kvm()).0;
+
+    let mut bare = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let ok = Command::new(&qemu)
+            .args([
+                "-M",
+                "microvm,acpi=off,pit=on,pic=on,rtc=on",
+                "-accel",
+                accel.name(),
+            ])
+            .args([
+                "-cpu",
+                "max",
+                "-m",
+                "256M",
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-no-user-config",
+            ])
+            .args([
+                "-nographic",
+                "-no-reboot",
+                "-display",
+                "none",
+                "-device",
+                "i8042",
+                "-serial",
+                "null",
+            ])
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", sandbox::vm::qemu::BASE_CMDLINE])
+            .stdout(StdStdio::null())
+            .stderr(StdStdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            bare.push(t.elapsed());
+        }
+    }
+    let bare_rss = children_maxrss_kib();
+    let _ = std::fs::remove_file(&initrd);
+
+    let mut ours = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let ok = Command::new(cli)
+            .args(["run", "--backend", "vm", "--", "/bin/true"])
+            .stdout(StdStdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            ours.push(t.elapsed());
+        }
+    }
+    let ours_rss = children_maxrss_kib();
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied()
+    };
+    match (med(&mut bare), med(&mut ours)) {
+        (Some(b), Some(o)) => {
+            println!(
+                "{:<28} {:>10.0} ms",
+                "bare QEMU boot+exit (median)",
+                b.as_secs_f64() * 1e3
+            );
+            println!(
+                "{:<28} {:>10.0} ms",
+                "sandbox run --backend vm",
+                o.as_secs_f64() * 1e3
+            );
+            println!(
+                "{:<28} {:>10.2}x",
+                "ours / bare QEMU",
+                o.as_secs_f64() / b.as_secs_f64()
+            );
+            println!("{:<28} {:>10} MiB", "bare QEMU peak RSS", bare_rss / 1024);
+            println!(
+                "{:<28} {:>10} MiB",
+                "peak RSS (QEMU, ours)",
+                ours_rss.max(bare_rss) / 1024
+            );
+        }
+        _ => println!("failed: bare {} ok, ours {} ok", bare.len(), ours.len()),
+    }
+}
+
+/// Reads everything from a child's stdout; returns bytes per second.
+fn drain(mut r: impl Read, started: Instant) -> (u64, f64) {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    while let Ok(n) = r.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    (total, total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `mib` MiB of output through the sandbox (namespace and VM) versus a plain pipe.
+pub fn stdout(mib: u64, vm_mib: u64) {
+    println!("\nstdout throughput: `head -c N /dev/zero` read by the host");
+    let script = |m: u64| format!("head -c {} /dev/zero", m << 20);
+    let t = Instant::now();
+    let mut plain = Command::new("/bin/sh")
+        .args(["-c", &script(mib)])
+        .stdout(StdStdio::piped())
+        .spawn()
+        .expect("sh");
+    let (n, rate) = drain(plain.stdout.take().expect("piped"), t);
+    let _ = plain.wait();
+    println!(
+        "{:<24} {:>6} MiB {:>10.0} MiB/s",
+        "plain pipe",
+        n >> 20,
+        rate / 1048576.0
+    );
+    let base = rate;
+    for (name, backend, m) in [
+        ("namespace", Backend::Namespace, mib),
+        ("vm", Backend::Vm, vm_mib),
+    ] {
+        let t = Instant::now();
+        let child = Sandbox::new("/bin/sh")
+            .args(["-c", &script(m)])
+            .backend(backend)
+            .policy(Policy::default())
+            .stdout(Stdio::Piped)
+            .spawn();
+        let Ok(mut child) = child else {
+            println!("{name:<24} failed to start");
+            continue;
+        };
+        let (n, rate) = drain(child.stdout.take().expect("piped"), t);
+        let _ = child.wait();
+        println!(
+            "{name:<24} {:>6} MiB {:>10.0} MiB/s {:>8.2}x of plain",
+            n >> 20,
+            rate / 1048576.0,
+            rate / base
+        );
+    }
+}
