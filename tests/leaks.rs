@@ -1,0 +1,318 @@
+//! Leaks: runs leave nothing behind on the host — no processes, mounts, cgroups, descriptors or temp
+//! directories — after 1,000 sequential runs, 1,000 runs from 8 threads, and supervisors killed with SIGKILL
+//! at random points (setup, running, teardown).
+//!
+//! The kill test runs the `sandbox` CLI: `SANDBOX_BIN`, else `sandbox` in the cargo profile directory above
+//! this test binary (`target/debug/sandbox`, built by `cargo test --workspace` or
+//! `cargo build -p sandbox-examples`). `SANDBOX_TEST_SEED` replays a run's random delays.
+//! `SANDBOX_TEST_BACKEND=namespace|vm|auto` picks the backend (namespace by default).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio as ProcStdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sandbox::{Backend, Outcome, Policy, Sandbox, Status};
+
+fn backend() -> Backend {
+    match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
+        Ok("vm") => Backend::Vm,
+        Ok("auto") => Backend::Auto,
+        Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm or auto"),
+    }
+}
+
+/// One test at a time: each compares the host's state before and after.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `/bin/true` in a sandbox; every tenth run with a pids limit, so that it gets a cgroup where one can be made.
+fn run_true(i: usize) -> Outcome {
+    let mut policy = Policy::default();
+    if i.is_multiple_of(10) {
+        policy = policy.pids(64);
+    }
+    let o = Sandbox::new("/bin/true")
+        .backend(backend())
+        .policy(policy)
+        .output()
+        .expect("valid policy");
+    assert_eq!(o.status, Status::Exited(0), "run {i}: {o:?}");
+    o
+}
+
+/// What a run could leave behind, as this process sees it.
+#[derive(Debug, PartialEq)]
+struct HostState {
+    fds: usize,
+    mounts: String,
+    /// Entries of the temp directory whose names start with `sandbox`, not another live process's.
+    temp: BTreeSet<String>,
+    /// Run cgroups of this process (`sandbox-<our pid>-*`).
+    cgroups: Vec<PathBuf>,
+    /// Processes descended from this one.
+    descendants: Vec<u32>,
+}
+
+impl HostState {
+    fn now() -> HostState {
+        HostState {
+            fds: std::fs::read_dir("/proc/self/fd").unwrap().count(),
+            mounts: common::host_mounts(),
+            temp: temp_entries(),
+            cgroups: run_cgroups(std::process::id()),
+            descendants: descendants(),
+        }
+    }
+
+    /// Panics with what differs from `before`.
+    fn assert_unchanged_since(&self, before: &HostState, what: &str) {
+        let mut diffs = Vec::new();
+        if self.fds != before.fds {
+            diffs.push(format!(
+                "descriptors: {} before, {} after",
+                before.fds, self.fds
+            ));
+        }
+        if self.mounts != before.mounts {
+            diffs.push("the mount table changed".to_string());
+        }
+        let new: Vec<_> = self.temp.difference(&before.temp).collect();
+        if !new.is_empty() {
+            diffs.push(format!("new temp entries: {new:?}"));
+        }
+        if !self.cgroups.is_empty() {
+            diffs.push(format!("run cgroups left: {:?}", self.cgroups));
+        }
+        if !self.descendants.is_empty() {
+            diffs.push(format!("processes left: {:?}", self.descendants));
+        }
+        assert!(diffs.is_empty(), "{what} left things behind: {diffs:#?}");
+    }
+}
+
+/// Live pids.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Processes whose parent chain leads to this process (thread ids are not listed in /proc, so threads of
+/// this process are not counted).
+fn descendants() -> Vec<u32> {
+    let parent: BTreeMap<u32, u32> = pids()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            Some((pid, ppid.parse().ok()?))
+        })
+        .collect();
+    let me = std::process::id();
+    let leads_here = |mut p: u32| {
+        for _ in 0..64 {
+            match parent.get(&p) {
+                Some(&pp) if pp == me => return true,
+                Some(&pp) if pp > 1 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    parent.keys().copied().filter(|&p| leads_here(p)).collect()
+}
+
+/// `sandbox*` entries of the temp directory, except those that name another live process's pid (fixtures of
+/// tests running elsewhere on the machine).
+fn temp_entries() -> BTreeSet<String> {
+    let me = std::process::id();
+    let live: BTreeSet<u32> = pids().collect();
+    let others = |name: &str| {
+        name.split(['-', '.', '_'])
+            .filter_map(|t| t.parse::<u32>().ok())
+            .any(|p| p != me && live.contains(&p))
+    };
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("sandbox") && !others(n))
+        .collect()
+}
+
+/// Run cgroups created by process `pid` (`sandbox-<pid>-<n>`) anywhere under /sys/fs/cgroup.
+fn run_cgroups(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("sandbox-{pid}-");
+    let mut found = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), &prefix, 6, &mut found);
+    found
+}
+
+fn walk(dir: &Path, prefix: &str, depth: u32, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(kind) = e.file_type() else { continue };
+        if !kind.is_dir() {
+            continue;
+        }
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            found.push(e.path());
+        }
+        if depth > 0 {
+            walk(&e.path(), prefix, depth - 1, found);
+        }
+    }
+}
+
+#[test]
+fn a_thousand_sequential_runs_leave_nothing() {
+    let _one = serial();
+    run_true(0); // the first run reaps stale cgroups and loads what the library loads once
+    let before = HostState::now();
+    let start = Instant::now();
+    for i in 0..1000 {
+        run_true(i);
+    }
+    let took = start.elapsed();
+    eprintln!("1000 sequential runs in {took:?} ({:?} each)", took / 1000);
+    HostState::now().assert_unchanged_since(&before, "1000 sequential runs");
+}
+
+#[test]
+fn a_thousand_runs_from_eight_threads_leave_nothing() {
+    let _one = serial();
+    run_true(0);
+    let before = HostState::now();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            s.spawn(move || {
+                for i in 0..125 {
+                    run_true(t * 125 + i);
+                }
+            });
+        }
+    });
+    let took = start.elapsed();
+    eprintln!("1000 runs from 8 threads in {took:?}");
+    HostState::now().assert_unchanged_since(&before, "1000 runs from 8 threads");
+}
+
+/// The CLI: `SANDBOX_BIN`, else `sandbox` in the profile directory above this test binary.
+fn cli() -> PathBuf {
+    if let Some(p) = std::env::var_os("SANDBOX_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile.join("sandbox");
+    assert!(
+        bin.is_file(),
+        "the sandbox CLI is not at {bin:?}: build it (`cargo build -p sandbox-examples`, or run \
+         `cargo test --workspace`) or set SANDBOX_BIN to its path"
+    );
+    bin
+}
+
+/// xorshift64*: enough randomness for delays, replayable from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[test]
+fn supervisors_killed_at_random_points_leave_nothing() {
+    let _one = serial();
+    let bin = cli();
+    let seed = match std::env::var("SANDBOX_TEST_SEED") {
+        Ok(s) => s.parse().expect("SANDBOX_TEST_SEED is a number"),
+        Err(_) => {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        }
+    };
+    eprintln!("seed {seed} (SANDBOX_TEST_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let before = HostState::now();
+    let tag = format!("4242{}", std::process::id());
+    let backend = match backend() {
+        Backend::Namespace => "namespace",
+        Backend::Vm => "vm",
+        Backend::Auto => "auto",
+    };
+    let mut stale = Vec::new();
+    let mut exited_first = 0;
+    for i in 0..40 {
+        let marker = format!("{tag}{i:03}");
+        let delay = Duration::from_millis(rng.next() % 51);
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--backend", backend, "--pids", "64", "--"]);
+        if i % 2 == 0 {
+            // Long-running: the kill lands in setup or while the program runs.
+            cmd.args(["/bin/sleep", &marker]);
+        } else {
+            // Short-lived: the kill may land while the CLI tears the run down.
+            let pause = format!(": {marker}; sleep 0.0{}", rng.next() % 5);
+            cmd.args(["/bin/sh", "-c", &pause]);
+        }
+        let mut child = cmd
+            .stdin(ProcStdio::null())
+            .stdout(ProcStdio::null())
+            .stderr(ProcStdio::null())
+            .spawn()
+            .expect("the CLI starts");
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_some() {
+            exited_first += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A CLI killed between making and removing its run cgroup leaves it; the next process that makes a
+        // run cgroup (the next CLI here) reaps it.
+        stale.extend(run_cgroups(child.id()));
+    }
+    eprintln!(
+        "40 CLIs killed after 0-50 ms ({exited_first} had already finished); {} run cgroups left behind",
+        stale.len()
+    );
+    // Every sandbox ends with its supervisor.
+    common::assert_no_processes_with(&tag);
+    let status = Command::new(&bin)
+        .args([
+            "run",
+            "--backend",
+            backend,
+            "--pids",
+            "64",
+            "--",
+            "/bin/true",
+        ])
+        .stdout(ProcStdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the next CLI run failed: {status}");
+    let left: Vec<PathBuf> = stale.into_iter().filter(|p| p.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "stale run cgroups not reaped by the next run: {left:?}"
+    );
+    HostState::now().assert_unchanged_since(&before, "killed supervisors");
+}
