@@ -25,6 +25,7 @@ pub mod policy;
 pub mod probe;
 mod running;
 pub mod vm;
+pub mod vmm;
 
 pub use command::{Backend, Error, Sandbox, Stdio, VmEngine};
 pub use namespace::{DEFAULT_PATH, landlock, seccomp};

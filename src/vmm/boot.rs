@@ -1,0 +1,347 @@
+//! Loading the guest: the kernel (an ELF `vmlinux`, preferably with its PVH entry note) through
+//! `linux-loader`, the command line, the initramfs, and the boot information the kernel reads first
+//! (PVH `hvm_start_info` with the module list and memory map, or the Linux zero page for the 64-bit entry).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::{KernelLoader, load_cmdline};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use super::layout::{self, LayoutError};
+use super::regs::BootMode;
+
+/// Magic number of `hvm_start_info` (the Xen/PVH boot protocol).
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+
+/// Errors loading the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The kernel image cannot be opened.
+    #[error("cannot open the guest kernel {path:?}: {source}")]
+    OpenKernel {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// linux-loader refused the kernel.
+    #[error(
+        "cannot load the guest kernel {path:?} (an uncompressed ELF vmlinux is needed, e.g. from kernel-config/build.sh): {source}"
+    )]
+    LoadKernel {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: linux_loader::loader::Error,
+    },
+    /// The command line is invalid or too long.
+    #[error("kernel command line {cmdline:?}: {reason}")]
+    Cmdline {
+        /// The command line.
+        cmdline: String,
+        /// Why.
+        reason: String,
+    },
+    /// A boot structure does not fit the memory map.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A boot structure cannot be written to guest memory.
+    #[error("cannot write the {what} at {addr:#x} into guest memory: {reason}")]
+    Write {
+        /// Which structure.
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where and how the kernel is entered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The boot protocol.
+    pub mode: BootMode,
+    /// First instruction.
+    pub rip: u64,
+    /// Address of `hvm_start_info` (PVH) or the zero page (64-bit).
+    pub boot_info: u64,
+}
+
+/// The command line for `extra` options: fails when it is longer than the kernel accepts.
+pub fn cmdline(extra: &str) -> Result<Cmdline, BootError> {
+    let err = |reason: String| BootError::Cmdline {
+        cmdline: extra.into(),
+        reason,
+    };
+    let mut c = Cmdline::new(layout::CMDLINE_MAX).map_err(|e| err(e.to_string()))?;
+    c.insert_str(extra.trim()).map_err(|e| err(e.to_string()))?;
+    Ok(c)
+}
+
+/// Loads the kernel, command line and initramfs into `mem` and writes the boot information; returns how
+/// to enter the kernel. A kernel with a PVH note is entered through it, otherwise at its 64-bit entry.
+pub fn load<M: GuestMemory>(
+    mem: &M,
+    kernel: &Path,
+    cmdline: &Cmdline,
+    initrd: &[u8],
+) -> Result<Entry, BootError> {
+    let mut file = File::open(kernel).map_err(|source| BootError::OpenKernel {
+        path: kernel.into(),
+        source,
+    })?;
+    let loaded = Elf::load(
+        mem,
+        None,
+        &mut file,
+        Some(GuestAddress(layout::HIMEM_START)),
+    )
+    .map_err(|source| BootError::LoadKernel {
+        path: kernel.into(),
+        source,
+    })?;
+    load_cmdline(mem, GuestAddress(layout::CMDLINE_START), cmdline).map_err(|e| {
+        BootError::Write {
+            what: "kernel command line",
+            addr: layout::CMDLINE_START,
+            reason: e.to_string(),
+        }
+    })?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map(|c| c.as_bytes().len())
+        .unwrap_or(0);
+    let mem_size = mem_size(mem);
+    let initrd_addr = if initrd.is_empty() {
+        None
+    } else {
+        let addr = layout::initrd_address(mem_size, loaded.kernel_end, initrd.len() as u64)?;
+        write_slice(mem, "initramfs", addr, initrd)?;
+        Some(addr)
+    };
+    let initrd = initrd_addr.map(|a| (a, initrd.len() as u64));
+    match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(entry) => {
+            write_start_info(mem, mem_size, initrd)?;
+            Ok(Entry {
+                mode: BootMode::Pvh,
+                rip: entry.0,
+                boot_info: layout::PVH_INFO_START,
+            })
+        }
+        _ => {
+            write_zero_page(mem, mem_size, cmdline_len, initrd)?;
+            Ok(Entry {
+                mode: BootMode::Long,
+                rip: loaded.kernel_load.0,
+                boot_info: layout::ZERO_PAGE_START,
+            })
+        }
+    }
+}
+
+/// Total guest RAM (the sum of the regions).
+fn mem_size<M: GuestMemory>(mem: &M) -> u64 {
+    use vm_memory::GuestMemoryRegion;
+    mem.iter().map(|r| r.len()).sum()
+}
+
+fn write_slice<M: GuestMemory>(
+    mem: &M,
+    what: &'static str,
+    addr: u64,
+    data: &[u8],
+) -> Result<(), BootError> {
+    mem.write_slice(data, GuestAddress(addr))
+        .map_err(|e| BootError::Write {
+            what,
+            addr,
+            reason: e.to_string(),
+        })
+}
+
+fn write_obj<M: GuestMemory, T: vm_memory::ByteValued>(
+    mem: &M,
+    what: &'static str,
+    addr: u64,
+    value: T,
+) -> Result<(), BootError> {
+    mem.write_obj(value, GuestAddress(addr))
+        .map_err(|e| BootError::Write {
+            what,
+            addr,
+            reason: e.to_string(),
+        })
+}
+
+/// Writes `hvm_start_info`, the module list (the initramfs) and the memory map for a PVH entry.
+pub fn write_start_info<M: GuestMemory>(
+    mem: &M,
+    mem_size: u64,
+    initrd: Option<(u64, u64)>,
+) -> Result<(), BootError> {
+    let map = layout::e820_map(mem_size)?;
+    let mut info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC,
+        version: 1,
+        cmdline_paddr: layout::CMDLINE_START,
+        memmap_paddr: layout::PVH_MEMMAP_START,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    if let Some((paddr, size)) = initrd {
+        let module = hvm_modlist_entry {
+            paddr,
+            size,
+            ..Default::default()
+        };
+        write_obj(mem, "PVH module list", layout::PVH_MODLIST_START, module)?;
+        info.nr_modules = 1;
+        info.modlist_paddr = layout::PVH_MODLIST_START;
+    }
+    for (i, e) in map.iter().enumerate() {
+        let entry = hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind,
+            reserved: 0,
+        };
+        let addr =
+            layout::PVH_MEMMAP_START + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+        write_obj(mem, "PVH memory map", addr, entry)?;
+    }
+    write_obj(mem, "PVH start info", layout::PVH_INFO_START, info)
+}
+
+/// Writes the Linux zero page (`boot_params`) for the 64-bit entry: command line, initramfs, e820 map.
+pub fn write_zero_page<M: GuestMemory>(
+    mem: &M,
+    mem_size: u64,
+    cmdline_len: usize,
+    initrd: Option<(u64, u64)>,
+) -> Result<(), BootError> {
+    let map = layout::e820_map(mem_size)?;
+    let mut params = boot_params::default();
+    params.hdr.type_of_loader = 0xff; // undefined loader
+    params.hdr.boot_flag = 0xaa55;
+    params.hdr.header = 0x5372_6448; // "HdrS"
+    params.hdr.kernel_alignment = 0x100_0000;
+    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
+    params.hdr.cmdline_size = cmdline_len as u32;
+    if let Some((addr, size)) = initrd {
+        params.hdr.ramdisk_image = addr as u32;
+        params.hdr.ramdisk_size = size as u32;
+    }
+    for (slot, e) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind,
+        };
+    }
+    params.e820_entries = map.len() as u8;
+    write_obj(mem, "zero page", layout::ZERO_PAGE_START, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::memory;
+
+    #[test]
+    fn pvh_start_info_reads_back() {
+        let size = 64 << 20;
+        let m = memory::create(size).unwrap();
+        write_start_info(&m, size, Some((0x300_0000, 12345))).unwrap();
+        let info: hvm_start_info = m.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC);
+        assert_eq!(info.version, 1);
+        assert_eq!(info.cmdline_paddr, layout::CMDLINE_START);
+        assert_eq!(
+            (info.nr_modules, info.modlist_paddr),
+            (1, layout::PVH_MODLIST_START)
+        );
+        let module: hvm_modlist_entry = m.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!((module.paddr, module.size), (0x300_0000, 12345));
+        assert_eq!(info.memmap_entries, 2);
+        let second: hvm_memmap_table_entry =
+            m.read_obj(GuestAddress(info.memmap_paddr + 24)).unwrap();
+        assert_eq!(
+            (second.addr, second.size, second.type_),
+            (
+                layout::HIMEM_START,
+                size - layout::HIMEM_START,
+                layout::E820_RAM
+            )
+        );
+    }
+
+    #[test]
+    fn pvh_without_initrd_has_no_modules() {
+        let size = 32 << 20;
+        let m = memory::create(size).unwrap();
+        write_start_info(&m, size, None).unwrap();
+        let info: hvm_start_info = m.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+        assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
+    }
+
+    #[test]
+    fn zero_page_reads_back() {
+        let size = 64 << 20;
+        let m = memory::create(size).unwrap();
+        write_zero_page(&m, size, 42, Some((0x200_0000, 777))).unwrap();
+        let p: boot_params = m.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        assert_eq!({ p.hdr.boot_flag }, 0xaa55);
+        assert_eq!({ p.hdr.header }, 0x5372_6448);
+        assert_eq!({ p.hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
+        assert_eq!({ p.hdr.cmdline_size }, 42);
+        assert_eq!(
+            ({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size }),
+            (0x200_0000, 777)
+        );
+        assert_eq!(p.e820_entries, 2);
+        let e = p.e820_table[1];
+        assert_eq!(
+            ({ e.addr }, { e.size }),
+            (layout::HIMEM_START, size - layout::HIMEM_START)
+        );
+    }
+
+    #[test]
+    fn command_line_is_written_and_bounded() {
+        let m = memory::create(32 << 20).unwrap();
+        let c = cmdline("console=ttyS0 reboot=k").unwrap();
+        load_cmdline(&m, GuestAddress(layout::CMDLINE_START), &c).unwrap();
+        let mut buf = [0u8; 23];
+        m.read_slice(&mut buf, GuestAddress(layout::CMDLINE_START))
+            .unwrap();
+        assert_eq!(&buf, b"console=ttyS0 reboot=k\0");
+        assert!(matches!(
+            cmdline(&"x".repeat(4096)),
+            Err(BootError::Cmdline { .. })
+        ));
+    }
+
+    #[test]
+    fn a_missing_or_bad_kernel_is_an_error() {
+        let m = memory::create(32 << 20).unwrap();
+        let c = cmdline("quiet").unwrap();
+        assert!(matches!(
+            load(&m, Path::new("/no/such/vmlinux"), &c, &[]),
+            Err(BootError::OpenKernel { .. })
+        ));
+        let not_elf = std::env::temp_dir().join(format!("vmm-not-elf-{}", std::process::id()));
+        std::fs::write(&not_elf, b"MZ this is not an ELF kernel").unwrap();
+        let r = load(&m, &not_elf, &c, &[]);
+        std::fs::remove_file(&not_elf).unwrap();
+        assert!(matches!(r, Err(BootError::LoadKernel { .. })), "{r:?}");
+    }
+}

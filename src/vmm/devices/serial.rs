@@ -1,0 +1,126 @@
+//! The 8250 UART at 0x3f8 (COM1, IRQ 4) on `vm-superio`: the guest kernel's console, i.e. the kernel log
+//! and the agent's own messages (never the program's output, which gets its own ports in the next stage).
+//! Guest input is not wired: the serial console is output only.
+
+use std::io::Write;
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vmm::bus::{BusDevice, BusEvent};
+
+/// COM1.
+pub const SERIAL_BASE: u64 = 0x3f8;
+/// Eight registers.
+pub const SERIAL_LEN: u64 = 8;
+/// COM1's ISA interrupt line.
+pub const SERIAL_IRQ: u32 = 4;
+
+/// Raises the UART's interrupt line: an eventfd that KVM injects as an IRQ (irqfd), or, in tests, any
+/// eventfd.
+#[derive(Debug)]
+pub struct IrqLine(pub EventFd);
+
+impl Trigger for IrqLine {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The UART on the PIO bus, writing what the guest sends to `out`.
+pub struct SerialPort {
+    inner: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl SerialPort {
+    /// A UART that raises `irq` and writes to `out`.
+    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> SerialPort {
+        SerialPort {
+            inner: Serial::new(IrqLine(irq), out),
+        }
+    }
+}
+
+impl BusDevice for SerialPort {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let ([first, ..], Ok(o)) = (&mut *data, u8::try_from(offset)) {
+            *first = self.inner.read(o);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> BusEvent {
+        if let ([value], Ok(o)) = (data, u8::try_from(offset)) {
+            // A failing writer (e.g. a closed log) must not stop the guest: the byte is dropped.
+            let _ = self.inner.write(o, *value);
+        }
+        BusEvent::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmitted_bytes_reach_the_writer_and_raise_the_irq() {
+        let cap = Capture::default();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialPort::new(irq.try_clone().unwrap(), Box::new(cap.clone()));
+        // Enable the "transmitter holding register empty" interrupt (IER bit 1), then send.
+        s.write(1, &[0x02]);
+        for b in b"hi\n" {
+            assert_eq!(s.write(0, &[*b]), BusEvent::Continue);
+        }
+        assert_eq!(cap.0.lock().unwrap().as_slice(), b"hi\n");
+        assert!(irq.read().unwrap() >= 1, "the interrupt line was raised");
+        // Line status: transmitter empty.
+        let mut lsr = [0u8; 1];
+        s.read(5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn odd_accesses_are_harmless() {
+        let cap = Capture::default();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialPort::new(irq, Box::new(cap.clone()));
+        assert_eq!(s.write(0, b"ab"), BusEvent::Continue);
+        assert_eq!(s.write(1 << 40, b"a"), BusEvent::Continue);
+        let mut wide = [0xffu8; 4];
+        s.read(0, &mut wide);
+        assert_eq!(&wide[1..], &[0, 0, 0]);
+        assert!(cap.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_broken_writer_does_not_stop_the_guest() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("closed"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut s = SerialPort::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Box::new(Broken));
+        assert_eq!(s.write(0, b"x"), BusEvent::Continue);
+    }
+}

@@ -1,0 +1,126 @@
+//! The builtin VM engine: our own small KVM VMM on the rust-vmm crates (`kvm-ioctls`, `vm-memory`,
+//! `linux-loader`, `vm-superio`), in the spirit of Firecracker.
+//!
+//! This first stage boots our guest kernel (`kernel-config/`) with an initramfs on one vCPU, shows the
+//! kernel log on the 8250 serial port and ends when the guest writes the i8042 reset command
+//! (`reboot=k`). Virtio devices (console ports, virtio-fs) come next; until then the agent reads its
+//! specification from the initramfs and writes its verdict on the console.
+//!
+//! ```no_run
+//! use sandbox::vmm::{self, VmConfig};
+//! use std::time::Duration;
+//!
+//! let report = vmm::run(VmConfig {
+//!     kernel: "/path/to/vmlinux".into(),
+//!     initramfs: std::fs::read("/path/to/init.cpio")?,
+//!     cmdline: vmm::kernel_cmdline(vmm::pvm_detected(), ""),
+//!     memory_mib: 256,
+//!     timeout: Duration::from_secs(300),
+//!     console: Box::new(std::io::stderr()),
+//! })?;
+//! println!("guest ended: {:?} after {:?}", report.exit, report.elapsed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Files, one step each: [`layout`] (memory map, e820), [`memory`] (guest RAM), [`boot`] (kernel,
+//! command line, initramfs, PVH start info or zero page), [`regs`] (GDT, page tables, registers, CPUID,
+//! MSRs, LAPIC), [`bus`] (PIO/MMIO dispatch), [`devices`], [`vcpu`] (the run loop), [`vm`] (the build).
+
+pub mod boot;
+pub mod bus;
+pub mod devices;
+pub mod layout;
+pub mod memory;
+pub mod regs;
+pub mod vcpu;
+pub mod vm;
+
+use std::time::Duration;
+
+pub use vcpu::GuestExit;
+pub use vm::{VmConfig, VmReport, run};
+
+/// Kernel options our guest needs on PVM (`/dev/kvm` is the `kvm_pvm` module): see
+/// `kernel-config/README.md`. Each works around an instruction PVM's emulator lacks, and `sandbox_pvm=1`
+/// turns on our kernel patches.
+pub const PVM_CMDLINE: &str = "noxsave clearcpuid=popcnt,smap,cx16 sandbox_pvm=1";
+
+/// Whether `/dev/kvm` is PVM (software, no VT-x/SVM), which needs [`PVM_CMDLINE`].
+pub fn pvm_detected() -> bool {
+    crate::probe::probe_kvm().flavour == "pvm"
+}
+
+/// The guest command line: the QEMU engine's base options, the PVM options when `pvm`, then `extra`.
+pub fn kernel_cmdline(pvm: bool, extra: &str) -> String {
+    let mut c = String::from(crate::vm::qemu::BASE_CMDLINE);
+    for part in [if pvm { PVM_CMDLINE } else { "" }, extra.trim()] {
+        if !part.is_empty() {
+            c.push(' ');
+            c.push_str(part);
+        }
+    }
+    c
+}
+
+/// Errors of the builtin VMM: one variant per step, the step's own error inside.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// /dev/kvm cannot be opened.
+    #[error(
+        "cannot open /dev/kvm: {0} (the builtin engine needs KVM: check that /dev/kvm exists and that this user may open it)"
+    )]
+    OpenKvm(kvm_ioctls::Error),
+    /// A VM-level KVM ioctl failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// Loading the kernel and boot information.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// Device placement.
+    #[error("device placement: {0}")]
+    Bus(#[from] bus::BusError),
+    /// An eventfd could not be created.
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// The vCPU thread could not be started.
+    #[error("cannot start the vCPU thread: {0}")]
+    Thread(std::io::Error),
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(std::io::Error),
+    /// vCPU setup or run failed, or the guest crashed.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    /// The vCPU thread ended without a result (a bug in the VMM).
+    #[error("the vCPU thread ended without a result")]
+    VcpuPanicked,
+    /// The guest did not end within the timeout and was stopped.
+    #[error("the guest did not end within {0:?} and was stopped")]
+    Timeout(Duration),
+    /// The guest did not end within the timeout and its vCPU could not be stopped.
+    #[error("the guest did not end within {0:?} and its vCPU does not stop")]
+    Unstoppable(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_the_pvm_options_only_on_pvm() {
+        let base = crate::vm::qemu::BASE_CMDLINE;
+        assert_eq!(kernel_cmdline(false, ""), base);
+        assert_eq!(kernel_cmdline(false, " x=1 "), format!("{base} x=1"));
+        let pvm = kernel_cmdline(true, "y");
+        assert_eq!(pvm, format!("{base} {PVM_CMDLINE} y"));
+        assert!(pvm.contains("reboot=k") && pvm.contains("sandbox_pvm=1"));
+    }
+}

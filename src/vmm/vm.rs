@@ -1,0 +1,189 @@
+//! One VM from start to end, in the order of a build: KVM → VM with in-kernel irqchip and PIT → guest RAM
+//! → kernel, command line, initramfs and boot information → devices on the buses → vCPU → run on its own
+//! thread under a host-side deadline.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::Kvm;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use super::VmmError;
+use super::boot;
+use super::bus::Bus;
+use super::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use super::devices::serial::{SERIAL_BASE, SERIAL_IRQ, SERIAL_LEN, SerialPort};
+use super::memory;
+use super::regs::BootMode;
+use super::vcpu::{self, ExitCounts, GuestExit, VcpuError};
+
+/// Where KVM may put the three pages of the TSS it needs on Intel (just below the BIOS area, in the MMIO
+/// hole, never RAM).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// How long the host keeps interrupting a vCPU that does not notice its stop request.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What to boot.
+pub struct VmConfig {
+    /// The guest kernel: an ELF `vmlinux` (PVH note preferred).
+    pub kernel: PathBuf,
+    /// The initramfs (uncompressed cpio), possibly empty.
+    pub initramfs: Vec<u8>,
+    /// The full kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// The VM is stopped after this long (a guest that never ends).
+    pub timeout: Duration,
+    /// Where the serial console (the kernel log) goes.
+    pub console: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("kernel", &self.kernel)
+            .field("initramfs_len", &self.initramfs.len())
+            .field("cmdline", &self.cmdline)
+            .field("memory_mib", &self.memory_mib)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a VM ended by itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmReport {
+    /// The guest's way out.
+    pub exit: GuestExit,
+    /// How the kernel was entered.
+    pub boot_mode: BootMode,
+    /// From the start of the build to the end of the guest.
+    pub elapsed: Duration,
+    /// Port I/O exits.
+    pub pio_exits: u64,
+    /// MMIO exits.
+    pub mmio_exits: u64,
+    /// Accesses that reached no device.
+    pub unhandled_exits: u64,
+}
+
+/// Boots `config` and runs it to its end; every way the guest can fail is an error value.
+pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
+    let started = Instant::now();
+    let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+    let setup = |what| move |source| VmmError::Kvm { what, source };
+    let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(setup("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
+
+    let mem = memory::create(config.memory_mib << 20)?;
+    memory::register(&vm, &mem)?;
+    let cmdline = boot::cmdline(&config.cmdline)?;
+    let entry = boot::load(&mem, &config.kernel, &cmdline, &config.initramfs)?;
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(setup("KVM_IRQFD"))?;
+    let mut pio = Bus::new();
+    pio.insert(
+        SERIAL_BASE,
+        SERIAL_LEN,
+        Arc::new(Mutex::new(SerialPort::new(serial_irq, config.console))),
+    )?;
+    pio.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
+    let mmio = Bus::new();
+
+    let mut vcpu = vcpu::create(&kvm, &vm, &mem, 0, 1, &entry)?;
+
+    install_kick_handler()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(ExitCounts::default());
+    let (tx, rx) = mpsc::channel();
+    let thread = {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        // The thread keeps the guest memory mapped for as long as it may run the guest.
+        let mem = mem.clone();
+        std::thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn(move || {
+                let r = vcpu::run(&mut vcpu, &pio, &mmio, &stop, &counts);
+                drop(mem);
+                let _ = tx.send(r);
+            })
+            .map_err(VmmError::Thread)?
+    };
+
+    let deadline = started + config.timeout;
+    let result = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(r) => r,
+        Err(mpsc::RecvTimeoutError::Disconnected) => return Err(VmmError::VcpuPanicked),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            stop.store(true, Ordering::Release);
+            let grace = Instant::now() + STOP_GRACE;
+            // The stop flag is read only when KVM_RUN returns: interrupt it until the thread answers (a
+            // signal that arrives just before KVM_RUN starts is lost, hence the repetition).
+            loop {
+                let _ = thread.kill(kick_signal());
+                match rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(Err(VcpuError::Stopped)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break;
+                    }
+                    Ok(r) => return finish(r, &counts, entry.mode, started),
+                    Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > grace => {
+                        return Err(VmmError::Unstoppable(config.timeout));
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+            }
+            let _ = thread.join();
+            return Err(VmmError::Timeout(config.timeout));
+        }
+    };
+    let _ = thread.join();
+    finish(result, &counts, entry.mode, started)
+}
+
+fn finish(
+    result: Result<GuestExit, VcpuError>,
+    counts: &ExitCounts,
+    boot_mode: BootMode,
+    started: Instant,
+) -> Result<VmReport, VmmError> {
+    let exit = result?;
+    Ok(VmReport {
+        exit,
+        boot_mode,
+        elapsed: started.elapsed(),
+        pio_exits: counts.pio.load(Ordering::Relaxed),
+        mmio_exits: counts.mmio.load(Ordering::Relaxed),
+        unhandled_exits: counts.unhandled.load(Ordering::Relaxed),
+    })
+}
+
+/// The real-time signal that interrupts KVM_RUN on a vCPU thread.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN() + 1
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler of the kick signal once per process: its only effect is that KVM_RUN
+/// returns EINTR.
+fn install_kick_handler() -> Result<(), VmmError> {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
+        .map_err(|errno| VmmError::Signal(std::io::Error::from_raw_os_error(errno)))
+}
