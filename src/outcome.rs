@@ -42,8 +42,6 @@ pub enum Stage {
     Init,
     /// Executing the program.
     Exec,
-    /// Starting or talking to the virtual machine.
-    Vm,
     /// Creating the run's cgroup and applying its limits.
     Cgroup,
     /// Applying landlock.
@@ -52,6 +50,8 @@ pub enum Stage {
     Seccomp,
     /// Setting resource limits (rlimits).
     Rlimits,
+    /// Starting or talking to the virtual machine.
+    Vm,
 }
 
 impl Stage {
@@ -440,6 +440,30 @@ mod tests {
     #[test]
     fn stage_names() {
         assert_eq!(Stage::PivotRoot.to_string(), "pivot_root");
-        assert_eq!(Stage::from_u32(Stage::Exec as u32), Stage::Exec);
+        use Stage::*;
+        for s in [
+            Prepare,
+            Namespaces,
+            IdMap,
+            Mounts,
+            PivotRoot,
+            Hostname,
+            Network,
+            Credentials,
+            Cwd,
+            Init,
+            Exec,
+            Cgroup,
+            Landlock,
+            Seccomp,
+            Rlimits,
+            Vm,
+        ] {
+            assert_eq!(
+                Stage::from_u32(s as u32),
+                s,
+                "the child reports stages by number"
+            );
+        }
     }
 }

@@ -150,9 +150,11 @@ pub(crate) fn prepare(
         None
     };
 
-    // rlimits, set by the init before it forks the program. No core dumps, ever.
-    let mut rlimits = vec![(libc::RLIMIT_CORE, 0, 0)];
-    enforced.rlimits.push(("core".into(), 0));
+    // rlimits, set by the init before it forks the program. No core dumps, ever: 1, not 0, because the
+    // kernel ignores a core limit of 0 when core_pattern pipes to a helper (systemd-coredump, apport), but
+    // takes 1 as "do not dump" there, and 1 byte is too small for any core file.
+    let mut rlimits = vec![(libc::RLIMIT_CORE, 1, 1)];
+    enforced.rlimits.push(("core".into(), 1));
     if let Some(t) = l.cpu_time {
         // Whole seconds, rounded up: SIGXCPU at the soft limit, SIGKILL one second later.
         let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);

@@ -44,6 +44,19 @@ pub enum PlanError {
          itself (ptmx, pts, shm, fd, std*, null, zero, full)"
     )]
     NotADevice(PathBuf),
+    /// A bind source passes through a symlink owned by someone the caller should not trust.
+    #[error(
+        "bind source {path:?} passes through the symlink {link:?}, owned by uid {owner}: a sandbox (or another \
+         user) may have planted it; give the real path"
+    )]
+    UntrustedSymlink {
+        /// The source as given.
+        path: PathBuf,
+        /// The symlink.
+        link: PathBuf,
+        /// Its owner.
+        owner: u32,
+    },
     /// A path contains a NUL byte.
     #[error("path {0:?} contains a NUL byte")]
     Nul(PathBuf),
@@ -138,6 +151,48 @@ impl std::fmt::Display for Op {
             Op::Detach { path } => write!(f, "umount2({path:?}, MNT_DETACH)"),
         }
     }
+}
+
+/// Refuses a bind source whose resolution passes through a symlink owned by anyone but root or the caller:
+/// a sandbox with a read-write bind can plant links (owned by its host uid) for a later run to follow with
+/// the caller's credentials.
+fn check_links(src: &Path) -> Result<(), PlanError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut todo: Vec<PathBuf> = vec![src.to_path_buf()];
+    let mut hops = 0;
+    while let Some(path) = todo.pop() {
+        let mut prefix = PathBuf::new();
+        for comp in path.components() {
+            prefix.push(comp);
+            let Ok(meta) = std::fs::symlink_metadata(&prefix) else {
+                break; // missing: canonicalize reports it
+            };
+            if meta.file_type().is_symlink() {
+                if meta.uid() != 0 && meta.uid() != me {
+                    return Err(PlanError::UntrustedSymlink {
+                        path: src.into(),
+                        link: prefix,
+                        owner: meta.uid(),
+                    });
+                }
+                hops += 1;
+                if hops > 40 {
+                    break; // a loop: canonicalize reports it
+                }
+                if let Ok(target) = std::fs::read_link(&prefix) {
+                    let rest: PathBuf = path
+                        .components()
+                        .skip(prefix.components().count())
+                        .collect();
+                    let base = prefix.parent().unwrap_or(Path::new("/")).join(target);
+                    todo.push(base.join(rest));
+                }
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn cstr(p: impl AsRef<Path>) -> Result<CString, PlanError> {
@@ -328,6 +383,7 @@ impl Planner {
 
     /// A bind of the host path `src` (as given) at `dst`.
     pub(super) fn bind(&mut self, src: &Path, dst: &Path, writable: bool) -> Result<(), PlanError> {
+        check_links(src)?;
         let real = std::fs::canonicalize(src).map_err(|source| PlanError::Source {
             path: src.into(),
             source,
@@ -624,6 +680,36 @@ mod tests {
         let t = text(&p.steps);
         assert!(t.iter().any(|s| s == "mkdir(\"/newroot/data\")"));
         assert!(t.iter().any(|s| s == "mkdir(\"/newroot/data/x\")"));
+    }
+
+    #[test]
+    fn symlinks_owned_by_others_are_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("sandbox-plan-links-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let mine = dir.join("mine");
+        let _ = std::fs::remove_file(&mine);
+        symlink(dir.join("real"), &mine).unwrap();
+        assert!(
+            plan(&Policy::empty().ro_bind(&mine, "/x")).is_ok(),
+            "own links are fine"
+        );
+        if nix::unistd::geteuid().is_root() {
+            let planted = dir.join("planted");
+            let _ = std::fs::remove_file(&planted);
+            symlink(dir.join("real"), &planted).unwrap();
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                &planted,
+                Some(nix::unistd::Uid::from_raw(65534)),
+                None,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+            let err = plan(&Policy::empty().ro_bind(planted.join("."), "/x")).unwrap_err();
+            assert!(matches!(err, PlanError::UntrustedSymlink { .. }), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

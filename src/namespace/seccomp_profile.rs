@@ -381,6 +381,27 @@ pub fn default_profile() -> CustomProfile {
         let cond = arg32(0, CmpOp::Eq, family as u64);
         rules.push(deny("socket", libc::EPERM, vec![cond]));
     }
+    // Set-user-ID and set-group-ID files: the sandbox's mounts are nosuid, but a file left in a read-write
+    // bind keeps its bits on the host, where anyone who reaches it would run code as the sandbox's host uid.
+    // So no call may set them (chmod and friends, and the mode of a newly created file); openat2 carries its
+    // mode in memory the filter cannot read: ENOSYS makes libc use openat.
+    for (name, mode_arg) in [
+        ("chmod", 1),
+        ("fchmod", 1),
+        ("fchmodat", 2),
+        ("fchmodat2", 2),
+        ("creat", 1),
+        ("mknod", 1),
+        ("mknodat", 2),
+        ("open", 2),
+        ("openat", 3),
+    ] {
+        for bit in [libc::S_ISUID, libc::S_ISGID] {
+            let cond = arg32(mode_arg, CmpOp::MaskedEq, u64::from(bit));
+            rules.push(deny(name, libc::EPERM, vec![cond]));
+        }
+    }
+    rules.push(deny("openat2", libc::ENOSYS, vec![]));
     CustomProfile {
         default_action: Action::Allow,
         default_errno: None,
