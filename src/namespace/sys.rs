@@ -352,11 +352,40 @@ pub fn not_dumpable() -> SysResult<()> {
     check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } as c_long).map(drop)
 }
 
-/// Opens `path` with `O_PATH | O_CLOEXEC`.
+/// Opens the canonical path `path` with `O_PATH | O_CLOEXEC`, following no symlink anywhere in it (so a link
+/// planted after the host resolved the path fails with ELOOP instead of redirecting the open).
 pub fn open_path(path: &CStr) -> SysResult<RawFd> {
-    // SAFETY: `path` is NUL-terminated.
-    check(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) } as c_long)
-        .map(|fd| fd as RawFd)
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: `path` is NUL-terminated and `how` is an open_how of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    match check(ret) {
+        // Before 5.6: the last component at least.
+        Err(libc::ENOSYS) => {
+            let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+            // SAFETY: `path` is NUL-terminated.
+            check(unsafe { libc::open(path.as_ptr(), flags) } as c_long).map(|fd| fd as RawFd)
+        }
+        r => r.map(|fd| fd as RawFd),
+    }
 }
 
 /// Renames this process: its `comm` and its command line (the argv area `[start, end)` as the kernel reports
