@@ -87,13 +87,23 @@ pub(crate) fn prepare(
                 )
             })
             .collect();
+        // TCP rules need ABI 4 (Linux 6.7). Asked for explicitly, they are required; by default (no network)
+        // they are defence in depth over the network namespace, so an older kernel only reports them.
+        let wanted = policy
+            .landlock
+            .restrict_tcp
+            .unwrap_or(policy.network == Network::None);
+        let explicit = policy.landlock.restrict_tcp.is_some();
+        let tcp_abi = landlock::abi().is_ok_and(|abi| abi >= 4);
+        if wanted && !explicit && !tcp_abi {
+            enforced
+                .not_enforced
+                .push("landlock TCP port rules: need landlock ABI 4 (Linux 6.7)".into());
+        }
         let net = landlock::NetRules {
             tcp_bind: policy.landlock.tcp_bind.clone(),
             tcp_connect: policy.landlock.tcp_connect.clone(),
-            handle: policy
-                .landlock
-                .restrict_tcp
-                .unwrap_or(policy.network == Network::None),
+            handle: wanted && (explicit || tcp_abi),
         };
         let prepared = landlock::prepare(&binds, &net, 1)
             .map_err(|e| failure(Stage::Landlock, e.to_string()))?;
