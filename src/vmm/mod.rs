@@ -38,7 +38,7 @@ pub mod vm;
 use std::time::Duration;
 
 pub use vcpu::GuestExit;
-pub use vm::{VmConfig, VmReport, run};
+pub use vm::{VmConfig, VmReport, run, run_code};
 
 /// Kernel options our guest needs on PVM (`/dev/kvm` is the `kvm_pvm` module): see
 /// `kernel-config/README.md`. Each works around an instruction PVM's emulator lacks, and `sandbox_pvm=1`

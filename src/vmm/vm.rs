@@ -10,17 +10,18 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::Kvm;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::VmmError;
-use super::boot;
+use super::boot::{self, Entry};
 use super::bus::Bus;
 use super::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use super::devices::serial::{SERIAL_BASE, SERIAL_IRQ, SERIAL_LEN, SerialPort};
-use super::memory;
 use super::regs::BootMode;
 use super::vcpu::{self, ExitCounts, GuestExit, VcpuError};
+use super::{layout, memory};
 
 /// Where KVM may put the three pages of the TSS it needs on Intel (just below the BIOS area, in the MMIO
 /// hole, never RAM).
@@ -75,6 +76,54 @@ pub struct VmReport {
 
 /// Boots `config` and runs it to its end; every way the guest can fail is an error value.
 pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
+    let VmConfig {
+        kernel,
+        initramfs,
+        cmdline,
+        memory_mib,
+        timeout,
+        console,
+    } = config;
+    let cmdline = boot::cmdline(&cmdline)?;
+    execute(memory_mib, timeout, console, |mem| {
+        Ok(boot::load(mem, &kernel, &cmdline, &initramfs)?)
+    })
+}
+
+/// Where [`run_code`] puts the code and starts it.
+pub const CODE_START: u64 = layout::HIMEM_START;
+
+/// Runs raw 32-bit code in a VM with the same devices, entered at [`CODE_START`] in flat protected mode
+/// with paging off (the PVH entry state) and an empty IDT: a way to check, without booting a kernel, how
+/// the VMM handles what a hostile guest can do (garbage I/O, triple faults, endless loops).
+pub fn run_code(
+    code: &[u8],
+    memory_mib: u64,
+    timeout: Duration,
+    console: Box<dyn Write + Send>,
+) -> Result<VmReport, VmmError> {
+    execute(memory_mib, timeout, console, |mem| {
+        mem.write_slice(code, GuestAddress(CODE_START))
+            .map_err(|e| boot::BootError::Write {
+                what: "code",
+                addr: CODE_START,
+                reason: e.to_string(),
+            })?;
+        Ok(Entry {
+            mode: BootMode::Pvh,
+            rip: CODE_START,
+            boot_info: 0,
+        })
+    })
+}
+
+/// Builds the VM, lets `load` fill guest memory, and runs the vCPU until the guest ends or `timeout`.
+fn execute(
+    memory_mib: u64,
+    timeout: Duration,
+    console: Box<dyn Write + Send>,
+    load: impl FnOnce(&memory::GuestMemoryMmap) -> Result<Entry, VmmError>,
+) -> Result<VmReport, VmmError> {
     let started = Instant::now();
     let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
     let setup = |what| move |source| VmmError::Kvm { what, source };
@@ -88,10 +137,9 @@ pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
     };
     vm.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
 
-    let mem = memory::create(config.memory_mib << 20)?;
+    let mem = memory::create(memory_mib << 20)?;
     memory::register(&vm, &mem)?;
-    let cmdline = boot::cmdline(&config.cmdline)?;
-    let entry = boot::load(&mem, &config.kernel, &cmdline, &config.initramfs)?;
+    let entry = load(&mem)?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
@@ -100,7 +148,7 @@ pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
     pio.insert(
         SERIAL_BASE,
         SERIAL_LEN,
-        Arc::new(Mutex::new(SerialPort::new(serial_irq, config.console))),
+        Arc::new(Mutex::new(SerialPort::new(serial_irq, console))),
     )?;
     pio.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
     let mmio = Bus::new();
@@ -125,7 +173,7 @@ pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
             .map_err(VmmError::Thread)?
     };
 
-    let deadline = started + config.timeout;
+    let deadline = started + timeout;
     let result = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         Ok(r) => r,
         Err(mpsc::RecvTimeoutError::Disconnected) => return Err(VmmError::VcpuPanicked),
@@ -142,13 +190,13 @@ pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
                     }
                     Ok(r) => return finish(r, &counts, entry.mode, started),
                     Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > grace => {
-                        return Err(VmmError::Unstoppable(config.timeout));
+                        return Err(VmmError::Unstoppable(timeout));
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                 }
             }
             let _ = thread.join();
-            return Err(VmmError::Timeout(config.timeout));
+            return Err(VmmError::Timeout(timeout));
         }
     };
     let _ = thread.join();

@@ -1,0 +1,171 @@
+//! What a hostile or broken guest can do to the builtin VMM, with a few bytes of guest code instead of a
+//! kernel (`sandbox::vmm::run_code`: flat 32-bit protected mode, empty IDT): garbage port and MMIO
+//! accesses are ignored and counted, the i8042 reset ends the VM, a triple fault and an endless loop end
+//! as error values within the host-side timeout. Each VM lives milliseconds. Without `/dev/kvm` these
+//! tests FAIL: they never skip.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sandbox::vmm::vcpu::VcpuError;
+use sandbox::vmm::{GuestExit, VmmError, run_code};
+
+#[derive(Clone, Default)]
+struct Console(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Console {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn require_kvm() {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: the builtin VM engine needs KVM (this test fails, it does not skip)"
+    );
+}
+
+#[test]
+fn garbage_io_is_ignored_and_the_reset_command_ends_the_vm() {
+    require_kvm();
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0x34, 0x12,       // mov dx, 0x1234
+        0xee,                         // out dx, al        (no device)
+        0xec,                         // in al, dx         (no device: all ones)
+        0xbf, 0x00, 0x00, 0x00, 0xd0, // mov edi, 0xd0000000 (MMIO hole, no device)
+        0x89, 0x07,                   // mov [edi], eax
+        0x8b, 0x07,                   // mov eax, [edi]
+        0xba, 0xf8, 0x03, 0x00, 0x00, // mov edx, 0x3f8    (serial)
+        0xb0, b'A',                   // mov al, 'A'
+        0xee,                         // out dx, al
+        0xb0, 0xfe,                   // mov al, 0xfe      (i8042 reset)
+        0xe6, 0x64,                   // out 0x64, al
+        0xf4,                         // hlt
+        0xeb, 0xfd,                   // jmp hlt
+    ];
+    let console = Console::default();
+    let report = run_code(
+        &code,
+        16,
+        Duration::from_secs(30),
+        Box::new(console.clone()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.exit, GuestExit::Reset, "{report:?}");
+    assert_eq!(report.unhandled_exits, 4, "{report:?}");
+    assert_eq!(console.0.lock().unwrap().as_slice(), b"A");
+}
+
+#[test]
+fn a_triple_fault_is_an_error() {
+    require_kvm();
+    // ud2 with an empty IDT: #UD cannot be delivered → #GP → #DF → triple fault.
+    let r = run_code(
+        &[0x0f, 0x0b],
+        16,
+        Duration::from_secs(30),
+        Box::new(Console::default()),
+    );
+    match r {
+        Err(VmmError::Vcpu(VcpuError::TripleFault { rip })) => {
+            eprintln!("triple fault reported at {rip:#x}")
+        }
+        other => panic!("expected a triple-fault error, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_endless_loop_is_stopped_at_the_timeout() {
+    require_kvm();
+    let timeout = Duration::from_secs(2);
+    let t = Instant::now();
+    let r = run_code(&[0xeb, 0xfe], 16, timeout, Box::new(Console::default()));
+    assert!(
+        matches!(r, Err(VmmError::Timeout(d)) if d == timeout),
+        "{r:?}"
+    );
+    assert!(
+        t.elapsed() < timeout + Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_halt_with_interrupts_off_is_stopped_at_the_timeout() {
+    require_kvm();
+    let timeout = Duration::from_secs(2);
+    let t = Instant::now();
+    // cli; hlt: with the in-kernel irqchip KVM waits for an interrupt that never comes.
+    let r = run_code(&[0xfa, 0xf4], 16, timeout, Box::new(Console::default()));
+    assert!(
+        matches!(
+            r,
+            Err(VmmError::Timeout(_))
+                | Ok(sandbox::vmm::VmReport {
+                    exit: GuestExit::Halted,
+                    ..
+                })
+        ),
+        "{r:?}"
+    );
+    assert!(
+        t.elapsed() < timeout + Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn executing_from_the_mmio_hole_ends_as_an_error() {
+    require_kvm();
+    // mov eax, 0xd0000000; jmp eax: instruction fetch from where there is no memory.
+    let code = [0xb8, 0x00, 0x00, 0x00, 0xd0, 0xff, 0xe0];
+    let t = Instant::now();
+    let r = run_code(
+        &code,
+        16,
+        Duration::from_secs(10),
+        Box::new(Console::default()),
+    );
+    // KVM cannot emulate an instruction fetch from MMIO: KVM_EXIT_INTERNAL_ERROR (emulation failure).
+    assert!(
+        matches!(
+            r,
+            Err(VmmError::Vcpu(VcpuError::Internal {
+                suberror: 1,
+                rip: 0xd000_0000
+            }))
+        ),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(16));
+}
+
+#[test]
+fn too_little_memory_or_a_missing_kernel_are_errors() {
+    require_kvm();
+    let r = run_code(
+        &[0xf4],
+        1,
+        Duration::from_secs(5),
+        Box::new(Console::default()),
+    );
+    assert!(matches!(r, Err(VmmError::Memory(_))), "{r:?}");
+    let r = sandbox::vmm::run(sandbox::vmm::VmConfig {
+        kernel: "/no/such/vmlinux".into(),
+        initramfs: Vec::new(),
+        cmdline: "quiet".into(),
+        memory_mib: 32,
+        timeout: Duration::from_secs(5),
+        console: Box::new(Console::default()),
+    });
+    assert!(matches!(r, Err(VmmError::Boot(_))), "{r:?}");
+}
