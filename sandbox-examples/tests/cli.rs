@@ -250,6 +250,8 @@ fn limits_and_seccomp_flags() {
         );
         let out = sandbox(&[
             "run",
+            "--backend",
+            "namespace",
             "--memory",
             "64M",
             "--require-limits",
@@ -257,6 +259,18 @@ fn limits_and_seccomp_flags() {
             "/bin/true",
         ]);
         assert_eq!(out.status.code(), Some(125));
+        // Auto takes the VM instead, whose guest has cgroups, and says why.
+        let (out, r) = report(&["--memory", "64M", "--require-limits", "--", "/bin/true"]);
+        assert_eq!(out.status.code(), Some(0), "{r}");
+        assert_eq!(r["backend"], "vm", "{r}");
+        assert!(
+            r["fallback_reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("cgroup"),
+            "{r}"
+        );
+        assert_eq!(r["enforced"]["cgroup"]["memory"], 64 << 20);
     } else {
         assert_eq!(r["enforced"]["cgroup"]["memory"], 64 << 20);
         assert_eq!(r["enforced"]["cgroup"]["pids"], 32);
