@@ -5,7 +5,8 @@
 //! (a PVH `vmlinux`) and `SANDBOX_AGENT` (the static agent), else `kernel-config/build.sh` and
 //! `scripts/build-guest.sh` of this checkout. Without `/dev/kvm` the test FAILS: it never skips.
 //! `SANDBOX_VMM_ECHO=1` also copies the guest console to stderr as it arrives; `SANDBOX_VMM_CMDLINE` adds
-//! kernel options (e.g. `loglevel=7` for the whole kernel log, which `quiet` hides).
+//! kernel options (e.g. `loglevel=7` for the whole kernel log, which `quiet` hides);
+//! `SANDBOX_VMM_SAVE_INITRAMFS=path` keeps the initramfs, to boot the same guest under QEMU for a comparison.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,9 @@ fn boots_the_guest_to_the_agent_verdict() {
     spec.args = vec!["--version".into()];
     spec.policy = Policy::default().ro_bind("/init", "/init");
     let initramfs = pack_agent(&agent, Some(&spec), &[]).unwrap();
+    if let Some(p) = std::env::var_os("SANDBOX_VMM_SAVE_INITRAMFS") {
+        std::fs::write(&p, &initramfs).unwrap();
+    }
 
     let pvm = vmm::pvm_detected();
     let console = Console::default();
@@ -105,7 +109,7 @@ fn boots_the_guest_to_the_agent_verdict() {
     eprintln!(
         "builtin VMM: {kernel:?} booted and ended in {:.1} s ({}; {:?}, {:?} entry; {} PIO, {} MMIO, {} unhandled exits)",
         report.elapsed.as_secs_f64(),
-        if pvm { "PVM" } else { "KVM" },
+        report.kvm_flavour,
         report.exit,
         report.boot_mode,
         report.pio_exits,
@@ -114,6 +118,7 @@ fn boots_the_guest_to_the_agent_verdict() {
     );
     assert_eq!(report.exit, GuestExit::Reset, "console:\n{log}");
     assert_eq!(report.boot_mode, BootMode::Pvh, "our kernel has a PVH note");
+    assert_eq!(report.kvm_flavour == "pvm", pvm);
     assert!(
         log.contains("sandbox-init") && log.contains(": PID 1, guest uptime"),
         "the console (kernel log, agent messages) is on the serial port:\n{log}"
@@ -125,6 +130,10 @@ fn boots_the_guest_to_the_agent_verdict() {
     let v = find_verdict(&log).unwrap_or_else(|| panic!("unreadable verdict {verdict_line}"));
     assert_eq!(v["status"], "exited", "{v:#}\n{log}");
     assert_eq!(v["exit_code"], 0, "{v:#}");
+    eprintln!(
+        "guest uptime: agent started at {} ms, verdict at {} ms; the program ran {} ms",
+        v["agent"]["uptime_start_ms"], v["agent"]["uptime_end_ms"], v["wall_ms"]
+    );
     assert_eq!(v["agent"]["spec_source"], "initramfs", "{v:#}");
     assert!(
         log.contains(&format!("sandbox-init {}", env!("CARGO_PKG_VERSION"))),

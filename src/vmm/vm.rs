@@ -64,6 +64,9 @@ pub struct VmReport {
     pub exit: GuestExit,
     /// How the kernel was entered.
     pub boot_mode: BootMode,
+    /// The KVM underneath: "hardware", "pvm" (software, slow) or "none" (unknown), as `sandbox doctor`
+    /// reports it.
+    pub kvm_flavour: &'static str,
     /// From the start of the build to the end of the guest.
     pub elapsed: Duration,
     /// Port I/O exits.
@@ -213,6 +216,7 @@ fn finish(
     Ok(VmReport {
         exit,
         boot_mode,
+        kvm_flavour: crate::probe::probe_kvm().flavour,
         elapsed: started.elapsed(),
         pio_exits: counts.pio.load(Ordering::Relaxed),
         mmio_exits: counts.mmio.load(Ordering::Relaxed),
