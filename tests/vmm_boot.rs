@@ -102,7 +102,7 @@ fn boots_the_guest_to_the_agent_verdict() {
         ),
         memory_mib: 256,
         timeout: BOOT_TIMEOUT,
-        console: Box::new(console.clone()),
+        console: vmm::Console::new(console.clone()),
     });
     let log = console.text();
     let report = result.unwrap_or_else(|e| panic!("the VM failed: {e}\nconsole:\n{log}"));

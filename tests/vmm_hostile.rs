@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sandbox::vmm::vcpu::VcpuError;
-use sandbox::vmm::{GuestExit, VmmError, run_code};
+use sandbox::vmm::{Console, GuestExit, VmmError, run_code};
 
 #[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
+struct Capture(Arc<Mutex<Vec<u8>>>);
 
-impl Write for Console {
+impl Write for Capture {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(b);
         Ok(b.len())
@@ -50,17 +50,41 @@ fn garbage_io_is_ignored_and_the_reset_command_ends_the_vm() {
         0xf4,                         // hlt
         0xeb, 0xfd,                   // jmp hlt
     ];
-    let console = Console::default();
+    let console = Capture::default();
     let report = run_code(
         &code,
         16,
         Duration::from_secs(30),
-        Box::new(console.clone()),
+        Console::new(console.clone()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.exit, GuestExit::Reset, "{report:?}");
     assert_eq!(report.unhandled_exits, 4, "{report:?}");
     assert_eq!(console.0.lock().unwrap().as_slice(), b"A");
+}
+
+#[test]
+fn a_console_flood_is_capped_and_stopped_at_the_timeout() {
+    require_kvm();
+    #[rustfmt::skip]
+    let code = [
+        0xba, 0xf8, 0x03, 0x00, 0x00, // mov edx, 0x3f8
+        0xb0, b'A',                   // mov al, 'A'
+        0xee,                         // out dx, al
+        0xeb, 0xfd,                   // jmp out
+    ];
+    let console = Capture::default();
+    let timeout = Duration::from_secs(2);
+    let r = run_code(
+        &code,
+        16,
+        timeout,
+        Console::new(console.clone()).limit(1000),
+    );
+    assert!(matches!(r, Err(VmmError::Timeout(_))), "{r:?}");
+    let out = console.0.lock().unwrap().clone();
+    assert_eq!(&out[..1000], &[b'A'; 1000][..]);
+    assert_eq!(&out[1000..], b"\n[console truncated at 1000 bytes]\n");
 }
 
 #[test]
@@ -71,7 +95,7 @@ fn a_triple_fault_is_an_error() {
         &[0x0f, 0x0b],
         16,
         Duration::from_secs(30),
-        Box::new(Console::default()),
+        Console::new(Capture::default()),
     );
     match r {
         Err(VmmError::Vcpu(VcpuError::TripleFault { rip })) => {
@@ -86,7 +110,7 @@ fn an_endless_loop_is_stopped_at_the_timeout() {
     require_kvm();
     let timeout = Duration::from_secs(2);
     let t = Instant::now();
-    let r = run_code(&[0xeb, 0xfe], 16, timeout, Box::new(Console::default()));
+    let r = run_code(&[0xeb, 0xfe], 16, timeout, Console::new(Capture::default()));
     assert!(
         matches!(r, Err(VmmError::Timeout(d)) if d == timeout),
         "{r:?}"
@@ -104,7 +128,7 @@ fn a_halt_with_interrupts_off_is_stopped_at_the_timeout() {
     let timeout = Duration::from_secs(2);
     let t = Instant::now();
     // cli; hlt: with the in-kernel irqchip KVM waits for an interrupt that never comes.
-    let r = run_code(&[0xfa, 0xf4], 16, timeout, Box::new(Console::default()));
+    let r = run_code(&[0xfa, 0xf4], 16, timeout, Console::new(Capture::default()));
     assert!(
         matches!(
             r,
@@ -133,7 +157,7 @@ fn executing_from_the_mmio_hole_ends_as_an_error() {
         &code,
         16,
         Duration::from_secs(10),
-        Box::new(Console::default()),
+        Console::new(Capture::default()),
     );
     // KVM cannot emulate an instruction fetch from MMIO: KVM_EXIT_INTERNAL_ERROR (emulation failure).
     assert!(
@@ -156,7 +180,7 @@ fn too_little_memory_or_a_missing_kernel_are_errors() {
         &[0xf4],
         1,
         Duration::from_secs(5),
-        Box::new(Console::default()),
+        Console::new(Capture::default()),
     );
     assert!(matches!(r, Err(VmmError::Memory(_))), "{r:?}");
     let r = sandbox::vmm::run(sandbox::vmm::VmConfig {
@@ -165,7 +189,7 @@ fn too_little_memory_or_a_missing_kernel_are_errors() {
         cmdline: "quiet".into(),
         memory_mib: 32,
         timeout: Duration::from_secs(5),
-        console: Box::new(Console::default()),
+        console: Console::new(Capture::default()),
     });
     assert!(matches!(r, Err(VmmError::Boot(_))), "{r:?}");
 }

@@ -16,7 +16,7 @@
 //!     cmdline: vmm::kernel_cmdline(vmm::pvm_detected(), ""),
 //!     memory_mib: 256,
 //!     timeout: Duration::from_secs(300),
-//!     console: Box::new(std::io::stderr()),
+//!     console: vmm::Console::new(std::io::stderr()),
 //! })?;
 //! println!("guest ended: {:?} after {:?}", report.exit, report.elapsed);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -37,6 +37,7 @@ pub mod vm;
 
 use std::time::Duration;
 
+pub use devices::serial::Console;
 pub use vcpu::GuestExit;
 pub use vm::{VmConfig, VmReport, run, run_code};
 

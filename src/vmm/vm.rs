@@ -2,7 +2,6 @@
 //! → kernel, command line, initramfs and boot information → devices on the buses → vCPU → run on its own
 //! thread under a host-side deadline.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -18,7 +17,7 @@ use super::VmmError;
 use super::boot::{self, Entry};
 use super::bus::Bus;
 use super::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
-use super::devices::serial::{SERIAL_BASE, SERIAL_IRQ, SERIAL_LEN, SerialPort};
+use super::devices::serial::{Console, SERIAL_BASE, SERIAL_IRQ, SERIAL_LEN, SerialPort};
 use super::regs::BootMode;
 use super::vcpu::{self, ExitCounts, GuestExit, VcpuError};
 use super::{layout, memory};
@@ -42,7 +41,7 @@ pub struct VmConfig {
     /// The VM is stopped after this long (a guest that never ends).
     pub timeout: Duration,
     /// Where the serial console (the kernel log) goes.
-    pub console: Box<dyn Write + Send>,
+    pub console: Console,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -103,7 +102,7 @@ pub fn run_code(
     code: &[u8],
     memory_mib: u64,
     timeout: Duration,
-    console: Box<dyn Write + Send>,
+    console: Console,
 ) -> Result<VmReport, VmmError> {
     execute(memory_mib, timeout, console, |mem| {
         mem.write_slice(code, GuestAddress(CODE_START))
@@ -124,7 +123,7 @@ pub fn run_code(
 fn execute(
     memory_mib: u64,
     timeout: Duration,
-    console: Box<dyn Write + Send>,
+    console: Console,
     load: impl FnOnce(&memory::GuestMemoryMmap) -> Result<Entry, VmmError>,
 ) -> Result<VmReport, VmmError> {
     let started = Instant::now();

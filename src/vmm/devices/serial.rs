@@ -29,14 +29,72 @@ impl Trigger for IrqLine {
     }
 }
 
-/// The UART on the PIO bus, writing what the guest sends to `out`.
+/// Where the serial console goes, with a cap on how much of it is kept: a guest that floods its console
+/// costs the host at most `limit` bytes (then one truncation notice), never unbounded memory or disk.
+pub struct Console {
+    out: Box<dyn Write + Send>,
+    limit: u64,
+    written: u64,
+}
+
+impl Console {
+    /// The default cap: 16 MiB.
+    pub const DEFAULT_LIMIT: u64 = 16 << 20;
+
+    /// A console writing to `out`, capped at [`Console::DEFAULT_LIMIT`].
+    pub fn new(out: impl Write + Send + 'static) -> Console {
+        Console {
+            out: Box::new(out),
+            limit: Self::DEFAULT_LIMIT,
+            written: 0,
+        }
+    }
+
+    /// Keeps at most `bytes` bytes of console output.
+    pub fn limit(mut self, bytes: u64) -> Console {
+        self.limit = bytes;
+        self
+    }
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("limit", &self.limit)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Write for Console {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit.saturating_sub(self.written);
+        if room == 0 {
+            return Ok(b.len());
+        }
+        let keep = &b[..b.len().min(room as usize)];
+        self.out.write_all(keep)?;
+        self.written += keep.len() as u64;
+        if self.written >= self.limit {
+            let notice = format!("\n[console truncated at {} bytes]\n", self.limit);
+            let _ = self.out.write_all(notice.as_bytes());
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The UART on the PIO bus, writing what the guest sends to its [`Console`].
 pub struct SerialPort {
-    inner: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+    inner: Serial<IrqLine, NoEvents, Console>,
 }
 
 impl SerialPort {
     /// A UART that raises `irq` and writes to `out`.
-    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> SerialPort {
+    pub fn new(irq: EventFd, out: Console) -> SerialPort {
         SerialPort {
             inner: Serial::new(IrqLine(irq), out),
         }
@@ -82,7 +140,7 @@ mod tests {
     fn transmitted_bytes_reach_the_writer_and_raise_the_irq() {
         let cap = Capture::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut s = SerialPort::new(irq.try_clone().unwrap(), Box::new(cap.clone()));
+        let mut s = SerialPort::new(irq.try_clone().unwrap(), Console::new(cap.clone()));
         // Enable the "transmitter holding register empty" interrupt (IER bit 1), then send.
         s.write(1, &[0x02]);
         for b in b"hi\n" {
@@ -100,7 +158,7 @@ mod tests {
     fn odd_accesses_are_harmless() {
         let cap = Capture::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut s = SerialPort::new(irq, Box::new(cap.clone()));
+        let mut s = SerialPort::new(irq, Console::new(cap.clone()));
         assert_eq!(s.write(0, b"ab"), BusEvent::Continue);
         assert_eq!(s.write(1 << 40, b"a"), BusEvent::Continue);
         let mut wide = [0xffu8; 4];
@@ -120,7 +178,25 @@ mod tests {
                 Ok(())
             }
         }
-        let mut s = SerialPort::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Box::new(Broken));
+        let mut s = SerialPort::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            Console::new(Broken),
+        );
         assert_eq!(s.write(0, b"x"), BusEvent::Continue);
+    }
+
+    #[test]
+    fn a_flooding_guest_is_capped() {
+        let cap = Capture::default();
+        let mut s = SerialPort::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            Console::new(cap.clone()).limit(10),
+        );
+        for _ in 0..1000 {
+            s.write(0, b"x");
+        }
+        let out = cap.0.lock().unwrap().clone();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "xxxxxxxxxx\n[console truncated at 10 bytes]\n");
     }
 }
