@@ -1,5 +1,6 @@
 //! What a hostile or broken guest can do to the builtin VMM, with a few bytes of guest code instead of a
-//! kernel (`sandbox::vmm::run_code`: flat 32-bit protected mode, empty IDT): garbage port and MMIO
+//! kernel (`sandbox::vmm::run_code`: flat 32-bit protected mode or 64-bit long mode, empty IDT): the boot
+//! CPU states work; garbage port and MMIO
 //! accesses are ignored and counted, the i8042 reset ends the VM, a triple fault and an endless loop end
 //! as error values within the host-side timeout. Each VM lives milliseconds. Without `/dev/kvm` these
 //! tests FAIL: they never skip.
@@ -8,6 +9,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sandbox::vmm::regs::BootMode::{Long, Pvh};
 use sandbox::vmm::vcpu::VcpuError;
 use sandbox::vmm::{Console, GuestExit, VmmError, run_code};
 
@@ -53,6 +55,7 @@ fn garbage_io_is_ignored_and_the_reset_command_ends_the_vm() {
     let console = Capture::default();
     let report = run_code(
         &code,
+        Pvh,
         16,
         Duration::from_secs(30),
         Console::new(console.clone()),
@@ -77,6 +80,7 @@ fn a_console_flood_is_capped_and_stopped_at_the_timeout() {
     let timeout = Duration::from_secs(2);
     let r = run_code(
         &code,
+        Pvh,
         16,
         timeout,
         Console::new(console.clone()).limit(1000),
@@ -88,11 +92,50 @@ fn a_console_flood_is_capped_and_stopped_at_the_timeout() {
 }
 
 #[test]
+fn long_mode_entry_runs_64_bit_code_on_the_identity_map() {
+    require_kvm();
+    #[rustfmt::skip]
+    let code = [
+        0x48, 0xb8, 0, 0, 0, 0, 0x64, 0, 0, 0, // mov rax, 0x64_0000_0000 (a 64-bit immediate)
+        0x48, 0xc1, 0xe8, 0x20,               // shr rax, 32
+        0x89, 0xc2,                           // mov edx, eax      (0x64 only if decoded as 64-bit code)
+        0x50, 0x58,                           // push rax; pop rax (the boot stack)
+        0xb0, 0xfe,                           // mov al, 0xfe
+        0xee,                                 // out dx, al        (i8042 reset)
+        0xf4,                                 // hlt
+    ];
+    let r = run_code(
+        &code,
+        Long,
+        16,
+        Duration::from_secs(30),
+        Console::new(Capture::default()),
+    );
+    assert!(
+        matches!(r, Ok(ref rep) if rep.exit == GuestExit::Reset),
+        "{r:?}"
+    );
+    // The same bytes in 32-bit mode do not reach the reset.
+    let r = run_code(
+        &code,
+        Pvh,
+        16,
+        Duration::from_secs(5),
+        Console::new(Capture::default()),
+    );
+    assert!(
+        !matches!(r, Ok(ref rep) if rep.exit == GuestExit::Reset),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn a_triple_fault_is_an_error() {
     require_kvm();
     // ud2 with an empty IDT: #UD cannot be delivered → #GP → #DF → triple fault.
     let r = run_code(
         &[0x0f, 0x0b],
+        Pvh,
         16,
         Duration::from_secs(30),
         Console::new(Capture::default()),
@@ -110,7 +153,13 @@ fn an_endless_loop_is_stopped_at_the_timeout() {
     require_kvm();
     let timeout = Duration::from_secs(2);
     let t = Instant::now();
-    let r = run_code(&[0xeb, 0xfe], 16, timeout, Console::new(Capture::default()));
+    let r = run_code(
+        &[0xeb, 0xfe],
+        Pvh,
+        16,
+        timeout,
+        Console::new(Capture::default()),
+    );
     assert!(
         matches!(r, Err(VmmError::Timeout(d)) if d == timeout),
         "{r:?}"
@@ -128,7 +177,13 @@ fn a_halt_with_interrupts_off_is_stopped_at_the_timeout() {
     let timeout = Duration::from_secs(2);
     let t = Instant::now();
     // cli; hlt: with the in-kernel irqchip KVM waits for an interrupt that never comes.
-    let r = run_code(&[0xfa, 0xf4], 16, timeout, Console::new(Capture::default()));
+    let r = run_code(
+        &[0xfa, 0xf4],
+        Pvh,
+        16,
+        timeout,
+        Console::new(Capture::default()),
+    );
     assert!(
         matches!(
             r,
@@ -155,6 +210,7 @@ fn executing_from_the_mmio_hole_ends_as_an_error() {
     let t = Instant::now();
     let r = run_code(
         &code,
+        Pvh,
         16,
         Duration::from_secs(10),
         Console::new(Capture::default()),
@@ -178,6 +234,7 @@ fn too_little_memory_or_a_missing_kernel_are_errors() {
     require_kvm();
     let r = run_code(
         &[0xf4],
+        Pvh,
         1,
         Duration::from_secs(5),
         Console::new(Capture::default()),

@@ -3,10 +3,12 @@
 //! (PVH `hvm_start_info` with the module list and memory map, or the Linux zero page for the 64-bit entry).
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
@@ -87,7 +89,8 @@ pub fn cmdline(extra: &str) -> Result<Cmdline, BootError> {
 }
 
 /// Loads the kernel, command line and initramfs into `mem` and writes the boot information; returns how
-/// to enter the kernel. A kernel with a PVH note is entered through it, otherwise at its 64-bit entry.
+/// to enter the kernel. An ELF `vmlinux` with a PVH note is entered through it; an ELF without one, or a
+/// `bzImage`, at its 64-bit entry with a zero page.
 pub fn load<M: GuestMemory>(
     mem: &M,
     kernel: &Path,
@@ -98,12 +101,14 @@ pub fn load<M: GuestMemory>(
         path: kernel.into(),
         source,
     })?;
-    let loaded = Elf::load(
-        mem,
-        None,
-        &mut file,
-        Some(GuestAddress(layout::HIMEM_START)),
-    )
+    let mut magic = [0u8; 4];
+    let is_elf = file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF";
+    let highmem = Some(GuestAddress(layout::HIMEM_START));
+    let loaded = if is_elf {
+        Elf::load(mem, None, &mut file, highmem)
+    } else {
+        BzImage::load(mem, None, &mut file, highmem)
+    }
     .map_err(|source| BootError::LoadKernel {
         path: kernel.into(),
         source,
@@ -120,16 +125,22 @@ pub fn load<M: GuestMemory>(
         .map(|c| c.as_bytes().len())
         .unwrap_or(0);
     let mem_size = mem_size(mem);
-    let initrd_addr = if initrd.is_empty() {
+    // A bzImage decompresses in place and needs `init_size` bytes from its load address.
+    let kernel_end = match loaded.setup_header {
+        Some(hdr) => loaded
+            .kernel_end
+            .max(loaded.kernel_load.0 + u64::from(hdr.init_size)),
+        None => loaded.kernel_end,
+    };
+    let initrd = if initrd.is_empty() {
         None
     } else {
-        let addr = layout::initrd_address(mem_size, loaded.kernel_end, initrd.len() as u64)?;
+        let addr = layout::initrd_address(mem_size, kernel_end, initrd.len() as u64)?;
         write_slice(mem, "initramfs", addr, initrd)?;
-        Some(addr)
+        Some((addr, initrd.len() as u64))
     };
-    let initrd = initrd_addr.map(|a| (a, initrd.len() as u64));
-    match loaded.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(entry) => {
+    match (loaded.pvh_boot_cap, loaded.setup_header) {
+        (PvhBootCapability::PvhEntryPresent(entry), _) => {
             write_start_info(mem, mem_size, initrd)?;
             Ok(Entry {
                 mode: BootMode::Pvh,
@@ -137,11 +148,13 @@ pub fn load<M: GuestMemory>(
                 boot_info: layout::PVH_INFO_START,
             })
         }
-        _ => {
-            write_zero_page(mem, mem_size, cmdline_len, initrd)?;
+        (_, hdr) => {
+            write_zero_page(mem, mem_size, hdr, cmdline_len, initrd)?;
+            // A bzImage's 64-bit entry (startup_64) is 0x200 past its protected-mode code.
+            let offset = if hdr.is_some() { 0x200 } else { 0 };
             Ok(Entry {
                 mode: BootMode::Long,
-                rip: loaded.kernel_load.0,
+                rip: loaded.kernel_load.0 + offset,
                 boot_info: layout::ZERO_PAGE_START,
             })
         }
@@ -221,15 +234,20 @@ pub fn write_start_info<M: GuestMemory>(
     write_obj(mem, "PVH start info", layout::PVH_INFO_START, info)
 }
 
-/// Writes the Linux zero page (`boot_params`) for the 64-bit entry: command line, initramfs, e820 map.
+/// Writes the Linux zero page (`boot_params`) for the 64-bit entry: the bzImage's setup header when there
+/// is one, the command line, initramfs and e820 map.
 pub fn write_zero_page<M: GuestMemory>(
     mem: &M,
     mem_size: u64,
+    hdr: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
 ) -> Result<(), BootError> {
     let map = layout::e820_map(mem_size)?;
     let mut params = boot_params::default();
+    if let Some(hdr) = hdr {
+        params.hdr = hdr;
+    }
     params.hdr.type_of_loader = 0xff; // undefined loader
     params.hdr.boot_flag = 0xaa55;
     params.hdr.header = 0x5372_6448; // "HdrS"
@@ -297,7 +315,7 @@ mod tests {
     fn zero_page_reads_back() {
         let size = 64 << 20;
         let m = memory::create(size).unwrap();
-        write_zero_page(&m, size, 42, Some((0x200_0000, 777))).unwrap();
+        write_zero_page(&m, size, None, 42, Some((0x200_0000, 777))).unwrap();
         let p: boot_params = m.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, 0x5372_6448);
@@ -343,5 +361,63 @@ mod tests {
         let r = load(&m, &not_elf, &c, &[]);
         std::fs::remove_file(&not_elf).unwrap();
         assert!(matches!(r, Err(BootError::LoadKernel { .. })), "{r:?}");
+    }
+
+    /// A synthetic bzImage: one setup sector after the boot sector, the header at 0x1f1, then a payload.
+    fn fake_bzimage(payload: &[u8]) -> Vec<u8> {
+        use vm_memory::ByteValued;
+        let hdr = setup_header {
+            setup_sects: 1,
+            boot_flag: 0xaa55,
+            header: 0x5372_6448,
+            version: 0x020f,
+            loadflags: 1,
+            code32_start: 0x10_0000,
+            init_size: 0x40_0000,
+            ..Default::default()
+        };
+        let mut image = vec![0u8; 1024];
+        let bytes = hdr.as_slice();
+        image[0x1f1..0x1f1 + bytes.len()].copy_from_slice(bytes);
+        image.extend_from_slice(payload);
+        image
+    }
+
+    #[test]
+    fn a_bzimage_is_entered_in_long_mode_with_its_header() {
+        let size = 64 << 20;
+        let m = memory::create(size).unwrap();
+        let path = std::env::temp_dir().join(format!("vmm-bzimage-{}", std::process::id()));
+        std::fs::write(&path, fake_bzimage(&[0xab; 4096])).unwrap();
+        let c = cmdline("console=ttyS0").unwrap();
+        let entry = load(&m, &path, &c, &[1, 2, 3]);
+        std::fs::remove_file(&path).unwrap();
+        let entry = entry.unwrap();
+        assert_eq!(
+            entry,
+            Entry {
+                mode: BootMode::Long,
+                rip: 0x10_0200,
+                boot_info: layout::ZERO_PAGE_START
+            }
+        );
+        let mut payload = [0u8; 4096];
+        m.read_slice(&mut payload, GuestAddress(0x10_0000)).unwrap();
+        assert!(payload.iter().all(|b| *b == 0xab));
+        let p: boot_params = m.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        assert_eq!(({ p.hdr.header }, { p.hdr.version }), (0x5372_6448, 0x020f));
+        assert_eq!({ p.hdr.code32_start }, 0x10_0000);
+        assert_eq!(p.hdr.type_of_loader, 0xff);
+        assert_eq!({ p.hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
+        let (initrd, len) = ({ p.hdr.ramdisk_image } as u64, { p.hdr.ramdisk_size });
+        assert_eq!(len, 3);
+        assert!(
+            initrd >= 0x10_0000 + 0x40_0000,
+            "above the decompression area"
+        );
+        let mut back = [0u8; 3];
+        m.read_slice(&mut back, GuestAddress(initrd)).unwrap();
+        assert_eq!(back, [1, 2, 3]);
+        assert_eq!(p.e820_entries, 2);
     }
 }

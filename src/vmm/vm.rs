@@ -95,11 +95,13 @@ pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
 /// Where [`run_code`] puts the code and starts it.
 pub const CODE_START: u64 = layout::HIMEM_START;
 
-/// Runs raw 32-bit code in a VM with the same devices, entered at [`CODE_START`] in flat protected mode
-/// with paging off (the PVH entry state) and an empty IDT: a way to check, without booting a kernel, how
-/// the VMM handles what a hostile guest can do (garbage I/O, triple faults, endless loops).
+/// Runs raw code in a VM with the same devices, entered at [`CODE_START`] in the CPU state of `mode`
+/// (PVH: flat 32-bit protected mode, paging off; Long: 64-bit on the boot identity map) with an empty IDT:
+/// a way to check the boot CPU state, and how the VMM handles what a hostile guest can do (garbage I/O,
+/// triple faults, endless loops), without booting a kernel.
 pub fn run_code(
     code: &[u8],
+    mode: BootMode,
     memory_mib: u64,
     timeout: Duration,
     console: Console,
@@ -112,7 +114,7 @@ pub fn run_code(
                 reason: e.to_string(),
             })?;
         Ok(Entry {
-            mode: BootMode::Pvh,
+            mode,
             rip: CODE_START,
             boot_info: 0,
         })
