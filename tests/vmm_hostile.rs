@@ -240,6 +240,14 @@ fn too_little_memory_or_a_missing_kernel_are_errors() {
         Console::new(Capture::default()),
     );
     assert!(matches!(r, Err(VmmError::Memory(_))), "{r:?}");
+    let r = run_code(
+        &[0xf4],
+        Pvh,
+        u64::MAX,
+        Duration::from_secs(5),
+        Console::new(Capture::default()),
+    );
+    assert!(matches!(r, Err(VmmError::Memory(_))), "{r:?}");
     let r = sandbox::vmm::run(sandbox::vmm::VmConfig {
         kernel: "/no/such/vmlinux".into(),
         initramfs: Vec::new(),

@@ -22,6 +22,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! The vCPU runs on its own thread; the host stops a guest that outlives its timeout by interrupting
+//! KVM_RUN with the real-time signal `SIGRTMIN + 1`, for which this module installs an empty handler (once
+//! per process). Every way a guest can end (reset, triple fault, KVM internal error, timeout) is a value of
+//! [`VmReport`] or [`VmmError`]; guest accesses to addresses without a device are ignored and counted.
+//!
 //! Files, one step each: [`layout`] (memory map, e820), [`memory`] (guest RAM), [`boot`] (kernel,
 //! command line, initramfs, PVH start info or zero page), [`regs`] (GDT, page tables, registers, CPUID,
 //! MSRs, LAPIC), [`bus`] (PIO/MMIO dispatch), [`devices`], [`vcpu`] (the run loop), [`vm`] (the build).

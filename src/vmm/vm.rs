@@ -141,7 +141,8 @@ fn execute(
     };
     vm.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
 
-    let mem = memory::create(memory_mib << 20)?;
+    // An absurd size saturates and is refused by the layout (not a multiple of the page size).
+    let mem = memory::create(memory_mib.saturating_mul(1 << 20))?;
     memory::register(&vm, &mem)?;
     let entry = load(&mem)?;
 
