@@ -76,6 +76,9 @@ pub enum VmmError {
         "cannot open /dev/kvm: {0} (the builtin engine needs KVM: check that /dev/kvm exists and that this user may open it)"
     )]
     OpenKvm(kvm_ioctls::Error),
+    /// This KVM lacks capabilities the VMM needs.
+    #[error("this KVM lacks {}: the builtin engine cannot run here (use the QEMU engine)", .0.join(", "))]
+    MissingCapabilities(Vec<&'static str>),
     /// A VM-level KVM ioctl failed.
     #[error("{what} failed: {source}")]
     Kvm {

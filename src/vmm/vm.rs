@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Cap, Kvm};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
@@ -130,6 +130,10 @@ fn execute(
 ) -> Result<VmReport, VmmError> {
     let started = Instant::now();
     let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+    let missing = missing_capabilities(|c| kvm.check_extension(c));
+    if !missing.is_empty() {
+        return Err(VmmError::MissingCapabilities(missing));
+    }
     let setup = |what| move |source| VmmError::Kvm { what, source };
     let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -226,6 +230,25 @@ fn finish(
     })
 }
 
+/// The KVM capabilities this VMM relies on, by name.
+const REQUIRED_CAPABILITIES: &[(Cap, &str)] = &[
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+];
+
+/// The names of the required capabilities that `has` denies.
+fn missing_capabilities(has: impl Fn(Cap) -> bool) -> Vec<&'static str> {
+    REQUIRED_CAPABILITIES
+        .iter()
+        .filter(|(c, _)| !has(*c))
+        .map(|(_, name)| *name)
+        .collect()
+}
+
 /// The real-time signal that interrupts KVM_RUN on a vCPU thread.
 fn kick_signal() -> libc::c_int {
     SIGRTMIN() + 1
@@ -240,4 +263,22 @@ fn install_kick_handler() -> Result<(), VmmError> {
     INSTALLED
         .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
         .map_err(|errno| VmmError::Signal(std::io::Error::from_raw_os_error(errno)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        assert!(missing_capabilities(|_| true).is_empty());
+        assert_eq!(
+            missing_capabilities(|c| !matches!(c, Cap::Irqfd | Cap::Pit2)),
+            vec!["KVM_CAP_PIT2", "KVM_CAP_IRQFD"]
+        );
+        assert_eq!(
+            missing_capabilities(|_| false).len(),
+            REQUIRED_CAPABILITIES.len()
+        );
+    }
 }
