@@ -57,29 +57,28 @@ pub enum Stage {
 impl Stage {
     /// Decodes the number a sandbox child reports.
     pub(crate) fn from_u32(n: u32) -> Stage {
-        use Stage::*;
-        [
-            Prepare,
-            Namespaces,
-            IdMap,
-            Mounts,
-            PivotRoot,
-            Hostname,
-            Network,
-            Credentials,
-            Cwd,
-            Init,
-            Exec,
-            Cgroup,
-            Landlock,
-            Seccomp,
-            Rlimits,
-            Vm,
-        ]
-        .get(n as usize)
-        .copied()
-        .unwrap_or(Init)
+        Stage::ALL.get(n as usize).copied().unwrap_or(Stage::Init)
     }
+
+    /// Every stage, in declaration order (the child reports a stage by its number).
+    pub const ALL: [Stage; 16] = [
+        Stage::Prepare,
+        Stage::Namespaces,
+        Stage::IdMap,
+        Stage::Mounts,
+        Stage::PivotRoot,
+        Stage::Hostname,
+        Stage::Network,
+        Stage::Credentials,
+        Stage::Cwd,
+        Stage::Init,
+        Stage::Exec,
+        Stage::Cgroup,
+        Stage::Landlock,
+        Stage::Seccomp,
+        Stage::Rlimits,
+        Stage::Vm,
+    ];
 }
 
 impl std::fmt::Display for Stage {
@@ -440,25 +439,7 @@ mod tests {
     #[test]
     fn stage_names() {
         assert_eq!(Stage::PivotRoot.to_string(), "pivot_root");
-        use Stage::*;
-        for s in [
-            Prepare,
-            Namespaces,
-            IdMap,
-            Mounts,
-            PivotRoot,
-            Hostname,
-            Network,
-            Credentials,
-            Cwd,
-            Init,
-            Exec,
-            Cgroup,
-            Landlock,
-            Seccomp,
-            Rlimits,
-            Vm,
-        ] {
+        for s in Stage::ALL {
             assert_eq!(
                 Stage::from_u32(s as u32),
                 s,

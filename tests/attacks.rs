@@ -16,20 +16,13 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sandbox::outcome::TimeLimit;
-use sandbox::{Backend, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use sandbox::{Outcome, Policy, Sandbox, Stage, Status, Stdio};
 
 /// The slowest a host-side `/bin/true` may take while an attack runs (it takes a few milliseconds; the
 /// bound leaves room for a loaded CI machine, not for a host that stalls).
 const HOST_LATENCY: Duration = Duration::from_secs(1);
 
-fn backend() -> Backend {
-    match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
-        Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
-        Ok("vm") => Backend::Vm,
-        Ok("auto") => Backend::Auto,
-        Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm or auto"),
-    }
-}
+use common::backend;
 
 /// One attack at a time.
 fn serial() -> MutexGuard<'static, ()> {

@@ -29,22 +29,14 @@ use std::time::{Duration, Instant};
 
 use common::TempDir;
 use sandbox::seccomp::SeccompProfile;
-use sandbox::{Backend, Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use sandbox::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
 
 const PROBES_PY: &str = include_str!("escape/probes.py");
 const IDENTITY_C: &str = include_str!("escape/identity.c");
 /// No probe needs more than a second; a hung one must not hang the suite.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The backend under test: `SANDBOX_TEST_BACKEND` (namespace, vm or auto), namespace by default.
-fn backend() -> Backend {
-    match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
-        Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
-        Ok("vm") => Backend::Vm,
-        Ok("auto") => Backend::Auto,
-        Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm or auto"),
-    }
-}
+use common::backend;
 
 /// What a probe observed, when it ended as expected.
 enum Observed {

@@ -17,14 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sandbox::{Backend, Outcome, Policy, Sandbox, Status};
 
-fn backend() -> Backend {
-    match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
-        Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
-        Ok("vm") => Backend::Vm,
-        Ok("auto") => Backend::Auto,
-        Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm or auto"),
-    }
-}
+use common::backend;
 
 /// One test at a time: each compares the host's state before and after.
 fn serial() -> MutexGuard<'static, ()> {

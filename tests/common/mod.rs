@@ -90,3 +90,14 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// The backend under test: `SANDBOX_TEST_BACKEND` (namespace, vm or auto), namespace by default.
+pub fn backend() -> sandbox::Backend {
+    use sandbox::Backend;
+    match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
+        Ok("vm") => Backend::Vm,
+        Ok("auto") => Backend::Auto,
+        Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm or auto"),
+    }
+}
