@@ -94,7 +94,7 @@ pub fn probe() -> HostReport {
 fn vm_report(kvm: &KvmReport) -> VmReport {
     let qemu = crate::vm::qemu::find_qemu();
     let (accel, why) = crate::vm::qemu::choose_accel(kvm);
-    let assets = crate::vm::engine::assets();
+    let assets = crate::vm::assets::assets();
     let problem = match (&qemu, &assets) {
         (None, _) => {
             Some("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".to_string())

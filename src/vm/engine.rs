@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::assets::{assets, initramfs};
 use super::qemu::{self, Accel, Machine, Port, Share};
 use crate::command::Error;
 use crate::guest::{Link, RunSpec, Share as GuestShare, ShareFs, find_verdict};
@@ -38,85 +39,6 @@ fn fail(message: impl Into<String>) -> SetupFailure {
         errno: None,
         message: message.into(),
     }
-}
-
-/// The guest kernel and agent: `$SANDBOX_KERNEL` and `$SANDBOX_AGENT`, else the kernel build cache
-/// (`kernel-config/build.sh`) and `sandbox-init` next to the running program.
-pub fn assets() -> Result<(PathBuf, PathBuf), String> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .map(|c| c.join("sandbox/kernel/current/vmlinux"));
-    let kernel = std::env::var_os("SANDBOX_KERNEL")
-        .map(PathBuf::from)
-        .or(cache)
-        .filter(|p| p.is_file())
-        .ok_or("no guest kernel: build it with kernel-config/build.sh, or set SANDBOX_KERNEL")?;
-    let agent = std::env::var_os("SANDBOX_AGENT")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .map(|e| e.with_file_name("sandbox-init"))
-        })
-        .filter(|p| p.is_file())
-        .ok_or("no guest agent: build it with scripts/build-guest.sh, or set SANDBOX_AGENT")?;
-    if !is_static_elf(&agent) {
-        return Err(format!(
-            "the guest agent {} is not a static executable (the guest has no libraries): build it with \
-             scripts/build-guest.sh and set SANDBOX_AGENT to the path it prints",
-            agent.display()
-        ));
-    }
-    Ok((kernel, agent))
-}
-
-/// Whether `path` is a 64-bit ELF executable without a program interpreter (`PT_INTERP`).
-fn is_static_elf(path: &Path) -> bool {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut head = [0u8; 64];
-    if f.read_exact(&mut head).is_err() || &head[..4] != b"\x7fELF" || head[4] != 2 {
-        return false;
-    }
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().expect("2 bytes"));
-    let (phoff, phentsize, phnum) = (u64_at(&head, 32), u16_at(&head, 54), u16_at(&head, 56));
-    let mut table = vec![0u8; usize::from(phentsize) * usize::from(phnum)];
-    use std::io::Seek;
-    if phentsize < 4
-        || f.seek(std::io::SeekFrom::Start(phoff)).is_err()
-        || f.read_exact(&mut table).is_err()
-    {
-        return false;
-    }
-    const PT_INTERP: u32 = 3;
-    !table
-        .chunks_exact(usize::from(phentsize))
-        .any(|ph| u32::from_le_bytes(ph[..4].try_into().expect("4 bytes")) == PT_INTERP)
-}
-
-/// The initramfs holding `agent`, written once per agent into a per-user cache directory.
-fn initramfs(agent: &Path) -> Result<PathBuf, String> {
-    let meta = std::fs::metadata(agent).map_err(|e| format!("{}: {e}", agent.display()))?;
-    let stamp = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("sandbox-vm-{}", nix::unistd::geteuid()));
-    let file = dir.join(format!("initramfs-{:x}-{stamp:x}.cpio", meta.len()));
-    if file.is_file() {
-        return Ok(file);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let bytes = super::initramfs::pack_agent(agent, None, &[]).map_err(|e| e.to_string())?;
-    let tmp = dir.join(format!(".initramfs-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &file))
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok(file)
 }
 
 /// Where the agent mounts the share of policy bind number `i`.
@@ -681,83 +603,5 @@ fn last_lines(text: &str, n: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn launch<'a>(policy: &'a Policy, args: &'a [std::ffi::OsString]) -> Launch<'a> {
-        Launch {
-            program: "/bin/sh".as_ref(),
-            args,
-            env: &[],
-            cwd: None,
-            policy,
-            stdio: [-1; 3],
-            extra_fds: &[],
-        }
-    }
-
-    #[test]
-    fn static_executables_are_told_apart() {
-        assert!(
-            !is_static_elf(Path::new("/bin/sh")),
-            "/bin/sh has an interpreter"
-        );
-        assert!(!is_static_elf(Path::new("/etc/passwd")));
-        if let Some(agent) = std::env::var_os("SANDBOX_AGENT") {
-            assert!(is_static_elf(Path::new(&agent)));
-        }
-    }
-
-    #[test]
-    fn spec_shares_the_system_and_rewrites_binds() {
-        let dir = std::env::temp_dir().join(format!("sandbox-engine-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("f"), "x").unwrap();
-        let policy = Policy::default()
-            .bind(&dir, "/data")
-            .ro_bind(dir.join("f"), "/in/f")
-            .tmpfs("/scratch");
-        let args = vec!["-c".into(), "true".into()];
-        let (spec, shares) = guest_spec(&launch(&policy, &args)).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            shares
-                .iter()
-                .any(|s| s.path == Path::new("/usr") && s.readonly)
-        );
-        assert!(
-            shares
-                .iter()
-                .any(|s| s.path == Path::new("/etc") && s.readonly)
-        );
-        assert!(
-            shares
-                .iter()
-                .any(|s| s.tag == "b0" && s.path == dir && !s.readonly)
-        );
-        assert!(
-            shares
-                .iter()
-                .any(|s| s.tag == "b1" && s.path == dir && s.readonly)
-        );
-        assert_eq!(
-            spec.policy.mounts[0],
-            Mount::Bind {
-                src: "/run/sandbox/share/0".into(),
-                dst: "/data".into()
-            }
-        );
-        assert_eq!(
-            spec.policy.mounts[1],
-            Mount::RoBind {
-                src: "/run/sandbox/share/1/f".into(),
-                dst: "/in/f".into()
-            }
-        );
-        assert!(matches!(spec.policy.mounts[2], Mount::Tmpfs { .. }));
-        assert_eq!(spec.args, ["-c", "true"]);
-        if std::fs::symlink_metadata("/bin").is_ok_and(|m| m.file_type().is_symlink()) {
-            assert!(spec.links.iter().any(|l| l.path == Path::new("/bin")));
-        }
-    }
-}
+#[path = "engine_tests.rs"]
+mod tests;

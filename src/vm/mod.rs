@@ -4,6 +4,7 @@
 //! This module holds what the host side needs to prepare a guest: [`initramfs`] packs the agent (and, without
 //! a control port, the run specification) into the uncompressed initramfs the kernel unpacks at boot.
 
+pub mod assets;
 pub mod engine;
 pub mod initramfs;
 pub mod qemu;

@@ -1,0 +1,160 @@
+//! Unit tests of the filesystem plan (no privileges needed).
+
+use super::*;
+
+fn text(steps: &[Step]) -> Vec<String> {
+    steps.iter().map(|s| s.op.to_string()).collect()
+}
+
+fn steps(p: &Policy) -> Result<Vec<Step>, PlanError> {
+    plan(p).map(|p| p.steps)
+}
+
+#[test]
+fn empty_policy_builds_dev_proc_and_pivots() {
+    let steps = steps(&Policy::empty()).unwrap();
+    let t = text(&steps);
+    assert!(
+        t[0].contains("\"/\"") && t[0].contains(&format!("{:#x}", libc::MS_REC | libc::MS_PRIVATE))
+    );
+    assert!(t.iter().any(|s| s.contains("\"/newroot/dev/null\"")));
+    assert!(t.iter().any(|s| s.contains("\"devpts\"")));
+    assert!(t.iter().any(|s| s.starts_with("mount(Some(\"proc\")")));
+    assert!(
+        t.iter()
+            .any(|s| s.contains("/newroot/proc/sys") && s.contains("recursive"))
+    );
+    assert!(
+        !t.iter().any(|s| s.contains("/newroot/usr")),
+        "no system view in an empty policy"
+    );
+    let last = &steps[steps.len() - 1];
+    assert_eq!(
+        last.op,
+        Op::SetAttr {
+            path: lit("/"),
+            set: MOUNT_ATTR_RDONLY,
+            recursive: false
+        }
+    );
+}
+
+#[test]
+fn system_view_is_read_only() {
+    let steps = steps(&Policy::default()).unwrap();
+    let usr = steps
+        .iter()
+        .position(
+            |s| matches!(&s.op, Op::BindSource { dst, .. } if dst.as_bytes() == b"/newroot/usr"),
+        )
+        .expect("usr is bound");
+    assert_eq!(
+        steps[usr + 1].op,
+        Op::SetAttr {
+            path: lit("/newroot/usr"),
+            set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            recursive: true
+        }
+    );
+    assert!(
+        text(&steps)
+            .iter()
+            .any(|s| s.contains("\"/newroot/tmp\"") && s.contains("mode=1777"))
+    );
+}
+
+#[test]
+fn rw_bind_is_not_read_only_and_sources_are_canonical() {
+    let dir = std::env::temp_dir().join(format!("sandbox-plan-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let link = dir.join("link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(dir.join("sub"), &link).unwrap();
+    let p = plan(&Policy::empty().bind(&link, "/data/x")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let real = CString::new(dir.join("sub").as_os_str().as_bytes()).unwrap();
+    let source = p
+        .sources
+        .iter()
+        .position(|s| *s == real)
+        .expect("the canonical source");
+    let i = p
+        .steps
+        .iter()
+        .position(|s| {
+            s.op == Op::BindSource {
+                source,
+                dst: lit("/newroot/data/x"),
+            }
+        })
+        .expect("bind step");
+    assert_eq!(
+        p.steps[i + 1].op,
+        Op::SetAttr {
+            path: lit("/newroot/data/x"),
+            set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            recursive: true
+        }
+    );
+    let t = text(&p.steps);
+    assert!(t.iter().any(|s| s == "mkdir(\"/newroot/data\")"));
+    assert!(t.iter().any(|s| s == "mkdir(\"/newroot/data/x\")"));
+}
+
+#[test]
+fn symlinks_owned_by_others_are_refused() {
+    use std::os::unix::fs::symlink;
+    let dir = std::env::temp_dir().join(format!("sandbox-plan-links-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    let mine = dir.join("mine");
+    let _ = std::fs::remove_file(&mine);
+    symlink(dir.join("real"), &mine).unwrap();
+    assert!(
+        plan(&Policy::empty().ro_bind(&mine, "/x")).is_ok(),
+        "own links are fine"
+    );
+    if nix::unistd::geteuid().is_root() {
+        let planted = dir.join("planted");
+        let _ = std::fs::remove_file(&planted);
+        symlink(dir.join("real"), &planted).unwrap();
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &planted,
+            Some(nix::unistd::Uid::from_raw(65534)),
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        let err = plan(&Policy::empty().ro_bind(planted.join("."), "/x")).unwrap_err();
+        assert!(matches!(err, PlanError::UntrustedSymlink { .. }), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_source_is_an_error() {
+    let err = plan(&Policy::empty().ro_bind("/nonexistent/sandbox/path", "/x")).unwrap_err();
+    assert!(matches!(err, PlanError::Source { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/sandbox/path"));
+}
+
+#[test]
+fn never_creates_mount_points_on_the_host() {
+    // /usr is a host bind: a mount point below it must already exist on the host.
+    let err = plan(&Policy::default().tmpfs("/usr/sandbox-nonexistent-dir")).unwrap_err();
+    assert!(matches!(err, PlanError::MountpointMissing { .. }), "{err}");
+    // An existing directory is fine.
+    assert!(plan(&Policy::default().tmpfs("/usr/share")).is_ok());
+    // Inside our own tmpfs anything may be created.
+    assert!(plan(&Policy::default().tmpfs("/tmp/a/b")).is_ok());
+}
+
+#[test]
+fn user_tmp_replaces_default_tmp() {
+    let steps = steps(&Policy::default().tmpfs_sized("/tmp", 4096)).unwrap();
+    let n = text(&steps)
+        .iter()
+        .filter(|s| s.contains("\"/newroot/tmp\"") && s.starts_with("mount("))
+        .count();
+    assert_eq!(n, 1);
+}
