@@ -30,6 +30,8 @@ use crate::policy::{Mount, Network, Policy, SYSTEM_TOP};
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
 /// How much of the kernel log is kept for a failed run's verdict.
 const CONSOLE_TAIL: usize = 16 * 1024;
+/// How long the verdict waits for the output copiers after QEMU ended.
+const THREAD_DRAIN: Duration = Duration::from_secs(10);
 /// Guest RAM beyond the policy's memory limit: the kernel and the agent.
 const GUEST_OVERHEAD_MIB: u64 = 128;
 
@@ -550,8 +552,16 @@ impl VmRun {
                 }
             }
         };
+        // The copiers finish once they have passed on what QEMU left in the sockets; one whose reader does not
+        // read (a caller that waits before reading a piped stdout) is left to finish on its own.
+        let until = Instant::now() + THREAD_DRAIN;
         for t in self.threads {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
         let mut info = self.info;
         let verdict = find_verdict(&self.control.text()).and_then(|v| {
