@@ -293,10 +293,14 @@ impl Drop for RunCgroup {
 
 /// Removes a cgroup directory, waiting briefly while the last tasks leave.
 fn remove_dir(dir: &Path) {
-    for _ in 0..100 {
+    // The last tasks leave a moment after the init was reaped: back off from 50 us up to 10 ms, 2 s in all.
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_micros(50);
+    while start.elapsed() < Duration::from_secs(2) {
         match std::fs::remove_dir(dir) {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                std::thread::sleep(Duration::from_millis(5))
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(10));
             }
             _ => return,
         }
