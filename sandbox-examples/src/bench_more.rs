@@ -68,7 +68,7 @@ fn children_maxrss_kib() -> i64 {
 /// (the agent finds no specification, reports, and ends the VM), plus QEMU's peak RSS.
 pub fn vm(runs: usize, cli: &std::path::Path) {
     println!("\nVM backend: cold run of /bin/true, {runs} runs each (QEMU engine)");
-    let (kernel, agent) = match sandbox::vm::engine::assets() {
+    let (kernel, agent) = match sandbox::vm::assets::assets() {
         Ok(a) => a,
         Err(e) => {
             println!("skipped: {e}");
