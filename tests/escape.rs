@@ -38,6 +38,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 use common::backend;
 
+/// The probes run in the microVM: where the guest kernel lacks a feature, its outcome differs from the
+/// host's, and a probe may accept the guest's outcome when that is itself safe (each says why).
+fn vm() -> bool {
+    backend() == sandbox::Backend::Vm
+}
+
 /// What a probe observed, when it ended as expected.
 enum Observed {
     /// The attempt failed the expected way; the text says how.
@@ -50,14 +56,17 @@ type Check = Result<Observed, String>;
 
 /// How a probe runs.
 enum How {
-    /// probes.py's `probe` under `policy()`: it must exit 0 and print exactly `want`.
+    /// probes.py's `probe` under `policy()`: it must exit 0 and print exactly `want` (on the VM backend,
+    /// `vm_want` instead when given: the guest kernel lacks something the host has).
     Py {
         probe: &'static str,
         policy: fn() -> Policy,
         want: &'static str,
+        vm_want: Option<&'static str>,
     },
-    /// probes.py's `probe`: the seccomp filter must kill it with SIGSYS before it prints anything.
-    Killed(&'static str),
+    /// probes.py's `probe`: the seccomp filter must kill it with SIGSYS before it prints anything (on the VM
+    /// backend, the signal given instead when the guest kernel refuses the call before the filter sees it).
+    Killed(&'static str, Option<i32>),
     /// A fixture on the host, or an expectation that depends on the host.
     Custom(fn(&Ctx) -> Check),
 }
@@ -261,6 +270,7 @@ fn py(probe: &'static str, want: &'static str) -> How {
         probe,
         policy: default,
         want,
+        vm_want: None,
     }
 }
 
@@ -269,6 +279,32 @@ fn py_with(probe: &'static str, policy: fn() -> Policy, want: &'static str) -> H
         probe,
         policy,
         want,
+        vm_want: None,
+    }
+}
+
+/// `py`, with what the probe must print instead on the VM backend.
+fn py_vm(probe: &'static str, want: &'static str, vm_want: &'static str) -> How {
+    How::Py {
+        probe,
+        policy: default,
+        want,
+        vm_want: Some(vm_want),
+    }
+}
+
+/// `py_with`, with what the probe must print instead on the VM backend.
+fn py_with_vm(
+    probe: &'static str,
+    policy: fn() -> Policy,
+    want: &'static str,
+    vm_want: &'static str,
+) -> How {
+    How::Py {
+        probe,
+        policy,
+        want,
+        vm_want: Some(vm_want),
     }
 }
 
@@ -281,17 +317,23 @@ fn probes() -> Vec<Probe> {
         pivot_root: "pivot_root(\".\", \".\")" => py("pivot_root", "pivot_root=EPERM");
         open_by_handle: "name_to_handle_at, open_by_handle_at of the host fs's root inode (shocker)"
             => py("open_by_handle", "name_to_handle_at=EPERM open_by_handle_at=EPERM");
+        // The guest kernel has no CONFIG_FHANDLE: neither call exists there (ENOSYS), so no handle can be used.
         open_by_handle_no_seccomp: "the same without the seccomp filter"
-            => py_with("open_by_handle", no_seccomp, "name_to_handle_at=OK open_by_handle_at=EPERM");
+            => py_with_vm("open_by_handle", no_seccomp, "name_to_handle_at=OK open_by_handle_at=EPERM",
+                          "name_to_handle_at=ENOSYS open_by_handle_at=ENOSYS");
         proc1_links: "readlink and open /proc/1/{root,cwd,exe} (the init's exe is the host program)"
             => py("proc1_links", "root=EACCES cwd=EACCES exe=EACCES list_root=EACCES open_exe=EACCES");
         proc_self_root: "walk /proc/self/root/../.."
             => py("proc_self_root", "readlink=/ dotdot_is_root=True");
         proc1_fds: "list and open /proc/1/fd/N, fdinfo, map_files (the init holds host pipes)"
             => py("proc1_fds", "fd=EACCES fdinfo=EACCES opened=none map_files=EACCES");
+        // The guest kernel has no CONFIG_STACKTRACE (no /proc/1/stack); the init there is a fork of the guest
+        // agent, whose command line is the kernel's `/init` with no arguments (nothing of the host's).
         proc1_memory: "read /proc/1/{environ,maps,mem,auxv,stack,syscall,smaps} and cmdline"
-            => py("proc1_memory", "environ=EACCES maps=EACCES mem=EACCES auxv=EACCES stack=EACCES \
-                                   syscall=EACCES smaps=EACCES cmdline=sandbox-init");
+            => py_vm("proc1_memory", "environ=EACCES maps=EACCES mem=EACCES auxv=EACCES stack=EACCES \
+                                      syscall=EACCES smaps=EACCES cmdline=sandbox-init",
+                     "environ=EACCES maps=EACCES mem=EACCES auxv=EACCES stack=ENOENT \
+                      syscall=EACCES smaps=EACCES cmdline=/init");
         proc1_stat_addresses: "read the host process's address layout from /proc/1/stat"
             => py("proc1_stat_addresses", "address_fields=hidden ppid=0");
         inherited_fds: "find descriptors beyond 0-2 (the host leaks an fd of / without CLOEXEC)"
@@ -375,10 +417,13 @@ fn probes() -> Vec<Probe> {
             => py("tiocsti", "tiocsti=EPERM tiocsti_high=EPERM tioclinux=EPERM injected=no");
         tiocsti_inherited_pty: "stdin is a host pty: TIOCSCTTY it, then TIOCSTI into it"
             => Custom(tiocsti_inherited_pty);
-        int80: "a 32-bit system call through int 0x80" => Killed("int80");
-        x32: "an x32 system call (bit 30)" => Killed("x32");
+        // The guest kernel has no IA32 emulation: int 0x80 faults (SIGSEGV) before any system call is made.
+        int80: "a 32-bit system call through int 0x80" => Killed("int80", Some(libc::SIGSEGV));
+        x32: "an x32 system call (bit 30)" => Killed("x32", None);
+        // The guest kernel has no CONFIG_IPV6: no IPv6 socket at all can be made there (EAFNOSUPPORT).
         sockets: "AF_PACKET, AF_ALG, AF_VSOCK, raw IPv4/IPv6, AF_PACKET with high bits"
-            => py("sockets", "packet=EPERM alg=EPERM vsock=EPERM raw4=EPERM raw6=EPERM packet_high=EPERM");
+            => py_vm("sockets", "packet=EPERM alg=EPERM vsock=EPERM raw4=EPERM raw6=EPERM packet_high=EPERM",
+                     "packet=EPERM alg=EPERM vsock=EPERM raw4=EPERM raw6=EAFNOSUPPORT packet_high=EPERM");
         host_tcp: "connect to a TCP port the test listens on at the host's 127.0.0.1" => Custom(host_tcp);
         host_tcp_netns_only: "the same with landlock allowing the port: the netns alone refuses"
             => Custom(host_tcp_netns_only);
@@ -395,13 +440,28 @@ fn run_one(ctx: &Ctx, p: &Probe) -> Check {
             probe,
             policy,
             want,
-        } => expect(&ctx.py(probe, &[], policy()), want),
-        How::Killed(probe) => {
+            vm_want,
+        } => {
+            let want = if vm() { vm_want.unwrap_or(want) } else { want };
+            expect(&ctx.py(probe, &[], policy()), want)
+        }
+        How::Killed(probe, vm_signal) => {
             let o = ctx.py(probe, &[], default());
-            if o.status == Status::Signaled(libc::SIGSYS) && o.stdout.is_empty() {
-                Ok(Observed::Safe("killed by SIGSYS".into()))
+            let signal = if vm() {
+                vm_signal.unwrap_or(libc::SIGSYS)
             } else {
-                Err(describe(&o, "killed by SIGSYS, no output"))
+                libc::SIGSYS
+            };
+            let name = if signal == libc::SIGSYS {
+                "SIGSYS"
+            } else {
+                "SIGSEGV"
+            };
+            assert!(signal == libc::SIGSYS || signal == libc::SIGSEGV);
+            if o.status == Status::Signaled(signal) && o.stdout.is_empty() {
+                Ok(Observed::Safe(format!("killed by {name}")))
+            } else {
+                Err(describe(&o, &format!("killed by {name}, no output")))
             }
         }
         How::Custom(f) => f(ctx),

@@ -283,7 +283,7 @@ def plant_destination_link(target):
     where the planner checks mount points."""
     os.rmdir("/w/a/data/sub")
     os.symlink("../../oldroot" + target, "/w/a/data/sub")
-    os.makedirs("/w/oldroot" + target)
+    os.makedirs("/w/oldroot" + target, exist_ok=True)
     return "planted"
 
 
@@ -460,7 +460,9 @@ def plant_setuid():
     is whatever the directory's mount is, and the files belong to the sandbox's host uid (for an unprivileged
     caller: the caller)."""
     import shutil
-    shutil.copy("/bin/true", "/data/copy")
+    # The contents only (no copymode): a 9p share (VM backend) may refuse even a plain chmod, and the probe is
+    # about the attempts below.
+    shutil.copyfile("/bin/true", "/data/copy")
     res = ["chmod_suid=%s" % attempt(os.chmod, "/data/copy", 0o4755)]
     res.append("chmod_sgid=%s" % attempt(os.chmod, "/data/copy", 0o2755))
 
@@ -764,6 +766,8 @@ def core_dumps():
     old = ctypes.create_string_buffer(16)
     call(NR["prlimit64"], 0, RLIMIT_CORE, None, ctypes.byref(old))
     soft, hard = struct.unpack("QQ", old.raw)
+    if not os.path.exists("/proc/sys/kernel/core_pattern"):
+        return "core_limit=%d/%d pipe_pattern=absent" % (soft, hard)  # a kernel without CONFIG_COREDUMP
     pipe = read_all("/proc/sys/kernel/core_pattern").startswith(b"|")
     return "core_limit=%d/%d pipe_pattern=%s" % (soft, hard, "yes" if pipe else "no")
 
