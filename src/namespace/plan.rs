@@ -156,7 +156,7 @@ impl std::fmt::Display for Op {
 /// Refuses a bind source whose resolution passes through a symlink owned by anyone but root or the caller:
 /// a sandbox with a read-write bind can plant links (owned by its host uid) for a later run to follow with
 /// the caller's credentials.
-fn check_links(src: &Path) -> Result<(), PlanError> {
+pub(crate) fn check_links(src: &Path) -> Result<(), PlanError> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
     let mut todo: Vec<PathBuf> = vec![src.to_path_buf()];

@@ -90,6 +90,9 @@ fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), String> {
             Mount::Bind { src, .. } => (src, false),
             Mount::Tmpfs { .. } => continue,
         };
+        // The same refusal as the namespace backend's: no symlink planted by a sandbox (or another user) is
+        // followed to pick what the guest sees.
+        crate::namespace::plan::check_links(src).map_err(|e| e.to_string())?;
         let real = std::fs::canonicalize(&*src)
             .map_err(|e| format!("bind source {}: {e}", src.display()))?;
         // 9p shares directories: a file is reached through its directory.
