@@ -89,6 +89,7 @@ fn main() {
     let bare = std::env::temp_dir().join(format!("sandbox-bench-bare-{}.toml", std::process::id()));
     std::fs::write(&bare, "seccomp = \"none\"\n[landlock]\nenabled = false\n").expect("temp file");
     let filter = bpf_file();
+    let filter_path = filter.clone();
 
     const BWRAP_VIEW: &[&str] = &[
         "--unshare-all",
@@ -262,6 +263,9 @@ fn main() {
         );
     }
     let _ = std::fs::remove_file(&bare);
+    if let Some(f) = &filter_path {
+        let _ = std::fs::remove_file(f);
+    }
     if sections.iter().any(|s| s == "throughput") {
         more::concurrent(secs, BWRAP_VIEW);
     }
