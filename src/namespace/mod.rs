@@ -215,8 +215,14 @@ fn prepare(launch: &Launch<'_>) -> Result<(ChildSpec, plan::Plan), SetupFailure>
     Ok((spec, plan))
 }
 
-/// The `[arg_start, arg_end)` addresses of this process's command line (fields 48 and 49 of /proc/self/stat).
+/// The `[arg_start, arg_end)` addresses of this process's command line (fields 48 and 49 of /proc/self/stat),
+/// read once: they never change during a process's life.
 fn argv_area() -> (usize, usize) {
+    static AREA: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *AREA.get_or_init(read_argv_area)
+}
+
+fn read_argv_area() -> (usize, usize) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
