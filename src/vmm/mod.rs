@@ -38,6 +38,7 @@ pub mod layout;
 pub mod memory;
 pub mod regs;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 use std::time::Duration;
