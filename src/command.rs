@@ -96,6 +96,7 @@ pub struct Sandbox {
     policy: Policy,
     backend: Backend,
     vm_engine: VmEngine,
+    pool: Option<crate::VmPool>,
     extra_fds: Vec<(OwnedFd, RawFd)>,
 }
 
@@ -111,6 +112,7 @@ impl Sandbox {
             policy: Policy::default(),
             backend: Backend::Auto,
             vm_engine: VmEngine::Auto,
+            pool: None,
             extra_fds: Vec::new(),
         }
     }
@@ -186,6 +188,14 @@ impl Sandbox {
     /// Chooses the VM backend's engine.
     pub fn vm_engine(&mut self, engine: VmEngine) -> &mut Self {
         self.vm_engine = engine;
+        self
+    }
+
+    /// Runs on a warm VM of `pool` (booting one when none is idle) instead of a fresh sandbox: the VM
+    /// backend, without the boot. See [`VmPool`](crate::VmPool).
+    pub fn vm_pool(&mut self, pool: &crate::VmPool) -> &mut Self {
+        self.pool = Some(pool.clone());
+        self.backend = Backend::Vm;
         self
     }
 
@@ -295,18 +305,22 @@ impl Sandbox {
         };
         let started = Instant::now();
         let timeout = self.policy.timeout;
-        let (inner, deadline) = match self.backend {
-            Backend::Namespace => (
+        let (inner, deadline) = match (&self.pool, self.backend) {
+            (Some(pool), _) => (
+                Inner::Pooled(Box::new(pool.spawn(&launch).map_err(Error::Setup)?)),
+                timeout.map(|t| t + TIMEOUT_GRACE * 5),
+            ),
+            (None, Backend::Namespace) => (
                 Inner::Namespace(Box::new(namespace::spawn(&launch).map_err(Error::Setup)?)),
                 timeout.map(|t| t + TIMEOUT_GRACE),
             ),
-            Backend::Vm => (
+            (None, Backend::Vm) => (
                 Inner::Vm(Box::new(
                     vm::engine::spawn(&launch, None).map_err(Error::Setup)?,
                 )),
                 timeout.map(|t| t + VM_GRACE),
             ),
-            Backend::Auto => match namespace::spawn(&launch) {
+            (None, Backend::Auto) => match namespace::spawn(&launch) {
                 Ok(s) => (
                     Inner::Namespace(Box::new(s)),
                     timeout.map(|t| t + TIMEOUT_GRACE),

@@ -33,3 +33,4 @@ pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
 pub use policy::{Mount, Network, Policy, PolicyError};
 pub use probe::{HostReport, probe};
 pub use running::SandboxChild;
+pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};

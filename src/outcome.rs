@@ -233,6 +233,8 @@ pub struct VmInfo {
     pub boot_ms: Option<u64>,
     /// The end of the guest's kernel log, kept when the run failed.
     pub console_tail: Option<String>,
+    /// The run was served by an already booted VM of a [`VmPool`](crate::VmPool).
+    pub warm: bool,
 }
 
 /// The verdict of a run.

@@ -8,6 +8,7 @@ use crate::command::Error;
 use crate::namespace::{self, sys};
 use crate::outcome::Outcome;
 use crate::vm::engine::VmRun;
+use crate::vm::pool::PooledRun;
 
 /// The backend-specific part of a running sandbox.
 #[derive(Debug)]
@@ -16,6 +17,8 @@ pub(crate) enum Inner {
     Namespace(Box<namespace::Started>),
     /// A VM: the QEMU process and its channels.
     Vm(Box<VmRun>),
+    /// A run on a warm VM of a pool.
+    Pooled(Box<PooledRun>),
 }
 
 impl Inner {
@@ -23,6 +26,7 @@ impl Inner {
         match self {
             Inner::Namespace(s) => s.pid as u32,
             Inner::Vm(v) => v.pid(),
+            Inner::Pooled(p) => p.pid(),
         }
     }
 
@@ -30,6 +34,23 @@ impl Inner {
         match self {
             Inner::Namespace(s) => std::os::fd::AsFd::as_fd(&s.pidfd),
             Inner::Vm(v) => v.pidfd(),
+            Inner::Pooled(p) => p.pidfd(),
+        }
+    }
+
+    /// Readable when the sandbox may have ended (see [`Inner::ended`]).
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Inner::Pooled(p) => p.wait_fd(),
+            other => other.pidfd(),
+        }
+    }
+
+    /// After `wait_fd` was readable: whether the sandbox has ended.
+    fn ended(&mut self) -> bool {
+        match self {
+            Inner::Pooled(p) => p.ended(),
+            _ => true,
         }
     }
 
@@ -40,6 +61,7 @@ impl Inner {
                 source,
             }),
             Inner::Vm(v) => v.finish(wall, host_timeout),
+            Inner::Pooled(p) => p.finish(wall, host_timeout),
         }
     }
 
@@ -47,6 +69,7 @@ impl Inner {
         match self {
             Inner::Namespace(s) => s.abort(),
             Inner::Vm(v) => v.abort(),
+            Inner::Pooled(p) => p.abort(),
         }
     }
 }
@@ -108,10 +131,12 @@ impl SandboxChild {
     /// forward signals yet: only SIGKILL (which ends the VM) is accepted there.
     pub fn signal(&mut self, signal: i32) -> Result<(), Error> {
         match &self.inner {
-            Some(Inner::Vm(_)) if signal != libc::SIGKILL => Err(Error::Backend(
-                "vm",
-                format!("signal {signal} cannot be forwarded into the VM yet; kill() ends it"),
-            )),
+            Some(Inner::Vm(_) | Inner::Pooled(_)) if signal != libc::SIGKILL => {
+                Err(Error::Backend(
+                    "vm",
+                    format!("signal {signal} cannot be forwarded into the VM yet; kill() ends it"),
+                ))
+            }
             Some(inner) => sys::pidfd_signal(&inner.pidfd(), signal).map_err(|e| Error::Io {
                 what: "pidfd_send_signal",
                 source: std::io::Error::from_raw_os_error(e),
@@ -214,15 +239,16 @@ impl SandboxChild {
 
     /// Waits up to `limit` (or the deadline) for the sandbox to end; records the verdict when it did.
     fn poll_exit(&mut self, limit: Option<Duration>) -> Result<(), Error> {
-        let Some(inner) = &self.inner else {
+        let remaining = self.remaining();
+        let Some(inner) = &mut self.inner else {
             return Ok(());
         };
-        let wait = match (limit, self.remaining()) {
+        let wait = match (limit, remaining) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let mut pfd = [libc::pollfd {
-            fd: inner.pidfd().as_raw_fd(),
+            fd: inner.wait_fd().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
@@ -234,6 +260,9 @@ impl SandboxChild {
             if self.remaining() == Some(Duration::ZERO) {
                 self.kill()?;
             }
+            return Ok(());
+        }
+        if !inner.ended() {
             return Ok(());
         }
         let inner = self.inner.take().expect("checked above");

@@ -15,12 +15,58 @@ use sandbox::{Backend, BackendKind, Outcome, Policy, Sandbox, Stage, Status, Std
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod namespace {
-            $( #[test] fn $name() { super::$name(sandbox::Backend::Namespace) } )*
+            $( #[test] fn $name() { super::$name(super::B::Namespace) } )*
         }
         mod vm {
-            $( #[test] fn $name() { super::$name(sandbox::Backend::Vm) } )*
+            $( #[test] fn $name() { super::$name(super::B::Vm) } )*
+        }
+        /// The same properties on warm VMs of one pool (one or two boots for the whole suite).
+        mod warm {
+            $( #[test] fn $name() { super::$name(super::B::Warm) } )*
         }
     };
+}
+
+/// Where a property runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum B {
+    /// The namespace backend.
+    Namespace,
+    /// A fresh VM per run.
+    Vm,
+    /// A warm VM of a shared pool.
+    Warm,
+}
+
+/// The warm VMs of this test process: the temp dir is shared, so the bind properties can run.
+fn pool() -> &'static sandbox::VmPool {
+    static POOL: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        sandbox::VmPool::new(sandbox::PoolOptions {
+            max_vms: 1,
+            max_idle: 1,
+            shares: vec![sandbox::PoolShare {
+                path: std::env::temp_dir(),
+                writable: true,
+            }],
+            ..Default::default()
+        })
+        .expect("pool")
+    })
+}
+
+trait On {
+    fn on(&mut self, b: B) -> &mut Self;
+}
+
+impl On for Sandbox {
+    fn on(&mut self, b: B) -> &mut Self {
+        match b {
+            B::Namespace => self.backend(Backend::Namespace),
+            B::Vm => self.backend(Backend::Vm),
+            B::Warm => self.vm_pool(pool()),
+        }
+    }
 }
 
 conformance!(
@@ -46,16 +92,16 @@ conformance!(
     memory_limit,
 );
 
-fn sh(backend: Backend, script: &str, policy: Policy) -> Outcome {
+fn sh(backend: B, script: &str, policy: Policy) -> Outcome {
     let o = Sandbox::new("/bin/sh")
         .args(["-c", script])
-        .backend(backend)
+        .on(backend)
         .policy(policy)
         .output()
         .expect("valid policy");
     let want = match backend {
-        Backend::Vm => BackendKind::Vm,
-        _ => BackendKind::Namespace,
+        B::Namespace => BackendKind::Namespace,
+        _ => BackendKind::Vm,
     };
     assert_eq!(o.backend, want, "{o:?}");
     o
@@ -65,7 +111,7 @@ fn out(o: &Outcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn exit_code_and_output(b: Backend) {
+fn exit_code_and_output(b: B) {
     let o = sh(b, "echo hello; echo oops >&2; exit 3", Policy::default());
     assert_eq!(o.status, Status::Exited(3), "{o:?}");
     assert_eq!(
@@ -76,7 +122,7 @@ fn exit_code_and_output(b: Backend) {
     assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
 }
 
-fn signals(b: Backend) {
+fn signals(b: B) {
     assert_eq!(
         sh(b, "kill -9 $$", Policy::default()).status,
         Status::Signaled(9)
@@ -87,24 +133,24 @@ fn signals(b: Backend) {
     );
 }
 
-fn not_found_and_not_executable(b: Backend) {
-    let o = Sandbox::new("no-such-program").backend(b).output().unwrap();
+fn not_found_and_not_executable(b: B) {
+    let o = Sandbox::new("no-such-program").on(b).output().unwrap();
     assert_eq!(o.status.exit_code(), 127, "{:?}", o.status);
-    let o = Sandbox::new("/etc/passwd").backend(b).output().unwrap();
+    let o = Sandbox::new("/etc/passwd").on(b).output().unwrap();
     assert_eq!(o.status.exit_code(), 126, "{:?}", o.status);
 }
 
-fn pid_namespace_and_init(b: Backend) {
+fn pid_namespace_and_init(b: B) {
     let o = sh(b, "echo $$; cat /proc/1/comm", Policy::default());
     assert_eq!(out(&o), "2\nsandbox-init\n");
 }
 
-fn hostname(b: Backend) {
+fn hostname(b: B) {
     let o = sh(b, "hostname", Policy::default().hostname("conform"));
     assert_eq!(out(&o), "conform\n");
 }
 
-fn only_loopback(b: Backend) {
+fn only_loopback(b: B) {
     let o = sh(
         b,
         "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
@@ -113,10 +159,10 @@ fn only_loopback(b: Backend) {
     assert_eq!(out(&o), "lo\n");
 }
 
-fn environment_cleared(b: Backend) {
+fn environment_cleared(b: B) {
     let o = Sandbox::new("/usr/bin/env")
         .env("ONLY", "this")
-        .backend(b)
+        .on(b)
         .output()
         .unwrap();
     let mut lines: Vec<String> = out(&o).lines().map(String::from).collect();
@@ -130,7 +176,7 @@ fn environment_cleared(b: Backend) {
     );
 }
 
-fn read_only_bind(b: Backend) {
+fn read_only_bind(b: B) {
     let dir = TempDir::new("conf-ro");
     std::fs::write(dir.path().join("f"), "original").unwrap();
     let o = sh(
@@ -150,7 +196,7 @@ fn read_only_bind(b: Backend) {
     );
 }
 
-fn read_write_bind(b: Backend) {
+fn read_write_bind(b: B) {
     let dir = TempDir::new("conf-rw");
     let o = sh(
         b,
@@ -165,7 +211,7 @@ fn read_write_bind(b: Backend) {
     assert!(dir.path().join("d").is_dir());
 }
 
-fn system_view_read_only(b: Backend) {
+fn system_view_read_only(b: B) {
     let o = sh(
         b,
         "touch /usr/x 2>&1; touch /etc/x 2>&1; test -e /home || echo no-home; touch /tmp/ok && echo tmp-ok",
@@ -182,7 +228,7 @@ fn system_view_read_only(b: Backend) {
     );
 }
 
-fn sized_tmpfs(b: Backend) {
+fn sized_tmpfs(b: B) {
     let o = sh(
         b,
         "df -k /scratch | tail -1",
@@ -191,19 +237,19 @@ fn sized_tmpfs(b: Backend) {
     assert!(out(&o).contains(" 1024 "), "{}", out(&o));
 }
 
-fn working_directory(b: Backend) {
+fn working_directory(b: B) {
     let o = Sandbox::new("/bin/pwd")
         .current_dir("/tmp")
-        .backend(b)
+        .on(b)
         .output()
         .unwrap();
     assert_eq!(out(&o), "/tmp\n");
 }
 
-fn stdin_piped(b: Backend) {
+fn stdin_piped(b: B) {
     use std::io::{Read, Write};
     let mut child = Sandbox::new("/bin/cat")
-        .backend(b)
+        .on(b)
         .stdin(Stdio::Piped)
         .stdout(Stdio::Piped)
         .spawn()
@@ -222,7 +268,7 @@ fn stdin_piped(b: Backend) {
     assert_eq!(child.wait().unwrap().status, Status::Exited(0));
 }
 
-fn wall_timeout_kills_the_tree(b: Backend) {
+fn wall_timeout_kills_the_tree(b: B) {
     let o = sh(
         b,
         "sleep 100 & (setsid sleep 100 &); sleep 100",
@@ -231,7 +277,7 @@ fn wall_timeout_kills_the_tree(b: Backend) {
     assert_eq!(o.status, Status::TimedOut(TimeLimit::Wall), "{o:?}");
 }
 
-fn no_privileges(b: Backend) {
+fn no_privileges(b: B) {
     let o = sh(
         b,
         "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status",
@@ -250,7 +296,7 @@ fn no_privileges(b: Backend) {
     assert_eq!(o.enforced.seccomp, "default");
 }
 
-fn seccomp_denials_reported(b: Backend) {
+fn seccomp_denials_reported(b: B) {
     let o = sh(b, "unshare -U true; echo rc=$?", Policy::default());
     assert!(out(&o).contains("rc=1"), "{}", out(&o));
     assert!(
@@ -260,7 +306,7 @@ fn seccomp_denials_reported(b: Backend) {
     );
 }
 
-fn landlock_refuses(b: Backend) {
+fn landlock_refuses(b: B) {
     let o = sh(
         b,
         "echo x > /proc/self/comm && echo wrote",
@@ -275,7 +321,7 @@ fn landlock_refuses(b: Backend) {
     );
 }
 
-fn cpu_time_limit(b: Backend) {
+fn cpu_time_limit(b: B) {
     let o = sh(
         b,
         "while :; do :; done",
@@ -284,24 +330,24 @@ fn cpu_time_limit(b: Backend) {
     assert_eq!(o.status, Status::TimedOut(TimeLimit::Cpu), "{o:?}");
 }
 
-fn rlimits(b: Backend) {
+fn rlimits(b: B) {
     let mut p = Policy::default();
     p.limits.nofile = Some(50);
     let o = sh(b, "ulimit -n; ulimit -c", p);
     assert_eq!(out(&o), "50\n0\n");
 }
 
-fn memory_limit(b: Backend) {
+fn memory_limit(b: B) {
     let mut p = Policy::default().memory(64 << 20);
     let o = Sandbox::new("/usr/bin/python3")
         .args(["-c", "x = bytearray(400 << 20); print('survived')"])
-        .backend(b)
+        .on(b)
         .policy(p.clone())
         .output()
         .unwrap();
     if o.enforced.cgroup.is_none() {
         // The namespace backend for a caller without a writable cgroup: reported, and refused when required.
-        assert_eq!(b, Backend::Namespace, "the guest always has cgroup v2");
+        assert_eq!(b, B::Namespace, "the guest always has cgroup v2");
         assert!(!o.enforced.not_enforced.is_empty());
         p.limits.required = true;
         let o = sh(b, "true", p);

@@ -15,8 +15,10 @@
 //! Not as PID 1, `sandbox-init run SPEC.json` runs a specification on the host (shares and links are
 //! skipped) and prints the verdict: a way to try a specification without a VM.
 
+pub mod frames;
 mod mounts;
 mod ports;
+mod serve;
 mod spec;
 mod verdict;
 
@@ -167,7 +169,7 @@ pub fn main() -> ! {
     }
 }
 
-/// PID 1: boot the guest, run the specification, report, end the VM.
+/// PID 1: boot the guest, run the specification (or serve one run after another), report, end the VM.
 fn init_main() -> ! {
     let mut info = AgentInfo {
         version: VERSION,
@@ -176,7 +178,12 @@ fn init_main() -> ! {
     // Held until the VM ends: the verdict goes back through it.
     let mut control = None;
     let outcome = match boot_and_run(&mut info, &mut control) {
-        Ok(o) => o,
+        Ok(Some(o)) => o,
+        // Served runs ended because the host closed the control port: every verdict is sent.
+        Ok(None) => {
+            drop(control);
+            verdict::end_vm()
+        }
         Err(e) => {
             say(&format!("sandbox-init: {e}"));
             e.into_outcome()
@@ -188,10 +195,12 @@ fn init_main() -> ! {
     verdict::end_vm()
 }
 
+/// Boots, then runs the first specification; a served one (`serve`) is followed by more until the host
+/// closes the control port (`Ok(None)`).
 fn boot_and_run(
     info: &mut AgentInfo,
     control: &mut Option<std::fs::File>,
-) -> Result<Outcome, GuestError> {
+) -> Result<Option<Outcome>, GuestError> {
     mounts::leave_rootfs()?;
     let mounted = mounts::mount_system();
     mounts::ensure_stdio();
@@ -211,30 +220,69 @@ fn boot_and_run(
     *control = channels.control.take();
     verdict::set_control(control.as_ref().map(|f| f.as_raw_fd()));
 
-    let (spec, from) = match control.as_ref() {
-        Some(port) => {
-            let ready = serde_json::json!({"version": VERSION, "uptime_ms": info.uptime_start_ms});
-            // The host end must be connected from the start: a read from an unconnected port ends at once.
-            if let Err(e) = verdict::port_write(
-                std::os::fd::AsFd::as_fd(port),
-                format!("{READY_PREFIX}{ready}\n").as_bytes(),
-            ) {
-                say(&format!(
-                    "sandbox-init: cannot announce readiness on {CONTROL_PORT}: {e}"
-                ));
-            }
-            (read_line(port)?, "control_port")
-        }
-        None => (read_file(Path::new(SPEC_PATH))?, "initramfs"),
+    let Some(port) = control.as_ref() else {
+        info.spec_source = Some("initramfs");
+        let spec = parse_spec(&read_file(Path::new(SPEC_PATH))?, "initramfs")?;
+        return prepare_and_run(&spec, channels).map(Some);
     };
-    info.spec_source = Some(from);
-    let spec = RunSpec::from_json(&spec)
-        .and_then(|s| s.validate().map(|()| s))
-        .map_err(|message| GuestError::BadSpec { from, message })?;
+    let ready = serde_json::json!({"version": VERSION, "uptime_ms": info.uptime_start_ms});
+    // The host end must be connected from the start: a read from an unconnected port ends at once.
+    if let Err(e) = verdict::port_write(
+        std::os::fd::AsFd::as_fd(port),
+        format!("{READY_PREFIX}{ready}\n").as_bytes(),
+    ) {
+        say(&format!(
+            "sandbox-init: cannot announce readiness on {CONTROL_PORT}: {e}"
+        ));
+    }
+    info.spec_source = Some("control_port");
+    let mut server = serve::Server::default();
+    loop {
+        let line = match read_line(port) {
+            Ok(line) => line,
+            Err(_) if server.served() > 0 => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let spec = match parse_spec(&line, "control_port") {
+            Ok(spec) if spec.serve => spec,
+            Ok(spec) if server.served() == 0 => return prepare_and_run(&spec, channels).map(Some),
+            Ok(_) => {
+                let e = GuestError::BadSpec {
+                    from: "control_port",
+                    message: "a warm VM serves only served runs (`serve`)".into(),
+                };
+                verdict::send(&verdict_json(&e.into_outcome(), info));
+                continue;
+            }
+            Err(e) => {
+                verdict::send(&verdict_json(&e.into_outcome(), info));
+                continue;
+            }
+        };
+        let started = uptime_ms();
+        let mut outcome = server.run(&spec, &channels).unwrap_or_else(|e| {
+            say(&format!("sandbox-init: {e}"));
+            e.into_outcome()
+        });
+        outcome.backend = BackendKind::Vm;
+        let mut run_info = info.clone();
+        run_info.uptime_start_ms = started;
+        run_info.uptime_end_ms = uptime_ms();
+        verdict::send(&verdict_json(&outcome, &run_info));
+    }
+}
 
+fn parse_spec(bytes: &[u8], from: &'static str) -> Result<RunSpec, GuestError> {
+    RunSpec::from_json(bytes)
+        .and_then(|s| s.validate().map(|()| s))
+        .map_err(|message| GuestError::BadSpec { from, message })
+}
+
+/// A one-shot run: its shares and links, then the program.
+fn prepare_and_run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
     mounts::mount_shares(&spec.shares)?;
     mounts::make_links(&spec.links)?;
-    let mut outcome = run(&spec, channels)?;
+    let mut outcome = run(spec, channels)?;
     outcome.backend = BackendKind::Vm;
     Ok(outcome)
 }

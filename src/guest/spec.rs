@@ -50,6 +50,11 @@ pub struct RunSpec {
     /// links when the host's `/usr` is shared ([`Link::merged_usr`]).
     #[serde(default)]
     pub links: Vec<Link>,
+    /// A served run (a warm VM): the program's streams travel as frames over the ports
+    /// ([`frames`](super::frames)), and after the verdict the agent waits for the next specification instead
+    /// of ending the VM. Shares already mounted by an earlier run are kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub serve: bool,
 }
 
 /// A host directory shared with the guest.
@@ -125,6 +130,7 @@ impl RunSpec {
             policy: Policy::default(),
             shares: Vec::new(),
             links: Vec::new(),
+            serve: false,
         }
     }
 

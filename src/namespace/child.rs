@@ -277,12 +277,15 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         fail(report, Stage::Credentials, none, e);
     }
 
-    // 7. Landlock: rules for the paths that exist only in here (tmpfs, /dev, /proc, the root), added to the
-    //    ruleset the host made with the bind sources' rules; then this process and all it starts are bound.
+    // 7. Landlock: rules for the paths in here, by their mounted inodes (binds, tmpfs, /dev, /proc, the
+    //    root), added to the ruleset the host made; then this process and all it starts are bound.
     if spec.landlock_fd >= 0 {
         for (path, access) in &spec.landlock_rules {
-            if let Err(e) = landlock::add_path_rule(spec.landlock_fd, path, *access) {
-                fail(report, Stage::Landlock, none, e);
+            match landlock::add_path_rule(spec.landlock_fd, path, *access) {
+                // A path the sandbox user cannot even reach (a bind beneath a directory it may not search)
+                // needs no rights: without a rule, landlock denies it too.
+                Ok(()) | Err(libc::EACCES) => {}
+                Err(e) => fail(report, Stage::Landlock, none, e),
             }
         }
         if let Err(e) = landlock::restrict_self(spec.landlock_fd) {

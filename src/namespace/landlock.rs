@@ -10,14 +10,16 @@
 //! are scoped to the sandbox (the landlock crate supports scopes, so they go through it).
 //!
 //! # Host and child
-//! Rules are inode-based: a rule added on the host path of a bind source also covers the bind inside the
-//! sandbox. So [`prepare`] (host, before clone) creates the ruleset with the crate (ABI 1 required, newer
-//! rights best effort) and adds the bind sources' rules. tmpfs mounts, `/dev` and `/proc` exist only in the
-//! sandbox, after pivot_root: the child adds their rules with [`add_path_rule`] and then calls
+//! Rules are inode-based. [`prepare`] (host, before clone) creates the ruleset with the crate (ABI 1 required,
+//! newer rights best effort) and its TCP rules. Every path rule is added by the child after pivot_root, on
+//! the mounted inode: the binds' mount points (read or write rights), tmpfs mounts, `/dev` and `/proc`. A rule
+//! on a bind's host path would do on most file systems, but not on those that give each lookup a new inode
+//! (9p without a cache: the shares in the VM's guest). The child uses [`add_path_rule`] and then
 //! [`restrict_self`], both raw and allocation-free. Wiring, in the child after step 6 (capabilities dropped,
 //! `no_new_privs` set) and before chdir/init:
-//! 1. for each policy tmpfs `dst` (and the plan's `/dev/shm`): `add_path_rule(fd, dst, write_access)`;
-//!    then `/dev` with `dev_access`, `/proc` with `proc_access`, `/` with `root_access`;
+//! 1. for each bind `dst` (read or write access), policy tmpfs `dst` (and the plan's `/dev/shm`):
+//!    `add_path_rule(fd, dst, access)`; then `/dev` with `dev_access`, `/proc` with `proc_access`, `/` with
+//!    `root_access`;
 //! 2. `restrict_self(fd)`, then close `fd` (keep it out of `close_all_except` until then; it is close-on-exec).
 //!
 //! A failure of either is a setup failure of its own stage. The init and the program inherit the domain.

@@ -74,19 +74,9 @@ pub(crate) fn prepare(
         }
     };
 
-    // landlock: bind sources are ruled here by their host inodes; the rest by the child after pivot_root.
+    // landlock: the ruleset is made here; the child adds every path rule (binds by their mounted inode,
+    // tmpfs, /dev, /proc, the root) after pivot_root.
     let (landlock, landlock_rules) = if policy.landlock.enabled {
-        let binds: Vec<(std::path::PathBuf, bool)> = plan
-            .sources
-            .iter()
-            .zip(&plan.writable)
-            .map(|(s, w)| {
-                (
-                    std::path::PathBuf::from(s.to_string_lossy().into_owned()),
-                    *w,
-                )
-            })
-            .collect();
         // TCP rules need ABI 4 (Linux 6.7). Asked for explicitly, they are required; by default (no network)
         // they are defence in depth over the network namespace, so an older kernel only reports them.
         let wanted = policy
@@ -105,8 +95,8 @@ pub(crate) fn prepare(
             tcp_connect: policy.landlock.tcp_connect.clone(),
             handle: wanted && (explicit || tcp_abi),
         };
-        let prepared = landlock::prepare(&binds, &net, 1)
-            .map_err(|e| failure(Stage::Landlock, e.to_string()))?;
+        let prepared =
+            landlock::prepare(&[], &net, 1).map_err(|e| failure(Stage::Landlock, e.to_string()))?;
         let rules = plan
             .inside
             .iter()

@@ -233,8 +233,6 @@ pub struct Planner {
     pub(super) made: BTreeSet<PathBuf>,
     /// Canonical host paths of bind sources.
     pub(super) sources: Vec<CString>,
-    /// Whether each source is bound read-write.
-    pub(super) writable: Vec<bool>,
     /// Paths that exist only inside the sandbox, with the landlock rights they get.
     pub(super) inside: Vec<(CString, Inside)>,
     pub(super) uid: u32,
@@ -249,7 +247,6 @@ impl Planner {
             links: Vec::new(),
             made: BTreeSet::new(),
             sources: Vec::new(),
-            writable: Vec::new(),
             inside: Vec::new(),
             uid,
             gid,
@@ -393,7 +390,16 @@ impl Planner {
         self.mountpoint(&dst, kind)?;
         let target = cstr(Self::new_path(&dst))?;
         self.sources.push(cstr(&real)?);
-        self.writable.push(writable);
+        // Landlock rules follow the bind inside the sandbox, by the mounted inode: a rule on the host path
+        // would miss file systems that give each lookup a new inode (9p without a cache, in the VM's guest).
+        self.inside.push((
+            cstr(&dst)?,
+            if writable {
+                Inside::Write
+            } else {
+                Inside::Read
+            },
+        ));
         self.push(
             Stage::Mounts,
             Op::BindSource {
@@ -472,7 +478,6 @@ impl Planner {
         Plan {
             steps: self.steps,
             sources: self.sources,
-            writable: self.writable,
             inside: self.inside,
         }
     }
@@ -487,10 +492,8 @@ pub struct Plan {
     /// credentials, so a root caller can bind what only root can reach, and the sandbox user never needs
     /// search permission on the host path.
     pub sources: Vec<CString>,
-    /// Whether each source is bound read-write (for landlock).
-    pub writable: Vec<bool>,
-    /// Paths that exist only inside the sandbox (tmpfs, /dev, /proc, the root), with the landlock rights
-    /// they get; the child adds these rules after pivot_root.
+    /// Paths inside the sandbox (the binds' mount points, tmpfs, /dev, /proc, the root), with the landlock
+    /// rights they get; the child adds these rules after pivot_root.
     pub inside: Vec<(CString, Inside)>,
 }
 

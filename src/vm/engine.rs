@@ -49,7 +49,7 @@ fn share_dir(i: usize) -> PathBuf {
 }
 
 /// The guest's run specification, and the shares QEMU must export for it.
-fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), String> {
+pub(super) fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), String> {
     let mut shares = Vec::new();
     let mut gshares = Vec::new();
     let mut links = Vec::new();
@@ -117,6 +117,7 @@ fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), String> {
         policy: guest_policy,
         shares: gshares,
         links,
+        serve: false,
     };
     spec.validate()?;
     Ok((spec, shares))
@@ -124,10 +125,14 @@ fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), String> {
 
 /// Text collected by a reader thread, keeping at most the last `cap` bytes.
 #[derive(Clone, Default)]
-struct Tail(Arc<Mutex<Vec<u8>>>);
+pub(super) struct Tail(Arc<Mutex<Vec<u8>>>);
 
 impl Tail {
-    fn reader(&self, mut from: impl Read + Send + 'static, cap: usize) -> JoinHandle<()> {
+    pub(super) fn reader(
+        &self,
+        mut from: impl Read + Send + 'static,
+        cap: usize,
+    ) -> JoinHandle<()> {
         let tail = self.0.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
@@ -145,14 +150,14 @@ impl Tail {
         })
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 }
 
 /// How QEMU runs.
 #[derive(Debug)]
-enum Host {
+pub(super) enum Host {
     /// Inside a namespace sandbox of ours.
     Sandboxed(Box<namespace::Started>),
     /// As a plain child process under no_new_privs and seccomp (the host has no usable namespaces).
@@ -183,12 +188,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
 }
 
 /// A connected socket pair: `(host end, QEMU's end)`.
-fn socket_pair() -> Result<(UnixStream, OwnedFd), SetupFailure> {
+pub(super) fn socket_pair() -> Result<(UnixStream, OwnedFd), SetupFailure> {
     let (host, qemu) = UnixStream::pair().map_err(|e| fail(format!("socketpair: {e}")))?;
     Ok((host, qemu.into()))
 }
 
-fn is_dev_null(fd: RawFd) -> bool {
+pub(super) fn is_dev_null(fd: RawFd) -> bool {
     // SAFETY: `fd` stays open for the duration of the call (the caller owns it); ManuallyDrop keeps it so.
     let f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
     let null = std::fs::metadata("/dev/null").ok();
@@ -205,22 +210,6 @@ fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, SetupFailure> {
     let b = unsafe { BorrowedFd::borrow_raw(src) };
     b.try_clone_to_owned()
         .map_err(|e| fail(format!("duplicating descriptor {src}: {e}")))
-}
-
-/// An output stream of the program: its port's socket, copied by a thread into the destination (`fd`, or
-/// the host's own stream `inherit`). Returns QEMU's end.
-fn output_port(
-    fd: RawFd,
-    inherit: RawFd,
-    threads: &mut Vec<JoinHandle<()>>,
-) -> Result<OwnedFd, SetupFailure> {
-    let target = dup(fd, inherit)?;
-    let (mut host, qemu) = socket_pair()?;
-    threads.push(std::thread::spawn(move || {
-        let mut to = std::fs::File::from(target);
-        let _ = std::io::copy(&mut host, &mut to);
-    }));
-    Ok(qemu)
 }
 
 /// Copies the caller's stdin into the guest's stdin port. QEMU drops what arrives before the guest opened the
@@ -253,19 +242,31 @@ fn unread(s: &UnixStream) -> i32 {
     if r < 0 { 0 } else { n }
 }
 
-/// Starts the run in a VM.
-pub(crate) fn spawn(
-    launch: &Launch<'_>,
-    fallback_reason: Option<String>,
-) -> Result<VmRun, SetupFailure> {
-    let qemu_bin = qemu::find_qemu().ok_or_else(|| {
-        fail("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU")
-    })?;
-    let (kernel, agent) = assets().map_err(fail)?;
-    let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
-    let (spec, shares) = guest_spec(launch).map_err(fail)?;
-    let (accel, accel_reason) = qemu::choose_accel(&crate::probe::probe_kvm());
-    let policy = launch.policy;
+/// The host ends of a booting VM's channels.
+pub(super) struct VmChannels {
+    /// The serial console (the kernel log).
+    pub console: UnixStream,
+    /// The control port (specification in, READY and verdicts out).
+    pub control: UnixStream,
+    /// The stdin port, when asked for.
+    pub stdin: Option<UnixStream>,
+    /// The stdout port.
+    pub stdout: UnixStream,
+    /// The stderr port.
+    pub stderr: UnixStream,
+    /// The VMM's own standard error.
+    pub vmm_stderr: std::fs::File,
+}
+
+/// A VM being started: its process and channels.
+pub(super) struct Started {
+    pub host: Host,
+    pub channels: VmChannels,
+    pub info: VmInfo,
+}
+
+/// Guest RAM and vCPUs for a policy's limits.
+pub(super) fn machine_size(policy: &Policy) -> (u64, u32) {
     let memory_mib = policy
         .limits
         .memory
@@ -275,32 +276,48 @@ pub(crate) fn spawn(
         .limits
         .cpus
         .map_or(1, |c| c.ceil().clamp(1.0, 8.0) as u32);
+    (memory_mib, cpus)
+}
+
+/// Starts a VM with these shares, RAM and vCPUs; its agent then waits for a specification on the control
+/// port. `deadline` bounds the VMM's life (None: until killed).
+pub(super) fn start_vm(
+    shares: &[Share],
+    memory_mib: u64,
+    cpus: u32,
+    with_stdin: bool,
+    deadline: Option<Duration>,
+) -> Result<Started, SetupFailure> {
+    let qemu_bin = qemu::find_qemu().ok_or_else(|| {
+        fail("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU")
+    })?;
+    let (kernel, agent) = assets().map_err(fail)?;
+    let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
+    let (accel, accel_reason) = qemu::choose_accel(&crate::probe::probe_kvm());
 
     // Descriptors QEMU gets, at fixed numbers in its process.
-    let mut threads = Vec::new();
-    let (console_host, console_qemu) = socket_pair()?;
-    let (control_host, control_qemu) = socket_pair()?;
+    let (console, console_qemu) = socket_pair()?;
+    let (control, control_qemu) = socket_pair()?;
     let mut fds: Vec<(OwnedFd, RawFd)> = vec![(console_qemu, 3), (control_qemu, 4)];
     let mut ports = vec![Port {
         name: "sandbox.control",
         fd: 4,
     }];
-    let control = Tail::default();
-    let stdin = launch.stdio[0];
-    if !(stdin >= 0 && is_dev_null(stdin)) {
-        let source = dup(stdin, 0)?;
+    let stdin = if with_stdin {
         let (host, qemu) = socket_pair()?;
-        let ready = control.clone();
-        // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
-        std::thread::spawn(move || relay_stdin(source, host, ready));
         fds.push((qemu, 5));
         ports.push(Port {
             name: "sandbox.stdin",
             fd: 5,
         });
-    }
-    fds.push((output_port(launch.stdio[1], 1, &mut threads)?, 6));
-    fds.push((output_port(launch.stdio[2], 2, &mut threads)?, 7));
+        Some(host)
+    } else {
+        None
+    };
+    let (stdout, stdout_qemu) = socket_pair()?;
+    let (stderr, stderr_qemu) = socket_pair()?;
+    fds.push((stdout_qemu, 6));
+    fds.push((stderr_qemu, 7));
     ports.push(Port {
         name: "sandbox.stdout",
         fd: 6,
@@ -316,21 +333,11 @@ pub(crate) fn spawn(
         cpus,
         accel,
         cmdline: String::new(),
-        shares: shares.clone(),
+        shares: shares.to_vec(),
         ports,
         console_fd: 3,
     };
     let (err_r, err_w) = pipe()?;
-
-    // The spec waits in the socket until the agent reads it.
-    let mut control_w = control_host
-        .try_clone()
-        .map_err(|e| fail(format!("socket: {e}")))?;
-    control_w
-        .write_all(spec.to_json_line().as_bytes())
-        .map_err(|e| fail(format!("sending the run specification: {e}")))?;
-
-    let deadline = policy.timeout.map(|t| t + BOOT_LIMIT);
     let host = start_confined(
         &qemu_bin,
         &machine,
@@ -338,7 +345,7 @@ pub(crate) fn spawn(
         err_w.as_raw_fd(),
         &kernel,
         &initrd,
-        &shares,
+        shares,
         deadline,
     )
     .or_else(|confined| {
@@ -348,13 +355,79 @@ pub(crate) fn spawn(
             Err(confined)
         }
     })?;
-    drop(fds);
-    drop(err_w);
+    Ok(Started {
+        host,
+        channels: VmChannels {
+            console,
+            control,
+            stdin,
+            stdout,
+            stderr,
+            vmm_stderr: std::fs::File::from(err_r),
+        },
+        info: VmInfo {
+            engine: "qemu".into(),
+            accelerator: accel.name().into(),
+            accelerator_reason: accel_reason,
+            boot_ms: None,
+            console_tail: None,
+            warm: false,
+        },
+    })
+}
 
+/// Starts the run in a VM.
+pub(crate) fn spawn(
+    launch: &Launch<'_>,
+    fallback_reason: Option<String>,
+) -> Result<VmRun, SetupFailure> {
+    let (spec, shares) = guest_spec(launch).map_err(fail)?;
+    let policy = launch.policy;
+    let (memory_mib, cpus) = machine_size(policy);
+    let stdin = launch.stdio[0];
+    let with_stdin = !(stdin >= 0 && is_dev_null(stdin));
+    // Before the VM starts: a failure here leaves nothing to clean up.
+    let stdin_source = if with_stdin {
+        Some(dup(stdin, 0)?)
+    } else {
+        None
+    };
+    let stdout_target = dup(launch.stdio[1], 1)?;
+    let stderr_target = dup(launch.stdio[2], 2)?;
+
+    let deadline = policy.timeout.map(|t| t + BOOT_LIMIT);
+    let Started {
+        host,
+        channels,
+        info,
+    } = start_vm(&shares, memory_mib, cpus, with_stdin, deadline)?;
+    let VmChannels {
+        console: console_host,
+        control: control_host,
+        stdin: stdin_host,
+        stdout,
+        stderr,
+        vmm_stderr,
+    } = channels;
+    let mut threads = Vec::new();
+    for (mut from, target) in [(stdout, stdout_target), (stderr, stderr_target)] {
+        threads.push(std::thread::spawn(move || {
+            let mut to = std::fs::File::from(target);
+            let _ = std::io::copy(&mut from, &mut to);
+        }));
+    }
+    let control = Tail::default();
+    if let (Some(source), Some(host)) = (stdin_source, stdin_host) {
+        let ready = control.clone();
+        // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
+        std::thread::spawn(move || relay_stdin(source, host, ready));
+    }
+    // The spec waits in the socket until the agent reads it.
+    let sent = (&control_host).write_all(spec.to_json_line().as_bytes());
     let console = Tail::default();
     let qemu_stderr = Tail::default();
     threads.push(console.reader(console_host, CONSOLE_TAIL));
-    threads.push(qemu_stderr.reader(std::fs::File::from(err_r), 4096));
+    threads.push(qemu_stderr.reader(vmm_stderr, 4096));
     threads.push(control.reader(control_host, 1 << 20));
     let run = VmRun {
         host,
@@ -362,15 +435,13 @@ pub(crate) fn spawn(
         console,
         qemu_stderr,
         threads,
-        info: VmInfo {
-            engine: "qemu".into(),
-            accelerator: accel.name().into(),
-            accelerator_reason: accel_reason,
-            boot_ms: None,
-            console_tail: None,
-        },
+        info,
         fallback_reason,
     };
+    if let Err(e) = sent {
+        run.abort();
+        return Err(fail(format!("sending the run specification: {e}")));
+    }
     run.watch_boot();
     Ok(run)
 }

@@ -7,4 +7,5 @@
 pub mod assets;
 pub mod engine;
 pub mod initramfs;
+pub mod pool;
 pub mod qemu;

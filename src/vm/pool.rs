@@ -1,0 +1,856 @@
+//! Warm VMs: boot once, run many. A [`VmPool`] keeps booted guests whose agent serves one run after another
+//! ([`RunSpec::serve`]); every run still gets fresh namespaces and a fresh cgroup inside the guest, so runs do
+//! not see each other. What a warm VM keeps between runs is its kernel, the agent and its shares.
+//!
+//! ```no_run
+//! use sandbox::{Sandbox, VmPool, PoolOptions};
+//!
+//! let pool = VmPool::new(PoolOptions::default())?;
+//! pool.prewarm(1)?; // boot now, not on the first run
+//! for i in 0..3 {
+//!     let out = Sandbox::new("/bin/echo").arg(i.to_string()).vm_pool(&pool).output()?;
+//!     assert_eq!(out.stdout, format!("{i}\n").as_bytes());
+//! }
+//! # Ok::<(), sandbox::Error>(())
+//! ```
+//!
+//! The pool's VMs are booted with the host's system (as cold VM runs see it) and the directories of
+//! [`PoolOptions::shares`]; a run's bind sources must lie inside one of those (a warm VM cannot take new
+//! shares). Guest RAM and vCPUs are the pool's: a run's memory and CPU limits are enforced by its cgroup in the
+//! guest. A run whose VM dies or times out takes that VM with it; the next run boots a fresh one.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::engine::{self, Host, Started, Tail, VmChannels};
+use super::qemu::Share;
+use crate::command::Error;
+use crate::guest::frames::{Frame, MAX_FRAME, read_frame, write_frame};
+use crate::guest::{READY_PREFIX, RunSpec, VERDICT_PREFIX};
+use crate::namespace::{Launch, sys};
+use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
+use crate::policy::{Mount, Policy};
+
+/// How long a warm VM may take to boot to the agent's READY line.
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+/// The longest line the host accepts from a guest's control port.
+const MAX_LINE: u64 = 1 << 20;
+
+fn fail(message: impl Into<String>) -> SetupFailure {
+    SetupFailure {
+        stage: Stage::Vm,
+        errno: None,
+        message: message.into(),
+    }
+}
+
+/// A host directory every VM of a pool shares with its guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolShare {
+    /// The directory.
+    pub path: PathBuf,
+    /// Whether runs may bind it (or parts of it) writable.
+    pub writable: bool,
+}
+
+/// How a pool's VMs are made.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Guest RAM of each VM, in MiB.
+    pub memory_mib: u64,
+    /// vCPUs of each VM.
+    pub cpus: u32,
+    /// How many booted VMs wait for runs at most; more finished VMs are shut down.
+    pub max_idle: usize,
+    /// How many VMs may be up at once (0: no limit); a run waits for a free VM beyond it.
+    pub max_vms: usize,
+    /// Host directories the VMs share; runs bind from inside them.
+    pub shares: Vec<PoolShare>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            memory_mib: 512,
+            cpus: 1,
+            max_idle: 2,
+            max_vms: 0,
+            shares: Vec::new(),
+        }
+    }
+}
+
+/// Counters of a pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// VMs booted.
+    pub boots: u64,
+    /// Runs served.
+    pub runs: u64,
+    /// Runs served by a VM that had served an earlier run or was prewarmed.
+    pub warm_runs: u64,
+    /// VMs discarded after a failure (death, timeout, protocol error).
+    pub discarded: u64,
+}
+
+/// A pool of warm VMs (cheap to clone: clones share the pool). Dropping the last clone shuts the idle VMs down.
+#[derive(Clone, Debug)]
+pub struct VmPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    options: PoolOptions,
+    /// The shares of every VM (system, /etc, then the pool's own), and the guest's view of them.
+    shares: Vec<Share>,
+    base: RunSpec,
+    /// The canonical pool share directories, in the order of [`PoolOptions::shares`], with their share index.
+    roots: Vec<(PathBuf, bool, usize)>,
+    state: Mutex<PoolState>,
+    /// Signalled when a VM becomes idle or goes away.
+    changed: Condvar,
+    boots: AtomicU64,
+    runs: AtomicU64,
+    warm_runs: AtomicU64,
+    discarded: AtomicU64,
+}
+
+/// The VMs of a pool.
+#[derive(Debug, Default)]
+struct PoolState {
+    idle: Vec<WarmVm>,
+    /// VMs up (idle, serving, or booting).
+    live: usize,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        for vm in idle {
+            vm.shut_down();
+        }
+    }
+}
+
+impl VmPool {
+    /// A pool that boots VMs on demand (see [`VmPool::prewarm`]). Checks the shares; boots nothing yet.
+    pub fn new(options: PoolOptions) -> Result<VmPool, Error> {
+        let bad = |m: String| Error::Setup(fail(m));
+        if options.memory_mib < 128 {
+            return Err(bad(format!(
+                "a pool VM needs at least 128 MiB of RAM ({} asked)",
+                options.memory_mib
+            )));
+        }
+        let mut policy = Policy::default();
+        for s in &options.shares {
+            crate::namespace::plan::check_links(&s.path).map_err(|e| bad(e.to_string()))?;
+            if !s.path.is_dir() {
+                return Err(bad(format!(
+                    "pool share {}: not a directory",
+                    s.path.display()
+                )));
+            }
+            policy = if s.writable {
+                policy.bind(&s.path, &s.path)
+            } else {
+                policy.ro_bind(&s.path, &s.path)
+            };
+        }
+        let program = std::ffi::OsString::from("/bin/true");
+        let launch = Launch {
+            program: &program,
+            args: &[],
+            env: &[],
+            cwd: None,
+            policy: &policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+        };
+        let (mut base, shares) = engine::guest_spec(&launch).map_err(bad)?;
+        base.serve = true;
+        base.policy = Policy::default();
+        let extra = shares.len() - options.shares.len();
+        let roots = options
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let real = std::fs::canonicalize(&s.path)
+                    .map_err(|e| bad(format!("pool share {}: {e}", s.path.display())))?;
+                Ok((real, s.writable, i))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        debug_assert!(extra <= shares.len());
+        Ok(VmPool {
+            inner: Arc::new(PoolInner {
+                options,
+                shares,
+                base,
+                roots,
+                state: Mutex::new(PoolState::default()),
+                changed: Condvar::new(),
+                boots: AtomicU64::new(0),
+                runs: AtomicU64::new(0),
+                warm_runs: AtomicU64::new(0),
+                discarded: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Boots VMs until `n` are idle (at most [`PoolOptions::max_idle`]).
+    pub fn prewarm(&self, n: usize) -> Result<(), Error> {
+        let o = &self.inner.options;
+        let want = match o.max_vms {
+            0 => n.min(o.max_idle),
+            m => n.min(o.max_idle).min(m),
+        };
+        loop {
+            {
+                let mut st = self.inner.lock();
+                if st.idle.len() >= want || (o.max_vms > 0 && st.live >= o.max_vms) {
+                    return Ok(());
+                }
+                st.live += 1;
+            }
+            let mut vm = self.boot().map_err(Error::Setup)?;
+            vm.warm = true;
+            self.inner.lock().idle.push(vm);
+            self.inner.changed.notify_all();
+        }
+    }
+
+    /// How many booted VMs wait for a run.
+    pub fn idle(&self) -> usize {
+        self.inner.lock().idle.len()
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> PoolStats {
+        let i = &self.inner;
+        PoolStats {
+            boots: i.boots.load(Ordering::Relaxed),
+            runs: i.runs.load(Ordering::Relaxed),
+            warm_runs: i.warm_runs.load(Ordering::Relaxed),
+            discarded: i.discarded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Boots a VM whose place in `live` the caller took; gives the place back on failure.
+    fn boot(&self) -> Result<WarmVm, SetupFailure> {
+        let o = &self.inner.options;
+        self.inner.boots.fetch_add(1, Ordering::Relaxed);
+        let vm = engine::start_vm(&self.inner.shares, o.memory_mib, o.cpus, true, None)
+            .and_then(WarmVm::start);
+        if vm.is_err() {
+            self.inner.gone();
+        }
+        vm
+    }
+
+    /// An idle VM, else a new one, else (at `max_vms`) the next one that becomes idle.
+    fn take(&self) -> Result<WarmVm, SetupFailure> {
+        let max = self.inner.options.max_vms;
+        let mut st = self.inner.lock();
+        loop {
+            if let Some(vm) = st.idle.pop() {
+                return Ok(vm);
+            }
+            if max == 0 || st.live < max {
+                st.live += 1;
+                drop(st);
+                return self.boot();
+            }
+            st = self
+                .inner
+                .changed
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The run specification of `launch` for this pool's VMs.
+    fn spec(&self, launch: &Launch<'_>) -> Result<RunSpec, SetupFailure> {
+        let mut spec = self.inner.base.clone();
+        let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+        spec.program = text(launch.program);
+        spec.args = launch.args.iter().map(|a| text(a)).collect();
+        spec.env = launch.env.iter().map(|(k, v)| (text(k), text(v))).collect();
+        spec.cwd = launch.cwd.map(Path::to_path_buf);
+        let mut policy = launch.policy.clone();
+        for m in policy.mounts.iter_mut() {
+            let (src, writable) = match m {
+                Mount::RoBind { src, .. } => (src, false),
+                Mount::Bind { src, .. } => (src, true),
+                Mount::Tmpfs { .. } => continue,
+            };
+            crate::namespace::plan::check_links(src).map_err(|e| fail(e.to_string()))?;
+            let real = std::fs::canonicalize(&*src)
+                .map_err(|e| fail(format!("bind source {}: {e}", src.display())))?;
+            let Some((root, _, i)) = self
+                .inner
+                .roots
+                .iter()
+                .find(|(root, w, _)| real.starts_with(root) && (*w || !writable))
+            else {
+                return Err(fail(format!(
+                    "bind source {} is not inside a{} share of this VM pool (PoolOptions::shares): a warm VM \
+                     cannot take new shares",
+                    src.display(),
+                    if writable { " writable" } else { "" }
+                )));
+            };
+            let rest = real.strip_prefix(root).unwrap_or(Path::new(""));
+            *src = PathBuf::from(format!("/run/sandbox/share/{i}")).join(rest);
+        }
+        policy.host_uid = 65534;
+        policy.host_gid = 65534;
+        spec.policy = policy;
+        spec.validate().map_err(fail)?;
+        Ok(spec)
+    }
+
+    /// Starts `launch` on a warm VM (booting one when none is idle).
+    pub(crate) fn spawn(&self, launch: &Launch<'_>) -> Result<PooledRun, SetupFailure> {
+        let spec = self.spec(launch)?;
+        let dup = |fd: i32, inherit: i32| -> Result<OwnedFd, SetupFailure> {
+            let src = if fd >= 0 { fd } else { inherit };
+            // SAFETY: borrowing a descriptor that stays open for this call.
+            unsafe { BorrowedFd::borrow_raw(src) }
+                .try_clone_to_owned()
+                .map_err(|e| fail(format!("duplicating descriptor {src}: {e}")))
+        };
+        let stdin = launch.stdio[0];
+        let stdin_source = if stdin >= 0 && engine::is_dev_null(stdin) {
+            None
+        } else {
+            Some(dup(stdin, 0)?)
+        };
+        let targets = [dup(launch.stdio[1], 1)?, dup(launch.stdio[2], 2)?];
+
+        let vm = self.take()?;
+        self.inner.runs.fetch_add(1, Ordering::Relaxed);
+        if vm.warm {
+            self.inner.warm_runs.fetch_add(1, Ordering::Relaxed);
+        }
+        vm.begin(spec, stdin_source, targets, self.inner.clone())
+    }
+}
+
+impl PoolInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A VM went away: its place is free.
+    fn gone(&self) {
+        let mut st = self.lock();
+        st.live = st.live.saturating_sub(1);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// A VM finished a run: back to the idle list, or shut down when enough wait.
+    fn give_back(&self, vm: WarmVm) {
+        let mut st = self.lock();
+        if st.idle.len() < self.options.max_idle {
+            st.idle.push(vm);
+            drop(st);
+            self.changed.notify_all();
+            return;
+        }
+        drop(st);
+        vm.shut_down();
+        self.gone();
+    }
+
+    /// A VM failed: killed, never reused.
+    fn discard(&self, vm: WarmVm) {
+        self.discarded.fetch_add(1, Ordering::Relaxed);
+        vm.kill();
+        self.gone();
+    }
+}
+
+/// What the reader threads of a warm VM report.
+#[derive(Debug)]
+enum Event {
+    Ready(serde_json::Value),
+    Verdict(serde_json::Value),
+    /// The end frame of stdout (0) or stderr (1).
+    OutputEnd(usize),
+    /// A channel ended or broke: the VM is gone or hostile.
+    Broken(String),
+}
+
+/// A booted VM whose agent waits for served runs.
+struct WarmVm {
+    host: Host,
+    control: UnixStream,
+    stdin: UnixStream,
+    events: Receiver<Event>,
+    /// Readable when `events` may hold something new (the readers write it after each event).
+    activity: Arc<EventFd>,
+    /// Where the program's stdout and stderr go during a run.
+    sinks: [Arc<Mutex<Option<File>>>; 2],
+    console: Tail,
+    vmm_stderr: Tail,
+    threads: Vec<JoinHandle<()>>,
+    info: VmInfo,
+    /// Served a run already, or was prewarmed.
+    warm: bool,
+}
+
+impl std::fmt::Debug for WarmVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmVm").field("host", &self.host).finish()
+    }
+}
+
+impl WarmVm {
+    /// Starts the reader threads and waits for the agent's READY line.
+    fn start(started: Started) -> Result<WarmVm, SetupFailure> {
+        let Started {
+            host,
+            channels,
+            mut info,
+        } = started;
+        let VmChannels {
+            console,
+            control,
+            stdin,
+            stdout,
+            stderr,
+            vmm_stderr,
+        } = channels;
+        let (tx, rx) = mpsc::channel();
+        let activity =
+            Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| fail(format!("eventfd: {e}")))?);
+        let tx = Notify {
+            tx,
+            fd: activity.clone(),
+        };
+        let sinks = [Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None))];
+        let console_tail = Tail::default();
+        let vmm_tail = Tail::default();
+        let clone = |s: &UnixStream| s.try_clone().map_err(|e| fail(format!("socket: {e}")));
+        let mut threads = vec![
+            console_tail.reader(console, 16 * 1024),
+            vmm_tail.reader(vmm_stderr, 4096),
+        ];
+        let control_r = clone(&control)?;
+        let t = tx.clone();
+        threads.push(std::thread::spawn(move || read_control(control_r, t)));
+        for (i, (port, sink)) in [stdout, stderr].into_iter().zip(&sinks).enumerate() {
+            let (t, sink) = (tx.clone(), sink.clone());
+            threads.push(std::thread::spawn(move || read_output(port, i, sink, t)));
+        }
+        drop(tx);
+        let mut vm = WarmVm {
+            host,
+            control,
+            stdin: stdin.ok_or_else(|| fail("a warm VM needs its stdin port"))?,
+            events: rx,
+            activity,
+            sinks,
+            console: console_tail,
+            vmm_stderr: vmm_tail,
+            threads,
+            info: VmInfo::default(),
+            warm: false,
+        };
+        let limit = Instant::now() + BOOT_LIMIT;
+        loop {
+            match vm
+                .events
+                .recv_timeout(limit.saturating_duration_since(Instant::now()))
+            {
+                Ok(Event::Ready(v)) => {
+                    info.boot_ms = v["uptime_ms"].as_u64();
+                    vm.info = info;
+                    return Ok(vm);
+                }
+                Ok(Event::Broken(why)) => {
+                    let m = format!(
+                        "the warm VM did not boot ({why}); the guest's last words:\n{}",
+                        vm.console.text()
+                    );
+                    vm.kill();
+                    return Err(fail(m));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    vm.kill();
+                    return Err(fail(format!(
+                        "the warm VM's agent did not report ready within {BOOT_LIMIT:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Sends the run and starts its stdin relay and collector.
+    fn begin(
+        self,
+        spec: RunSpec,
+        stdin_source: Option<OwnedFd>,
+        targets: [OwnedFd; 2],
+        pool: Arc<PoolInner>,
+    ) -> Result<PooledRun, SetupFailure> {
+        for (sink, target) in self.sinks.iter().zip(targets) {
+            *sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(File::from(target));
+        }
+        let prepared = (|| {
+            let to = self.stdin.try_clone()?;
+            let pidfd = self.pidfd().try_clone_to_owned()?;
+            (&self.control).write_all(spec.to_json_line().as_bytes())?;
+            Ok::<_, std::io::Error>((to, pidfd))
+        })();
+        let (to, pidfd) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                pool.discard(self);
+                return Err(fail(format!("starting the run on a warm VM: {e}")));
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let stdin_relay = {
+            let stop = stop.clone();
+            std::thread::spawn(move || relay_stdin(stdin_source, to, &stop))
+        };
+        Ok(PooledRun {
+            vm: Some(self),
+            stop,
+            stdin_relay: Some(stdin_relay),
+            pidfd,
+            pool,
+            result: None,
+        })
+    }
+
+    fn pidfd(&self) -> BorrowedFd<'_> {
+        match &self.host {
+            Host::Sandboxed(s) => s.pidfd.as_fd(),
+            Host::Plain(_, fd) => fd.as_fd(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match &self.host {
+            Host::Sandboxed(s) => s.pid as u32,
+            Host::Plain(c, _) => c.id(),
+        }
+    }
+
+    /// Ends the VM: the agent sees its control port close and stops; the host then kills and reaps it.
+    fn shut_down(self) {
+        let _ = self.control.shutdown(std::net::Shutdown::Both);
+        self.kill();
+    }
+
+    fn kill(self) {
+        match self.host {
+            Host::Sandboxed(s) => s.abort(),
+            Host::Plain(mut c, _) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        // The sockets close with the VMM: the readers end.
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Lines from the control port: READY and verdicts.
+/// The readers' side of the event channel: every event also makes the activity eventfd readable.
+#[derive(Clone)]
+struct Notify {
+    tx: Sender<Event>,
+    fd: Arc<EventFd>,
+}
+
+impl Notify {
+    fn send(&self, e: Event) -> Result<(), ()> {
+        self.tx.send(e).map_err(|_| ())?;
+        let _ = self.fd.write(1);
+        Ok(())
+    }
+}
+
+fn read_control(port: UnixStream, events: Notify) {
+    let mut r = BufReader::new(port);
+    loop {
+        let mut line = Vec::new();
+        match (&mut r).take(MAX_LINE).read_until(b'\n', &mut line) {
+            Ok(0) => {
+                let _ = events.send(Event::Broken("the control port closed".into()));
+                return;
+            }
+            Ok(_) if !line.ends_with(b"\n") => {
+                let _ = events.send(Event::Broken(format!(
+                    "the guest sent a control line longer than {MAX_LINE} bytes"
+                )));
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = events.send(Event::Broken(format!("reading the control port: {e}")));
+                return;
+            }
+        }
+        let text = String::from_utf8_lossy(&line);
+        let json = |prefix: &str| {
+            text.find(prefix)
+                .and_then(|i| serde_json::from_str(text[i + prefix.len()..].trim()).ok())
+        };
+        let event = if let Some(v) = json(READY_PREFIX) {
+            Event::Ready(v)
+        } else if let Some(v) = json(VERDICT_PREFIX) {
+            Event::Verdict(v)
+        } else {
+            continue;
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// Frames from an output port into the current run's sink.
+fn read_output(mut port: UnixStream, which: usize, sink: Arc<Mutex<Option<File>>>, events: Notify) {
+    let mut buf = vec![0u8; MAX_FRAME];
+    loop {
+        let event = match read_frame(&mut port, &mut buf) {
+            Ok(Frame::Data(n)) => {
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                // A reader that went away loses the rest of this run's output, nothing more.
+                if let Some(f) = s.as_mut()
+                    && f.write_all(&buf[..n]).is_err()
+                {
+                    *s = None;
+                }
+                continue;
+            }
+            Ok(Frame::End) => {
+                // Closing the run's end of the stream: its reader sees the end of file.
+                *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Event::OutputEnd(which)
+            }
+            Ok(Frame::Closed) => Event::Broken("an output port closed".into()),
+            Err(e) => Event::Broken(format!("bad output frame: {e}")),
+        };
+        let last = matches!(event, Event::Broken(_));
+        if events.send(event).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// The caller's stdin → frames, then the end frame (also when the run ends first: `stop`).
+fn relay_stdin(source: Option<OwnedFd>, mut to: UnixStream, stop: &AtomicBool) {
+    if let Some(source) = source {
+        let mut from = File::from(source);
+        let mut buf = vec![0u8; MAX_FRAME];
+        while !stop.load(Ordering::Acquire) {
+            let mut pfd = [libc::pollfd {
+                fd: from.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            match sys::poll(&mut pfd, 50) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(libc::EINTR) => continue,
+                Err(_) => break,
+            }
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if write_frame(&mut to, &buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+    let _ = write_frame(&mut to, b"");
+}
+
+/// How a served run ended, as the collector saw it.
+struct RunEnd {
+    verdict: Option<serde_json::Value>,
+    /// The VM broke (and must not serve again), and why.
+    broken: Option<String>,
+    /// The end frames of stdout and stderr arrived.
+    outputs_ended: [bool; 2],
+}
+
+/// A run on a warm VM, host side.
+pub(crate) struct PooledRun {
+    vm: Option<WarmVm>,
+    stop: Arc<AtomicBool>,
+    stdin_relay: Option<JoinHandle<()>>,
+    pidfd: OwnedFd,
+    pool: Arc<PoolInner>,
+    result: Option<RunEnd>,
+}
+
+impl std::fmt::Debug for PooledRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledRun").field("vm", &self.vm).finish()
+    }
+}
+
+impl PooledRun {
+    pub(crate) fn pid(&self) -> u32 {
+        self.vm.as_ref().map_or(0, WarmVm::pid)
+    }
+
+    /// The VMM's pidfd: signals go there (SIGKILL ends the VM and so the run).
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Readable when something happened on the VM's channels; then [`PooledRun::ended`] tells whether the
+    /// run is over.
+    pub(crate) fn wait_fd(&self) -> BorrowedFd<'_> {
+        match &self.vm {
+            // SAFETY: the eventfd lives as long as the VM, which `self` holds while the borrow lives.
+            Some(vm) => unsafe { BorrowedFd::borrow_raw(vm.activity.as_raw_fd()) },
+            None => self.pidfd.as_fd(),
+        }
+    }
+
+    /// Takes what arrived; whether the run has ended (verdict and both output ends, or the VM broke).
+    pub(crate) fn ended(&mut self) -> bool {
+        self.collect(Duration::ZERO)
+    }
+
+    /// Takes the events that arrive within `wait`; whether the run has ended.
+    fn collect(&mut self, wait: Duration) -> bool {
+        let Some(vm) = &self.vm else { return true };
+        // Cleared before the channel is drained, so an event sent meanwhile leaves it readable.
+        let _ = vm.activity.read();
+        let end = self.result.get_or_insert(RunEnd {
+            verdict: None,
+            broken: None,
+            outputs_ended: [false; 2],
+        });
+        let limit = Instant::now() + wait;
+        loop {
+            if end.broken.is_some() || (end.verdict.is_some() && end.outputs_ended == [true; 2]) {
+                return true;
+            }
+            let left = limit.saturating_duration_since(Instant::now());
+            match vm.events.recv_timeout(left) {
+                Ok(Event::Verdict(v)) => end.verdict = Some(v),
+                Ok(Event::OutputEnd(i)) => end.outputs_ended[i.min(1)] = true,
+                Ok(Event::Ready(_)) => {}
+                Ok(Event::Broken(why)) => end.broken = Some(why),
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => {
+                    end.broken = Some("the VM's channels closed".into());
+                }
+            }
+        }
+    }
+
+    pub(crate) fn finish(mut self, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
+        // After a kill the channels close promptly; a finished run has all its events queued already.
+        self.collect(Duration::from_secs(10));
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.stdin_relay.take() {
+            let _ = t.join();
+        }
+        let vm = self.vm.take().expect("finish runs once");
+        for sink in &vm.sinks {
+            *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        let end = self.result.take().unwrap_or(RunEnd {
+            verdict: None,
+            broken: Some("no events".into()),
+            outputs_ended: [false; 2],
+        });
+        let mut info = vm.info.clone();
+        info.warm = vm.warm;
+        if vm.warm {
+            info.boot_ms = None;
+        }
+        let verdict = end.verdict.as_ref().and_then(Outcome::from_report_json);
+        let mut outcome = match verdict {
+            Some(o) => o,
+            None => {
+                let console = vm.console.text();
+                info.console_tail = Some(console.clone());
+                let status = if host_timeout {
+                    Status::TimedOut(TimeLimit::Wall)
+                } else {
+                    Status::SetupFailed(fail(format!(
+                        "the warm VM ended without a verdict ({}{}); the guest's last words:\n{}",
+                        end.broken.as_deref().unwrap_or("unknown"),
+                        match vm.vmm_stderr.text().trim() {
+                            "" => String::new(),
+                            e => format!(", VMM: {e}"),
+                        },
+                        console
+                            .lines()
+                            .rev()
+                            .take(15)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )))
+                };
+                Outcome::setup_failed(fail(""), BackendKind::Vm).with_status(status)
+            }
+        };
+        outcome.backend = BackendKind::Vm;
+        outcome.usage.wall = wall;
+        outcome.vm = Some(info);
+        let healthy = end.broken.is_none() && end.verdict.is_some() && !host_timeout;
+        let mut vm = vm;
+        vm.warm = true;
+        if healthy {
+            self.pool.give_back(vm);
+        } else {
+            self.pool.discard(vm);
+        }
+        Ok(outcome)
+    }
+
+    pub(crate) fn abort(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(vm) = self.vm.take() {
+            self.pool.discard(vm);
+        }
+        if let Some(t) = self.stdin_relay.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PooledRun {
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            self.stop.store(true, Ordering::Release);
+            self.pool.discard(vm);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Warm VMs (`VmPool`): one boot serves many runs, each in fresh guest namespaces and cgroup. QEMU engine (TCG
+//! here); needs `SANDBOX_KERNEL` and `SANDBOX_AGENT` like the other VM tests.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::TempDir;
+use sandbox::{Policy, PoolOptions, PoolShare, Sandbox, Status, Stdio, VmPool};
+
+fn sh(pool: &VmPool, script: &str) -> sandbox::Outcome {
+    Sandbox::new("/bin/sh")
+        .args(["-c", script])
+        .vm_pool(pool)
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn one_boot_serves_many_runs() {
+    let pool = VmPool::new(PoolOptions::default()).unwrap();
+    for i in 0..5 {
+        let o = sh(&pool, &format!("echo run {i}; echo err {i} >&2; exit {i}"));
+        assert_eq!(o.status, Status::Exited(i), "{o:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), format!("run {i}\n"));
+        assert_eq!(String::from_utf8_lossy(&o.stderr), format!("err {i}\n"));
+        let vm = o.vm.as_ref().expect("vm info");
+        assert_eq!(vm.warm, i > 0, "{vm:?}");
+    }
+    let st = pool.stats();
+    assert_eq!(
+        (st.boots, st.runs, st.warm_runs, st.discarded),
+        (1, 5, 4, 0),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn runs_are_isolated_from_each_other() {
+    let pool = VmPool::new(PoolOptions::default()).unwrap();
+    // The first run leaves a file in its /tmp, a background process and a changed hostname-free state.
+    let o = sh(
+        &pool,
+        "echo secret > /tmp/left; (sleep 1000 &) ; echo started",
+    );
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    let o = sh(
+        &pool,
+        "ls /tmp; for p in /proc/[0-9]*; do cat $p/comm; done | sort | tr '\\n' ' '",
+    );
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !text.contains("left"),
+        "the earlier run's /tmp leaked: {text}"
+    );
+    assert!(
+        !text.contains("sleep"),
+        "the earlier run's process survived: {text}"
+    );
+    assert!(o.vm.as_ref().unwrap().warm);
+}
+
+#[test]
+fn stdin_belongs_to_its_run() {
+    let pool = VmPool::new(PoolOptions::default()).unwrap();
+    for word in ["first", "second"] {
+        let mut child = Sandbox::new("/bin/sh")
+            .args(["-c", "read x; echo got $x"])
+            .vm_pool(&pool)
+            .stdin(Stdio::Piped)
+            .stdout(Stdio::Piped)
+            .spawn()
+            .unwrap();
+        // More than the program reads: the rest must not reach the next run.
+        writeln!(child.stdin.as_mut().unwrap(), "{word}\nleftover {word}").unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            format!("got {word}\n"),
+            "{o:?}"
+        );
+    }
+    // A run whose caller never closes its stdin still ends with the program.
+    let (r, _w) = std::io::pipe().unwrap();
+    let o = Sandbox::new("/bin/echo")
+        .arg("done")
+        .vm_pool(&pool)
+        .stdin(Stdio::Fd(r.into()))
+        .output()
+        .unwrap();
+    assert_eq!(o.stdout, b"done\n", "{o:?}");
+    assert_eq!(pool.stats().boots, 1);
+}
+
+#[test]
+fn large_output_arrives_whole() {
+    let pool = VmPool::new(PoolOptions::default()).unwrap();
+    let o = sh(&pool, "head -c 3000000 /dev/zero | tr '\\0' x; echo");
+    assert_eq!(o.status, Status::Exited(0));
+    assert_eq!(o.stdout.len(), 3_000_001);
+    assert!(o.stdout[..3_000_000].iter().all(|&b| b == b'x'));
+    let o = sh(&pool, "echo small");
+    assert_eq!(o.stdout, b"small\n");
+}
+
+#[test]
+fn timeouts_and_kills() {
+    let pool = VmPool::new(PoolOptions::default()).unwrap();
+    // The guest enforces the run's timeout: a verdict, and the VM serves on.
+    let o = Sandbox::new("/bin/sleep")
+        .arg("100")
+        .vm_pool(&pool)
+        .policy(Policy::default().timeout(Duration::from_secs(1)))
+        .output()
+        .unwrap();
+    assert!(matches!(o.status, Status::TimedOut(_)), "{o:?}");
+    assert_eq!(sh(&pool, "echo after").stdout, b"after\n");
+    assert_eq!(pool.stats().boots, 1);
+    // Killing a run ends its VM; the next run boots a fresh one.
+    let mut child = Sandbox::new("/bin/sleep")
+        .arg("100")
+        .vm_pool(&pool)
+        .spawn()
+        .unwrap();
+    child.kill().unwrap();
+    let o = child.wait().unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    assert_eq!(sh(&pool, "echo fresh").stdout, b"fresh\n");
+    let st = pool.stats();
+    assert_eq!((st.boots, st.discarded), (2, 1), "{st:?}");
+}
+
+#[test]
+fn binds_come_from_the_pool_shares() {
+    let dir = TempDir::new("pool-share");
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("out"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("in.txt"), "input\n").unwrap();
+    let pool = VmPool::new(PoolOptions {
+        shares: vec![PoolShare {
+            path: dir.path().to_path_buf(),
+            writable: true,
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    let policy = Policy::default()
+        .ro_bind(dir.path().join("in.txt"), "/in.txt")
+        .bind(dir.path().join("out"), "/out");
+    let o = Sandbox::new("/bin/sh")
+        .args([
+            "-c",
+            "cat /in.txt; echo written > /out/result; echo x > /in.txt",
+        ])
+        .vm_pool(&pool)
+        .policy(policy)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "input\n", "{o:?}");
+    assert!(!o.status.success(), "a read-only bind was writable: {o:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/result")).unwrap(),
+        "written\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("in.txt")).unwrap(),
+        "input\n"
+    );
+    // A bind from outside the pool's shares is refused with a reason, before any VM is used.
+    let o = Sandbox::new("/bin/true")
+        .vm_pool(&pool)
+        .policy(Policy::default().ro_bind("/var", "/var"))
+        .output()
+        .unwrap();
+    assert!(
+        matches!(&o.status, Status::SetupFailed(f) if f.message.contains("not inside")),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn a_bounded_pool_shares_its_vm_between_threads() {
+    let pool = VmPool::new(PoolOptions {
+        max_vms: 1,
+        max_idle: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..2 {
+                    let o = sh(&pool, &format!("echo {t}-{i}"));
+                    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{t}-{i}\n"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let st = pool.stats();
+    assert_eq!((st.boots, st.runs), (1, 6), "{st:?}");
+}
