@@ -71,7 +71,6 @@ mod reg {
     pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
     pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
     pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    pub const SHM_SEL: u64 = 0x0ac;
     pub const SHM_LEN_LOW: u64 = 0x0b0;
     pub const SHM_LEN_HIGH: u64 = 0x0b4;
     pub const SHM_BASE_LOW: u64 = 0x0b8;
@@ -127,7 +126,6 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
-    shm_sel: u32,
     status: u32,
     config_generation: u32,
     activated: bool,
@@ -175,7 +173,6 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            shm_sel: 0,
             status: 0,
             config_generation: 0,
             activated: false,
@@ -219,9 +216,9 @@ impl MmioTransport {
             reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.status,
-            // No shared memory regions: a length of all ones means "no such region".
+            // No shared memory regions, whatever SHMSel says: a length of all ones means "no such
+            // region".
             reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {
-                let _ = self.shm_sel;
                 u32::MAX
             }
             reg::CONFIG_GENERATION => self.config_generation,
@@ -281,16 +278,13 @@ impl MmioTransport {
             reg::QUEUE_DEVICE_HIGH => {
                 self.set_queue_address(|q, v| q.set_used_ring_address(None, Some(v)), value)
             }
-            reg::QUEUE_NOTIFY => {
-                if self.activated && (value as usize) < self.queues.len() {
-                    self.device.queue_notify(value as u16);
-                }
+            reg::QUEUE_NOTIFY if self.activated && (value as usize) < self.queues.len() => {
+                self.device.queue_notify(value as u16);
             }
             reg::INTERRUPT_ACK => {
                 self.interrupt_status.fetch_and(!value, Ordering::AcqRel);
             }
             reg::STATUS => self.write_status(value),
-            reg::SHM_SEL => self.shm_sel = value,
             _ => {}
         }
     }
@@ -384,7 +378,6 @@ impl MmioTransport {
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.queue_sel = 0;
-        self.shm_sel = 0;
         self.interrupt_status.store(0, Ordering::Release);
     }
 }
@@ -396,7 +389,7 @@ impl BusDevice for MmioTransport {
             self.device.read_config(offset - CONFIG_SPACE, data);
             return;
         }
-        let value = if data.len() == 4 && offset % 4 == 0 {
+        let value = if data.len() == 4 && offset.is_multiple_of(4) {
             self.read_register(offset)
         } else {
             0
@@ -413,7 +406,7 @@ impl BusDevice for MmioTransport {
             if self.status & status::DRIVER != 0 {
                 self.device.write_config(offset - CONFIG_SPACE, data);
             }
-        } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
+        } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         }
         BusEvent::Continue

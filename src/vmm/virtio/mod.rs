@@ -8,6 +8,7 @@
 //! device treats guest memory and the rings as hostile: a malformed chain is skipped (and counted), never
 //! a panic, a hang or an out-of-range access.
 
+pub mod chain;
 pub mod console;
 pub mod mmio;
 #[cfg(test)]
