@@ -355,8 +355,11 @@ struct Engine {
 }
 
 impl Engine {
+    /// Serves the queues until `stop`; the round after the stop request still passes on what the guest
+    /// sent (its last words before a reset, e.g. the agent's verdict) as far as the hosts take it at once.
     fn run(mut self, stop: &AtomicBool, wakeup: &UnixStream) {
-        while !stop.load(Ordering::Acquire) {
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
             if self.multiport {
                 self.control_from_guest();
             }
@@ -367,6 +370,9 @@ impl Engine {
             self.control_to_guest();
             if std::mem::take(&mut self.used) {
                 self.interrupt.signal_used_queue();
+            }
+            if stopping {
+                return;
             }
             self.wait(wakeup);
         }

@@ -501,3 +501,22 @@ fn without_multiport_port_0_is_a_plain_open_channel() {
     r.give(0, 1, 16);
     assert_eq!(r.used(0, 1)[0].1, b"in");
 }
+
+#[test]
+fn what_the_guest_sent_before_the_device_stops_reaches_the_host() {
+    let mut r = Rig::multiport(&["p0"]);
+    r.handshake();
+    // Offered without a notification, as if the VM ended right after the guest queued it.
+    let b = Buf {
+        addr: r.alloc(7),
+        len: 7,
+        write: false,
+    };
+    r.mem.write_slice(b"verdict", GuestAddress(b.addr)).unwrap();
+    r.queues[1].add_chain(&[b]);
+    let host = r.hosts.remove(0);
+    drop(r.console);
+    let mut got = Vec::new();
+    (&host).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"verdict");
+}
