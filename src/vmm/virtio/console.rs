@@ -428,6 +428,10 @@ impl Engine {
                 match send(&self.ports[p].socket, &data[at..]) {
                     Ok(n) if at + n < data.len() => {
                         self.ports[p].pending = Some((head, data, at + n));
+                        // Nothing taken (never seen on a stream socket): wait for POLLOUT, do not spin.
+                        if n == 0 {
+                            return;
+                        }
                         continue;
                     }
                     Ok(_) => self.add_used(q, head, 0),
