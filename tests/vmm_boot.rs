@@ -1,5 +1,7 @@
-//! The builtin VMM (`sandbox::vmm`) boots our guest kernel under KVM with the agent in the initramfs and
-//! runs the agent's specification to its verdict on the serial console, ending with the i8042 reset.
+//! The builtin VMM (`sandbox::vmm`) boots our guest kernel under KVM with the agent in the initramfs and a
+//! virtio-console device carrying the agent's four named ports: the host reads the agent's READY line on
+//! `sandbox.control`, sends the run specification there, reads the verdict back from it, and gets the
+//! program's output from `sandbox.stdout`; the guest ends with the i8042 reset.
 //!
 //! One boot (about 1-2 minutes on PVM, well under a second on hardware KVM). Artifacts: `SANDBOX_KERNEL`
 //! (a PVH `vmlinux`) and `SANDBOX_AGENT` (the static agent), else `kernel-config/build.sh` and
@@ -8,15 +10,21 @@
 //! kernel options (e.g. `loglevel=7` for the whole kernel log, which `quiet` hides);
 //! `SANDBOX_VMM_SAVE_INITRAMFS=path` keeps the initramfs, to boot the same guest under QEMU for a comparison.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sandbox::Policy;
-use sandbox::guest::{RunSpec, VERDICT_PREFIX, find_verdict};
+use sandbox::guest::{
+    CONTROL_PORT, READY_PREFIX, RunSpec, STDERR_PORT, STDIN_PORT, STDOUT_PORT, VERDICT_PREFIX,
+    find_verdict,
+};
 use sandbox::vm::initramfs::pack_agent;
+use sandbox::vmm::virtio::console::VirtioConsole;
 use sandbox::vmm::{self, GuestExit, VmConfig, regs::BootMode};
 
 /// The guest is stopped after this long: a hung guest fails the test instead of hanging it.
@@ -72,6 +80,34 @@ impl Console {
     }
 }
 
+/// The host side of the control port: waits for the agent's READY line, sends `spec`, then keeps every
+/// line until the port closes (the VM ended). Returns the lines.
+fn drive_control(port: UnixStream, spec: String) -> JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut writer = port.try_clone().unwrap();
+        let mut lines = Vec::new();
+        let mut sent = false;
+        for line in BufReader::new(port).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.starts_with(READY_PREFIX) {
+                writer.write_all(spec.as_bytes()).unwrap();
+                sent = true;
+            }
+            lines.push(line);
+        }
+        lines
+    })
+}
+
+/// Everything that arrives on `port` until it closes.
+fn collect(mut port: UnixStream) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = port.read_to_end(&mut out);
+        out
+    })
+}
+
 #[test]
 #[ignore = "boots under KVM: ~1-2 min on PVM; run with --ignored"]
 fn boots_the_guest_to_the_agent_verdict() {
@@ -82,11 +118,20 @@ fn boots_the_guest_to_the_agent_verdict() {
     let kernel = built("SANDBOX_KERNEL", "kernel-config/build.sh");
     let agent = built("SANDBOX_AGENT", "scripts/build-guest.sh");
 
-    // No shares yet: the program is the agent itself, bound into the sandbox from the initramfs.
+    // No shares yet: the program is the agent itself, bound into the sandbox from the initramfs. The
+    // specification goes over the control port; the initramfs carries none.
     let mut spec = RunSpec::new("/init");
     spec.args = vec!["--version".into()];
     spec.policy = Policy::default().ro_bind("/init", "/init");
-    let initramfs = pack_agent(&agent, Some(&spec), &[]).unwrap();
+    let initramfs = pack_agent(&agent, None, &[]).unwrap();
+    let (console_device, mut host) =
+        VirtioConsole::with_socketpairs(&[CONTROL_PORT, STDIN_PORT, STDOUT_PORT, STDERR_PORT])
+            .unwrap();
+    let stderr = collect(host.pop().unwrap());
+    let stdout = collect(host.pop().unwrap());
+    // No input: the program's stdin ends at once.
+    drop(host.pop().unwrap());
+    let control = drive_control(host.pop().unwrap(), spec.to_json_line());
     if let Some(p) = std::env::var_os("SANDBOX_VMM_SAVE_INITRAMFS") {
         std::fs::write(&p, &initramfs).unwrap();
     }
@@ -103,8 +148,14 @@ fn boots_the_guest_to_the_agent_verdict() {
         memory_mib: 256,
         timeout: BOOT_TIMEOUT,
         console: vmm::Console::new(console.clone()),
+        devices: vec![Box::new(console_device)],
     });
     let log = console.text();
+    // The VM is gone, and with it the device's ends of the ports.
+    let control = control.join().unwrap().join("\n");
+    let stdout = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+    eprintln!("control port:\n{control}\nstdout port: {stdout:?}\nstderr port: {stderr:?}");
     let report = result.unwrap_or_else(|e| panic!("the VM failed: {e}\nconsole:\n{log}"));
     eprintln!(
         "builtin VMM: {kernel:?} booted and ended in {:.1} s ({}; {:?}, {:?} entry; {} PIO, {} MMIO, {} unhandled exits)",
@@ -130,20 +181,24 @@ fn boots_the_guest_to_the_agent_verdict() {
         log.contains("sandbox-init") && log.contains(": PID 1, guest uptime"),
         "the console (kernel log, agent messages) is on the serial port:\n{log}"
     );
-    let verdict_line = log
+    assert!(
+        control.contains(READY_PREFIX),
+        "the agent announced itself on the control port:\n{control}\nconsole:\n{log}"
+    );
+    let verdict_line = control
         .lines()
         .find(|l| l.contains(VERDICT_PREFIX.trim()))
-        .unwrap_or_else(|| panic!("no verdict line on the console:\n{log}"));
-    let v = find_verdict(&log).unwrap_or_else(|| panic!("unreadable verdict {verdict_line}"));
+        .unwrap_or_else(|| panic!("no verdict line on the control port:\n{control}\n{log}"));
+    let v = find_verdict(&control).unwrap_or_else(|| panic!("unreadable verdict {verdict_line}"));
     assert_eq!(v["status"], "exited", "{v:#}\n{log}");
     assert_eq!(v["exit_code"], 0, "{v:#}");
     eprintln!(
         "guest uptime: agent started at {} ms, verdict at {} ms; the program ran {} ms",
         v["agent"]["uptime_start_ms"], v["agent"]["uptime_end_ms"], v["wall_ms"]
     );
-    assert_eq!(v["agent"]["spec_source"], "initramfs", "{v:#}");
+    assert_eq!(v["agent"]["spec_source"], "control_port", "{v:#}");
     assert!(
-        log.contains(&format!("sandbox-init {}", env!("CARGO_PKG_VERSION"))),
-        "the program's output (the agent's --version) is on the console:\n{log}"
+        stdout.contains(&format!("sandbox-init {}", env!("CARGO_PKG_VERSION"))),
+        "the program's output (the agent's --version) is on the stdout port: {stdout:?}\nconsole:\n{log}"
     );
 }

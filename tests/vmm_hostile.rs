@@ -298,6 +298,7 @@ fn too_little_memory_or_a_missing_kernel_are_errors() {
         memory_mib: 32,
         timeout: Duration::from_secs(5),
         console: Console::new(Capture::default()),
+        devices: Vec::new(),
     });
     assert!(matches!(r, Err(VmmError::Boot(_))), "{r:?}");
 }

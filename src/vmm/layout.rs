@@ -10,6 +10,8 @@
 //! 0x0000_7000  e820 / PVH memory map    0x0010_0000  kernel (ELF segments, from 1 MiB)
 //! 0x0000_8ff0  boot stack (64-bit)      ...          initramfs at the top of low RAM
 //! 0x0009_fc00  end of base RAM          0xc000_0000  MMIO hole (1 GiB) up to 4 GiB, RAM continues above
+//!                                       0xd000_0000  virtio-mmio devices, 4 KiB each
+//!                                       0xfec0_0000  IOAPIC, 0xfee0_0000 LAPIC
 //! ```
 
 use vm_memory::GuestAddress;
@@ -46,6 +48,15 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End of the MMIO hole.
 pub const MMIO_GAP_END: u64 = 1 << 32;
+/// The first virtio-mmio device's registers (one 4 KiB window per device, in the MMIO hole).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// The size of each virtio-mmio device's window.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The IRQs of the virtio-mmio devices, in slot order. The guest has no MP table or ACPI, so it runs its
+/// interrupts through the (in-kernel) 8259 PICs: lines 0-15 only. 0 (PIT), 1 (i8042), 2 (cascade),
+/// 4 (serial) and 8 (RTC) are taken; 12-15 are left to their ISA owners.
+pub const VIRTIO_IRQS: [u32; 6] = [5, 6, 7, 9, 10, 11];
+
 /// Smallest guest RAM the layout accepts (the kernel, initramfs and boot structures must fit).
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// e820 type of usable RAM.
@@ -219,6 +230,16 @@ mod tests {
         let last = spans[spans.len() - 1];
         assert!(last.0 + last.1 <= BASE_RAM_END);
         const { assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > PVH_MEMMAP_START) };
+    }
+
+    #[test]
+    fn virtio_windows_are_in_the_hole_below_the_ioapic() {
+        let last = VIRTIO_MMIO_BASE + VIRTIO_IRQS.len() as u64 * VIRTIO_MMIO_SIZE;
+        const { assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START) };
+        assert!(last <= 0xfec0_0000);
+        for irq in VIRTIO_IRQS {
+            assert!(irq < 16 && ![0, 1, 2, 4, 8].contains(&irq), "{irq}");
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! This first stage boots our guest kernel (`kernel-config/`) with an initramfs on one vCPU, shows the
 //! kernel log on the 8250 serial port and ends when the guest writes the i8042 reset command
-//! (`reboot=k`). Virtio devices (console ports, virtio-fs) come next; until then the agent reads its
-//! specification from the initramfs and writes its verdict on the console.
+//! (`reboot=k`). Virtio devices ([`VmConfig::devices`]) sit on virtio-mmio slots ([`virtio::mmio`]) that
+//! the command line declares: a virtio-console with named ports ([`virtio::console`]) carries the agent's
+//! control channel (specification in, verdict out) and the program's standard streams.
 //!
 //! ```no_run
 //! use sandbox::vmm::{self, VmConfig};
@@ -17,6 +18,7 @@
 //!     memory_mib: 256,
 //!     timeout: Duration::from_secs(300),
 //!     console: vmm::Console::new(std::io::stderr()),
+//!     devices: Vec::new(),
 //! })?;
 //! println!("guest ended: {:?} after {:?}", report.exit, report.elapsed);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -29,7 +31,8 @@
 //!
 //! Files, one step each: [`layout`] (memory map, e820), [`memory`] (guest RAM), [`boot`] (kernel,
 //! command line, initramfs, PVH start info or zero page), [`regs`] (GDT, page tables, registers, CPUID,
-//! MSRs, LAPIC), [`bus`] (PIO/MMIO dispatch), [`devices`], [`vcpu`] (the run loop), [`vm`] (the build).
+//! MSRs, LAPIC), [`bus`] (PIO/MMIO dispatch), [`devices`], [`virtio`] (the virtio-mmio transport and its
+//! devices), [`vcpu`] (the run loop), [`vm`] (the build).
 
 pub mod boot;
 pub mod bus;
@@ -112,6 +115,15 @@ pub enum VmmError {
     /// The vCPU thread ended without a result (a bug in the VMM).
     #[error("the vCPU thread ended without a result")]
     VcpuPanicked,
+    /// More virtio devices than virtio-mmio slots.
+    #[error(
+        "{0} virtio devices requested, the builtin VMM has {n} virtio-mmio slots",
+        n = layout::VIRTIO_IRQS.len()
+    )]
+    TooManyDevices(usize),
+    /// A virtio device's transport could not be built.
+    #[error(transparent)]
+    Virtio(#[from] virtio::mmio::MmioError),
     /// The guest did not end within the timeout and was stopped.
     #[error("the guest did not end within {0:?} and was stopped")]
     Timeout(Duration),

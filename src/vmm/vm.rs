@@ -20,6 +20,8 @@ use super::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use super::devices::serial::{Console, SERIAL_BASE, SERIAL_IRQ, SERIAL_LEN, SerialPort};
 use super::regs::BootMode;
 use super::vcpu::{self, ExitCounts, GuestExit, VcpuError};
+use super::virtio::VirtioDevice;
+use super::virtio::mmio::{self, MmioTransport};
 use super::{layout, memory};
 
 /// Where KVM may put the three pages of the TSS it needs on Intel (just below the BIOS area, in the MMIO
@@ -42,6 +44,9 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// Where the serial console (the kernel log) goes.
     pub console: Console,
+    /// Virtio devices, each on its own virtio-mmio slot ([`mmio::slot`]) in this order; their
+    /// `virtio_mmio.device=` options are added to the command line.
+    pub devices: Vec<Box<dyn VirtioDevice>>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -52,6 +57,14 @@ impl std::fmt::Debug for VmConfig {
             .field("cmdline", &self.cmdline)
             .field("memory_mib", &self.memory_mib)
             .field("timeout", &self.timeout)
+            .field(
+                "devices",
+                &self
+                    .devices
+                    .iter()
+                    .map(|d| d.device_type())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -85,10 +98,31 @@ pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
         memory_mib,
         timeout,
         console,
+        devices,
     } = config;
-    let cmdline = boot::cmdline(&cmdline)?;
-    execute(memory_mib, timeout, console, |mem| {
+    let cmdline = boot::cmdline(&with_virtio_devices(&cmdline, devices.len())?)?;
+    execute(memory_mib, timeout, console, devices, |mem| {
         Ok(boot::load(mem, &kernel, &cmdline, &initramfs)?)
+    })
+}
+
+/// `cmdline` with the `virtio_mmio.device=` options of `count` devices, before any `--` (what follows
+/// it goes to init).
+fn with_virtio_devices(cmdline: &str, count: usize) -> Result<String, VmmError> {
+    let mut options = Vec::new();
+    for i in 0..count {
+        let (addr, irq) = mmio::slot(i).ok_or(VmmError::TooManyDevices(count))?;
+        options.push(mmio::cmdline_fragment(addr, irq));
+    }
+    let options = options.join(" ");
+    let cmdline = cmdline.trim();
+    if options.is_empty() {
+        return Ok(cmdline.to_string());
+    }
+    Ok(match cmdline.split_once(" -- ") {
+        Some((kernel, init)) => format!("{kernel} {options} -- {init}"),
+        None if cmdline.is_empty() => options,
+        None => format!("{cmdline} {options}"),
     })
 }
 
@@ -106,7 +140,7 @@ pub fn run_code(
     timeout: Duration,
     console: Console,
 ) -> Result<VmReport, VmmError> {
-    execute(memory_mib, timeout, console, |mem| {
+    execute(memory_mib, timeout, console, Vec::new(), |mem| {
         mem.write_slice(code, GuestAddress(CODE_START))
             .map_err(|e| boot::BootError::Write {
                 what: "code",
@@ -126,6 +160,7 @@ fn execute(
     memory_mib: u64,
     timeout: Duration,
     console: Console,
+    devices: Vec<Box<dyn VirtioDevice>>,
     load: impl FnOnce(&memory::GuestMemoryMmap) -> Result<Entry, VmmError>,
 ) -> Result<VmReport, VmmError> {
     let started = Instant::now();
@@ -160,7 +195,18 @@ fn execute(
         Arc::new(Mutex::new(SerialPort::new(serial_irq, console))),
     )?;
     pio.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
-    let mmio = Bus::new();
+    let mut mmio = Bus::new();
+    for (i, device) in devices.into_iter().enumerate() {
+        let (addr, irq) = mmio::slot(i).ok_or(VmmError::TooManyDevices(i + 1))?;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+        vm.register_irqfd(&irqfd, irq).map_err(setup("KVM_IRQFD"))?;
+        let transport = MmioTransport::new(device, mem.clone(), irqfd)?;
+        mmio.insert(
+            addr,
+            layout::VIRTIO_MMIO_SIZE,
+            Arc::new(Mutex::new(transport)),
+        )?;
+    }
 
     let mut vcpu = vcpu::create(&kvm, &vm, &mem, 0, 1, &entry)?;
 
@@ -268,6 +314,27 @@ fn install_kick_handler() -> Result<(), VmmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_devices_are_declared_on_the_command_line() {
+        assert_eq!(with_virtio_devices(" quiet ", 0).unwrap(), "quiet");
+        assert_eq!(
+            with_virtio_devices("quiet", 2).unwrap(),
+            "quiet virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        assert_eq!(
+            with_virtio_devices("quiet -- init arg", 1).unwrap(),
+            "quiet virtio_mmio.device=4K@0xd0000000:5 -- init arg"
+        );
+        assert_eq!(
+            with_virtio_devices("", 1).unwrap(),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert!(matches!(
+            with_virtio_devices("", 7),
+            Err(VmmError::TooManyDevices(7))
+        ));
+    }
 
     #[test]
     fn missing_capabilities_are_named() {
