@@ -8,6 +8,8 @@
 //! device treats guest memory and the rings as hostile: a malformed chain is skipped (and counted), never
 //! a panic, a hang or an out-of-range access.
 
+pub mod fs;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
