@@ -135,6 +135,7 @@ impl std::fmt::Debug for VirtioFs {
             .field("tag", &self.tag)
             .field("root", &self.root)
             .field("readonly", &self.readonly)
+            .field("acked_features", &self.acked_features)
             .field("active", &self.active.is_some())
             .field("stats", &self.stats)
             .finish()

@@ -340,6 +340,20 @@ fn malformed_chains_are_counted_not_fatal() {
 }
 
 #[test]
+fn hiprio_queue_takes_forget_without_reply() {
+    let dir = share();
+    let mut g = Guest::new(VirtioFs::new("share", dir.as_path(), true).unwrap());
+    g.init();
+    let hello = g.lookup(1, "hello.txt").unwrap();
+    assert_eq!(g.forget(hello.nodeid, 1), 0);
+    // Forgetting more than was looked up, or an unknown inode, is harmless.
+    assert_eq!(g.forget(hello.nodeid, 1000), 0);
+    assert_eq!(g.forget(0xdead_beef, 1), 0);
+    assert_eq!(g.dev.stats().bad_requests(), 0);
+    assert_eq!(g.lookup(1, "hello.txt").unwrap().attr.size, 20);
+}
+
+#[test]
 fn notify_before_activate_and_after_reset_is_ignored() {
     let dir = share();
     let mut dev = VirtioFs::new("share", dir.as_path(), true).unwrap();

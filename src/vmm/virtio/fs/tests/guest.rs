@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    CreateIn, Dirent, EntryOut, InHeader, InitIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn,
-    WriteIn, WriteOut,
+    CreateIn, Dirent, EntryOut, ForgetIn, InHeader, InitIn, Opcode, OpenIn, OpenOut, OutHeader,
+    ReadIn, WriteIn, WriteOut,
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
@@ -111,8 +111,8 @@ impl Guest {
         Some((id, len))
     }
 
-    /// Sends one FUSE request on the request queue; returns the reply's error and body.
-    pub(super) fn call(&mut self, opcode: Opcode, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
+    /// A FUSE request from guest uid/gid 1000, written to the request buffer; returns its length.
+    fn write_request(&mut self, opcode: Opcode, nodeid: u64, body: &[u8]) -> u32 {
         self.unique += 1;
         let header = InHeader {
             len: (size_of::<InHeader>() + body.len()) as u32,
@@ -129,8 +129,25 @@ impl Guest {
         self.mem
             .write_slice(&request, GuestAddress(REQ_BUF))
             .unwrap();
+        request.len() as u32
+    }
+
+    /// Sends FORGET on the high-priority queue as the guest kernel does (no reply buffer); returns the
+    /// used length.
+    pub(super) fn forget(&mut self, nodeid: u64, nlookup: u64) -> u32 {
+        let len = self.write_request(Opcode::Forget, nodeid, ForgetIn { nlookup }.as_slice());
+        let (id, used) = self
+            .submit(0, &[(REQ_BUF, len, 0, 0)], 0)
+            .expect("the device returned the chain");
+        assert_eq!(id, 0);
+        used
+    }
+
+    /// Sends one FUSE request on the request queue; returns the reply's error and body.
+    pub(super) fn call(&mut self, opcode: Opcode, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
+        let len = self.write_request(opcode, nodeid, body);
         let descs = [
-            (REQ_BUF, request.len() as u32, VIRTQ_DESC_F_NEXT, 1),
+            (REQ_BUF, len, VIRTQ_DESC_F_NEXT, 1),
             (REPLY_BUF, REPLY_CAP, VIRTQ_DESC_F_WRITE, 0),
         ];
         let (id, len) = self
