@@ -19,13 +19,16 @@ use guest::{Guest, MEM_SIZE, REPLY_BUF, REQ_BUF, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F
 /// symlinks that point out of it.
 fn share() -> TempDir {
     let dir = TempDir::new_with_prefix("/tmp/sandbox-virtiofs-").unwrap();
-    let p = dir.as_path();
+    populate(dir.as_path());
+    dir
+}
+
+fn populate(p: &Path) {
     std::fs::write(p.join("hello.txt"), b"hello from the host\n").unwrap();
     std::fs::create_dir(p.join("sub")).unwrap();
     std::fs::write(p.join("sub/inner"), b"inner").unwrap();
     std::os::unix::fs::symlink("/etc", p.join("abs-link")).unwrap();
     std::os::unix::fs::symlink("../../..", p.join("up-link")).unwrap();
-    dir
 }
 
 /// Names, sizes and modes of everything under `dir`.
@@ -471,5 +474,46 @@ fn works_as_an_unprivileged_vmm() {
             std::fs::metadata(dir.as_path().join("made")).unwrap().uid(),
             NOBODY
         );
+    }
+}
+
+#[test]
+fn garbage_bodies_for_every_opcode_do_not_panic() {
+    for readonly in [true, false] {
+        // The share is a subdirectory, next to a file the guest must not reach.
+        let outer = TempDir::new_with_prefix("/tmp/sandbox-virtiofs-").unwrap();
+        let dir = outer.as_path().join("share");
+        std::fs::create_dir(&dir).unwrap();
+        populate(&dir);
+        std::fs::write(outer.as_path().join("sibling"), b"outside").unwrap();
+        let outside_before = snapshot(outer.as_path())
+            .into_iter()
+            .filter(|(path, _, _)| !path.starts_with(&*dir.to_string_lossy()))
+            .collect::<Vec<_>>();
+
+        let mut g = Guest::new(VirtioFs::new("share", &dir, readonly).unwrap());
+        g.init();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for opcode in 1..=52u32 {
+            for len in [0usize, 3, 8, 16, 40, 64, 300] {
+                for nodeid in [0, 1, 2, next()] {
+                    let body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                    g.send_raw(opcode, nodeid, &body);
+                }
+            }
+        }
+        // Still serving, and nothing changed outside the share.
+        assert!(g.lookup(1, "sub").is_ok());
+        let outside_after = snapshot(outer.as_path())
+            .into_iter()
+            .filter(|(path, _, _)| !path.starts_with(&*dir.to_string_lossy()))
+            .collect::<Vec<_>>();
+        assert_eq!(outside_after, outside_before);
     }
 }

@@ -112,11 +112,11 @@ impl Guest {
     }
 
     /// A FUSE request from guest uid/gid 1000, written to the request buffer; returns its length.
-    fn write_request(&mut self, opcode: Opcode, nodeid: u64, body: &[u8]) -> u32 {
+    fn write_request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> u32 {
         self.unique += 1;
         let header = InHeader {
             len: (size_of::<InHeader>() + body.len()) as u32,
-            opcode: opcode as u32,
+            opcode,
             unique: self.unique,
             nodeid,
             uid: 1000,
@@ -135,7 +135,11 @@ impl Guest {
     /// Sends FORGET on the high-priority queue as the guest kernel does (no reply buffer); returns the
     /// used length.
     pub(super) fn forget(&mut self, nodeid: u64, nlookup: u64) -> u32 {
-        let len = self.write_request(Opcode::Forget, nodeid, ForgetIn { nlookup }.as_slice());
+        let len = self.write_request(
+            Opcode::Forget as u32,
+            nodeid,
+            ForgetIn { nlookup }.as_slice(),
+        );
         let (id, used) = self
             .submit(0, &[(REQ_BUF, len, 0, 0)], 0)
             .expect("the device returned the chain");
@@ -143,9 +147,19 @@ impl Guest {
         used
     }
 
+    /// Sends any opcode with any body on the request queue; returns the used length, if any.
+    pub(super) fn send_raw(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Option<u32> {
+        let len = self.write_request(opcode, nodeid, body);
+        let descs = [
+            (REQ_BUF, len, VIRTQ_DESC_F_NEXT, 1),
+            (REPLY_BUF, REPLY_CAP, VIRTQ_DESC_F_WRITE, 0),
+        ];
+        self.submit(1, &descs, 0).map(|(_, len)| len)
+    }
+
     /// Sends one FUSE request on the request queue; returns the reply's error and body.
     pub(super) fn call(&mut self, opcode: Opcode, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
-        let len = self.write_request(opcode, nodeid, body);
+        let len = self.write_request(opcode as u32, nodeid, body);
         let descs = [
             (REQ_BUF, len, VIRTQ_DESC_F_NEXT, 1),
             (REPLY_BUF, REPLY_CAP, VIRTQ_DESC_F_WRITE, 0),
