@@ -1,13 +1,18 @@
 //! The file system behind a virtio-fs device: fuse-backend-rs's [`PassthroughFs`] over one host directory,
 //! wrapped so that the host, not the guest, enforces the share's policy.
 //!
-//! - Read-only shares answer `EROFS` to every request that would change the host (each mutating method of
-//!   [`FileSystem`] is written out here, none is left to a default) and open files only for reading.
+//! - Read-only shares answer `EROFS` to every request that would change the host (each mutating method
+//!   PassthroughFs implements is written out here, none is left to a default) and open files only for
+//!   reading. What PassthroughFs does not implement (DAX mappings, ioctl, locks, bmap, poll) is not
+//!   forwarded in either mode and keeps the trait's `ENOSYS`/`ENOTTY` answer.
 //! - Guest identities never reach the host: [`FileSystem::id_remap`] maps every request to uid/gid 0, which
 //!   PassthroughFs treats as "do not switch credentials". Files are created as the VMM's own user, and the
 //!   VMM needs no `CAP_SETUID`/`CAP_SETGID` (it may run unprivileged or as a user-namespace-mapped uid).
 //! - Writable shares never plant set-user-ID/set-group-ID files or device nodes on the host: those mode bits
-//!   are stripped and `mknod` of character/block devices is refused (this matters when the VMM runs as root).
+//!   are stripped (set-group-ID stays allowed on directories) and `mknod` of character/block devices is
+//!   refused (this matters when the VMM runs as root).
+//! - PassthroughFs sets the process umask to 0 when it imports its root (FUSE_INIT, FUSE_DESTROY); the
+//!   share restores the previous umask, so files the guest creates are also masked by the VMM's umask.
 
 use std::ffi::CStr;
 use std::io;
