@@ -10,6 +10,7 @@
 
 pub mod chain;
 pub mod console;
+pub mod fs;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod testing;
