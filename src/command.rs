@@ -241,12 +241,6 @@ impl Sandbox {
         out_default: impl Fn() -> Stdio,
     ) -> Result<SandboxChild, Error> {
         self.policy.validate()?;
-        if self.backend != Backend::Namespace && self.vm_engine == VmEngine::Builtin {
-            return Err(Error::Backend(
-                "vm (builtin engine)",
-                "our own KVM VMM is not built yet; use the qemu engine".into(),
-            ));
-        }
         let mut streams = Streams::default();
         let mut fds: [RawFd; 3] = [-1; 3];
         let mut held: Vec<OwnedFd> = Vec::new();
@@ -314,12 +308,12 @@ impl Sandbox {
                 Inner::Namespace(Box::new(namespace::spawn(&launch).map_err(Error::Setup)?)),
                 timeout.map(|t| t + TIMEOUT_GRACE),
             ),
-            (None, Backend::Vm) => (
-                Inner::Vm(Box::new(
-                    vm::engine::spawn(&launch, None).map_err(Error::Setup)?,
-                )),
-                timeout.map(|t| t + VM_GRACE),
-            ),
+            (None, Backend::Vm) => {
+                let engine = vm::engine::Engine::pick(self.vm_engine);
+                let run = vm::engine::spawn(&launch, None, engine).map_err(Error::Setup)?;
+                let grace = run.boot_limit();
+                (Inner::Vm(Box::new(run)), timeout.map(|t| t + grace))
+            }
             (None, Backend::Auto) => match namespace::spawn(&launch) {
                 Ok(s) => (
                     Inner::Namespace(Box::new(s)),
@@ -328,13 +322,15 @@ impl Sandbox {
                 // The host cannot give this policy its namespaces or its required limits: the VM can.
                 Err(f) if f.stage == Stage::Namespaces || f.stage == Stage::Cgroup => {
                     let reason = format!("namespace backend unavailable: {}", f.message);
-                    let vm = vm::engine::spawn(&launch, Some(reason)).map_err(|v| {
+                    let engine = vm::engine::Engine::pick(self.vm_engine);
+                    let vm = vm::engine::spawn(&launch, Some(reason), engine).map_err(|v| {
                         Error::Setup(SetupFailure {
                             message: format!("{}; and the VM backend: {}", f.message, v.message),
                             ..v
                         })
                     })?;
-                    (Inner::Vm(Box::new(vm)), timeout.map(|t| t + VM_GRACE))
+                    let grace = vm.boot_limit();
+                    (Inner::Vm(Box::new(vm)), timeout.map(|t| t + grace))
                 }
                 Err(f) => return Err(Error::Setup(f)),
             },
@@ -351,8 +347,6 @@ impl Sandbox {
 
 /// Extra time the host gives a namespace sandbox's own timeout before it kills the sandbox itself.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
-/// Extra time for a VM: its boot comes before the program's clock starts.
-const VM_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Streams {

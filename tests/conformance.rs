@@ -24,6 +24,18 @@ macro_rules! conformance {
         mod warm {
             $( #[test] fn $name() { super::$name(super::B::Warm) } )*
         }
+        /// The same properties on our own VMM (`--vm-engine builtin`), on one warm VM: a boot costs minutes on
+        /// PVM. Run only with `SANDBOX_TEST_BUILTIN=1` (scripts/test.sh does, as root, with one test thread),
+        /// where they fail, never skip.
+        mod builtin {
+            $( #[test] fn $name() {
+                if std::env::var_os("SANDBOX_TEST_BUILTIN").is_none() {
+                    eprintln!("builtin engine: set SANDBOX_TEST_BUILTIN=1 to run (needs /dev/kvm)");
+                    return;
+                }
+                super::$name(super::B::Builtin)
+            } )*
+        }
     };
 }
 
@@ -36,13 +48,22 @@ enum B {
     Vm,
     /// A warm VM of a shared pool.
     Warm,
+    /// A warm VM of our own VMM.
+    Builtin,
 }
 
 /// The warm VMs of this test process: the temp dir is shared, so the bind properties can run.
-fn pool() -> &'static sandbox::VmPool {
-    static POOL: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
+fn pool(engine: sandbox::VmEngine) -> &'static sandbox::VmPool {
+    static QEMU: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
+    static BUILTIN: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
+    let cell = if engine == sandbox::VmEngine::Builtin {
+        &BUILTIN
+    } else {
+        &QEMU
+    };
+    cell.get_or_init(|| {
         sandbox::VmPool::new(sandbox::PoolOptions {
+            engine,
             max_vms: 1,
             max_idle: 1,
             shares: vec![sandbox::PoolShare {
@@ -64,7 +85,8 @@ impl On for Sandbox {
         match b {
             B::Namespace => self.backend(Backend::Namespace),
             B::Vm => self.backend(Backend::Vm),
-            B::Warm => self.vm_pool(pool()),
+            B::Warm => self.vm_pool(pool(sandbox::VmEngine::Qemu)),
+            B::Builtin => self.vm_pool(pool(sandbox::VmEngine::Builtin)),
         }
     }
 }

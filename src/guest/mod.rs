@@ -156,6 +156,8 @@ pub fn main() -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["run", path] => host_run(Path::new(path)),
+        // The same static binary is the builtin engine's VMM process on the host.
+        ["vmm", config] => crate::vmm::process::main(config),
         ["--version"] => {
             println!("sandbox-init {VERSION}");
             std::process::exit(0)
@@ -163,6 +165,7 @@ pub fn main() -> ! {
         _ => {
             say("usage: sandbox-init (as PID 1 of the sandbox VM)\n       \
                  sandbox-init run SPEC.json   (run a specification here, without shares or links)\n       \
+                 sandbox-init vmm CONFIG-JSON (the builtin engine's VMM process, started by the host)\n       \
                  sandbox-init --version");
             std::process::exit(125)
         }

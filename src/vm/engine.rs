@@ -26,8 +26,10 @@ use crate::namespace::{self, Launch, sys};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
 use crate::policy::{Mount, Network, Policy, SYSTEM_TOP};
 
-/// How long a guest may take from QEMU's start to the agent's READY line before the run is abandoned.
+/// How long a guest may take from the VMM's start to the agent's READY line before the run is abandoned.
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
+/// The same on PVM (software KVM), where a boot takes minutes.
+const PVM_BOOT_LIMIT: Duration = Duration::from_secs(420);
 /// How much of the kernel log is kept for a failed run's verdict.
 const CONSOLE_TAIL: usize = 16 * 1024;
 /// How long the verdict waits for the output copiers after QEMU ended.
@@ -173,6 +175,7 @@ pub(crate) struct VmRun {
     threads: Vec<JoinHandle<()>>,
     info: VmInfo,
     fallback_reason: Option<String>,
+    boot_limit: Duration,
 }
 
 impl std::fmt::Debug for VmRun {
@@ -215,10 +218,10 @@ fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, SetupFailure> {
 /// Copies the caller's stdin into the guest's stdin port. QEMU drops what arrives before the guest opened the
 /// port, and a hang-up (end of file) ends the port at once, so: wait for the agent's READY line (its ports are
 /// open then), copy, wait until QEMU has taken every byte from the socket, then hang up.
-fn relay_stdin(source: OwnedFd, mut to: UnixStream, control: Tail) {
+fn relay_stdin(source: OwnedFd, mut to: UnixStream, control: Tail, boot_limit: Duration) {
     let start = Instant::now();
     while !control.text().contains(crate::guest::READY_PREFIX) {
-        if start.elapsed() > BOOT_LIMIT {
+        if start.elapsed() > boot_limit {
             return;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -279,15 +282,63 @@ pub(super) fn machine_size(policy: &Policy) -> (u64, u32) {
     (memory_mib, cpus)
 }
 
+/// Which VMM runs a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// QEMU `-M microvm`.
+    Qemu,
+    /// Our own VMM (`sandbox-init vmm`), on KVM.
+    Builtin,
+}
+
+impl Engine {
+    /// The engine for a request: Auto takes ours where hardware KVM is usable, else QEMU.
+    pub(crate) fn pick(requested: crate::VmEngine) -> Engine {
+        match requested {
+            crate::VmEngine::Qemu => Engine::Qemu,
+            crate::VmEngine::Builtin => Engine::Builtin,
+            crate::VmEngine::Auto => {
+                let kvm = crate::probe::probe_kvm();
+                if kvm.flavour == "hardware" && kvm.usable {
+                    Engine::Builtin
+                } else {
+                    Engine::Qemu
+                }
+            }
+        }
+    }
+
+    /// How long its guest may take to boot here.
+    pub(crate) fn boot_limit(self) -> Duration {
+        if self == Engine::Builtin && crate::probe::probe_kvm().flavour == "pvm" {
+            PVM_BOOT_LIMIT
+        } else {
+            BOOT_LIMIT
+        }
+    }
+
+    /// How the guest mounts host directories under this engine.
+    pub(crate) fn share_fs(self) -> ShareFs {
+        match self {
+            Engine::Qemu => ShareFs::NineP,
+            Engine::Builtin => ShareFs::Virtiofs,
+        }
+    }
+}
+
 /// Starts a VM with these shares, RAM and vCPUs; its agent then waits for a specification on the control
 /// port. `deadline` bounds the VMM's life (None: until killed).
 pub(super) fn start_vm(
+    engine: Engine,
     shares: &[Share],
     memory_mib: u64,
     cpus: u32,
     with_stdin: bool,
     deadline: Option<Duration>,
 ) -> Result<Started, SetupFailure> {
+    if engine == Engine::Builtin {
+        return start_builtin(shares, memory_mib, with_stdin, deadline);
+    }
     let qemu_bin = qemu::find_qemu().ok_or_else(|| {
         fail("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU")
     })?;
@@ -376,12 +427,190 @@ pub(super) fn start_vm(
     })
 }
 
+/// The most virtio devices our VMM places (virtio-mmio slots on legacy IRQs until it writes an MP table).
+const BUILTIN_MAX_DEVICES: usize = 6;
+
+/// Our own VMM as a child process: the agent binary in its `vmm` role, confined like QEMU (a namespace
+/// sandbox that shows it only its binary, the kernel, the initramfs and the shares; or a plain child under
+/// `no_new_privs` and seccomp), then confining itself further (landlock, a seccomp allowlist). `/dev/kvm` is
+/// opened here, with the caller's rights, and passed down.
+fn start_builtin(
+    shares: &[Share],
+    memory_mib: u64,
+    with_stdin: bool,
+    deadline: Option<Duration>,
+) -> Result<Started, SetupFailure> {
+    if shares.len() + 1 > BUILTIN_MAX_DEVICES {
+        return Err(fail(format!(
+            "the builtin engine offers at most {} shared directories ({} needed: the system, /etc and one \
+             per bind source); use fewer binds or the qemu engine",
+            BUILTIN_MAX_DEVICES - 1,
+            shares.len()
+        )));
+    }
+    let kvm_probe = crate::probe::probe_kvm();
+    let kvm: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| {
+            fail(format!(
+                "the builtin engine needs KVM, and /dev/kvm cannot be opened: {e} (load kvm-intel or kvm-amd, \
+                 and let this user open /dev/kvm, e.g. membership of the kvm group; or use the qemu engine)"
+            ))
+        })?
+        .into();
+    let (kernel, agent) = assets().map_err(fail)?;
+    let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
+    let pvm = kvm_probe.flavour == "pvm";
+
+    let (console, console_vmm) = socket_pair()?;
+    let (control, control_vmm) = socket_pair()?;
+    let mut fds: Vec<(OwnedFd, RawFd)> = vec![(console_vmm, 3), (control_vmm, 4)];
+    let mut ports = vec![("sandbox.control".to_string(), 4)];
+    let stdin = if with_stdin {
+        let (host, vmm) = socket_pair()?;
+        fds.push((vmm, 5));
+        ports.push(("sandbox.stdin".into(), 5));
+        Some(host)
+    } else {
+        None
+    };
+    let (stdout, stdout_vmm) = socket_pair()?;
+    let (stderr, stderr_vmm) = socket_pair()?;
+    fds.push((stdout_vmm, 6));
+    fds.push((stderr_vmm, 7));
+    ports.push(("sandbox.stdout".into(), 6));
+    ports.push(("sandbox.stderr".into(), 7));
+    fds.push((kvm, 8));
+    let mut config = crate::vmm::process::ProcessConfig {
+        kernel: kernel.clone(),
+        initramfs: initrd.clone(),
+        cmdline: crate::vmm::kernel_cmdline(pvm, ""),
+        memory_mib,
+        timeout_secs: deadline.map_or(7 * 24 * 3600, |d| d.as_secs() + 1),
+        kvm_fd: 8,
+        console_fd: 3,
+        ports,
+        shares: shares
+            .iter()
+            .map(|s| crate::vmm::process::ShareConfig {
+                tag: s.tag.clone(),
+                path: s.path.clone(),
+                readonly: s.readonly,
+            })
+            .collect(),
+    };
+    let args = |c: &crate::vmm::process::ProcessConfig| {
+        let json = serde_json::to_string(c).unwrap_or_default();
+        vec![std::ffi::OsString::from("vmm"), json.into()]
+    };
+    let (err_r, err_w) = pipe()?;
+    let host = start_builtin_confined(
+        &agent,
+        &args(&config),
+        &fds,
+        err_w.as_raw_fd(),
+        &kernel,
+        &initrd,
+        shares,
+        deadline,
+    )
+    .or_else(|confined| {
+        if confined.stage != Stage::Namespaces {
+            return Err(confined);
+        }
+        // Without namespaces the VMM (nobody, for a root caller) reads the kernel and initramfs through
+        // descriptors opened here.
+        let open =
+            |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
+        let (k, i) = (open(&kernel)?, open(&initrd)?);
+        config.kernel = "/proc/self/fd/9".into();
+        config.initramfs = "/proc/self/fd/10".into();
+        let mut map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+        map.push((k.as_raw_fd(), 9));
+        map.push((i.as_raw_fd(), 10));
+        start_plain_program(&agent, &args(&config), &map, err_w.as_raw_fd())
+    })?;
+    Ok(Started {
+        host,
+        channels: VmChannels {
+            console,
+            control,
+            stdin,
+            stdout,
+            stderr,
+            vmm_stderr: std::fs::File::from(err_r),
+        },
+        info: VmInfo {
+            engine: "builtin".into(),
+            accelerator: "kvm".into(),
+            accelerator_reason: if pvm {
+                "our own VMM on KVM; this KVM is PVM (software, no VT-x/SVM): slow, and the guest gets the PVM \
+                 boot options"
+                    .into()
+            } else {
+                "our own VMM on hardware KVM".into()
+            },
+            boot_ms: None,
+            console_tail: None,
+            warm: false,
+        },
+    })
+}
+
+/// The VMM inside a namespace sandbox: no system view, only its own binary, the kernel, the initramfs and
+/// the shares; no network.
+#[allow(clippy::too_many_arguments)]
+fn start_builtin_confined(
+    agent: &Path,
+    args: &[std::ffi::OsString],
+    fds: &[(OwnedFd, RawFd)],
+    stderr: RawFd,
+    kernel: &Path,
+    initrd: &Path,
+    shares: &[Share],
+    deadline: Option<Duration>,
+) -> Result<Host, SetupFailure> {
+    let mut policy = Policy::default()
+        .ro_bind(agent, "/sandbox-vmm")
+        .ro_bind(kernel, kernel)
+        .ro_bind(initrd, initrd)
+        .network(Network::None);
+    policy.system = false;
+    for s in shares {
+        policy = if s.readonly {
+            policy.ro_bind(&s.path, &s.path)
+        } else {
+            policy.bind(&s.path, &s.path)
+        };
+    }
+    policy.timeout = deadline;
+    policy.audit_denials = false;
+    let extra: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    let null = std::fs::File::open("/dev/null").map_err(|e| fail(format!("/dev/null: {e}")))?;
+    let launch = Launch {
+        program: std::ffi::OsStr::new("/sandbox-vmm"),
+        args,
+        env: &[],
+        cwd: None,
+        policy: &policy,
+        stdio: [null.as_raw_fd(), null.as_raw_fd(), stderr],
+        extra_fds: &extra,
+    };
+    namespace::spawn(&launch).map(|s| Host::Sandboxed(Box::new(s)))
+}
+
 /// Starts the run in a VM.
 pub(crate) fn spawn(
     launch: &Launch<'_>,
     fallback_reason: Option<String>,
+    engine: Engine,
 ) -> Result<VmRun, SetupFailure> {
-    let (spec, shares) = guest_spec(launch).map_err(fail)?;
+    let (mut spec, shares) = guest_spec(launch).map_err(fail)?;
+    for s in &mut spec.shares {
+        s.fs = engine.share_fs();
+    }
     let policy = launch.policy;
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];
@@ -395,12 +624,13 @@ pub(crate) fn spawn(
     let stdout_target = dup(launch.stdio[1], 1)?;
     let stderr_target = dup(launch.stdio[2], 2)?;
 
-    let deadline = policy.timeout.map(|t| t + BOOT_LIMIT);
+    let boot_limit = engine.boot_limit();
+    let deadline = policy.timeout.map(|t| t + boot_limit);
     let Started {
         host,
         channels,
         info,
-    } = start_vm(&shares, memory_mib, cpus, with_stdin, deadline)?;
+    } = start_vm(engine, &shares, memory_mib, cpus, with_stdin, deadline)?;
     let VmChannels {
         console: console_host,
         control: control_host,
@@ -420,7 +650,7 @@ pub(crate) fn spawn(
     if let (Some(source), Some(host)) = (stdin_source, stdin_host) {
         let ready = control.clone();
         // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
-        std::thread::spawn(move || relay_stdin(source, host, ready));
+        std::thread::spawn(move || relay_stdin(source, host, ready, boot_limit));
     }
     // The spec waits in the socket until the agent reads it.
     let sent = (&control_host).write_all(spec.to_json_line().as_bytes());
@@ -437,6 +667,7 @@ pub(crate) fn spawn(
         threads,
         info,
         fallback_reason,
+        boot_limit,
     };
     if let Err(e) = sent {
         run.abort();
@@ -503,9 +734,6 @@ fn start_plain(
     fds: &[(OwnedFd, RawFd)],
     stderr: RawFd,
 ) -> Result<Host, SetupFailure> {
-    use std::os::unix::process::CommandExt;
-    let filter = crate::seccomp::compile(&crate::seccomp::SeccompProfile::Default, false)
-        .map_err(|e| fail(e.to_string()))?;
     // The kernel and initramfs are opened here and reached through /proc/self/fd, so a root caller's QEMU,
     // running as nobody, needs no access to the directories they sit in.
     let open = |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
@@ -516,11 +744,27 @@ fn start_plain(
     let mut map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
     map.push((kernel.as_raw_fd(), 8));
     map.push((initrd.as_raw_fd(), 9));
+    let args: Vec<std::ffi::OsString> = machine.args();
+    start_plain_program(qemu_bin, &args, &map, stderr)
+}
+
+/// A VMM as a plain child: its descriptors in place (`(here, there)`, at most 12), `no_new_privs`, our
+/// default seccomp filter, and never as root (a root caller's VMM becomes nobody).
+fn start_plain_program(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    map: &[(RawFd, RawFd)],
+    stderr: RawFd,
+) -> Result<Host, SetupFailure> {
+    use std::os::unix::process::CommandExt;
+    let filter = crate::seccomp::compile(&crate::seccomp::SeccompProfile::Default, false)
+        .map_err(|e| fail(e.to_string()))?;
+    let map: Vec<(RawFd, RawFd)> = map.iter().copied().take(12).collect();
     let floor = map.iter().map(|&(_, n)| n + 1).max().unwrap_or(3);
     let root = nix::unistd::geteuid().is_root();
     let stderr_fd = stderr;
-    let mut cmd = std::process::Command::new(qemu_bin);
-    cmd.args(machine.args())
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
         .env_clear()
         .env("PATH", namespace::DEFAULT_PATH)
         .stdin(std::process::Stdio::null())
@@ -530,11 +774,11 @@ fn start_plain(
     unsafe {
         cmd.pre_exec(move || {
             let os = |e: i32| std::io::Error::from_raw_os_error(e);
-            let mut lifted = [-1; 10];
-            for (i, &(src, _)) in map.iter().enumerate().take(10) {
+            let mut lifted = [-1; 12];
+            for (i, &(src, _)) in map.iter().enumerate() {
                 lifted[i] = sys::dup_above(src, floor).map_err(os)?;
             }
-            for (i, &(_, target)) in map.iter().enumerate().take(10) {
+            for (i, &(_, target)) in map.iter().enumerate() {
                 sys::dup2(lifted[i], target).map_err(os)?;
             }
             sys::dup2(stderr_fd, 2).map_err(os)?;
@@ -548,8 +792,7 @@ fn start_plain(
     }
     let child = cmd
         .spawn()
-        .map_err(|e| fail(format!("starting {}: {e}", qemu_bin.display())))?;
-    drop((kernel, initrd));
+        .map_err(|e| fail(format!("starting {}: {e}", program.display())))?;
     let pidfd = sys::pidfd_open(child.id() as i32).map_err(|e| {
         fail(format!(
             "pidfd_open: {}",
@@ -576,15 +819,21 @@ impl VmRun {
         }
     }
 
-    /// Kills QEMU when the agent has not said READY within [`BOOT_LIMIT`].
+    /// How long the guest may take to boot.
+    pub(crate) fn boot_limit(&self) -> Duration {
+        self.boot_limit
+    }
+
+    /// Kills the VMM when the agent has not said READY within the engine's boot limit.
     fn watch_boot(&self) {
+        let limit = self.boot_limit;
         let control = self.control.clone();
         let Ok(pidfd) = self.pidfd().try_clone_to_owned() else {
             return;
         };
         std::thread::spawn(move || {
             let start = Instant::now();
-            while start.elapsed() < BOOT_LIMIT {
+            while start.elapsed() < limit {
                 if control.text().contains(crate::guest::READY_PREFIX) {
                     return;
                 }
@@ -651,7 +900,7 @@ impl VmRun {
                     Status::TimedOut(TimeLimit::Wall)
                 } else {
                     Status::SetupFailed(fail(format!(
-                        "the VM ended without a verdict (QEMU: {qemu_status:?}{}); the guest's last words:\n{}",
+                        "the VM ended without a verdict (VMM: {qemu_status:?}{}); the guest's last words:\n{}",
                         match self.qemu_stderr.text().trim() {
                             "" => String::new(),
                             e => format!(", {e}"),

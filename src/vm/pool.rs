@@ -41,8 +41,6 @@ use crate::namespace::{Launch, sys};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
 use crate::policy::{Mount, Policy};
 
-/// How long a warm VM may take to boot to the agent's READY line.
-const BOOT_LIMIT: Duration = Duration::from_secs(300);
 /// The longest line the host accepts from a guest's control port.
 const MAX_LINE: u64 = 1 << 20;
 
@@ -76,6 +74,8 @@ pub struct PoolOptions {
     pub max_vms: usize,
     /// Host directories the VMs share; runs bind from inside them.
     pub shares: Vec<PoolShare>,
+    /// The VMM: Auto takes our own where hardware KVM is usable, else QEMU.
+    pub engine: crate::VmEngine,
 }
 
 impl Default for PoolOptions {
@@ -86,6 +86,7 @@ impl Default for PoolOptions {
             max_idle: 2,
             max_vms: 0,
             shares: Vec::new(),
+            engine: crate::VmEngine::Auto,
         }
     }
 }
@@ -114,6 +115,8 @@ struct PoolInner {
     options: PoolOptions,
     /// The shares of every VM (system, /etc, then the pool's own), and the guest's view of them.
     shares: Vec<Share>,
+    /// The VMM.
+    engine: engine::Engine,
     base: RunSpec,
     /// The canonical pool share directories, in the order of [`PoolOptions::shares`], with their share index.
     roots: Vec<(PathBuf, bool, usize)>,
@@ -179,6 +182,10 @@ impl VmPool {
             extra_fds: &[],
         };
         let (mut base, shares) = engine::guest_spec(&launch).map_err(bad)?;
+        let vmm = engine::Engine::pick(options.engine);
+        for s in &mut base.shares {
+            s.fs = vmm.share_fs();
+        }
         base.serve = true;
         base.policy = Policy::default();
         let extra = shares.len() - options.shares.len();
@@ -197,6 +204,7 @@ impl VmPool {
             inner: Arc::new(PoolInner {
                 options,
                 shares,
+                engine: vmm,
                 base,
                 roots,
                 state: Mutex::new(PoolState::default()),
@@ -251,8 +259,15 @@ impl VmPool {
     fn boot(&self) -> Result<WarmVm, SetupFailure> {
         let o = &self.inner.options;
         self.inner.boots.fetch_add(1, Ordering::Relaxed);
-        let vm = engine::start_vm(&self.inner.shares, o.memory_mib, o.cpus, true, None)
-            .and_then(WarmVm::start);
+        let vm = engine::start_vm(
+            self.inner.engine,
+            &self.inner.shares,
+            o.memory_mib,
+            o.cpus,
+            true,
+            None,
+        )
+        .and_then(|s| WarmVm::start(s, self.inner.engine.boot_limit()));
         if vm.is_err() {
             self.inner.gone();
         }
@@ -420,7 +435,7 @@ impl std::fmt::Debug for WarmVm {
 
 impl WarmVm {
     /// Starts the reader threads and waits for the agent's READY line.
-    fn start(started: Started) -> Result<WarmVm, SetupFailure> {
+    fn start(started: Started, boot_limit: Duration) -> Result<WarmVm, SetupFailure> {
         let Started {
             host,
             channels,
@@ -470,7 +485,7 @@ impl WarmVm {
             info: VmInfo::default(),
             warm: false,
         };
-        let limit = Instant::now() + BOOT_LIMIT;
+        let limit = Instant::now() + boot_limit;
         loop {
             match vm
                 .events
@@ -493,7 +508,7 @@ impl WarmVm {
                 Err(_) => {
                     vm.kill();
                     return Err(fail(format!(
-                        "the warm VM's agent did not report ready within {BOOT_LIMIT:?}"
+                        "the warm VM's agent did not report ready within {boot_limit:?}"
                     )));
                 }
             }

@@ -39,6 +39,7 @@ pub mod bus;
 pub mod devices;
 pub mod layout;
 pub mod memory;
+pub mod process;
 pub mod regs;
 pub mod vcpu;
 pub mod virtio;
@@ -48,7 +49,7 @@ use std::time::Duration;
 
 pub use devices::serial::Console;
 pub use vcpu::GuestExit;
-pub use vm::{VmConfig, VmReport, run, run_code};
+pub use vm::{VmConfig, VmReport, run, run_code, run_with};
 
 /// Kernel options our guest needs on PVM (`/dev/kvm` is the `kvm_pvm` module): see
 /// `kernel-config/README.md`. Each works around an instruction PVM's emulator lacks, and `sandbox_pvm=1`

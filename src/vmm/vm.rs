@@ -91,6 +91,11 @@ pub struct VmReport {
 
 /// Boots `config` and runs it to its end; every way the guest can fail is an error value.
 pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
+    run_with(Kvm::new().map_err(VmmError::OpenKvm)?, config)
+}
+
+/// [`run`] on an already opened KVM (e.g. `/dev/kvm` opened by a more privileged parent and passed down).
+pub fn run_with(kvm: Kvm, config: VmConfig) -> Result<VmReport, VmmError> {
     let VmConfig {
         kernel,
         initramfs,
@@ -101,7 +106,7 @@ pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
         devices,
     } = config;
     let cmdline = boot::cmdline(&with_virtio_devices(&cmdline, devices.len())?)?;
-    execute(memory_mib, timeout, console, devices, |mem| {
+    execute(kvm, memory_mib, timeout, console, devices, |mem| {
         Ok(boot::load(mem, &kernel, &cmdline, &initramfs)?)
     })
 }
@@ -140,7 +145,8 @@ pub fn run_code(
     timeout: Duration,
     console: Console,
 ) -> Result<VmReport, VmmError> {
-    execute(memory_mib, timeout, console, Vec::new(), |mem| {
+    let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+    execute(kvm, memory_mib, timeout, console, Vec::new(), |mem| {
         mem.write_slice(code, GuestAddress(CODE_START))
             .map_err(|e| boot::BootError::Write {
                 what: "code",
@@ -157,6 +163,7 @@ pub fn run_code(
 
 /// Builds the VM, lets `load` fill guest memory, and runs the vCPU until the guest ends or `timeout`.
 fn execute(
+    kvm: Kvm,
     memory_mib: u64,
     timeout: Duration,
     console: Console,
@@ -164,7 +171,6 @@ fn execute(
     load: impl FnOnce(&memory::GuestMemoryMmap) -> Result<Entry, VmmError>,
 ) -> Result<VmReport, VmmError> {
     let started = Instant::now();
-    let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
     let missing = missing_capabilities(|c| kvm.check_extension(c));
     if !missing.is_empty() {
         return Err(VmmError::MissingCapabilities(missing));

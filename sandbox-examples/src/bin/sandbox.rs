@@ -332,8 +332,13 @@ fn doctor(json: bool) -> ExitCode {
         p.as_deref()
             .map_or("missing".into(), |p| p.display().to_string())
     };
+    let builtin = match (report.kvm.usable, report.kvm.flavour) {
+        (true, "hardware") => "ready (hardware KVM; the default engine)".to_string(),
+        (true, flavour) => format!("ready ({flavour} KVM: slow boots; qemu is the default here)"),
+        (false, _) => "unavailable (needs /dev/kvm)".to_string(),
+    };
     println!(
-        "vm engines:       qemu {} ({}); builtin: not built yet",
+        "vm engines:       qemu {} ({}); builtin {builtin}",
         shown(&vm.qemu),
         vm.accelerator
     );
