@@ -42,6 +42,16 @@ cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# --- 2b. fuzzing: a short run of each target (scripts/fuzz.sh; the longer run is `scripts/fuzz.sh 600`) ------
+say "fuzzing, 15 s per target (scripts/fuzz.sh)"
+fuzz_status=0
+scripts/fuzz.sh 15 || fuzz_status=$?
+case $fuzz_status in
+    0) ;;
+    2) say "SKIPPED fuzzing: no nightly toolchain can be found or installed (cargo fuzz needs one)" ;;
+    *) echo "fuzzing found a crash (see above)" >&2; exit 1 ;;
+esac
+
 # --- 3. the suite as the caller ----------------------------------------------------------------------------
 say "cargo test as $(id -un)"
 cargo test --workspace
