@@ -49,7 +49,7 @@ scripts/fuzz.sh 15 || fuzz_status=$?
 case $fuzz_status in
     0) ;;
     2) say "SKIPPED fuzzing: no nightly toolchain can be found or installed (cargo fuzz needs one)" ;;
-    *) echo "fuzzing found a crash (see above)" >&2; exit 1 ;;
+    *) echo "fuzzing failed: a crash, or the build (see above)" >&2; exit 1 ;;
 esac
 
 # --- 3. the suite as the caller ----------------------------------------------------------------------------
