@@ -59,6 +59,9 @@ cargo test --workspace
 # The escape probes again, each in a VM (QEMU engine): about 2.5 minutes.
 say "escape probes on the VM backend"
 SANDBOX_TEST_BACKEND=vm cargo test --test escape
+# Resource attacks and leaks in VMs (20 sequential, 10 concurrent, 10 killed supervisors): a few minutes.
+say "resource attacks and leaks on the VM backend"
+SANDBOX_TEST_BACKEND=vm cargo test --test attacks --test leaks
 
 # Our own KVM VMM boots the guest once (about 2.5 minutes under this machine's software KVM): kept out of the
 # default test run, run here whenever this user can open /dev/kvm.

@@ -406,9 +406,7 @@ impl Policy {
     /// these bounds, the kernel's defaults are half the host's RAM and as many inodes as half its pages,
     /// whether or not the run has a memory cgroup.
     pub fn tmpfs_bounds(&self, size: Option<u64>) -> (u64, u64) {
-        let size = size
-            .or(self.limits.memory)
-            .unwrap_or(DEFAULT_TMPFS_SIZE);
+        let size = size.or(self.limits.memory).unwrap_or(DEFAULT_TMPFS_SIZE);
         (size, (size / 4096).max(MIN_TMPFS_INODES))
     }
 

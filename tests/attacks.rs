@@ -374,7 +374,10 @@ fn inode_flood_in_a_sized_tmpfs() {
         .timeout(Duration::from_secs(60));
     let (_, err, n) = flood("x", 100_000, "/scratch", policy.clone());
     assert_eq!(err, "ENOSPC", "{n}");
-    assert!(n <= size / 4096, "{n} one-byte files in a {size}-byte tmpfs");
+    assert!(
+        n <= size / 4096,
+        "{n} one-byte files in a {size}-byte tmpfs"
+    );
     // Empty files take no page: the tmpfs's inode count stops them (one per 4 KiB of its size, at least
     // MIN_TMPFS_INODES), with or without a memory limit.
     let inodes = sandbox::policy::MIN_TMPFS_INODES;
@@ -437,9 +440,11 @@ fn a_gigabyte_of_output_keeps_the_supervisor_small() {
     // same whatever the amount).
     let total_bytes: u64 = if vm() { 256 << 20 } else { 1 << 30 };
     let before = rss();
-    let mut child = sandbox("/usr/bin/head", &["-c", &total_bytes.to_string(), "/dev/zero"], {
-        Policy::default().timeout(hang_bound(60))
-    })
+    let mut child = sandbox(
+        "/usr/bin/head",
+        &["-c", &total_bytes.to_string(), "/dev/zero"],
+        Policy::default().timeout(hang_bound(60)),
+    )
     .stdout(Stdio::Piped)
     .stderr(Stdio::Null)
     .spawn()

@@ -173,7 +173,10 @@ fn a_thousand_sequential_runs_leave_nothing() {
         run_true(i);
     }
     let took = start.elapsed();
-    eprintln!("{runs} sequential runs in {took:?} ({:?} each)", took / runs as u32);
+    eprintln!(
+        "{runs} sequential runs in {took:?} ({:?} each)",
+        took / runs as u32
+    );
     HostState::now().assert_unchanged_since(&before, &format!("{runs} sequential runs"));
 }
 
@@ -232,7 +235,15 @@ impl Rng {
 /// would otherwise be adopted by the system's init, out of sight of [`common::descendants`].
 fn become_subreaper(on: bool) {
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory of ours.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, libc::c_ulong::from(on), 0, 0, 0) };
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_CHILD_SUBREAPER,
+            libc::c_ulong::from(on),
+            0,
+            0,
+            0,
+        )
+    };
     assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER)");
 }
 

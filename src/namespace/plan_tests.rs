@@ -181,7 +181,11 @@ fn every_writable_tmpfs_is_bounded() {
     }
     let bounds = plan(&p).unwrap().tmpfs;
     assert_eq!(bounds.len(), 3, "{bounds:?}");
-    assert!(bounds.iter().all(|b| b.size == DEFAULT_TMPFS_SIZE && b.inodes == inodes));
+    assert!(
+        bounds
+            .iter()
+            .all(|b| b.size == DEFAULT_TMPFS_SIZE && b.inodes == inodes)
+    );
     // With a memory limit, the unsized ones follow it; a given size wins; tiny sizes keep a minimum of inodes.
     let p = Policy::default()
         .memory(256 << 20)
@@ -189,9 +193,7 @@ fn every_writable_tmpfs_is_bounded() {
         .tmpfs_sized("/small", 4096);
     assert!(mounted(&p, "/tmp").contains(&format!("size={},nr_inodes=65536", 256 << 20)));
     assert!(mounted(&p, "/scratch").contains(&format!("size={}", 256 << 20)));
-    assert!(
-        mounted(&p, "/small").contains(&format!("size=4096,nr_inodes={MIN_TMPFS_INODES}"))
-    );
+    assert!(mounted(&p, "/small").contains(&format!("size=4096,nr_inodes={MIN_TMPFS_INODES}")));
     // An empty root has no /tmp, but /dev/shm is still bounded.
     let bounds = plan(&Policy::empty()).unwrap().tmpfs;
     assert_eq!(bounds.len(), 1);

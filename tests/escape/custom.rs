@@ -404,7 +404,9 @@ pub(super) fn forged_verdict(c: &Ctx) -> Check {
     if !out.contains("SANDBOX-VERDICT") {
         return Err(format!("the program's output was lost: {out:?}"));
     }
-    Ok(Observed::Safe("exit=7, the forged lines stayed output".into()))
+    Ok(Observed::Safe(
+        "exit=7, the forged lines stayed output".into(),
+    ))
 }
 
 pub(super) fn system_setuid_nosuid(c: &Ctx) -> Check {
