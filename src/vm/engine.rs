@@ -9,7 +9,7 @@
 //! The program's stdout and stderr go from their virtio-serial ports straight into pipes the host reads;
 //! the kernel log goes to the serial console, kept apart and shown only when a run fails.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -245,6 +245,31 @@ fn relay_stdin(source: OwnedFd, mut to: UnixStream, control: Tail) {
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
+/// Writes all of `buf` to a socket with `MSG_NOSIGNAL`: a peer that is gone gives EPIPE, never a SIGPIPE
+/// to the caller's process.
+fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the socket stays open for the call.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
 /// Bytes written to a socket that its peer has not read yet (SIOCOUTQ); 0 when unknown.
 fn unread(s: &UnixStream) -> i32 {
     let mut n: libc::c_int = 0;
@@ -322,13 +347,12 @@ pub(crate) fn spawn(
     };
     let (err_r, err_w) = pipe()?;
 
-    // The spec waits in the socket until the agent reads it.
-    let mut control_w = control_host
+    // The spec is sent by a thread once QEMU runs: a spec larger than the socket's buffer (argv near
+    // ARG_MAX) would otherwise block here forever, before QEMU, its only reader, exists.
+    let control_w = control_host
         .try_clone()
         .map_err(|e| fail(format!("socket: {e}")))?;
-    control_w
-        .write_all(spec.to_json_line().as_bytes())
-        .map_err(|e| fail(format!("sending the run specification: {e}")))?;
+    let spec_line = spec.to_json_line().into_bytes();
 
     let deadline = policy.timeout.map(|t| t + BOOT_LIMIT);
     let host = start_confined(
@@ -350,6 +374,10 @@ pub(crate) fn spawn(
     })?;
     drop(fds);
     drop(err_w);
+    // Ends when the agent has read the spec, or with EPIPE when QEMU is gone (then the run has no verdict).
+    threads.push(std::thread::spawn(move || {
+        let _ = send_all(&control_w, &spec_line);
+    }));
 
     let console = Tail::default();
     let qemu_stderr = Tail::default();
