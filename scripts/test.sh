@@ -42,6 +42,16 @@ cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# --- 2b. fuzzing: a short run of each target (scripts/fuzz.sh; the longer run is `scripts/fuzz.sh 600`) ------
+say "fuzzing, 15 s per target (scripts/fuzz.sh)"
+fuzz_status=0
+scripts/fuzz.sh 15 || fuzz_status=$?
+case $fuzz_status in
+    0) ;;
+    2) say "SKIPPED fuzzing: no nightly toolchain can be found or installed (cargo fuzz needs one)" ;;
+    *) echo "fuzzing failed: a crash, or the build (see above)" >&2; exit 1 ;;
+esac
+
 # --- 3. the suite as the caller ----------------------------------------------------------------------------
 say "cargo test as $(id -un)"
 cargo test --workspace
@@ -49,6 +59,9 @@ cargo test --workspace
 # The escape probes again, each in a VM (QEMU engine): about 2.5 minutes.
 say "escape probes on the VM backend"
 SANDBOX_TEST_BACKEND=vm cargo test --test escape
+# Resource attacks and leaks in VMs (20 sequential, 10 concurrent, 10 killed supervisors): a few minutes.
+say "resource attacks and leaks on the VM backend"
+SANDBOX_TEST_BACKEND=vm cargo test --test attacks --test leaks
 
 # Our own KVM VMM boots the guest once (about 2.5 minutes under this machine's software KVM): kept out of the
 # default test run, run here whenever this user can open /dev/kvm.

@@ -18,6 +18,9 @@
 #![warn(missing_docs)]
 
 mod command;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest;
 mod namespace;
 pub mod outcome;

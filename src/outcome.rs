@@ -209,6 +209,19 @@ pub struct Enforced {
     pub no_new_privs: bool,
     /// What the policy asked for but this host could not enforce, and why.
     pub not_enforced: Vec<String>,
+    /// The writable tmpfs mounts and their bounds (see [`crate::Policy::tmpfs_bounds`]).
+    pub tmpfs: Vec<TmpfsBound>,
+}
+
+/// A writable tmpfs of the sandbox and the bounds it was mounted with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsBound {
+    /// Where it is inside the sandbox.
+    pub path: std::path::PathBuf,
+    /// Its size in bytes (`size=`).
+    pub size: u64,
+    /// Its number of inodes (`nr_inodes=`).
+    pub inodes: u64,
 }
 
 /// A system call the seccomp filter denied, and how often.

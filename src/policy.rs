@@ -80,7 +80,8 @@ pub enum Mount {
     Tmpfs {
         /// Path inside the sandbox.
         dst: PathBuf,
-        /// Size limit in bytes (the kernel default, half of RAM, when absent).
+        /// Size limit in bytes; when absent, the memory limit, else [`DEFAULT_TMPFS_SIZE`]. Its inode count is
+        /// bounded too (see [`Policy::tmpfs_bounds`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
     },
@@ -244,6 +245,14 @@ pub const SYSTEM_ETC: &[&str] = &[
     "timezone",
 ];
 
+/// The size of a tmpfs the policy gives no size (`/tmp`, `/dev/shm`, a [`Mount::Tmpfs`] without `size`) when
+/// the policy sets no memory limit either: 64 MiB. (With a memory limit, such a tmpfs may grow to the limit;
+/// its pages are charged to the run's memory cgroup when there is one.)
+pub const DEFAULT_TMPFS_SIZE: u64 = 64 << 20;
+
+/// The fewest inodes a tmpfs gets (see [`Policy::tmpfs_bounds`]).
+pub const MIN_TMPFS_INODES: u64 = 1024;
+
 /// Top-level host entries shown read-only by the system view, when they exist (symlinks stay symlinks).
 pub const SYSTEM_TOP: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
@@ -389,6 +398,16 @@ impl Policy {
         self.uid = uid;
         self.gid = gid;
         self
+    }
+
+    /// The size in bytes and the number of inodes of a tmpfs of this policy given `size` (`None` for `/tmp`,
+    /// `/dev/shm` and unsized [`Mount::Tmpfs`]): `size`, else the memory limit, else [`DEFAULT_TMPFS_SIZE`];
+    /// one inode per 4 KiB of that size, at least [`MIN_TMPFS_INODES`]. So no tmpfs is ever unbounded: without
+    /// these bounds, the kernel's defaults are half the host's RAM and as many inodes as half its pages,
+    /// whether or not the run has a memory cgroup.
+    pub fn tmpfs_bounds(&self, size: Option<u64>) -> (u64, u64) {
+        let size = size.or(self.limits.memory).unwrap_or(DEFAULT_TMPFS_SIZE);
+        (size, (size / 4096).max(MIN_TMPFS_INODES))
     }
 
     /// Checks the policy for mistakes that need no system call to find.

@@ -373,6 +373,11 @@ fn probes() -> Vec<Probe> {
         host_paths_absent: "look for /home, /root, /run, /var, /etc/shadow, docker.sock, ..."
             => py("host_paths_absent", "present=none");
         dev_nodes: "list /dev and /dev/pts, look for kvm, mem, disks, kmsg, fuse, tun" => Custom(dev_nodes);
+        virtio_ports: "open the VM's virtio-serial ports (control, stdio), hvc0, /dev/console; mknod a port"
+            => py("virtio_ports", "sandbox.control=ENOENT vport0p1=ENOENT vport1p1=ENOENT hvc0=ENOENT \
+                                   console=ENOENT virtio-ports=ENOENT mknod=EPERM");
+        forged_verdict: "print the agent's verdict line (exit 0) on stdout and stderr, then exit 7"
+            => Custom(forged_verdict);
         mknod_devices: "mknod /dev/mem- and disk-like nodes in /tmp and /dev/shm"
             => py("mknod_devices", "chr_mem_tmp=EPERM chr_mem_dev_shm=EPERM blk_tmp=EPERM blk_dev_shm=EPERM");
         setuid_root_copy: "run a set-user-ID-root copy of a probe from a rw bind, read a root-only file"

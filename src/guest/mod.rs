@@ -304,23 +304,14 @@ pub fn run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
     Ok(cmd.status()?)
 }
 
-/// Reads one line (the specification) from the control port.
+/// Reads one line (the specification) from the control port. Buffered: the host sends nothing after it.
 fn read_line(port: &std::fs::File) -> Result<Vec<u8>, GuestError> {
+    use std::io::BufRead;
     let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    let mut reader = port;
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, port).take(MAX_SPEC + 1);
     loop {
-        match reader.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) => {
-                line.push(byte[0]);
-                if line.len() as u64 > MAX_SPEC {
-                    return Err(GuestError::NoSpec(format!(
-                        "the specification on {CONTROL_PORT} exceeds {MAX_SPEC} bytes"
-                    )));
-                }
-            }
+        match reader.read_until(b'\n', &mut line) {
+            Ok(_) => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 return Err(GuestError::NoSpec(format!(
@@ -328,6 +319,13 @@ fn read_line(port: &std::fs::File) -> Result<Vec<u8>, GuestError> {
                 )));
             }
         }
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() as u64 > MAX_SPEC {
+        return Err(GuestError::NoSpec(format!(
+            "the specification on {CONTROL_PORT} exceeds {MAX_SPEC} bytes"
+        )));
     }
     if line.iter().all(u8::is_ascii_whitespace) {
         return Err(GuestError::NoSpec(format!(

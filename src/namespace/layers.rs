@@ -53,6 +53,7 @@ pub(crate) fn prepare(
     if policy.network == Network::None {
         enforced.namespaces.push("net".into());
     }
+    enforced.tmpfs = plan.tmpfs.clone();
 
     // seccomp: compiled here, installed by the init.
     let filter = match &policy.seccomp {

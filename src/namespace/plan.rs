@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use libc::c_ulong;
 
 use super::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
-use crate::outcome::Stage;
+use crate::outcome::{Stage, TmpfsBound};
 use crate::policy::{Mount, Policy};
 
 /// Errors found while planning the filesystem view.
@@ -237,6 +237,8 @@ pub struct Planner {
     pub(super) inside: Vec<(CString, Inside)>,
     pub(super) uid: u32,
     pub(super) gid: u32,
+    /// The writable tmpfs mounts and their bounds, for the verdict.
+    pub(super) bounded: Vec<TmpfsBound>,
 }
 
 impl Planner {
@@ -250,6 +252,7 @@ impl Planner {
             inside: Vec::new(),
             uid,
             gid,
+            bounded: Vec::new(),
         }
     }
 
@@ -479,6 +482,7 @@ impl Planner {
             steps: self.steps,
             sources: self.sources,
             inside: self.inside,
+            tmpfs: self.bounded,
         }
     }
 }
@@ -495,6 +499,8 @@ pub struct Plan {
     /// Paths inside the sandbox (the binds' mount points, tmpfs, /dev, /proc, the root), with the landlock
     /// rights they get; the child adds these rules after pivot_root.
     pub inside: Vec<(CString, Inside)>,
+    /// The writable tmpfs mounts (`/tmp`, `/dev/shm`, the policy's) and their bounds.
+    pub tmpfs: Vec<TmpfsBound>,
 }
 
 /// Landlock rights of a path that exists only inside the sandbox.
@@ -558,25 +564,48 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
     }
     p.dev(&policy.devices)?;
     p.proc()?;
+    let (size, inodes) = policy.tmpfs_bounds(None);
+    p.tmpfs(
+        Path::new("/dev/shm"),
+        format!("mode=1777,size={size},nr_inodes={inodes}"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Inside::Write,
+    )?;
+    p.bounded.push(TmpfsBound {
+        path: "/dev/shm".into(),
+        size,
+        inodes,
+    });
     let user_tmp = policy.mounts.iter().any(|m| m.dst() == Path::new("/tmp"));
     if policy.system && !user_tmp {
         p.tmpfs(
             Path::new("/tmp"),
-            "mode=1777".into(),
+            format!("mode=1777,size={size},nr_inodes={inodes}"),
             libc::MS_NOSUID | libc::MS_NODEV,
             Inside::Write,
         )?;
+        p.bounded.push(TmpfsBound {
+            path: "/tmp".into(),
+            size,
+            inodes,
+        });
     }
     for m in &policy.mounts {
         match m {
             Mount::RoBind { src, dst } => p.bind(src, dst, false)?,
             Mount::Bind { src, dst } => p.bind(src, dst, true)?,
             Mount::Tmpfs { dst, size } => {
-                let mut opts = format!("mode=0755,uid={},gid={}", p.uid, p.gid);
-                if let Some(size) = size {
-                    opts.push_str(&format!(",size={size}"));
-                }
-                p.tmpfs(dst, opts, libc::MS_NOSUID | libc::MS_NODEV, Inside::Write)?
+                let (size, inodes) = policy.tmpfs_bounds(*size);
+                let opts = format!(
+                    "mode=0755,uid={},gid={},size={size},nr_inodes={inodes}",
+                    p.uid, p.gid
+                );
+                p.tmpfs(dst, opts, libc::MS_NOSUID | libc::MS_NODEV, Inside::Write)?;
+                p.bounded.push(TmpfsBound {
+                    path: dst.clone(),
+                    size,
+                    inodes,
+                });
             }
         }
     }

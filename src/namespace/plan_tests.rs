@@ -158,3 +158,44 @@ fn user_tmp_replaces_default_tmp() {
         .count();
     assert_eq!(n, 1);
 }
+
+#[test]
+fn every_writable_tmpfs_is_bounded() {
+    use crate::policy::{DEFAULT_TMPFS_SIZE, MIN_TMPFS_INODES};
+    let mounted = |p: &Policy, dst: &str| -> String {
+        let want = format!("\"/newroot{dst}\"");
+        text(&plan(p).unwrap().steps)
+            .into_iter()
+            .find(|s| s.starts_with("mount(") && s.contains(&want) && s.contains("tmpfs"))
+            .unwrap_or_else(|| panic!("no tmpfs at {dst}"))
+    };
+    // No memory limit: 64 MiB and one inode per 4 KiB, for /tmp, /dev/shm and an unsized policy tmpfs.
+    let p = Policy::default().tmpfs("/scratch");
+    let inodes = DEFAULT_TMPFS_SIZE / 4096;
+    for dst in ["/tmp", "/dev/shm", "/scratch"] {
+        let m = mounted(&p, dst);
+        assert!(
+            m.contains(&format!("size={DEFAULT_TMPFS_SIZE},nr_inodes={inodes}")),
+            "{m}"
+        );
+    }
+    let bounds = plan(&p).unwrap().tmpfs;
+    assert_eq!(bounds.len(), 3, "{bounds:?}");
+    assert!(
+        bounds
+            .iter()
+            .all(|b| b.size == DEFAULT_TMPFS_SIZE && b.inodes == inodes)
+    );
+    // With a memory limit, the unsized ones follow it; a given size wins; tiny sizes keep a minimum of inodes.
+    let p = Policy::default()
+        .memory(256 << 20)
+        .tmpfs("/scratch")
+        .tmpfs_sized("/small", 4096);
+    assert!(mounted(&p, "/tmp").contains(&format!("size={},nr_inodes=65536", 256 << 20)));
+    assert!(mounted(&p, "/scratch").contains(&format!("size={}", 256 << 20)));
+    assert!(mounted(&p, "/small").contains(&format!("size=4096,nr_inodes={MIN_TMPFS_INODES}")));
+    // An empty root has no /tmp, but /dev/shm is still bounded.
+    let bounds = plan(&Policy::empty()).unwrap().tmpfs;
+    assert_eq!(bounds.len(), 1);
+    assert_eq!(bounds[0].path, std::path::Path::new("/dev/shm"));
+}

@@ -147,12 +147,7 @@ impl Planner {
         );
         self.covers.push((pts, Cover::Fixed));
         self.symlink(Path::new("pts/ptmx"), &dev.join("ptmx"))?;
-        self.tmpfs(
-            &dev.join("shm"),
-            "mode=1777".into(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Inside::Write,
-        )?;
+        // shm: a bounded tmpfs like /tmp, mounted by `plan`.
         for (name, target) in [
             ("fd", "/proc/self/fd"),
             ("stdin", "/proc/self/fd/0"),

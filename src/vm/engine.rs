@@ -9,7 +9,7 @@
 //! The program's stdout and stderr go from their virtio-serial ports straight into pipes the host reads;
 //! the kernel log goes to the serial console, kept apart and shown only when a run fails.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -235,6 +235,31 @@ fn relay_stdin(source: OwnedFd, mut to: UnixStream, control: Tail, boot_limit: D
         std::thread::sleep(Duration::from_millis(2));
     }
     let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Writes all of `buf` to a socket with `MSG_NOSIGNAL`: a peer that is gone gives EPIPE, never a SIGPIPE
+/// to the caller's process.
+fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the socket stays open for the call.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
 }
 
 /// Bytes written to a socket that its peer has not read yet (SIOCOUTQ); 0 when unknown.
@@ -653,7 +678,16 @@ pub(crate) fn spawn(
         std::thread::spawn(move || relay_stdin(source, host, ready, boot_limit));
     }
     // The spec waits in the socket until the agent reads it.
-    let sent = (&control_host).write_all(spec.to_json_line().as_bytes());
+    // The spec is sent by a thread: one larger than the socket's buffer (argv near ARG_MAX) waits for the
+    // agent to read it, which happens only after the boot. It ends when the agent has read the spec, or with
+    // EPIPE when the VMM is gone (then the run has no verdict).
+    let control_w = control_host
+        .try_clone()
+        .map_err(|e| fail(format!("socket: {e}")))?;
+    let spec_line = spec.to_json_line().into_bytes();
+    threads.push(std::thread::spawn(move || {
+        let _ = send_all(&control_w, &spec_line);
+    }));
     let console = Tail::default();
     let qemu_stderr = Tail::default();
     threads.push(console.reader(console_host, CONSOLE_TAIL));
@@ -669,10 +703,6 @@ pub(crate) fn spawn(
         fallback_reason,
         boot_limit,
     };
-    if let Err(e) = sent {
-        run.abort();
-        return Err(fail(format!("sending the run specification: {e}")));
-    }
     run.watch_boot();
     Ok(run)
 }

@@ -230,7 +230,7 @@ fn confine_syscalls() -> Result<(), ProcessError> {
     .map_err(|e| err(&e))?;
     let mut ioctl = vec![SeccompRule::new(vec![kvm]).map_err(|e| err(&e))?];
     for req in [libc::FIONBIO, libc::FIOCLEX, libc::FIONREAD, libc::TIOCOUTQ] {
-        let c = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req as u64)
+        let c = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
             .map_err(|e| err(&e))?;
         ioctl.push(SeccompRule::new(vec![c]).map_err(|e| err(&e))?);
     }

@@ -101,3 +101,59 @@ pub fn backend() -> sandbox::Backend {
         Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm or auto"),
     }
 }
+
+/// Live pids.
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Processes whose parent chain leads to this process (thread ids are not listed in /proc, so threads of
+/// this process are not counted).
+pub fn descendants() -> Vec<u32> {
+    use std::collections::BTreeMap;
+    let parent: BTreeMap<u32, u32> = pids()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            Some((pid, ppid.parse().ok()?))
+        })
+        .collect();
+    let me = std::process::id();
+    let leads_here = |mut p: u32| {
+        for _ in 0..64 {
+            match parent.get(&p) {
+                Some(&pp) if pp == me => return true,
+                Some(&pp) if pp > 1 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    parent.keys().copied().filter(|&p| leads_here(p)).collect()
+}
+
+/// No process started by this one is left, within two seconds (QEMU, its confining sandbox, a sandbox's
+/// init: each is reaped before a run's verdict returns, so this is normally immediate).
+pub fn assert_no_descendants() {
+    let start = std::time::Instant::now();
+    loop {
+        let left = descendants();
+        if left.is_empty() {
+            return;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(2) {
+            let names: Vec<String> = left
+                .iter()
+                .map(|p| {
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+                })
+                .collect();
+            panic!("processes left behind: {names:#?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -393,6 +393,22 @@ pub(super) fn dev_nodes(c: &Ctx) -> Check {
     expect(&c.py("dev_nodes", &[], default()), &want)
 }
 
+/// The host reads the verdict from the control port only, which the program cannot reach (`virtio_ports`):
+/// verdict lines the program prints on its own streams are its output, nothing more.
+pub(super) fn forged_verdict(c: &Ctx) -> Check {
+    let o = c.py("forge_verdict", &[], default());
+    if o.status != Status::Exited(7) {
+        return Err(format!("the forged verdict was believed: {:?}", o.status));
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    if !out.contains("SANDBOX-VERDICT") {
+        return Err(format!("the program's output was lost: {out:?}"));
+    }
+    Ok(Observed::Safe(
+        "exit=7, the forged lines stayed output".into(),
+    ))
+}
+
 pub(super) fn system_setuid_nosuid(c: &Ctx) -> Check {
     let some = ["/usr/bin", "/usr/sbin"].iter().any(|d| {
         let entries = std::fs::read_dir(d).into_iter().flatten().flatten();

@@ -797,6 +797,36 @@ def mknod_devices():
 
 
 @probe
+def virtio_ports():
+    # The VM backend's channels to the host are virtio-serial ports of the guest; the control port carries the
+    # verdict. None may be reachable from the sandbox: not by name, not through a node made anew.
+    res = []
+    for path in ("/dev/virtio-ports/sandbox.control", "/dev/vport0p1", "/dev/vport1p1", "/dev/hvc0",
+                 "/dev/console", "/sys/class/virtio-ports"):
+        res.append("%s=%s" % (path.rsplit("/", 1)[1], attempt(os.open, path, os.O_RDWR)))
+    major = 1
+    with open("/proc/devices") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == "virtio-portsdev":
+                major = int(parts[0])
+    res.append("mknod=%s" % attempt(os.mknod, "/tmp/vport", stat.S_IFCHR | 0o600, os.makedev(major, 1)))
+    return " ".join(res)
+
+
+@probe
+def forge_verdict():
+    # A program that imitates the guest agent's verdict on every stream it has, then exits 7: the verdict the
+    # host reports must be the real one.
+    forged = 'SANDBOX-VERDICT {"status":"exited","exit_code":0,"backend":"vm","exit_status":0}'
+    for fd in (1, 2):
+        os.write(fd, ("\n" + forged + "\n").encode())
+        os.write(fd, forged.encode())  # and one without its end of line
+    sys.stdout.flush()
+    os._exit(7)
+
+
+@probe
 def identity():
     """The sandbox user: uid 0 inside, mapped to one unprivileged host uid; nothing else is mapped."""
     uid_map = " ".join(read_all("/proc/self/uid_map").decode().split())
