@@ -2,7 +2,7 @@
 # Fuzzes the parsers that read untrusted input (fuzz/fuzz_targets/):
 #   policy_toml     policy files: Policy::from_toml_str, validate, the seccomp compiler, the namespace planner
 #   run_spec_json   the host-guest channel: RunSpec::from_json + validate, find_verdict, Outcome::from_report_json
-#   virtqueue       a virtio split queue in hostile guest memory, walked as our device front-ends walk it
+#   virtqueue       hostile virtio split queues fed to our devices (console ports, virtio-fs) and walked raw
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]    each target for SECONDS (default 20, as in CI); all by default
 #   scripts/fuzz.sh 600                      the longer run to do before a release (10 minutes per target)
@@ -54,6 +54,8 @@ for t in "${targets[@]}"; do
             "fuzz/$t.log" | sed "s/^/    $t: /" || true
     fi
 done
+# The virtqueue target's virtio-fs device serves a small directory it made per fuzzing process.
+rm -rf "${TMPDIR:-/tmp}"/sandbox-fuzz-share-*
 if [ ${#failed[@]} -gt 0 ]; then
     echo "fuzz.sh: crashes in ${failed[*]} (inputs under fuzz/artifacts/)" >&2
     exit 1

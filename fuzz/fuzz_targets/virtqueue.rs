@@ -140,7 +140,25 @@ fn walk(queue: &mut Queue, mem: &GuestMemoryMmap) {
 /// e.g. `Box::new(sandbox::vmm::virtio::console::Console::new(...))`. `drive` below hands it queues built
 /// from the same fuzz header, activates it and notifies every queue.
 fn devices() -> Vec<Box<dyn VirtioDevice>> {
-    Vec::new()
+    let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    // Console: two named ports whose host ends are dropped at once (a vanished host is one of the cases).
+    if let Ok((console, _hosts)) =
+        sandbox::vmm::virtio::console::VirtioConsole::with_socketpairs(&["a", "b"])
+    {
+        out.push(Box::new(console));
+    }
+    // virtio-fs over a small read-only directory made once per process.
+    static SHARE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = SHARE.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("sandbox-fuzz-share-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(d.join("sub"));
+        let _ = std::fs::write(d.join("file"), b"fuzz");
+        d
+    });
+    if let Ok(fs) = sandbox::vmm::virtio::fs::VirtioFs::new("fuzz", dir, true) {
+        out.push(Box::new(fs));
+    }
+    out
 }
 
 /// Activates `dev` with queues the fuzz header describes (queue `i` shifted by `i` pages, so that each has

@@ -48,6 +48,8 @@ const MAX_TX_CHAIN: usize = 1 << 20;
 const MAX_RX_READ: usize = 64 << 10;
 /// The largest control message accepted from the guest.
 const MAX_CONTROL: usize = 4096;
+/// Control messages waiting for the guest to take them, at most.
+const MAX_CONTROL_OUT: usize = 1024;
 const CONTROL_RX: usize = 2;
 const CONTROL_TX: usize = 3;
 
@@ -415,6 +417,23 @@ impl Engine {
         self.used = true;
     }
 
+    /// Queues a control message for the guest; a guest that asks for more than [`MAX_CONTROL_OUT`] without
+    /// taking them (a hostile one repeating DEVICE_READY) loses the surplus instead of growing the queue.
+    fn send_control(&mut self, msg: Vec<u8>) {
+        if self.control_out.len() < MAX_CONTROL_OUT {
+            self.control_out.push_back(msg);
+        } else {
+            self.stats.ignored_control.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many chains one pass takes from queue `q`: a driver never has more outstanding than the ring
+    /// holds, and a hostile one whose used ring overlaps its available ring would otherwise feed a loop
+    /// forever.
+    fn budget(&self, q: usize) -> u16 {
+        self.queues.get(q).map_or(0, virtio_queue::QueueT::size)
+    }
+
     fn malformed(&mut self, queue: usize, head: u16) {
         self.stats.malformed_chains.fetch_add(1, Ordering::Relaxed);
         self.add_used(queue, head, 0);
@@ -423,6 +442,7 @@ impl Engine {
     /// Guest → host: writes the transmit chains of port `p` to its socket until the host stops taking.
     fn guest_to_host(&mut self, p: usize) {
         let q = rx_queue(p) + 1;
+        let mut budget = self.budget(q);
         loop {
             if let Some((head, data, at)) = self.ports[p].pending.take() {
                 match send(&self.ports[p].socket, &data[at..]) {
@@ -450,6 +470,10 @@ impl Engine {
                     }
                 }
             }
+            if budget == 0 {
+                return;
+            }
+            budget -= 1;
             let Some(chain) = self.queues[q].pop_descriptor_chain(&self.mem) else {
                 return;
             };
@@ -466,7 +490,9 @@ impl Engine {
     /// Host → guest: reads port `p`'s socket into the guest's receive chains while both have some.
     fn host_to_guest(&mut self, p: usize) {
         let q = rx_queue(p);
-        while self.wants_host_data(p) {
+        let mut budget = self.budget(q);
+        while budget > 0 && self.wants_host_data(p) {
+            budget -= 1;
             let Some(chain) = self.queues[q].pop_descriptor_chain(&self.mem) else {
                 return;
             };
@@ -498,7 +524,7 @@ impl Engine {
                     self.ports[p].host_eof = true;
                     if self.multiport {
                         let msg = control(p as u32, event::PORT_OPEN, 0, &[]);
-                        self.control_out.push_back(msg);
+                        self.send_control(msg);
                     }
                     return;
                 }
@@ -508,7 +534,11 @@ impl Engine {
 
     /// Handles the guest's control messages.
     fn control_from_guest(&mut self) {
-        while let Some(chain) = self.queues[CONTROL_TX].pop_descriptor_chain(&self.mem) {
+        let mut budget = self.budget(CONTROL_TX);
+        while budget > 0
+            && let Some(chain) = self.queues[CONTROL_TX].pop_descriptor_chain(&self.mem)
+        {
+            budget -= 1;
             let head = chain.head_index();
             let msg = checked_chain(&self.mem, chain, false, MAX_CONTROL)
                 .and_then(|(descs, total)| read_chain(&self.mem, &descs, total));
@@ -530,17 +560,14 @@ impl Engine {
         match (event, port) {
             (event::DEVICE_READY, _) if value == 1 => {
                 for p in 0..self.ports.len() as u32 {
-                    self.control_out
-                        .push_back(control(p, event::PORT_ADD, 1, &[]));
+                    self.send_control(control(p, event::PORT_ADD, 1, &[]));
                 }
             }
             (event::PORT_READY, Some(p)) if value == 1 => {
                 let name = self.ports[p].name.clone();
-                self.control_out
-                    .push_back(control(id, event::PORT_NAME, 1, name.as_bytes()));
+                self.send_control(control(id, event::PORT_NAME, 1, name.as_bytes()));
                 if !self.ports[p].host_eof {
-                    self.control_out
-                        .push_back(control(id, event::PORT_OPEN, 1, &[]));
+                    self.send_control(control(id, event::PORT_OPEN, 1, &[]));
                 }
             }
             (event::PORT_OPEN, Some(p)) => self.ports[p].guest_open = value == 1,
@@ -554,7 +581,11 @@ impl Engine {
 
     /// Puts the waiting control messages into the guest's control receive buffers.
     fn control_to_guest(&mut self) {
-        while let Some(msg) = self.control_out.front() {
+        let mut budget = self.budget(CONTROL_RX);
+        while budget > 0
+            && let Some(msg) = self.control_out.front()
+        {
+            budget -= 1;
             let Some(chain) = self.queues[CONTROL_RX].pop_descriptor_chain(&self.mem) else {
                 return;
             };

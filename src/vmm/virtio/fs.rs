@@ -247,11 +247,19 @@ impl VirtioFs {
 
 /// Serves one chain: the FUSE request in its readable part, the reply into its writable part. Returns the
 /// number of reply bytes.
+/// The most descriptors a request may have: the largest FUSE request or reply (1 MiB of pages plus headers)
+/// needs about 260; a hostile guest's indirect table could list 65,535, which the FUSE layer would collect
+/// for every chain of the queue.
+const MAX_DESCRIPTORS: usize = 512;
+
 fn serve_chain(
     server: &Server<Arc<ShareFs>>,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
 ) -> Result<u32, String> {
+    if chain.clone().take(MAX_DESCRIPTORS + 1).count() > MAX_DESCRIPTORS {
+        return Err(format!("more than {MAX_DESCRIPTORS} descriptors"));
+    }
     let reader = Reader::from_descriptor_chain(mem, chain.clone())
         .map_err(|e| format!("request buffers: {e}"))?;
     let writer = VirtioFsWriter::new(mem, chain).map_err(|e| format!("reply buffers: {e}"))?;
@@ -320,7 +328,13 @@ impl VirtioDevice for VirtioFs {
         };
         let mem = &active.mem;
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        // At most one ring's worth per notification: a driver never has more outstanding, and a hostile one
+        // whose used ring overlaps its available ring would otherwise keep this loop fed forever.
+        let mut budget = virtio_queue::QueueT::size(queue);
+        while budget > 0
+            && let Some(chain) = queue.pop_descriptor_chain(mem)
+        {
+            budget -= 1;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let head = chain.head_index();
             let len = serve_chain(&self.server, mem, chain).unwrap_or_else(|why| {
