@@ -1,12 +1,15 @@
 //! `sandbox-bench`: spawn latency of our sandbox next to its peers, measured in the same run.
 //!
 //! ```text
-//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,throughput,vm,stdout] [--secs S] [--vm-runs N]
+//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,throughput,vm,stdout,builtin] [--secs S] [--vm-runs N]
 //! ```
 //! Sections (all by default): `spawn` (below), `throughput` (2 concurrent spawners for S seconds, default 10:
 //! the library in-process versus bwrap), `vm` (cold `/bin/true` in the VM backend versus a bare QEMU boot of
-//! the same kernel and initramfs, and QEMU's peak RSS; needs SANDBOX_KERNEL/SANDBOX_AGENT or the defaults),
-//! `stdout` (1 GiB through a namespace sandbox and 64 MiB through the VM, versus a plain pipe).
+//! the same kernel and initramfs, and QEMU's peak RSS; then warm runs on a `VmPool` against cold runs and
+//! QEMU's memory beyond guest RAM; needs SANDBOX_KERNEL/SANDBOX_AGENT or the defaults), `stdout` (1 GiB
+//! through a namespace sandbox and 64 MiB through the VM, versus a plain pipe). Not by default: `builtin`
+//! (our VMM against QEMU -accel kvm with the same kernel and initramfs, cold and warm, and its memory beyond
+//! guest RAM; minutes per boot on PVM).
 //!
 //! Every case runs `/bin/true` N times (default 200) after 5 warm-up runs and prints the median, min and max
 //! spawn-to-exit latency, and each case's ratio to bubblewrap's. Cases:
@@ -28,6 +31,8 @@ use sandbox::{Policy, Sandbox, Status};
 
 #[path = "../bench_more.rs"]
 mod more;
+#[path = "../bench_vm.rs"]
+mod vm;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -271,6 +276,11 @@ fn main() {
     }
     if sections.iter().any(|s| s == "vm") {
         more::vm(vm_runs, &cli);
+        vm::warm_qemu(vm_runs * 3, &cli);
+    }
+    // Our VMM: minutes per boot on PVM, so only when asked.
+    if sections.iter().any(|s| s == "builtin") {
+        vm::builtin(vm_runs, &cli);
     }
     if sections.iter().any(|s| s == "stdout") {
         more::stdout(1024, 64);
@@ -287,7 +297,7 @@ fn ms(d: Duration) -> f64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,throughput,vm,stdout] [--secs S] [--vm-runs N]"
+        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,throughput,vm,stdout,builtin] [--secs S] [--vm-runs N]"
     );
     std::process::exit(2)
 }
