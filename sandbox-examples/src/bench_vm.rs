@@ -37,7 +37,7 @@ fn descendants(pid: u32) -> Vec<u32> {
 
 /// Resident memory of `pid` outside its guest RAM mapping (the one anonymous mapping of `guest_mib` MiB),
 /// in KiB, from /proc/PID/smaps: the VMM's own cost.
-fn rss_beyond_guest(pid: u32, guest_mib: u64) -> Option<(u64, u64)> {
+fn rss_beyond_guest(pid: u32, guest_mib: u64) -> Rss {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
     let (mut total, mut guest) = (0u64, 0u64);
     let mut size_kib = 0u64;
@@ -66,8 +66,11 @@ fn vmm_pid(root: u32) -> Option<u32> {
     })
 }
 
-/// Warm runs of /bin/true on a pool of `engine`, after one boot; the VMM's memory beyond guest RAM.
-fn warm(engine: VmEngine, runs: usize) -> Option<(Duration, Duration, Option<(u64, u64)>)> {
+/// Resident KiB beyond guest RAM, and of guest RAM.
+type Rss = Option<(u64, u64)>;
+
+/// Warm runs of /bin/true on a pool of `engine`, after one boot: (boot, median run, the VMM's memory).
+fn warm(engine: VmEngine, runs: usize) -> Option<(Duration, Duration, Rss)> {
     let options = PoolOptions {
         engine,
         max_idle: 1,
@@ -176,7 +179,7 @@ fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
     median(times)
 }
 
-fn show_rss(name: &str, rss: Option<(u64, u64)>) {
+fn show_rss(name: &str, rss: Rss) {
     match rss {
         Some((beyond, guest)) => println!(
             "{name:<34} {:>8.1} MiB beyond guest RAM ({:.0} MiB of guest RAM resident)",
