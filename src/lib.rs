@@ -35,5 +35,5 @@ pub use namespace::{DEFAULT_PATH, landlock, seccomp};
 pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
 pub use policy::{Mount, Network, Policy, PolicyError};
 pub use probe::{HostReport, probe};
-pub use running::SandboxChild;
+pub use running::{BootWatch, SandboxChild};
 pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};

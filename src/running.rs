@@ -74,6 +74,28 @@ impl Inner {
     }
 }
 
+/// Tells whether a VM run's guest has booted (its agent is up), from any thread: for a progress line while
+/// a cold VM boots. See [`SandboxChild::boot_watch`].
+#[derive(Clone)]
+pub struct BootWatch(std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl BootWatch {
+    pub(crate) fn new(ready: impl Fn() -> bool + Send + Sync + 'static) -> BootWatch {
+        BootWatch(std::sync::Arc::new(ready))
+    }
+
+    /// Whether the guest's agent has reported ready.
+    pub fn booted(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for BootWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BootWatch").field(&self.booted()).finish()
+    }
+}
+
 /// A running sandbox. Dropping it kills the whole process tree (for the VM backend: the VM).
 #[derive(Debug)]
 pub struct SandboxChild {
@@ -113,6 +135,15 @@ impl SandboxChild {
     /// The host pid of the sandbox's root process: the namespace sandbox's init (PID 1 inside), or QEMU.
     pub fn id(&self) -> u32 {
         self.inner.as_ref().map_or(0, Inner::pid)
+    }
+
+    /// For a cold VM run, a handle that tells when its guest has booted; `None` on the namespace backend and
+    /// for runs on a warm VM (already booted).
+    pub fn boot_watch(&self) -> Option<BootWatch> {
+        match &self.inner {
+            Some(Inner::Vm(v)) => Some(v.boot_watch()),
+            _ => None,
+        }
     }
 
     /// Kills the whole process tree.

@@ -111,10 +111,7 @@ impl Ctx {
                 (name, link.to_string_lossy().into_owned())
             })
             .collect();
-        let first = Sandbox::new("/bin/true")
-            .backend(backend())
-            .output()
-            .unwrap();
+        let first = common::on(&mut Sandbox::new("/bin/true")).output().unwrap();
         assert_eq!(
             first.status,
             Status::Exited(0),
@@ -131,8 +128,8 @@ impl Ctx {
 
     fn sandbox(&self, program: &str, args: &[&str], policy: Policy) -> Sandbox {
         let mut s = Sandbox::new(program);
-        s.args(args)
-            .backend(backend())
+        common::on(&mut s)
+            .args(args)
             .policy(policy.timeout(PROBE_TIMEOUT));
         for (k, v) in &self.host_ns {
             s.env(k, v);

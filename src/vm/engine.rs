@@ -849,6 +849,12 @@ impl VmRun {
         }
     }
 
+    /// A handle that tells when the guest's agent is up.
+    pub(crate) fn boot_watch(&self) -> crate::running::BootWatch {
+        let control = self.control.clone();
+        crate::running::BootWatch::new(move || control.text().contains(crate::guest::READY_PREFIX))
+    }
+
     /// How long the guest may take to boot.
     pub(crate) fn boot_limit(&self) -> Duration {
         self.boot_limit

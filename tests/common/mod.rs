@@ -91,15 +91,39 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The backend under test: `SANDBOX_TEST_BACKEND` (namespace, vm or auto), namespace by default.
+/// The backend under test: `SANDBOX_TEST_BACKEND` (namespace, vm, builtin or auto), namespace by default.
+/// `builtin` is the VM backend on our own VMM, one warm VM serving every run ([`on`]).
 pub fn backend() -> sandbox::Backend {
     use sandbox::Backend;
     match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
         Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
-        Ok("vm") => Backend::Vm,
+        Ok("vm") | Ok("builtin") => Backend::Vm,
         Ok("auto") => Backend::Auto,
-        Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm or auto"),
+        Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm, builtin or auto"),
     }
+}
+
+/// Puts `s` on the backend under test: [`backend`], or for `builtin` a warm VM of our own VMM (one per test
+/// process; a boot costs minutes on PVM) that shares the temp dir, where the tests' binds come from.
+pub fn on(s: &mut sandbox::Sandbox) -> &mut sandbox::Sandbox {
+    static POOL: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
+    if std::env::var("SANDBOX_TEST_BACKEND").as_deref() != Ok("builtin") {
+        return s.backend(backend());
+    }
+    let pool = POOL.get_or_init(|| {
+        sandbox::VmPool::new(sandbox::PoolOptions {
+            engine: sandbox::VmEngine::Builtin,
+            max_vms: 1,
+            max_idle: 1,
+            shares: vec![sandbox::PoolShare {
+                path: std::env::temp_dir(),
+                writable: true,
+            }],
+            ..Default::default()
+        })
+        .expect("a builtin VM pool")
+    });
+    s.vm_pool(pool)
 }
 
 /// Live pids.

@@ -37,7 +37,7 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
     Auto,
     Namespace,
@@ -261,7 +261,26 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     if let Some(d) = &args.cwd {
         cmd.current_dir(d);
     }
-    let outcome = cmd.status().map_err(|e| e.to_string())?;
+    let outcome = match cmd.spawn() {
+        Ok(mut child) => {
+            let progress = child.boot_watch().and_then(boot_progress);
+            let outcome = child.wait();
+            if let Some((done, t)) = progress {
+                done.store(true, std::sync::atomic::Ordering::Release);
+                let _ = t.join();
+            }
+            outcome.map_err(|e| e.to_string())?
+        }
+        Err(sandbox::Error::Setup(f)) => sandbox::Outcome::setup_failed(
+            f,
+            if args.backend == BackendArg::Vm {
+                sandbox::BackendKind::Vm
+            } else {
+                sandbox::BackendKind::Namespace
+            },
+        ),
+        Err(e) => return Err(e.to_string()),
+    };
     if let Some(path) = &args.report {
         let text =
             serde_json::to_string_pretty(&outcome.report_json()).expect("JSON value serialises");
@@ -274,6 +293,41 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::from(
         outcome.status.exit_code().clamp(0, 255) as u8
     ))
+}
+
+/// On a terminal (and outside CI), a line on stderr while a cold VM boots for longer than a second: a first
+/// boot, or any boot on software KVM, takes long enough to look like a hang. Cleared once the guest is up.
+fn boot_progress(
+    watch: sandbox::BootWatch,
+) -> Option<(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+)> {
+    use std::io::{IsTerminal, Write};
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if ci || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let t = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut shown = false;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) && !watch.booted() {
+            let secs = start.elapsed().as_secs();
+            if secs >= 1 {
+                eprint!("\rsandbox: booting the VM ({secs} s)");
+                let _ = std::io::stderr().flush();
+                shown = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        if shown {
+            // Erase the line before the program's own output continues.
+            eprint!("\r\x1b[2K");
+        }
+    });
+    Some((done, t))
 }
 
 fn doctor(json: bool) -> ExitCode {
