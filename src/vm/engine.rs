@@ -408,6 +408,8 @@ pub(super) fn start_vm(
         memory_mib,
         cpus,
         accel,
+        // `choose_accel` never picks KVM on kvm_pvm.
+        pvm: false,
         cmdline: String::new(),
         shares: shares.to_vec(),
         ports,

@@ -85,6 +85,10 @@ pub struct Machine {
     pub cpus: u32,
     /// Accelerator.
     pub accel: Accel,
+    /// `/dev/kvm` is kvm_pvm: with [`Accel::Kvm`], QEMU's `-cpu host` aborts there (it cannot set
+    /// IA32_ARCH_CAPABILITIES), so the vCPU gets `host,-arch-capabilities` (the CPUID KVM supports, as our own
+    /// VMM passes), and the guest gets the PVM boot options ([`crate::vmm::PVM_CMDLINE`]).
+    pub pvm: bool,
     /// Extra kernel command line options.
     pub cmdline: String,
     /// Shared directories.
@@ -110,7 +114,9 @@ impl Machine {
         push(self.accel.name().into());
         push("-cpu".into());
         push(
-            if self.accel == Accel::Kvm {
+            if self.accel == Accel::Kvm && self.pvm {
+                "host,-arch-capabilities"
+            } else if self.accel == Accel::Kvm {
                 "host"
             } else {
                 "max"
@@ -142,11 +148,10 @@ impl Machine {
         push("-initrd".into());
         push(path_arg(&self.initramfs));
         push("-append".into());
-        push(if self.cmdline.is_empty() {
-            BASE_CMDLINE.to_string()
-        } else {
-            format!("{BASE_CMDLINE} {}", self.cmdline)
-        });
+        push(crate::vmm::kernel_cmdline(
+            self.accel == Accel::Kvm && self.pvm,
+            &self.cmdline,
+        ));
         if !self.ports.is_empty() {
             push("-device".into());
             push("virtio-serial-device,max_ports=8".into());
@@ -202,6 +207,7 @@ mod tests {
             memory_mib: 256,
             cpus: 1,
             accel: Accel::Tcg,
+            pvm: false,
             cmdline: String::new(),
             shares: vec![Share {
                 tag: "s0".into(),
@@ -249,6 +255,31 @@ mod tests {
         }
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
         assert_eq!(append, BASE_CMDLINE);
+    }
+
+    #[test]
+    fn kvm_on_pvm_gets_a_cpu_model_that_starts_and_the_pvm_boot_options() {
+        let args = |accel, pvm| -> Vec<String> {
+            Machine {
+                accel,
+                pvm,
+                ..machine()
+            }
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+        };
+        let after =
+            |a: &[String], flag: &str| a[a.iter().position(|x| x == flag).unwrap() + 1].clone();
+        let pvm = args(Accel::Kvm, true);
+        assert_eq!(after(&pvm, "-cpu"), "host,-arch-capabilities");
+        assert!(after(&pvm, "-append").ends_with(crate::vmm::PVM_CMDLINE));
+        let hw = args(Accel::Kvm, false);
+        assert_eq!(after(&hw, "-cpu"), "host");
+        assert_eq!(after(&hw, "-append"), BASE_CMDLINE);
+        // Under TCG the PVM options are never needed.
+        assert_eq!(after(&args(Accel::Tcg, true), "-append"), BASE_CMDLINE);
     }
 
     #[test]
