@@ -136,6 +136,10 @@ fn cold(cli: &Path, engine: &str, runs: usize) -> Option<Duration> {
 /// QEMU `-M microvm` booting the same kernel and agent initramfs with `accel` (the agent finds no
 /// specification, reports and ends the VM): a bare boot, for scale.
 fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
+    // QEMU's `-cpu max`/`host` cannot start on PVM (it cannot set IA32_ARCH_CAPABILITIES); our VMM's vCPU is
+    // KVM's supported CPUID, which `host,-arch-capabilities` matches.
+    let pvm = accel == "kvm" && sandbox::probe::probe_kvm().flavour == "pvm";
+    let cpu = if pvm { "host,-arch-capabilities" } else { "max" };
     let (kernel, agent) = sandbox::vm::assets::assets().ok()?;
     let qemu = sandbox::vm::qemu::find_qemu()?;
     let initrd = std::env::temp_dir().join(format!("sandbox-bench-vm-{}.cpio", std::process::id()));
@@ -154,7 +158,7 @@ fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
                 "-accel",
                 accel,
             ])
-            .args(["-cpu", "max", "-m", "256M", "-smp", "1", "-nodefaults"])
+            .args(["-cpu", cpu, "-m", "256M", "-smp", "1", "-nodefaults"])
             .args([
                 "-no-user-config",
                 "-nographic",
