@@ -139,7 +139,11 @@ fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
     // QEMU's `-cpu max`/`host` cannot start on PVM (it cannot set IA32_ARCH_CAPABILITIES); our VMM's vCPU is
     // KVM's supported CPUID, which `host,-arch-capabilities` matches.
     let pvm = accel == "kvm" && sandbox::probe::probe_kvm().flavour == "pvm";
-    let cpu = if pvm { "host,-arch-capabilities" } else { "max" };
+    let cpu = if pvm {
+        "host,-arch-capabilities"
+    } else {
+        "max"
+    };
     let (kernel, agent) = sandbox::vm::assets::assets().ok()?;
     let qemu = sandbox::vm::qemu::find_qemu()?;
     let initrd = std::env::temp_dir().join(format!("sandbox-bench-vm-{}.cpio", std::process::id()));

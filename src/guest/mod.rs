@@ -294,6 +294,7 @@ fn prepare_and_run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestE
 /// the agent's own (the console), stdin to `/dev/null`.
 pub fn run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
     let mut cmd = spec.to_sandbox();
+    pvm_env(&mut cmd, spec);
     cmd.stdin(channels.stdin.map_or(Stdio::Null, Stdio::from));
     if let Some(f) = channels.stdout {
         cmd.stdout(Stdio::from(f));
@@ -302,6 +303,17 @@ pub fn run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
         cmd.stderr(Stdio::from(f));
     }
     Ok(cmd.status()?)
+}
+
+/// On PVM the kernel gives the agent `GLIBC_TUNABLES` ([`crate::vmm::PVM_CMDLINE`]: no AVX in glibc, whose
+/// registers the guest kernel cannot preserve there); every program gets it too unless its spec sets one.
+pub(crate) fn pvm_env(cmd: &mut crate::Sandbox, spec: &RunSpec) {
+    if std::process::id() == 1
+        && let Ok(v) = std::env::var("GLIBC_TUNABLES")
+        && !spec.env.contains_key("GLIBC_TUNABLES")
+    {
+        cmd.env("GLIBC_TUNABLES", v);
+    }
 }
 
 /// Reads one line (the specification) from the control port. Buffered: the host sends nothing after it.

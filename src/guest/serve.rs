@@ -59,6 +59,7 @@ impl Server {
             port(&channels.stderr)?,
         );
         let mut cmd = spec.to_sandbox();
+        super::pvm_env(&mut cmd, spec);
         cmd.stdin(if stdin_port.is_some() {
             Stdio::Piped
         } else {

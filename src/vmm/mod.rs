@@ -53,8 +53,12 @@ pub use vm::{VmConfig, VmReport, run, run_code, run_with};
 
 /// Kernel options our guest needs on PVM (`/dev/kvm` is the `kvm_pvm` module): see
 /// `kernel-config/README.md`. Each works around an instruction PVM's emulator lacks, and `sandbox_pvm=1`
-/// turns on our kernel patches.
-pub const PVM_CMDLINE: &str = "noxsave clearcpuid=popcnt,smap,cx16 sandbox_pvm=1";
+/// turns on our kernel patches. The last one reaches the agent's environment (the kernel passes unknown
+/// `KEY=VALUE` options to init), which hands it to every program: guest user code runs natively on the host
+/// CPU with AVX enabled, while the guest kernel, without XSAVE (`noxsave`), saves only the legacy FPU/SSE
+/// state when it switches processes, so glibc must not use AVX registers that another process could clobber.
+pub const PVM_CMDLINE: &str = "noxsave clearcpuid=popcnt,smap,cx16 sandbox_pvm=1 \
+     GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD";
 
 /// Whether `/dev/kvm` is PVM (software, no VT-x/SVM), which needs [`PVM_CMDLINE`].
 pub fn pvm_detected() -> bool {
