@@ -300,10 +300,12 @@ impl Sandbox {
         let started = Instant::now();
         let timeout = self.policy.timeout;
         let (inner, deadline) = match (&self.pool, self.backend) {
-            (Some(pool), _) => (
-                Inner::Pooled(Box::new(pool.spawn(&launch).map_err(Error::Setup)?)),
-                timeout.map(|t| t + TIMEOUT_GRACE * 5),
-            ),
+            (Some(pool), _) => {
+                let run = pool.spawn(&launch).map_err(Error::Setup)?;
+                // The guest enforces the timeout; its sandbox set-up comes first, slow under software KVM.
+                let grace = run.setup_grace();
+                (Inner::Pooled(Box::new(run)), timeout.map(|t| t + grace))
+            }
             (None, Backend::Namespace) => (
                 Inner::Namespace(Box::new(namespace::spawn(&launch).map_err(Error::Setup)?)),
                 timeout.map(|t| t + TIMEOUT_GRACE),

@@ -215,14 +215,21 @@ impl SandboxChild {
                     revents: 0,
                 })
                 .collect();
-            let wait = self.remaining().map_or(-1, millis);
+            // Once killed, the streams close shortly: wait for that without spinning.
+            let wait = match self.remaining() {
+                _ if self.killed => 50,
+                None => -1,
+                Some(r) => millis(r),
+            };
             let ready = sys::poll(&mut pfds, wait).map_err(|e| Error::Io {
                 what: "poll on the sandbox's output",
                 source: std::io::Error::from_raw_os_error(e),
             })?;
             if ready == 0 {
                 // The sandbox overran its own limit: take it down; the pipes then close.
-                self.kill()?;
+                if !self.killed {
+                    self.kill()?;
+                }
                 continue;
             }
             let mut i = 0;

@@ -318,8 +318,13 @@ fn init(spec: &ChildSpec) -> ! {
         .unwrap_or_else(|e| fail(report, Stage::Init, none, e));
     let [exec_rd, exec_wr] = sys::pipe().unwrap_or_else(|e| fail(report, Stage::Init, none, e));
 
-    // Resource limits, inherited by the program.
+    // Resource limits, inherited by the program. The CPU time limit is set in the program's own process
+    // (below): on this one it would also count the set-up this process did, which is long under software
+    // KVM, and the supervision it does afterwards.
     for &(resource, soft, hard) in &spec.rlimits {
+        if resource == libc::RLIMIT_CPU {
+            continue;
+        }
         if let Err(e) = sys::set_rlimit(resource, soft, hard) {
             fail(report, Stage::Rlimits, resource, e);
         }
@@ -443,6 +448,13 @@ fn exec_program(spec: &ChildSpec, exec_wr: RawFd) -> ! {
     let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
     if let Err(e) = sys::set_sigmask(&empty) {
         fail_exec(Stage::Init, e);
+    }
+    for &(resource, soft, hard) in &spec.rlimits {
+        if resource == libc::RLIMIT_CPU
+            && let Err(e) = sys::set_rlimit(resource, soft, hard)
+        {
+            fail_exec(Stage::Rlimits, e);
+        }
     }
 
     // Try each candidate like execvp: a missing file moves on, a permission problem is remembered.

@@ -668,6 +668,10 @@ fn read_output(mut port: UnixStream, which: usize, sink: Arc<Mutex<Option<File>>
             Err(e) => Event::Broken(format!("bad output frame: {e}")),
         };
         let last = matches!(event, Event::Broken(_));
+        if last {
+            // The run's end of the stream closes with the VM's: its reader sees the end of file.
+            *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         if events.send(event).is_err() || last {
             return;
         }
@@ -734,6 +738,12 @@ impl std::fmt::Debug for PooledRun {
 impl PooledRun {
     pub(crate) fn pid(&self) -> u32 {
         self.vm.as_ref().map_or(0, WarmVm::pid)
+    }
+
+    /// How long past the run's own timeout the host waits for the guest's verdict: the guest builds the
+    /// run's sandbox before the program's clock starts, which takes long under software KVM.
+    pub(crate) fn setup_grace(&self) -> Duration {
+        self.pool.engine.boot_limit().min(Duration::from_secs(300))
     }
 
     /// The VMM's pidfd: signals go there (SIGKILL ends the VM and so the run).
