@@ -63,7 +63,11 @@ fn pool(engine: sandbox::VmEngine) -> &'static sandbox::VmPool {
     };
     cell.get_or_init(|| {
         // Two VMs of our own VMM: its boots and runs are CPU-bound under software KVM, one core each.
-        let n = if engine == sandbox::VmEngine::Builtin { 2 } else { 1 };
+        let n = if engine == sandbox::VmEngine::Builtin {
+            2
+        } else {
+            1
+        };
         sandbox::VmPool::new(sandbox::PoolOptions {
             engine,
             max_vms: n,

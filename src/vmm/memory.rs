@@ -41,7 +41,23 @@ pub enum MemoryError {
 /// Maps `size` bytes of guest RAM (private, anonymous, zero-filled).
 pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let regions = layout::ram_regions(size)?;
-    GuestMemoryMmap::from_ranges(&regions).map_err(|source| MemoryError::Map { size, source })
+    let mem = GuestMemoryMmap::from_ranges(&regions)
+        .map_err(|source| MemoryError::Map { size, source })?;
+    // Transparent huge pages where the host offers them on request (`madvise` mode, Debian's default), as
+    // QEMU does for guest RAM: fewer host page faults and TLB misses with hardware KVM. (Under PVM it made no
+    // measurable difference to the boot.) Only advice: a host without THP ignores it.
+    for region in mem.iter() {
+        // SAFETY: the range is exactly a mapping this function just created and owns; MADV_HUGEPAGE
+        // changes no contents.
+        unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+    Ok(mem)
 }
 
 /// Gives every region of `mem` to the VM as a memory slot (slot = region index).
