@@ -34,6 +34,53 @@ mod more;
 #[path = "../bench_vm.rs"]
 mod vm;
 
+/// Installs the peers measured against (Debian's bubblewrap and qemu-system-x86) when they are missing: as
+/// root with apt-get, else it says what to install and those cases are skipped.
+fn install_peers() {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    let missing: Vec<&str> = [
+        ("bwrap", "bubblewrap"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+    ]
+    .into_iter()
+    .filter(|(bin, _)| !on_path(bin))
+    .map(|(_, pkg)| pkg)
+    .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if !sandbox::probe().root {
+        println!(
+            "peers missing: {} (install them as root: apt-get install {0}); their cases are skipped",
+            missing.join(" ")
+        );
+        return;
+    }
+    println!(
+        "installing the peers: apt-get install {}",
+        missing.join(" ")
+    );
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(&missing);
+    let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
+    if !installed {
+        println!(
+            "could not install {}; their cases are skipped",
+            missing.join(" ")
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 200usize;
@@ -208,6 +255,7 @@ fn main() {
         lib(Policy::default().memory(256 << 20).pids(256)),
     ));
 
+    install_peers();
     println!(
         "sandbox-bench on {} cores, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
