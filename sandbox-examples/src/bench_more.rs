@@ -68,67 +68,17 @@ fn children_maxrss_kib() -> i64 {
 /// (the agent finds no specification, reports, and ends the VM), plus QEMU's peak RSS.
 pub fn vm(runs: usize, cli: &std::path::Path) {
     println!("\nVM backend: cold run of /bin/true, {runs} runs each (QEMU engine)");
-    let (kernel, agent) = match sandbox::vm::assets::assets() {
-        Ok(a) => a,
-        Err(e) => {
-            println!("skipped: {e}");
-            return;
-        }
-    };
-    let Some(qemu) = sandbox::vm::qemu::find_qemu() else {
+    if let Err(e) = sandbox::vm::assets::assets() {
+        println!("skipped: {e}");
+        return;
+    }
+    if sandbox::vm::qemu::find_qemu().is_none() {
         println!("skipped: no qemu-system-x86_64");
         return;
-    };
-    let initrd = std::env::temp_dir().join(format!("sandbox-bench-{}.cpio", std::process::id()));
-    let bytes = sandbox::vm::initramfs::pack_agent(&agent, None, &[]).expect("initramfs");
-    std::fs::write(&initrd, bytes).expect("temp file");
-    let accel = sandbox::vm::qemu::choose_accel(&sandbox::probe::probe_kvm()).0;
-
-    let mut bare = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        let ok = Command::new(&qemu)
-            .args([
-                "-M",
-                "microvm,acpi=off,pit=on,pic=on,rtc=on",
-                "-accel",
-                accel.name(),
-            ])
-            .args([
-                "-cpu",
-                "max",
-                "-m",
-                "256M",
-                "-smp",
-                "1",
-                "-nodefaults",
-                "-no-user-config",
-            ])
-            .args([
-                "-nographic",
-                "-no-reboot",
-                "-display",
-                "none",
-                "-device",
-                "i8042",
-                "-serial",
-                "null",
-            ])
-            .arg("-kernel")
-            .arg(&kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", sandbox::vm::qemu::BASE_CMDLINE])
-            .stdout(StdStdio::null())
-            .stderr(StdStdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            bare.push(t.elapsed());
-        }
     }
+    let accel = sandbox::vm::qemu::choose_accel(&sandbox::probe::probe_kvm()).0;
+    let mut bare = crate::vm::bare_qemu_times(accel.name(), sandbox::vm::qemu::BASE_CMDLINE, runs);
     let bare_rss = children_maxrss_kib();
-    let _ = std::fs::remove_file(&initrd);
 
     let mut ours = Vec::new();
     for _ in 0..runs {

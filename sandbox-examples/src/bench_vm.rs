@@ -136,6 +136,11 @@ fn cold(cli: &Path, engine: &str, runs: usize) -> Option<Duration> {
 /// QEMU `-M microvm` booting the same kernel and agent initramfs with `accel` (the agent finds no
 /// specification, reports and ends the VM): a bare boot, for scale.
 fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
+    median(bare_qemu_times(accel, cmdline, runs))
+}
+
+/// The times of the successful runs of [`bare_qemu`].
+pub fn bare_qemu_times(accel: &str, cmdline: &str, runs: usize) -> Vec<Duration> {
     // QEMU's `-cpu max`/`host` cannot start on PVM (it cannot set IA32_ARCH_CAPABILITIES); our VMM's vCPU is
     // KVM's supported CPUID, which `host,-arch-capabilities` matches.
     let pvm = accel == "kvm" && sandbox::probe::probe_kvm().flavour == "pvm";
@@ -144,14 +149,17 @@ fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
     } else {
         "max"
     };
-    let (kernel, agent) = sandbox::vm::assets::assets().ok()?;
-    let qemu = sandbox::vm::qemu::find_qemu()?;
+    let Ok((kernel, agent)) = sandbox::vm::assets::assets() else {
+        return Vec::new();
+    };
+    let Some(qemu) = sandbox::vm::qemu::find_qemu() else {
+        return Vec::new();
+    };
     let initrd = std::env::temp_dir().join(format!("sandbox-bench-vm-{}.cpio", std::process::id()));
-    std::fs::write(
-        &initrd,
-        sandbox::vm::initramfs::pack_agent(&agent, None, &[]).ok()?,
-    )
-    .ok()?;
+    let packed = sandbox::vm::initramfs::pack_agent(&agent, None, &[]);
+    if !packed.is_ok_and(|b| std::fs::write(&initrd, b).is_ok()) {
+        return Vec::new();
+    }
     let mut times = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
@@ -184,7 +192,7 @@ fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
         }
     }
     let _ = std::fs::remove_file(&initrd);
-    median(times)
+    times
 }
 
 fn show_rss(name: &str, rss: Rss) {

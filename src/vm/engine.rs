@@ -307,6 +307,51 @@ pub(super) fn machine_size(policy: &Policy) -> (u64, u32) {
     (memory_mib, cpus)
 }
 
+/// The channels of a VM about to start: the host's ends, and the VMM's ends at their descriptor numbers
+/// (console 3, control 4, stdin 5 when asked for, stdout 6, stderr 7) with the port names.
+struct NewChannels {
+    host: VmChannels,
+    vmm: Vec<(OwnedFd, RawFd)>,
+    ports: Vec<(&'static str, RawFd)>,
+    /// The write end of the VMM's standard error.
+    vmm_stderr: OwnedFd,
+}
+
+fn new_channels(with_stdin: bool) -> Result<NewChannels, SetupFailure> {
+    let (console, console_vmm) = socket_pair()?;
+    let (control, control_vmm) = socket_pair()?;
+    let mut vmm: Vec<(OwnedFd, RawFd)> = vec![(console_vmm, 3), (control_vmm, 4)];
+    let mut ports = vec![(crate::guest::CONTROL_PORT, 4)];
+    let stdin = if with_stdin {
+        let (host, theirs) = socket_pair()?;
+        vmm.push((theirs, 5));
+        ports.push((crate::guest::STDIN_PORT, 5));
+        Some(host)
+    } else {
+        None
+    };
+    let (stdout, stdout_vmm) = socket_pair()?;
+    let (stderr, stderr_vmm) = socket_pair()?;
+    vmm.push((stdout_vmm, 6));
+    vmm.push((stderr_vmm, 7));
+    ports.push((crate::guest::STDOUT_PORT, 6));
+    ports.push((crate::guest::STDERR_PORT, 7));
+    let (err_r, err_w) = pipe()?;
+    Ok(NewChannels {
+        host: VmChannels {
+            console,
+            control,
+            stdin,
+            stdout,
+            stderr,
+            vmm_stderr: std::fs::File::from(err_r),
+        },
+        vmm,
+        ports,
+        vmm_stderr: err_w,
+    })
+}
+
 /// Which VMM runs a guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Engine {
@@ -372,36 +417,16 @@ pub(super) fn start_vm(
     let (accel, accel_reason) = qemu::choose_accel(&crate::probe::probe_kvm());
 
     // Descriptors QEMU gets, at fixed numbers in its process.
-    let (console, console_qemu) = socket_pair()?;
-    let (control, control_qemu) = socket_pair()?;
-    let mut fds: Vec<(OwnedFd, RawFd)> = vec![(console_qemu, 3), (control_qemu, 4)];
-    let mut ports = vec![Port {
-        name: "sandbox.control",
-        fd: 4,
-    }];
-    let stdin = if with_stdin {
-        let (host, qemu) = socket_pair()?;
-        fds.push((qemu, 5));
-        ports.push(Port {
-            name: "sandbox.stdin",
-            fd: 5,
-        });
-        Some(host)
-    } else {
-        None
-    };
-    let (stdout, stdout_qemu) = socket_pair()?;
-    let (stderr, stderr_qemu) = socket_pair()?;
-    fds.push((stdout_qemu, 6));
-    fds.push((stderr_qemu, 7));
-    ports.push(Port {
-        name: "sandbox.stdout",
-        fd: 6,
-    });
-    ports.push(Port {
-        name: "sandbox.stderr",
-        fd: 7,
-    });
+    let NewChannels {
+        host: channels,
+        vmm: fds,
+        ports,
+        vmm_stderr: err_w,
+    } = new_channels(with_stdin)?;
+    let ports = ports
+        .into_iter()
+        .map(|(name, fd)| Port { name, fd })
+        .collect();
     let machine = Machine {
         kernel: kernel.clone(),
         initramfs: initrd.clone(),
@@ -415,7 +440,6 @@ pub(super) fn start_vm(
         ports,
         console_fd: 3,
     };
-    let (err_r, err_w) = pipe()?;
     let host = start_confined(
         &qemu_bin,
         &machine,
@@ -435,14 +459,7 @@ pub(super) fn start_vm(
     })?;
     Ok(Started {
         host,
-        channels: VmChannels {
-            console,
-            control,
-            stdin,
-            stdout,
-            stderr,
-            vmm_stderr: std::fs::File::from(err_r),
-        },
+        channels,
         info: VmInfo {
             engine: "qemu".into(),
             accelerator: accel.name().into(),
@@ -491,24 +508,16 @@ fn start_builtin(
     let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
     let pvm = kvm_probe.flavour == "pvm";
 
-    let (console, console_vmm) = socket_pair()?;
-    let (control, control_vmm) = socket_pair()?;
-    let mut fds: Vec<(OwnedFd, RawFd)> = vec![(console_vmm, 3), (control_vmm, 4)];
-    let mut ports = vec![("sandbox.control".to_string(), 4)];
-    let stdin = if with_stdin {
-        let (host, vmm) = socket_pair()?;
-        fds.push((vmm, 5));
-        ports.push(("sandbox.stdin".into(), 5));
-        Some(host)
-    } else {
-        None
-    };
-    let (stdout, stdout_vmm) = socket_pair()?;
-    let (stderr, stderr_vmm) = socket_pair()?;
-    fds.push((stdout_vmm, 6));
-    fds.push((stderr_vmm, 7));
-    ports.push(("sandbox.stdout".into(), 6));
-    ports.push(("sandbox.stderr".into(), 7));
+    let NewChannels {
+        host: channels,
+        vmm: mut fds,
+        ports,
+        vmm_stderr: err_w,
+    } = new_channels(with_stdin)?;
+    let ports = ports
+        .into_iter()
+        .map(|(n, fd)| (n.to_string(), fd))
+        .collect();
     fds.push((kvm, 8));
     let mut config = crate::vmm::process::ProcessConfig {
         kernel: kernel.clone(),
@@ -532,7 +541,6 @@ fn start_builtin(
         let json = serde_json::to_string(c).unwrap_or_default();
         vec![std::ffi::OsString::from("vmm"), json.into()]
     };
-    let (err_r, err_w) = pipe()?;
     let host = start_builtin_confined(
         &agent,
         &args(&config),
@@ -561,14 +569,7 @@ fn start_builtin(
     })?;
     Ok(Started {
         host,
-        channels: VmChannels {
-            console,
-            control,
-            stdin,
-            stdout,
-            stderr,
-            vmm_stderr: std::fs::File::from(err_r),
-        },
+        channels,
         info: VmInfo {
             engine: "builtin".into(),
             accelerator: "kvm".into(),
