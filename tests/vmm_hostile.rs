@@ -302,3 +302,119 @@ fn too_little_memory_or_a_missing_kernel_are_errors() {
     });
     assert!(matches!(r, Err(VmmError::Boot(_))), "{r:?}");
 }
+
+/// `mov dword [addr], value` in 32-bit code.
+fn store(addr: u32, value: u32) -> Vec<u8> {
+    let mut v = vec![0xc7, 0x05];
+    v.extend_from_slice(&addr.to_le_bytes());
+    v.extend_from_slice(&value.to_le_bytes());
+    v
+}
+
+/// A guest that acts as a hostile virtio driver: it brings up a virtio-fs device and a console properly,
+/// then gives them rings that overlap (descriptor table, available and used ring on one page), an available
+/// index far ahead of the ring, a descriptor pointing outside guest memory with a 4 GiB length, and notifies
+/// every queue in an endless loop. The VMM must keep answering (each notification bounded) and stop the guest
+/// at the timeout; the devices count what they refused.
+#[test]
+fn malformed_virtqueues_from_a_hostile_driver_end_at_the_timeout() {
+    if !kvm_usable() {
+        return;
+    }
+    use sandbox::vmm::virtio::VirtioDevice;
+    use sandbox::vmm::virtio::console::VirtioConsole;
+    use sandbox::vmm::virtio::fs::VirtioFs;
+    let share = std::env::temp_dir().join(format!("sandbox-hostile-share-{}", std::process::id()));
+    std::fs::create_dir_all(&share).unwrap();
+    let _cleanup = Cleanup(share.clone());
+    let fs = VirtioFs::new("hostile", &share, true).unwrap();
+    let fs_stats = fs.stats();
+    let (console, _host_ends) = VirtioConsole::with_socketpairs(&["a"]).unwrap();
+    let console_stats = console.stats();
+    let devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(fs), Box::new(console)];
+
+    const RINGS: u32 = 0x20_0000;
+    let mut code = Vec::new();
+    // Garbage where the descriptors, the available and the used ring all start: one chain available (whose
+    // head is descriptor 1), descriptor 1 at an address beyond guest memory with a 4 GiB length and chained
+    // to itself. The used ring the device writes is the available ring the driver reads.
+    code.extend(store(RINGS, 0x0001_0000));
+    code.extend(store(RINGS + 4, 1));
+    code.extend(store(RINGS + 0x10, 0xffff_f000));
+    code.extend(store(RINGS + 0x18, 0xffff_ffff));
+    code.extend(store(RINGS + 0x1c, 0x0001_0001)); // flags NEXT, next = 1: itself
+    for (base, queues) in [(0xd000_0000u32, 2u32), (0xd000_1000, 4)] {
+        code.extend(store(base + 0x70, 1)); // ACKNOWLEDGE
+        code.extend(store(base + 0x70, 3)); // DRIVER
+        code.extend(store(base + 0x24, 1)); // driver features, word 1:
+        code.extend(store(base + 0x20, 1)); // VIRTIO_F_VERSION_1
+        if base == 0xd000_1000 {
+            code.extend(store(base + 0x24, 0));
+            code.extend(store(base + 0x20, 2)); // console: MULTIPORT
+        }
+        code.extend(store(base + 0x70, 0xb)); // FEATURES_OK
+        for q in 0..queues {
+            code.extend(store(base + 0x30, q)); // QueueSel
+            code.extend(store(base + 0x38, 8)); // QueueNum
+            code.extend(store(base + 0x80, RINGS)); // descriptors
+            code.extend(store(base + 0x90, RINGS)); // available ring: the same page
+            code.extend(store(base + 0xa0, RINGS)); // used ring: the same page
+            code.extend(store(base + 0x44, 1)); // QueueReady
+        }
+        code.extend(store(base + 0x70, 0xf)); // DRIVER_OK
+    }
+    // Notify every queue of both devices, forever; and keep announcing chains far ahead of the ring (index
+    // 0xffff), which the queue must refuse.
+    let start = code.len();
+    code.extend(store(RINGS, 0xffff_0000));
+    for q in 0..2 {
+        code.extend(store(0xd000_0050, q));
+    }
+    code.extend(store(RINGS, 0x0001_0000));
+    for q in 0..2 {
+        code.extend(store(0xd000_0050, q));
+    }
+    for q in 0..4 {
+        code.extend(store(0xd000_1050, q));
+    }
+    let back = (start as i64 - (code.len() as i64 + 2)) as i8;
+    code.extend([0xeb, back as u8]); // jmp start
+
+    let timeout = Duration::from_secs(20);
+    let started = Instant::now();
+    let r = sandbox::vmm::run_code_with_devices(
+        &code,
+        Pvh,
+        16,
+        timeout,
+        Console::new(Capture::default()),
+        devices,
+    );
+    let took = started.elapsed();
+    assert!(
+        matches!(r, Err(VmmError::Timeout(_))),
+        "the hostile driver's VM should end at its timeout: {r:?}"
+    );
+    assert!(
+        took < timeout + Duration::from_secs(10),
+        "stopped only after {took:?}"
+    );
+    let fs_bad = fs_stats.bad_requests();
+    let console_bad = console_stats
+        .malformed_chains
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        fs_bad > 0 && console_bad > 0,
+        "the devices saw the malformed chains: fs {fs_bad}, console {console_bad}"
+    );
+    // The share is untouched.
+    assert_eq!(std::fs::read_dir(&share).unwrap().count(), 0);
+}
+
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 pub use devices::serial::Console;
 pub use vcpu::GuestExit;
-pub use vm::{VmConfig, VmReport, run, run_code, run_with};
+pub use vm::{VmConfig, VmReport, run, run_code, run_code_with_devices, run_with};
 
 /// Kernel options our guest needs on PVM (`/dev/kvm` is the `kvm_pvm` module): see
 /// `kernel-config/README.md`. Each works around an instruction PVM's emulator lacks, and `sandbox_pvm=1`

@@ -145,8 +145,21 @@ pub fn run_code(
     timeout: Duration,
     console: Console,
 ) -> Result<VmReport, VmmError> {
+    run_code_with_devices(code, mode, memory_mib, timeout, console, Vec::new())
+}
+
+/// [`run_code`] with virtio devices on their slots ([`mmio::slot`]): a way to drive the devices' transport
+/// and queues from hostile guest code.
+pub fn run_code_with_devices(
+    code: &[u8],
+    mode: BootMode,
+    memory_mib: u64,
+    timeout: Duration,
+    console: Console,
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<VmReport, VmmError> {
     let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
-    execute(kvm, memory_mib, timeout, console, Vec::new(), |mem| {
+    execute(kvm, memory_mib, timeout, console, devices, |mem| {
         mem.write_slice(code, GuestAddress(CODE_START))
             .map_err(|e| boot::BootError::Write {
                 what: "code",
