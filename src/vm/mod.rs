@@ -7,5 +7,6 @@
 pub mod assets;
 pub mod engine;
 pub mod initramfs;
+mod launch;
 pub mod pool;
 pub mod qemu;
