@@ -9,4 +9,5 @@ pub mod engine;
 pub mod initramfs;
 mod launch;
 pub mod pool;
+mod pool_channels;
 pub mod qemu;

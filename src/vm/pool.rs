@@ -20,12 +20,12 @@
 //! guest. A run whose VM dies or times out takes that VM with it; the next run boots a fresh one.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,16 +33,13 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::engine::{self, Host, Started, Tail, VmChannels};
+use super::pool_channels::{Event, Notify, read_control, read_output, relay_stdin};
 use super::qemu::Share;
 use crate::command::Error;
-use crate::guest::frames::{Frame, MAX_FRAME, read_frame, write_frame};
-use crate::guest::{READY_PREFIX, RunSpec, VERDICT_PREFIX};
-use crate::namespace::{Launch, sys};
+use crate::guest::RunSpec;
+use crate::namespace::Launch;
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
 use crate::policy::{Mount, Policy};
-
-/// The longest line the host accepts from a guest's control port.
-const MAX_LINE: u64 = 1 << 20;
 
 fn fail(message: impl Into<String>) -> SetupFailure {
     SetupFailure {
@@ -398,17 +395,6 @@ impl PoolInner {
     }
 }
 
-/// What the reader threads of a warm VM report.
-#[derive(Debug)]
-enum Event {
-    Ready(serde_json::Value),
-    Verdict(serde_json::Value),
-    /// The end frame of stdout (0) or stderr (1).
-    OutputEnd(usize),
-    /// A channel ended or broke: the VM is gone or hostile.
-    Broken(String),
-}
-
 /// A booted VM whose agent waits for served runs.
 struct WarmVm {
     host: Host,
@@ -587,127 +573,6 @@ impl WarmVm {
             let _ = t.join();
         }
     }
-}
-
-/// Lines from the control port: READY and verdicts.
-/// The readers' side of the event channel: every event also makes the activity eventfd readable.
-#[derive(Clone)]
-struct Notify {
-    tx: Sender<Event>,
-    fd: Arc<EventFd>,
-}
-
-impl Notify {
-    fn send(&self, e: Event) -> Result<(), ()> {
-        self.tx.send(e).map_err(|_| ())?;
-        let _ = self.fd.write(1);
-        Ok(())
-    }
-}
-
-fn read_control(port: UnixStream, events: Notify) {
-    let mut r = BufReader::new(port);
-    loop {
-        let mut line = Vec::new();
-        match (&mut r).take(MAX_LINE).read_until(b'\n', &mut line) {
-            Ok(0) => {
-                let _ = events.send(Event::Broken("the control port closed".into()));
-                return;
-            }
-            Ok(_) if !line.ends_with(b"\n") => {
-                let _ = events.send(Event::Broken(format!(
-                    "the guest sent a control line longer than {MAX_LINE} bytes"
-                )));
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let _ = events.send(Event::Broken(format!("reading the control port: {e}")));
-                return;
-            }
-        }
-        let text = String::from_utf8_lossy(&line);
-        let json = |prefix: &str| {
-            text.find(prefix)
-                .and_then(|i| serde_json::from_str(text[i + prefix.len()..].trim()).ok())
-        };
-        let event = if let Some(v) = json(READY_PREFIX) {
-            Event::Ready(v)
-        } else if let Some(v) = json(VERDICT_PREFIX) {
-            Event::Verdict(v)
-        } else {
-            continue;
-        };
-        if events.send(event).is_err() {
-            return;
-        }
-    }
-}
-
-/// Frames from an output port into the current run's sink.
-fn read_output(mut port: UnixStream, which: usize, sink: Arc<Mutex<Option<File>>>, events: Notify) {
-    let mut buf = vec![0u8; MAX_FRAME];
-    loop {
-        let event = match read_frame(&mut port, &mut buf) {
-            Ok(Frame::Data(n)) => {
-                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-                // A reader that went away loses the rest of this run's output, nothing more.
-                if let Some(f) = s.as_mut()
-                    && f.write_all(&buf[..n]).is_err()
-                {
-                    *s = None;
-                }
-                continue;
-            }
-            Ok(Frame::End) => {
-                // Closing the run's end of the stream: its reader sees the end of file.
-                *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                Event::OutputEnd(which)
-            }
-            Ok(Frame::Closed) => Event::Broken("an output port closed".into()),
-            Err(e) => Event::Broken(format!("bad output frame: {e}")),
-        };
-        let last = matches!(event, Event::Broken(_));
-        if last {
-            // The run's end of the stream closes with the VM's: its reader sees the end of file.
-            *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
-        if events.send(event).is_err() || last {
-            return;
-        }
-    }
-}
-
-/// The caller's stdin → frames, then the end frame (also when the run ends first: `stop`).
-fn relay_stdin(source: Option<OwnedFd>, mut to: UnixStream, stop: &AtomicBool) {
-    if let Some(source) = source {
-        let mut from = File::from(source);
-        let mut buf = vec![0u8; MAX_FRAME];
-        while !stop.load(Ordering::Acquire) {
-            let mut pfd = [libc::pollfd {
-                fd: from.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            match sys::poll(&mut pfd, 50) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(libc::EINTR) => continue,
-                Err(_) => break,
-            }
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if write_frame(&mut to, &buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-    }
-    let _ = write_frame(&mut to, b"");
 }
 
 /// How a served run ended, as the collector saw it.
