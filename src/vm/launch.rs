@@ -377,20 +377,14 @@ fn start_builtin_confined(
             policy.bind(&s.path, &s.path)
         };
     }
-    policy.timeout = deadline;
-    policy.audit_denials = false;
-    let extra: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
-    let null = std::fs::File::open("/dev/null").map_err(|e| fail(format!("/dev/null: {e}")))?;
-    let launch = Launch {
-        program: std::ffi::OsStr::new("/sandbox-vmm"),
+    spawn_confined(
+        std::ffi::OsStr::new("/sandbox-vmm"),
         args,
-        env: &[],
-        cwd: None,
-        policy: &policy,
-        stdio: [null.as_raw_fd(), null.as_raw_fd(), stderr],
-        extra_fds: &extra,
-    };
-    namespace::spawn(&launch).map(|s| Host::Sandboxed(Box::new(s)))
+        fds,
+        stderr,
+        policy,
+        deadline,
+    )
 }
 
 /// QEMU inside a namespace sandbox: the system read-only, the kernel, the initramfs and the shares bound,
@@ -425,14 +419,33 @@ fn start_confined(
     if machine.accel == Accel::Kvm {
         policy.devices.push("/dev/kvm".into());
     }
+    spawn_confined(
+        qemu_bin.as_os_str(),
+        &machine.args(),
+        fds,
+        stderr,
+        policy,
+        deadline,
+    )
+}
+
+/// A VMM in a namespace sandbox with `policy` (its view), its descriptors in place, stdin and stdout on
+/// /dev/null, no audit of denied calls, ended at `deadline`.
+fn spawn_confined(
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+    fds: &[(OwnedFd, RawFd)],
+    stderr: RawFd,
+    mut policy: Policy,
+    deadline: Option<Duration>,
+) -> Result<Host, SetupFailure> {
     policy.timeout = deadline;
     policy.audit_denials = false;
-    let args = machine.args();
     let extra: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
     let null = std::fs::File::open("/dev/null").map_err(|e| fail(format!("/dev/null: {e}")))?;
     let launch = Launch {
-        program: qemu_bin.as_os_str(),
-        args: &args,
+        program,
+        args,
         env: &[],
         cwd: None,
         policy: &policy,
