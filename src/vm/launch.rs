@@ -235,8 +235,8 @@ pub(crate) fn start_vm(
     })
 }
 
-/// The most virtio devices our VMM places (virtio-mmio slots on legacy IRQs until it writes an MP table).
-const BUILTIN_MAX_DEVICES: usize = 6;
+/// The most virtio devices our VMM places (one virtio-mmio slot per free I/O APIC pin).
+const BUILTIN_MAX_DEVICES: usize = crate::vmm::layout::VIRTIO_IRQS.len();
 
 /// Our own VMM as a child process: the agent binary in its `vmm` role, confined like QEMU (a namespace
 /// sandbox that shows it only its binary, the kernel, the initramfs and the shares; or a plain child under

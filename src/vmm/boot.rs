@@ -289,11 +289,12 @@ mod tests {
         );
         let module: hvm_modlist_entry = m.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x300_0000, 12345));
-        assert_eq!(info.memmap_entries, 2);
-        let second: hvm_memmap_table_entry =
-            m.read_obj(GuestAddress(info.memmap_paddr + 24)).unwrap();
+        assert_eq!(info.memmap_entries, 3);
+        let last: hvm_memmap_table_entry = m
+            .read_obj(GuestAddress(info.memmap_paddr + 2 * 24))
+            .unwrap();
         assert_eq!(
-            (second.addr, second.size, second.type_),
+            (last.addr, last.size, last.type_),
             (
                 layout::HIMEM_START,
                 size - layout::HIMEM_START,
@@ -325,8 +326,8 @@ mod tests {
             ({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size }),
             (0x200_0000, 777)
         );
-        assert_eq!(p.e820_entries, 2);
-        let e = p.e820_table[1];
+        assert_eq!(p.e820_entries, 3);
+        let e = p.e820_table[2];
         assert_eq!(
             ({ e.addr }, { e.size }),
             (layout::HIMEM_START, size - layout::HIMEM_START)
@@ -418,6 +419,6 @@ mod tests {
         let mut back = [0u8; 3];
         m.read_slice(&mut back, GuestAddress(initrd)).unwrap();
         assert_eq!(back, [1, 2, 3]);
-        assert_eq!(p.e820_entries, 2);
+        assert_eq!(p.e820_entries, 3);
     }
 }

@@ -9,7 +9,7 @@
 //! 0x0000_6040  PVH module list          0x0002_0000  kernel command line
 //! 0x0000_7000  e820 / PVH memory map    0x0010_0000  kernel (ELF segments, from 1 MiB)
 //! 0x0000_8ff0  boot stack (64-bit)      ...          initramfs at the top of low RAM
-//! 0x0009_fc00  end of base RAM          0xc000_0000  MMIO hole (1 GiB) up to 4 GiB, RAM continues above
+//! 0x0009_fc00  MP table (reserved)      0xc000_0000  MMIO hole (1 GiB) up to 4 GiB, RAM continues above
 //!                                       0xd000_0000  virtio-mmio devices, 4 KiB each
 //!                                       0xfec0_0000  IOAPIC, 0xfee0_0000 LAPIC
 //! ```
@@ -42,6 +42,9 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 2048;
 /// End of the RAM below the EBDA/VGA/BIOS area.
 pub const BASE_RAM_END: u64 = 0x9fc00;
+/// The MP table ([`super::mptable`]): the last KiB of base memory, one of the places Linux scans; the
+/// e820 map reserves it up to 1 MiB.
+pub const MPTABLE_START: u64 = BASE_RAM_END;
 /// Where the kernel is loaded from (high memory starts at 1 MiB).
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the hole below 4 GiB left for device MMIO (no RAM there).
@@ -52,10 +55,12 @@ pub const MMIO_GAP_END: u64 = 1 << 32;
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 /// The size of each virtio-mmio device's window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
-/// The IRQs of the virtio-mmio devices, in slot order. The guest has no MP table or ACPI, so it runs its
-/// interrupts through the (in-kernel) 8259 PICs: lines 0-15 only. 0 (PIT), 1 (i8042), 2 (cascade),
-/// 4 (serial) and 8 (RTC) are taken; 12-15 are left to their ISA owners.
-pub const VIRTIO_IRQS: [u32; 6] = [5, 6, 7, 9, 10, 11];
+/// The IRQs of the virtio-mmio devices, in slot order: I/O APIC pins (the MP table routes ISA line `n` to
+/// pin `n`). 0 (PIT), 1 (i8042), 2 (cascade), 3 and 4 (serial) and 8 (RTC) are left to their ISA owners;
+/// pins 16-23 exist only on the I/O APIC.
+pub const VIRTIO_IRQS: [u32; 18] = [
+    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+];
 
 /// Smallest guest RAM the layout accepts (the kernel, initramfs and boot structures must fit).
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -111,8 +116,8 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// The e820 map for `size` bytes of RAM: base RAM below 640 KiB (minus the EBDA), RAM from 1 MiB to the
-/// MMIO hole, and RAM above 4 GiB when there is more.
+/// The e820 map for `size` bytes of RAM: base RAM below 640 KiB (minus the EBDA), the MP table and BIOS
+/// area reserved, RAM from 1 MiB to the MMIO hole, and RAM above 4 GiB when there is more.
 pub fn e820_map(size: u64) -> Result<Vec<E820Entry>, LayoutError> {
     let regions = ram_regions(size)?;
     let ram = |addr, size| E820Entry {
@@ -123,6 +128,11 @@ pub fn e820_map(size: u64) -> Result<Vec<E820Entry>, LayoutError> {
     let low_end = regions[0].1 as u64;
     let mut map = vec![
         ram(0, BASE_RAM_END),
+        E820Entry {
+            addr: MPTABLE_START,
+            size: HIMEM_START - MPTABLE_START,
+            kind: E820_RESERVED,
+        },
         ram(HIMEM_START, low_end - HIMEM_START),
     ];
     if let Some(&(start, len)) = regions.get(1) {
@@ -171,6 +181,11 @@ mod tests {
                     kind: E820_RAM
                 },
                 E820Entry {
+                    addr: MPTABLE_START,
+                    size: HIMEM_START - MPTABLE_START,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
                     addr: HIMEM_START,
                     size: size - HIMEM_START,
                     kind: E820_RAM
@@ -189,10 +204,14 @@ mod tests {
             (GuestAddress(MMIO_GAP_END), (size - MMIO_GAP_START) as usize)
         );
         let map = e820_map(size).unwrap();
-        assert_eq!(map.len(), 3);
-        assert_eq!(map[1].addr + map[1].size, MMIO_GAP_START);
-        assert_eq!(map[2].addr, MMIO_GAP_END);
-        let total: u64 = map.iter().map(|e| e.size).sum();
+        assert_eq!(map.len(), 4);
+        assert_eq!(map[2].addr + map[2].size, MMIO_GAP_START);
+        assert_eq!(map[3].addr, MMIO_GAP_END);
+        let total: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert!(total <= size);
         for e in &map {
             assert!(e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END);
@@ -238,7 +257,11 @@ mod tests {
         const { assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START) };
         assert!(last <= 0xfec0_0000);
         for irq in VIRTIO_IRQS {
-            assert!(irq < 16 && ![0, 1, 2, 4, 8].contains(&irq), "{irq}");
+            assert!(
+                irq < super::super::mptable::IOAPIC_PINS as u32
+                    && ![0, 1, 2, 3, 4, 8].contains(&irq),
+                "{irq}"
+            );
         }
     }
 

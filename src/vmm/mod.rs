@@ -39,6 +39,7 @@ pub mod bus;
 pub mod devices;
 pub mod layout;
 pub mod memory;
+pub mod mptable;
 pub mod process;
 pub mod regs;
 pub mod vcpu;
@@ -102,6 +103,9 @@ pub enum VmmError {
     /// Loading the kernel and boot information.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    /// Writing the MP table.
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
     /// Device placement.
     #[error("device placement: {0}")]
     Bus(#[from] bus::BusError),

@@ -1,5 +1,5 @@
 //! One VM from start to end, in the order of a build: KVM → VM with in-kernel irqchip and PIT → guest RAM
-//! → kernel, command line, initramfs and boot information → devices on the buses → vCPU → run on its own
+//! → kernel, command line, initramfs, boot information and MP table → devices on the buses → vCPU → run on its own
 //! thread under a host-side deadline.
 
 use std::path::PathBuf;
@@ -203,6 +203,7 @@ fn execute(
     let mem = memory::create(memory_mib.saturating_mul(1 << 20))?;
     memory::register(&vm, &mem)?;
     let entry = load(&mem)?;
+    super::mptable::write(&mem, 1)?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
@@ -350,8 +351,8 @@ mod tests {
             "virtio_mmio.device=4K@0xd0000000:5"
         );
         assert!(matches!(
-            with_virtio_devices("", 7),
-            Err(VmmError::TooManyDevices(7))
+            with_virtio_devices("", layout::VIRTIO_IRQS.len() + 1),
+            Err(VmmError::TooManyDevices(n)) if n == layout::VIRTIO_IRQS.len() + 1
         ));
     }
 
