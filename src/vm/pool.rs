@@ -21,11 +21,11 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,8 +38,12 @@ use super::qemu::Share;
 use crate::command::Error;
 use crate::guest::RunSpec;
 use crate::namespace::Launch;
-use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
+use crate::outcome::{SetupFailure, Stage, VmInfo};
 use crate::policy::{Mount, Policy};
+
+mod run;
+
+pub(crate) use run::PooledRun;
 
 fn fail(message: impl Into<String>) -> SetupFailure {
     SetupFailure {
@@ -132,6 +136,8 @@ struct PoolState {
     idle: Vec<WarmVm>,
     /// VMs up (idle, serving, or booting).
     live: usize,
+    /// Host pids of the VMs that are up.
+    pids: Vec<u32>,
 }
 
 impl Drop for PoolInner {
@@ -252,6 +258,12 @@ impl VmPool {
         }
     }
 
+    /// The host process ids of the pool's VMs that are up (idle or serving a run): each the root of the VM's
+    /// process tree (the VMM, or the init of the sandbox that confines it), e.g. to account their memory.
+    pub fn pids(&self) -> Vec<u32> {
+        self.inner.lock().pids.clone()
+    }
+
     /// Boots a VM whose place in `live` the caller took; gives the place back on failure.
     fn boot(&self) -> Result<WarmVm, SetupFailure> {
         let o = &self.inner.options;
@@ -265,8 +277,9 @@ impl VmPool {
             None,
         )
         .and_then(|s| WarmVm::start(s, self.inner.engine.boot_limit()));
-        if vm.is_err() {
-            self.inner.gone();
+        match &vm {
+            Ok(vm) => self.inner.lock().pids.push(vm.pid()),
+            Err(_) => self.inner.gone(None),
         }
         vm
     }
@@ -365,10 +378,11 @@ impl PoolInner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A VM went away: its place is free.
-    fn gone(&self) {
+    /// A VM (host process `pid`, if it was up) went away: its place is free.
+    fn gone(&self, pid: Option<u32>) {
         let mut st = self.lock();
         st.live = st.live.saturating_sub(1);
+        st.pids.retain(|&p| Some(p) != pid);
         drop(st);
         self.changed.notify_all();
     }
@@ -383,15 +397,18 @@ impl PoolInner {
             return;
         }
         drop(st);
+        let pid = vm.pid();
         vm.shut_down();
-        self.gone();
+        self.gone(Some(pid));
     }
 
-    /// A VM failed: killed, never reused.
-    fn discard(&self, vm: WarmVm) {
+    /// A VM failed (`why`): killed, never reused.
+    fn discard(&self, vm: WarmVm, why: &str) {
+        tracing::info!("VM pool: discarding a warm VM: {why}");
         self.discarded.fetch_add(1, Ordering::Relaxed);
+        let pid = vm.pid();
         vm.kill();
-        self.gone();
+        self.gone(Some(pid));
     }
 }
 
@@ -521,7 +538,7 @@ impl WarmVm {
         let (to, pidfd) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                pool.discard(self);
+                pool.discard(self, "its run could not be started");
                 return Err(fail(format!("starting the run on a warm VM: {e}")));
             }
         };
@@ -530,14 +547,7 @@ impl WarmVm {
             let stop = stop.clone();
             std::thread::spawn(move || relay_stdin(stdin_source, to, &stop))
         };
-        Ok(PooledRun {
-            vm: Some(self),
-            stop,
-            stdin_relay: Some(stdin_relay),
-            pidfd,
-            pool,
-            result: None,
-        })
+        Ok(PooledRun::new(self, stop, stdin_relay, pidfd, pool))
     }
 
     fn pidfd(&self) -> BorrowedFd<'_> {
@@ -571,176 +581,6 @@ impl WarmVm {
         // The sockets close with the VMM: the readers end.
         for t in self.threads {
             let _ = t.join();
-        }
-    }
-}
-
-/// How a served run ended, as the collector saw it.
-struct RunEnd {
-    verdict: Option<serde_json::Value>,
-    /// The VM broke (and must not serve again), and why.
-    broken: Option<String>,
-    /// The end frames of stdout and stderr arrived.
-    outputs_ended: [bool; 2],
-}
-
-/// A run on a warm VM, host side.
-pub(crate) struct PooledRun {
-    vm: Option<WarmVm>,
-    stop: Arc<AtomicBool>,
-    stdin_relay: Option<JoinHandle<()>>,
-    pidfd: OwnedFd,
-    pool: Arc<PoolInner>,
-    result: Option<RunEnd>,
-}
-
-impl std::fmt::Debug for PooledRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledRun").field("vm", &self.vm).finish()
-    }
-}
-
-impl PooledRun {
-    pub(crate) fn pid(&self) -> u32 {
-        self.vm.as_ref().map_or(0, WarmVm::pid)
-    }
-
-    /// How long past the run's own timeout the host waits for the guest's verdict: the guest builds the
-    /// run's sandbox before the program's clock starts, which takes long under software KVM.
-    pub(crate) fn setup_grace(&self) -> Duration {
-        self.pool.engine.boot_limit().min(Duration::from_secs(300))
-    }
-
-    /// The VMM's pidfd: signals go there (SIGKILL ends the VM and so the run).
-    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
-    }
-
-    /// Readable when something happened on the VM's channels; then [`PooledRun::ended`] tells whether the
-    /// run is over.
-    pub(crate) fn wait_fd(&self) -> BorrowedFd<'_> {
-        match &self.vm {
-            // SAFETY: the eventfd lives as long as the VM, which `self` holds while the borrow lives.
-            Some(vm) => unsafe { BorrowedFd::borrow_raw(vm.activity.as_raw_fd()) },
-            None => self.pidfd.as_fd(),
-        }
-    }
-
-    /// Takes what arrived; whether the run has ended (verdict and both output ends, or the VM broke).
-    pub(crate) fn ended(&mut self) -> bool {
-        self.collect(Duration::ZERO)
-    }
-
-    /// Takes the events that arrive within `wait`; whether the run has ended.
-    fn collect(&mut self, wait: Duration) -> bool {
-        let Some(vm) = &self.vm else { return true };
-        // Cleared before the channel is drained, so an event sent meanwhile leaves it readable.
-        let _ = vm.activity.read();
-        let end = self.result.get_or_insert(RunEnd {
-            verdict: None,
-            broken: None,
-            outputs_ended: [false; 2],
-        });
-        let limit = Instant::now() + wait;
-        loop {
-            if end.broken.is_some() || (end.verdict.is_some() && end.outputs_ended == [true; 2]) {
-                return true;
-            }
-            let left = limit.saturating_duration_since(Instant::now());
-            match vm.events.recv_timeout(left) {
-                Ok(Event::Verdict(v)) => end.verdict = Some(v),
-                Ok(Event::OutputEnd(i)) => end.outputs_ended[i.min(1)] = true,
-                Ok(Event::Ready(_)) => {}
-                Ok(Event::Broken(why)) => end.broken = Some(why),
-                Err(RecvTimeoutError::Timeout) => return false,
-                Err(RecvTimeoutError::Disconnected) => {
-                    end.broken = Some("the VM's channels closed".into());
-                }
-            }
-        }
-    }
-
-    pub(crate) fn finish(mut self, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
-        // After a kill the channels close promptly; a finished run has all its events queued already.
-        self.collect(Duration::from_secs(10));
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.stdin_relay.take() {
-            let _ = t.join();
-        }
-        let vm = self.vm.take().expect("finish runs once");
-        for sink in &vm.sinks {
-            *sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
-        let end = self.result.take().unwrap_or(RunEnd {
-            verdict: None,
-            broken: Some("no events".into()),
-            outputs_ended: [false; 2],
-        });
-        let mut info = vm.info.clone();
-        info.warm = vm.warm;
-        if vm.warm {
-            info.boot_ms = None;
-        }
-        let verdict = end.verdict.as_ref().and_then(Outcome::from_report_json);
-        let mut outcome = match verdict {
-            Some(o) => o,
-            None => {
-                let console = vm.console.text();
-                info.console_tail = Some(console.clone());
-                let status = if host_timeout {
-                    Status::TimedOut(TimeLimit::Wall)
-                } else {
-                    Status::SetupFailed(fail(format!(
-                        "the warm VM ended without a verdict ({}{}); the guest's last words:\n{}",
-                        end.broken.as_deref().unwrap_or("unknown"),
-                        match vm.vmm_stderr.text().trim() {
-                            "" => String::new(),
-                            e => format!(", VMM: {e}"),
-                        },
-                        console
-                            .lines()
-                            .rev()
-                            .take(15)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )))
-                };
-                Outcome::setup_failed(fail(""), BackendKind::Vm).with_status(status)
-            }
-        };
-        outcome.backend = BackendKind::Vm;
-        outcome.usage.wall = wall;
-        outcome.vm = Some(info);
-        let healthy = end.broken.is_none() && end.verdict.is_some() && !host_timeout;
-        let mut vm = vm;
-        vm.warm = true;
-        if healthy {
-            self.pool.give_back(vm);
-        } else {
-            self.pool.discard(vm);
-        }
-        Ok(outcome)
-    }
-
-    pub(crate) fn abort(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(vm) = self.vm.take() {
-            self.pool.discard(vm);
-        }
-        if let Some(t) = self.stdin_relay.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for PooledRun {
-    fn drop(&mut self) {
-        if let Some(vm) = self.vm.take() {
-            self.stop.store(true, Ordering::Release);
-            self.pool.discard(vm);
         }
     }
 }
