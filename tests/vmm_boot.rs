@@ -142,6 +142,7 @@ fn boots_the_guest_to_the_agent_verdict() {
         kernel: kernel.clone(),
         initramfs,
         cmdline: vmm::kernel_cmdline(
+            true,
             pvm,
             &std::env::var("SANDBOX_VMM_CMDLINE").unwrap_or_default(),
         ),

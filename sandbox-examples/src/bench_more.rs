@@ -77,7 +77,11 @@ pub fn vm(runs: usize, cli: &std::path::Path) {
         return;
     }
     let accel = sandbox::vm::qemu::choose_accel(&sandbox::probe::probe_kvm()).0;
-    let mut bare = crate::vm::bare_qemu_times(accel.name(), sandbox::vm::qemu::BASE_CMDLINE, runs);
+    let mut bare = crate::vm::bare_qemu_times(
+        accel.name(),
+        &sandbox::vmm::kernel_cmdline(accel.name() == "kvm", false, ""),
+        runs,
+    );
     let bare_rss = children_maxrss_kib();
 
     let mut ours = Vec::new();

@@ -242,7 +242,11 @@ pub fn builtin(runs: usize, cli: &Path) {
     let pvm = kvm.flavour == "pvm";
     let cold_runs = if pvm { 1 } else { runs.min(10) };
     let ours = cold(cli, "builtin", cold_runs);
-    let bare = bare_qemu("kvm", &sandbox::vmm::kernel_cmdline(pvm, ""), cold_runs);
+    let bare = bare_qemu(
+        "kvm",
+        &sandbox::vmm::kernel_cmdline(true, pvm, ""),
+        cold_runs,
+    );
     match ours {
         Some(o) => println!("{:<34} {:>10.0} ms", "cold run, builtin engine", ms(o)),
         None => println!("{:<34} {:>10}", "cold run, builtin engine", "failed"),

@@ -286,7 +286,7 @@ fn start_builtin(
     let mut config = crate::vmm::process::ProcessConfig {
         kernel: kernel.clone(),
         initramfs: initrd.clone(),
-        cmdline: crate::vmm::kernel_cmdline(pvm, ""),
+        cmdline: crate::vmm::kernel_cmdline(true, pvm, ""),
         memory_mib,
         timeout_secs: deadline.map_or(7 * 24 * 3600, |d| d.as_secs() + 1),
         kvm_fd: 8,

@@ -14,7 +14,7 @@
 //! let report = vmm::run(VmConfig {
 //!     kernel: "/path/to/vmlinux".into(),
 //!     initramfs: std::fs::read("/path/to/init.cpio")?,
-//!     cmdline: vmm::kernel_cmdline(vmm::pvm_detected(), ""),
+//!     cmdline: vmm::kernel_cmdline(true, vmm::pvm_detected(), ""),
 //!     memory_mib: 256,
 //!     timeout: Duration::from_secs(300),
 //!     console: vmm::Console::new(std::io::stderr()),
@@ -66,10 +66,16 @@ pub fn pvm_detected() -> bool {
     crate::probe::probe_kvm().flavour == "pvm"
 }
 
-/// The guest command line: the QEMU engine's base options, the PVM options when `pvm`, then `extra`.
-pub fn kernel_cmdline(pvm: bool, extra: &str) -> String {
+/// The guest command line: the base options, then under TCG (`kvm` false) the TCG options, on PVM (`kvm`
+/// and `pvm`) the PVM options, then `extra`.
+pub fn kernel_cmdline(kvm: bool, pvm: bool, extra: &str) -> String {
     let mut c = String::from(crate::vm::qemu::BASE_CMDLINE);
-    for part in [if pvm { PVM_CMDLINE } else { "" }, extra.trim()] {
+    let accel = match (kvm, pvm) {
+        (false, _) => crate::vm::qemu::TCG_CMDLINE,
+        (true, true) => PVM_CMDLINE,
+        (true, false) => "",
+    };
+    for part in [accel, extra.trim()] {
         if !part.is_empty() {
             c.push(' ');
             c.push_str(part);
@@ -146,11 +152,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_line_has_the_pvm_options_only_on_pvm() {
+    fn command_line_has_the_pvm_options_only_on_pvm_and_the_tcg_ones_only_on_tcg() {
         let base = crate::vm::qemu::BASE_CMDLINE;
-        assert_eq!(kernel_cmdline(false, ""), base);
-        assert_eq!(kernel_cmdline(false, " x=1 "), format!("{base} x=1"));
-        let pvm = kernel_cmdline(true, "y");
+        let tcg = crate::vm::qemu::TCG_CMDLINE;
+        assert_eq!(kernel_cmdline(true, false, ""), base);
+        assert_eq!(kernel_cmdline(true, false, " x=1 "), format!("{base} x=1"));
+        assert_eq!(kernel_cmdline(false, true, ""), format!("{base} {tcg}"));
+        assert!(!kernel_cmdline(true, true, "").contains(tcg));
+        let pvm = kernel_cmdline(true, true, "y");
         assert_eq!(pvm, format!("{base} {PVM_CMDLINE} y"));
         assert!(pvm.contains("reboot=k") && pvm.contains("sandbox_pvm=1"));
     }
