@@ -492,6 +492,17 @@ fn run_all(ctx: &Ctx, probes: &[&Probe]) -> Vec<(Check, Duration)> {
                                 msg.unwrap_or_default()
                             ))
                         });
+                    // Progress as each probe ends (seen with --nocapture): on a slow VM the table comes late.
+                    let verdict = match &check {
+                        Ok(Observed::Safe(_)) => "safe",
+                        Ok(Observed::Skipped(_)) => "skipped",
+                        Err(_) => "not as expected",
+                    };
+                    eprintln!(
+                        "escape: {} {verdict} ({} ms)",
+                        p.name,
+                        start.elapsed().as_millis()
+                    );
                     results.lock().unwrap()[i] = Some((check, start.elapsed()));
                 }
             });

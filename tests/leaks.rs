@@ -5,10 +5,12 @@
 //! The kill test runs the `sandbox` CLI: `SANDBOX_BIN`, else `sandbox` in the cargo profile directory above
 //! this test binary (`target/debug/sandbox`, built by `cargo test --workspace` or
 //! `cargo build -p sandbox-examples`). `SANDBOX_TEST_SEED` replays a run's random delays.
-//! `SANDBOX_TEST_BACKEND=namespace|vm|auto` picks the backend (namespace by default). On the VM backend (a
-//! QEMU run takes about 1.2 s here) the counts are 20 sequential runs, 10 concurrent ones and 10 killed
+//! `SANDBOX_TEST_BACKEND=namespace|vm|builtin|auto` picks the backend (namespace by default). On the VM backend
+//! (a QEMU run takes about 1.2 s here) the counts are 20 sequential runs, 10 concurrent ones and 10 killed
 //! supervisors, with kills spread over 0-2 s (boot, run, teardown); the same host state is compared, and the
-//! VM's own temp files (the initramfs cache `$TMPDIR/sandbox-vm-<uid>/`) must not grow either.
+//! VM's own temp files (the initramfs cache `$TMPDIR/sandbox-vm-<uid>/`) must not grow either. With
+//! `builtin` every run is a cold boot of our own VMM (about a minute on this machine's software KVM): 3
+//! sequential runs, 2 concurrent ones and 4 killed supervisors with kills spread over 0-60 s.
 
 mod common;
 
@@ -34,11 +36,12 @@ fn run_true(i: usize) -> Outcome {
     if i.is_multiple_of(10) {
         policy = policy.pids(64);
     }
-    let o = Sandbox::new("/bin/true")
-        .backend(backend())
-        .policy(policy)
-        .output()
-        .expect("valid policy");
+    let mut s = Sandbox::new("/bin/true");
+    s.backend(backend());
+    if common::builtin() {
+        s.vm_engine(sandbox::VmEngine::Builtin);
+    }
+    let o = s.policy(policy).output().expect("valid policy");
     assert_eq!(o.status, Status::Exited(0), "run {i}: {o:?}");
     o
 }
@@ -167,7 +170,11 @@ fn a_thousand_sequential_runs_leave_nothing() {
     let _one = serial();
     run_true(0); // the first run reaps stale cgroups and loads what the library loads once
     let before = HostState::now();
-    let runs = if vm() { 20 } else { 1000 };
+    let runs = match (vm(), common::builtin()) {
+        (true, true) => 3,
+        (true, false) => 20,
+        (false, _) => 1000,
+    };
     let start = Instant::now();
     for i in 0..runs {
         run_true(i);
@@ -186,7 +193,11 @@ fn a_thousand_runs_from_eight_threads_leave_nothing() {
     run_true(0);
     let before = HostState::now();
     // 10 VMs at once, each thread one run; or 8 threads of 125 namespace runs.
-    let (threads, each) = if vm() { (10, 1) } else { (8, 125) };
+    let (threads, each) = match (vm(), common::builtin()) {
+        (true, true) => (2, 1),
+        (true, false) => (10, 1),
+        (false, _) => (8, 125),
+    };
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -288,12 +299,24 @@ fn supervisors_killed_at_random_points_leave_nothing() {
     let mut stale = Vec::new();
     let mut exited_first = 0;
     // A VM boots in about a second: kills spread over 2 s land in boot, run and teardown.
-    let (kills, spread) = if vm() { (10, 2001) } else { (40, 51) };
+    // Our VMM boots in about a minute on this machine's software KVM.
+    let (kills, spread) = match (vm(), common::builtin()) {
+        (true, true) => (4, 60_001),
+        (true, false) => (10, 2001),
+        (false, _) => (40, 51),
+    };
+    let engine: &[&str] = if common::builtin() {
+        &["--vm-engine", "builtin"]
+    } else {
+        &[]
+    };
     for i in 0..kills {
         let marker = format!("{tag}{i:03}");
         let delay = Duration::from_millis(rng.next() % spread);
         let mut cmd = Command::new(&bin);
-        cmd.args(["run", "--backend", backend, "--pids", "64", "--"]);
+        cmd.args(["run", "--backend", backend])
+            .args(engine)
+            .args(["--pids", "64", "--"]);
         if i % 2 == 0 {
             // Long-running: the kill lands in setup or while the program runs.
             cmd.args(["/bin/sleep", &marker]);
@@ -327,15 +350,9 @@ fn supervisors_killed_at_random_points_leave_nothing() {
     reap_orphans();
     common::assert_no_processes_with(&tag);
     let status = Command::new(&bin)
-        .args([
-            "run",
-            "--backend",
-            backend,
-            "--pids",
-            "64",
-            "--",
-            "/bin/true",
-        ])
+        .args(["run", "--backend", backend])
+        .args(engine)
+        .args(["--pids", "64", "--", "/bin/true"])
         .stdout(ProcStdio::null())
         .status()
         .unwrap();

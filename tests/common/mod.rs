@@ -103,15 +103,21 @@ pub fn backend() -> sandbox::Backend {
     }
 }
 
+/// Whether the backend under test is our own VMM (`SANDBOX_TEST_BACKEND=builtin`).
+pub fn builtin() -> bool {
+    std::env::var("SANDBOX_TEST_BACKEND").as_deref() == Ok("builtin")
+}
+
+static POOL: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
+
 /// Puts `s` on the backend under test: [`backend`], or for `builtin` a warm VM of our own VMM (one per test
-/// process; a boot costs minutes on PVM) that shares the temp dir, where the tests' binds come from.
+/// process; a boot takes about a minute on PVM) that shares the temp dir, where the tests' binds come from.
 pub fn on(s: &mut sandbox::Sandbox) -> &mut sandbox::Sandbox {
-    static POOL: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
-    if std::env::var("SANDBOX_TEST_BACKEND").as_deref() != Ok("builtin") {
+    if !builtin() {
         return s.backend(backend());
     }
     let pool = POOL.get_or_init(|| {
-        sandbox::VmPool::new(sandbox::PoolOptions {
+        let pool = sandbox::VmPool::new(sandbox::PoolOptions {
             engine: sandbox::VmEngine::Builtin,
             max_vms: 1,
             max_idle: 1,
@@ -121,7 +127,10 @@ pub fn on(s: &mut sandbox::Sandbox) -> &mut sandbox::Sandbox {
             }],
             ..Default::default()
         })
-        .expect("a builtin VM pool")
+        .expect("a builtin VM pool");
+        // Booted before the first run, so that no run's wall time includes the boot.
+        pool.prewarm(1).expect("a builtin VM boots");
+        pool
     });
     s.vm_pool(pool)
 }
@@ -135,8 +144,10 @@ pub fn pids() -> impl Iterator<Item = u32> {
 }
 
 /// Processes whose parent chain leads to this process (thread ids are not listed in /proc, so threads of
-/// this process are not counted).
+/// this process are not counted), except the warm VMs of [`on`]'s pool and what runs under them: they
+/// outlive runs by design.
 pub fn descendants() -> Vec<u32> {
+    let pool: Vec<u32> = POOL.get().map(|p| p.pids()).unwrap_or_default();
     use std::collections::BTreeMap;
     let parent: BTreeMap<u32, u32> = pids()
         .filter_map(|pid| {
@@ -148,6 +159,9 @@ pub fn descendants() -> Vec<u32> {
     let me = std::process::id();
     let leads_here = |mut p: u32| {
         for _ in 0..64 {
+            if pool.contains(&p) {
+                return false;
+            }
             match parent.get(&p) {
                 Some(&pp) if pp == me => return true,
                 Some(&pp) if pp > 1 => p = pp,
