@@ -1,7 +1,7 @@
 //! Snapshot/restore of a warm VM in the builtin engine, on this machine's real KVM: a pool boots a VM and
 //! saves it at READY into a snapshot cache (a temporary directory here); the booted VM still serves; a
 //! second pool restores its VM from the snapshot instead of booting, and that VM runs a program correctly
-//! and says it was restored. One boot (1-2.5 min on PVM). Needs `/dev/kvm`, `SANDBOX_KERNEL` and
+//! and says it was restored. One boot (1-2.5 min on PVM) and two runs (about a minute each there). Needs `/dev/kvm`, `SANDBOX_KERNEL` and
 //! `SANDBOX_AGENT` (an agent built from this checkout: the VMM process is the agent binary); it fails, never
 //! skips, without them.
 
@@ -72,9 +72,6 @@ fn a_restored_pool_vm_runs_without_booting() {
         1,
         "one VM start (a restore), no boot fallback"
     );
-    // The restored VM serves more runs, each in fresh namespaces.
-    let o = sh(&pool, "cat /proc/self/status | grep -c ^Pid; exit 0");
-    assert_eq!(o.status, Status::Exited(0), "{o:?}");
     drop(pool);
     eprintln!(
         "cold: boot + save {:.1} s, then first run {:.1} s; restored: restore + first run {:.1} s; \
