@@ -92,7 +92,7 @@ impl Default for PoolOptions {
             max_vms: 0,
             shares: Vec::new(),
             engine: crate::VmEngine::Auto,
-            snapshots: SnapshotCache::User,
+            snapshots: SnapshotCache::Off,
         }
     }
 }
