@@ -37,3 +37,4 @@ pub use policy::{Mount, Network, Policy, PolicyError};
 pub use probe::{HostReport, probe};
 pub use running::{BootWatch, SandboxChild};
 pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};
+pub use vm::snapshot_cache::SnapshotCache;

@@ -248,6 +248,8 @@ pub struct VmInfo {
     pub console_tail: Option<String>,
     /// The run was served by an already booted VM of a [`VmPool`](crate::VmPool).
     pub warm: bool,
+    /// The VM was restored from a snapshot instead of booted (builtin engine).
+    pub restored: bool,
 }
 
 /// The verdict of a run.

@@ -37,6 +37,9 @@ pub use verdict::{
 use crate::{BackendKind, Outcome, Stage, Stdio};
 use verdict::say;
 
+/// A line the host may send instead of a specification: the agent answers with a new READY line (how a
+/// host checks that a VM restored from a snapshot, whose READY line was sent before the snapshot, runs).
+pub const PING_LINE: &str = "SANDBOX-PING";
 /// Where the agent looks for the specification when there is no control port.
 pub const SPEC_PATH: &str = "/sandbox/spec.json";
 /// The agent's version, sent with every verdict.
@@ -246,6 +249,16 @@ fn boot_and_run(
             Err(_) if server.served() > 0 => return Ok(None),
             Err(e) => return Err(e),
         };
+        // A host that restored this VM from a snapshot taken after READY asks whether it runs.
+        if line == PING_LINE.as_bytes() {
+            let ready =
+                serde_json::json!({"version": VERSION, "uptime_ms": uptime_ms(), "pong": true});
+            let _ = verdict::port_write(
+                std::os::fd::AsFd::as_fd(port),
+                format!("{READY_PREFIX}{ready}\n").as_bytes(),
+            );
+            continue;
+        }
         let spec = match parse_spec(&line, "control_port") {
             Ok(spec) if spec.serve => spec,
             Ok(spec) if server.served() == 0 => return prepare_and_run(&spec, channels).map(Some),

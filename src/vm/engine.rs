@@ -288,6 +288,7 @@ pub(crate) fn spawn(
         host,
         channels,
         info,
+        snapshot: _,
     } = start_vm(engine, &shares, memory_mib, cpus, with_stdin, deadline)?;
     let VmChannels {
         console: console_host,

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use super::assets::{assets, initramfs};
 use super::qemu::{self, Accel, Machine, Port, Share};
+use super::snapshot_cache::{GuestKey, Plan, Session};
 use crate::guest::ShareFs;
 use crate::namespace::{self, Launch, sys};
 use crate::outcome::{SetupFailure, Stage, VmInfo};
 use crate::policy::{Network, Policy, SYSTEM_TOP};
+use crate::vmm::process::SnapshotConfig;
 
 /// How long a guest may take from the VMM's start to the agent's READY line before the run is abandoned.
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
@@ -69,6 +71,8 @@ pub(crate) struct Started {
     pub(crate) host: Host,
     pub(crate) channels: VmChannels,
     pub(crate) info: VmInfo,
+    /// The builtin VMM's snapshot channel, when it restores or may save ([`start_builtin_cached`]).
+    pub(crate) snapshot: Option<Session>,
 }
 
 /// The channels of a VM about to start: the host's ends, and the VMM's ends at their descriptor numbers
@@ -171,7 +175,7 @@ pub(crate) fn start_vm(
     deadline: Option<Duration>,
 ) -> Result<Started, SetupFailure> {
     if engine == Engine::Builtin {
-        return start_builtin(shares, memory_mib, with_stdin, deadline);
+        return start_builtin(shares, memory_mib, with_stdin, deadline, None);
     }
     let qemu_bin = qemu::find_qemu().ok_or_else(|| {
         fail("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU")
@@ -224,6 +228,7 @@ pub(crate) fn start_vm(
     Ok(Started {
         host,
         channels,
+        snapshot: None,
         info: VmInfo {
             engine: "qemu".into(),
             accelerator: accel.name().into(),
@@ -231,6 +236,7 @@ pub(crate) fn start_vm(
             boot_ms: None,
             console_tail: None,
             warm: false,
+            restored: false,
         },
     })
 }
@@ -238,15 +244,30 @@ pub(crate) fn start_vm(
 /// The most virtio devices our VMM places (one virtio-mmio slot per free I/O APIC pin).
 const BUILTIN_MAX_DEVICES: usize = crate::vmm::layout::VIRTIO_IRQS.len();
 
+/// [`start_vm`] for our own VMM with the snapshot cache ([`super::snapshot_cache`]): the VM is restored
+/// from the cached snapshot of the same guest when there is one, else booted with a snapshot file to save
+/// into; [`Started::snapshot`] carries on from there.
+pub(crate) fn start_builtin_cached(
+    shares: &[Share],
+    memory_mib: u64,
+    with_stdin: bool,
+    deadline: Option<Duration>,
+    cache: &Path,
+) -> Result<Started, SetupFailure> {
+    start_builtin(shares, memory_mib, with_stdin, deadline, Some(cache))
+}
+
 /// Our own VMM as a child process: the agent binary in its `vmm` role, confined like QEMU (a namespace
 /// sandbox that shows it only its binary, the kernel, the initramfs and the shares; or a plain child under
 /// `no_new_privs` and seccomp), then confining itself further (landlock, a seccomp allowlist). `/dev/kvm` is
-/// opened here, with the caller's rights, and passed down.
+/// opened here, with the caller's rights, and passed down; so are the snapshot channel (11) and file (12)
+/// with a snapshot `cache` directory.
 fn start_builtin(
     shares: &[Share],
     memory_mib: u64,
     with_stdin: bool,
     deadline: Option<Duration>,
+    cache: Option<&Path>,
 ) -> Result<Started, SetupFailure> {
     if shares.len() + 1 > BUILTIN_MAX_DEVICES {
         return Err(fail(format!(
@@ -278,15 +299,22 @@ fn start_builtin(
         ports,
         vmm_stderr: err_w,
     } = new_channels(with_stdin)?;
-    let ports = ports
+    let ports: Vec<(String, RawFd)> = ports
         .into_iter()
         .map(|(n, fd)| (n.to_string(), fd))
         .collect();
     fds.push((kvm, 8));
+    let cmdline = crate::vmm::kernel_cmdline(true, pvm, "");
+    let (snapshot, snapshot_config) = match cache {
+        Some(dir) => snapshot_fds(
+            dir, &kernel, &initrd, memory_mib, &cmdline, &ports, shares, &mut fds,
+        )?,
+        None => (None, None),
+    };
     let mut config = crate::vmm::process::ProcessConfig {
         kernel: kernel.clone(),
         initramfs: initrd.clone(),
-        cmdline: crate::vmm::kernel_cmdline(true, pvm, ""),
+        cmdline,
         memory_mib,
         timeout_secs: deadline.map_or(7 * 24 * 3600, |d| d.as_secs() + 1),
         kvm_fd: 8,
@@ -300,6 +328,7 @@ fn start_builtin(
                 readonly: s.readonly,
             })
             .collect(),
+        snapshot: snapshot_config,
     };
     let args = |c: &crate::vmm::process::ProcessConfig| {
         let json = serde_json::to_string(c).unwrap_or_default();
@@ -334,6 +363,7 @@ fn start_builtin(
     Ok(Started {
         host,
         channels,
+        snapshot,
         info: VmInfo {
             engine: "builtin".into(),
             accelerator: "kvm".into(),
@@ -347,8 +377,55 @@ fn start_builtin(
             boot_ms: None,
             console_tail: None,
             warm: false,
+            restored: false,
         },
     })
+}
+
+/// The snapshot plan for this guest, and its descriptors for the VMM (channel 11, file 12); none when
+/// the cache cannot be used (the VM then just boots).
+#[allow(clippy::too_many_arguments)]
+fn snapshot_fds(
+    dir: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    memory_mib: u64,
+    cmdline: &str,
+    ports: &[(String, RawFd)],
+    shares: &[Share],
+    fds: &mut Vec<(OwnedFd, RawFd)>,
+) -> Result<(Option<Session>, Option<SnapshotConfig>), SetupFailure> {
+    let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
+    let mut devices = vec![format!("console {}", names.join(","))];
+    devices.extend(
+        shares
+            .iter()
+            .map(|s| format!("fs {} {}", s.tag, s.readonly)),
+    );
+    let key = GuestKey {
+        kernel,
+        initramfs: initrd,
+        memory_mib,
+        cmdline,
+        devices,
+    };
+    let Some(plan) = Plan::for_guest(dir, &key) else {
+        return Ok((None, None));
+    };
+    let file: OwnedFd = plan
+        .file()
+        .try_clone()
+        .map_err(|e| fail(format!("snapshot file: {e}")))?
+        .into();
+    let (host, vmm) = socket_pair()?;
+    fds.push((vmm, 11));
+    fds.push((file, 12));
+    let config = SnapshotConfig {
+        channel_fd: 11,
+        file_fd: 12,
+        restore: plan.restores(),
+    };
+    Ok((Some(Session::new(host, plan)), Some(config)))
 }
 
 /// The VMM inside a namespace sandbox: no system view, only its own binary, the kernel, the initramfs and

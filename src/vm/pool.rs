@@ -33,8 +33,13 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::engine::{self, Host, Started, Tail, VmChannels};
+use super::launch;
 use super::pool_channels::{Event, Notify, read_control, read_output, relay_stdin};
+use super::pool_snapshot::{
+    RESTORE_FAILED, restore_failed, restore_snapshot, save_snapshot, vmm_refused,
+};
 use super::qemu::Share;
+use super::snapshot_cache::SnapshotCache;
 use crate::command::Error;
 use crate::guest::RunSpec;
 use crate::namespace::Launch;
@@ -77,6 +82,9 @@ pub struct PoolOptions {
     pub shares: Vec<PoolShare>,
     /// The VMM: Auto takes our own where hardware KVM is usable, else QEMU.
     pub engine: crate::VmEngine,
+    /// Builtin engine: VMs are restored from a snapshot of the same booted guest instead of booting, and a
+    /// boot without one saves it ([`snapshot_cache`](super::snapshot_cache)).
+    pub snapshots: SnapshotCache,
 }
 
 impl Default for PoolOptions {
@@ -88,6 +96,7 @@ impl Default for PoolOptions {
             max_vms: 0,
             shares: Vec::new(),
             engine: crate::VmEngine::Auto,
+            snapshots: SnapshotCache::Off,
         }
     }
 }
@@ -268,15 +277,35 @@ impl VmPool {
     fn boot(&self) -> Result<WarmVm, SetupFailure> {
         let o = &self.inner.options;
         self.inner.boots.fetch_add(1, Ordering::Relaxed);
-        let vm = engine::start_vm(
-            self.inner.engine,
-            &self.inner.shares,
-            o.memory_mib,
-            o.cpus,
-            true,
-            None,
-        )
-        .and_then(|s| WarmVm::start(s, self.inner.engine.boot_limit()));
+        let limit = self.inner.engine.boot_limit();
+        let cache = o
+            .snapshots
+            .dir()
+            .filter(|_| self.inner.engine == engine::Engine::Builtin);
+        let vm = match cache {
+            Some(dir) => {
+                let start = || {
+                    launch::start_builtin_cached(&self.inner.shares, o.memory_mib, true, None, &dir)
+                };
+                start().and_then(|s| WarmVm::start(s, limit)).or_else(|f| {
+                    if !f.message.starts_with(RESTORE_FAILED) {
+                        return Err(f);
+                    }
+                    // The snapshot is deleted: this start boots and saves a new one.
+                    tracing::warn!("{}; booting instead", f.message);
+                    start().and_then(|s| WarmVm::start(s, limit))
+                })
+            }
+            None => engine::start_vm(
+                self.inner.engine,
+                &self.inner.shares,
+                o.memory_mib,
+                o.cpus,
+                true,
+                None,
+            )
+            .and_then(|s| WarmVm::start(s, limit)),
+        };
         match &vm {
             Ok(vm) => self.inner.lock().pids.push(vm.pid()),
             Err(_) => self.inner.gone(None),
@@ -443,6 +472,7 @@ impl WarmVm {
             host,
             channels,
             mut info,
+            snapshot,
         } = started;
         let VmChannels {
             console,
@@ -489,14 +519,27 @@ impl WarmVm {
             warm: false,
         };
         let limit = Instant::now() + boot_limit;
+        let (mut snapshot, restored) = match restore_snapshot(snapshot, &vm.control, boot_limit) {
+            Ok(r) => r,
+            Err(why) => {
+                let vmm = vm.vmm_stderr.clone();
+                vm.kill();
+                return Err(vmm_refused(why, &vmm.text()));
+            }
+        };
         loop {
             match vm
                 .events
                 .recv_timeout(limit.saturating_duration_since(Instant::now()))
             {
                 Ok(Event::Ready(v)) => {
-                    info.boot_ms = v["uptime_ms"].as_u64();
+                    info.boot_ms = v["uptime_ms"].as_u64().filter(|_| !restored);
+                    info.restored = restored;
                     vm.info = info;
+                    // Booted: the agent waits for its first run and has mounted nothing yet.
+                    if let Some(s) = snapshot.take().filter(|_| !restored) {
+                        save_snapshot(s, boot_limit);
+                    }
                     return Ok(vm);
                 }
                 Ok(Event::Broken(why)) => {
@@ -505,14 +548,18 @@ impl WarmVm {
                         vm.console.text()
                     );
                     vm.kill();
-                    return Err(fail(m));
+                    return Err(restore_failed(restored, snapshot, fail(m)));
                 }
                 Ok(_) => {}
                 Err(_) => {
                     vm.kill();
-                    return Err(fail(format!(
-                        "the warm VM's agent did not report ready within {boot_limit:?}"
-                    )));
+                    return Err(restore_failed(
+                        restored,
+                        snapshot,
+                        fail(format!(
+                            "the warm VM's agent did not report ready within {boot_limit:?}"
+                        )),
+                    ));
                 }
             }
         }

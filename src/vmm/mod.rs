@@ -42,6 +42,7 @@ pub mod memory;
 pub mod mptable;
 pub mod process;
 pub mod regs;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;
@@ -49,8 +50,12 @@ pub mod vm;
 use std::time::Duration;
 
 pub use devices::serial::Console;
+pub use snapshot::SnapshotOptions;
 pub use vcpu::GuestExit;
-pub use vm::{VmConfig, VmReport, run, run_code, run_code_with_devices, run_with};
+pub use vm::{
+    VmConfig, VmReport, run, run_code, run_code_with_devices, run_code_with_snapshots, run_with,
+    run_with_snapshots,
+};
 
 /// Kernel options our guest needs on PVM (`/dev/kvm` is the `kvm_pvm` module): see
 /// `kernel-config/README.md`. Each works around an instruction PVM's emulator lacks, and `sandbox_pvm=1`
@@ -142,6 +147,9 @@ pub enum VmmError {
     /// The guest did not end within the timeout and was stopped.
     #[error("the guest did not end within {0:?} and was stopped")]
     Timeout(Duration),
+    /// Saving or restoring a snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] snapshot::SnapshotError),
     /// The guest did not end within the timeout and its vCPU could not be stopped.
     #[error("the guest did not end within {0:?} and its vCPU does not stop")]
     Unstoppable(Duration),

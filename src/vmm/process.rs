@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::virtio::VirtioDevice;
 use super::virtio::console::{Port, VirtioConsole};
 use super::virtio::fs::VirtioFs;
-use super::{Console, VmConfig};
+use super::{Console, SnapshotOptions, VmConfig};
 
 /// What the host tells the VMM process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,21 @@ pub struct ProcessConfig {
     pub ports: Vec<(String, RawFd)>,
     /// virtio-fs shares.
     pub shares: Vec<ShareConfig>,
+    /// Snapshots: restore from one, or serve a save request.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+/// The VMM's snapshot descriptors ([`crate::vmm::snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// The VMM's end of the snapshot channel (a socket).
+    pub channel_fd: RawFd,
+    /// The snapshot file: read to restore from (`restore`), else written on a save request.
+    pub file_fd: RawFd,
+    /// Restore from `file_fd` instead of booting.
+    pub restore: bool,
 }
 
 /// A shared directory.
@@ -124,6 +139,9 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
         serde_json::from_str(config_json).map_err(|e| ProcessError::Config(e.to_string()))?;
     let mut numbers: Vec<RawFd> = config.ports.iter().map(|(_, fd)| *fd).collect();
     numbers.extend([config.kvm_fd, config.console_fd]);
+    if let Some(s) = &config.snapshot {
+        numbers.extend([s.channel_fd, s.file_fd]);
+    }
     let distinct: std::collections::BTreeSet<_> = numbers.iter().collect();
     if distinct.len() != numbers.len() {
         return Err(ProcessError::Config(
@@ -148,6 +166,16 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
                 .map_err(|e| ProcessError::Device(e.to_string()))?,
         ));
     }
+    let mut snapshots = SnapshotOptions::default();
+    if let Some(s) = &config.snapshot {
+        snapshots.channel = Some(UnixStream::from(take_fd(s.channel_fd, "snapshot channel")?));
+        let file = File::from(take_fd(s.file_fd, "snapshot file")?);
+        if s.restore {
+            snapshots.restore = Some(file);
+        } else {
+            snapshots.save_to = Some(file);
+        }
+    }
     let initramfs = std::fs::read(&config.initramfs).map_err(|e| {
         ProcessError::Device(format!("reading {}: {e}", config.initramfs.display()))
     })?;
@@ -157,7 +185,7 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
 
     // SAFETY: the descriptor is an open /dev/kvm handed over by the host and owned by `kvm` until here.
     let kvm = unsafe { kvm_ioctls::Kvm::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(kvm)) };
-    Ok(super::run_with(
+    Ok(super::run_with_snapshots(
         kvm,
         VmConfig {
             kernel: config.kernel.clone(),
@@ -168,6 +196,7 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
             console: Console::new(console),
             devices,
         },
+        snapshots,
     )?)
 }
 
@@ -469,6 +498,7 @@ mod tests {
             console_fd: 900,
             ports: vec![],
             shares: vec![],
+            snapshot: None,
         };
         let err = run(&serde_json::to_string(&c).unwrap()).unwrap_err();
         assert!(err.to_string().contains("repeat"), "{err}");

@@ -11,6 +11,7 @@ use super::boot::Entry;
 use super::bus::{Bus, BusError, BusEvent};
 use super::layout::BOOT_STACK_POINTER;
 use super::regs::{self, RegsError};
+use super::snapshot::PauseGate;
 
 /// Errors configuring or running a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +166,7 @@ pub fn run(
     mmio: &Bus,
     stop: &AtomicBool,
     counts: &ExitCounts,
+    pause: &PauseGate,
 ) -> Result<GuestExit, VcpuError> {
     // Unhandled accesses (probes of absent hardware) are normal during boot; they are counted, and a read
     // sees an unconnected bus (all ones).
@@ -181,6 +183,8 @@ pub fn run(
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
+                // KVM completes a pending port or MMIO read before it returns EINTR: a consistent point.
+                pause.park_if_requested(vcpu);
                 continue;
             }
             Err(e) => return Err(VcpuError::Run(e)),

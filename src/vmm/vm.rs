@@ -19,6 +19,7 @@ use super::bus::Bus;
 use super::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use super::devices::serial::{Console, SERIAL_BASE, SERIAL_IRQ, SERIAL_LEN, SerialPort};
 use super::regs::BootMode;
+use super::snapshot::{self, SnapshotOptions};
 use super::vcpu::{self, ExitCounts, GuestExit, VcpuError};
 use super::virtio::VirtioDevice;
 use super::virtio::mmio::{self, MmioTransport};
@@ -96,6 +97,16 @@ pub fn run(config: VmConfig) -> Result<VmReport, VmmError> {
 
 /// [`run`] on an already opened KVM (e.g. `/dev/kvm` opened by a more privileged parent and passed down).
 pub fn run_with(kvm: Kvm, config: VmConfig) -> Result<VmReport, VmmError> {
+    run_with_snapshots(kvm, config, SnapshotOptions::default())
+}
+
+/// [`run_with`], restored from a snapshot instead of booted when `snapshots.restore` is given, and serving
+/// snapshot requests on `snapshots.channel` ([`snapshot::serve`]).
+pub fn run_with_snapshots(
+    kvm: Kvm,
+    config: VmConfig,
+    snapshots: SnapshotOptions,
+) -> Result<VmReport, VmmError> {
     let VmConfig {
         kernel,
         initramfs,
@@ -105,10 +116,19 @@ pub fn run_with(kvm: Kvm, config: VmConfig) -> Result<VmReport, VmmError> {
         console,
         devices,
     } = config;
-    let cmdline = boot::cmdline(&with_virtio_devices(&cmdline, devices.len())?)?;
-    execute(kvm, memory_mib, timeout, console, devices, |mem| {
-        Ok(boot::load(mem, &kernel, &cmdline, &initramfs)?)
-    })
+    let full = with_virtio_devices(&cmdline, devices.len())?;
+    let identity = snapshot::identity(memory_mib, &full, &devices);
+    let cmdline = boot::cmdline(&full)?;
+    let snapshots = Some((snapshots, identity));
+    execute(
+        kvm,
+        memory_mib,
+        timeout,
+        console,
+        devices,
+        snapshots,
+        |mem| Ok(boot::load(mem, &kernel, &cmdline, &initramfs)?),
+    )
 }
 
 /// `cmdline` with the `virtio_mmio.device=` options of `count` devices, before any `--` (what follows
@@ -158,20 +178,44 @@ pub fn run_code_with_devices(
     console: Console,
     devices: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<VmReport, VmmError> {
+    let snapshots = SnapshotOptions::default();
+    run_code_with_snapshots(code, mode, memory_mib, timeout, console, devices, snapshots)
+}
+
+/// [`run_code_with_devices`] with snapshots ([`run_with_snapshots`]): a way to check save and restore
+/// without booting a kernel.
+pub fn run_code_with_snapshots(
+    code: &[u8],
+    mode: BootMode,
+    memory_mib: u64,
+    timeout: Duration,
+    console: Console,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    snapshots: SnapshotOptions,
+) -> Result<VmReport, VmmError> {
     let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
-    execute(kvm, memory_mib, timeout, console, devices, |mem| {
-        mem.write_slice(code, GuestAddress(CODE_START))
-            .map_err(|e| boot::BootError::Write {
-                what: "code",
-                addr: CODE_START,
-                reason: e.to_string(),
-            })?;
-        Ok(Entry {
-            mode,
-            rip: CODE_START,
-            boot_info: 0,
-        })
-    })
+    let snapshots = Some((snapshots, snapshot::identity(memory_mib, "", &devices)));
+    execute(
+        kvm,
+        memory_mib,
+        timeout,
+        console,
+        devices,
+        snapshots,
+        |mem| {
+            mem.write_slice(code, GuestAddress(CODE_START))
+                .map_err(|e| boot::BootError::Write {
+                    what: "code",
+                    addr: CODE_START,
+                    reason: e.to_string(),
+                })?;
+            Ok(Entry {
+                mode,
+                rip: CODE_START,
+                boot_info: 0,
+            })
+        },
+    )
 }
 
 /// Builds the VM, lets `load` fill guest memory, and runs the vCPU until the guest ends or `timeout`.
@@ -181,15 +225,17 @@ fn execute(
     timeout: Duration,
     console: Console,
     devices: Vec<Box<dyn VirtioDevice>>,
+    snapshots: Option<(SnapshotOptions, snapshot::state::Identity)>,
     load: impl FnOnce(&memory::GuestMemoryMmap) -> Result<Entry, VmmError>,
 ) -> Result<VmReport, VmmError> {
     let started = Instant::now();
+    let (mut snapshots, restore) = snapshot::prepare(snapshots)?;
     let missing = missing_capabilities(|c| kvm.check_extension(c));
     if !missing.is_empty() {
         return Err(VmmError::MissingCapabilities(missing));
     }
     let setup = |what| move |source| VmmError::Kvm { what, source };
-    let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?);
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(setup("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
@@ -199,36 +245,49 @@ fn execute(
     };
     vm.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
 
-    // An absurd size saturates and is refused by the layout (not a multiple of the page size).
-    let mem = memory::create(memory_mib.saturating_mul(1 << 20))?;
-    memory::register(&vm, &mem)?;
-    let entry = load(&mem)?;
-    super::mptable::write(&mem, 1)?;
+    let (mem, entry) = match &restore {
+        // The MP table, like all of guest RAM, comes from the snapshot.
+        Some(r) => r.memory_and_vm(&vm)?,
+        None => {
+            // An absurd size saturates and is refused by the layout (not a multiple of the page size).
+            let mem = memory::create(memory_mib.saturating_mul(1 << 20))?;
+            memory::register(&vm, &mem)?;
+            let entry = load(&mem)?;
+            super::mptable::write(&mem, 1)?;
+            (mem, entry)
+        }
+    };
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(setup("KVM_IRQFD"))?;
+    let serial = Arc::new(Mutex::new(match &restore {
+        Some(r) => r.serial(serial_irq, console)?,
+        None => SerialPort::new(serial_irq, console),
+    }));
     let mut pio = Bus::new();
-    pio.insert(
-        SERIAL_BASE,
-        SERIAL_LEN,
-        Arc::new(Mutex::new(SerialPort::new(serial_irq, console))),
-    )?;
+    pio.insert(SERIAL_BASE, SERIAL_LEN, serial.clone())?;
     pio.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))?;
     let mut mmio = Bus::new();
+    let mut transports = Vec::new();
     for (i, device) in devices.into_iter().enumerate() {
         let (addr, irq) = mmio::slot(i).ok_or(VmmError::TooManyDevices(i + 1))?;
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
         vm.register_irqfd(&irqfd, irq).map_err(setup("KVM_IRQFD"))?;
-        let transport = MmioTransport::new(device, mem.clone(), irqfd)?;
-        mmio.insert(
-            addr,
-            layout::VIRTIO_MMIO_SIZE,
-            Arc::new(Mutex::new(transport)),
-        )?;
+        let mut transport = MmioTransport::new(device, mem.clone(), irqfd)?;
+        if let Some(r) = &restore {
+            r.transport(i, &mut transport)?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        transports.push(transport.clone());
+        mmio.insert(addr, layout::VIRTIO_MMIO_SIZE, transport)?;
     }
 
-    let mut vcpu = vcpu::create(&kvm, &vm, &mem, 0, 1, &entry)?;
+    let mut vcpu = match &restore {
+        Some(r) => r.vcpu(&kvm, &vm, 0)?,
+        None => vcpu::create(&kvm, &vm, &mem, 0, 1, &entry)?,
+    };
+    let gate = Arc::new(snapshot::gate(&kvm, &snapshots)?);
 
     install_kick_handler()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -237,16 +296,28 @@ fn execute(
     let thread = {
         let (stop, counts) = (stop.clone(), counts.clone());
         // The thread keeps the guest memory mapped for as long as it may run the guest.
-        let mem = mem.clone();
+        let (mem, gate) = (mem.clone(), gate.clone());
         std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || {
-                let r = vcpu::run(&mut vcpu, &pio, &mmio, &stop, &counts);
+                let registered = gate.register();
+                let r = vcpu::run(&mut vcpu, &pio, &mmio, &stop, &counts, &gate);
+                drop(registered);
                 drop(mem);
                 let _ = tx.send(r);
             })
             .map_err(VmmError::Thread)?
     };
+    let live = snapshot::Live {
+        vm,
+        mem,
+        serial,
+        transports,
+        gate,
+        boot_mode: entry.mode,
+        kick: kick_signal(),
+    };
+    snapshot::start_serving(snapshots.take(), live, restore.is_some())?;
 
     let deadline = started + timeout;
     let result = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {

@@ -9,6 +9,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vmm::bus::{BusDevice, BusEvent};
+use crate::vmm::snapshot::state::SerialState;
 
 /// COM1.
 pub const SERIAL_BASE: u64 = 0x3f8;
@@ -101,6 +102,46 @@ impl SerialPort {
     }
 }
 
+impl SerialPort {
+    /// The UART's registers and unread input, for a snapshot.
+    pub fn save(&self) -> SerialState {
+        let s = self.inner.state();
+        SerialState {
+            divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            registers: [
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART in a saved state that raises `irq` and writes to `out`.
+    pub fn restore(irq: EventFd, out: Console, saved: &SerialState) -> Result<SerialPort, String> {
+        let [ier, iir, lcr, lsr, mcr, msr, scr] = saved.registers;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: saved.divisor[0],
+            baud_divisor_high: saved.divisor[1],
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let inner = Serial::from_state(&state, IrqLine(irq), NoEvents, out)
+            .map_err(|e| format!("serial state: {e:?}"))?;
+        Ok(SerialPort { inner })
+    }
+}
+
 impl BusDevice for SerialPort {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -152,6 +193,39 @@ mod tests {
         let mut lsr = [0u8; 1];
         s.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn state_survives_a_save_and_restore() {
+        let cap = Capture::default();
+        let mut s = SerialPort::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            Console::new(cap.clone()),
+        );
+        s.write(3, &[0x83]); // LCR: DLAB, 8 bits
+        s.write(0, &[0x0c]); // divisor low (9600 baud)
+        s.write(3, &[0x03]);
+        s.write(7, &[0x5a]); // scratch
+        s.write(1, &[0x02]); // IER
+        let saved = s.save();
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: SerialState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, saved);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut r = SerialPort::restore(irq.try_clone().unwrap(), Console::new(cap.clone()), &back)
+            .unwrap();
+        let mut b = [0u8; 1];
+        r.read(7, &mut b);
+        assert_eq!(b, [0x5a]);
+        r.read(1, &mut b);
+        assert_eq!(b, [0x02]);
+        assert_eq!(r.save(), saved);
+        // A hostile state with an oversized input buffer is refused, not trusted.
+        let bad = SerialState {
+            in_buffer: vec![0; 65],
+            ..saved
+        };
+        assert!(SerialPort::restore(irq, Console::new(cap), &bad).is_err());
     }
 
     #[test]

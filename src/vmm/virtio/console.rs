@@ -30,7 +30,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::chain::{Malformed, checked_chain, read_chain, write_chain};
-use super::{ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{ActivateError, Interrupt, StateError, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::vmm::snapshot::state::DeviceState;
 
 /// The virtio device ID of a console.
 pub const DEVICE_TYPE: u32 = 3;
@@ -124,6 +125,8 @@ pub struct VirtioConsole {
     acked: u64,
     stats: Arc<ConsoleStats>,
     worker: Option<Worker>,
+    /// The device thread's state while a snapshot is taken.
+    parked: Option<Engine>,
 }
 
 impl std::fmt::Debug for VirtioConsole {
@@ -136,11 +139,11 @@ impl std::fmt::Debug for VirtioConsole {
     }
 }
 
-/// The device thread and how to stop it.
+/// The device thread and how to stop it; the thread gives its state back when it stops.
 struct Worker {
     stop: Arc<AtomicBool>,
     wake: UnixStream,
-    thread: JoinHandle<()>,
+    thread: JoinHandle<Engine>,
 }
 
 impl VirtioConsole {
@@ -164,6 +167,7 @@ impl VirtioConsole {
             acked: 0,
             stats: Arc::default(),
             worker: None,
+            parked: None,
         })
     }
 
@@ -192,12 +196,28 @@ impl VirtioConsole {
         self.stats.clone()
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop.store(true, Ordering::Release);
-            let _ = (&w.wake).write(&[1]);
-            let _ = w.thread.join();
-        }
+    /// Stops the device thread; its state, unless the thread panicked.
+    fn stop_worker(&mut self) -> Option<Engine> {
+        let w = self.worker.take()?;
+        w.stop.store(true, Ordering::Release);
+        let _ = (&w.wake).write(&[1]);
+        w.thread.join().ok()
+    }
+
+    /// Runs `engine` on a new device thread.
+    fn start_worker(&mut self, engine: Engine) -> std::io::Result<()> {
+        let (wake, wakeup) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        wakeup.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("virtio-console".into())
+                .spawn(move || engine.run(&stop, &wakeup))?
+        };
+        self.worker = Some(Worker { stop, wake, thread });
+        Ok(())
     }
 }
 
@@ -210,6 +230,11 @@ impl Drop for VirtioConsole {
 impl VirtioDevice for VirtioConsole {
     fn device_type(&self) -> u32 {
         DEVICE_TYPE
+    }
+
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.ports.iter().map(|p| p.name.as_str()).collect();
+        format!("console ports {}", names.join(","))
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -267,10 +292,6 @@ impl VirtioDevice for VirtioConsole {
                 pending: None,
             });
         }
-        let (wake, wakeup) = UnixStream::pair()?;
-        wake.set_nonblocking(true)?;
-        wakeup.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
         let engine = Engine {
             mem,
             queues,
@@ -281,14 +302,7 @@ impl VirtioDevice for VirtioConsole {
             stats: self.stats.clone(),
             used: false,
         };
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("virtio-console".into())
-                .spawn(move || engine.run(&stop, &wakeup))?
-        };
-        self.worker = Some(Worker { stop, wake, thread });
-        Ok(())
+        Ok(self.start_worker(engine)?)
     }
 
     fn queue_notify(&mut self, _index: u16) {
@@ -300,7 +314,25 @@ impl VirtioDevice for VirtioConsole {
 
     fn reset(&mut self) {
         self.stop_worker();
+        self.parked = None;
         self.acked = 0;
+    }
+
+    fn save(&mut self) -> Result<DeviceState, StateError> {
+        Ok(self.save_state())
+    }
+
+    fn resume(&mut self) {
+        self.resume_after_save();
+    }
+
+    fn restore(
+        &mut self,
+        state: &DeviceState,
+        mem: GuestMemoryMmap,
+        interrupt: Interrupt,
+    ) -> Result<(), StateError> {
+        self.restore_state(state, mem, interrupt)
     }
 }
 
@@ -359,7 +391,7 @@ struct Engine {
 impl Engine {
     /// Serves the queues until `stop`; the round after the stop request still passes on what the guest
     /// sent (its last words before a reset, e.g. the agent's verdict) as far as the hosts take it at once.
-    fn run(mut self, stop: &AtomicBool, wakeup: &UnixStream) {
+    fn run(mut self, stop: &AtomicBool, wakeup: &UnixStream) -> Engine {
         loop {
             let stopping = stop.load(Ordering::Acquire);
             if self.multiport {
@@ -374,7 +406,7 @@ impl Engine {
                 self.interrupt.signal_used_queue();
             }
             if stopping {
-                return;
+                return self;
             }
             self.wait(wakeup);
         }
@@ -610,6 +642,8 @@ impl Engine {
     }
 }
 
+#[path = "console_state.rs"]
+mod state;
 #[cfg(test)]
 #[path = "console_tests.rs"]
 mod tests;

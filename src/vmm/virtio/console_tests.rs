@@ -520,3 +520,52 @@ fn what_the_guest_sent_before_the_device_stops_reaches_the_host() {
     (&host).read_to_end(&mut got).unwrap();
     assert_eq!(got, b"verdict");
 }
+
+#[test]
+fn a_saved_console_resumes_or_continues_in_a_new_device() {
+    let mut r = Rig::multiport(&["p0", "p1"]);
+    r.handshake();
+    // Receive buffers the guest offered before the save.
+    r.give(4, 2, 4096);
+    r.quiet(4);
+
+    // Save and resume: the device carries on.
+    let saved = r.console.save().unwrap();
+    r.console.resume();
+    r.hosts[1].write_all(b"before").unwrap();
+    assert_eq!(r.used(4, 1)[0].1, b"before");
+
+    let saved_again = r.console.save().unwrap();
+    assert_ne!(
+        saved, saved_again,
+        "the queue progress is part of the state"
+    );
+    let DeviceState::Console(s) = &saved_again else {
+        panic!("{saved_again:?}")
+    };
+    let a = s.active.as_ref().expect("running");
+    assert!(a.multiport && a.ports.iter().all(|p| p.guest_open));
+    // JSON round trip, as in a snapshot file.
+    let json = serde_json::to_string(&saved_again).unwrap();
+    let back: DeviceState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, saved_again);
+
+    // A console with other ports refuses the state.
+    let (mut other, _h) = VirtioConsole::with_socketpairs(&["p0", "x"]).unwrap();
+    let (interrupt, _) = testing::interrupt();
+    let e = other.restore(&back, r.mem.clone(), interrupt).unwrap_err();
+    assert!(e.to_string().contains("\"x\""), "{e}");
+
+    // A new device on fresh sockets continues: the guest's open ports, its remaining receive buffer.
+    let (mut fresh, hosts) = VirtioConsole::with_socketpairs(&["p0", "p1"]).unwrap();
+    let (interrupt, irq) = testing::interrupt();
+    fresh.restore(&back, r.mem.clone(), interrupt).unwrap();
+    r.console = fresh;
+    r.hosts = hosts;
+    r.irq = irq;
+    r.hosts[1].write_all(b"after").unwrap();
+    assert_eq!(r.used(4, 1)[0].1, b"after");
+    r.send(5, b"out");
+    r.used(5, 1);
+    assert_eq!(r.host_read(1, 3), b"out");
+}

@@ -36,7 +36,8 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{ActivateError, Interrupt, StateError, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::vmm::snapshot::state::{DeviceState, FsState, QueueState};
 use share::ShareFs;
 
 /// The virtio device ID of a file system device.
@@ -274,6 +275,16 @@ impl VirtioDevice for VirtioFs {
         DEVICE_ID
     }
 
+    /// The tag and access, not the host directory: before its first request (the only time a share is
+    /// saved) the guest knows nothing of the directory behind it.
+    fn describe(&self) -> String {
+        format!(
+            "fs {} {}",
+            self.tag,
+            if self.readonly { "ro" } else { "rw" }
+        )
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &QUEUE_SIZES
     }
@@ -364,5 +375,81 @@ impl VirtioDevice for VirtioFs {
             // Close every host fd the guest had open; a new FUSE_INIT imports the root again.
             fuse_backend_rs::api::filesystem::FileSystem::destroy(&*self.fs);
         }
+    }
+
+    /// Only before the guest's first request: a FUSE session (the inodes and open files the guest holds)
+    /// lives in the host's passthrough file system and cannot be carried into another process.
+    fn save(&mut self) -> Result<DeviceState, StateError> {
+        if self.stats.requests() > 0 {
+            return Err(StateError::Busy {
+                device: DEVICE_ID,
+                reason: format!(
+                    "share {:?} has a FUSE session (the guest mounted it); snapshot before the first run",
+                    self.tag
+                ),
+            });
+        }
+        Ok(DeviceState::Fs(FsState {
+            acked: self.acked_features,
+            queues: self.active.as_ref().map(|a| {
+                a.queues
+                    .iter()
+                    .map(|q| QueueState::from(q.state()))
+                    .collect()
+            }),
+        }))
+    }
+
+    fn restore(
+        &mut self,
+        state: &DeviceState,
+        mem: GuestMemoryMmap,
+        interrupt: Interrupt,
+    ) -> Result<(), StateError> {
+        let DeviceState::Fs(s) = state else {
+            return Err(StateError::Mismatch(
+                "a virtio-fs slot holds another device's state".into(),
+            ));
+        };
+        if s.acked & !self.features() != 0 {
+            return Err(StateError::Mismatch(format!(
+                "virtio-fs features {:#x} beyond the device's",
+                s.acked
+            )));
+        }
+        self.acked_features = s.acked;
+        self.active = None;
+        let Some(saved) = &s.queues else {
+            return Ok(());
+        };
+        if saved.len() != QUEUE_SIZES.len() {
+            return Err(StateError::Mismatch(format!(
+                "virtio-fs with {} queues saved",
+                saved.len()
+            )));
+        }
+        let queues = saved
+            .iter()
+            .zip(QUEUE_SIZES)
+            .enumerate()
+            .map(|(index, (q, max))| {
+                if q.max_size != max {
+                    return Err(StateError::Queue {
+                        index,
+                        reason: format!("maximum size {}, not {max}", q.max_size),
+                    });
+                }
+                q.to_queue().map_err(|e| StateError::Queue {
+                    index,
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.active = Some(Active {
+            mem,
+            queues,
+            interrupt,
+        });
+        Ok(())
     }
 }

@@ -413,6 +413,8 @@ impl BusDevice for MmioTransport {
     }
 }
 
+#[path = "mmio_state.rs"]
+mod state;
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::vmm::snapshot::state::DeviceState;
+
 /// `VIRTIO_F_VERSION_1`: every device of ours is a modern (virtio 1.x) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Interrupt status bit: a queue has new used buffers.
@@ -79,10 +81,44 @@ pub enum ActivateError {
     Io(#[from] std::io::Error),
 }
 
+/// Why a device's state could not be saved or restored (snapshots).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// This device has no snapshot support.
+    #[error("virtio device type {0} cannot be saved in a snapshot")]
+    Unsupported(u32),
+    /// The device cannot be saved in its present state.
+    #[error("virtio device type {device} cannot be saved now: {reason}")]
+    Busy {
+        /// The device type.
+        device: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The saved state does not fit this device (another device, other ports or queues).
+    #[error("the saved device state does not fit: {0}")]
+    Mismatch(String),
+    /// A saved queue is not valid.
+    #[error("saved virtqueue {index} is invalid: {reason}")]
+    Queue {
+        /// The queue.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A thread or descriptor the device needs could not be created.
+    #[error("device restart: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// A virtio device behind the transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (3 console, 26 fs).
     fn device_type(&self) -> u32;
+    /// What the guest knows of the device, for matching a snapshot to a VM (e.g. console port names).
+    fn describe(&self) -> String {
+        format!("virtio device type {}", self.device_type())
+    }
     /// The maximum size of each queue, one entry per queue.
     fn queue_max_sizes(&self) -> &[u16];
     /// The device's feature bits (must include [`VIRTIO_F_VERSION_1`]).
@@ -104,4 +140,21 @@ pub trait VirtioDevice: Send {
     fn queue_notify(&mut self, index: u16);
     /// The driver reset the device: stop working and drop the queues (a later activate starts afresh).
     fn reset(&mut self) {}
+    /// Snapshot, with the vCPU paused: stop working (a device thread parks) and describe the device, its
+    /// queues' progress included. [`VirtioDevice::resume`] follows.
+    fn save(&mut self) -> Result<DeviceState, StateError> {
+        Err(StateError::Unsupported(self.device_type()))
+    }
+    /// After [`VirtioDevice::save`]: carry on as before.
+    fn resume(&mut self) {}
+    /// In a new VMM, instead of a driver's setup: take the saved state; a device that was running starts
+    /// again on its saved queues in `mem`.
+    fn restore(
+        &mut self,
+        _state: &DeviceState,
+        _mem: GuestMemoryMmap,
+        _interrupt: Interrupt,
+    ) -> Result<(), StateError> {
+        Err(StateError::Unsupported(self.device_type()))
+    }
 }

@@ -1,0 +1,90 @@
+//! A warm VM of the builtin engine and the snapshot cache ([`super::snapshot_cache`]): a restored VM is
+//! checked before it serves (the VMM says it restored, the agent answers a ping with a new READY line);
+//! a booted one is saved at READY, before its first run mounts anything. A failed restore deletes the
+//! snapshot and says why; the pool then boots instead ([`RESTORE_FAILED`]).
+
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::snapshot_cache::Session;
+use crate::outcome::{SetupFailure, Stage};
+
+/// How a failed restore's message starts: the pool boots instead.
+pub(super) const RESTORE_FAILED: &str = "restoring the warm VM from its snapshot failed";
+
+fn fail(message: String) -> SetupFailure {
+    SetupFailure {
+        stage: Stage::Vm,
+        errno: None,
+        message,
+    }
+}
+
+/// For a VM being restored: waits for the VMM and pings the agent on `control`. Returns the session (for
+/// a booting VM, to save it at READY) and whether the VM is restored. On failure the snapshot is deleted
+/// and `vmm_error` (called once the VMM is gone) tells why.
+pub(super) fn restore_snapshot(
+    snapshot: Option<Session>,
+    control: &UnixStream,
+    limit: Duration,
+) -> Result<(Option<Session>, bool), String> {
+    let Some(mut s) = snapshot else {
+        return Ok((None, false));
+    };
+    if !s.restores() {
+        return Ok((Some(s), false));
+    }
+    match s.resume_restored(control, limit) {
+        Ok(()) => Ok((Some(s), true)),
+        Err(e) => {
+            s.discard();
+            Err(e)
+        }
+    }
+}
+
+/// The failure of a VM that was restored: the snapshot is deleted and the message marks it for a boot.
+pub(super) fn restore_failed(
+    restored: bool,
+    snapshot: Option<Session>,
+    failure: SetupFailure,
+) -> SetupFailure {
+    if !restored {
+        return failure;
+    }
+    if let Some(s) = snapshot {
+        s.discard();
+    }
+    fail(format!(
+        "{RESTORE_FAILED} (the snapshot is deleted): {}",
+        failure.message
+    ))
+}
+
+/// The failure of a VMM that could not restore, with what it said.
+pub(super) fn vmm_refused(why: String, vmm_said: &str) -> SetupFailure {
+    let said = vmm_said.trim();
+    fail(format!(
+        "{RESTORE_FAILED} (the snapshot is deleted): {why}{}",
+        if said.is_empty() {
+            String::new()
+        } else {
+            format!("; the VMM said: {said}")
+        }
+    ))
+}
+
+/// Saves a booted VM at READY into the cache; a failure is only reported (the VM serves anyway).
+pub(super) fn save_snapshot(session: Session, limit: Duration) {
+    match session.save(limit.min(Duration::from_secs(120))) {
+        Ok((path, r)) => tracing::info!(
+            path = %path.display(),
+            file_len = r.file_len,
+            ram_written = r.ram_written,
+            paused_ms = r.paused_ms,
+            refused = ?r.refused,
+            "saved a snapshot of the booted warm VM"
+        ),
+        Err(e) => tracing::warn!("could not save a snapshot of the booted warm VM: {e}"),
+    }
+}

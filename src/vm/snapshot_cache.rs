@@ -1,0 +1,377 @@
+//! The builtin engine's snapshot cache: a booted guest, saved once its agent has said READY and before it
+//! mounted anything, is restored instead of booted the next time the same guest is asked for.
+//!
+//! A snapshot is keyed by what the guest is: the kernel and initramfs (their contents), RAM, the kernel
+//! command line and the devices as the guest sees them (console port names, share tags and access), and the
+//! snapshot format version. Files live in the [`SnapshotCache`] directory (by default
+//! `~/.cache/sandbox/snapshots`, next to the kernel cache), mode 0600 in a 0700 directory, written to a temporary name and renamed into place
+//! only once complete and synced. A snapshot that fails to restore is deleted, so the next start boots and
+//! saves a new one.
+//!
+//! The host side of one VM's snapshot: [`Session`] over the VMM's snapshot channel (`sandbox-init vmm`'s
+//! `snapshot` config, see [`crate::vmm::snapshot::serve`]).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::guest::PING_LINE;
+use crate::vmm::snapshot::SaveReport;
+use crate::vmm::snapshot::format::VERSION;
+
+/// Where a [`VmPool`](crate::VmPool) of the builtin engine keeps snapshots of its booted guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotCache {
+    /// No snapshots: every VM boots. The default until a save on PVM stops hanging the saved guest's first
+    /// run (tests/pool_snapshot.rs, ignored for now).
+    #[default]
+    Off,
+    /// `$XDG_CACHE_HOME/sandbox/snapshots`, else `~/.cache/sandbox/snapshots` (next to the kernel cache).
+    User,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+impl SnapshotCache {
+    /// The directory, unless snapshots are off (or there is no home to cache in).
+    pub fn dir(&self) -> Option<PathBuf> {
+        match self {
+            SnapshotCache::Off => None,
+            SnapshotCache::Dir(d) => Some(d.clone()),
+            SnapshotCache::User => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+                .map(|c| c.join("sandbox/snapshots")),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a cache key, not a defence (the cache is the user's own, like the kernel cache).
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, data: &[u8]) -> &mut Fnv {
+        for &b in data {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+
+    /// A length-prefixed field, so fields cannot run into each other.
+    fn field(&mut self, data: &[u8]) -> &mut Fnv {
+        self.bytes(&(data.len() as u64).to_le_bytes()).bytes(data)
+    }
+}
+
+/// What a snapshot must match.
+#[derive(Clone, Debug)]
+pub(crate) struct GuestKey<'a> {
+    /// The kernel file.
+    pub kernel: &'a Path,
+    /// The initramfs file (the agent).
+    pub initramfs: &'a Path,
+    /// Guest RAM.
+    pub memory_mib: u64,
+    /// The kernel command line (before the VMM adds its virtio-mmio options).
+    pub cmdline: &'a str,
+    /// The devices as the guest sees them, in slot order.
+    pub devices: Vec<String>,
+}
+
+impl GuestKey<'_> {
+    /// The file name of the snapshot of this guest.
+    pub(crate) fn file_name(&self) -> std::io::Result<String> {
+        let mut h = Fnv::new();
+        h.field(&VERSION.to_le_bytes());
+        for p in [self.kernel, self.initramfs] {
+            let mut f = File::open(p)?;
+            let mut buf = vec![0u8; 1 << 20];
+            h.field(p.as_os_str().as_encoded_bytes());
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.bytes(&buf[..n]);
+            }
+        }
+        h.field(&self.memory_mib.to_le_bytes())
+            .field(self.cmdline.as_bytes());
+        for d in &self.devices {
+            h.field(d.as_bytes());
+        }
+        Ok(format!("guest-{:016x}.vmsnap", h.0))
+    }
+}
+
+/// What a VMM start does with the cache.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Restore from this snapshot.
+    Restore {
+        /// Open for reading.
+        file: File,
+        /// Where it is (deleted when the restore fails).
+        path: PathBuf,
+    },
+    /// Boot, then save into this temporary file, renamed to `path` when complete.
+    Save {
+        /// Open for writing, empty.
+        file: File,
+        /// The temporary name.
+        tmp: PathBuf,
+        /// The final name.
+        path: PathBuf,
+    },
+}
+
+impl Plan {
+    /// Restore when the snapshot of `key` exists, else save one; `None` when the cache is unusable (then
+    /// the VM just boots).
+    pub(crate) fn for_guest(dir: &Path, key: &GuestKey<'_>) -> Option<Plan> {
+        let name = key
+            .file_name()
+            .map_err(|e| tracing::warn!("snapshot cache: cannot read the guest's files: {e}"))
+            .ok()?;
+        let path = dir.join(&name);
+        if let Ok(file) = File::open(&path) {
+            return Some(Plan::Restore { file, path });
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| tracing::warn!("snapshot cache {}: {e}", dir.display()))
+            .ok()?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| tracing::warn!("snapshot cache {}: {e}", tmp.display()))
+            .ok()?;
+        Some(Plan::Save { file, tmp, path })
+    }
+
+    /// The file the VMM gets.
+    pub(crate) fn file(&self) -> &File {
+        match self {
+            Plan::Restore { file, .. } | Plan::Save { file, .. } => file,
+        }
+    }
+
+    /// Whether the VM is restored rather than booted.
+    pub(crate) fn restores(&self) -> bool {
+        matches!(self, Plan::Restore { .. })
+    }
+}
+
+/// One VM's snapshot channel, host side.
+#[derive(Debug)]
+pub(crate) struct Session {
+    channel: BufReader<UnixStream>,
+    plan: Plan,
+}
+
+/// Reads one line within `limit`; an error when the channel closes or stays silent.
+fn read_reply(r: &mut BufReader<UnixStream>, limit: Duration) -> Result<String, String> {
+    r.get_ref()
+        .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    match r.by_ref().take(1 << 16).read_line(&mut line) {
+        Ok(0) => Err("the VMM closed its snapshot channel (it failed: see its error)".into()),
+        Ok(_) => Ok(line.trim().to_string()),
+        Err(e) => Err(format!(
+            "no answer from the VMM's snapshot channel within {limit:?}: {e}"
+        )),
+    }
+}
+
+impl Session {
+    /// A session over the host end of the channel.
+    pub(crate) fn new(channel: UnixStream, plan: Plan) -> Session {
+        Session {
+            channel: BufReader::new(channel),
+            plan,
+        }
+    }
+
+    /// Whether the VM is being restored.
+    pub(crate) fn restores(&self) -> bool {
+        self.plan.restores()
+    }
+
+    /// Waits for the VMM to say it restored the VM, then asks the agent, on its `control` port, for a new
+    /// READY line: the agent sent its first before the snapshot, and answering proves the guest runs.
+    /// Nothing else may be sent on the control port until that line arrives (the agent reads a line at a
+    /// time with a fresh buffer).
+    pub(crate) fn resume_restored(
+        &mut self,
+        control: &UnixStream,
+        limit: Duration,
+    ) -> Result<(), String> {
+        match read_reply(&mut self.channel, limit)?.as_str() {
+            "restored" => {}
+            other => return Err(format!("unexpected answer {other:?}")),
+        }
+        (&*control)
+            .write_all(format!("{PING_LINE}\n").as_bytes())
+            .map_err(|e| format!("asking the restored agent whether it runs: {e}"))
+    }
+
+    /// The restore failed: the snapshot is deleted so the next start boots and saves a new one.
+    pub(crate) fn discard(self) {
+        if let Plan::Restore { path, .. } = &self.plan {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Asks the VMM (whose guest is at its quiescent point) for a snapshot and puts it into the cache.
+    pub(crate) fn save(mut self, limit: Duration) -> Result<(PathBuf, SaveReport), String> {
+        let Plan::Save { file, tmp, path } = &self.plan else {
+            return Err("this VM was restored, not booted".into());
+        };
+        let result = (|| {
+            let deadline = Instant::now() + limit;
+            let left = || deadline.saturating_duration_since(Instant::now());
+            match read_reply(&mut self.channel, left())?.as_str() {
+                "started" => {}
+                other => return Err(format!("unexpected greeting {other:?}")),
+            }
+            self.channel
+                .get_mut()
+                .write_all(b"save\n")
+                .map_err(|e| format!("asking for a snapshot: {e}"))?;
+            let reply = read_reply(&mut self.channel, left())?;
+            let Some(json) = reply.strip_prefix("saved ") else {
+                return Err(reply.strip_prefix("failed ").unwrap_or(&reply).to_string());
+            };
+            let report: SaveReport =
+                serde_json::from_str(json).map_err(|e| format!("bad save report: {e}"))?;
+            file.sync_all().map_err(|e| format!("fsync: {e}"))?;
+            std::fs::rename(tmp, path).map_err(|e| format!("rename: {e}"))?;
+            Ok((path.clone(), report))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        result
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A save that never happened leaves no temporary file.
+        if let Plan::Save { tmp, .. } = &self.plan {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_changes_with_every_input() {
+        let dir = std::env::temp_dir().join(format!("snapshot-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (k, i) = (dir.join("vmlinux"), dir.join("init.cpio"));
+        std::fs::write(&k, b"kernel").unwrap();
+        std::fs::write(&i, b"agent").unwrap();
+        let key = GuestKey {
+            kernel: &k,
+            initramfs: &i,
+            memory_mib: 512,
+            cmdline: "quiet",
+            devices: vec!["console ports a,b".into()],
+        };
+        let base = key.file_name().unwrap();
+        assert!(base.starts_with("guest-") && base.ends_with(".vmsnap"));
+        assert_eq!(key.file_name().unwrap(), base, "stable");
+        let mut other = vec![
+            GuestKey {
+                memory_mib: 256,
+                ..key.clone()
+            },
+            GuestKey {
+                cmdline: "quiet x",
+                ..key.clone()
+            },
+            GuestKey {
+                devices: vec!["console ports a,c".into()],
+                ..key.clone()
+            },
+            GuestKey {
+                devices: vec!["console ports a,b".into(), "fs usr ro".into()],
+                ..key.clone()
+            },
+        ]
+        .into_iter()
+        .map(|k| k.file_name().unwrap())
+        .collect::<Vec<_>>();
+        std::fs::write(&i, b"agent2").unwrap();
+        other.push(key.file_name().unwrap());
+        for o in &other {
+            assert_ne!(*o, base);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            key.file_name().is_err(),
+            "missing files are an error, not a key"
+        );
+    }
+
+    #[test]
+    fn a_session_reports_a_failed_or_silent_vmm_and_leaves_no_file() {
+        let dir = std::env::temp_dir().join(format!("snapshot-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tmp, path) = (dir.join(".x.tmp"), dir.join("x.vmsnap"));
+        let plan = || Plan::Save {
+            file: File::create(&tmp).unwrap(),
+            tmp: tmp.clone(),
+            path: path.clone(),
+        };
+        // The VMM refuses.
+        let (host, mut vmm) = UnixStream::pair().unwrap();
+        let s = Session::new(host, plan());
+        let t = std::thread::spawn(move || {
+            vmm.write_all(b"started\n").unwrap();
+            let mut r = BufReader::new(vmm.try_clone().unwrap());
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            assert_eq!(l, "save\n");
+            vmm.write_all(b"failed share busy\n").unwrap();
+        });
+        assert_eq!(s.save(Duration::from_secs(5)).unwrap_err(), "share busy");
+        t.join().unwrap();
+        assert!(!tmp.exists() && !path.exists());
+        // The VMM dies.
+        let (host, vmm) = UnixStream::pair().unwrap();
+        drop(vmm);
+        let e = Session::new(host, plan())
+            .save(Duration::from_secs(5))
+            .unwrap_err();
+        assert!(e.contains("closed"), "{e}");
+        // The VMM says nothing.
+        let (host, _vmm) = UnixStream::pair().unwrap();
+        let e = Session::new(host, plan())
+            .save(Duration::from_millis(50))
+            .unwrap_err();
+        assert!(e.contains("no answer"), "{e}");
+        assert!(!tmp.exists() && !path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
