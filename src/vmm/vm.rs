@@ -308,8 +308,11 @@ fn execute(
             })
             .map_err(VmmError::Thread)?
     };
+    // The VM's descriptor must stay open until the guest ends, whether or not a snapshot thread takes a
+    // clone: closing the last one releases the VM file, and KVM then deactivates every irqfd (the serial
+    // port's and the virtio devices' interrupts stop: the guest waits forever).
     let live = snapshot::Live {
-        vm,
+        vm: vm.clone(),
         mem,
         serial,
         transports,
