@@ -110,8 +110,9 @@ pub fn builtin() -> bool {
 
 static POOL: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
 
-/// Puts `s` on the backend under test: [`backend`], or for `builtin` a warm VM of our own VMM (one per test
-/// process; a boot takes about a minute on PVM) that shares the temp dir, where the tests' binds come from.
+/// Puts `s` on the backend under test: [`backend`], or for `builtin` warm VMs of our own VMM (a pool of up to
+/// two per test process; a boot takes about a minute on PVM) that share the temp dir, where the tests' binds
+/// come from.
 pub fn on(s: &mut sandbox::Sandbox) -> &mut sandbox::Sandbox {
     if !builtin() {
         return s.backend(backend());
@@ -119,8 +120,9 @@ pub fn on(s: &mut sandbox::Sandbox) -> &mut sandbox::Sandbox {
     let pool = POOL.get_or_init(|| {
         let pool = sandbox::VmPool::new(sandbox::PoolOptions {
             engine: sandbox::VmEngine::Builtin,
-            max_vms: 1,
-            max_idle: 1,
+            // Two VMs for the two cores of our CI machines (the escape probes run on four threads).
+            max_vms: 2,
+            max_idle: 2,
             shares: vec![sandbox::PoolShare {
                 path: std::env::temp_dir(),
                 writable: true,
