@@ -76,7 +76,7 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     say "conformance suite on the builtin engine (two warm VMs)"
     SANDBOX_TEST_BUILTIN=1 cargo test --test conformance builtin:: -- --test-threads=2
     if [ -d /sys/module/kvm_pvm ]; then
-        say "escape probes on the builtin engine: one or two of each kind (PVM: software KVM)"
+        say "escape probes on the builtin engine: 14 main probes (PVM: software KVM; the whole battery takes an hour)"
         SANDBOX_PROBE=chroot_dotdot,pivot_root,proc1_memory,ro_bind_writes_no,remount_rw,masked_proc,proc_sys_write,virtio_ports,forged_verdict,unshare_namespaces,host_signal,dangerous_syscalls,x32,host_tcp_netns \
             SANDBOX_TEST_BACKEND=builtin cargo test --test escape -- --nocapture
     else
