@@ -1,8 +1,8 @@
 //! Snapshot/restore of a warm VM in the builtin engine, on this machine's real KVM: a pool boots a VM and
 //! saves it at READY into a snapshot cache (a temporary directory here); the booted VM still serves; a
 //! second pool restores its VM from the snapshot instead of booting, and that VM runs a program correctly
-//! and says it was restored. One boot and two runs: about 140 s on PVM (2026-11-29: boot + save 87 s, first run
-//! 30 s; restore + first run 22 s). Needs `/dev/kvm`, `SANDBOX_KERNEL` and `SANDBOX_AGENT` (an agent built from
+//! and says it was restored. One boot and two runs: about 90-140 s on PVM (2026-11-29: boot + save 50 s, first run
+//! 18 s; restore + first run 20 s). Needs `/dev/kvm`, `SANDBOX_KERNEL` and `SANDBOX_AGENT` (an agent built from
 //! this checkout: the VMM process is the agent binary); it fails without them, and says SKIPPED when this
 //! user cannot open `/dev/kvm`.
 
