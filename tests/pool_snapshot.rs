@@ -38,28 +38,9 @@ fn snapshots(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .unwrap_or_default()
 }
 
-/// Whether this user can open /dev/kvm (root here; uid 65534 cannot: the test then says so and passes, as the
-/// other KVM tests of the unprivileged CI pass do). A missing /dev/kvm fails.
-fn kvm_usable() -> bool {
-    let dev = std::path::Path::new("/dev/kvm");
-    assert!(
-        dev.exists(),
-        "/dev/kvm is missing (this test fails, it does not skip)"
-    );
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED: this user cannot open /dev/kvm");
-    }
-    ok
-}
-
 #[test]
 fn a_restored_pool_vm_runs_without_booting() {
-    if !kvm_usable() {
+    if !common::kvm_usable() {
         return;
     }
     let cache = TempDir::new("pool-snapshot");

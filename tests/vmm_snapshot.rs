@@ -6,6 +6,8 @@
 //! mismatched snapshot files are refused with a clear error before any guest runs. Without `/dev/kvm` these
 //! tests FAIL: they never skip.
 
+mod common;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
@@ -84,23 +86,6 @@ fn temp_file(name: &str) -> (std::path::PathBuf, File) {
     (path, f)
 }
 
-fn kvm_usable() -> bool {
-    let dev = std::path::Path::new("/dev/kvm");
-    assert!(
-        dev.exists(),
-        "/dev/kvm is missing (this test fails, it does not skip)"
-    );
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .is_ok();
-    if !ok {
-        eprintln!("this user cannot open /dev/kvm: snapshot tests not run");
-    }
-    ok
-}
-
 /// Runs the counting guest on a thread with a snapshot channel; returns the host end, the console and
 /// the thread.
 fn start(
@@ -140,7 +125,7 @@ fn line(r: &mut BufReader<UnixStream>) -> String {
 
 #[test]
 fn a_running_guest_is_saved_and_a_restored_one_continues_where_it_stopped() {
-    if !kvm_usable() {
+    if !common::kvm_usable() {
         return;
     }
     let (path, file) = temp_file("good");

@@ -71,7 +71,7 @@ pub(crate) struct Started {
     pub(crate) host: Host,
     pub(crate) channels: VmChannels,
     pub(crate) info: VmInfo,
-    /// The builtin VMM's snapshot channel, when it restores or may save ([`start_builtin_cached`]).
+    /// The builtin VMM's snapshot channel, when it restores or may save ([`start_builtin`] with a cache).
     pub(crate) snapshot: Option<Session>,
 }
 
@@ -244,25 +244,14 @@ pub(crate) fn start_vm(
 /// The most virtio devices our VMM places (one virtio-mmio slot per free I/O APIC pin).
 const BUILTIN_MAX_DEVICES: usize = crate::vmm::layout::VIRTIO_IRQS.len();
 
-/// [`start_vm`] for our own VMM with the snapshot cache ([`super::snapshot_cache`]): the VM is restored
-/// from the cached snapshot of the same guest when there is one, else booted with a snapshot file to save
-/// into; [`Started::snapshot`] carries on from there.
-pub(crate) fn start_builtin_cached(
-    shares: &[Share],
-    memory_mib: u64,
-    with_stdin: bool,
-    deadline: Option<Duration>,
-    cache: &Path,
-) -> Result<Started, SetupFailure> {
-    start_builtin(shares, memory_mib, with_stdin, deadline, Some(cache))
-}
-
 /// Our own VMM as a child process: the agent binary in its `vmm` role, confined like QEMU (a namespace
 /// sandbox that shows it only its binary, the kernel, the initramfs and the shares; or a plain child under
 /// `no_new_privs` and seccomp), then confining itself further (landlock, a seccomp allowlist). `/dev/kvm` is
 /// opened here, with the caller's rights, and passed down; so are the snapshot channel (11) and file (12)
-/// with a snapshot `cache` directory.
-fn start_builtin(
+/// with a snapshot `cache` directory ([`super::snapshot_cache`]): the VM is then restored from the cached
+/// snapshot of the same guest when there is one, else booted with a file to save into, and
+/// [`Started::snapshot`] carries on from there.
+pub(crate) fn start_builtin(
     shares: &[Share],
     memory_mib: u64,
     with_stdin: bool,

@@ -285,7 +285,7 @@ impl VmPool {
         let vm = match cache {
             Some(dir) => {
                 let start = || {
-                    launch::start_builtin_cached(&self.inner.shares, o.memory_mib, true, None, &dir)
+                    launch::start_builtin(&self.inner.shares, o.memory_mib, true, None, Some(&dir))
                 };
                 start().and_then(|s| WarmVm::start(s, limit)).or_else(|f| {
                     if !f.message.starts_with(RESTORE_FAILED) {
