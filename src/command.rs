@@ -96,6 +96,7 @@ pub struct Sandbox {
     policy: Policy,
     backend: Backend,
     vm_engine: VmEngine,
+    vm_snapshots: crate::SnapshotCache,
     pool: Option<crate::VmPool>,
     extra_fds: Vec<(OwnedFd, RawFd)>,
 }
@@ -112,6 +113,7 @@ impl Sandbox {
             policy: Policy::default(),
             backend: Backend::Auto,
             vm_engine: VmEngine::Auto,
+            vm_snapshots: crate::SnapshotCache::default(),
             pool: None,
             extra_fds: Vec::new(),
         }
@@ -188,6 +190,14 @@ impl Sandbox {
     /// Chooses the VM backend's engine.
     pub fn vm_engine(&mut self, engine: VmEngine) -> &mut Self {
         self.vm_engine = engine;
+        self
+    }
+
+    /// Where the builtin engine keeps snapshots of its booted guest ([`SnapshotCache`](crate::SnapshotCache),
+    /// by default the user's cache): a cold run is then restored from the snapshot of the same guest instead
+    /// of booted, and a run that boots saves one first. Other engines and backends ignore it.
+    pub fn vm_snapshots(&mut self, cache: crate::SnapshotCache) -> &mut Self {
+        self.vm_snapshots = cache;
         self
     }
 
@@ -312,7 +322,9 @@ impl Sandbox {
             ),
             (None, Backend::Vm) => {
                 let engine = vm::engine::Engine::pick(self.vm_engine);
-                let run = vm::engine::spawn(&launch, None, engine).map_err(Error::Setup)?;
+                let cache = self.vm_snapshots.dir();
+                let run = vm::engine::spawn(&launch, None, engine, cache.as_deref())
+                    .map_err(Error::Setup)?;
                 let grace = run.boot_limit();
                 (Inner::Vm(Box::new(run)), timeout.map(|t| t + grace))
             }
@@ -325,12 +337,17 @@ impl Sandbox {
                 Err(f) if f.stage == Stage::Namespaces || f.stage == Stage::Cgroup => {
                     let reason = format!("namespace backend unavailable: {}", f.message);
                     let engine = vm::engine::Engine::pick(self.vm_engine);
-                    let vm = vm::engine::spawn(&launch, Some(reason), engine).map_err(|v| {
-                        Error::Setup(SetupFailure {
-                            message: format!("{}; and the VM backend: {}", f.message, v.message),
-                            ..v
-                        })
-                    })?;
+                    let cache = self.vm_snapshots.dir();
+                    let vm = vm::engine::spawn(&launch, Some(reason), engine, cache.as_deref())
+                        .map_err(|v| {
+                            Error::Setup(SetupFailure {
+                                message: format!(
+                                    "{}; and the VM backend: {}",
+                                    f.message, v.message
+                                ),
+                                ..v
+                            })
+                        })?;
                     let grace = vm.boot_limit();
                     (Inner::Vm(Box::new(vm)), timeout.map(|t| t + grace))
                 }

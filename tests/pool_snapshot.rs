@@ -1,4 +1,4 @@
-//! Snapshot/restore of a warm VM in the builtin engine, on this machine's real KVM: a pool boots a VM and
+//! Snapshot/restore in the builtin engine (a warm VM of a pool, and cold runs), on this machine's real KVM: a pool boots a VM and
 //! saves it at READY into a snapshot cache (a temporary directory here); the booted VM still serves; a
 //! second pool restores its VM from the snapshot instead of booting, and that VM runs a program correctly
 //! and says it was restored. One boot and two runs: about 90-140 s on PVM (2026-11-29: boot + save 50 s, first run
@@ -85,5 +85,66 @@ fn a_restored_pool_vm_runs_without_booting() {
         first_run.as_secs_f64(),
         meta.len(),
         std::os::unix::fs::MetadataExt::blocks(&meta) / 2
+    );
+}
+
+fn cold(cache: &std::path::Path, script: &str, stdin: Option<&str>) -> (sandbox::Outcome, f64) {
+    let start = Instant::now();
+    let mut s = Sandbox::new("/bin/sh");
+    s.args(["-c", script])
+        .backend(sandbox::Backend::Vm)
+        .vm_engine(VmEngine::Builtin)
+        .vm_snapshots(SnapshotCache::Dir(cache.to_path_buf()));
+    let o = match stdin {
+        None => s.output().expect("run"),
+        Some(text) => {
+            s.stdin(sandbox::Stdio::Piped).stdout(sandbox::Stdio::Piped);
+            let mut child = s.spawn().expect("spawn");
+            let mut w = child.stdin.take().unwrap();
+            std::io::Write::write_all(&mut w, text.as_bytes()).unwrap();
+            drop(w);
+            child.wait_with_output().expect("wait")
+        }
+    };
+    (o, start.elapsed().as_secs_f64())
+}
+
+/// Cold runs (no pool): the first boots and saves the guest before it reads its specification, the next
+/// ones are restored from that snapshot (with and without stdin: different guests, so one more boot).
+#[test]
+fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
+    if !common::kvm_usable() {
+        return;
+    }
+    let cache = TempDir::new("cold-snapshot");
+    let dir = cache.path().join("snapshots");
+    let (o, boot) = cold(&dir, "echo booted; exit 5", None);
+    assert_eq!(o.status, Status::Exited(5), "{o:?}");
+    assert_eq!(o.stdout, b"booted\n");
+    assert!(!o.vm.as_ref().unwrap().restored);
+    assert_eq!(snapshots(&dir).len(), 1, "{:?}", snapshots(&dir));
+
+    let (o, restore) = cold(&dir, "echo restored; exit 6", None);
+    assert_eq!(o.status, Status::Exited(6), "{o:?}");
+    assert_eq!(o.stdout, b"restored\n");
+    let vm = o.vm.as_ref().unwrap();
+    assert!(vm.restored, "not restored: {vm:?}");
+    // Twice from the same snapshot: each restore is a copy, the file is unchanged by the first.
+    let (o, again) = cold(&dir, "echo again", None);
+    assert_eq!(o.stdout, b"again\n", "{o:?}");
+    assert!(o.vm.as_ref().unwrap().restored);
+
+    // A run with stdin has one more port: another guest, booted and saved, then restored.
+    let (o, _) = cold(&dir, "tr a-z A-Z", Some("piped\n"));
+    assert_eq!(o.stdout, b"PIPED\n", "{o:?}");
+    assert!(!o.vm.as_ref().unwrap().restored);
+    let (o, stdin_restore) = cold(&dir, "tr a-z A-Z", Some("again\n"));
+    assert_eq!(o.stdout, b"AGAIN\n", "{o:?}");
+    assert!(o.vm.as_ref().unwrap().restored);
+    assert_eq!(snapshots(&dir).len(), 2, "{:?}", snapshots(&dir));
+    common::assert_no_descendants();
+    eprintln!(
+        "cold runs: boot + save + run {boot:.1} s; restore + run {restore:.1} s, {again:.1} s; \
+         with stdin {stdin_restore:.1} s"
     );
 }

@@ -243,8 +243,9 @@ fn boot_and_run(
     }
     info.spec_source = Some("control_port");
     let mut server = serve::Server::default();
+    let mut lines = std::io::BufReader::with_capacity(64 << 10, port);
     loop {
-        let line = match read_line(port) {
+        let line = match read_line(&mut lines) {
             Ok(line) => line,
             Err(_) if server.served() > 0 => return Ok(None),
             Err(e) => return Err(e),
@@ -330,12 +331,17 @@ pub(crate) fn pvm_env(cmd: &mut crate::Sandbox, spec: &RunSpec) {
 }
 
 /// Reads one line (the specification) from the control port. Buffered: the host sends nothing after it.
-fn read_line(port: &std::fs::File) -> Result<Vec<u8>, GuestError> {
-    use std::io::BufRead;
+/// Reads one line from the control port. The reader lives as long as the port: what the host sent after a
+/// line (a ping, then at once a specification) waits in its buffer for the next call.
+fn read_line(reader: &mut std::io::BufReader<&std::fs::File>) -> Result<Vec<u8>, GuestError> {
+    use std::io::{BufRead, Read};
     let mut line = Vec::new();
-    let mut reader = std::io::BufReader::with_capacity(64 << 10, port).take(MAX_SPEC + 1);
     loop {
-        match reader.read_until(b'\n', &mut line) {
+        match reader
+            .by_ref()
+            .take(MAX_SPEC + 1)
+            .read_until(b'\n', &mut line)
+        {
             Ok(_) => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {

@@ -259,11 +259,13 @@ pub(super) fn machine_size(policy: &Policy) -> (u64, u32) {
     (memory_mib, cpus)
 }
 
-/// Starts the run in a VM.
+/// Starts the run in a VM; on the builtin engine with a snapshot `cache` directory, restored from (or saved
+/// into) the cache ([`super::cold_snapshot`]).
 pub(crate) fn spawn(
     launch: &Launch<'_>,
     fallback_reason: Option<String>,
     engine: Engine,
+    cache: Option<&Path>,
 ) -> Result<VmRun, SetupFailure> {
     let (mut spec, shares) = guest_spec(launch).map_err(fail)?;
     for s in &mut spec.shares {
@@ -284,12 +286,17 @@ pub(crate) fn spawn(
 
     let boot_limit = engine.boot_limit();
     let deadline = policy.timeout.map(|t| t + boot_limit);
-    let Started {
-        host,
-        channels,
-        info,
-        snapshot: _,
-    } = start_vm(engine, &shares, memory_mib, cpus, with_stdin, deadline)?;
+    let (
+        Started {
+            host,
+            channels,
+            info,
+            snapshot: _,
+        },
+        save,
+    ) = super::cold_snapshot::start(
+        engine, &shares, memory_mib, cpus, with_stdin, deadline, cache,
+    )?;
     let VmChannels {
         console: console_host,
         control: control_host,
@@ -314,13 +321,21 @@ pub(crate) fn spawn(
     // The spec waits in the socket until the agent reads it.
     // The spec is sent by a thread: one larger than the socket's buffer (argv near ARG_MAX) waits for the
     // agent to read it, which happens only after the boot. It ends when the agent has read the spec, or with
-    // EPIPE when the VMM is gone (then the run has no verdict).
+    // EPIPE when the VMM is gone (then the run has no verdict). A VM to be saved gets it after the save.
     let control_w = control_host
         .try_clone()
         .map_err(|e| fail(format!("socket: {e}")))?;
     let spec_line = spec.to_json_line().into_bytes();
+    let ready = control.clone();
     threads.push(std::thread::spawn(move || {
-        let _ = send_all(&control_w, &spec_line);
+        super::cold_snapshot::save_then_send(
+            save,
+            || ready.text().contains(crate::guest::READY_PREFIX),
+            boot_limit,
+            || {
+                let _ = send_all(&control_w, &spec_line);
+            },
+        );
     }));
     let console = Tail::default();
     let qemu_stderr = Tail::default();

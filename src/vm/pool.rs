@@ -96,7 +96,7 @@ impl Default for PoolOptions {
             max_vms: 0,
             shares: Vec::new(),
             engine: crate::VmEngine::Auto,
-            snapshots: SnapshotCache::Off,
+            snapshots: SnapshotCache::default(),
         }
     }
 }

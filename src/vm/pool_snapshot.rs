@@ -74,7 +74,7 @@ pub(super) fn vmm_refused(why: String, vmm_said: &str) -> SetupFailure {
     ))
 }
 
-/// Saves a booted VM at READY into the cache; a failure is only reported (the VM serves anyway).
+/// Saves a booted VM at READY into the cache; a failure is only reported (the VM goes on anyway).
 pub(super) fn save_snapshot(session: Session, limit: Duration) {
     match session.save(limit.min(Duration::from_secs(120))) {
         Ok((path, r)) => tracing::info!(
@@ -83,8 +83,8 @@ pub(super) fn save_snapshot(session: Session, limit: Duration) {
             ram_written = r.ram_written,
             paused_ms = r.paused_ms,
             refused = ?r.refused,
-            "saved a snapshot of the booted warm VM"
+            "saved a snapshot of the booted VM"
         ),
-        Err(e) => tracing::warn!("could not save a snapshot of the booted warm VM: {e}"),
+        Err(e) => tracing::warn!("could not save a snapshot of the booted VM: {e}"),
     }
 }

@@ -261,7 +261,8 @@ mod tests {
             assert!(joined.contains(want), "{want:?} missing in {joined}");
         }
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
-        assert_eq!(append, &format!("{BASE_CMDLINE} {TCG_CMDLINE}"));
+        let init = crate::vmm::INIT_ARGS;
+        assert_eq!(append, &format!("{BASE_CMDLINE} {TCG_CMDLINE} {init}"));
     }
 
     #[test]
@@ -281,14 +282,16 @@ mod tests {
             |a: &[String], flag: &str| a[a.iter().position(|x| x == flag).unwrap() + 1].clone();
         let pvm = args(Accel::Kvm, true);
         assert_eq!(after(&pvm, "-cpu"), "host,-arch-capabilities");
-        assert!(after(&pvm, "-append").ends_with(crate::vmm::PVM_CMDLINE));
+        let init = crate::vmm::INIT_ARGS;
+        let pvm_options = format!("{} {init}", crate::vmm::PVM_CMDLINE);
+        assert!(after(&pvm, "-append").ends_with(&pvm_options));
         let hw = args(Accel::Kvm, false);
         assert_eq!(after(&hw, "-cpu"), "host");
-        assert_eq!(after(&hw, "-append"), BASE_CMDLINE);
+        assert_eq!(after(&hw, "-append"), format!("{BASE_CMDLINE} {init}"));
         // Under TCG the PVM options are never needed.
         assert_eq!(
             after(&args(Accel::Tcg, true), "-append"),
-            format!("{BASE_CMDLINE} {TCG_CMDLINE}")
+            format!("{BASE_CMDLINE} {TCG_CMDLINE} {init}")
         );
     }
 

@@ -22,14 +22,17 @@ use crate::guest::PING_LINE;
 use crate::vmm::snapshot::SaveReport;
 use crate::vmm::snapshot::format::VERSION;
 
-/// Where a [`VmPool`](crate::VmPool) of the builtin engine keeps snapshots of its booted guest.
+/// Where the builtin engine keeps snapshots of its booted guest, for a [`VmPool`](crate::VmPool) and for cold
+/// runs ([`Sandbox::vm_snapshots`](crate::Sandbox::vm_snapshots)). At most [`KEPT`] snapshots stay (the
+/// least recently used go first); each is the guest's RAM with its zero pages as holes (tens of MiB on
+/// disk for a 512 MiB guest).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SnapshotCache {
-    /// No snapshots: every VM boots. The default until a save on PVM stops hanging the saved guest's first
-    /// run (tests/pool_snapshot.rs, ignored for now).
-    #[default]
+    /// No snapshots: every VM boots.
     Off,
     /// `$XDG_CACHE_HOME/sandbox/snapshots`, else `~/.cache/sandbox/snapshots` (next to the kernel cache).
+    /// The default.
+    #[default]
     User,
     /// This directory.
     Dir(PathBuf),
@@ -46,6 +49,38 @@ impl SnapshotCache {
                 .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
                 .map(|c| c.join("sandbox/snapshots")),
         }
+    }
+}
+
+/// How many snapshots a cache directory keeps.
+pub const KEPT: usize = 4;
+
+/// Keeps the `keep` most recently used snapshots in `dir` and removes the others, and the temporary files of
+/// processes that are gone (a save that was killed): called at every start that uses the cache.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut snapshots = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("guest-") && name.ends_with(".vmsnap") {
+            let used = e.metadata().and_then(|m| m.modified()).ok();
+            snapshots.push((used, e.path()));
+        } else if let Some(pid) = name
+            .strip_suffix(".tmp")
+            .and_then(|n| n.rsplit('.').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            && name.starts_with(".guest-")
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    snapshots.sort_by_key(|s| std::cmp::Reverse(s.0));
+    for (_, path) in snapshots.into_iter().skip(keep) {
+        tracing::info!(path = %path.display(), "snapshot cache: removing the least recently used");
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -143,6 +178,9 @@ impl Plan {
             .ok()?;
         let path = dir.join(&name);
         if let Ok(file) = File::open(&path) {
+            // Its modification time is its last use, for [`prune`].
+            let _ = file.set_modified(std::time::SystemTime::now());
+            prune(dir, KEPT);
             return Some(Plan::Restore { file, path });
         }
         std::fs::DirBuilder::new()
@@ -151,6 +189,8 @@ impl Plan {
             .create(dir)
             .map_err(|e| tracing::warn!("snapshot cache {}: {e}", dir.display()))
             .ok()?;
+        // Room for the new one.
+        prune(dir, KEPT - 1);
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -332,6 +372,40 @@ mod tests {
             key.file_name().is_err(),
             "missing files are an error, not a key"
         );
+    }
+
+    #[test]
+    fn pruning_keeps_the_most_recently_used_and_live_temporaries() {
+        let dir = std::env::temp_dir().join(format!("snapshot-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..6u64 {
+            let f = File::create(dir.join(format!("guest-{i:016x}.vmsnap"))).unwrap();
+            f.set_modified(t0 + Duration::from_secs(i * 60)).unwrap();
+        }
+        let live = dir.join(format!(".guest-1.vmsnap.{}.tmp", std::process::id()));
+        let dead = dir.join(".guest-2.vmsnap.4000000000.tmp");
+        let other = dir.join("notes.txt");
+        for p in [&live, &dead, &other] {
+            File::create(p).unwrap();
+        }
+        prune(&dir, KEPT - 1);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = (3..6u64)
+            .map(|i| format!("guest-{i:016x}.vmsnap"))
+            .collect();
+        want.push(live.file_name().unwrap().to_string_lossy().into_owned());
+        want.push("notes.txt".into());
+        want.sort();
+        assert_eq!(
+            left, want,
+            "KEPT - 1 newest snapshots, the live temporary, other files"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -71,8 +71,15 @@ pub fn pvm_detected() -> bool {
     crate::probe::probe_kvm().flavour == "pvm"
 }
 
+/// An argument for the agent: the kernel passes a word it does not know (no `=`, no `.`) to init, which
+/// ignores it. (Not after `--`: QEMU's microvm appends its virtio-mmio options at the end of the line.) Its
+/// only purpose is room: the sandbox's init, a fork of the agent, writes the name `sandbox-init` over its
+/// argument area (as on the host), which `/init` alone is too short to hold, so `ps` in a sandbox shows the
+/// same PID 1 whatever the backend, engine or accelerator.
+pub const INIT_ARGS: &str = "sandbox-init";
+
 /// The guest command line: the base options, then under TCG (`kvm` false) the TCG options, on PVM (`kvm`
-/// and `pvm`) the PVM options, then `extra`.
+/// and `pvm`) the PVM options, then `extra`, then [`INIT_ARGS`].
 pub fn kernel_cmdline(kvm: bool, pvm: bool, extra: &str) -> String {
     let mut c = String::from(crate::vm::qemu::BASE_CMDLINE);
     let accel = match (kvm, pvm) {
@@ -80,7 +87,7 @@ pub fn kernel_cmdline(kvm: bool, pvm: bool, extra: &str) -> String {
         (true, true) => PVM_CMDLINE,
         (true, false) => "",
     };
-    for part in [accel, extra.trim()] {
+    for part in [accel, extra.trim(), INIT_ARGS] {
         if !part.is_empty() {
             c.push(' ');
             c.push_str(part);
@@ -163,12 +170,21 @@ mod tests {
     fn command_line_has_the_pvm_options_only_on_pvm_and_the_tcg_ones_only_on_tcg() {
         let base = crate::vm::qemu::BASE_CMDLINE;
         let tcg = crate::vm::qemu::TCG_CMDLINE;
-        assert_eq!(kernel_cmdline(true, false, ""), base);
-        assert_eq!(kernel_cmdline(true, false, " x=1 "), format!("{base} x=1"));
-        assert_eq!(kernel_cmdline(false, true, ""), format!("{base} {tcg}"));
+        assert_eq!(
+            kernel_cmdline(true, false, ""),
+            format!("{base} {INIT_ARGS}")
+        );
+        assert_eq!(
+            kernel_cmdline(true, false, " x=1 "),
+            format!("{base} x=1 {INIT_ARGS}")
+        );
+        assert_eq!(
+            kernel_cmdline(false, true, ""),
+            format!("{base} {tcg} {INIT_ARGS}")
+        );
         assert!(!kernel_cmdline(true, true, "").contains(tcg));
         let pvm = kernel_cmdline(true, true, "y");
-        assert_eq!(pvm, format!("{base} {PVM_CMDLINE} y"));
+        assert_eq!(pvm, format!("{base} {PVM_CMDLINE} y {INIT_ARGS}"));
         assert!(pvm.contains("reboot=k") && pvm.contains("sandbox_pvm=1"));
     }
 }

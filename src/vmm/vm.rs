@@ -127,7 +127,8 @@ pub fn run_with_snapshots(
         console,
         devices,
         snapshots,
-        |mem| Ok(boot::load(mem, &kernel, &cmdline, &initramfs)?),
+        // Moved in, so the initramfs is freed once it is in guest RAM (it is the size of the agent).
+        move |mem| Ok(boot::load(mem, &kernel, &cmdline, &initramfs)?),
     )
 }
 
@@ -247,7 +248,10 @@ fn execute(
 
     let (mem, entry) = match &restore {
         // The MP table, like all of guest RAM, comes from the snapshot.
-        Some(r) => r.memory_and_vm(&vm)?,
+        Some(r) => {
+            drop(load);
+            r.memory_and_vm(&vm)?
+        }
         None => {
             // An absurd size saturates and is refused by the layout (not a multiple of the page size).
             let mem = memory::create(memory_mib.saturating_mul(1 << 20))?;

@@ -97,9 +97,11 @@ pub fn backend() -> sandbox::Backend {
     use sandbox::Backend;
     match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
         Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
-        Ok("vm") | Ok("builtin") => Backend::Vm,
+        Ok("vm") | Ok("builtin") | Ok("pool") => Backend::Vm,
         Ok("auto") => Backend::Auto,
-        Ok(other) => panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm, builtin or auto"),
+        Ok(other) => {
+            panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm, pool, builtin or auto")
+        }
     }
 }
 
@@ -108,18 +110,27 @@ pub fn builtin() -> bool {
     std::env::var("SANDBOX_TEST_BACKEND").as_deref() == Ok("builtin")
 }
 
+/// Whether runs are served by warm VMs: `SANDBOX_TEST_BACKEND=builtin` (our own VMM) or `pool` (QEMU).
+pub fn pooled() -> bool {
+    builtin() || std::env::var("SANDBOX_TEST_BACKEND").as_deref() == Ok("pool")
+}
+
 static POOL: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
 
-/// Puts `s` on the backend under test: [`backend`], or for `builtin` warm VMs of our own VMM (a pool of up to
-/// two per test process; a boot takes about a minute on PVM) that share the temp dir, where the tests' binds
-/// come from.
+/// Puts `s` on the backend under test: [`backend`], or for `builtin` and `pool` warm VMs of our own VMM or
+/// of QEMU (a pool of up to two per test process; a builtin boot takes about a minute on PVM) that share the
+/// temp dir, where the tests' binds come from.
 pub fn on(s: &mut sandbox::Sandbox) -> &mut sandbox::Sandbox {
-    if !builtin() {
+    if !pooled() {
         return s.backend(backend());
     }
     let pool = POOL.get_or_init(|| {
         let pool = sandbox::VmPool::new(sandbox::PoolOptions {
-            engine: sandbox::VmEngine::Builtin,
+            engine: if builtin() {
+                sandbox::VmEngine::Builtin
+            } else {
+                sandbox::VmEngine::Qemu
+            },
             // Two VMs for the two cores of our CI machines (the escape probes run on four threads).
             max_vms: 2,
             max_idle: 2,
@@ -129,9 +140,9 @@ pub fn on(s: &mut sandbox::Sandbox) -> &mut sandbox::Sandbox {
             }],
             ..Default::default()
         })
-        .expect("a builtin VM pool");
+        .expect("a VM pool");
         // Booted before the first run, so that no run's wall time includes the boot.
-        pool.prewarm(1).expect("a builtin VM boots");
+        pool.prewarm(1).expect("a warm VM boots");
         pool
     });
     s.vm_pool(pool)

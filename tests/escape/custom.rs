@@ -182,10 +182,12 @@ pub(super) fn planted_bind_destination(c: &Ctx) -> Check {
     }
     if vm() {
         // In the guest the link resolves in the guest's own tree, where the host's root never is: the guest's
-        // planner finds the mount point missing and refuses, with or without landlock.
+        // planner finds the mount point missing and refuses, with or without landlock (on a warm VM, whose
+        // shares are mounted before the run, the mount on the dangling link fails with ENOENT instead).
         let dangles = |o: &Outcome| {
             matches!(&o.status, Status::SetupFailed(f)
-                if f.stage == Stage::Mounts && f.message.contains("does not exist"))
+                if f.stage == Stage::Mounts
+                    && (f.message.contains("does not exist") || f.errno == Some(libc::ENOENT)))
         };
         if !dangles(&with) || !dangles(&without) {
             let o = if dangles(&with) { &without } else { &with };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sandbox::seccomp::SeccompProfile;
-use sandbox::{Backend, Mount, Network, Policy, Sandbox, VmEngine};
+use sandbox::{Backend, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine};
 
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
@@ -65,6 +65,14 @@ struct RunArgs {
     /// Which engine runs the VM backend.
     #[arg(long = "vm-engine", value_enum, default_value = "auto")]
     vm_engine: EngineArg,
+    /// Builtin engine: where snapshots of the booted guest are kept, so that a run restores one instead of
+    /// booting (`user`: ~/.cache/sandbox/snapshots; `off`: always boot; else a directory).
+    #[arg(
+        long = "vm-snapshots",
+        value_name = "user|off|DIR",
+        default_value = "user"
+    )]
+    vm_snapshots: String,
     /// Show host path SRC read-only at DST (default: SRC). Repeatable.
     #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
     ro_bind: Vec<String>,
@@ -250,6 +258,11 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         EngineArg::Auto => VmEngine::Auto,
         EngineArg::Qemu => VmEngine::Qemu,
         EngineArg::Builtin => VmEngine::Builtin,
+    });
+    cmd.vm_snapshots(match args.vm_snapshots.as_str() {
+        "user" => SnapshotCache::User,
+        "off" => SnapshotCache::Off,
+        dir => SnapshotCache::Dir(dir.into()),
     });
     for kv in &args.env {
         let (k, v) = kv

@@ -1,0 +1,87 @@
+//! A cold run of the builtin engine and the snapshot cache ([`super::snapshot_cache`]): its VM is restored
+//! from the cached snapshot of the same guest instead of booted when there is one; else it boots and is
+//! saved at READY, before its agent reads the run's specification, so the next cold run of the same guest
+//! need not boot. The guest is the same whatever the run (the snapshot is taken before anything is mounted
+//! or run): the key is the kernel, the agent, RAM, the command line and the devices as the guest sees them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::launch::{self, Engine, Host, Started};
+use super::pool_snapshot::{RESTORE_FAILED, save_snapshot};
+use super::qemu::Share;
+use super::snapshot_cache::Session;
+use crate::outcome::SetupFailure;
+
+/// Starts the VM of a cold run; with a `cache` directory and the builtin engine, restored from a snapshot
+/// (a restore that fails deletes the snapshot and boots instead) or booted with a [`Session`] to save it,
+/// which [`save_then_send`] uses.
+pub(super) fn start(
+    engine: Engine,
+    shares: &[Share],
+    memory_mib: u64,
+    cpus: u32,
+    with_stdin: bool,
+    deadline: Option<Duration>,
+    cache: Option<&Path>,
+) -> Result<(Started, Option<Session>), SetupFailure> {
+    let Some(dir) = cache.filter(|_| engine == Engine::Builtin) else {
+        let started = launch::start_vm(engine, shares, memory_mib, cpus, with_stdin, deadline)?;
+        return Ok((started, None));
+    };
+    let mut started = launch::start_builtin(shares, memory_mib, with_stdin, deadline, Some(dir))?;
+    let Some(mut session) = started.snapshot.take() else {
+        return Ok((started, None));
+    };
+    if !session.restores() {
+        return Ok((started, Some(session)));
+    }
+    // The VMM says it restored, the agent is pinged; its new READY line, like a booted agent's, is what the
+    // run waits for.
+    match session.resume_restored(&started.channels.control, engine.boot_limit()) {
+        Ok(()) => {
+            started.info.restored = true;
+            Ok((started, None))
+        }
+        Err(why) => {
+            session.discard();
+            abort(started.host);
+            tracing::warn!("{RESTORE_FAILED} (the snapshot is deleted): {why}; booting instead");
+            // A plain boot: another process may have saved a new snapshot meanwhile, and one retry is enough.
+            let started = launch::start_builtin(shares, memory_mib, with_stdin, deadline, None)?;
+            Ok((started, None))
+        }
+    }
+}
+
+fn abort(host: Host) {
+    match host {
+        Host::Sandboxed(s) => s.abort(),
+        Host::Plain(mut c, _) => {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends the run's specification (`send`); with a `session`, once the agent said READY (`ready`, polled)
+/// and its guest was saved. A save that fails is only logged: the run goes on in the booted VM.
+pub(super) fn save_then_send(
+    session: Option<Session>,
+    ready: impl Fn() -> bool,
+    boot_limit: Duration,
+    send: impl FnOnce(),
+) {
+    if let Some(session) = session {
+        let start = Instant::now();
+        while !ready() {
+            if start.elapsed() > boot_limit {
+                // No READY: the boot watch ends the VM; nothing to save or send.
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        save_snapshot(session, boot_limit);
+    }
+    send();
+}
