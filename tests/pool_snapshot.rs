@@ -129,10 +129,27 @@ fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
     assert_eq!(o.stdout, b"restored\n");
     let vm = o.vm.as_ref().unwrap();
     assert!(vm.restored, "not restored: {vm:?}");
-    // Twice from the same snapshot: each restore is a copy, the file is unchanged by the first.
-    let (o, again) = cold(&dir, "echo again", None);
-    assert_eq!(o.stdout, b"again\n", "{o:?}");
+    // Twice from the same snapshot: each restore is a copy, the file is unchanged by the first. Restored
+    // guests must not share their random numbers (the kernel's generator state is in the snapshot): the host
+    // gives each restored agent fresh entropy and has it reseed the generator.
+    let random = "echo again; od -An -tx1 -N32 /dev/urandom | tr -d ' \n'";
+    let (o, again) = cold(&dir, random, None);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (said, first) = out.split_once('\n').unwrap_or_else(|| panic!("{o:?}"));
+    assert_eq!(said, "again", "{o:?}");
     assert!(o.vm.as_ref().unwrap().restored);
+    let (o, _) = cold(&dir, random, None);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (_, second) = out.split_once('\n').unwrap_or_else(|| panic!("{o:?}"));
+    assert_eq!(
+        (first.len(), second.len()),
+        (64, 64),
+        "{first:?} {second:?}"
+    );
+    assert_ne!(
+        first, second,
+        "two guests restored from one snapshot drew the same random bytes"
+    );
 
     // A run with stdin has one more port: another guest, booted and saved, then restored.
     let (o, _) = cold(&dir, "tr a-z A-Z", Some("piped\n"));

@@ -64,26 +64,42 @@ fn vm_backend_prints_and_exits_with_the_program() {
     assert_eq!(r["enforced"]["seccomp"], "default");
 }
 
-/// Our own VMM (one boot: about 2-3 minutes on PVM). A caller who cannot open /dev/kvm gets a clear refusal.
+/// Our own VMM: the first run boots and saves a snapshot of its guest into a fresh cache (`--vm-snapshots
+/// DIR`), the second is restored from it (one boot and one restore: about 2 minutes on PVM). A caller who
+/// cannot open /dev/kvm gets a clear refusal.
 #[test]
 fn builtin_engine_prints_and_exits_with_the_program() {
     let kvm = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm");
-    let mut cmd = sandbox(
-        "builtin",
-        &[
-            "--backend",
-            "vm",
-            "--vm-engine",
+    let cache = std::env::temp_dir().join(format!("sandbox-cli-snapshots-{}", std::process::id()));
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _remove = Remove(cache.clone());
+    let cache_arg = cache.to_str().unwrap().to_string();
+    let builtin = || {
+        sandbox(
             "builtin",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo hi; exit 3",
-        ],
-    );
+            &[
+                "--backend",
+                "vm",
+                "--vm-engine",
+                "builtin",
+                "--vm-snapshots",
+                &cache_arg,
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo hi; exit 3",
+            ],
+        )
+    };
+    let mut cmd = builtin();
     if let Err(e) = kvm {
         let out = cmd.current_dir("/").output().unwrap();
         let _ = std::fs::remove_file(report_path("builtin"));
@@ -105,6 +121,13 @@ fn builtin_engine_prints_and_exits_with_the_program() {
     assert_eq!(r["accelerator"], "kvm", "{r}");
     assert_eq!(r["enforced"]["seccomp"], "default", "{r}");
     assert!(r["vm"]["boot_ms"].as_u64().is_some(), "{r}");
+    assert_eq!(r["vm"]["restored"], false, "{r}");
+    // The same guest again: restored from the snapshot the first run saved, not booted.
+    let (out, r) = run(&mut builtin(), "builtin");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "report: {r}");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(r["vm"]["restored"], true, "{r}");
+    assert_eq!(r["vm"]["boot_ms"], serde_json::Value::Null, "{r}");
 }
 
 /// The CLI on a host like a container with Docker's default seccomp profile: unshare, setns and clone with

@@ -15,6 +15,7 @@
 //! Not as PID 1, `sandbox-init run SPEC.json` runs a specification on the host (shares and links are
 //! skipped) and prints the verdict: a way to try a specification without a VM.
 
+pub(crate) mod entropy;
 pub mod frames;
 mod mounts;
 mod ports;
@@ -39,6 +40,8 @@ use verdict::say;
 
 /// A line the host may send instead of a specification: the agent answers with a new READY line (how a
 /// host checks that a VM restored from a snapshot, whose READY line was sent before the snapshot, runs).
+/// It may carry fresh random bytes in hex after a space, which the agent reseeds the kernel's random
+/// generator with ([`entropy`]).
 pub const PING_LINE: &str = "SANDBOX-PING";
 /// Where the agent looks for the specification when there is no control port.
 pub const SPEC_PATH: &str = "/sandbox/spec.json";
@@ -116,6 +119,13 @@ pub enum GuestError {
     /// The sandbox API refused the run before building anything (an invalid policy).
     #[error("{0}")]
     Sandbox(#[from] crate::Error),
+    /// This guest was restored from a snapshot and could not reseed its random generator.
+    #[error(
+        "this guest was restored from a snapshot and could not reseed its random generator ({0}), so it \
+         would draw the same random numbers as every guest restored from that snapshot: it runs nothing \
+         (delete the snapshot cache, or turn snapshots off: --vm-snapshots off, SnapshotCache::Off)"
+    )]
+    Unseeded(String),
 }
 
 impl GuestError {
@@ -244,6 +254,9 @@ fn boot_and_run(
     info.spec_source = Some("control_port");
     let mut server = serve::Server::default();
     let mut lines = std::io::BufReader::with_capacity(64 << 10, port);
+    // Set when a ping's seed could not reseed the random generator: this guest, restored from a snapshot,
+    // would draw the same numbers as every other guest restored from it, so it runs nothing.
+    let mut unseeded: Option<String> = None;
     loop {
         let line = match read_line(&mut lines) {
             Ok(line) => line,
@@ -251,13 +264,32 @@ fn boot_and_run(
             Err(e) => return Err(e),
         };
         // A host that restored this VM from a snapshot taken after READY asks whether it runs.
-        if line == PING_LINE.as_bytes() {
-            let ready =
-                serde_json::json!({"version": VERSION, "uptime_ms": uptime_ms(), "pong": true});
+        if let Some(rest) = line.strip_prefix(PING_LINE.as_bytes())
+            && (rest.is_empty() || rest.starts_with(b" "))
+        {
+            let seed = std::str::from_utf8(rest).ok().and_then(entropy::parse_hex);
+            let reseeded = match seed.as_deref().map(entropy::reseed) {
+                Some(Ok(())) => true,
+                Some(Err(e)) => {
+                    say(&format!(
+                        "sandbox-init: reseeding the random generator: {e}"
+                    ));
+                    unseeded = Some(e.to_string());
+                    false
+                }
+                None => false,
+            };
+            let ready = serde_json::json!({"version": VERSION, "uptime_ms": uptime_ms(),
+                "pong": true, "reseeded": reseeded});
             let _ = verdict::port_write(
                 std::os::fd::AsFd::as_fd(port),
                 format!("{READY_PREFIX}{ready}\n").as_bytes(),
             );
+            continue;
+        }
+        if let Some(why) = &unseeded {
+            let e = GuestError::Unseeded(why.clone());
+            verdict::send(&verdict_json(&e.into_outcome(), info));
             continue;
         }
         let spec = match parse_spec(&line, "control_port") {

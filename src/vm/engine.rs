@@ -313,10 +313,15 @@ pub(crate) fn spawn(
         }));
     }
     let control = Tail::default();
+    // Started with the spec: after the save of a VM being saved, so that no byte of this run's input is in
+    // the snapshot (and so in every later run restored from it).
+    let mut start_stdin = None;
     if let (Some(source), Some(host)) = (stdin_source, stdin_host) {
         let ready = control.clone();
-        // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
-        std::thread::spawn(move || relay_stdin(source, host, ready, boot_limit));
+        start_stdin = Some(move || {
+            // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
+            std::thread::spawn(move || relay_stdin(source, host, ready, boot_limit));
+        });
     }
     // The spec waits in the socket until the agent reads it.
     // The spec is sent by a thread: one larger than the socket's buffer (argv near ARG_MAX) waits for the
@@ -333,6 +338,9 @@ pub(crate) fn spawn(
             || ready.text().contains(crate::guest::READY_PREFIX),
             boot_limit,
             || {
+                if let Some(start) = start_stdin {
+                    start();
+                }
                 let _ = send_all(&control_w, &spec_line);
             },
         );
@@ -446,7 +454,10 @@ impl VmRun {
         }
         let mut info = self.info;
         let verdict = find_verdict(&self.control.text()).and_then(|v| {
-            info.boot_ms = v["agent"]["uptime_start_ms"].as_u64();
+            // A restored guest's boot was the snapshot's.
+            info.boot_ms = v["agent"]["uptime_start_ms"]
+                .as_u64()
+                .filter(|_| !info.restored);
             Outcome::from_report_json(&v)
         });
         let mut outcome = match verdict {

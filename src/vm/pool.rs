@@ -532,6 +532,17 @@ impl WarmVm {
                 .events
                 .recv_timeout(limit.saturating_duration_since(Instant::now()))
             {
+                Ok(Event::Ready(v)) if restored && v["reseeded"] != true => {
+                    // Its random generator is the snapshot's, shared by every VM restored from it.
+                    vm.kill();
+                    return Err(restore_failed(
+                        restored,
+                        snapshot,
+                        fail(
+                            "the restored guest could not reseed its random generator (see its log)",
+                        ),
+                    ));
+                }
                 Ok(Event::Ready(v)) => {
                     info.boot_ms = v["uptime_ms"].as_u64().filter(|_| !restored);
                     info.restored = restored;

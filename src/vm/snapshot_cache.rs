@@ -254,9 +254,9 @@ impl Session {
     }
 
     /// Waits for the VMM to say it restored the VM, then asks the agent, on its `control` port, for a new
-    /// READY line: the agent sent its first before the snapshot, and answering proves the guest runs.
-    /// Nothing else may be sent on the control port until that line arrives (the agent reads a line at a
-    /// time with a fresh buffer).
+    /// READY line: the agent sent its first before the snapshot, and answering proves the guest runs. The
+    /// ping carries fresh random bytes, with which the agent reseeds the kernel's random generator (its
+    /// state is in the snapshot, the same for every guest restored from it).
     pub(crate) fn resume_restored(
         &mut self,
         control: &UnixStream,
@@ -266,8 +266,15 @@ impl Session {
             "restored" => {}
             other => return Err(format!("unexpected answer {other:?}")),
         }
+        let mut seed = [0u8; crate::guest::entropy::MAX_SEED];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .map_err(|e| {
+                format!("reading /dev/urandom for the restored guest's random seed: {e}")
+            })?;
+        let hex = crate::guest::entropy::to_hex(&seed);
         (&*control)
-            .write_all(format!("{PING_LINE}\n").as_bytes())
+            .write_all(format!("{PING_LINE} {hex}\n").as_bytes())
             .map_err(|e| format!("asking the restored agent whether it runs: {e}"))
     }
 
