@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio as StdStdio};
 use std::time::{Duration, Instant};
 
-use sandbox::{PoolOptions, Sandbox, VmEngine, VmPool};
+use sandbox::{PoolOptions, Sandbox, SnapshotCache, VmEngine, VmPool};
 
 fn median(mut v: Vec<Duration>) -> Option<Duration> {
     v.sort();
@@ -71,10 +71,12 @@ type Rss = Option<(u64, u64)>;
 
 /// Warm runs of /bin/true on a pool of `engine`, after one boot: (boot, median run, the VMM's memory).
 fn warm(engine: VmEngine, runs: usize) -> Option<(Duration, Duration, Rss)> {
+    // A boot, not a restore: the cold section measures snapshots.
     let options = PoolOptions {
         engine,
         max_idle: 1,
         max_vms: 1,
+        snapshots: SnapshotCache::Off,
         ..Default::default()
     };
     let guest_mib = options.memory_mib;
@@ -108,8 +110,8 @@ fn warm(engine: VmEngine, runs: usize) -> Option<(Duration, Duration, Rss)> {
     Some((boot, median(times)?, rss))
 }
 
-/// Cold runs through the CLI with an engine.
-fn cold(cli: &Path, engine: &str, runs: usize) -> Option<Duration> {
+/// Cold runs through the CLI with an engine and a snapshot cache (`--vm-snapshots`: `off`, or a directory).
+fn cold(cli: &Path, engine: &str, snapshots: &str, runs: usize) -> Option<Duration> {
     let mut times = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
@@ -120,6 +122,8 @@ fn cold(cli: &Path, engine: &str, runs: usize) -> Option<Duration> {
                 "vm",
                 "--vm-engine",
                 engine,
+                "--vm-snapshots",
+                snapshots,
                 "--",
                 "/bin/true",
             ])
@@ -213,7 +217,7 @@ pub fn warm_qemu(runs: usize, cli: &Path) {
         println!("skipped: the pool could not boot (guest assets? qemu?)");
         return;
     };
-    let cold = cold(cli, "qemu", runs.min(10));
+    let cold = cold(cli, "qemu", "off", runs.min(10));
     println!("{:<34} {:>10.0} ms", "pool boot (prewarm)", ms(boot));
     println!("{:<34} {:>10.1} ms", "warm run (median)", ms(warm));
     if let Some(c) = cold {
@@ -241,7 +245,7 @@ pub fn builtin(runs: usize, cli: &Path) {
     }
     let pvm = kvm.flavour == "pvm";
     let cold_runs = if pvm { 1 } else { runs.min(10) };
-    let ours = cold(cli, "builtin", cold_runs);
+    let ours = cold(cli, "builtin", "off", cold_runs);
     let bare = bare_qemu(
         "kvm",
         &sandbox::vmm::kernel_cmdline(true, pvm, ""),
@@ -264,6 +268,28 @@ pub fn builtin(runs: usize, cli: &Path) {
             "{:<34} {:>10.2}x",
             "builtin cold / bare QEMU",
             o.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+    // Cold runs from a snapshot of the booted guest: the first boots and saves it, the next restore it.
+    let dir = std::env::temp_dir().join(format!("sandbox-bench-snapshots-{}", std::process::id()));
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let saved = cold(cli, "builtin", &dir_arg, 1);
+    let restored = cold(cli, "builtin", &dir_arg, cold_runs);
+    let _ = std::fs::remove_dir_all(&dir);
+    for (what, t) in [
+        ("cold run, boot + save snapshot", saved),
+        ("cold run, restored (median)", restored),
+    ] {
+        match t {
+            Some(t) => println!("{what:<34} {:>10.0} ms", ms(t)),
+            None => println!("{what:<34} {:>10}", "failed"),
+        }
+    }
+    if let (Some(r), Some(b)) = (restored, bare) {
+        println!(
+            "{:<34} {:>10.2}x",
+            "builtin restored / bare QEMU",
+            r.as_secs_f64() / b.as_secs_f64()
         );
     }
     let warm_runs = if pvm { runs.min(5) } else { runs };
