@@ -140,7 +140,7 @@ fn boots_the_guest_to_the_agent_verdict() {
     let console = Console::default();
     let result = vmm::run(VmConfig {
         kernel: kernel.clone(),
-        initramfs,
+        initramfs: initramfs.into(),
         cmdline: vmm::kernel_cmdline(
             true,
             pvm,

@@ -294,7 +294,7 @@ fn too_little_memory_or_a_missing_kernel_are_errors() {
     assert!(matches!(r, Err(VmmError::Memory(_))), "{r:?}");
     let r = sandbox::vmm::run(sandbox::vmm::VmConfig {
         kernel: "/no/such/vmlinux".into(),
-        initramfs: Vec::new(),
+        initramfs: Vec::new().into(),
         cmdline: "quiet".into(),
         memory_mib: 32,
         timeout: Duration::from_secs(5),
@@ -435,7 +435,7 @@ fn a_guest_kernel_panic_ends_the_vm_with_its_last_words() {
     let t = Instant::now();
     let r = sandbox::vmm::run(sandbox::vmm::VmConfig {
         kernel: kernel.into(),
-        initramfs: Vec::new(),
+        initramfs: Vec::new().into(),
         cmdline: sandbox::vmm::kernel_cmdline(true, sandbox::vmm::pvm_detected(), ""),
         memory_mib: 128,
         timeout: Duration::from_secs(300),

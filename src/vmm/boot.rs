@@ -88,6 +88,59 @@ pub fn cmdline(extra: &str) -> Result<Cmdline, BootError> {
     Ok(c)
 }
 
+/// The initramfs (an uncompressed cpio archive): in memory, or an open file that is read straight into guest
+/// RAM (the VMM process then never holds a copy: its memory beyond guest RAM stays small).
+#[derive(Debug)]
+pub enum Initramfs {
+    /// These bytes (possibly none: no initramfs).
+    Bytes(Vec<u8>),
+    /// This file, opened before the VMM confined itself.
+    File(File),
+}
+
+impl From<Vec<u8>> for Initramfs {
+    fn from(bytes: Vec<u8>) -> Initramfs {
+        Initramfs::Bytes(bytes)
+    }
+}
+
+impl Initramfs {
+    /// Its size in bytes.
+    pub fn len(&self) -> Result<u64, BootError> {
+        match self {
+            Initramfs::Bytes(b) => Ok(b.len() as u64),
+            Initramfs::File(f) => f.metadata().map(|m| m.len()).map_err(|e| BootError::Write {
+                what: "initramfs",
+                addr: 0,
+                reason: format!("cannot stat the initramfs file: {e}"),
+            }),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len().is_ok_and(|n| n == 0)
+    }
+
+    fn write_to<M: GuestMemory>(&mut self, mem: &M, addr: u64, len: u64) -> Result<(), BootError> {
+        match self {
+            Initramfs::Bytes(b) => write_slice(mem, "initramfs", addr, b),
+            Initramfs::File(f) => {
+                use std::io::Seek;
+                let err = |reason: String| BootError::Write {
+                    what: "initramfs",
+                    addr,
+                    reason,
+                };
+                f.rewind().map_err(|e| err(e.to_string()))?;
+                let len = usize::try_from(len).map_err(|e| err(e.to_string()))?;
+                mem.read_exact_volatile_from(GuestAddress(addr), f, len)
+                    .map_err(|e| err(e.to_string()))
+            }
+        }
+    }
+}
+
 /// Loads the kernel, command line and initramfs into `mem` and writes the boot information; returns how
 /// to enter the kernel. An ELF `vmlinux` with a PVH note is entered through it; an ELF without one, or a
 /// `bzImage`, at its 64-bit entry with a zero page.
@@ -95,7 +148,7 @@ pub fn load<M: GuestMemory>(
     mem: &M,
     kernel: &Path,
     cmdline: &Cmdline,
-    initrd: &[u8],
+    initrd: &mut Initramfs,
 ) -> Result<Entry, BootError> {
     let mut file = File::open(kernel).map_err(|source| BootError::OpenKernel {
         path: kernel.into(),
@@ -132,12 +185,13 @@ pub fn load<M: GuestMemory>(
             .max(loaded.kernel_load.0 + u64::from(hdr.init_size)),
         None => loaded.kernel_end,
     };
-    let initrd = if initrd.is_empty() {
+    let initrd_len = initrd.len()?;
+    let initrd = if initrd_len == 0 {
         None
     } else {
-        let addr = layout::initrd_address(mem_size, kernel_end, initrd.len() as u64)?;
-        write_slice(mem, "initramfs", addr, initrd)?;
-        Some((addr, initrd.len() as u64))
+        let addr = layout::initrd_address(mem_size, kernel_end, initrd_len)?;
+        initrd.write_to(mem, addr, initrd_len)?;
+        Some((addr, initrd_len))
     };
     match (loaded.pvh_boot_cap, loaded.setup_header) {
         (PvhBootCapability::PvhEntryPresent(entry), _) => {
@@ -354,12 +408,17 @@ mod tests {
         let m = memory::create(32 << 20).unwrap();
         let c = cmdline("quiet").unwrap();
         assert!(matches!(
-            load(&m, Path::new("/no/such/vmlinux"), &c, &[]),
+            load(
+                &m,
+                Path::new("/no/such/vmlinux"),
+                &c,
+                &mut Vec::new().into()
+            ),
             Err(BootError::OpenKernel { .. })
         ));
         let not_elf = std::env::temp_dir().join(format!("vmm-not-elf-{}", std::process::id()));
         std::fs::write(&not_elf, b"MZ this is not an ELF kernel").unwrap();
-        let r = load(&m, &not_elf, &c, &[]);
+        let r = load(&m, &not_elf, &c, &mut Vec::new().into());
         std::fs::remove_file(&not_elf).unwrap();
         assert!(matches!(r, Err(BootError::LoadKernel { .. })), "{r:?}");
     }
@@ -391,7 +450,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vmm-bzimage-{}", std::process::id()));
         std::fs::write(&path, fake_bzimage(&[0xab; 4096])).unwrap();
         let c = cmdline("console=ttyS0").unwrap();
-        let entry = load(&m, &path, &c, &[1, 2, 3]);
+        let entry = load(&m, &path, &c, &mut vec![1, 2, 3].into());
         std::fs::remove_file(&path).unwrap();
         let entry = entry.unwrap();
         assert_eq!(
@@ -420,5 +479,32 @@ mod tests {
         m.read_slice(&mut back, GuestAddress(initrd)).unwrap();
         assert_eq!(back, [1, 2, 3]);
         assert_eq!(p.e820_entries, 3);
+    }
+
+    #[test]
+    fn an_initramfs_file_is_read_straight_into_guest_ram() {
+        let m = memory::create(64 << 20).unwrap();
+        let dir = std::env::temp_dir();
+        let kernel = dir.join(format!("vmm-bzimage-file-{}", std::process::id()));
+        let archive = dir.join(format!("vmm-initramfs-file-{}", std::process::id()));
+        std::fs::write(&kernel, fake_bzimage(&[0xab; 4096])).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&archive, &data).unwrap();
+        let mut file = Initramfs::File(File::open(&archive).unwrap());
+        assert_eq!(file.len().unwrap(), data.len() as u64);
+        let c = cmdline("console=ttyS0").unwrap();
+        let entry = load(&m, &kernel, &c, &mut file);
+        std::fs::remove_file(&kernel).unwrap();
+        std::fs::remove_file(&archive).unwrap();
+        entry.unwrap();
+        let p: boot_params = m.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        assert_eq!({ p.hdr.ramdisk_size } as usize, data.len());
+        let mut back = vec![0u8; data.len()];
+        m.read_slice(&mut back, GuestAddress(u64::from(p.hdr.ramdisk_image)))
+            .unwrap();
+        assert!(
+            back == data,
+            "the initramfs in guest RAM differs from the file"
+        );
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! let report = vmm::run(VmConfig {
 //!     kernel: "/path/to/vmlinux".into(),
-//!     initramfs: std::fs::read("/path/to/init.cpio")?,
+//!     initramfs: vmm::boot::Initramfs::File(std::fs::File::open("/path/to/init.cpio")?),
 //!     cmdline: vmm::kernel_cmdline(true, vmm::pvm_detected(), ""),
 //!     memory_mib: 256,
 //!     timeout: Duration::from_secs(300),

@@ -176,8 +176,9 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
             snapshots.save_to = Some(file);
         }
     }
-    let initramfs = std::fs::read(&config.initramfs).map_err(|e| {
-        ProcessError::Device(format!("reading {}: {e}", config.initramfs.display()))
+    // Opened before the cage closes, read straight into guest RAM at boot.
+    let initramfs = File::open(&config.initramfs).map_err(|e| {
+        ProcessError::Device(format!("opening {}: {e}", config.initramfs.display()))
     })?;
 
     confine_files(&config)?;
@@ -189,7 +190,7 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
         kvm,
         VmConfig {
             kernel: config.kernel.clone(),
-            initramfs,
+            initramfs: crate::vmm::boot::Initramfs::File(initramfs),
             cmdline: config.cmdline.clone(),
             memory_mib: config.memory_mib,
             timeout: Duration::from_secs(config.timeout_secs),

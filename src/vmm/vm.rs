@@ -36,7 +36,7 @@ pub struct VmConfig {
     /// The guest kernel: an ELF `vmlinux` (PVH note preferred).
     pub kernel: PathBuf,
     /// The initramfs (uncompressed cpio), possibly empty.
-    pub initramfs: Vec<u8>,
+    pub initramfs: boot::Initramfs,
     /// The full kernel command line.
     pub cmdline: String,
     /// Guest RAM in MiB.
@@ -54,7 +54,7 @@ impl std::fmt::Debug for VmConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmConfig")
             .field("kernel", &self.kernel)
-            .field("initramfs_len", &self.initramfs.len())
+            .field("initramfs_len", &self.initramfs.len().ok())
             .field("cmdline", &self.cmdline)
             .field("memory_mib", &self.memory_mib)
             .field("timeout", &self.timeout)
@@ -109,7 +109,7 @@ pub fn run_with_snapshots(
 ) -> Result<VmReport, VmmError> {
     let VmConfig {
         kernel,
-        initramfs,
+        mut initramfs,
         cmdline,
         memory_mib,
         timeout,
@@ -127,8 +127,8 @@ pub fn run_with_snapshots(
         console,
         devices,
         snapshots,
-        // Moved in, so the initramfs is freed once it is in guest RAM (it is the size of the agent).
-        move |mem| Ok(boot::load(mem, &kernel, &cmdline, &initramfs)?),
+        // Moved in, so the initramfs (bytes, or the file read straight into guest RAM) is freed once loaded.
+        move |mem| Ok(boot::load(mem, &kernel, &cmdline, &mut initramfs)?),
     )
 }
 
