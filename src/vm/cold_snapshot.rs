@@ -64,8 +64,9 @@ fn abort(host: Host) {
     }
 }
 
-/// Sends the run's specification (`send`); with a `session`, once the agent said READY (`ready`, polled)
-/// and its guest was saved. A save that fails is only logged: the run goes on in the booted VM.
+/// Starts the run (`send`: its stdin relay and its specification); with a `session`, only once the agent
+/// said READY (`ready`, polled) and its guest was saved, so that nothing of the run is in the snapshot. A
+/// save that fails is only logged: the run goes on in the booted VM.
 pub(super) fn save_then_send(
     session: Option<Session>,
     ready: impl Fn() -> bool,
