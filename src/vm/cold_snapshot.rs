@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::launch::{self, Engine, Host, Started};
+use super::launch::{self, Engine, Started};
 use super::pool_snapshot::{RESTORE_FAILED, save_snapshot};
 use super::qemu::Share;
 use super::snapshot_cache::Session;
@@ -45,21 +45,11 @@ pub(super) fn start(
         }
         Err(why) => {
             session.discard();
-            abort(started.host);
+            started.host.abort();
             tracing::warn!("{RESTORE_FAILED} (the snapshot is deleted): {why}; booting instead");
             // A plain boot: another process may have saved a new snapshot meanwhile, and one retry is enough.
             let started = launch::start_builtin(shares, memory_mib, with_stdin, deadline, None)?;
             Ok((started, None))
-        }
-    }
-}
-
-fn abort(host: Host) {
-    match host {
-        Host::Sandboxed(s) => s.abort(),
-        Host::Plain(mut c, _) => {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

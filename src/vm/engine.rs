@@ -489,13 +489,7 @@ impl VmRun {
 
     /// Kills QEMU and reaps it.
     pub(crate) fn abort(self) {
-        match self.host {
-            Host::Sandboxed(s) => s.abort(),
-            Host::Plain(mut c, _) => {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        self.host.abort();
     }
 }
 

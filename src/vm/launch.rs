@@ -38,6 +38,19 @@ pub(crate) enum Host {
     Plain(std::process::Child, OwnedFd),
 }
 
+impl Host {
+    /// Kills the VMM (and its confining sandbox) and reaps it.
+    pub(crate) fn abort(self) {
+        match self {
+            Host::Sandboxed(s) => s.abort(),
+            Host::Plain(mut c, _) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
 /// A pipe as `(read end, write end)`.
 fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
     let (r, w) = std::io::pipe().map_err(|e| fail(format!("pipe: {e}")))?;

@@ -629,13 +629,7 @@ impl WarmVm {
     }
 
     fn kill(self) {
-        match self.host {
-            Host::Sandboxed(s) => s.abort(),
-            Host::Plain(mut c, _) => {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        self.host.abort();
         // The sockets close with the VMM: the readers end.
         for t in self.threads {
             let _ = t.join();
