@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-pub use ports::{CONTROL_PORT, Channels, STDERR_PORT, STDIN_PORT, STDOUT_PORT};
+pub use ports::{
+    CONTROL_PORT, Channels, PORTS_PARAM, STDERR_PORT, STDIN_PORT, STDOUT_PORT, ports_param,
+};
 pub use spec::{Link, RunSpec, Share, ShareFs};
 pub use verdict::{
     AgentInfo, READY_PREFIX, VERDICT_PREFIX, agent_failure, find_verdict, uptime_ms, verdict_json,
@@ -104,6 +106,17 @@ pub enum GuestError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// Ports the VMM announced (`sandbox.ports=` on the kernel command line) never appeared.
+    #[error(
+        "the VMM announced virtio ports that did not appear within {waited:?}: {}: the guest is starved or its virtio-serial device broken",
+        .missing.join(", ")
+    )]
+    PortsMissing {
+        /// The ports still missing.
+        missing: Vec<String>,
+        /// How long the agent waited.
+        waited: std::time::Duration,
     },
     /// No specification arrived.
     #[error("no run specification: {0}")]
@@ -230,7 +243,7 @@ fn boot_and_run(
         say(&format!("sandbox-init: warning: {w}"));
     }
 
-    let ports = ports::discover();
+    let ports = ports::discover()?;
     ports::link_by_name(&ports);
     let mut channels = Channels::open(&ports)?;
     *control = channels.control.take();

@@ -20,13 +20,81 @@ pub const STDOUT_PORT: &str = "sandbox.stdout";
 /// The port the program's standard error goes to (else the console).
 pub const STDERR_PORT: &str = "sandbox.stderr";
 
+/// The kernel parameter by which a VMM announces the names of the ports it provides (comma-separated):
+/// the agent waits until each of them has appeared and been named.
+pub const PORTS_PARAM: &str = "sandbox.ports";
+
 const SYS_PORTS: &str = "/sys/class/virtio-ports";
 const BY_NAME: &str = "/dev/virtio-ports";
-/// How long the agent waits for a virtio-serial device's ports to be named by the host.
+/// How long the agent waits for the ports of a VMM that did not announce them to be named by the host.
 const NAME_WAIT: Duration = Duration::from_secs(2);
+/// How long the agent waits for announced ports. Ports are added and named by messages the host sends one
+/// by one after the driver is up; a starved VM (a TCG guest on a loaded host: its clock runs on while it does
+/// not) can take seconds for that, and a run whose stdout port is not there yet would lose its output.
+const ANNOUNCED_WAIT: Duration = Duration::from_secs(60);
 
-/// The named ports: name → device path.
-pub(crate) fn discover() -> BTreeMap<String, PathBuf> {
+/// `sandbox.ports=a,b,c` for a kernel command line: the port names a VMM provides.
+pub fn ports_param<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    format!("{PORTS_PARAM}={}", names.join(","))
+}
+
+/// The port names announced on a kernel command line, if any.
+pub(crate) fn announced(cmdline: &str) -> Option<Vec<String>> {
+    cmdline.split_ascii_whitespace().find_map(|w| {
+        let v = w.strip_prefix(PORTS_PARAM)?.strip_prefix('=')?;
+        Some(
+            v.split(',')
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    })
+}
+
+/// The named ports: name → device path. With announced names (`sandbox.ports=` on the kernel command line),
+/// waits for all of them and fails naming the ones still missing after [`ANNOUNCED_WAIT`]; without,
+/// takes what is there once the device looks settled.
+pub(crate) fn discover() -> Result<BTreeMap<String, PathBuf>, GuestError> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    match announced(&cmdline) {
+        Some(names) => discover_announced(&names, ANNOUNCED_WAIT),
+        None => Ok(discover_settled()),
+    }
+}
+
+fn discover_announced(
+    names: &[String],
+    limit: Duration,
+) -> Result<BTreeMap<String, PathBuf>, GuestError> {
+    let started = Instant::now();
+    loop {
+        let (named, _) = scan();
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !named.contains_key(*n))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            if started.elapsed() >= NAME_WAIT {
+                super::say(&format!(
+                    "sandbox-init: the announced ports took {:.1} s to appear",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            return Ok(named);
+        }
+        if started.elapsed() >= limit {
+            return Err(GuestError::PortsMissing {
+                missing,
+                waited: limit,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn discover_settled() -> BTreeMap<String, PathBuf> {
     let started = Instant::now();
     loop {
         let (named, unnamed) = scan();
@@ -122,5 +190,36 @@ impl Channels {
             stdout: open(STDOUT_PORT, false, true)?,
             stderr: open(STDERR_PORT, false, true)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_ports_round_trip() {
+        let p = ports_param([CONTROL_PORT, STDOUT_PORT, STDERR_PORT]);
+        assert_eq!(
+            p,
+            "sandbox.ports=sandbox.control,sandbox.stdout,sandbox.stderr"
+        );
+        let line = format!("console=ttyS0 {p} sandbox-init");
+        assert_eq!(
+            announced(&line).unwrap(),
+            [CONTROL_PORT, STDOUT_PORT, STDERR_PORT]
+        );
+        assert_eq!(announced("console=ttyS0 sandbox.portsx=a"), None);
+        assert_eq!(announced("console=ttyS0"), None);
+        assert_eq!(announced("sandbox.ports="), Some(vec![]));
+    }
+
+    #[test]
+    fn missing_announced_ports_are_named() {
+        // No such port exists where the tests run (and /sys/class/virtio-ports is absent or foreign).
+        let e = discover_announced(&["sandbox.test-no-such-port".into()], Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sandbox.test-no-such-port"), "{e}");
     }
 }

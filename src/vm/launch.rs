@@ -306,7 +306,12 @@ pub(crate) fn start_builtin(
         .map(|(n, fd)| (n.to_string(), fd))
         .collect();
     fds.push((kvm, 8));
-    let cmdline = crate::vmm::kernel_cmdline(true, pvm, "");
+    // The ports are announced: the agent waits for each of them.
+    let cmdline = crate::vmm::kernel_cmdline(
+        true,
+        pvm,
+        &crate::guest::ports_param(ports.iter().map(|(n, _)| n.as_str())),
+    );
     let (snapshot, snapshot_config) = match cache {
         Some(dir) => snapshot_fds(
             dir, &kernel, &initrd, memory_mib, &cmdline, &ports, shares, &mut fds,

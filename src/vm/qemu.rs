@@ -154,10 +154,19 @@ impl Machine {
         push("-initrd".into());
         push(path_arg(&self.initramfs));
         push("-append".into());
+        // The ports are announced, so the agent waits for each of them (else a run on a starved guest could
+        // start before its stdout port is named, and its output would go to the console).
+        let mut extra = self.cmdline.clone();
+        if !self.ports.is_empty() {
+            extra.push(' ');
+            extra.push_str(&crate::guest::ports_param(
+                self.ports.iter().map(|p| p.name),
+            ));
+        }
         push(crate::vmm::kernel_cmdline(
             self.accel == Accel::Kvm,
             self.pvm,
-            &self.cmdline,
+            &extra,
         ));
         if !self.ports.is_empty() {
             push("-device".into());
@@ -251,6 +260,7 @@ mod tests {
             "-device i8042",
             "-kernel /k/vmlinux",
             "-initrd /k/init.cpio",
+            "sandbox.ports=sandbox.control,sandbox.stdout sandbox-init",
             "socket,id=port0,fd=5",
             "virtserialport,chardev=port0,name=sandbox.control",
             "socket,id=port1,fd=6",
