@@ -260,7 +260,6 @@ mod tests {
             "-device i8042",
             "-kernel /k/vmlinux",
             "-initrd /k/init.cpio",
-            "sandbox.ports=sandbox.control,sandbox.stdout sandbox-init",
             "socket,id=port0,fd=5",
             "virtserialport,chardev=port0,name=sandbox.control",
             "socket,id=port1,fd=6",
@@ -272,7 +271,11 @@ mod tests {
         }
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
         let init = crate::vmm::INIT_ARGS;
-        assert_eq!(append, &format!("{BASE_CMDLINE} {TCG_CMDLINE} {init}"));
+        let ports = "sandbox.ports=sandbox.control,sandbox.stdout";
+        assert_eq!(
+            append,
+            &format!("{BASE_CMDLINE} {TCG_CMDLINE} {ports} {init}")
+        );
     }
 
     #[test]
@@ -293,15 +296,19 @@ mod tests {
         let pvm = args(Accel::Kvm, true);
         assert_eq!(after(&pvm, "-cpu"), "host,-arch-capabilities");
         let init = crate::vmm::INIT_ARGS;
-        let pvm_options = format!("{} {init}", crate::vmm::PVM_CMDLINE);
+        let ports = "sandbox.ports=sandbox.control,sandbox.stdout";
+        let pvm_options = format!("{} {ports} {init}", crate::vmm::PVM_CMDLINE);
         assert!(after(&pvm, "-append").ends_with(&pvm_options));
         let hw = args(Accel::Kvm, false);
         assert_eq!(after(&hw, "-cpu"), "host");
-        assert_eq!(after(&hw, "-append"), format!("{BASE_CMDLINE} {init}"));
+        assert_eq!(
+            after(&hw, "-append"),
+            format!("{BASE_CMDLINE} {ports} {init}")
+        );
         // Under TCG the PVM options are never needed.
         assert_eq!(
             after(&args(Accel::Tcg, true), "-append"),
-            format!("{BASE_CMDLINE} {TCG_CMDLINE} {init}")
+            format!("{BASE_CMDLINE} {TCG_CMDLINE} {ports} {init}")
         );
     }
 
