@@ -193,6 +193,7 @@ fn environment_cleared(b: B) {
         .on(b)
         .output()
         .unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
     let mut lines: Vec<String> = out(&o).lines().map(String::from).collect();
     lines.sort();
     // On PVM our VMM's guest hands programs glibc tunables without AVX (the guest kernel cannot preserve AVX
@@ -208,7 +209,8 @@ fn environment_cleared(b: B) {
         [
             "ONLY=this".to_string(),
             format!("PATH={}", sandbox::DEFAULT_PATH)
-        ]
+        ],
+        "{o:?}"
     );
 }
 
