@@ -70,21 +70,157 @@ pub(crate) fn initramfs(agent: &Path) -> Result<PathBuf, String> {
         .map_or(0, |d| d.as_nanos());
     let dir = std::env::temp_dir().join(format!("sandbox-vm-{}", nix::unistd::geteuid()));
     let file = dir.join(format!("initramfs-{:x}-{stamp:x}.cpio", meta.len()));
-    if file.is_file() {
+    if let Ok(f) = std::fs::File::open(&file) {
+        // Its modification time is its last use, for the pruning below.
+        let _ = f.set_modified(std::time::SystemTime::now());
         return Ok(file);
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let bytes = super::initramfs::pack_agent(agent, None, &[]).map_err(|e| e.to_string())?;
-    let tmp = dir.join(format!(".initramfs-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &file))
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    // A name of its own for each writer: two runs starting at once in one process once shared a temporary
+    // (named after the process), so one truncated it under the other's rename and a VM booted a torn
+    // initramfs.
+    let tmp = dir.join(format!(".initramfs-{}", unique_tag()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        // Linked, never renamed over: a run that opened the file another writer put there first must
+        // still find it at its path when it binds it into the VMM's view (a bind of a replaced file fails).
+        .and_then(|()| match std::fs::hard_link(&tmp, &file) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            r => r,
+        });
+    let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = written {
+        return Err(format!("{}: {e}", file.display()));
+    }
+    prune(&dir, &file, UNUSED_FOR);
     Ok(file)
+}
+
+/// How long an initramfs of another agent stays in the cache unused.
+const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes from `dir` the initramfs files of other agents unused for `unused_for`, and the temporaries of
+/// processes that are gone: each build of the agent leaves one initramfs behind.
+fn prune(dir: &Path, keep: &Path, unused_for: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = if let Some(tag) = name.strip_prefix(".initramfs-") {
+            tag.split('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        } else {
+            name.starts_with("initramfs-")
+                && name.ends_with(".cpio")
+                && path != keep
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > unused_for)
+        };
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// `PID-N`, unique among the temporaries of this process (N counts), for names of files being written:
+/// the process id first, so a cleanup can tell whether their writer is gone.
+pub(crate) fn unique_tag() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_first_uses_all_get_the_whole_initramfs() {
+        // A fresh copy of a static executable (so its initramfs is not cached yet): eight threads ask at once.
+        let dir = std::env::temp_dir().join(format!("assets-agent-{}", unique_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let agent = dir.join("sandbox-init");
+        let mut bytes = b"\x7fELF\x02".to_vec();
+        bytes.resize(3 << 20, 0xa5);
+        std::fs::write(&agent, &bytes).unwrap();
+        let want = crate::vm::initramfs::pack_agent(&agent, None, &[]).unwrap();
+        let got: Vec<Result<Vec<u8>, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        initramfs(&agent).and_then(|f| std::fs::read(f).map_err(|e| e.to_string()))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Cleaned up before any assertion.
+        if let Ok(file) = initramfs(&agent) {
+            let _ = std::fs::remove_file(file);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        for g in got {
+            let g = g.unwrap();
+            assert!(
+                g == want,
+                "a torn initramfs: {} of {} bytes",
+                g.len(),
+                want.len()
+            );
+        }
+    }
+
+    #[test]
+    fn pruning_removes_unused_initramfs_files_and_dead_temporaries() {
+        let dir = std::env::temp_dir().join(format!("assets-prune-{}", unique_tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = std::time::SystemTime::now() - UNUSED_FOR * 2;
+        let names = [
+            "initramfs-1-1.cpio",      // old: removed
+            "initramfs-2-2.cpio",      // recent: kept
+            "initramfs-3-3.cpio",      // old but the current one: kept
+            ".initramfs-4000000000-0", // a dead writer's: removed
+            "notes.txt",               // not ours: kept
+        ];
+        for n in names {
+            std::fs::File::create(dir.join(n)).unwrap();
+        }
+        let live = dir.join(format!(".initramfs-{}", unique_tag()));
+        std::fs::File::create(&live).unwrap();
+        for n in [names[0], names[2]] {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.join(n))
+                .unwrap();
+            f.set_modified(old).unwrap();
+        }
+        prune(&dir, &dir.join(names[2]), UNUSED_FOR);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut want = vec![
+            names[1].to_string(),
+            names[2].to_string(),
+            names[4].to_string(),
+            live.file_name().unwrap().to_string_lossy().into_owned(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+    }
 
     #[test]
     fn static_executables_are_told_apart() {

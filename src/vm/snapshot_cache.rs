@@ -70,6 +70,7 @@ fn prune(dir: &Path, keep: usize) {
         } else if let Some(pid) = name
             .strip_suffix(".tmp")
             .and_then(|n| n.rsplit('.').next())
+            .and_then(|tag| tag.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
             && name.starts_with(".guest-")
             && !Path::new(&format!("/proc/{pid}")).exists()
@@ -191,12 +192,12 @@ impl Plan {
             .ok()?;
         // Room for the new one.
         prune(dir, KEPT - 1);
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        // Its own name: two VMs of one process saving the same guest at once must not write one file.
+        let tmp = dir.join(format!(".{name}.{}.tmp", super::assets::unique_tag()));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| tracing::warn!("snapshot cache {}: {e}", tmp.display()))
@@ -390,10 +391,14 @@ mod tests {
             let f = File::create(dir.join(format!("guest-{i:016x}.vmsnap"))).unwrap();
             f.set_modified(t0 + Duration::from_secs(i * 60)).unwrap();
         }
-        let live = dir.join(format!(".guest-1.vmsnap.{}.tmp", std::process::id()));
-        let dead = dir.join(".guest-2.vmsnap.4000000000.tmp");
+        let live = dir.join(format!(
+            ".guest-1.vmsnap.{}.tmp",
+            super::super::assets::unique_tag()
+        ));
+        let dead = dir.join(".guest-2.vmsnap.4000000000-3.tmp");
+        let dead_old_name = dir.join(".guest-3.vmsnap.4000000000.tmp");
         let other = dir.join("notes.txt");
-        for p in [&live, &dead, &other] {
+        for p in [&live, &dead, &dead_old_name, &other] {
             File::create(p).unwrap();
         }
         prune(&dir, KEPT - 1);
