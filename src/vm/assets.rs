@@ -113,10 +113,7 @@ fn prune(dir: &Path, keep: &Path, unused_for: std::time::Duration) {
         let path = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
         let stale = if let Some(tag) = name.strip_prefix(".initramfs-") {
-            tag.split('-')
-                .next()
-                .and_then(|p| p.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            writer_gone(tag)
         } else {
             name.starts_with("initramfs-")
                 && name.ends_with(".cpio")
@@ -139,6 +136,15 @@ pub(crate) fn unique_tag() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{}-{n}", std::process::id())
+}
+
+/// Whether the process that named a temporary with this [`unique_tag`] (or a bare `PID`, the older form) is
+/// gone; false for what is not such a tag.
+pub(crate) fn writer_gone(tag: &str) -> bool {
+    tag.split('-')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 #[cfg(test)]

@@ -67,13 +67,11 @@ fn prune(dir: &Path, keep: usize) {
         if name.starts_with("guest-") && name.ends_with(".vmsnap") {
             let used = e.metadata().and_then(|m| m.modified()).ok();
             snapshots.push((used, e.path()));
-        } else if let Some(pid) = name
-            .strip_suffix(".tmp")
-            .and_then(|n| n.rsplit('.').next())
-            .and_then(|tag| tag.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-            && name.starts_with(".guest-")
-            && !Path::new(&format!("/proc/{pid}")).exists()
+        } else if name.starts_with(".guest-")
+            && name
+                .strip_suffix(".tmp")
+                .and_then(|n| n.rsplit('.').next())
+                .is_some_and(super::assets::writer_gone)
         {
             let _ = std::fs::remove_file(e.path());
         }
