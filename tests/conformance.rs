@@ -199,9 +199,8 @@ fn environment_cleared(b: B) {
     // On PVM our VMM's guest hands programs glibc tunables without AVX (the guest kernel cannot preserve AVX
     // registers there: sandbox::vmm::PVM_CMDLINE): the one variable beyond the caller's.
     if b == B::Builtin && sandbox::probe::probe_kvm().flavour == "pvm" {
-        let i = lines
-            .iter()
-            .position(|l| l.starts_with("GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,"));
+        let tunables = format!("GLIBC_TUNABLES={}", sandbox::vmm::pvm_glibc_tunables());
+        let i = lines.iter().position(|l| *l == tunables);
         lines.remove(i.unwrap_or_else(|| panic!("no AVX-free glibc tunables on PVM: {lines:?}")));
     }
     assert_eq!(
