@@ -72,17 +72,17 @@ SANDBOX_TEST_BACKEND=pool cargo test --test escape --test attacks
 # runs share warm VMs restored from a snapshot of the booted guest (~/.cache/sandbox/snapshots; the first
 # start of a new agent or kernel boots and saves it): the conformance suite (all 20 properties, two warm VMs),
 # the escape probes, the resource attacks and the leak checks (cold runs, restored). On hardware KVM all of
-# them; on PVM 15 of the main probe kinds and the attacks but the two slowest (flooding the default /tmp with
+# them; on PVM 16 of the main probe kinds and the attacks but the two slowest (flooding the default /tmp with
 # 16384 files, filling three 64 MiB tmpfs: 15 minutes there), about 35 minutes in all. The rest by hand:
 # SANDBOX_TEST_BACKEND=builtin cargo test --release --test escape --test attacks -- --nocapture (about 1 h:
-# all 66 probes 24 min, the attacks 38 min).
+# all 67 probes 24 min, the attacks 38 min).
 # (The default run already boots the builtin engine once through the CLI, sandbox-examples/tests/vm_cli.rs;
 # tests/vmm_boot.rs, the raw VMM API's boot, is run by hand: cargo test --test vmm_boot -- --ignored.)
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     say "conformance suite on the builtin engine (two warm VMs)"
     SANDBOX_TEST_BUILTIN=1 cargo test --test conformance builtin:: -- --test-threads=2
     if [ -d /sys/module/kvm_pvm ]; then
-        say "escape probes on the builtin engine: 15 main probes (PVM: software KVM; all 66 take 24 minutes)"
+        say "escape probes on the builtin engine: 16 main probes (PVM: software KVM; all 67 take 24 minutes)"
         SANDBOX_PROBE=chroot_dotdot,pivot_root,proc1_memory,ro_bind_writes_no,remount_rw,masked_proc,proc_sys_write,virtio_ports,forged_verdict,unshare_namespaces,host_signal,dangerous_syscalls,x32,host_tcp_netns,vector_registers \
             SANDBOX_TEST_BACKEND=builtin cargo test --test escape -- --nocapture
         say "resource attacks and leaks on the builtin engine (PVM: without the two slowest attacks)"

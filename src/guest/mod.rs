@@ -361,6 +361,7 @@ pub fn run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
     if let Some(f) = channels.stderr {
         cmd.stderr(Stdio::from(f));
     }
+    clear_vector_registers();
     Ok(cmd.status()?)
 }
 
@@ -373,6 +374,25 @@ pub(crate) fn pvm_env(cmd: &mut crate::Sandbox, spec: &RunSpec) {
     {
         cmd.env("GLIBC_TUNABLES", v);
     }
+}
+
+/// Zeroes the AVX registers just before a run's program is started. On PVM the guest kernel saves and restores
+/// only the SSE part of each process's registers ([`crate::vmm::PVM_CMDLINE`]), so what a program left in the
+/// upper halves of ymm0-15 when it was killed would otherwise still be there for the next run's program to
+/// read. Between this and the program's start only the agent runs, and it uses no AVX (glibc is tuned
+/// without it there). Elsewhere the kernel keeps each process's registers and this only clears the agent's.
+pub(crate) fn clear_vector_registers() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU and the kernel support AVX (checked just above), which is all `zero_avx` requires.
+        unsafe { zero_avx() }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn zero_avx() {
+    std::arch::x86_64::_mm256_zeroall();
 }
 
 /// Reads one line (the specification) from the control port. Buffered: the host sends nothing after it.

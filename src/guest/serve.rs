@@ -71,6 +71,7 @@ impl Server {
         if stderr_port.is_some() {
             cmd.stderr(Stdio::Piped);
         }
+        super::clear_vector_registers();
         let spawned = cmd.spawn();
         let mut child = match spawned {
             Ok(c) => c,

@@ -66,10 +66,12 @@ pub use vm::{
 /// (measured in a guest here: a process holding ymm0-15 found them changed in 2-65% of its rounds while
 /// others ran). Clearing the AVX features is not enough: glibc picks its AVX `memcpy`/`memmove`/`memset` on
 /// the preference `AVX_Fast_Unaligned_Load`, set before the tunables apply, so it is cleared too (without it
-/// the agent itself, PID 1, copied with AVX and crashed on a clobbered pointer in CI).
+/// the agent itself, PID 1, copied with AVX and crashed on a clobbered pointer in CI). Clearing XSAVE and
+/// XSAVEC makes the dynamic loader's lazy-binding trampoline save and restore only the SSE registers: with
+/// XSAVEC it wrote back AVX registers captured before a process switch, over another process's.
 pub const PVM_CMDLINE: &str = "noxsave clearcpuid=popcnt,smap,cx16 sandbox_pvm=1 \
      GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,\
-     -AVX_Fast_Unaligned_Load";
+     -AVX_Fast_Unaligned_Load,-XSAVEC,-XSAVE";
 
 /// The value of `GLIBC_TUNABLES` in [`PVM_CMDLINE`].
 pub fn pvm_glibc_tunables() -> &'static str {
@@ -221,14 +223,16 @@ mod tests {
         u64::from_str_radix(line.trim_start_matches("0x"), 16).unwrap()
     }
 
-    /// What makes glibc run AVX code: the preference for its AVX copies, and the active AVX, AVX2 and
-    /// AVX-512F bits (CPUID leaf 1 ECX bit 28; leaf 7 EBX bits 5 and 16).
-    fn glibc_avx(text: &str) -> [bool; 4] {
+    /// What makes glibc touch AVX registers: the preference for its AVX copies; the active AVX, AVX2 and
+    /// AVX-512F bits (CPUID leaf 1 ECX bit 28; leaf 7 EBX bits 5 and 16); a nonzero XSAVE area for the
+    /// lazy-binding trampoline (zero: it saves only SSE registers, with FXSAVE).
+    fn glibc_avx(text: &str) -> [bool; 5] {
         [
             diagnostic(text, "x86.cpu_features.preferred.AVX_Fast_Unaligned_Load") != 0,
             diagnostic(text, "x86.cpu_features.features[0x0].active[0x2]") & (1 << 28) != 0,
             diagnostic(text, "x86.cpu_features.features[0x1].active[0x1]") & (1 << 5) != 0,
             diagnostic(text, "x86.cpu_features.features[0x1].active[0x1]") & (1 << 16) != 0,
+            diagnostic(text, "x86.cpu_features.xsave_state_size") != 0,
         ]
     }
 
@@ -242,14 +246,14 @@ mod tests {
             eprintln!("SKIPPED: this glibc lists no CPU features");
             return;
         }
-        if glibc_avx(&plain) == [false; 4] {
+        if glibc_avx(&plain) == [false; 5] {
             eprintln!("note: this CPU gives glibc no AVX: the check below cannot fail here");
         }
         let tuned = glibc_diagnostics(pvm_glibc_tunables()).unwrap();
         assert_eq!(
             glibc_avx(&tuned),
-            [false; 4],
-            "[AVX copies, AVX, AVX2, AVX-512F] with GLIBC_TUNABLES={}",
+            [false; 5],
+            "[AVX copies, AVX, AVX2, AVX-512F, XSAVE trampoline] with GLIBC_TUNABLES={}",
             pvm_glibc_tunables()
         );
     }
