@@ -355,12 +355,17 @@ fn vector_registers(ctx: &Ctx) -> Check {
     let bin = ctx.vectors()?;
     let dir = bin.parent().unwrap();
     let o = ctx.run("/probe/vectors", &["3"], default().ro_bind(dir, "/probe"));
-    if o.status == Status::Exited(3) && stdout(&o) == "avx=absent" {
+    if no_avx(&o) {
         return Ok(Observed::Safe(
             "no AVX in this CPU or guest: nothing to hold".into(),
         ));
     }
     expect(&o, "clobbered=0")
+}
+
+/// vectors.c found no AVX to use (exit 3).
+fn no_avx(o: &Outcome) -> bool {
+    o.status == Status::Exited(3) && stdout(o) == "avx=absent"
 }
 
 /// What a program leaves in the AVX registers when it is killed must not reach the next run. On PVM the guest
@@ -370,14 +375,13 @@ fn vector_registers_between_runs(ctx: &Ctx) -> Check {
     let bin = ctx.vectors()?;
     let p = || default().ro_bind(bin.parent().unwrap(), "/probe");
     let planted = ctx.run("/probe/vectors", &["plant"], p());
-    match planted.status {
-        Status::Exited(3) if stdout(&planted) == "avx=absent" => {
-            return Ok(Observed::Safe(
-                "no AVX in this CPU or guest: nothing to leak".into(),
-            ));
-        }
-        Status::Signaled(9) => {}
-        _ => return Err(describe(&planted, "run 1 killed by its own SIGKILL")),
+    if no_avx(&planted) {
+        return Ok(Observed::Safe(
+            "no AVX in this CPU or guest: nothing to leak".into(),
+        ));
+    }
+    if planted.status != Status::Signaled(9) {
+        return Err(describe(&planted, "run 1 killed by its own SIGKILL"));
     }
     expect(&ctx.run("/probe/vectors", &["read"], p()), "leaked=0")
 }

@@ -11,7 +11,6 @@
    computes. */
 #define _GNU_SOURCE
 #include <cpuid.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,13 +33,17 @@ static int avx_usable(void) {
     return (lo & 6) == 6;
 }
 
+/* Assembly: ymm0-15 <- the 512 bytes at operand %0. */
+#define LOAD_YMM0_15                                                                                      \
+    "vmovdqu 0(%0),%%ymm0\n vmovdqu 32(%0),%%ymm1\n vmovdqu 64(%0),%%ymm2\n vmovdqu 96(%0),%%ymm3\n"           \
+    "vmovdqu 128(%0),%%ymm4\n vmovdqu 160(%0),%%ymm5\n vmovdqu 192(%0),%%ymm6\n vmovdqu 224(%0),%%ymm7\n"      \
+    "vmovdqu 256(%0),%%ymm8\n vmovdqu 288(%0),%%ymm9\n vmovdqu 320(%0),%%ymm10\n vmovdqu 352(%0),%%ymm11\n"    \
+    "vmovdqu 384(%0),%%ymm12\n vmovdqu 416(%0),%%ymm13\n vmovdqu 448(%0),%%ymm14\n vmovdqu 480(%0),%%ymm15\n"
+
 /* Loads ymm0-15 from `in`, spins a while, stores them to `out`. */
 static void hold(const unsigned char *in, unsigned char *out) {
     __asm__ volatile(
-        "vmovdqu 0(%0),%%ymm0\n vmovdqu 32(%0),%%ymm1\n vmovdqu 64(%0),%%ymm2\n vmovdqu 96(%0),%%ymm3\n"
-        "vmovdqu 128(%0),%%ymm4\n vmovdqu 160(%0),%%ymm5\n vmovdqu 192(%0),%%ymm6\n vmovdqu 224(%0),%%ymm7\n"
-        "vmovdqu 256(%0),%%ymm8\n vmovdqu 288(%0),%%ymm9\n vmovdqu 320(%0),%%ymm10\n vmovdqu 352(%0),%%ymm11\n"
-        "vmovdqu 384(%0),%%ymm12\n vmovdqu 416(%0),%%ymm13\n vmovdqu 448(%0),%%ymm14\n vmovdqu 480(%0),%%ymm15\n"
+        LOAD_YMM0_15
         "mov $300000, %%ecx\n 1: dec %%ecx\n jnz 1b\n"
         "vmovdqu %%ymm0,0(%1)\n vmovdqu %%ymm1,32(%1)\n vmovdqu %%ymm2,64(%1)\n vmovdqu %%ymm3,96(%1)\n"
         "vmovdqu %%ymm4,128(%1)\n vmovdqu %%ymm5,160(%1)\n vmovdqu %%ymm6,192(%1)\n vmovdqu %%ymm7,224(%1)\n"
@@ -75,10 +78,7 @@ static void plant(void) {
     memset(fill, 0xc3, sizeof fill);
     long pid = getpid();
     __asm__ volatile(
-        "vmovdqu 0(%0),%%ymm0\n vmovdqu 32(%0),%%ymm1\n vmovdqu 64(%0),%%ymm2\n vmovdqu 96(%0),%%ymm3\n"
-        "vmovdqu 128(%0),%%ymm4\n vmovdqu 160(%0),%%ymm5\n vmovdqu 192(%0),%%ymm6\n vmovdqu 224(%0),%%ymm7\n"
-        "vmovdqu 256(%0),%%ymm8\n vmovdqu 288(%0),%%ymm9\n vmovdqu 320(%0),%%ymm10\n vmovdqu 352(%0),%%ymm11\n"
-        "vmovdqu 384(%0),%%ymm12\n vmovdqu 416(%0),%%ymm13\n vmovdqu 448(%0),%%ymm14\n vmovdqu 480(%0),%%ymm15\n"
+        LOAD_YMM0_15
         "mov %1, %%rdi\n mov $9, %%esi\n mov $62, %%eax\n syscall\n 1: pause\n jmp 1b\n"
         :
         : "r"(fill), "r"(pid)
