@@ -184,6 +184,46 @@ fn mounts_env_cwd_hostname_from_flags() {
     assert!(!ro.join("new").exists());
 }
 
+/// `--bind SRC:DST:ro` (docker `-v` syntax) is read-only; a mode that is not honoured is refused, never
+/// dropped into the destination path (it once gave a writable mount at `DST:ro`).
+#[test]
+fn bind_mode_suffix_is_honoured_or_refused() {
+    let dir = TempDir::new("bind-mode");
+    let spec = format!("{}:/data:ro", dir.s());
+    let out = sandbox(&[
+        "run",
+        "--bind",
+        &spec,
+        "--",
+        "/bin/sh",
+        "-c",
+        "test -d /data || exit 9; echo x > /data/new; echo written=$?; test -e /data:ro && echo colon",
+    ]);
+    assert_eq!(text(&out.stdout), "written=2\n", "{}", text(&out.stderr));
+    assert!(!dir.join("new").exists());
+    let rw = format!("{}:/data:rw", dir.s());
+    let out = sandbox(&[
+        "run",
+        "--bind",
+        &rw,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > /data/new",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(dir.join("new").exists());
+    for (flag, spec) in [
+        ("--ro-bind", format!("{}:/data:rw", dir.s())),
+        ("--bind", format!("{}:/data:readonly", dir.s())),
+        ("--bind", format!("{}:ro", dir.s())),
+    ] {
+        let out = sandbox(&["run", flag, &spec, "--", "true"]);
+        assert_eq!(out.status.code(), Some(125), "{flag} {spec}");
+        assert!(text(&out.stderr).contains(&spec), "{}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn policy_file_and_network_flag() {
     let dir = TempDir::new("policy");

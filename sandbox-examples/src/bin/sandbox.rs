@@ -73,11 +73,13 @@ struct RunArgs {
         default_value = "user"
     )]
     vm_snapshots: String,
-    /// Show host path SRC read-only at DST (default: SRC). Repeatable.
-    #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
+    /// Show host path SRC read-only at DST (default: SRC). Repeatable. A trailing `:ro` is accepted; `:rw` is
+    /// refused (use --bind).
+    #[arg(long = "ro-bind", value_name = "SRC[:DST[:ro]]")]
     ro_bind: Vec<String>,
-    /// Show host path SRC read-write at DST (default: SRC). Repeatable.
-    #[arg(long = "bind", value_name = "SRC[:DST]")]
+    /// Show host path SRC at DST (default: SRC), read-write, or read-only with a trailing `:ro` (docker `-v`
+    /// syntax: `--bind /srv:/data:ro`). Repeatable.
+    #[arg(long = "bind", value_name = "SRC[:DST[:ro|rw]]")]
     bind: Vec<String>,
     /// Mount an empty tmpfs at DST. Repeatable.
     #[arg(long, value_name = "DST")]
@@ -147,12 +149,50 @@ fn main() -> ExitCode {
     }
 }
 
-/// `SRC[:DST]` into a (source, destination) pair.
-fn split_bind(spec: &str) -> (PathBuf, PathBuf) {
-    match spec.split_once(':') {
-        Some((src, dst)) => (src.into(), dst.into()),
-        None => (spec.into(), spec.into()),
+/// `SRC[:DST[:ro|rw]]` (docker `-v` syntax) into a mount: read-only when `ro` is given, or when `flag` is
+/// `--ro-bind`. Every suffix is either honoured or refused: a `:ro` that became part of the destination would
+/// leave the mount writable.
+fn parse_bind(flag: &str, spec: &str) -> Result<Mount, String> {
+    let mut parts = spec.split(':');
+    let src = parts.next().unwrap_or_default();
+    let dst = parts.next().unwrap_or(src);
+    let mode = parts.next();
+    if parts.next().is_some() {
+        return Err(format!(
+            "{flag} {spec}: too many ':'-separated fields; give SRC[:DST[:ro|rw]]"
+        ));
     }
+    if src.is_empty() || dst.is_empty() {
+        return Err(format!(
+            "{flag} {spec}: empty source or destination; give SRC[:DST[:ro|rw]]"
+        ));
+    }
+    if !dst.starts_with('/') {
+        return Err(format!(
+            "{flag} {spec}: the destination {dst:?} is not an absolute path (a mode goes last: SRC:DST:ro)"
+        ));
+    }
+    let read_only = match (flag, mode) {
+        (_, None) => flag == "--ro-bind",
+        (_, Some("ro")) => true,
+        ("--bind", Some("rw")) => false,
+        ("--ro-bind", Some("rw")) => {
+            return Err(format!(
+                "{flag} {spec}: a read-only bind cannot be `rw`; use --bind {spec}"
+            ));
+        }
+        (_, Some(other)) => {
+            return Err(format!(
+                "{flag} {spec}: unknown mode {other:?}; the modes are `ro` and `rw`"
+            ));
+        }
+    };
+    let (src, dst) = (PathBuf::from(src), PathBuf::from(dst));
+    Ok(if read_only {
+        Mount::RoBind { src, dst }
+    } else {
+        Mount::Bind { src, dst }
+    })
 }
 
 fn build_policy(args: &RunArgs) -> Result<Policy, String> {
@@ -161,12 +201,10 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
         None => Policy::default(),
     };
     for spec in &args.ro_bind {
-        let (src, dst) = split_bind(spec);
-        policy.mounts.push(Mount::RoBind { src, dst });
+        policy.mounts.push(parse_bind("--ro-bind", spec)?);
     }
     for spec in &args.bind {
-        let (src, dst) = split_bind(spec);
-        policy.mounts.push(Mount::Bind { src, dst });
+        policy.mounts.push(parse_bind("--bind", spec)?);
     }
     for dst in &args.tmpfs {
         policy.mounts.push(Mount::Tmpfs {
@@ -428,7 +466,45 @@ fn doctor(json: bool) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Mount, parse_bind, parse_size};
+
+    #[test]
+    fn bind_modes_are_honoured_or_refused() {
+        let ro = |s: &str, d: &str| Mount::RoBind {
+            src: s.into(),
+            dst: d.into(),
+        };
+        let rw = |s: &str, d: &str| Mount::Bind {
+            src: s.into(),
+            dst: d.into(),
+        };
+        assert_eq!(parse_bind("--bind", "/srv"), Ok(rw("/srv", "/srv")));
+        assert_eq!(parse_bind("--bind", "/srv:/data"), Ok(rw("/srv", "/data")));
+        assert_eq!(
+            parse_bind("--bind", "/srv:/data:ro"),
+            Ok(ro("/srv", "/data"))
+        );
+        assert_eq!(
+            parse_bind("--bind", "/srv:/data:rw"),
+            Ok(rw("/srv", "/data"))
+        );
+        assert_eq!(parse_bind("--ro-bind", "/srv"), Ok(ro("/srv", "/srv")));
+        assert_eq!(
+            parse_bind("--ro-bind", "/srv:/data:ro"),
+            Ok(ro("/srv", "/data"))
+        );
+        for (flag, spec) in [
+            ("--ro-bind", "/srv:/data:rw"),
+            ("--bind", "/srv:/data:RO"),
+            ("--bind", "/srv:/data:ro:x"),
+            ("--bind", "/srv:ro"),
+            ("--bind", "/srv:"),
+            ("--bind", ":/data"),
+        ] {
+            let err = parse_bind(flag, spec).expect_err(spec);
+            assert!(err.contains(spec), "{err}");
+        }
+    }
 
     #[test]
     fn sizes() {
