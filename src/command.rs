@@ -7,61 +7,13 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::backend::{Backend, VmEngine};
+use crate::error::{Error, io};
 use crate::namespace::{self, Launch};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage};
-use crate::policy::{Policy, PolicyError};
+use crate::policy::Policy;
 use crate::running::{Inner, SandboxChild};
 use crate::vm;
-
-/// Errors of the sandbox API.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The policy is invalid.
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    /// The sandbox could not be built or the program not started.
-    #[error("{0}")]
-    Setup(SetupFailure),
-    /// The requested backend is not available.
-    #[error("backend {0} is not available: {1}")]
-    Backend(&'static str, String),
-    /// Waiting for or talking to the sandbox failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-}
-
-fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what, source }
-}
-
-/// Which backend runs the program.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Backend {
-    /// Namespaces when the host allows them, else the VM backend.
-    #[default]
-    Auto,
-    /// Linux namespaces on the host kernel.
-    Namespace,
-    /// A microVM with our guest kernel.
-    Vm,
-}
-
-/// Which engine runs the VM backend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum VmEngine {
-    /// Our own KVM VMM on hosts with hardware KVM, else QEMU.
-    #[default]
-    Auto,
-    /// QEMU `-M microvm` (KVM when hardware KVM is usable, else TCG).
-    Qemu,
-    /// Our own KVM VMM.
-    Builtin,
-}
 
 /// Where one of the program's standard streams goes.
 #[derive(Debug, Default)]

@@ -4,7 +4,7 @@
 //! fresh read-only root, no network, no capabilities, and an honest verdict of what happened.
 //!
 //! ```
-//! use sandbox::{Policy, Sandbox};
+//! use sandkasten::{Policy, Sandbox};
 //! use std::time::Duration;
 //!
 //! let outcome = Sandbox::new("sh")
@@ -13,11 +13,13 @@
 //!     .output()?;
 //! assert!(outcome.status.success());
 //! assert_eq!(outcome.stdout, b"hello from sandbox\n");
-//! # Ok::<(), sandbox::Error>(())
+//! # Ok::<(), sandkasten::Error>(())
 //! ```
 #![warn(missing_docs)]
 
+mod backend;
 mod command;
+mod error;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -30,7 +32,9 @@ mod running;
 pub mod vm;
 pub mod vmm;
 
-pub use command::{Backend, Error, Sandbox, Stdio, VmEngine};
+pub use backend::{Backend, VmEngine};
+pub use command::{Sandbox, Stdio};
+pub use error::Error;
 pub use namespace::{DEFAULT_PATH, landlock, seccomp};
 pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
 pub use policy::{Mount, Network, Policy, PolicyError};

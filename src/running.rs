@@ -4,7 +4,7 @@ use std::io::{PipeReader, PipeWriter, Read};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use crate::command::Error;
+use crate::error::Error;
 use crate::namespace::{self, sys};
 use crate::outcome::Outcome;
 use crate::vm::engine::VmRun;

@@ -19,8 +19,8 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sandbox::outcome::TimeLimit;
-use sandbox::{Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use sandkasten::outcome::TimeLimit;
+use sandkasten::{Outcome, Policy, Sandbox, Stage, Status, Stdio};
 
 /// The slowest a host-side `/bin/true` may take while an attack runs (it takes a few milliseconds; the
 /// bound leaves room for a loaded CI machine, not for a host that stalls).
@@ -30,7 +30,7 @@ use common::backend;
 
 /// Whether the attacks run in the microVM.
 fn vm() -> bool {
-    backend() == sandbox::Backend::Vm
+    backend() == sandkasten::Backend::Vm
 }
 
 /// A bound on how long an attack may take before the test calls it a hang (the guest is emulated under TCG
@@ -330,7 +330,7 @@ fn tmpfs_fill_stops_at_its_size() {
 #[test]
 fn unsized_tmpfs_is_bounded_without_a_memory_limit() {
     let _one = serial();
-    let size = sandbox::policy::DEFAULT_TMPFS_SIZE;
+    let size = sandkasten::policy::DEFAULT_TMPFS_SIZE;
     for file in ["/tmp/fill", "/dev/shm/fill", "/scratch/fill"] {
         let policy = Policy::default().tmpfs("/scratch").timeout(room(60));
         assert_eq!(policy.limits.memory, None);
@@ -388,7 +388,7 @@ fn inode_flood_in_a_sized_tmpfs() {
     );
     // Empty files take no page: the tmpfs's inode count stops them (one per 4 KiB of its size, at least
     // MIN_TMPFS_INODES), with or without a memory limit.
-    let inodes = sandbox::policy::MIN_TMPFS_INODES;
+    let inodes = sandkasten::policy::MIN_TMPFS_INODES;
     let (o, worst) = while_measuring(
         || {
             let (o, err, n) = flood("", 2_000_000, "/scratch", policy);

@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::TempDir;
-use sandbox::outcome::TimeLimit;
-use sandbox::{Backend, BackendKind, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use sandkasten::outcome::TimeLimit;
+use sandkasten::{Backend, BackendKind, Outcome, Policy, Sandbox, Stage, Status, Stdio};
 
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -53,26 +53,26 @@ enum B {
 }
 
 /// The warm VMs of this test process: the temp dir is shared, so the bind properties can run.
-fn pool(engine: sandbox::VmEngine) -> &'static sandbox::VmPool {
-    static QEMU: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
-    static BUILTIN: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
-    let cell = if engine == sandbox::VmEngine::Builtin {
+fn pool(engine: sandkasten::VmEngine) -> &'static sandkasten::VmPool {
+    static QEMU: std::sync::OnceLock<sandkasten::VmPool> = std::sync::OnceLock::new();
+    static BUILTIN: std::sync::OnceLock<sandkasten::VmPool> = std::sync::OnceLock::new();
+    let cell = if engine == sandkasten::VmEngine::Builtin {
         &BUILTIN
     } else {
         &QEMU
     };
     cell.get_or_init(|| {
         // Two VMs of our own VMM: its boots and runs are CPU-bound under software KVM, one core each.
-        let n = if engine == sandbox::VmEngine::Builtin {
+        let n = if engine == sandkasten::VmEngine::Builtin {
             2
         } else {
             1
         };
-        sandbox::VmPool::new(sandbox::PoolOptions {
+        sandkasten::VmPool::new(sandkasten::PoolOptions {
             engine,
             max_vms: n,
             max_idle: n,
-            shares: vec![sandbox::PoolShare {
+            shares: vec![sandkasten::PoolShare {
                 path: std::env::temp_dir(),
                 writable: true,
             }],
@@ -91,8 +91,8 @@ impl On for Sandbox {
         match b {
             B::Namespace => self.backend(Backend::Namespace),
             B::Vm => self.backend(Backend::Vm),
-            B::Warm => self.vm_pool(pool(sandbox::VmEngine::Qemu)),
-            B::Builtin => self.vm_pool(pool(sandbox::VmEngine::Builtin)),
+            B::Warm => self.vm_pool(pool(sandkasten::VmEngine::Qemu)),
+            B::Builtin => self.vm_pool(pool(sandkasten::VmEngine::Builtin)),
         }
     }
 }
@@ -197,9 +197,9 @@ fn environment_cleared(b: B) {
     let mut lines: Vec<String> = out(&o).lines().map(String::from).collect();
     lines.sort();
     // On PVM our VMM's guest hands programs glibc tunables without AVX (the guest kernel cannot preserve AVX
-    // registers there: sandbox::vmm::PVM_CMDLINE): the one variable beyond the caller's.
-    if b == B::Builtin && sandbox::probe::probe_kvm().flavour == "pvm" {
-        let tunables = format!("GLIBC_TUNABLES={}", sandbox::vmm::pvm_glibc_tunables());
+    // registers there: sandkasten::vmm::PVM_CMDLINE): the one variable beyond the caller's.
+    if b == B::Builtin && sandkasten::probe::probe_kvm().flavour == "pvm" {
+        let tunables = format!("GLIBC_TUNABLES={}", sandkasten::vmm::pvm_glibc_tunables());
         let i = lines.iter().position(|l| *l == tunables);
         lines.remove(i.unwrap_or_else(|| panic!("no AVX-free glibc tunables on PVM: {lines:?}")));
     }
@@ -207,7 +207,7 @@ fn environment_cleared(b: B) {
         lines,
         [
             "ONLY=this".to_string(),
-            format!("PATH={}", sandbox::DEFAULT_PATH)
+            format!("PATH={}", sandkasten::DEFAULT_PATH)
         ],
         "{o:?}"
     );

@@ -28,8 +28,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::TempDir;
-use sandbox::seccomp::SeccompProfile;
-use sandbox::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use sandkasten::seccomp::SeccompProfile;
+use sandkasten::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
 
 const PROBES_PY: &str = include_str!("escape/probes.py");
 const IDENTITY_C: &str = include_str!("escape/identity.c");
@@ -53,7 +53,7 @@ use common::backend;
 /// The probes run in the microVM: where the guest kernel lacks a feature, its outcome differs from the
 /// host's, and a probe may accept the guest's outcome when that is itself safe (each says why).
 fn vm() -> bool {
-    backend() == sandbox::Backend::Vm
+    backend() == sandkasten::Backend::Vm
 }
 
 /// What a probe observed, when it ended as expected.
@@ -107,7 +107,7 @@ struct Ctx {
     /// `HOST_NS_<NS>` = this process's namespace links, passed to every probe.
     host_ns: Vec<(String, String)>,
     /// What landlock enforces by default here (from a first run).
-    landlock: Option<sandbox::landlock::Enforced>,
+    landlock: Option<sandkasten::landlock::Enforced>,
     /// The compiled C probes.
     identity: OnceLock<Result<PathBuf, String>>,
     vectors: OnceLock<Result<PathBuf, String>>,
@@ -348,7 +348,7 @@ fn proc1_memory(ctx: &Ctx) -> Check {
 
 /// A process's AVX registers must be its own: no other process may change (or read) them. Our guest kernel
 /// on PVM cannot save AVX state (`noxsave`), so there it holds only while nothing else in the guest uses AVX:
-/// the agent and every program get glibc tunables without it (`sandbox::vmm::PVM_CMDLINE`), and this probe
+/// the agent and every program get glibc tunables without it (`sandkasten::vmm::PVM_CMDLINE`), and this probe
 /// fails if glibc still copies with AVX (as it did with AVX and AVX2 cleared but its AVX copies preferred)
 /// or saves them with XSAVEC when it binds a function lazily (seen once in 6656 rounds, then cleared too).
 fn vector_registers(ctx: &Ctx) -> Check {

@@ -1,5 +1,5 @@
 //! The guest agent in a real microVM: our kernel (`kernel-config/`) and `sandbox-init` packed by
-//! `sandbox::vm::initramfs::pack_agent`, booted under `qemu-system-x86_64 -M microvm -accel tcg` (no
+//! `sandkasten::vm::initramfs::pack_agent`, booted under `qemu-system-x86_64 -M microvm -accel tcg` (no
 //! privileges needed), each boot killed after [`BOOT_TIMEOUT`].
 //!
 //! Artifacts: `SANDBOX_KERNEL` (a PVH `vmlinux`) and `SANDBOX_AGENT` (the static agent), else the output of
@@ -15,12 +15,12 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use sandbox::Policy;
-use sandbox::guest::{
+use sandkasten::Policy;
+use sandkasten::guest::{
     CONTROL_PORT, Link, READY_PREFIX, RunSpec, STDERR_PORT, STDOUT_PORT, Share, ShareFs,
     VERDICT_PREFIX, find_verdict,
 };
-use sandbox::vm::initramfs::pack_agent;
+use sandkasten::vm::initramfs::pack_agent;
 use serde_json::Value;
 
 /// QEMU is killed after this long: a guest that hangs fails the test instead of hanging it.

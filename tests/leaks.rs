@@ -20,7 +20,7 @@ use std::process::{Command, Stdio as ProcStdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sandbox::{Backend, Outcome, Policy, Sandbox, Status};
+use sandkasten::{Backend, Outcome, Policy, Sandbox, Status};
 
 use common::backend;
 
@@ -39,7 +39,7 @@ fn run_true(i: usize) -> Outcome {
     let mut s = Sandbox::new("/bin/true");
     s.backend(backend());
     if common::builtin() {
-        s.vm_engine(sandbox::VmEngine::Builtin);
+        s.vm_engine(sandkasten::VmEngine::Builtin);
     }
     let o = s.policy(policy).output().expect("valid policy");
     assert_eq!(o.status, Status::Exited(0), "run {i}: {o:?}");

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TempDir, assert_no_processes_with, marker};
-use sandbox::{Backend, BackendKind, Network, Policy, Sandbox, Stage, Status, Stdio};
+use sandkasten::{Backend, BackendKind, Network, Policy, Sandbox, Stage, Status, Stdio};
 
 fn sh(script: &str) -> Sandbox {
     let mut s = Sandbox::new("/bin/sh");
@@ -14,11 +14,11 @@ fn sh(script: &str) -> Sandbox {
     s
 }
 
-fn run(script: &str) -> sandbox::Outcome {
+fn run(script: &str) -> sandkasten::Outcome {
     sh(script).output().expect("valid policy")
 }
 
-fn stdout(o: &sandbox::Outcome) -> String {
+fn stdout(o: &sandkasten::Outcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -107,7 +107,7 @@ fn host_network_shares_interfaces() {
 #[test]
 fn environment_is_cleared() {
     let o = Sandbox::new("/usr/bin/env").output().unwrap();
-    assert_eq!(stdout(&o), format!("PATH={}\n", sandbox::DEFAULT_PATH));
+    assert_eq!(stdout(&o), format!("PATH={}\n", sandkasten::DEFAULT_PATH));
     let o = Sandbox::new("env").env("GREETING", "hi").output().unwrap();
     let out = stdout(&o);
     assert!(
@@ -232,7 +232,7 @@ fn timeout_kills_grandchildren_and_daemons() {
     .unwrap();
     assert_eq!(
         o.status,
-        Status::TimedOut(sandbox::outcome::TimeLimit::Wall)
+        Status::TimedOut(sandkasten::outcome::TimeLimit::Wall)
     );
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_no_processes_with(&format!("sleep {m}"));

@@ -7,9 +7,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::TempDir;
-use sandbox::{Policy, PoolOptions, PoolShare, Sandbox, Status, Stdio, VmPool};
+use sandkasten::{Policy, PoolOptions, PoolShare, Sandbox, Status, Stdio, VmPool};
 
-fn sh(pool: &VmPool, script: &str) -> sandbox::Outcome {
+fn sh(pool: &VmPool, script: &str) -> sandkasten::Outcome {
     Sandbox::new("/bin/sh")
         .args(["-c", script])
         .vm_pool(pool)

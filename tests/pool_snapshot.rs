@@ -12,9 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
 use common::TempDir;
-use sandbox::{PoolOptions, Sandbox, SnapshotCache, Status, VmEngine, VmPool};
+use sandkasten::{PoolOptions, Sandbox, SnapshotCache, Status, VmEngine, VmPool};
 
-fn sh(pool: &VmPool, script: &str) -> sandbox::Outcome {
+fn sh(pool: &VmPool, script: &str) -> sandkasten::Outcome {
     Sandbox::new("/bin/sh")
         .args(["-c", script])
         .vm_pool(pool)
@@ -88,17 +88,18 @@ fn a_restored_pool_vm_runs_without_booting() {
     );
 }
 
-fn cold(cache: &std::path::Path, script: &str, stdin: Option<&str>) -> (sandbox::Outcome, f64) {
+fn cold(cache: &std::path::Path, script: &str, stdin: Option<&str>) -> (sandkasten::Outcome, f64) {
     let start = Instant::now();
     let mut s = Sandbox::new("/bin/sh");
     s.args(["-c", script])
-        .backend(sandbox::Backend::Vm)
+        .backend(sandkasten::Backend::Vm)
         .vm_engine(VmEngine::Builtin)
         .vm_snapshots(SnapshotCache::Dir(cache.to_path_buf()));
     let o = match stdin {
         None => s.output().expect("run"),
         Some(text) => {
-            s.stdin(sandbox::Stdio::Piped).stdout(sandbox::Stdio::Piped);
+            s.stdin(sandkasten::Stdio::Piped)
+                .stdout(sandkasten::Stdio::Piped);
             let mut child = s.spawn().expect("spawn");
             let mut w = child.stdin.take().unwrap();
             std::io::Write::write_all(&mut w, text.as_bytes()).unwrap();

@@ -7,10 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use sandbox::outcome::TimeLimit;
-use sandbox::{Backend, Policy, Sandbox, Status};
+use sandkasten::outcome::TimeLimit;
+use sandkasten::{Backend, Policy, Sandbox, Status};
 
-fn sh(script: &str, policy: Policy) -> sandbox::Outcome {
+fn sh(script: &str, policy: Policy) -> sandkasten::Outcome {
     Sandbox::new("/bin/sh")
         .args(["-c", script])
         .backend(Backend::Namespace)
@@ -19,7 +19,7 @@ fn sh(script: &str, policy: Policy) -> sandbox::Outcome {
         .expect("valid policy")
 }
 
-fn stdout(o: &sandbox::Outcome) -> String {
+fn stdout(o: &sandkasten::Outcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -166,7 +166,7 @@ fn x32_and_int80_are_killed() {
 fn seccomp_none_turns_the_filter_off() {
     let o = sh(
         "grep Seccomp: /proc/self/status",
-        Policy::default().seccomp(sandbox::seccomp::SeccompProfile::None),
+        Policy::default().seccomp(sandkasten::seccomp::SeccompProfile::None),
     );
     assert!(stdout(&o).contains('0'), "{}", stdout(&o));
     assert_eq!(o.enforced.seccomp, "none");
@@ -264,7 +264,7 @@ fn memory_hog_is_oom_killed_and_reported() {
         p.limits.required = true;
         let o = sh("true", p);
         assert!(
-            matches!(&o.status, Status::SetupFailed(f) if f.stage == sandbox::Stage::Cgroup && f.message.contains("VM backend")),
+            matches!(&o.status, Status::SetupFailed(f) if f.stage == sandkasten::Stage::Cgroup && f.message.contains("VM backend")),
             "{:?}",
             o.status
         );

@@ -1,4 +1,4 @@
-//! The builtin VMM (`sandbox::vmm`) boots our guest kernel under KVM with the agent in the initramfs and a
+//! The builtin VMM (`sandkasten::vmm`) boots our guest kernel under KVM with the agent in the initramfs and a
 //! virtio-console device carrying the agent's four named ports: the host reads the agent's READY line on
 //! `sandbox.control`, sends the run specification there, reads the verdict back from it, and gets the
 //! program's output from `sandbox.stdout`; the guest ends with the i8042 reset.
@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use sandbox::Policy;
-use sandbox::guest::{
+use sandkasten::Policy;
+use sandkasten::guest::{
     CONTROL_PORT, READY_PREFIX, RunSpec, STDERR_PORT, STDIN_PORT, STDOUT_PORT, VERDICT_PREFIX,
     find_verdict,
 };
-use sandbox::vm::initramfs::pack_agent;
-use sandbox::vmm::virtio::console::VirtioConsole;
-use sandbox::vmm::{self, GuestExit, VmConfig, regs::BootMode};
+use sandkasten::vm::initramfs::pack_agent;
+use sandkasten::vmm::virtio::console::VirtioConsole;
+use sandkasten::vmm::{self, GuestExit, VmConfig, regs::BootMode};
 
 /// The guest is stopped after this long: a hung guest fails the test instead of hanging it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);

@@ -1,5 +1,5 @@
 //! What a hostile or broken guest can do to the builtin VMM, with a few bytes of guest code instead of a
-//! kernel (`sandbox::vmm::run_code`: flat 32-bit protected mode or 64-bit long mode, empty IDT): the boot
+//! kernel (`sandkasten::vmm::run_code`: flat 32-bit protected mode or 64-bit long mode, empty IDT): the boot
 //! CPU states work; garbage port and MMIO
 //! accesses are ignored and counted, the i8042 reset ends the VM, a triple fault and an endless loop end
 //! as error values within the host-side timeout, a panicking guest kernel resets and ends the VM cleanly.
@@ -10,9 +10,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandbox::vmm::regs::BootMode::{Long, Pvh};
-use sandbox::vmm::vcpu::VcpuError;
-use sandbox::vmm::{Console, GuestExit, VmmError, run_code};
+use sandkasten::vmm::regs::BootMode::{Long, Pvh};
+use sandkasten::vmm::vcpu::VcpuError;
+use sandkasten::vmm::{Console, GuestExit, VmmError, run_code};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -228,7 +228,7 @@ fn a_halt_with_interrupts_off_is_stopped_at_the_timeout() {
         matches!(
             r,
             Err(VmmError::Timeout(_))
-                | Ok(sandbox::vmm::VmReport {
+                | Ok(sandkasten::vmm::VmReport {
                     exit: GuestExit::Halted,
                     ..
                 })
@@ -292,7 +292,7 @@ fn too_little_memory_or_a_missing_kernel_are_errors() {
         Console::new(Capture::default()),
     );
     assert!(matches!(r, Err(VmmError::Memory(_))), "{r:?}");
-    let r = sandbox::vmm::run(sandbox::vmm::VmConfig {
+    let r = sandkasten::vmm::run(sandkasten::vmm::VmConfig {
         kernel: "/no/such/vmlinux".into(),
         initramfs: Vec::new().into(),
         cmdline: "quiet".into(),
@@ -322,9 +322,9 @@ fn malformed_virtqueues_from_a_hostile_driver_end_at_the_timeout() {
     if !kvm_usable() {
         return;
     }
-    use sandbox::vmm::virtio::VirtioDevice;
-    use sandbox::vmm::virtio::console::VirtioConsole;
-    use sandbox::vmm::virtio::fs::VirtioFs;
+    use sandkasten::vmm::virtio::VirtioDevice;
+    use sandkasten::vmm::virtio::console::VirtioConsole;
+    use sandkasten::vmm::virtio::fs::VirtioFs;
     let share = std::env::temp_dir().join(format!("sandbox-hostile-share-{}", std::process::id()));
     std::fs::create_dir_all(&share).unwrap();
     let _cleanup = Cleanup(share.clone());
@@ -383,7 +383,7 @@ fn malformed_virtqueues_from_a_hostile_driver_end_at_the_timeout() {
 
     let timeout = Duration::from_secs(20);
     let started = Instant::now();
-    let r = sandbox::vmm::run_code_with_devices(
+    let r = sandkasten::vmm::run_code_with_devices(
         &code,
         Pvh,
         16,
@@ -433,10 +433,10 @@ fn a_guest_kernel_panic_ends_the_vm_with_its_last_words() {
     );
     let console = Capture::default();
     let t = Instant::now();
-    let r = sandbox::vmm::run(sandbox::vmm::VmConfig {
+    let r = sandkasten::vmm::run(sandkasten::vmm::VmConfig {
         kernel: kernel.into(),
         initramfs: Vec::new().into(),
-        cmdline: sandbox::vmm::kernel_cmdline(true, sandbox::vmm::pvm_detected(), ""),
+        cmdline: sandkasten::vmm::kernel_cmdline(true, sandkasten::vmm::pvm_detected(), ""),
         memory_mib: 128,
         timeout: Duration::from_secs(300),
         console: Console::new(console.clone()),

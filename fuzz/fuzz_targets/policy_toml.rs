@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sandbox::Policy;
-use sandbox::seccomp;
+use sandkasten::Policy;
+use sandkasten::seccomp;
 
 /// `AUDIT_ARCH_X86_64`.
 const ARCH: u32 = 0xc000_003e;
@@ -46,5 +46,5 @@ fuzz_target!(|data: &[u8]| {
             assert!(errno > 0, "errno_for({nr}) = {errno}");
         }
     }
-    let _ = sandbox::fuzzing::plan(&policy);
+    let _ = sandkasten::fuzzing::plan(&policy);
 });

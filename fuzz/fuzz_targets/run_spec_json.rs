@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sandbox::Outcome;
-use sandbox::guest::{RunSpec, find_verdict};
+use sandkasten::Outcome;
+use sandkasten::guest::{RunSpec, find_verdict};
 
 fuzz_target!(|data: &[u8]| {
     // Host -> guest.

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::{Command, Stdio as StdStdio};
 use std::time::{Duration, Instant};
 
-use sandbox::{Backend, Policy, Sandbox, Status, Stdio};
+use sandkasten::{Backend, Policy, Sandbox, Status, Stdio};
 
 /// Runs `f` on `threads` threads for `secs` seconds; returns completed runs per second.
 fn throughput(
@@ -68,18 +68,18 @@ fn children_maxrss_kib() -> i64 {
 /// (the agent finds no specification, reports, and ends the VM), plus QEMU's peak RSS.
 pub fn vm(runs: usize, cli: &std::path::Path) {
     println!("\nVM backend: cold run of /bin/true, {runs} runs each (QEMU engine)");
-    if let Err(e) = sandbox::vm::assets::assets() {
+    if let Err(e) = sandkasten::vm::assets::assets() {
         println!("skipped: {e}");
         return;
     }
-    if sandbox::vm::qemu::find_qemu().is_none() {
+    if sandkasten::vm::qemu::find_qemu().is_none() {
         println!("skipped: no qemu-system-x86_64");
         return;
     }
-    let accel = sandbox::vm::qemu::choose_accel(&sandbox::probe::probe_kvm()).0;
+    let accel = sandkasten::vm::qemu::choose_accel(&sandkasten::probe::probe_kvm()).0;
     let mut bare = crate::vm::bare_qemu_times(
         accel.name(),
-        &sandbox::vmm::kernel_cmdline(accel.name() == "kvm", false, ""),
+        &sandkasten::vmm::kernel_cmdline(accel.name() == "kvm", false, ""),
         runs,
     );
     let bare_rss = children_maxrss_kib();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio as StdStdio};
 use std::time::{Duration, Instant};
 
-use sandbox::{PoolOptions, Sandbox, SnapshotCache, VmEngine, VmPool};
+use sandkasten::{PoolOptions, Sandbox, SnapshotCache, VmEngine, VmPool};
 
 fn median(mut v: Vec<Duration>) -> Option<Duration> {
     v.sort();
@@ -147,20 +147,20 @@ fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
 pub fn bare_qemu_times(accel: &str, cmdline: &str, runs: usize) -> Vec<Duration> {
     // QEMU's `-cpu max`/`host` cannot start on PVM (it cannot set IA32_ARCH_CAPABILITIES); our VMM's vCPU is
     // KVM's supported CPUID, which `host,-arch-capabilities` matches.
-    let pvm = accel == "kvm" && sandbox::probe::probe_kvm().flavour == "pvm";
+    let pvm = accel == "kvm" && sandkasten::probe::probe_kvm().flavour == "pvm";
     let cpu = if pvm {
         "host,-arch-capabilities"
     } else {
         "max"
     };
-    let Ok((kernel, agent)) = sandbox::vm::assets::assets() else {
+    let Ok((kernel, agent)) = sandkasten::vm::assets::assets() else {
         return Vec::new();
     };
-    let Some(qemu) = sandbox::vm::qemu::find_qemu() else {
+    let Some(qemu) = sandkasten::vm::qemu::find_qemu() else {
         return Vec::new();
     };
     let initrd = std::env::temp_dir().join(format!("sandbox-bench-vm-{}.cpio", std::process::id()));
-    let packed = sandbox::vm::initramfs::pack_agent(&agent, None, &[]);
+    let packed = sandkasten::vm::initramfs::pack_agent(&agent, None, &[]);
     if !packed.is_ok_and(|b| std::fs::write(&initrd, b).is_ok()) {
         return Vec::new();
     }
@@ -234,7 +234,7 @@ pub fn warm_qemu(runs: usize, cli: &Path) {
 /// Our VMM against QEMU on the same KVM, kernel and initramfs: a cold boot each (minutes on PVM), warm runs
 /// on a builtin pool, and the VMM's memory beyond guest RAM.
 pub fn builtin(runs: usize, cli: &Path) {
-    let kvm = sandbox::probe::probe_kvm();
+    let kvm = sandkasten::probe::probe_kvm();
     println!(
         "\nbuiltin engine (our VMM) on KVM ({}), against QEMU -accel kvm with the same kernel and initramfs",
         kvm.flavour
@@ -248,7 +248,7 @@ pub fn builtin(runs: usize, cli: &Path) {
     let ours = cold(cli, "builtin", "off", cold_runs);
     let bare = bare_qemu(
         "kvm",
-        &sandbox::vmm::kernel_cmdline(true, pvm, ""),
+        &sandkasten::vmm::kernel_cmdline(true, pvm, ""),
         cold_runs,
     );
     match ours {

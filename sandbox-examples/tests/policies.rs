@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sandbox::{Network, Policy, Sandbox};
+use sandkasten::{Network, Policy, Sandbox};
 
 const POLICIES: [(&str, &str); 3] = [
     ("strict", include_str!("../policies/strict.toml")),

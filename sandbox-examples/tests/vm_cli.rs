@@ -135,7 +135,7 @@ fn builtin_engine_prints_and_exits_with_the_program() {
 #[test]
 fn auto_falls_back_to_the_vm_where_namespaces_are_forbidden() {
     let filter =
-        sandbox::seccomp::compile(&sandbox::seccomp::SeccompProfile::Default, false).unwrap();
+        sandkasten::seccomp::compile(&sandkasten::seccomp::SeccompProfile::Default, false).unwrap();
     let mut cmd = sandbox("fallback", &["--", "/bin/sh", "-c", "echo inside; exit 4"]);
     // SAFETY: the closure only makes two system calls on data prepared before the fork.
     unsafe {
@@ -143,7 +143,7 @@ fn auto_falls_back_to_the_vm_where_namespaces_are_forbidden() {
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            sandbox::seccomp::install(&filter.program, false)
+            sandkasten::seccomp::install(&filter.program, false)
                 .map(drop)
                 .map_err(std::io::Error::from_raw_os_error)
         });

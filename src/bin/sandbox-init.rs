@@ -1,6 +1,6 @@
 //! `sandbox-init`: the guest agent, PID 1 of the sandbox microVM. Built static; all logic is in
-//! [`sandbox::guest`].
+//! [`sandkasten::guest`].
 
 fn main() {
-    sandbox::guest::main()
+    sandkasten::guest::main()
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use super::launch::{Engine, Host, Started, VmChannels, start_vm};
 use super::qemu::Share;
-use crate::command::Error;
+use crate::error::Error;
 use crate::guest::{Link, RunSpec, Share as GuestShare, ShareFs, find_verdict};
 use crate::namespace::{Launch, sys};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};

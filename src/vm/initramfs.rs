@@ -7,7 +7,7 @@
 //! because the kernel's unpacker does not create them.
 //!
 //! ```
-//! use sandbox::vm::initramfs::Initramfs;
+//! use sandkasten::vm::initramfs::Initramfs;
 //!
 //! let mut cpio = Initramfs::new();
 //! cpio.dir("/etc", 0o755)?
@@ -15,7 +15,7 @@
 //!     .symlink("/bin", "usr/bin")?;
 //! let bytes = cpio.finish();
 //! assert!(bytes.starts_with(b"070701"));
-//! # Ok::<(), sandbox::vm::initramfs::InitramfsError>(())
+//! # Ok::<(), sandkasten::vm::initramfs::InitramfsError>(())
 //! ```
 
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! not see each other. What a warm VM keeps between runs is its kernel, the agent and its shares.
 //!
 //! ```no_run
-//! use sandbox::{Sandbox, VmPool, PoolOptions};
+//! use sandkasten::{Sandbox, VmPool, PoolOptions};
 //!
 //! let pool = VmPool::new(PoolOptions::default())?;
 //! pool.prewarm(1)?; // boot now, not on the first run
@@ -11,7 +11,7 @@
 //!     let out = Sandbox::new("/bin/echo").arg(i.to_string()).vm_pool(&pool).output()?;
 //!     assert_eq!(out.stdout, format!("{i}\n").as_bytes());
 //! }
-//! # Ok::<(), sandbox::Error>(())
+//! # Ok::<(), sandkasten::Error>(())
 //! ```
 //!
 //! The pool's VMs are booted with the host's system (as cold VM runs see it) and the directories of
@@ -40,7 +40,7 @@ use super::pool_snapshot::{
 };
 use super::qemu::Share;
 use super::snapshot_cache::SnapshotCache;
-use crate::command::Error;
+use crate::error::Error;
 use crate::guest::RunSpec;
 use crate::namespace::Launch;
 use crate::outcome::{SetupFailure, Stage, VmInfo};

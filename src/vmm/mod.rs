@@ -8,7 +8,7 @@
 //! control channel (specification in, verdict out) and the program's standard streams.
 //!
 //! ```no_run
-//! use sandbox::vmm::{self, VmConfig};
+//! use sandkasten::vmm::{self, VmConfig};
 //! use std::time::Duration;
 //!
 //! let report = vmm::run(VmConfig {

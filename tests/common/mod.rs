@@ -93,8 +93,8 @@ pub fn is_root() -> bool {
 
 /// The backend under test: `SANDBOX_TEST_BACKEND` (namespace, vm, builtin or auto), namespace by default.
 /// `builtin` is the VM backend on our own VMM, one warm VM serving every run ([`on`]).
-pub fn backend() -> sandbox::Backend {
-    use sandbox::Backend;
+pub fn backend() -> sandkasten::Backend {
+    use sandkasten::Backend;
     match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
         Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
         Ok("vm") | Ok("builtin") | Ok("pool") => Backend::Vm,
@@ -115,26 +115,26 @@ pub fn pooled() -> bool {
     builtin() || std::env::var("SANDBOX_TEST_BACKEND").as_deref() == Ok("pool")
 }
 
-static POOL: std::sync::OnceLock<sandbox::VmPool> = std::sync::OnceLock::new();
+static POOL: std::sync::OnceLock<sandkasten::VmPool> = std::sync::OnceLock::new();
 
 /// Puts `s` on the backend under test: [`backend`], or for `builtin` and `pool` warm VMs of our own VMM or
 /// of QEMU (a pool of up to two per test process; a builtin boot takes about a minute on PVM) that share the
 /// temp dir, where the tests' binds come from.
-pub fn on(s: &mut sandbox::Sandbox) -> &mut sandbox::Sandbox {
+pub fn on(s: &mut sandkasten::Sandbox) -> &mut sandkasten::Sandbox {
     if !pooled() {
         return s.backend(backend());
     }
     let pool = POOL.get_or_init(|| {
-        let pool = sandbox::VmPool::new(sandbox::PoolOptions {
+        let pool = sandkasten::VmPool::new(sandkasten::PoolOptions {
             engine: if builtin() {
-                sandbox::VmEngine::Builtin
+                sandkasten::VmEngine::Builtin
             } else {
-                sandbox::VmEngine::Qemu
+                sandkasten::VmEngine::Qemu
             },
             // Two VMs for the two cores of our CI machines (the escape probes run on four threads).
             max_vms: 2,
             max_idle: 2,
-            shares: vec![sandbox::PoolShare {
+            shares: vec![sandkasten::PoolShare {
                 path: std::env::temp_dir(),
                 writable: true,
             }],

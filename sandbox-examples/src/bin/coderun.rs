@@ -32,8 +32,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use sandbox::outcome::TimeLimit;
-use sandbox::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use sandkasten::outcome::TimeLimit;
+use sandkasten::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
 use serde_json::{Value, json};
 
 #[path = "../host.rs"]
@@ -302,7 +302,7 @@ enum Failure {
     /// Preparing the run on the host failed.
     Host(String),
     /// The sandbox could not be built or the program not started.
-    Setup(sandbox::SetupFailure),
+    Setup(sandkasten::SetupFailure),
     /// coderun got a stop signal; the sandbox was killed.
     Interrupted(i32),
 }
@@ -437,7 +437,7 @@ fn run(job: Job) -> Result<Value, Failure> {
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(sandbox::Error::Setup(f)) => return setup_failed(&job, f),
+        Err(sandkasten::Error::Setup(f)) => return setup_failed(&job, f),
         Err(e) => return Err(Failure::Host(e.to_string())),
     };
     let pidfd = pidfd_open(child.id()).map_err(host("pidfd_open on the sandbox"))?;
@@ -513,7 +513,7 @@ fn run(job: Job) -> Result<Value, Failure> {
 }
 
 /// A program that could not be started: the submission's fault for `exe` (RE), the sandbox's otherwise.
-fn setup_failed(job: &Job, f: sandbox::SetupFailure) -> Result<Value, Failure> {
+fn setup_failed(job: &Job, f: sandkasten::SetupFailure) -> Result<Value, Failure> {
     if job.lang == Lang::Exe && f.stage == Stage::Exec {
         return Ok(json!({
             "verdict": "RE",

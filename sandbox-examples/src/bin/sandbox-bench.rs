@@ -26,8 +26,8 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sandbox::seccomp::SeccompProfile;
-use sandbox::{Policy, Sandbox, Status};
+use sandkasten::seccomp::SeccompProfile;
+use sandkasten::{Policy, Sandbox, Status};
 
 #[path = "../bench_more.rs"]
 mod more;
@@ -52,7 +52,7 @@ fn install_peers() {
     if missing.is_empty() {
         return;
     }
-    if !sandbox::probe().root {
+    if !sandkasten::probe().root {
         println!(
             "peers missing: {} (install them as root: apt-get install {0}); their cases are skipped",
             missing.join(" ")
@@ -259,7 +259,7 @@ fn main() {
     println!(
         "sandbox-bench on {} cores, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        sandbox::probe().kernel
+        sandkasten::probe().kernel
     );
     if !sections.iter().any(|s| s == "spawn") {
         cases.clear();
@@ -267,7 +267,7 @@ fn main() {
     println!(
         "\nspawn-to-exit of /bin/true, {runs} runs each after 5 warm-ups ({} cores, kernel {})",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        sandbox::probe().kernel
+        sandkasten::probe().kernel
     );
     println!(
         "{:<16} {:>10} {:>10} {:>10} {:>12}",
@@ -367,7 +367,7 @@ fn sibling(name: &str) -> std::path::PathBuf {
 
 /// Our default filter (without audit) as raw BPF for bwrap's `--seccomp`.
 fn bpf_file() -> Option<std::path::PathBuf> {
-    let filter = sandbox::seccomp::compile(&SeccompProfile::Default, false).ok()?;
+    let filter = sandkasten::seccomp::compile(&SeccompProfile::Default, false).ok()?;
     let mut bytes = Vec::new();
     for ins in &filter.program {
         bytes.extend_from_slice(&ins.code.to_ne_bytes());

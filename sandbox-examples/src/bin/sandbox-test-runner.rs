@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sandbox::policy::SYSTEM_TOP;
-use sandbox::{Mount, Policy, Sandbox, Status};
+use sandkasten::policy::SYSTEM_TOP;
+use sandkasten::{Mount, Policy, Sandbox, Status};
 
 #[path = "../host.rs"]
 mod host;
@@ -247,7 +247,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
     let signals = SignalFd::block(&FORWARDED).map_err(|e| format!("blocking signals: {e}"))?;
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(sandbox::Error::Setup(f)) => return Ok(failed(&binary, &Status::SetupFailed(f))),
+        Err(sandkasten::Error::Setup(f)) => return Ok(failed(&binary, &Status::SetupFailed(f))),
         Err(e) => return Err(e.to_string()),
     };
     let pidfd = pidfd_open(child.id()).map_err(|e| format!("pidfd_open: {e}"))?;

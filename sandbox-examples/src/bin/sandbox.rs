@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sandbox::seccomp::SeccompProfile;
-use sandbox::{Backend, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine};
+use sandkasten::seccomp::SeccompProfile;
+use sandkasten::{Backend, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine};
 
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
@@ -252,7 +252,7 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
         Some("none") => policy.seccomp = SeccompProfile::None,
         Some(file) => {
             policy.seccomp = SeccompProfile::Custom(
-                sandbox::seccomp::load_file(file).map_err(|e| e.to_string())?,
+                sandkasten::seccomp::load_file(file).map_err(|e| e.to_string())?,
             )
         }
     }
@@ -322,12 +322,12 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             }
             outcome.map_err(|e| e.to_string())?
         }
-        Err(sandbox::Error::Setup(f)) => sandbox::Outcome::setup_failed(
+        Err(sandkasten::Error::Setup(f)) => sandkasten::Outcome::setup_failed(
             f,
             if args.backend == BackendArg::Vm {
-                sandbox::BackendKind::Vm
+                sandkasten::BackendKind::Vm
             } else {
-                sandbox::BackendKind::Namespace
+                sandkasten::BackendKind::Namespace
             },
         ),
         Err(e) => return Err(e.to_string()),
@@ -338,7 +338,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         std::fs::write(path, text + "\n")
             .map_err(|e| format!("cannot write the report to {path:?}: {e}"))?;
     }
-    if let sandbox::Status::SetupFailed(f) = &outcome.status {
+    if let sandkasten::Status::SetupFailed(f) = &outcome.status {
         eprintln!("sandbox: {f}");
     }
     Ok(ExitCode::from(
@@ -349,7 +349,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
 /// On a terminal (and outside CI), a line on stderr while a cold VM boots for longer than a second: a first
 /// boot, or any boot on software KVM, takes long enough to look like a hang. Cleared once the guest is up.
 fn boot_progress(
-    watch: sandbox::BootWatch,
+    watch: sandkasten::BootWatch,
 ) -> Option<(
     std::sync::Arc<std::sync::atomic::AtomicBool>,
     std::thread::JoinHandle<()>,
@@ -382,7 +382,7 @@ fn boot_progress(
 }
 
 fn doctor(json: bool) -> ExitCode {
-    let report = sandbox::probe();
+    let report = sandkasten::probe();
     if json {
         println!(
             "{}",

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Event, PoolInner, WarmVm, fail};
-use crate::command::Error;
+use crate::error::Error;
 use crate::outcome::{BackendKind, Outcome, Status, TimeLimit};
 
 /// How a served run ended, as the collector saw it.

@@ -2,11 +2,11 @@
 //! fuse-backend-rs's FUSE server over its passthrough file system.
 //!
 //! ```no_run
-//! use sandbox::vmm::virtio::fs::VirtioFs;
+//! use sandkasten::vmm::virtio::fs::VirtioFs;
 //!
 //! // The guest mounts it with `mount -t virtiofs -o ro usr /usr`.
 //! let dev = VirtioFs::new("usr", "/usr", true)?;
-//! # Ok::<(), sandbox::vmm::virtio::fs::FsError>(())
+//! # Ok::<(), sandkasten::vmm::virtio::fs::FsError>(())
 //! ```
 //!
 //! Queues: 0 is the high-priority queue (FORGET and INTERRUPT), 1 the single request queue. Both are served
