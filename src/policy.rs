@@ -450,12 +450,12 @@ impl Policy {
                 "memory, pids, nofile and nproc must be at least 1",
             ));
         }
-        if let Some(c) = l.cpus {
-            if !(c.is_finite() && c >= 0.01) {
-                return Err(PolicyError::BadLimit(
-                    "cpus must be a number of cores of at least 0.01",
-                ));
-            }
+        if let Some(c) = l.cpus
+            && !(c.is_finite() && c >= 0.01)
+        {
+            return Err(PolicyError::BadLimit(
+                "cpus must be a number of cores of at least 0.01",
+            ));
         }
         Ok(())
     }

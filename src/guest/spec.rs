@@ -177,10 +177,10 @@ impl RunSpec {
                 ));
             }
         }
-        if let Some(cwd) = &self.cwd {
-            if !cwd.is_absolute() {
-                return Err(format!("cwd {cwd:?} is not absolute"));
-            }
+        if let Some(cwd) = &self.cwd
+            && !cwd.is_absolute()
+        {
+            return Err(format!("cwd {cwd:?} is not absolute"));
         }
         self.policy.validate().map_err(|e| e.to_string())
     }

@@ -260,10 +260,10 @@ pub fn main(spec: &mut ChildSpec) -> ! {
     if let Err(e) = sys::sethostname(&spec.hostname) {
         fail(report, Stage::Hostname, none, e);
     }
-    if spec.loopback {
-        if let Err(e) = sys::interface_up(c"lo") {
-            fail(report, Stage::Network, none, e);
-        }
+    if spec.loopback
+        && let Err(e) = sys::interface_up(c"lo")
+    {
+        fail(report, Stage::Network, none, e);
     }
 
     // 6. No capabilities, for good: lock the no-root secure bits and empty the bounding set (these need
@@ -403,10 +403,10 @@ fn init(spec: &ChildSpec) -> ! {
             // The host process is gone: nobody will read a verdict. Take everything down.
             sys::exit(1);
         }
-        if fds[2].revents & libc::POLLIN != 0 {
-            if let Some(f) = &spec.filter {
-                let _ = seccomp::answer_one(listener, f, &mut denials);
-            }
+        if fds[2].revents & libc::POLLIN != 0
+            && let Some(f) = &spec.filter
+        {
+            let _ = seccomp::answer_one(listener, f, &mut denials);
         }
         if fds[0].revents & libc::POLLIN == 0 {
             continue;

@@ -396,10 +396,10 @@ pub fn compile(profile: &SeccompProfile, audit: bool) -> Result<Filter, SeccompE
     // The errno of each denied number, for the audit supervisor.
     let mut errnos = [0u16; SYSCALL_SLOTS];
     for (nr, (mut set, unconditional)) in reach {
-        if let Act::Errno(d) = default {
-            if !unconditional {
-                set.insert(d);
-            }
+        if let Act::Errno(d) = default
+            && !unconditional
+        {
+            set.insert(d);
         }
         let name = || syscall_name(nr as i32).unwrap_or("?").to_string();
         if audit && set.len() > 1 {

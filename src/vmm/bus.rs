@@ -91,10 +91,10 @@ impl Bus {
         if len == 0 {
             return Err(overlap);
         }
-        if let Some((b, r)) = self.ranges.range(..end).next_back() {
-            if b + r.len > base {
-                return Err(overlap);
-            }
+        if let Some((b, r)) = self.ranges.range(..end).next_back()
+            && b + r.len > base
+        {
+            return Err(overlap);
         }
         self.ranges.insert(base, Range { len, device });
         Ok(())
