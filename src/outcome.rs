@@ -1,10 +1,9 @@
 //! The verdict of a run, the same on every backend.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-pub use crate::namespace::cgroup::CgroupEnforced;
 
 /// Which backend ran the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +182,46 @@ pub struct Usage {
     pub source: String,
 }
 
+/// What the cgroup enforced, for the verdict.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CgroupEnforced {
+    /// "v1" or "v2".
+    pub version: String,
+    /// The run's cgroup directories.
+    pub paths: Vec<PathBuf>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// Task limit.
+    pub pids: Option<u64>,
+    /// CPU limit in cores.
+    pub cpus: Option<f64>,
+}
+
+/// What landlock really enforces, for the verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockEnforced {
+    /// The ABI used: the kernel's, capped at the newest the landlock crate knows.
+    pub landlock_abi: u32,
+    /// The filesystem rights handled (denied unless a rule allows them).
+    pub landlock_fs_rights: Vec<String>,
+    /// TCP rules, when handled.
+    pub net: Option<LandlockNetEnforced>,
+    /// Scopes (ABI 6+): `abstract_unix_socket`, `signal`.
+    pub scopes: Vec<String>,
+}
+
+/// The TCP part of [`LandlockEnforced`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockNetEnforced {
+    /// Rights handled: `bind_tcp`, `connect_tcp`.
+    pub rights: Vec<String>,
+    /// Ports that may be bound.
+    pub tcp_bind: Vec<u16>,
+    /// Ports that may be connected to.
+    pub tcp_connect: Vec<u16>,
+}
+
 /// What was actually enforced for a run: the honest part of the verdict.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -202,7 +241,7 @@ pub struct Enforced {
     /// Whether denied system calls were counted (`denied_syscalls`).
     pub seccomp_audit: bool,
     /// Landlock's ABI and rights, when applied.
-    pub landlock: Option<crate::namespace::landlock::Enforced>,
+    pub landlock: Option<LandlockEnforced>,
     /// Every capability set is empty and the bounding set too; no-root secure bits are locked.
     pub capabilities_dropped: bool,
     /// `no_new_privs` is set.

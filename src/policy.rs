@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::namespace::seccomp::{
+pub mod seccomp;
+
+pub use seccomp::{
     Action as SeccompAction, ArgCond, CmpOp, CustomProfile, Rule as SeccompRule, SeccompProfile,
 };
 

@@ -107,7 +107,7 @@ struct Ctx {
     /// `HOST_NS_<NS>` = this process's namespace links, passed to every probe.
     host_ns: Vec<(String, String)>,
     /// What landlock enforces by default here (from a first run).
-    landlock: Option<sandkasten::landlock::Enforced>,
+    landlock: Option<sandkasten::outcome::LandlockEnforced>,
     /// The compiled C probes.
     identity: OnceLock<Result<PathBuf, String>>,
     vectors: OnceLock<Result<PathBuf, String>>,

@@ -40,6 +40,8 @@ use ::landlock::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::outcome::{LandlockEnforced as Enforced, LandlockNetEnforced as NetEnforced};
+
 /// Errors preparing the landlock ruleset, on the host.
 #[derive(Debug, thiserror::Error)]
 pub enum LandlockError {
@@ -97,30 +99,6 @@ pub struct NetRules {
     pub tcp_connect: Vec<u16>,
     /// Restrict TCP at all (`false`, e.g. host networking with no restriction asked: all ports open).
     pub handle: bool,
-}
-
-/// What landlock really enforces, for the verdict.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Enforced {
-    /// The ABI used: the kernel's, capped at the newest the landlock crate knows.
-    pub landlock_abi: u32,
-    /// The filesystem rights handled (denied unless a rule allows them).
-    pub landlock_fs_rights: Vec<String>,
-    /// TCP rules, when handled.
-    pub net: Option<NetEnforced>,
-    /// Scopes (ABI 6+): `abstract_unix_socket`, `signal`.
-    pub scopes: Vec<String>,
-}
-
-/// The TCP part of [`Enforced`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetEnforced {
-    /// Rights handled: `bind_tcp`, `connect_tcp`.
-    pub rights: Vec<String>,
-    /// Ports that may be bound.
-    pub tcp_bind: Vec<u16>,
-    /// Ports that may be connected to.
-    pub tcp_connect: Vec<u16>,
 }
 
 /// A ruleset with the host-side rules, ready for the child.

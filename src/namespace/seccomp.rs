@@ -47,7 +47,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 
 use libc::{BPF_ABS, BPF_ALU, BPF_AND, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET};
 use libc::{BPF_K, BPF_LD, BPF_RET, BPF_W, sock_filter};
@@ -56,66 +55,10 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-#[path = "seccomp_profile.rs"]
-mod profile;
-pub use profile::{
-    Action, ArgCond, CmpOp, CustomProfile, Rule, SeccompProfile, default_profile, load_file,
-    syscall_name, syscall_number,
+pub use crate::policy::seccomp::{
+    Action, ArgCond, CmpOp, CustomProfile, Rule, SeccompError, SeccompProfile, default_profile,
+    load_file, syscall_name, syscall_number,
 };
-
-/// Errors in a seccomp profile, found on the host before anything is spawned.
-#[derive(Debug, thiserror::Error)]
-pub enum SeccompError {
-    /// The profile file could not be read.
-    #[error("cannot read seccomp profile {path:?}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The profile file is not valid TOML for a [`CustomProfile`].
-    #[error("seccomp profile {path:?} is invalid: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said, with the line.
-        message: String,
-    },
-    /// A rule names a system call this table does not know.
-    #[error(
-        "seccomp rule names the unknown system call `{0}`: use an x86_64 system call name such as `openat`"
-    )]
-    UnknownSyscall(String),
-    /// A rule or the default action is malformed.
-    #[error("seccomp rule for `{syscall}`: {problem}")]
-    BadRule {
-        /// The rule's system call (or `default_action`).
-        syscall: String,
-        /// What is wrong and how to fix it.
-        problem: String,
-    },
-    /// The profile denies a call the sandbox's init makes after installing the filter.
-    #[error(
-        "the seccomp profile does not allow `{0}` (as the sandbox's init calls it), which init needs after \
-         installing the filter on itself; allow it in the profile"
-    )]
-    InitNeeds(&'static str),
-    /// Audit mode answers per system call and cannot tell several errnos of one call apart.
-    #[error(
-        "in audit mode each system call gets one errno, but the profile gives `{syscall}` the errnos \
-         {errnos:?}; use one errno for it, or run without audit"
-    )]
-    AmbiguousErrno {
-        /// The system call.
-        syscall: String,
-        /// The errnos its rules (and the default action) return.
-        errnos: Vec<u16>,
-    },
-    /// seccompiler rejected the filter, or produced output this module does not expect.
-    #[error("compiling the seccomp filter failed: {0}")]
-    Compile(String),
-}
 
 /// Slots of the per-syscall tables (every x86_64 number is below this).
 pub const SYSCALL_SLOTS: usize = 512;

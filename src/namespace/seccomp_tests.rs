@@ -5,8 +5,8 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::profile::{CLONE_NEW_FLAGS, syscalls};
 use super::*;
+use crate::policy::seccomp::{CLONE_NEW_FLAGS, syscalls};
 use serde::{Deserialize, Serialize};
 
 const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;

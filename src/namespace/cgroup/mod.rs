@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use crate::outcome::CgroupEnforced;
 
 /// Errors managing a run's cgroup.
 #[derive(Debug, thiserror::Error)]
@@ -67,22 +67,6 @@ pub struct CgroupStats {
     pub cpu_sys: Option<Duration>,
     /// Number of OOM kills in the cgroup.
     pub oom_kills: u64,
-}
-
-/// What the cgroup enforced, for the verdict.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CgroupEnforced {
-    /// "v1" or "v2".
-    pub version: String,
-    /// The run's cgroup directories.
-    pub paths: Vec<PathBuf>,
-    /// Memory limit in bytes.
-    pub memory: Option<u64>,
-    /// Task limit.
-    pub pids: Option<u64>,
-    /// CPU limit in cores.
-    pub cpus: Option<f64>,
 }
 
 /// A run's cgroup: removed on drop.

@@ -1,12 +1,64 @@
 //! What a seccomp profile says, as plain data: the serde types of the policy (`seccomp = "default"`, `"none"`
 //! or a table), the x86_64 system call names, and the default profile with the reason for each rule. The
-//! compilation to BPF and the system calls live in the parent module.
+//! compilation to BPF and the system calls live in the namespace backend (`namespace/seccomp.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::SeccompError;
+/// Errors in a seccomp profile, found on the host before anything is spawned.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The profile file could not be read.
+    #[error("cannot read seccomp profile {path:?}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The profile file is not valid TOML for a [`CustomProfile`].
+    #[error("seccomp profile {path:?} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with the line.
+        message: String,
+    },
+    /// A rule names a system call this table does not know.
+    #[error(
+        "seccomp rule names the unknown system call `{0}`: use an x86_64 system call name such as `openat`"
+    )]
+    UnknownSyscall(String),
+    /// A rule or the default action is malformed.
+    #[error("seccomp rule for `{syscall}`: {problem}")]
+    BadRule {
+        /// The rule's system call (or `default_action`).
+        syscall: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The profile denies a call the sandbox's init makes after installing the filter.
+    #[error(
+        "the seccomp profile does not allow `{0}` (as the sandbox's init calls it), which init needs after \
+         installing the filter on itself; allow it in the profile"
+    )]
+    InitNeeds(&'static str),
+    /// Audit mode answers per system call and cannot tell several errnos of one call apart.
+    #[error(
+        "in audit mode each system call gets one errno, but the profile gives `{syscall}` the errnos \
+         {errnos:?}; use one errno for it, or run without audit"
+    )]
+    AmbiguousErrno {
+        /// The system call.
+        syscall: String,
+        /// The errnos its rules (and the default action) return.
+        errnos: Vec<u16>,
+    },
+    /// seccompiler rejected the filter, or produced output this module does not expect.
+    #[error("compiling the seccomp filter failed: {0}")]
+    Compile(String),
+}
 
 /// The seccomp profile of a policy. TOML: `seccomp = "default"`, `seccomp = "none"`, or a table (a
 /// [`CustomProfile`]).
@@ -232,7 +284,7 @@ static EXTRA_SYSCALLS: &[(&str, i64)] = &[
     467), ("SYS_file_getattr", 468), ("SYS_file_setattr", 469),
 ];
 
-pub(super) fn syscalls() -> impl Iterator<Item = (&'static str, i64)> {
+pub(crate) fn syscalls() -> impl Iterator<Item = (&'static str, i64)> {
     LIBC_SYSCALLS
         .iter()
         .chain(EXTRA_SYSCALLS)
@@ -254,7 +306,7 @@ pub fn syscall_name(nr: i32) -> Option<&'static str> {
 /// Values of `personality(2)` Docker allows: PER_LINUX, PER_LINUX32, UNAME26 with either, and the query.
 const SAFE_PERSONALITIES: [u64; 5] = [0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 /// The namespace flags of `clone(2)` (CLONE_NEWTIME is not among them: bit 7 is part of the exit signal).
-pub(super) const CLONE_NEW_FLAGS: [i32; 7] = [
+pub(crate) const CLONE_NEW_FLAGS: [i32; 7] = [
     libc::CLONE_NEWNS,
     libc::CLONE_NEWCGROUP,
     libc::CLONE_NEWUTS,
