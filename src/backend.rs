@@ -1,4 +1,11 @@
-//! Which backend and which VM engine a caller asks for (description types: they import nothing).
+//! Which backend and which VM engine a caller asks for, and the seam every backend's running sandbox
+//! implements ([`Run`]): `SandboxChild` drives a namespace run, a cold VM run and a pooled run through it alone.
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::outcome::Outcome;
 
 /// Which backend runs the program.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,4 +29,55 @@ pub enum VmEngine {
     Qemu,
     /// Our own KVM VMM.
     Builtin,
+}
+
+/// A running sandbox of one backend, as [`SandboxChild`](crate::SandboxChild) drives it.
+pub(crate) trait Run: std::fmt::Debug + Send {
+    /// The host pid of the sandbox's root process (the namespace sandbox's init, or the VMM).
+    fn pid(&self) -> u32;
+    /// A pidfd of that process: signals go through it.
+    fn pidfd(&self) -> BorrowedFd<'_>;
+    /// Readable when the sandbox may have ended (then ask [`Run::ended`]).
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd()
+    }
+    /// After [`Run::wait_fd`] was readable: whether the sandbox has ended.
+    fn ended(&mut self) -> bool {
+        true
+    }
+    /// Whether a signal other than SIGKILL reaches the program (a VM does not forward signals yet).
+    fn forwards_signals(&self) -> bool {
+        true
+    }
+    /// For a cold VM run: a handle that tells when its guest has booted.
+    fn boot_watch(&self) -> Option<BootWatch> {
+        None
+    }
+    /// Collects the ended sandbox and makes the verdict. `host_timeout`: the host killed it for overrunning
+    /// its wall-clock limit.
+    fn finish(self: Box<Self>, wall: Duration, host_timeout: bool) -> Result<Outcome, Error>;
+    /// Kills the sandbox and releases everything it holds, without a verdict.
+    fn abort(self: Box<Self>);
+}
+
+/// Tells whether a VM run's guest has booted (its agent is up), from any thread: for a progress line while
+/// a cold VM boots. See [`SandboxChild::boot_watch`](crate::SandboxChild::boot_watch).
+#[derive(Clone)]
+pub struct BootWatch(std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl BootWatch {
+    pub(crate) fn new(ready: impl Fn() -> bool + Send + Sync + 'static) -> BootWatch {
+        BootWatch(std::sync::Arc::new(ready))
+    }
+
+    /// Whether the guest's agent has reported ready.
+    pub fn booted(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for BootWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BootWatch").field(&self.booted()).finish()
+    }
 }

@@ -7,12 +7,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, VmEngine};
+use crate::backend::{Backend, Run, VmEngine};
 use crate::error::{Error, io};
 use crate::namespace::{self, Launch};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage};
 use crate::policy::Policy;
-use crate::running::{Inner, SandboxChild};
+use crate::running::SandboxChild;
 use crate::vm;
 
 /// Where one of the program's standard streams goes.
@@ -266,10 +266,10 @@ impl Sandbox {
                 let run = pool.spawn(&launch).map_err(Error::Setup)?;
                 // The guest enforces the timeout; its sandbox set-up comes first, slow under software KVM.
                 let grace = run.setup_grace();
-                (Inner::Pooled(Box::new(run)), timeout.map(|t| t + grace))
+                (Box::new(run) as Box<dyn Run>, timeout.map(|t| t + grace))
             }
             (None, Backend::Namespace) => (
-                Inner::Namespace(Box::new(namespace::spawn(&launch).map_err(Error::Setup)?)),
+                Box::new(namespace::spawn(&launch).map_err(Error::Setup)?) as Box<dyn Run>,
                 timeout.map(|t| t + TIMEOUT_GRACE),
             ),
             (None, Backend::Vm) => {
@@ -278,11 +278,11 @@ impl Sandbox {
                 let run = vm::engine::spawn(&launch, None, engine, cache.as_deref())
                     .map_err(Error::Setup)?;
                 let grace = run.boot_limit();
-                (Inner::Vm(Box::new(run)), timeout.map(|t| t + grace))
+                (Box::new(run) as Box<dyn Run>, timeout.map(|t| t + grace))
             }
             (None, Backend::Auto) => match namespace::spawn(&launch) {
                 Ok(s) => (
-                    Inner::Namespace(Box::new(s)),
+                    Box::new(s) as Box<dyn Run>,
                     timeout.map(|t| t + TIMEOUT_GRACE),
                 ),
                 // The host cannot give this policy its namespaces or its required limits: the VM can.
@@ -301,7 +301,7 @@ impl Sandbox {
                             })
                         })?;
                     let grace = vm.boot_limit();
-                    (Inner::Vm(Box::new(vm)), timeout.map(|t| t + grace))
+                    (Box::new(vm) as Box<dyn Run>, timeout.map(|t| t + grace))
                 }
                 Err(f) => return Err(Error::Setup(f)),
             },

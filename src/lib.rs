@@ -32,13 +32,13 @@ mod running;
 pub mod vm;
 pub mod vmm;
 
-pub use backend::{Backend, VmEngine};
+pub use backend::{Backend, BootWatch, VmEngine};
 pub use command::{Sandbox, Stdio};
 pub use error::Error;
 pub use namespace::{DEFAULT_PATH, landlock, seccomp};
 pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
 pub use policy::{Mount, Network, Policy, PolicyError};
 pub use probe::{HostReport, probe};
-pub use running::{BootWatch, SandboxChild};
+pub use running::SandboxChild;
 pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};
 pub use vm::snapshot_cache::SnapshotCache;

@@ -1,100 +1,13 @@
 //! `SandboxChild`: a running sandbox on either backend, shaped like `std::process::Child`.
 
 use std::io::{PipeReader, PipeWriter, Read};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::backend::{BootWatch, Run};
 use crate::error::Error;
-use crate::namespace::{self, sys};
+use crate::namespace::sys;
 use crate::outcome::Outcome;
-use crate::vm::engine::VmRun;
-use crate::vm::pool::PooledRun;
-
-/// The backend-specific part of a running sandbox.
-#[derive(Debug)]
-pub(crate) enum Inner {
-    /// A namespace sandbox: its init process.
-    Namespace(Box<namespace::Started>),
-    /// A VM: the QEMU process and its channels.
-    Vm(Box<VmRun>),
-    /// A run on a warm VM of a pool.
-    Pooled(Box<PooledRun>),
-}
-
-impl Inner {
-    fn pid(&self) -> u32 {
-        match self {
-            Inner::Namespace(s) => s.pid as u32,
-            Inner::Vm(v) => v.pid(),
-            Inner::Pooled(p) => p.pid(),
-        }
-    }
-
-    fn pidfd(&self) -> BorrowedFd<'_> {
-        match self {
-            Inner::Namespace(s) => std::os::fd::AsFd::as_fd(&s.pidfd),
-            Inner::Vm(v) => v.pidfd(),
-            Inner::Pooled(p) => p.pidfd(),
-        }
-    }
-
-    /// Readable when the sandbox may have ended (see [`Inner::ended`]).
-    fn wait_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Inner::Pooled(p) => p.wait_fd(),
-            other => other.pidfd(),
-        }
-    }
-
-    /// After `wait_fd` was readable: whether the sandbox has ended.
-    fn ended(&mut self) -> bool {
-        match self {
-            Inner::Pooled(p) => p.ended(),
-            _ => true,
-        }
-    }
-
-    fn finish(self, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
-        match self {
-            Inner::Namespace(s) => s.finish(wall, host_timeout).map_err(|source| Error::Io {
-                what: "wait4 on the sandbox's init",
-                source,
-            }),
-            Inner::Vm(v) => v.finish(wall, host_timeout),
-            Inner::Pooled(p) => p.finish(wall, host_timeout),
-        }
-    }
-
-    fn abort(self) {
-        match self {
-            Inner::Namespace(s) => s.abort(),
-            Inner::Vm(v) => v.abort(),
-            Inner::Pooled(p) => p.abort(),
-        }
-    }
-}
-
-/// Tells whether a VM run's guest has booted (its agent is up), from any thread: for a progress line while
-/// a cold VM boots. See [`SandboxChild::boot_watch`].
-#[derive(Clone)]
-pub struct BootWatch(std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
-
-impl BootWatch {
-    pub(crate) fn new(ready: impl Fn() -> bool + Send + Sync + 'static) -> BootWatch {
-        BootWatch(std::sync::Arc::new(ready))
-    }
-
-    /// Whether the guest's agent has reported ready.
-    pub fn booted(&self) -> bool {
-        (self.0)()
-    }
-}
-
-impl std::fmt::Debug for BootWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("BootWatch").field(&self.booted()).finish()
-    }
-}
 
 /// A running sandbox. Dropping it kills the whole process tree (for the VM backend: the VM).
 #[derive(Debug)]
@@ -105,7 +18,7 @@ pub struct SandboxChild {
     pub stdout: Option<PipeReader>,
     /// The program's standard error, when piped.
     pub stderr: Option<PipeReader>,
-    inner: Option<Inner>,
+    inner: Option<Box<dyn Run>>,
     started: Instant,
     /// When the host stops waiting for the sandbox's own limit and kills it.
     deadline: Option<Duration>,
@@ -115,7 +28,7 @@ pub struct SandboxChild {
 
 impl SandboxChild {
     pub(crate) fn new(
-        inner: Inner,
+        inner: Box<dyn Run>,
         started: Instant,
         deadline: Option<Duration>,
         streams: (Option<PipeWriter>, Option<PipeReader>, Option<PipeReader>),
@@ -134,16 +47,13 @@ impl SandboxChild {
 
     /// The host pid of the sandbox's root process: the namespace sandbox's init (PID 1 inside), or QEMU.
     pub fn id(&self) -> u32 {
-        self.inner.as_ref().map_or(0, Inner::pid)
+        self.inner.as_ref().map_or(0, |r| r.pid())
     }
 
     /// For a cold VM run, a handle that tells when its guest has booted; `None` on the namespace backend and
     /// for runs on a warm VM (already booted).
     pub fn boot_watch(&self) -> Option<BootWatch> {
-        match &self.inner {
-            Some(Inner::Vm(v)) => Some(v.boot_watch()),
-            _ => None,
-        }
+        self.inner.as_ref().and_then(|r| r.boot_watch())
     }
 
     /// Kills the whole process tree.
@@ -162,7 +72,7 @@ impl SandboxChild {
     /// forward signals yet: only SIGKILL (which ends the VM) is accepted there.
     pub fn signal(&mut self, signal: i32) -> Result<(), Error> {
         match &self.inner {
-            Some(Inner::Vm(_) | Inner::Pooled(_)) if signal != libc::SIGKILL => {
+            Some(inner) if signal != libc::SIGKILL && !inner.forwards_signals() => {
                 Err(Error::Backend(
                     "vm",
                     format!("signal {signal} cannot be forwarded into the VM yet; kill() ends it"),

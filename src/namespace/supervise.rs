@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use std::os::fd::{AsFd, BorrowedFd};
+
 use super::child::msg;
 use super::{Started, read_message, seccomp};
+use crate::backend::Run;
+use crate::error::Error;
 use crate::outcome::{BackendKind, Denial, Outcome, Status, TimeLimit, Usage};
 
 impl Started {
@@ -105,5 +109,26 @@ impl Started {
 impl std::fmt::Debug for Started {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Started").field("pid", &self.pid).finish()
+    }
+}
+
+impl Run for Started {
+    fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    fn finish(self: Box<Self>, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
+        Started::finish(*self, wall, host_timeout).map_err(|source| Error::Io {
+            what: "wait4 on the sandbox's init",
+            source,
+        })
+    }
+
+    fn abort(self: Box<Self>) {
+        Started::abort(*self)
     }
 }

@@ -380,9 +380,9 @@ impl VmRun {
     }
 
     /// A handle that tells when the guest's agent is up.
-    pub(crate) fn boot_watch(&self) -> crate::running::BootWatch {
+    pub(crate) fn boot_watch(&self) -> crate::backend::BootWatch {
         let control = self.control.clone();
-        crate::running::BootWatch::new(move || control.text().contains(crate::guest::READY_PREFIX))
+        crate::backend::BootWatch::new(move || control.text().contains(crate::guest::READY_PREFIX))
     }
 
     /// How long the guest may take to boot.
