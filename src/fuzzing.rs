@@ -11,3 +11,8 @@ pub fn plan(policy: &Policy) -> Result<usize, String> {
         .map(|p| p.steps.len())
         .map_err(|e| e.to_string())
 }
+
+/// The sandbox the guest agent would build for `spec` (it runs nothing).
+pub fn sandbox_for(spec: &crate::protocol::RunSpec) -> crate::Sandbox {
+    crate::guest::sandbox_for(spec)
+}

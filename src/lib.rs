@@ -28,6 +28,8 @@ mod namespace;
 pub mod outcome;
 pub mod policy;
 pub mod probe;
+#[doc(hidden)]
+pub mod protocol;
 mod running;
 pub mod vm;
 pub mod vmm;

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sandkasten::Policy;
-use sandkasten::guest::{
+use sandkasten::protocol::{
     CONTROL_PORT, Link, READY_PREFIX, RunSpec, STDERR_PORT, STDOUT_PORT, Share, ShareFs,
     VERDICT_PREFIX, find_verdict,
 };

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sandkasten::Policy;
-use sandkasten::guest::{
+use sandkasten::protocol::{
     CONTROL_PORT, READY_PREFIX, RunSpec, STDERR_PORT, STDIN_PORT, STDOUT_PORT, VERDICT_PREFIX,
     find_verdict,
 };

@@ -1,12 +1,12 @@
 //! What crosses the host–guest boundary: a run specification as the guest agent receives it
-//! (`RunSpec::from_json` + `validate`, then `to_sandbox`), and the agent's verdict as the host reads it from
+//! (`RunSpec::from_json` + `validate`, then the agent's `sandbox_for`), and the agent's verdict as the host reads it from
 //! the control port (`find_verdict` over the transcript, `Outcome::from_report_json`). Either side may be
 //! hostile to the other: errors, never panics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sandkasten::Outcome;
-use sandkasten::guest::{RunSpec, find_verdict};
+use sandkasten::protocol::{RunSpec, find_verdict};
 
 fuzz_target!(|data: &[u8]| {
     // Host -> guest.
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
                 "the JSON round trip changed the spec"
             );
             again.validate().expect("a valid spec stays valid");
-            let _ = spec.to_sandbox();
+            let _ = sandkasten::fuzzing::sandbox_for(&spec);
         }
     }
     // Guest -> host: the transcript of the control port, then the bytes as one JSON value.

@@ -6,36 +6,18 @@
 
 use std::os::fd::AsRawFd;
 
+use crate::protocol::MAX_SEED;
+
 /// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`, a `struct rand_pool_info` and its bytes.
 const RNDADDENTROPY: u64 = 0x4008_5203;
 /// `RNDRESEEDCRNG`: `_IO('R', 0x07)`, reseed the generator from the pool now.
 const RNDRESEEDCRNG: u64 = 0x5207;
-/// The most bytes a ping carries.
-pub(crate) const MAX_SEED: usize = 64;
-
 /// `struct rand_pool_info` with room for [`MAX_SEED`] bytes.
 #[repr(C)]
 struct PoolInfo {
     entropy_count: i32,
     buf_size: i32,
     buf: [u8; MAX_SEED],
-}
-
-/// The bytes of a lowercase or uppercase hex string of at most [`MAX_SEED`] bytes.
-pub(crate) fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    if text.is_empty() || !text.len().is_multiple_of(2) || text.len() > 2 * MAX_SEED {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Lowercase hex of `bytes`.
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Mixes `seed` into the kernel's random pool (credited as entropy) and reseeds the generator from it.
@@ -73,16 +55,6 @@ pub(crate) fn reseed(seed: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trips_and_bad_hex_is_refused() {
-        let bytes: Vec<u8> = (0..=63).collect();
-        assert_eq!(parse_hex(&to_hex(&bytes)).unwrap(), bytes);
-        assert_eq!(parse_hex("00Ff").unwrap(), vec![0, 255]);
-        for bad in ["", "0", "zz", "0g", &"00".repeat(MAX_SEED + 1), "é0"] {
-            assert_eq!(parse_hex(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn the_ioctl_numbers_are_the_kernels() {

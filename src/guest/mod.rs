@@ -16,11 +16,9 @@
 //! skipped) and prints the verdict: a way to try a specification without a VM.
 
 pub(crate) mod entropy;
-pub mod frames;
 mod mounts;
 mod ports;
 mod serve;
-mod spec;
 mod verdict;
 
 use std::io::Read;
@@ -29,24 +27,15 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-pub use ports::{
-    CONTROL_PORT, Channels, PORTS_PARAM, STDERR_PORT, STDIN_PORT, STDOUT_PORT, ports_param,
-};
-pub use spec::{Link, RunSpec, Share, ShareFs};
-pub use verdict::{
-    AgentInfo, READY_PREFIX, VERDICT_PREFIX, agent_failure, find_verdict, uptime_ms, verdict_json,
-};
+pub use ports::Channels;
+pub use verdict::{agent_failure, uptime_ms};
 
-use crate::{BackendKind, Outcome, Stage, Stdio};
+use crate::protocol::{
+    AgentInfo, CONTROL_PORT, PING_LINE, READY_PREFIX, RunSpec, SPEC_PATH, parse_hex, verdict_json,
+};
+use crate::{Backend, BackendKind, Outcome, Sandbox, Stage, Stdio};
 use verdict::say;
 
-/// A line the host may send instead of a specification: the agent answers with a new READY line (how a
-/// host checks that a VM restored from a snapshot, whose READY line was sent before the snapshot, runs).
-/// It may carry fresh random bytes in hex after a space, which the agent reseeds the kernel's random
-/// generator with ([`entropy`]).
-pub const PING_LINE: &str = "SANDBOX-PING";
-/// Where the agent looks for the specification when there is no control port.
-pub const SPEC_PATH: &str = "/sandbox/spec.json";
 /// The agent's version, sent with every verdict.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The largest specification the agent reads.
@@ -280,7 +269,7 @@ fn boot_and_run(
         if let Some(rest) = line.strip_prefix(PING_LINE.as_bytes())
             && (rest.is_empty() || rest.starts_with(b" "))
         {
-            let seed = std::str::from_utf8(rest).ok().and_then(entropy::parse_hex);
+            let seed = std::str::from_utf8(rest).ok().and_then(parse_hex);
             let reseeded = match seed.as_deref().map(entropy::reseed) {
                 Some(Ok(())) => true,
                 Some(Err(e)) => {
@@ -352,7 +341,7 @@ fn prepare_and_run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestE
 /// Runs the specification with the namespace backend and the given channels; stdout and stderr default to
 /// the agent's own (the console), stdin to `/dev/null`.
 pub fn run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
-    let mut cmd = spec.to_sandbox();
+    let mut cmd = sandbox_for(spec);
     pvm_env(&mut cmd, spec);
     cmd.stdin(channels.stdin.map_or(Stdio::Null, Stdio::from));
     if let Some(f) = channels.stdout {
@@ -476,4 +465,20 @@ fn host_run(path: &Path) -> ! {
     });
     verdict::send(&verdict_json(&outcome, &info));
     std::process::exit(outcome.status.exit_code())
+}
+
+/// The sandbox a specification describes, on the namespace backend (inside the guest there is no other), with
+/// the streams left to the caller.
+pub(crate) fn sandbox_for(spec: &RunSpec) -> Sandbox {
+    let mut cmd = Sandbox::new(&spec.program);
+    cmd.args(&spec.args)
+        .policy(spec.policy.clone())
+        .backend(Backend::Namespace);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd
 }

@@ -7,7 +7,7 @@ use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
 
 use super::GuestError;
-use super::spec::{Link, Share};
+use crate::protocol::{Link, Share, ShareFs};
 
 /// The directory the agent binds the initramfs root on before moving it to `/`.
 const REROOT: &str = "/mnt";
@@ -188,8 +188,8 @@ pub(crate) fn mount_shares(shares: &[Share]) -> Result<(), GuestError> {
         }
         let fstype = s.fs.fstype();
         let options = match s.fs {
-            super::spec::ShareFs::NineP => "trans=virtio,version=9p2000.L",
-            super::spec::ShareFs::Virtiofs => "",
+            ShareFs::NineP => "trans=virtio,version=9p2000.L",
+            ShareFs::Virtiofs => "",
         };
         do_mount(&s.tag, &s.guest_path, fstype, flags, options)?;
     }

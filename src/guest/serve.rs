@@ -8,8 +8,8 @@ use std::fs::File;
 use std::io::Write;
 use std::thread::JoinHandle;
 
-use super::frames::{Frame, MAX_FRAME, read_frame, write_frame};
 use super::{Channels, GuestError, RunSpec, mounts};
+use crate::protocol::frames::{Frame, MAX_FRAME, read_frame, write_frame};
 use crate::{Outcome, Stdio};
 
 /// The state a warm VM keeps between runs.
@@ -58,7 +58,7 @@ impl Server {
             port(&channels.stdout)?,
             port(&channels.stderr)?,
         );
-        let mut cmd = spec.to_sandbox();
+        let mut cmd = super::sandbox_for(spec);
         super::pvm_env(&mut cmd, spec);
         cmd.stdin(if stdin_port.is_some() {
             Stdio::Piped

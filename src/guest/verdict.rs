@@ -9,58 +9,17 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::protocol::{AgentInfo, CONTROL_PORT, VERDICT_PREFIX, verdict_json};
 use crate::{BackendKind, Outcome, SetupFailure, Stage};
-
-/// The prefix of the verdict line on the console and on the control port: `SANDBOX-VERDICT {json}`.
-pub const VERDICT_PREFIX: &str = "SANDBOX-VERDICT ";
-/// The prefix of the line the agent sends on the control port when it is ready for the specification:
-/// `SANDBOX-READY {"version": ..., "uptime_ms": ...}`.
-pub const READY_PREFIX: &str = "SANDBOX-READY ";
 
 /// The control port's descriptor, for the panic hook (-1: none).
 static CONTROL_FD: AtomicI32 = AtomicI32::new(-1);
-
-/// Facts about the agent's own run, sent with the verdict.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct AgentInfo {
-    /// The agent's version.
-    pub version: &'static str,
-    /// Guest uptime when the agent started (the boot time to the agent), in milliseconds.
-    pub uptime_start_ms: Option<u64>,
-    /// Guest uptime when the verdict was made, in milliseconds.
-    pub uptime_end_ms: Option<u64>,
-    /// Where the specification came from: `control_port`, `initramfs` or `file`.
-    pub spec_source: Option<&'static str>,
-    /// What the guest lacks without failing the run (e.g. a cgroup controller).
-    pub warnings: Vec<String>,
-}
 
 /// Guest uptime in milliseconds, from `/proc/uptime`.
 pub fn uptime_ms() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/uptime").ok()?;
     let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
     Some((secs * 1000.0) as u64)
-}
-
-/// The verdict JSON: [`Outcome::report_json`] plus `exit_status` (the exit code a shell would show: the
-/// program's own, 128+N for a signal, 124 timeout, 125 sandbox or agent failure, 126 not executable, 127 not
-/// found) and `agent`.
-pub fn verdict_json(outcome: &Outcome, agent: &AgentInfo) -> serde_json::Value {
-    let mut v = outcome.report_json();
-    v["exit_status"] = outcome.status.exit_code().into();
-    v["agent"] = serde_json::to_value(agent).unwrap_or_default();
-    v
-}
-
-/// Finds the verdict in a console log or control-port transcript (the last verdict line wins).
-pub fn find_verdict(text: &str) -> Option<serde_json::Value> {
-    text.lines()
-        .rev()
-        .filter_map(|l| {
-            l.find(VERDICT_PREFIX)
-                .map(|i| &l[i + VERDICT_PREFIX.len()..])
-        })
-        .find_map(|json| serde_json::from_str(json.trim()).ok())
 }
 
 /// The verdict of a failure of the agent itself (exit status 125).
@@ -103,7 +62,7 @@ pub(crate) fn send(v: &serde_json::Value) {
         if let Err(e) = port_write(port, line.as_bytes()) {
             say(&format!(
                 "sandbox-init: the verdict could not be sent on {}: {e}",
-                super::CONTROL_PORT
+                CONTROL_PORT
             ));
         }
     }
@@ -192,6 +151,7 @@ pub(crate) fn install_panic_hook(pid1: bool) {
 mod tests {
     use super::*;
     use crate::Status;
+    use crate::protocol::find_verdict;
 
     #[test]
     fn verdict_line_round_trips() {

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 pub(crate) use super::launch::{Engine, Host, Started, VmChannels, start_vm};
 use super::qemu::Share;
 use crate::error::Error;
-use crate::guest::{Link, RunSpec, Share as GuestShare, ShareFs, find_verdict};
 use crate::namespace::{Launch, sys};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
 use crate::policy::{Mount, Policy, SYSTEM_TOP};
+use crate::protocol::{Link, RunSpec, Share as GuestShare, ShareFs, find_verdict};
 
 /// How much of the kernel log is kept for a failed run's verdict.
 const CONSOLE_TAIL: usize = 16 * 1024;
@@ -195,7 +195,7 @@ fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, SetupFailure> {
 /// open then), copy, wait until QEMU has taken every byte from the socket, then hang up.
 fn relay_stdin(source: OwnedFd, mut to: UnixStream, control: Tail, boot_limit: Duration) {
     let start = Instant::now();
-    while !control.text().contains(crate::guest::READY_PREFIX) {
+    while !control.text().contains(crate::protocol::READY_PREFIX) {
         if start.elapsed() > boot_limit {
             return;
         }
@@ -335,7 +335,7 @@ pub(crate) fn spawn(
     threads.push(std::thread::spawn(move || {
         super::cold_snapshot::save_then_send(
             save,
-            || ready.text().contains(crate::guest::READY_PREFIX),
+            || ready.text().contains(crate::protocol::READY_PREFIX),
             boot_limit,
             || {
                 if let Some(start) = start_stdin {
@@ -382,7 +382,9 @@ impl VmRun {
     /// A handle that tells when the guest's agent is up.
     pub(crate) fn boot_watch(&self) -> crate::backend::BootWatch {
         let control = self.control.clone();
-        crate::backend::BootWatch::new(move || control.text().contains(crate::guest::READY_PREFIX))
+        crate::backend::BootWatch::new(move || {
+            control.text().contains(crate::protocol::READY_PREFIX)
+        })
     }
 
     /// How long the guest may take to boot.
@@ -400,7 +402,7 @@ impl VmRun {
         std::thread::spawn(move || {
             let start = Instant::now();
             while start.elapsed() < limit {
-                if control.text().contains(crate::guest::READY_PREFIX) {
+                if control.text().contains(crate::protocol::READY_PREFIX) {
                     return;
                 }
                 // Also stop watching once QEMU has ended.

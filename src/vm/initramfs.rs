@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::guest::{RunSpec, SPEC_PATH};
+use crate::protocol::{RunSpec, SPEC_PATH};
 
 /// Where [`pack_agent`] puts the agent: the kernel runs `/init` from the initramfs as PID 1.
 pub const AGENT_PATH: &str = "/init";

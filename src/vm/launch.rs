@@ -10,10 +10,10 @@ use std::time::Duration;
 use super::assets::{assets, initramfs};
 use super::qemu::{self, Accel, Machine, Port, Share};
 use super::snapshot_cache::{GuestKey, Plan, Session};
-use crate::guest::ShareFs;
 use crate::namespace::{self, Launch, sys};
 use crate::outcome::{SetupFailure, Stage, VmInfo};
 use crate::policy::{Network, Policy, SYSTEM_TOP};
+use crate::protocol::ShareFs;
 use crate::vmm::process::SnapshotConfig;
 
 /// How long a guest may take from the VMM's start to the agent's READY line before the run is abandoned.
@@ -102,11 +102,11 @@ fn new_channels(with_stdin: bool) -> Result<NewChannels, SetupFailure> {
     let (console, console_vmm) = socket_pair()?;
     let (control, control_vmm) = socket_pair()?;
     let mut vmm: Vec<(OwnedFd, RawFd)> = vec![(console_vmm, 3), (control_vmm, 4)];
-    let mut ports = vec![(crate::guest::CONTROL_PORT, 4)];
+    let mut ports = vec![(crate::protocol::CONTROL_PORT, 4)];
     let stdin = if with_stdin {
         let (host, theirs) = socket_pair()?;
         vmm.push((theirs, 5));
-        ports.push((crate::guest::STDIN_PORT, 5));
+        ports.push((crate::protocol::STDIN_PORT, 5));
         Some(host)
     } else {
         None
@@ -115,8 +115,8 @@ fn new_channels(with_stdin: bool) -> Result<NewChannels, SetupFailure> {
     let (stderr, stderr_vmm) = socket_pair()?;
     vmm.push((stdout_vmm, 6));
     vmm.push((stderr_vmm, 7));
-    ports.push((crate::guest::STDOUT_PORT, 6));
-    ports.push((crate::guest::STDERR_PORT, 7));
+    ports.push((crate::protocol::STDOUT_PORT, 6));
+    ports.push((crate::protocol::STDERR_PORT, 7));
     let (err_r, err_w) = pipe()?;
     Ok(NewChannels {
         host: VmChannels {
@@ -310,7 +310,7 @@ pub(crate) fn start_builtin(
     let cmdline = crate::vmm::kernel_cmdline(
         true,
         pvm,
-        &crate::guest::ports_param(ports.iter().map(|(n, _)| n.as_str())),
+        &crate::protocol::ports_param(ports.iter().map(|(n, _)| n.as_str())),
     );
     let (snapshot, snapshot_config) = match cache {
         Some(dir) => snapshot_fds(

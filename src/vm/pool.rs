@@ -41,10 +41,10 @@ use super::pool_snapshot::{
 use super::qemu::Share;
 use super::snapshot_cache::SnapshotCache;
 use crate::error::Error;
-use crate::guest::RunSpec;
 use crate::namespace::Launch;
 use crate::outcome::{SetupFailure, Stage, VmInfo};
 use crate::policy::{Mount, Policy};
+use crate::protocol::RunSpec;
 
 mod run;
 

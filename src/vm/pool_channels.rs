@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::guest::frames::{Frame, MAX_FRAME, read_frame, write_frame};
-use crate::guest::{READY_PREFIX, VERDICT_PREFIX};
 use crate::namespace::sys;
+use crate::protocol::frames::{Frame, MAX_FRAME, read_frame, write_frame};
+use crate::protocol::{READY_PREFIX, VERDICT_PREFIX};
 
 /// The longest line the host accepts from a guest's control port.
 const MAX_LINE: u64 = 1 << 20;

@@ -159,7 +159,7 @@ impl Machine {
         let mut extra = self.cmdline.clone();
         if !self.ports.is_empty() {
             extra.push(' ');
-            extra.push_str(&crate::guest::ports_param(
+            extra.push_str(&crate::protocol::ports_param(
                 self.ports.iter().map(|p| p.name),
             ));
         }

@@ -18,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::guest::PING_LINE;
+use crate::protocol::PING_LINE;
 use crate::vmm::snapshot::SaveReport;
 use crate::vmm::snapshot::format::VERSION;
 
@@ -265,13 +265,13 @@ impl Session {
             "restored" => {}
             other => return Err(format!("unexpected answer {other:?}")),
         }
-        let mut seed = [0u8; crate::guest::entropy::MAX_SEED];
+        let mut seed = [0u8; crate::protocol::MAX_SEED];
         File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut seed))
             .map_err(|e| {
                 format!("reading /dev/urandom for the restored guest's random seed: {e}")
             })?;
-        let hex = crate::guest::entropy::to_hex(&seed);
+        let hex = crate::protocol::to_hex(&seed);
         (&*control)
             .write_all(format!("{PING_LINE} {hex}\n").as_bytes())
             .map_err(|e| format!("asking the restored agent whether it runs: {e}"))

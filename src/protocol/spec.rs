@@ -23,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Backend, Policy, Sandbox};
+use crate::policy::Policy;
 
 /// What to run in the guest, and the host directories it needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,22 +183,6 @@ impl RunSpec {
             return Err(format!("cwd {cwd:?} is not absolute"));
         }
         self.policy.validate().map_err(|e| e.to_string())
-    }
-
-    /// The sandbox this specification describes, on the namespace backend (inside the guest there is no
-    /// other), with the streams left to the caller.
-    pub fn to_sandbox(&self) -> Sandbox {
-        let mut cmd = Sandbox::new(&self.program);
-        cmd.args(&self.args)
-            .policy(self.policy.clone())
-            .backend(Backend::Namespace);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        if let Some(cwd) = &self.cwd {
-            cmd.current_dir(cwd);
-        }
-        cmd
     }
 }
 
