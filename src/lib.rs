@@ -30,7 +30,8 @@ pub mod policy;
 pub mod probe;
 mod running;
 pub mod vm;
-pub mod vmm;
+// The builtin engine's VMM, a crate of its own (no longer part of this crate's API): `crate::vmm::` paths.
+use sandkasten_vmm as vmm;
 
 pub use backend::{Backend, VmEngine};
 pub use command::{Sandbox, Stdio};

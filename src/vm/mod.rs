@@ -5,6 +5,7 @@
 //! a control port, the run specification) into the uncompressed initramfs the kernel unpacks at boot.
 
 pub mod assets;
+pub mod cmdline;
 mod cold_snapshot;
 pub mod engine;
 pub mod initramfs;

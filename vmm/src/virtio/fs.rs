@@ -2,11 +2,11 @@
 //! fuse-backend-rs's FUSE server over its passthrough file system.
 //!
 //! ```no_run
-//! use sandkasten::vmm::virtio::fs::VirtioFs;
+//! use sandkasten_vmm::virtio::fs::VirtioFs;
 //!
 //! // The guest mounts it with `mount -t virtiofs -o ro usr /usr`.
 //! let dev = VirtioFs::new("usr", "/usr", true)?;
-//! # Ok::<(), sandkasten::vmm::virtio::fs::FsError>(())
+//! # Ok::<(), sandkasten_vmm::virtio::fs::FsError>(())
 //! ```
 //!
 //! Queues: 0 is the high-priority queue (FORGET and INTERRUPT), 1 the single request queue. Both are served
@@ -37,7 +37,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{ActivateError, Interrupt, StateError, VIRTIO_F_VERSION_1, VirtioDevice};
-use crate::vmm::snapshot::state::{DeviceState, FsState, QueueState};
+use crate::snapshot::state::{DeviceState, FsState, QueueState};
 use share::ShareFs;
 
 /// The virtio device ID of a file system device.
