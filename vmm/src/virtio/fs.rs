@@ -13,7 +13,7 @@
 //! the same way on the vCPU thread when the driver notifies them: every available chain becomes a FUSE
 //! request (the device-readable descriptors) and its reply (the device-writable ones).
 //!
-//! Policy lives in [`share`]: read-only shares are enforced here on the host (`EROFS`), never trusted to the
+//! Policy lives in `share.rs`: read-only shares are enforced here on the host (`EROFS`), never trusted to the
 //! guest's `ro` mount flag; guest uids/gids are not used for host credentials; symlinks are returned to the
 //! guest as symlinks and resolved by the guest kernel, never followed by the host (PassthroughFs opens one
 //! name at a time relative to a directory fd, with `O_NOFOLLOW`), and `..` of the share root is the root.
