@@ -32,7 +32,8 @@ pub mod probe;
 pub mod protocol;
 mod running;
 pub mod vm;
-pub mod vmm;
+// The builtin engine's VMM, a crate of its own (no longer part of this crate's API): `crate::vmm::` paths.
+use sandkasten_vmm as vmm;
 
 pub use backend::{Backend, BootWatch, VmEngine};
 pub use command::{Sandbox, Stdio};

@@ -1,10 +1,13 @@
 //! What this host can enforce, found by trying rather than guessing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::namespace::{cgroup, sys};
+
+/// Which KVM `/dev/kvm` is (the VMM crate's detection).
+pub use sandkasten_vmm::KvmFlavour;
 
 /// The cgroup layout the caller sits in.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -24,8 +27,9 @@ pub struct CgroupReport {
 pub struct KvmReport {
     /// `/dev/kvm` opens and answers KVM_GET_API_VERSION.
     pub usable: bool,
-    /// "hardware" (VMX/SVM), "pvm" (the kvm_pvm software module) or "none".
-    pub flavour: &'static str,
+    /// Hardware (VMX/SVM), PVM (the kvm_pvm software module) or unknown; serialised as "hardware", "pvm" or
+    /// "none".
+    pub flavour: KvmFlavour,
     /// Why it is not usable, when it is not.
     pub reason: Option<String>,
 }
@@ -142,19 +146,7 @@ fn try_namespaces() -> Result<(), String> {
 
 /// How `/dev/kvm` behaves here (opened and asked for its API version).
 pub fn probe_kvm() -> KvmReport {
-    let flavour = if Path::new("/sys/module/kvm_pvm").exists() {
-        "pvm"
-    } else if std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| {
-            c.lines()
-                .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
-        })
-        .unwrap_or(false)
-    {
-        "hardware"
-    } else {
-        "none"
-    };
+    let flavour = KvmFlavour::detect();
     match std::fs::File::options()
         .read(true)
         .write(true)

@@ -197,9 +197,12 @@ fn environment_cleared(b: B) {
     let mut lines: Vec<String> = out(&o).lines().map(String::from).collect();
     lines.sort();
     // On PVM our VMM's guest hands programs glibc tunables without AVX (the guest kernel cannot preserve AVX
-    // registers there: sandkasten::vmm::PVM_CMDLINE): the one variable beyond the caller's.
-    if b == B::Builtin && sandkasten::probe::probe_kvm().flavour == "pvm" {
-        let tunables = format!("GLIBC_TUNABLES={}", sandkasten::vmm::pvm_glibc_tunables());
+    // registers there: sandkasten::vm::cmdline::PVM_CMDLINE): the one variable beyond the caller's.
+    if b == B::Builtin && sandkasten::probe::probe_kvm().flavour.is_pvm() {
+        let tunables = format!(
+            "GLIBC_TUNABLES={}",
+            sandkasten::vm::cmdline::pvm_glibc_tunables()
+        );
         let i = lines.iter().position(|l| *l == tunables);
         lines.remove(i.unwrap_or_else(|| panic!("no AVX-free glibc tunables on PVM: {lines:?}")));
     }

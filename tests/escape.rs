@@ -336,7 +336,7 @@ fn py_with_vm(
 
 /// /proc/1's memory, environment and layout are unreadable, and its command line carries nothing of the
 /// host's: the sandbox's init is named `sandbox-init` on every backend (in a VM the kernel gives the agent
-/// room for that name, `vmm::INIT_ARGS`). The guest kernel has no CONFIG_STACKTRACE (no /proc/1/stack).
+/// room for that name, `vm::cmdline::INIT_ARGS`). The guest kernel has no CONFIG_STACKTRACE (no /proc/1/stack).
 fn proc1_memory(ctx: &Ctx) -> Check {
     let stack = if vm() { "ENOENT" } else { "EACCES" };
     let want = format!(
@@ -348,7 +348,7 @@ fn proc1_memory(ctx: &Ctx) -> Check {
 
 /// A process's AVX registers must be its own: no other process may change (or read) them. Our guest kernel
 /// on PVM cannot save AVX state (`noxsave`), so there it holds only while nothing else in the guest uses AVX:
-/// the agent and every program get glibc tunables without it (`sandkasten::vmm::PVM_CMDLINE`), and this probe
+/// the agent and every program get glibc tunables without it (`sandkasten::vm::cmdline::PVM_CMDLINE`), and this probe
 /// fails if glibc still copies with AVX (as it did with AVX and AVX2 cleared but its AVX copies preferred)
 /// or saves them with XSAVEC when it binds a function lazily (seen once in 6656 rounds, then cleared too).
 fn vector_registers(ctx: &Ctx) -> Check {

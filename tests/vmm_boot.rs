@@ -1,4 +1,4 @@
-//! The builtin VMM (`sandkasten::vmm`) boots our guest kernel under KVM with the agent in the initramfs and a
+//! The builtin VMM (`sandkasten_vmm`) boots our guest kernel under KVM with the agent in the initramfs and a
 //! virtio-console device carrying the agent's four named ports: the host reads the agent's READY line on
 //! `sandbox.control`, sends the run specification there, reads the verdict back from it, and gets the
 //! program's output from `sandbox.stdout`; the guest ends with the i8042 reset.
@@ -23,9 +23,10 @@ use sandkasten::protocol::{
     CONTROL_PORT, READY_PREFIX, RunSpec, STDERR_PORT, STDIN_PORT, STDOUT_PORT, VERDICT_PREFIX,
     find_verdict,
 };
+use sandkasten::vm::cmdline::kernel_cmdline;
 use sandkasten::vm::initramfs::pack_agent;
-use sandkasten::vmm::virtio::console::VirtioConsole;
-use sandkasten::vmm::{self, GuestExit, VmConfig, regs::BootMode};
+use sandkasten_vmm::virtio::console::VirtioConsole;
+use sandkasten_vmm::{self as vmm, GuestExit, KvmFlavour, VmConfig, regs::BootMode};
 
 /// The guest is stopped after this long: a hung guest fails the test instead of hanging it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
@@ -136,12 +137,12 @@ fn boots_the_guest_to_the_agent_verdict() {
         std::fs::write(&p, &initramfs).unwrap();
     }
 
-    let pvm = vmm::pvm_detected();
+    let pvm = KvmFlavour::detect().is_pvm();
     let console = Console::default();
     let result = vmm::run(VmConfig {
         kernel: kernel.clone(),
         initramfs: initramfs.into(),
-        cmdline: vmm::kernel_cmdline(
+        cmdline: kernel_cmdline(
             true,
             pvm,
             &std::env::var("SANDBOX_VMM_CMDLINE").unwrap_or_default(),
@@ -177,7 +178,7 @@ fn boots_the_guest_to_the_agent_verdict() {
     let elf = magic == *b"\x7fELF";
     let mode = if elf { BootMode::Pvh } else { BootMode::Long };
     assert_eq!(report.boot_mode, mode);
-    assert_eq!(report.kvm_flavour == "pvm", pvm);
+    assert_eq!(report.kvm_flavour.is_pvm(), pvm);
     assert!(
         log.contains("sandbox-init") && log.contains(": PID 1, guest uptime"),
         "the console (kernel log, agent messages) is on the serial port:\n{log}"

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
 use libfuzzer_sys::fuzz_target;
-use sandkasten::vmm::virtio::{Interrupt, VirtioDevice};
+use sandkasten_vmm::virtio::{Interrupt, VirtioDevice};
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -136,14 +136,14 @@ fn walk(queue: &mut Queue, mem: &GuestMemoryMmap) {
 
 /// Our virtio devices, fresh for each input.
 ///
-/// ==== DEVICES: add each virtio device of `src/vmm/virtio/` here once it exists (console, fs) ====
-/// e.g. `Box::new(sandkasten::vmm::virtio::console::Console::new(...))`. `drive` below hands it queues built
+/// ==== DEVICES: add each virtio device of `vmm/src/virtio/` here once it exists (console, fs) ====
+/// e.g. `Box::new(sandkasten_vmm::virtio::console::Console::new(...))`. `drive` below hands it queues built
 /// from the same fuzz header, activates it and notifies every queue.
 fn devices() -> Vec<Box<dyn VirtioDevice>> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     // Console: two named ports whose host ends are dropped at once (a vanished host is one of the cases).
     if let Ok((console, _hosts)) =
-        sandkasten::vmm::virtio::console::VirtioConsole::with_socketpairs(&["a", "b"])
+        sandkasten_vmm::virtio::console::VirtioConsole::with_socketpairs(&["a", "b"])
     {
         out.push(Box::new(console));
     }
@@ -155,7 +155,7 @@ fn devices() -> Vec<Box<dyn VirtioDevice>> {
         let _ = std::fs::write(d.join("file"), b"fuzz");
         d
     });
-    if let Ok(fs) = sandkasten::vmm::virtio::fs::VirtioFs::new("fuzz", dir, true) {
+    if let Ok(fs) = sandkasten_vmm::virtio::fs::VirtioFs::new("fuzz", dir, true) {
         out.push(Box::new(fs));
     }
     out

@@ -79,7 +79,7 @@ pub fn vm(runs: usize, cli: &std::path::Path) {
     let accel = sandkasten::vm::qemu::choose_accel(&sandkasten::probe::probe_kvm()).0;
     let mut bare = crate::vm::bare_qemu_times(
         accel.name(),
-        &sandkasten::vmm::kernel_cmdline(accel.name() == "kvm", false, ""),
+        &sandkasten::vm::cmdline::kernel_cmdline(accel.name() == "kvm", false, ""),
         runs,
     );
     let bare_rss = children_maxrss_kib();

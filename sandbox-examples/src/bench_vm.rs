@@ -147,7 +147,7 @@ fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
 pub fn bare_qemu_times(accel: &str, cmdline: &str, runs: usize) -> Vec<Duration> {
     // QEMU's `-cpu max`/`host` cannot start on PVM (it cannot set IA32_ARCH_CAPABILITIES); our VMM's vCPU is
     // KVM's supported CPUID, which `host,-arch-capabilities` matches.
-    let pvm = accel == "kvm" && sandkasten::probe::probe_kvm().flavour == "pvm";
+    let pvm = accel == "kvm" && sandkasten::probe::KvmFlavour::detect().is_pvm();
     let cpu = if pvm {
         "host,-arch-capabilities"
     } else {
@@ -243,12 +243,12 @@ pub fn builtin(runs: usize, cli: &Path) {
         println!("skipped: /dev/kvm is not usable here");
         return;
     }
-    let pvm = kvm.flavour == "pvm";
+    let pvm = kvm.flavour.is_pvm();
     let cold_runs = if pvm { 1 } else { runs.min(10) };
     let ours = cold(cli, "builtin", "off", cold_runs);
     let bare = bare_qemu(
         "kvm",
-        &sandkasten::vmm::kernel_cmdline(true, pvm, ""),
+        &sandkasten::vm::cmdline::kernel_cmdline(true, pvm, ""),
         cold_runs,
     );
     match ours {

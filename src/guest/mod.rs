@@ -172,7 +172,7 @@ pub fn main() -> ! {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["run", path] => host_run(Path::new(path)),
         // The same static binary is the builtin engine's VMM process on the host.
-        ["vmm", config] => crate::vmm::process::main(config),
+        ["vmm", config] => sandkasten_vmm::process::main(config),
         ["--version"] => {
             println!("sandbox-init {VERSION}");
             std::process::exit(0)
@@ -354,8 +354,8 @@ pub fn run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
     Ok(cmd.status()?)
 }
 
-/// On PVM the kernel gives the agent `GLIBC_TUNABLES` ([`crate::vmm::PVM_CMDLINE`]: no AVX in glibc, whose
-/// registers the guest kernel cannot preserve there); every program gets it too unless its spec sets one.
+/// On PVM the kernel gives the agent `GLIBC_TUNABLES` ([`crate::vm::cmdline::PVM_CMDLINE`]: no AVX in glibc,
+/// whose registers the guest kernel cannot preserve there); every program gets it too unless its spec sets one.
 pub(crate) fn pvm_env(cmd: &mut crate::Sandbox, spec: &RunSpec) {
     if std::process::id() == 1
         && let Ok(v) = std::env::var("GLIBC_TUNABLES")
@@ -366,9 +366,9 @@ pub(crate) fn pvm_env(cmd: &mut crate::Sandbox, spec: &RunSpec) {
 }
 
 /// Zeroes the AVX registers just before a run's program is started. On PVM the guest kernel saves and restores
-/// only the SSE part of each process's registers ([`crate::vmm::PVM_CMDLINE`]), so what a program left in the
-/// upper halves of ymm0-15 when it was killed would otherwise still be there for the next run's program to
-/// read. Between this and the program's start only the agent runs, and it uses no AVX (glibc is tuned
+/// only the SSE part of each process's registers ([`crate::vm::cmdline::PVM_CMDLINE`]), so what a program left
+/// in the upper halves of ymm0-15 when it was killed would otherwise still be there for the next run's program
+/// to read. Between this and the program's start only the agent runs, and it uses no AVX (glibc is tuned
 /// without it there). Elsewhere the kernel keeps each process's registers and this only clears the agent's.
 pub(crate) fn clear_vector_registers() {
     #[cfg(target_arch = "x86_64")]

@@ -13,6 +13,7 @@ use super::snapshot_cache::{GuestKey, Plan, Session};
 use crate::namespace::{self, Launch, sys};
 use crate::outcome::{SetupFailure, Stage, VmInfo};
 use crate::policy::{Network, Policy, SYSTEM_TOP};
+use crate::probe::KvmFlavour;
 use crate::protocol::ShareFs;
 use crate::vmm::process::SnapshotConfig;
 
@@ -150,7 +151,7 @@ impl Engine {
             crate::VmEngine::Builtin => Engine::Builtin,
             crate::VmEngine::Auto => {
                 let kvm = crate::probe::probe_kvm();
-                if kvm.flavour == "hardware" && kvm.usable {
+                if kvm.flavour == KvmFlavour::Hardware && kvm.usable {
                     Engine::Builtin
                 } else {
                     Engine::Qemu
@@ -161,7 +162,7 @@ impl Engine {
 
     /// How long its guest may take to boot here.
     pub(crate) fn boot_limit(self) -> Duration {
-        if self == Engine::Builtin && crate::probe::probe_kvm().flavour == "pvm" {
+        if self == Engine::Builtin && KvmFlavour::detect() == KvmFlavour::Pvm {
             PVM_BOOT_LIMIT
         } else {
             BOOT_LIMIT
@@ -293,7 +294,7 @@ pub(crate) fn start_builtin(
         .into();
     let (kernel, agent) = assets().map_err(fail)?;
     let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
-    let pvm = kvm_probe.flavour == "pvm";
+    let pvm = kvm_probe.flavour == KvmFlavour::Pvm;
 
     let NewChannels {
         host: channels,
@@ -307,10 +308,11 @@ pub(crate) fn start_builtin(
         .collect();
     fds.push((kvm, 8));
     // The ports are announced: the agent waits for each of them.
-    let cmdline = crate::vmm::kernel_cmdline(
+    let cmdline = super::cmdline::kernel_cmdline_with_ports(
         true,
         pvm,
-        &crate::protocol::ports_param(ports.iter().map(|(n, _)| n.as_str())),
+        "",
+        ports.iter().map(|(n, _)| n.as_str()),
     );
     let (snapshot, snapshot_config) = match cache {
         Some(dir) => snapshot_fds(

@@ -1,10 +1,11 @@
 //! The VM backend: where a host cannot create namespaces, the same [`Policy`](crate::Policy) runs in a microVM
-//! with our guest kernel (`kernel-config/`) and the guest agent `sandbox-init` ([`crate::guest`]) as PID 1.
+//! with our guest kernel (`kernel-config/`) and the guest agent `sandbox-init` (`guest/`) as PID 1.
 //!
 //! This module holds what the host side needs to prepare a guest: [`initramfs`] packs the agent (and, without
 //! a control port, the run specification) into the uncompressed initramfs the kernel unpacks at boot.
 
 pub mod assets;
+pub mod cmdline;
 mod cold_snapshot;
 pub mod engine;
 pub mod initramfs;

@@ -11,7 +11,8 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use crate::probe::KvmReport;
+use super::cmdline;
+use crate::probe::{KvmFlavour, KvmReport};
 
 /// How QEMU executes the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,8 +36,8 @@ impl Accel {
 /// Picks the accelerator: hardware KVM when usable, TCG otherwise and on PVM hosts, with the reason.
 pub fn choose_accel(kvm: &KvmReport) -> (Accel, String) {
     match (kvm.usable, kvm.flavour) {
-        (true, "hardware") => (Accel::Kvm, "hardware KVM is usable".into()),
-        (true, "pvm") => (
+        (true, KvmFlavour::Hardware) => (Accel::Kvm, "hardware KVM is usable".into()),
+        (true, KvmFlavour::Pvm) => (
             Accel::Tcg,
             "/dev/kvm is kvm_pvm (software, no VT-x/SVM): TCG boots our guest about 35x faster here".into(),
         ),
@@ -87,7 +88,7 @@ pub struct Machine {
     pub accel: Accel,
     /// `/dev/kvm` is kvm_pvm: with [`Accel::Kvm`], QEMU's `-cpu host` aborts there (it cannot set
     /// IA32_ARCH_CAPABILITIES), so the vCPU gets `host,-arch-capabilities` (the CPUID KVM supports, as our own
-    /// VMM passes), and the guest gets the PVM boot options ([`crate::vmm::PVM_CMDLINE`]).
+    /// VMM passes), and the guest gets the PVM boot options ([`cmdline::PVM_CMDLINE`]).
     pub pvm: bool,
     /// Extra kernel command line options.
     pub cmdline: String,
@@ -98,16 +99,6 @@ pub struct Machine {
     /// Descriptor number (in QEMU's process) of the connected socket the serial console (kernel log) goes to.
     pub console_fd: RawFd,
 }
-
-/// Kernel options for every boot: console on the serial port, quiet, reboot through the keyboard controller
-/// (QEMU exits with `-no-reboot`), panic reboots at once.
-pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1";
-
-/// Kernel options under TCG only: no local APIC timer (its calibration costs 0.25 s under TCG, whose CPU
-/// model has no TSC-deadline timer, so the guest ticks with the PIT). Never on KVM: there the CPU has the
-/// TSC-deadline timer, with which Linux (with an MP table) turns the PIT off, so this would leave the guest
-/// without any clock event device: no ticks, no CPU-time limit, timers that never fire.
-pub const TCG_CMDLINE: &str = "nolapic_timer";
 
 impl Machine {
     /// The QEMU arguments (after the program name).
@@ -154,19 +145,12 @@ impl Machine {
         push("-initrd".into());
         push(path_arg(&self.initramfs));
         push("-append".into());
-        // The ports are announced, so the agent waits for each of them (else a run on a starved guest could
-        // start before its stdout port is named, and its output would go to the console).
-        let mut extra = self.cmdline.clone();
-        if !self.ports.is_empty() {
-            extra.push(' ');
-            extra.push_str(&crate::protocol::ports_param(
-                self.ports.iter().map(|p| p.name),
-            ));
-        }
-        push(crate::vmm::kernel_cmdline(
+        // The ports are announced, so the agent waits for each of them.
+        push(cmdline::kernel_cmdline_with_ports(
             self.accel == Accel::Kvm,
             self.pvm,
-            &extra,
+            &self.cmdline,
+            self.ports.iter().map(|p| p.name),
         ));
         if !self.ports.is_empty() {
             push("-device".into());
@@ -215,6 +199,7 @@ pub fn find_qemu() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::cmdline::{BASE_CMDLINE, INIT_ARGS, PVM_CMDLINE, TCG_CMDLINE};
 
     fn machine() -> Machine {
         Machine {
@@ -270,7 +255,7 @@ mod tests {
             assert!(joined.contains(want), "{want:?} missing in {joined}");
         }
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
-        let init = crate::vmm::INIT_ARGS;
+        let init = INIT_ARGS;
         let ports = "sandbox.ports=sandbox.control,sandbox.stdout";
         assert_eq!(
             append,
@@ -295,9 +280,9 @@ mod tests {
             |a: &[String], flag: &str| a[a.iter().position(|x| x == flag).unwrap() + 1].clone();
         let pvm = args(Accel::Kvm, true);
         assert_eq!(after(&pvm, "-cpu"), "host,-arch-capabilities");
-        let init = crate::vmm::INIT_ARGS;
+        let init = INIT_ARGS;
         let ports = "sandbox.ports=sandbox.control,sandbox.stdout";
-        let pvm_options = format!("{} {ports} {init}", crate::vmm::PVM_CMDLINE);
+        let pvm_options = format!("{PVM_CMDLINE} {ports} {init}");
         assert!(after(&pvm, "-append").ends_with(&pvm_options));
         let hw = args(Accel::Kvm, false);
         assert_eq!(after(&hw, "-cpu"), "host");
@@ -319,9 +304,9 @@ mod tests {
             flavour,
             reason: None,
         };
-        assert_eq!(choose_accel(&r(true, "hardware")).0, Accel::Kvm);
-        assert_eq!(choose_accel(&r(true, "pvm")).0, Accel::Tcg);
-        assert!(choose_accel(&r(true, "pvm")).1.contains("pvm"));
-        assert_eq!(choose_accel(&r(false, "none")).0, Accel::Tcg);
+        assert_eq!(choose_accel(&r(true, KvmFlavour::Hardware)).0, Accel::Kvm);
+        assert_eq!(choose_accel(&r(true, KvmFlavour::Pvm)).0, Accel::Tcg);
+        assert!(choose_accel(&r(true, KvmFlavour::Pvm)).1.contains("pvm"));
+        assert_eq!(choose_accel(&r(false, KvmFlavour::Unknown)).0, Accel::Tcg);
     }
 }

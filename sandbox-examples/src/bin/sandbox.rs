@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sandkasten::probe::KvmFlavour;
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{Backend, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine};
 
@@ -438,7 +439,7 @@ fn doctor(json: bool) -> ExitCode {
             .map_or("missing".into(), |p| p.display().to_string())
     };
     let builtin = match (report.kvm.usable, report.kvm.flavour) {
-        (true, "hardware") => "ready (hardware KVM; the default engine)".to_string(),
+        (true, KvmFlavour::Hardware) => "ready (hardware KVM; the default engine)".to_string(),
         (true, flavour) => format!("ready ({flavour} KVM: slow boots; qemu is the default here)"),
         (false, _) => "unavailable (needs /dev/kvm)".to_string(),
     };

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use vm_superio::Trigger;
 use vm_superio::i8042::I8042Device;
 
-use crate::vmm::bus::{BusDevice, BusEvent};
+use crate::bus::{BusDevice, BusEvent};
 
 /// First port of the controller.
 pub const I8042_BASE: u64 = 0x60;

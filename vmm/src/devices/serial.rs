@@ -1,5 +1,5 @@
 //! The 8250 UART at 0x3f8 (COM1, IRQ 4) on `vm-superio`: the guest kernel's console, i.e. the kernel log
-//! and the agent's own messages (never the program's output, which gets its own ports in the next stage).
+//! and the messages of the guest's init (a program's output belongs on virtio-console ports instead).
 //! Guest input is not wired: the serial console is output only.
 
 use std::io::Write;
@@ -8,8 +8,8 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vmm::bus::{BusDevice, BusEvent};
-use crate::vmm::snapshot::state::SerialState;
+use crate::bus::{BusDevice, BusEvent};
+use crate::snapshot::state::SerialState;
 
 /// COM1.
 pub const SERIAL_BASE: u64 = 0x3f8;

@@ -13,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
+use super::KvmFlavour;
 use super::VmmError;
 use super::boot::{self, Entry};
 use super::bus::Bus;
@@ -77,9 +78,8 @@ pub struct VmReport {
     pub exit: GuestExit,
     /// How the kernel was entered.
     pub boot_mode: BootMode,
-    /// The KVM underneath: "hardware", "pvm" (software, slow) or "none" (unknown), as `sandbox doctor`
-    /// reports it.
-    pub kvm_flavour: &'static str,
+    /// The KVM underneath: hardware, PVM (software, slow) or unknown ([`KvmFlavour::detect`]).
+    pub kvm_flavour: KvmFlavour,
     /// From the start of the build to the end of the guest.
     pub elapsed: Duration,
     /// Port I/O exits.
@@ -366,7 +366,7 @@ fn finish(
     Ok(VmReport {
         exit,
         boot_mode,
-        kvm_flavour: crate::probe::probe_kvm().flavour,
+        kvm_flavour: KvmFlavour::detect(),
         elapsed: started.elapsed(),
         pio_exits: counts.pio.load(Ordering::Relaxed),
         mmio_exits: counts.mmio.load(Ordering::Relaxed),

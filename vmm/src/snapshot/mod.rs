@@ -5,7 +5,8 @@
 //! Saving ([`save`]): the host asks on the VMM's snapshot channel ([`serve`]); the vCPU thread is kicked
 //! out of KVM_RUN and parks at the [`PauseGate`] after reading its own state (KVM_RUN returns EINTR only
 //! once a pending port or MMIO read has been completed, so no I/O is half done); the devices stop their
-//! threads; RAM and state go to the file ([`format`]); then everything resumes and the guest runs on, unaware.
+//! threads; RAM and state go to the file ([`format`](mod@format)); then everything resumes and the guest runs
+//! on, unaware.
 //!
 //! Restoring ([`Restore`]): a new VMM process checks the file (header, checksums, sizes, identity of the
 //! build), maps guest RAM from it `MAP_PRIVATE` (copy-on-write: only pages the guest touches are read, and

@@ -326,7 +326,7 @@ pub fn write_zero_page<M: GuestMemory>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::memory;
+    use crate::memory;
 
     #[test]
     fn pvh_start_info_reads_back() {

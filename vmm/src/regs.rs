@@ -269,7 +269,7 @@ pub fn set_lint(state: &mut kvm_lapic_state) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::memory;
+    use crate::memory;
 
     fn mem() -> memory::GuestMemoryMmap {
         memory::create(32 << 20).unwrap()

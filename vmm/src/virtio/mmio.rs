@@ -19,8 +19,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
-use crate::vmm::bus::{BusDevice, BusEvent};
-use crate::vmm::layout;
+use crate::bus::{BusDevice, BusEvent};
+use crate::layout;
 
 /// "virt" in little endian.
 pub const MAGIC_VALUE: u32 = 0x7472_6976;
@@ -413,8 +413,6 @@ impl BusDevice for MmioTransport {
     }
 }
 
-#[path = "mmio_state.rs"]
 mod state;
 #[cfg(test)]
-#[path = "mmio_tests.rs"]
 mod tests;

@@ -14,7 +14,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::{QUEUE_SIZES, VirtioFs};
-use crate::vmm::virtio::{Interrupt, VirtioDevice};
+use crate::virtio::{Interrupt, VirtioDevice};
 
 pub(super) const QSIZE: u16 = 16;
 pub(super) const MEM_SIZE: usize = 4 << 20;

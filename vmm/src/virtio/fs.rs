@@ -2,18 +2,18 @@
 //! fuse-backend-rs's FUSE server over its passthrough file system.
 //!
 //! ```no_run
-//! use sandkasten::vmm::virtio::fs::VirtioFs;
+//! use sandkasten_vmm::virtio::fs::VirtioFs;
 //!
 //! // The guest mounts it with `mount -t virtiofs -o ro usr /usr`.
 //! let dev = VirtioFs::new("usr", "/usr", true)?;
-//! # Ok::<(), sandkasten::vmm::virtio::fs::FsError>(())
+//! # Ok::<(), sandkasten_vmm::virtio::fs::FsError>(())
 //! ```
 //!
 //! Queues: 0 is the high-priority queue (FORGET and INTERRUPT), 1 the single request queue. Both are served
 //! the same way on the vCPU thread when the driver notifies them: every available chain becomes a FUSE
 //! request (the device-readable descriptors) and its reply (the device-writable ones).
 //!
-//! Policy lives in [`share`]: read-only shares are enforced here on the host (`EROFS`), never trusted to the
+//! Policy lives in `share.rs`: read-only shares are enforced here on the host (`EROFS`), never trusted to the
 //! guest's `ro` mount flag; guest uids/gids are not used for host credentials; symlinks are returned to the
 //! guest as symlinks and resolved by the guest kernel, never followed by the host (PassthroughFs opens one
 //! name at a time relative to a directory fd, with `O_NOFOLLOW`), and `..` of the share root is the root.
@@ -37,7 +37,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{ActivateError, Interrupt, StateError, VIRTIO_F_VERSION_1, VirtioDevice};
-use crate::vmm::snapshot::state::{DeviceState, FsState, QueueState};
+use crate::snapshot::state::{DeviceState, FsState, QueueState};
 use share::ShareFs;
 
 /// The virtio device ID of a file system device.

@@ -1,6 +1,6 @@
-//! The builtin VMM as its own process: `sandbox-init vmm CONFIG-JSON`, started by the host program (the VM
-//! backend's builtin engine) with its channels as inherited descriptors, usually inside a namespace sandbox of
-//! ours. Before it runs the guest it confines itself further: landlock (only the kernel, the initramfs and the
+//! The VMM as its own process: [`main`] with a JSON [`ProcessConfig`], its channels inherited as descriptors
+//! (sandkasten's builtin engine runs it as `sandbox-init vmm CONFIG-JSON`, usually inside one of its namespace
+//! sandboxes). Before it runs the guest it confines itself further: landlock (only the kernel, the initramfs and the
 //! shared directories) and a seccomp allowlist (only the system calls a VMM needs, and only KVM ioctls), so a
 //! guest that escaped into the VMM lands in a cage with no exec, no new sockets, no mounts and no other files.
 
@@ -45,7 +45,7 @@ pub struct ProcessConfig {
     pub snapshot: Option<SnapshotConfig>,
 }
 
-/// The VMM's snapshot descriptors ([`crate::vmm::snapshot`]).
+/// The VMM's snapshot descriptors ([`crate::snapshot`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotConfig {
@@ -190,7 +190,7 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
         kvm,
         VmConfig {
             kernel: config.kernel.clone(),
-            initramfs: crate::vmm::boot::Initramfs::File(initramfs),
+            initramfs: crate::boot::Initramfs::File(initramfs),
             cmdline: config.cmdline.clone(),
             memory_mib: config.memory_mib,
             timeout: Duration::from_secs(config.timeout_secs),

@@ -5,7 +5,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::vmm::virtio::testing::{self, Buf, DriverQueue};
+use crate::virtio::testing::{self, Buf, DriverQueue};
 
 /// Guest RAM of the tests; buffers are allocated from 1 MiB up.
 const MEM: usize = 16 << 20;

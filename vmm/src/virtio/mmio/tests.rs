@@ -1,8 +1,8 @@
 use std::sync::Mutex;
 
 use super::*;
-use crate::vmm::virtio::ActivateError;
-use crate::vmm::virtio::testing::{self, DriverQueue};
+use crate::virtio::ActivateError;
+use crate::virtio::testing::{self, DriverQueue};
 
 const FAKE_FEATURE: u64 = 1 << 3;
 
@@ -225,7 +225,7 @@ fn a_failed_activation_sets_device_needs_reset() {
     assert_ne!(r32(&mut t, reg::INTERRUPT_STATUS) & INT_CONFIG_BIT, 0);
 }
 
-const INT_CONFIG_BIT: u32 = crate::vmm::virtio::INT_CONFIG;
+const INT_CONFIG_BIT: u32 = crate::virtio::INT_CONFIG;
 
 #[test]
 fn queues_outside_guest_memory_do_not_start_the_device() {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vmm::snapshot::state::DeviceState;
+use crate::snapshot::state::DeviceState;
 
 /// `VIRTIO_F_VERSION_1`: every device of ours is a modern (virtio 1.x) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

@@ -15,12 +15,12 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sandkasten::vmm::regs::BootMode::Pvh;
-use sandkasten::vmm::snapshot::SnapshotError;
-use sandkasten::vmm::snapshot::format::FormatError;
-use sandkasten::vmm::virtio::VirtioDevice;
-use sandkasten::vmm::virtio::console::VirtioConsole;
-use sandkasten::vmm::{Console, GuestExit, SnapshotOptions, VmmError, run_code_with_snapshots};
+use sandkasten_vmm::regs::BootMode::Pvh;
+use sandkasten_vmm::snapshot::SnapshotError;
+use sandkasten_vmm::snapshot::format::FormatError;
+use sandkasten_vmm::virtio::VirtioDevice;
+use sandkasten_vmm::virtio::console::VirtioConsole;
+use sandkasten_vmm::{Console, GuestExit, SnapshotOptions, VmmError, run_code_with_snapshots};
 
 /// Steps the guest counts to.
 const STEPS: u32 = 200_000;
@@ -94,7 +94,7 @@ fn start(
 ) -> (
     BufReader<UnixStream>,
     Capture,
-    std::thread::JoinHandle<Result<sandkasten::vmm::VmReport, VmmError>>,
+    std::thread::JoinHandle<Result<sandkasten_vmm::VmReport, VmmError>>,
 ) {
     let (host, vmm) = UnixStream::pair().unwrap();
     let cap = Capture::default();

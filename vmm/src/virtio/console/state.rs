@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use vm_memory::GuestMemoryMmap;
 
 use super::{Engine, F_MULTIPORT, PortState, QUEUE_SIZE, VirtioConsole};
-use crate::vmm::snapshot::state::{self, ConsoleActive, ConsoleState, DeviceState, QueueState};
-use crate::vmm::virtio::{Interrupt, StateError, VirtioDevice};
+use crate::snapshot::state::{self, ConsoleActive, ConsoleState, DeviceState, QueueState};
+use crate::virtio::{Interrupt, StateError, VirtioDevice};
 
 impl VirtioConsole {
     /// Stops the device thread (kept aside for [`VirtioConsole::resume_after_save`]) and describes the

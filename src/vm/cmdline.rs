@@ -1,61 +1,17 @@
-//! The builtin VM engine: our own small KVM VMM on the rust-vmm crates (`kvm-ioctls`, `vm-memory`,
-//! `linux-loader`, `vm-superio`), in the spirit of Firecracker.
-//!
-//! This first stage boots our guest kernel (`kernel-config/`) with an initramfs on one vCPU, shows the
-//! kernel log on the 8250 serial port and ends when the guest writes the i8042 reset command
-//! (`reboot=k`). Virtio devices ([`VmConfig::devices`]) sit on virtio-mmio slots ([`virtio::mmio`]) that
-//! the command line declares: a virtio-console with named ports ([`virtio::console`]) carries the agent's
-//! control channel (specification in, verdict out) and the program's standard streams.
-//!
-//! ```no_run
-//! use sandkasten::vmm::{self, VmConfig};
-//! use std::time::Duration;
-//!
-//! let report = vmm::run(VmConfig {
-//!     kernel: "/path/to/vmlinux".into(),
-//!     initramfs: vmm::boot::Initramfs::File(std::fs::File::open("/path/to/init.cpio")?),
-//!     cmdline: vmm::kernel_cmdline(true, vmm::pvm_detected(), ""),
-//!     memory_mib: 256,
-//!     timeout: Duration::from_secs(300),
-//!     console: vmm::Console::new(std::io::stderr()),
-//!     devices: Vec::new(),
-//! })?;
-//! println!("guest ended: {:?} after {:?}", report.exit, report.elapsed);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-//!
-//! The vCPU runs on its own thread; the host stops a guest that outlives its timeout by interrupting
-//! KVM_RUN with the real-time signal `SIGRTMIN + 1`, for which this module installs an empty handler (once
-//! per process). Every way a guest can end (reset, triple fault, KVM internal error, timeout) is a value of
-//! [`VmReport`] or [`VmmError`]; guest accesses to addresses without a device are ignored and counted.
-//!
-//! Files, one step each: [`layout`] (memory map, e820), [`memory`] (guest RAM), [`boot`] (kernel,
-//! command line, initramfs, PVH start info or zero page), [`regs`] (GDT, page tables, registers, CPUID,
-//! MSRs, LAPIC), [`bus`] (PIO/MMIO dispatch), [`devices`], [`virtio`] (the virtio-mmio transport and its
-//! devices), [`vcpu`] (the run loop), [`vm`] (the build).
+//! The guest kernel's command line, host side: the options every boot of our guest kernel (`kernel-config/`)
+//! and agent gets, those for QEMU's TCG and those for PVM, the announced virtio-serial ports and the agent's
+//! argument. Both engines build their line here: QEMU's `-append` ([`super::qemu`]) and the builtin VMM's
+//! configuration (the VMM itself takes the line as given and only appends its virtio-mmio options).
 
-pub mod boot;
-pub mod bus;
-pub mod devices;
-pub mod layout;
-pub mod memory;
-pub mod mptable;
-pub mod process;
-pub mod regs;
-pub mod snapshot;
-pub mod vcpu;
-pub mod virtio;
-pub mod vm;
+/// Kernel options for every boot: console on the serial port, quiet, reboot through the keyboard controller
+/// (QEMU exits with `-no-reboot`), panic reboots at once.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1";
 
-use std::time::Duration;
-
-pub use devices::serial::Console;
-pub use snapshot::SnapshotOptions;
-pub use vcpu::GuestExit;
-pub use vm::{
-    VmConfig, VmReport, run, run_code, run_code_with_devices, run_code_with_snapshots, run_with,
-    run_with_snapshots,
-};
+/// Kernel options under TCG only: no local APIC timer (its calibration costs 0.25 s under TCG, whose CPU
+/// model has no TSC-deadline timer, so the guest ticks with the PIT). Never on KVM: there the CPU has the
+/// TSC-deadline timer, with which Linux (with an MP table) turns the PIT off, so this would leave the guest
+/// without any clock event device: no ticks, no CPU-time limit, timers that never fire.
+pub const TCG_CMDLINE: &str = "nolapic_timer";
 
 /// Kernel options our guest needs on PVM (`/dev/kvm` is the `kvm_pvm` module): see
 /// `kernel-config/README.md`. Each works around an instruction PVM's emulator lacks, and `sandbox_pvm=1`
@@ -81,11 +37,6 @@ pub fn pvm_glibc_tunables() -> &'static str {
         .unwrap_or_default()
 }
 
-/// Whether `/dev/kvm` is PVM (software, no VT-x/SVM), which needs [`PVM_CMDLINE`].
-pub fn pvm_detected() -> bool {
-    crate::probe::probe_kvm().flavour == "pvm"
-}
-
 /// An argument for the agent: the kernel passes a word it does not know (no `=`, no `.`) to init, which
 /// ignores it. (Not after `--`: QEMU's microvm appends its virtio-mmio options at the end of the line.) Its
 /// only purpose is room: the sandbox's init, a fork of the agent, writes the name `sandbox-init` over its
@@ -96,9 +47,9 @@ pub const INIT_ARGS: &str = "sandbox-init";
 /// The guest command line: the base options, then under TCG (`kvm` false) the TCG options, on PVM (`kvm`
 /// and `pvm`) the PVM options, then `extra`, then [`INIT_ARGS`].
 pub fn kernel_cmdline(kvm: bool, pvm: bool, extra: &str) -> String {
-    let mut c = String::from(crate::vm::qemu::BASE_CMDLINE);
+    let mut c = String::from(BASE_CMDLINE);
     let accel = match (kvm, pvm) {
-        (false, _) => crate::vm::qemu::TCG_CMDLINE,
+        (false, _) => TCG_CMDLINE,
         (true, true) => PVM_CMDLINE,
         (true, false) => "",
     };
@@ -111,70 +62,21 @@ pub fn kernel_cmdline(kvm: bool, pvm: bool, extra: &str) -> String {
     c
 }
 
-/// Errors of the builtin VMM: one variant per step, the step's own error inside.
-#[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    /// /dev/kvm cannot be opened.
-    #[error(
-        "cannot open /dev/kvm: {0} (the builtin engine needs KVM: check that /dev/kvm exists and that this user may open it)"
-    )]
-    OpenKvm(kvm_ioctls::Error),
-    /// This KVM lacks capabilities the VMM needs.
-    #[error("this KVM lacks {}: the builtin engine cannot run here (use the QEMU engine)", .0.join(", "))]
-    MissingCapabilities(Vec<&'static str>),
-    /// A VM-level KVM ioctl failed.
-    #[error("{what} failed: {source}")]
-    Kvm {
-        /// The ioctl.
-        what: &'static str,
-        /// Why.
-        source: kvm_ioctls::Error,
-    },
-    /// Guest RAM.
-    #[error(transparent)]
-    Memory(#[from] memory::MemoryError),
-    /// Loading the kernel and boot information.
-    #[error(transparent)]
-    Boot(#[from] boot::BootError),
-    /// Writing the MP table.
-    #[error(transparent)]
-    MpTable(#[from] mptable::MpTableError),
-    /// Device placement.
-    #[error("device placement: {0}")]
-    Bus(#[from] bus::BusError),
-    /// An eventfd could not be created.
-    #[error("eventfd: {0}")]
-    EventFd(std::io::Error),
-    /// The vCPU thread could not be started.
-    #[error("cannot start the vCPU thread: {0}")]
-    Thread(std::io::Error),
-    /// The kick signal handler could not be installed.
-    #[error("cannot install the vCPU kick signal handler: {0}")]
-    Signal(std::io::Error),
-    /// vCPU setup or run failed, or the guest crashed.
-    #[error(transparent)]
-    Vcpu(#[from] vcpu::VcpuError),
-    /// The vCPU thread ended without a result (a bug in the VMM).
-    #[error("the vCPU thread ended without a result")]
-    VcpuPanicked,
-    /// More virtio devices than virtio-mmio slots.
-    #[error(
-        "{0} virtio devices requested, the builtin VMM has {n} virtio-mmio slots",
-        n = layout::VIRTIO_IRQS.len()
-    )]
-    TooManyDevices(usize),
-    /// A virtio device's transport could not be built.
-    #[error(transparent)]
-    Virtio(#[from] virtio::mmio::MmioError),
-    /// The guest did not end within the timeout and was stopped.
-    #[error("the guest did not end within {0:?} and was stopped")]
-    Timeout(Duration),
-    /// Saving or restoring a snapshot failed.
-    #[error("snapshot: {0}")]
-    Snapshot(#[from] snapshot::SnapshotError),
-    /// The guest did not end within the timeout and its vCPU could not be stopped.
-    #[error("the guest did not end within {0:?} and its vCPU does not stop")]
-    Unstoppable(Duration),
+/// [`kernel_cmdline`] with `ports` announced after `extra` (`sandbox.ports=`, [`crate::protocol::ports_param`]),
+/// so that the agent waits for each of them (else a run on a starved guest could start before its stdout port
+/// is named, and its output would go to the console). No ports, no announcement.
+pub fn kernel_cmdline_with_ports<'a>(
+    kvm: bool,
+    pvm: bool,
+    extra: &str,
+    ports: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let mut ports = ports.into_iter().peekable();
+    if ports.peek().is_none() {
+        return kernel_cmdline(kvm, pvm, extra);
+    }
+    let extra = format!("{extra} {}", crate::protocol::ports_param(ports));
+    kernel_cmdline(kvm, pvm, &extra)
 }
 
 #[cfg(test)]
@@ -183,8 +85,8 @@ mod tests {
 
     #[test]
     fn command_line_has_the_pvm_options_only_on_pvm_and_the_tcg_ones_only_on_tcg() {
-        let base = crate::vm::qemu::BASE_CMDLINE;
-        let tcg = crate::vm::qemu::TCG_CMDLINE;
+        let base = BASE_CMDLINE;
+        let tcg = TCG_CMDLINE;
         assert_eq!(
             kernel_cmdline(true, false, ""),
             format!("{base} {INIT_ARGS}")
@@ -201,6 +103,23 @@ mod tests {
         let pvm = kernel_cmdline(true, true, "y");
         assert_eq!(pvm, format!("{base} {PVM_CMDLINE} y {INIT_ARGS}"));
         assert!(pvm.contains("reboot=k") && pvm.contains("sandbox_pvm=1"));
+    }
+
+    #[test]
+    fn announced_ports_come_after_the_extra_options_and_before_the_agent_argument() {
+        let ports = "sandbox.ports=sandbox.control,sandbox.stdout";
+        assert_eq!(
+            kernel_cmdline_with_ports(true, false, "", ["sandbox.control", "sandbox.stdout"]),
+            format!("{BASE_CMDLINE} {ports} {INIT_ARGS}")
+        );
+        assert_eq!(
+            kernel_cmdline_with_ports(false, false, "x=1", ["sandbox.control", "sandbox.stdout"]),
+            format!("{BASE_CMDLINE} {TCG_CMDLINE} x=1 {ports} {INIT_ARGS}")
+        );
+        assert_eq!(
+            kernel_cmdline_with_ports(true, true, "x=1", []),
+            kernel_cmdline(true, true, "x=1")
+        );
     }
 
     /// glibc's own view of the CPU (`ld.so --list-diagnostics`) under the given `GLIBC_TUNABLES`.

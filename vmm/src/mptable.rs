@@ -154,7 +154,7 @@ fn checksum(bytes: &[u8]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::memory;
+    use crate::memory;
 
     const PROCESSOR_LEN: usize = 20;
     const SMALL_ENTRY_LEN: usize = 8;

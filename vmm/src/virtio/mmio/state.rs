@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use virtio_queue::QueueT;
 
 use super::MmioTransport;
-use crate::vmm::snapshot::state::{QueueState, TransportState};
-use crate::vmm::virtio::StateError;
+use crate::snapshot::state::{QueueState, TransportState};
+use crate::virtio::StateError;
 
 impl MmioTransport {
     /// The slot's state, with the vCPU paused; the device stops working until [`MmioTransport::resume`].

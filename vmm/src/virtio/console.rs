@@ -31,7 +31,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::chain::{Malformed, checked_chain, read_chain, write_chain};
 use super::{ActivateError, Interrupt, StateError, VIRTIO_F_VERSION_1, VirtioDevice};
-use crate::vmm::snapshot::state::DeviceState;
+use crate::snapshot::state::DeviceState;
 
 /// The virtio device ID of a console.
 pub const DEVICE_TYPE: u32 = 3;
@@ -642,8 +642,6 @@ impl Engine {
     }
 }
 
-#[path = "console_state.rs"]
 mod state;
 #[cfg(test)]
-#[path = "console_tests.rs"]
 mod tests;
