@@ -276,9 +276,14 @@ fn nothing_arrives(mut poll: impl FnMut() -> std::io::Result<()>) -> Result<(), 
     Ok(())
 }
 
-#[path = "escape/custom.rs"]
-mod custom;
-use custom::*;
+/// The directory of this test's fixtures, as a module: `escape::custom` is `escape/custom.rs` (a test's crate
+/// root looks for its modules beside it, so the inline `escape` gives them the directory).
+mod escape {
+    use super::*;
+
+    pub(crate) mod custom;
+}
+use escape::custom::*;
 
 macro_rules! probes {
     ($($name:ident: $attempt:literal => $how:expr $(, weakness = $w:literal)?;)*) => {
