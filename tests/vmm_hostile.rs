@@ -31,17 +31,7 @@ impl Write for Capture {
 /// may not open it (CI's unprivileged pass: the device is often mode 0600) gets a checked, clean refusal
 /// from the VMM instead of a run, and the test says so.
 fn kvm_usable() -> bool {
-    let dev = std::path::Path::new("/dev/kvm");
-    assert!(
-        dev.exists(),
-        "/dev/kvm is missing: the builtin VM engine needs KVM (this test fails, it does not skip)"
-    );
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .is_ok()
-    {
+    if testkit::kvm_access().is_ok() {
         return true;
     }
     let r = run_code(

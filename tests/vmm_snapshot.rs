@@ -6,8 +6,6 @@
 //! mismatched snapshot files are refused with a clear error before any guest runs. Without `/dev/kvm` these
 //! tests FAIL: they never skip.
 
-mod common;
-
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
@@ -125,7 +123,7 @@ fn line(r: &mut BufReader<UnixStream>) -> String {
 
 #[test]
 fn a_running_guest_is_saved_and_a_restored_one_continues_where_it_stopped() {
-    if !common::kvm_usable() {
+    if !testkit::kvm_usable() {
         return;
     }
     let (path, file) = temp_file("good");

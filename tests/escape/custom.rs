@@ -123,7 +123,7 @@ pub(crate) fn planted_bind_source(c: &Ctx) -> Check {
         // An unprivileged caller's sandboxes plant links owned by the caller itself, which the sandbox cannot
         // tell from the caller's own links (SECURITY.md, Fixed weaknesses 1); the file is one the caller may
         // read anyway. For a root caller the link is nobody's, and refused.
-        (_, "input=HOST-SECRET") if !common::is_root() => Ok(Observed::Skipped(
+        (_, "input=HOST-SECRET") if !testkit::is_root() => Ok(Observed::Skipped(
             "unprivileged caller: a link planted by its own sandbox is owned by the caller and followed \
              (documented limit; only the caller's own files are reachable)"
                 .into(),
