@@ -170,7 +170,7 @@ fn fork_bomb_is_contained() {
     let mut peak = 0;
     let (o, worst) = while_measuring(
         || py(FORK_BOMB, &[&marker], policy),
-        || peak = peak.max(common::processes_with(&marker).len()),
+        || peak = peak.max(testkit::processes_with(&marker).len()),
     );
     assert_eq!(o.status, Status::TimedOut(TimeLimit::Wall), "{o:?}");
     assert!(start.elapsed() < hang_bound(10), "{:?}", start.elapsed());
@@ -181,7 +181,7 @@ fn fork_bomb_is_contained() {
     }
     assert!(peak <= 64, "the bomb grew past the limit: {peak} processes");
     assert_responsive("fork bomb", worst);
-    common::assert_no_processes_with(&marker);
+    testkit::assert_no_processes_with(&marker);
     if cgroups {
         assert_eq!(o.enforced.cgroup.as_ref().unwrap().pids, Some(64));
         assert_nothing_left(&o);
@@ -584,6 +584,6 @@ fn waiting_forever_hits_the_wall_clock_limit() {
         "{wall:?}"
     );
     assert_responsive("pause", worst);
-    common::assert_no_processes_with(&marker);
+    testkit::assert_no_processes_with(&marker);
     common::assert_no_descendants();
 }

@@ -4,13 +4,11 @@
 //! The VM tests boot our guest under QEMU (TCG here, about a second a run); they need the guest kernel and
 //! agent (`SANDBOX_KERNEL`, `SANDBOX_AGENT`: scripts/test.sh sets both) and fail, never skip, without them.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TempDir;
 use sandkasten::outcome::TimeLimit;
 use sandkasten::{Backend, BackendKind, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use testkit::TempDir;
 
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {

@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::TempDir;
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use testkit::TempDir;
 
 const PROBES_PY: &str = include_str!("escape/probes.py");
 const IDENTITY_C: &str = include_str!("escape/identity.c");
@@ -131,7 +131,7 @@ impl Ctx {
             "the sandbox does not work at all here: {first:?}"
         );
         Ctx {
-            root: common::is_root(),
+            root: testkit::is_root(),
             host_ns,
             landlock: first.enforced.landlock.clone(),
             identity: OnceLock::new(),
@@ -276,9 +276,14 @@ fn nothing_arrives(mut poll: impl FnMut() -> std::io::Result<()>) -> Result<(), 
     Ok(())
 }
 
-#[path = "escape/custom.rs"]
-mod custom;
-use custom::*;
+/// The directory of this test's fixtures, as a module: `escape::custom` is `escape/custom.rs` (a test's crate
+/// root looks for its modules beside it, so the inline `escape` gives them the directory).
+mod escape {
+    use super::*;
+
+    pub(crate) mod custom;
+}
+use escape::custom::*;
 
 macro_rules! probes {
     ($($name:ident: $attempt:literal => $how:expr $(, weakness = $w:literal)?;)*) => {

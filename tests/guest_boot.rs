@@ -22,6 +22,7 @@ use sandkasten::protocol::{
 };
 use sandkasten::vm::initramfs::pack_agent;
 use serde_json::Value;
+use testkit::TempDir;
 
 /// QEMU is killed after this long: a guest that hangs fails the test instead of hanging it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,34 +108,6 @@ fn built(var: &str, script: &str, what: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(last))
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "sandbox-guest-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// What one boot left behind.
 struct Boot {
     console: String,
@@ -146,7 +119,7 @@ struct Boot {
 /// Boots the kernel with `initramfs` and extra QEMU arguments; kills QEMU after [`BOOT_TIMEOUT`].
 fn boot(tmp: &TempDir, initramfs: &[u8], extra: &[String]) -> Boot {
     let a = artifacts();
-    let initrd = tmp.path("initramfs.cpio");
+    let initrd = tmp.join("initramfs.cpio");
     std::fs::write(&initrd, initramfs).unwrap();
     let mut cmd = Command::new(&a.qemu);
     cmd.args([
@@ -296,9 +269,9 @@ exit 7
 
 #[test]
 fn guest_runs_a_host_shell_in_a_sandbox_with_shares() {
-    let tmp = TempDir::new("shares");
-    let data = tmp.path("data");
-    let out = tmp.path("out");
+    let tmp = TempDir::with_mode("guest-shares", 0o755);
+    let data = tmp.join("data");
+    let out = tmp.join("out");
     std::fs::create_dir(&data).unwrap();
     std::fs::create_dir(&out).unwrap();
     std::fs::write(data.join("hello.txt"), "hello from the host\n").unwrap();
@@ -398,10 +371,10 @@ fn guest_runs_a_host_shell_in_a_sandbox_with_shares() {
 
 #[test]
 fn spec_and_verdict_travel_over_the_control_port_and_stdio_over_ports() {
-    let tmp = TempDir::new("ports");
-    let sock = tmp.path("control.sock");
+    let tmp = TempDir::with_mode("guest-ports", 0o755);
+    let sock = tmp.join("control.sock");
     let listener = UnixListener::bind(&sock).unwrap();
-    let (stdout, stderr) = (tmp.path("stdout"), tmp.path("stderr"));
+    let (stdout, stderr) = (tmp.join("stdout"), tmp.join("stderr"));
 
     let mut spec = RunSpec::new("/bin/sh");
     spec.args = vec![
@@ -493,7 +466,7 @@ fn spec_and_verdict_travel_over_the_control_port_and_stdio_over_ports() {
 
 #[test]
 fn a_missing_program_is_127_and_the_vm_still_ends() {
-    let tmp = TempDir::new("missing");
+    let tmp = TempDir::with_mode("guest-missing", 0o755);
     let spec = RunSpec::new("/no/such/program");
     let initramfs = pack_agent(&artifacts().agent, Some(&spec), &[]).unwrap();
     let v = verdict_of(&boot(&tmp, &initramfs, &[]));
@@ -504,7 +477,7 @@ fn a_missing_program_is_127_and_the_vm_still_ends() {
 
 #[test]
 fn an_agent_failure_is_125_and_the_vm_still_ends() {
-    let tmp = TempDir::new("nospec");
+    let tmp = TempDir::with_mode("guest-nospec", 0o755);
     // No specification anywhere, and a share whose device does not exist would fail next.
     let initramfs = pack_agent(&artifacts().agent, None, &[]).unwrap();
     let v = verdict_of(&boot(&tmp, &initramfs, &[]));
@@ -527,7 +500,7 @@ fn an_agent_failure_is_125_and_the_vm_still_ends() {
 /// the same specification-to-sandbox mapping and verdict line, without booting anything.
 #[test]
 fn the_agent_runs_a_spec_on_the_host_too() {
-    let tmp = TempDir::new("hostrun");
+    let tmp = TempDir::with_mode("guest-hostrun", 0o755);
     let mut spec = RunSpec::new("sh");
     spec.args = vec![
         "-c".into(),
@@ -536,7 +509,7 @@ fn the_agent_runs_a_spec_on_the_host_too() {
     spec.env.insert("X".into(), "y".into());
     spec.cwd = Some("/tmp".into());
     spec.policy = Policy::default().hostname("hostrun");
-    let path = tmp.path("spec.json");
+    let path = tmp.join("spec.json");
     std::fs::write(&path, spec.to_json_line()).unwrap();
     let out = Command::new(&artifacts().agent)
         .arg("run")
@@ -561,8 +534,8 @@ fn the_agent_runs_a_spec_on_the_host_too() {
 /// the failure (125) on the console and ends the VM even though the control port can no longer take it.
 #[test]
 fn a_host_that_hangs_up_does_not_keep_the_vm_alive() {
-    let tmp = TempDir::new("hangup");
-    let sock = tmp.path("control.sock");
+    let tmp = TempDir::with_mode("guest-hangup", 0o755);
+    let sock = tmp.join("control.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     let qemu = vec![
         "-device".to_string(),

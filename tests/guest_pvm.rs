@@ -10,15 +10,9 @@ use std::process::Command;
 
 #[test]
 fn guest_kernel_boots_under_kvm_with_the_pvm_workarounds() {
-    if let Err(e) = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
+    if let Err(e) = testkit::kvm_open() {
         // Not silent: CI runs this as root, where /dev/kvm opens; uid 65534 cannot (mode 0600 here).
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        assert!(!root, "as root /dev/kvm must open: {e}");
+        assert!(!testkit::is_root(), "as root /dev/kvm must open: {e}");
         eprintln!("SKIPPED: /dev/kvm cannot be opened by this user ({e})");
         return;
     }

@@ -349,7 +349,7 @@ fn supervisors_killed_at_random_points_leave_nothing() {
     );
     // Every sandbox (and every VM) ends with its supervisor.
     reap_orphans();
-    common::assert_no_processes_with(&tag);
+    testkit::assert_no_processes_with(&tag);
     let status = Command::new(&bin)
         .args(["run", "--backend", backend])
         .args(engine)

@@ -5,8 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TempDir, assert_no_processes_with, marker};
+use common::marker;
 use sandkasten::{Backend, BackendKind, Network, Policy, Sandbox, Stage, Status, Stdio};
+use testkit::{TempDir, assert_no_processes_with};
 
 fn sh(script: &str) -> Sandbox {
     let mut s = Sandbox::new("/bin/sh");
@@ -253,7 +254,7 @@ fn drop_kills_the_tree() {
     cmd.stdout(Stdio::Null);
     let child = cmd.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    assert!(!common::processes_with(&format!("sleep {m}")).is_empty());
+    assert!(!testkit::processes_with(&format!("sleep {m}")).is_empty());
     drop(child);
     assert_no_processes_with(&format!("sleep {m}"));
 }
@@ -353,7 +354,7 @@ fn the_sandbox_user_is_not_host_root() {
         .map(|x| x.parse().unwrap())
         .collect();
     assert_ne!(map[1], 0, "sandbox uid 0 must not be host root: {out}");
-    if common::is_root() {
+    if testkit::is_root() {
         let f = dir.path().join("root-owned");
         std::fs::write(&f, "keep").unwrap();
         std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();

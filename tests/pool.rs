@@ -1,13 +1,11 @@
 //! Warm VMs (`VmPool`): one boot serves many runs, each in fresh guest namespaces and cgroup. QEMU engine (TCG
 //! here); needs `SANDBOX_KERNEL` and `SANDBOX_AGENT` like the other VM tests.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::TempDir;
 use sandkasten::{Policy, PoolOptions, PoolShare, Sandbox, Status, Stdio, VmPool};
+use testkit::TempDir;
 
 fn sh(pool: &VmPool, script: &str) -> sandkasten::Outcome {
     Sandbox::new("/bin/sh")

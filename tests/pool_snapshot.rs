@@ -11,8 +11,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use common::TempDir;
 use sandkasten::{PoolOptions, Sandbox, SnapshotCache, Status, VmEngine, VmPool};
+use testkit::TempDir;
 
 fn sh(pool: &VmPool, script: &str) -> sandkasten::Outcome {
     Sandbox::new("/bin/sh")
@@ -40,7 +40,7 @@ fn snapshots(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_restored_pool_vm_runs_without_booting() {
-    if !common::kvm_usable() {
+    if !testkit::kvm_usable() {
         return;
     }
     let cache = TempDir::new("pool-snapshot");
@@ -114,7 +114,7 @@ fn cold(cache: &std::path::Path, script: &str, stdin: Option<&str>) -> (sandkast
 /// ones are restored from that snapshot (with and without stdin: different guests, so one more boot).
 #[test]
 fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
-    if !common::kvm_usable() {
+    if !testkit::kvm_usable() {
         return;
     }
     let cache = TempDir::new("cold-snapshot");

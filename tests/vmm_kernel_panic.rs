@@ -5,32 +5,18 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sandkasten::vm::cmdline::kernel_cmdline;
 use sandkasten_vmm::{Console, GuestExit, KvmFlavour};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use testkit::Capture;
 
 /// A real guest kernel that panics (no initramfs, so no init and no root file system): with the engine's
 /// `panic=-1 reboot=k` it resets at once, and the VMM ends cleanly with the panic on the console. It boots
 /// a kernel (`SANDBOX_KERNEL`; about 30 s on PVM, under a second on hardware KVM).
 #[test]
 fn a_guest_kernel_panic_ends_the_vm_with_its_last_words() {
-    if !common::kvm_usable() {
+    if !testkit::kvm_usable() {
         return;
     }
     let kernel = std::env::var_os("SANDBOX_KERNEL").expect(
@@ -47,7 +33,7 @@ fn a_guest_kernel_panic_ends_the_vm_with_its_last_words() {
         console: Console::new(console.clone()),
         devices: Vec::new(),
     });
-    let log = String::from_utf8_lossy(&console.0.lock().unwrap()).into_owned();
+    let log = console.text();
     let report =
         r.unwrap_or_else(|e| panic!("the VMM failed instead of ending cleanly: {e}\n{log}"));
     assert_eq!(report.exit, GuestExit::Reset, "{log}");

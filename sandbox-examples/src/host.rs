@@ -1,5 +1,5 @@
 //! Host-side helpers shared by the demo binaries (`coderun`, `sandbox-test-runner`): `poll`, a pidfd for the
-//! sandbox's init, and stop signals read from a signalfd. Included with `#[path]`; not a target of its own.
+//! sandbox's init, and stop signals read from a signalfd.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

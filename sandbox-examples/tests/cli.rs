@@ -1,15 +1,14 @@
 //! The `sandbox` CLI contract: flags, exit codes, the JSON report, and die-with-parent.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use testkit::{TempDir, text};
+
 /// The CLI under test: `SANDBOX_BIN` when the binary was staged elsewhere (unprivileged CI runs), else cargo's.
 fn bin() -> PathBuf {
-    std::env::var_os("SANDBOX_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sandbox").into())
+    testkit::binary("SANDBOX_BIN", env!("CARGO_BIN_EXE_sandbox"))
 }
 
 fn sandbox(args: &[&str]) -> Output {
@@ -18,39 +17,6 @@ fn sandbox(args: &[&str]) -> Output {
         .current_dir("/")
         .output()
         .expect("the CLI runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "sandbox-cli-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn s(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn report(args: &[&str]) -> (Output, serde_json::Value) {
@@ -147,13 +113,13 @@ fn mounts_env_cwd_hostname_from_flags() {
     let ro = TempDir::new("ro");
     let rw = TempDir::new("rw");
     std::fs::write(ro.join("in"), "input").unwrap();
-    let ro_spec = format!("{}:/in", ro.s());
+    let ro_spec = format!("{}:/in", ro.to_str());
     let out = sandbox(&[
         "run",
         "--ro-bind",
         &ro_spec,
         "--bind",
-        rw.s(),
+        rw.to_str(),
         "--tmpfs",
         "/scratch",
         "--env",
@@ -167,7 +133,7 @@ fn mounts_env_cwd_hostname_from_flags() {
         "-c",
         &format!(
             "cat /in/in > {rw}/copy && echo $WHO $(hostname) $(pwd) > {rw}/facts; echo x > /in/new",
-            rw = rw.s()
+            rw = rw.to_str()
         ),
     ]);
     assert_eq!(
@@ -189,7 +155,7 @@ fn mounts_env_cwd_hostname_from_flags() {
 #[test]
 fn bind_mode_suffix_is_honoured_or_refused() {
     let dir = TempDir::new("bind-mode");
-    let spec = format!("{}:/data:ro", dir.s());
+    let spec = format!("{}:/data:ro", dir.to_str());
     let out = sandbox(&[
         "run",
         "--bind",
@@ -201,7 +167,7 @@ fn bind_mode_suffix_is_honoured_or_refused() {
     ]);
     assert_eq!(text(&out.stdout), "written=2\n", "{}", text(&out.stderr));
     assert!(!dir.join("new").exists());
-    let rw = format!("{}:/data:rw", dir.s());
+    let rw = format!("{}:/data:rw", dir.to_str());
     let out = sandbox(&[
         "run",
         "--bind",
@@ -214,9 +180,9 @@ fn bind_mode_suffix_is_honoured_or_refused() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(dir.join("new").exists());
     for (flag, spec) in [
-        ("--ro-bind", format!("{}:/data:rw", dir.s())),
-        ("--bind", format!("{}:/data:readonly", dir.s())),
-        ("--bind", format!("{}:ro", dir.s())),
+        ("--ro-bind", format!("{}:/data:rw", dir.to_str())),
+        ("--bind", format!("{}:/data:readonly", dir.to_str())),
+        ("--bind", format!("{}:ro", dir.to_str())),
     ] {
         let out = sandbox(&["run", flag, &spec, "--", "true"]);
         assert_eq!(out.status.code(), Some(125), "{flag} {spec}");
@@ -340,7 +306,7 @@ fn sandbox_dies_with_the_cli() {
         .unwrap();
     let pattern = format!("sleep {marker}");
     let start = Instant::now();
-    while count(&pattern) < 2 {
+    while testkit::processes_with(&pattern).len() < 2 {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "the sandbox did not start"
@@ -350,28 +316,11 @@ fn sandbox_dies_with_the_cli() {
     cli.kill().unwrap();
     cli.wait().unwrap();
     let start = Instant::now();
-    while count(&pattern) > 0 {
+    while !testkit::processes_with(&pattern).is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(3),
             "sandboxed processes survived their supervisor"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Processes whose command line contains `pattern`.
-fn count(pattern: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(pattern)
-                })
-                .unwrap_or(false)
-        })
-        .count()
 }

@@ -2,53 +2,16 @@
 //! temp dir's cleanup. Runs as root and as an unprivileged user (CI stages the binary and sets `CODERUN_BIN`).
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::TempDir;
 
 /// The binary under test: `CODERUN_BIN` when staged elsewhere (unprivileged CI runs), else cargo's.
 fn bin() -> PathBuf {
-    std::env::var_os("CODERUN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_coderun").into())
-}
-
-/// A temp dir the sandbox user can use (a root caller's sandbox runs as uid 65534); removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "coderun-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
-        TempDir(p)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    testkit::binary("CODERUN_BIN", env!("CARGO_BIN_EXE_coderun"))
 }
 
 /// Runs coderun with `args`, feeding `input` to its standard input.
@@ -473,11 +436,11 @@ fn temp_dir_is_removed() {
                 "100",
             ],
             snippet.as_bytes(),
-            &[("TMPDIR", &tmp.0)],
+            &[("TMPDIR", tmp.path())],
         );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["verdict"], expect, "{v}");
-        let left: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().collect();
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
         assert!(left.is_empty(), "{snippet}: left behind {left:?}");
     }
 }
@@ -488,7 +451,7 @@ fn sigterm_cleans_up() {
     let tmp = TempDir::new("sigterm");
     let mut child = Command::new(bin())
         .args(["--lang", "sh", "--time-limit", "30", "--memory", "64M"])
-        .env("TMPDIR", &tmp.0)
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -497,7 +460,7 @@ fn sigterm_cleans_up() {
     child.stdin.take().unwrap().write_all(b"sleep 60").unwrap();
     // Wait until the source was staged (the sandbox is starting or running).
     let start = Instant::now();
-    while std::fs::read_dir(&tmp.0).unwrap().next().is_none() {
+    while std::fs::read_dir(tmp.path()).unwrap().next().is_none() {
         assert!(start.elapsed() < Duration::from_secs(10), "never started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -509,5 +472,5 @@ fn sigterm_cleans_up() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("signal"));
     assert!(start.elapsed() < Duration::from_secs(20));
-    assert!(std::fs::read_dir(&tmp.0).unwrap().next().is_none());
+    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
 }

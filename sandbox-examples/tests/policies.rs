@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sandkasten::{Network, Policy, Sandbox};
+use testkit::TempDir;
 
 const POLICIES: [(&str, &str); 3] = [
     ("strict", include_str!("../policies/strict.toml")),
@@ -17,27 +18,7 @@ const POLICIES: [(&str, &str); 3] = [
 
 /// The CLI: `SANDBOX_BIN` when staged elsewhere (unprivileged CI runs), else cargo's.
 fn cli() -> PathBuf {
-    std::env::var_os("SANDBOX_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sandbox").into())
-}
-
-/// A temp dir the sandbox user may write to (a root caller's sandbox runs as uid 65534); removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("policies-test-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    testkit::binary("SANDBOX_BIN", env!("CARGO_BIN_EXE_sandbox"))
 }
 
 /// Writes the shipped policy text to a file and loads it the way users do.
@@ -54,7 +35,7 @@ fn load(dir: &Path, name: &str, text: &str) -> (PathBuf, Policy) {
 fn each_policy_loads_and_runs_true() {
     let dir = TempDir::new("all");
     for (name, text) in POLICIES {
-        let (file, policy) = load(&dir.0, name, text);
+        let (file, policy) = load(dir.path(), name, text);
         assert_eq!(policy.network, Network::None, "{name}");
         assert!(policy.system, "{name}");
         assert!(policy.timeout.is_some(), "{name}");
@@ -94,7 +75,7 @@ fn each_policy_loads_and_runs_true() {
 #[test]
 fn strict_is_strict() {
     let dir = TempDir::new("strict");
-    let (_, policy) = load(&dir.0, "strict", POLICIES[0].1);
+    let (_, policy) = load(dir.path(), "strict", POLICIES[0].1);
     assert_eq!(policy.timeout, Some(Duration::from_secs(10)));
     let out = Sandbox::new("/bin/sh")
         .args([
@@ -116,7 +97,7 @@ fn strict_is_strict() {
 #[test]
 fn python_runs_python3() {
     let dir = TempDir::new("python");
-    let (_, policy) = load(&dir.0, "python", POLICIES[2].1);
+    let (_, policy) = load(dir.path(), "python", POLICIES[2].1);
     let out = Sandbox::new("python3")
         .args([
             "-c",
@@ -139,8 +120,8 @@ fn python_runs_python3() {
 #[test]
 fn build_compiles_in_a_bound_project() {
     let dir = TempDir::new("build");
-    let (file, _) = load(&dir.0, "build", POLICIES[1].1);
-    let project = dir.0.join("proj");
+    let (file, _) = load(dir.path(), "build", POLICIES[1].1);
+    let project = dir.join("proj");
     std::fs::create_dir(&project).unwrap();
     std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::write(

@@ -9,15 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use testkit::{TempDir, text};
+
 /// The runner under test: `SANDBOX_TEST_RUNNER_BIN` when staged elsewhere, else cargo's.
 fn runner() -> PathBuf {
-    std::env::var_os("SANDBOX_TEST_RUNNER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sandbox-test-runner").into())
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    testkit::binary(
+        "SANDBOX_TEST_RUNNER_BIN",
+        env!("CARGO_BIN_EXE_sandbox-test-runner"),
+    )
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -28,21 +27,15 @@ fn chmod(p: &Path, mode: u32) {
 /// (a copy of `/bin/sh`) and `tmp/` writable by anyone (a root caller's sandbox runs as uid 65534).
 struct Project {
     root: PathBuf,
+    /// Removes the project on drop.
+    _dir: TempDir,
 }
 
 impl Project {
     fn new(tag: &str) -> Project {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "runner-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let root = {
-            std::fs::create_dir_all(root.join("src")).unwrap();
-            std::fs::canonicalize(&root).unwrap()
-        };
+        let dir = TempDir::with_mode(&format!("runner-{tag}"), 0o755);
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(root.join("src")).unwrap();
         std::fs::create_dir_all(root.join("target/debug")).unwrap();
         std::fs::create_dir_all(root.join("target/tmp")).unwrap();
         for d in ["", "src", "target", "target/debug"] {
@@ -61,7 +54,7 @@ impl Project {
         .unwrap();
         std::fs::copy("/bin/sh", root.join("target/debug/fake-test")).unwrap();
         chmod(&root.join("target/debug/fake-test"), 0o755);
-        Project { root }
+        Project { root, _dir: dir }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -89,12 +82,6 @@ impl Project {
         self.command(&[], &self.path("target/debug/fake-test"), &["-c", script])
             .output()
             .expect("the runner starts")
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 

@@ -8,9 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn bin() -> PathBuf {
-    std::env::var_os("SANDBOX_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sandbox").into())
+    testkit::binary("SANDBOX_BIN", env!("CARGO_BIN_EXE_sandbox"))
 }
 
 fn report_path(tag: &str) -> PathBuf {
@@ -69,18 +67,10 @@ fn vm_backend_prints_and_exits_with_the_program() {
 /// cannot open /dev/kvm gets a clear refusal.
 #[test]
 fn builtin_engine_prints_and_exits_with_the_program() {
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm");
-    let cache = std::env::temp_dir().join(format!("sandbox-cli-snapshots-{}", std::process::id()));
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _remove = Remove(cache.clone());
+    let kvm = testkit::kvm_open();
+    // A fresh cache the CLI creates, in a dir removed at the end.
+    let dir = testkit::TempDir::new("cli-snapshots");
+    let cache = dir.join("cache");
     let cache_arg = cache.to_str().unwrap().to_string();
     let builtin = || {
         sandbox(

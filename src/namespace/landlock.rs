@@ -357,5 +357,4 @@ pub fn restrict_self(ruleset_fd: RawFd) -> Result<(), i32> {
 }
 
 #[cfg(test)]
-#[path = "landlock_tests.rs"]
 mod tests;

@@ -613,5 +613,4 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
 mod tests;

@@ -35,7 +35,7 @@
 //!
 //! # Decisions on the default profile
 //! Default allow, then a deny list modelled on Docker's default profile; each rule carries its reason in
-//! `seccomp_profile.rs`. The whole ptrace family (ptrace, process_vm_readv/writev, kcmp, pidfd_getfd) is
+//! `policy/seccomp.rs`. The whole ptrace family (ptrace, process_vm_readv/writev, kcmp, pidfd_getfd) is
 //! denied: exempting `PTRACE_TRACEME` alone helps no debugger (strace and gdb need the other requests too)
 //! and TRACEME had kernel bugs of its own; users who need debuggers or LeakSanitizer use a custom profile.
 //! Netlink audit sockets are left alone: the kernel already refuses audit messages from a non-initial user
@@ -540,5 +540,4 @@ pub fn answer_one(fd: RawFd, filter: &Filter, denials: &mut Denials) -> Result<i
 }
 
 #[cfg(test)]
-#[path = "seccomp_tests.rs"]
 mod tests;

@@ -501,5 +501,4 @@ fn last_lines(text: &str, n: usize) -> String {
 }
 
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;

@@ -1,75 +1,9 @@
-//! Helpers shared by the integration tests.
+//! Helpers of the root crate's integration tests: those that need the `sandkasten` crate itself, and a few
+//! only these tests use. The workspace's other test helpers are in the `testkit` crate (`TempDir`,
+//! `kvm_usable`, `is_root`, `processes_with`...).
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-
-/// A directory under the system temp dir, writable by every uid (so the sandbox user can write into it
-/// whether the tests run as root, which maps the sandbox to nobody, or unprivileged), removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "sandbox-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Host pids of processes whose command line contains `marker`.
-pub fn processes_with(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(marker) {
-                found.push(pid);
-            }
-        }
-    }
-    found
-}
-
-/// Waits up to two seconds for no process to carry `marker` (the kernel tears a pid namespace down
-/// asynchronously only when its init is not reaped; ours is reaped before the verdict returns, so this is
-/// normally immediate).
-pub fn assert_no_processes_with(marker: &str) {
-    let start = std::time::Instant::now();
-    loop {
-        let left = processes_with(marker);
-        if left.is_empty() {
-            return;
-        }
-        if start.elapsed() > std::time::Duration::from_secs(2) {
-            panic!("processes left behind with {marker:?}: {left:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
 
 /// A unique number to tag processes of one test.
 pub fn marker() -> String {
@@ -84,11 +18,6 @@ pub fn marker() -> String {
 /// The host's mount table as this process sees it.
 pub fn host_mounts() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// The backend under test: `SANDBOX_TEST_BACKEND` (namespace, vm, builtin or auto), namespace by default.
@@ -207,23 +136,4 @@ pub fn assert_no_descendants() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-/// Whether this user can open /dev/kvm (root here; uid 65534 cannot: a KVM test then says SKIPPED and
-/// passes, as in the unprivileged CI pass). A missing /dev/kvm fails: these tests never skip for that.
-pub fn kvm_usable() -> bool {
-    let dev = Path::new("/dev/kvm");
-    assert!(
-        dev.exists(),
-        "/dev/kvm is missing (this test fails, it does not skip)"
-    );
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED: this user cannot open /dev/kvm");
-    }
-    ok
 }

@@ -1,5 +1,5 @@
 //! The escape probes that need more than one python call: fixtures on the host, two runs, or host-side
-//! listeners. Part of tests/escape.rs.
+//! listeners. Part of tests/escape.rs (the module `escape::custom`).
 
 use super::*;
 
@@ -29,7 +29,7 @@ fn has_proc(entry: &str, is: impl Fn(&Path) -> bool) -> bool {
 
 // --- the filesystem view ------------------------------------------------------------------------------------
 
-pub(super) fn inherited_fds(c: &Ctx) -> Check {
+pub(crate) fn inherited_fds(c: &Ctx) -> Check {
     // A careless host: a descriptor of the host's root directory without close-on-exec, at a high number.
     let root = std::fs::File::open("/").unwrap();
     // SAFETY: F_DUPFD on a descriptor we own; the duplicate is closed below.
@@ -42,7 +42,7 @@ pub(super) fn inherited_fds(c: &Ctx) -> Check {
 }
 
 /// `..` out of a read-only bind of `T/inner`, looking for the canary at `T/canary-escape`.
-pub(super) fn bind_dotdot(c: &Ctx, probe: &str, want: &str) -> Check {
+pub(crate) fn bind_dotdot(c: &Ctx, probe: &str, want: &str) -> Check {
     let t = TempDir::new("escape-dotdot");
     let inner = mkdir(&t.path().join("inner"), 0o755);
     write(&t.path().join("canary-escape"), "host", 0o644);
@@ -54,12 +54,12 @@ pub(super) fn bind_dotdot(c: &Ctx, probe: &str, want: &str) -> Check {
     expect(&o, want)
 }
 
-pub(super) fn bind_dotdot_fd(c: &Ctx) -> Check {
+pub(crate) fn bind_dotdot_fd(c: &Ctx) -> Check {
     let want = "parent_is_root=True top_is_root=True canary=ENOENT";
     bind_dotdot(c, "bind_dotdot_fd", want)
 }
 
-pub(super) fn bind_dotdot_path(c: &Ctx) -> Check {
+pub(crate) fn bind_dotdot_path(c: &Ctx) -> Check {
     bind_dotdot(
         c,
         "bind_dotdot_path",
@@ -68,13 +68,13 @@ pub(super) fn bind_dotdot_path(c: &Ctx) -> Check {
 }
 
 /// A host file the sandbox must never see: outside every bind, in a directory only its owner may enter.
-pub(super) fn secret(t: &TempDir) -> (PathBuf, String) {
+pub(crate) fn secret(t: &TempDir) -> (PathBuf, String) {
     let dir = mkdir(&t.path().join("private"), 0o700);
     let text = format!("host-secret-{}", std::process::id());
     (write(&dir.join("secret"), &text, 0o644), text)
 }
 
-pub(super) fn planted_symlinks(c: &Ctx) -> Check {
+pub(crate) fn planted_symlinks(c: &Ctx) -> Check {
     let t = TempDir::new("escape-plant");
     let (secret, text) = secret(&t);
     let data = mkdir(&t.path().join("data"), 0o777);
@@ -88,7 +88,7 @@ pub(super) fn planted_symlinks(c: &Ctx) -> Check {
     expect(&o, "abs=ENOENT rel=ENOENT via-init=EACCES")
 }
 
-pub(super) fn planted_bind_source(c: &Ctx) -> Check {
+pub(crate) fn planted_bind_source(c: &Ctx) -> Check {
     let t = TempDir::new("escape-source");
     let (secret, text) = secret(&t);
     let data = mkdir(&t.path().join("data"), 0o777);
@@ -123,7 +123,7 @@ pub(super) fn planted_bind_source(c: &Ctx) -> Check {
         // An unprivileged caller's sandboxes plant links owned by the caller itself, which the sandbox cannot
         // tell from the caller's own links (SECURITY.md, Fixed weaknesses 1); the file is one the caller may
         // read anyway. For a root caller the link is nobody's, and refused.
-        (_, "input=HOST-SECRET") if !common::is_root() => Ok(Observed::Skipped(
+        (_, "input=HOST-SECRET") if !testkit::is_root() => Ok(Observed::Skipped(
             "unprivileged caller: a link planted by its own sandbox is owned by the caller and followed \
              (documented limit; only the caller's own files are reachable)"
                 .into(),
@@ -136,7 +136,7 @@ pub(super) fn planted_bind_source(c: &Ctx) -> Check {
     }
 }
 
-pub(super) fn planted_bind_destination(c: &Ctx) -> Check {
+pub(crate) fn planted_bind_destination(c: &Ctx) -> Check {
     // A destination is a mount point inside a read-write host bind, so an earlier run can replace it by a link.
     // (Inside a tmpfs this cannot happen: every tmpfs is new and filled before the program starts.) The link
     // leads, while the view is built, into the host's root at /oldroot (see probes.py).
@@ -220,12 +220,12 @@ pub(super) fn planted_bind_destination(c: &Ctx) -> Check {
 
 /// Every way to change a file of a read-only bind fails with EROFS, although the host file and its directory
 /// are writable by everyone (modes 0666 and 0777): the mount is what refuses.
-pub(super) const RO_WRITES: &str = "write=EROFS create=EROFS mkdir=EROFS unlink=EROFS rename=EROFS chmod=EROFS \
+pub(crate) const RO_WRITES: &str = "write=EROFS create=EROFS mkdir=EROFS unlink=EROFS rename=EROFS chmod=EROFS \
                          utime=EROFS truncate=EROFS reopen_rw=EROFS system=EROFS etc=EROFS";
 
 /// probes.py's `probe` with a read-only bind of a world-writable host directory at /data, which must be
 /// unchanged afterwards.
-pub(super) fn ro_probe(c: &Ctx, probe: &str, policy: Policy, want: &str) -> Check {
+pub(crate) fn ro_probe(c: &Ctx, probe: &str, policy: Policy, want: &str) -> Check {
     let t = TempDir::new("escape-ro");
     let f = write(&t.path().join("f"), "original", 0o666);
     let o = c.py(probe, &[], policy.ro_bind(t.path(), "/data"));
@@ -236,17 +236,17 @@ pub(super) fn ro_probe(c: &Ctx, probe: &str, policy: Policy, want: &str) -> Chec
     expect(&o, want)
 }
 
-pub(super) fn ro_bind_writes(c: &Ctx) -> Check {
+pub(crate) fn ro_bind_writes(c: &Ctx) -> Check {
     ro_probe(c, "ro_bind_writes", default(), RO_WRITES)
 }
 
-pub(super) fn ro_bind_writes_no_landlock(c: &Ctx) -> Check {
+pub(crate) fn ro_bind_writes_no_landlock(c: &Ctx) -> Check {
     let mut p = default();
     p.landlock.enabled = false;
     ro_probe(c, "ro_bind_writes", p, RO_WRITES)
 }
 
-pub(super) fn remount_rw(c: &Ctx) -> Check {
+pub(crate) fn remount_rw(c: &Ctx) -> Check {
     ro_probe(
         c,
         "remount_rw",
@@ -255,27 +255,27 @@ pub(super) fn remount_rw(c: &Ctx) -> Check {
     )
 }
 
-pub(super) fn mount_setattr_rw(c: &Ctx) -> Check {
+pub(crate) fn mount_setattr_rw(c: &Ctx) -> Check {
     ro_probe(c, "mount_setattr_rw", default(), "data=EPERM root=EPERM")
 }
 
-pub(super) fn open_tree_move_mount(c: &Ctx) -> Check {
+pub(crate) fn open_tree_move_mount(c: &Ctx) -> Check {
     let want = "open_tree=EPERM move_mount=EPERM";
     ro_probe(c, "open_tree_move_mount", default(), want)
 }
 
-pub(super) fn fsopen_new_mount(c: &Ctx) -> Check {
+pub(crate) fn fsopen_new_mount(c: &Ctx) -> Check {
     let want = "fsopen=EPERM fspick=EPERM fsmount=EPERM";
     ro_probe(c, "fsopen_new_mount", default(), want)
 }
 
-pub(super) fn no_caps_mount_layer(c: &Ctx) -> Check {
+pub(crate) fn no_caps_mount_layer(c: &Ctx) -> Check {
     let want = "remount=EPERM setattr=EPERM open_tree=EPERM fsopen=EPERM umount_masked=EPERM chroot=EPERM \
                 pivot_root=EPERM";
     ro_probe(c, "no_caps_mount_layer", no_seccomp(), want)
 }
 
-pub(super) fn masked_proc(c: &Ctx) -> Check {
+pub(crate) fn masked_proc(c: &Ctx) -> Check {
     let masked = [
         "kcore",
         "keys",
@@ -300,7 +300,7 @@ pub(super) fn masked_proc(c: &Ctx) -> Check {
     expect(&c.py("masked_proc", &[], default()), &want)
 }
 
-pub(super) fn proc_root_only(c: &Ctx) -> Check {
+pub(crate) fn proc_root_only(c: &Ctx) -> Check {
     let files = [
         "kpagecount",
         "kpageflags",
@@ -321,7 +321,7 @@ pub(super) fn proc_root_only(c: &Ctx) -> Check {
     expect(&c.py("proc_root_only", &[], default()), want.trim())
 }
 
-pub(super) fn sysrq_trigger(c: &Ctx) -> Check {
+pub(crate) fn sysrq_trigger(c: &Ctx) -> Check {
     let want = if has_proc("sysrq-trigger", Path::exists) {
         "dev=1:3 open_write=EACCES"
     } else {
@@ -330,7 +330,7 @@ pub(super) fn sysrq_trigger(c: &Ctx) -> Check {
     expect(&c.py("sysrq_trigger", &[], default()), want)
 }
 
-pub(super) fn proc_sys_write(c: &Ctx) -> Check {
+pub(crate) fn proc_sys_write(c: &Ctx) -> Check {
     let sysctls = [
         "kernel/core_pattern",
         "kernel/sysrq",
@@ -346,7 +346,7 @@ pub(super) fn proc_sys_write(c: &Ctx) -> Check {
     expect(&c.py("proc_sys_write", &[], default()), &want)
 }
 
-pub(super) fn kernel_info_leaks(c: &Ctx) -> Check {
+pub(crate) fn kernel_info_leaks(c: &Ctx) -> Check {
     let kmsg = if Path::new("/proc/kmsg").exists() {
         "EACCES"
     } else {
@@ -356,7 +356,7 @@ pub(super) fn kernel_info_leaks(c: &Ctx) -> Check {
     expect(&c.py("kernel_info_leaks", &[], default()), &want)
 }
 
-pub(super) fn core_dumps(c: &Ctx) -> Check {
+pub(crate) fn core_dumps(c: &Ctx) -> Check {
     let pattern = std::fs::read("/proc/sys/kernel/core_pattern").unwrap_or_default();
     let pipe = if !has_proc("sys/kernel/core_pattern", Path::exists) {
         // The guest kernel has no CONFIG_COREDUMP: no crash there dumps anywhere, and a guest's crash never
@@ -375,7 +375,7 @@ pub(super) fn core_dumps(c: &Ctx) -> Check {
     expect(&o, &want)
 }
 
-pub(super) fn dev_nodes(c: &Ctx) -> Check {
+pub(crate) fn dev_nodes(c: &Ctx) -> Check {
     let standard = ["null", "zero", "full", "random", "urandom", "tty"];
     let mut dev: Vec<&str> = standard
         .into_iter()
@@ -397,7 +397,7 @@ pub(super) fn dev_nodes(c: &Ctx) -> Check {
 
 /// The host reads the verdict from the control port only, which the program cannot reach (`virtio_ports`):
 /// verdict lines the program prints on its own streams are its output, nothing more.
-pub(super) fn forged_verdict(c: &Ctx) -> Check {
+pub(crate) fn forged_verdict(c: &Ctx) -> Check {
     let o = c.py("forge_verdict", &[], default());
     if o.status != Status::Exited(7) {
         return Err(format!("the forged verdict was believed: {:?}", o.status));
@@ -411,7 +411,7 @@ pub(super) fn forged_verdict(c: &Ctx) -> Check {
     ))
 }
 
-pub(super) fn system_setuid_nosuid(c: &Ctx) -> Check {
+pub(crate) fn system_setuid_nosuid(c: &Ctx) -> Check {
     let some = ["/usr/bin", "/usr/sbin"].iter().any(|d| {
         let entries = std::fs::read_dir(d).into_iter().flatten().flatten();
         entries
@@ -424,7 +424,7 @@ pub(super) fn system_setuid_nosuid(c: &Ctx) -> Check {
 }
 
 /// A copy of the C probe and a file only host root may read, both owned by host root, in a read-write bind.
-pub(super) fn privileged_fixture(c: &Ctx, tag: &str, mode: u32) -> Result<TempDir, String> {
+pub(crate) fn privileged_fixture(c: &Ctx, tag: &str, mode: u32) -> Result<TempDir, String> {
     let bin = c.identity()?;
     let t = TempDir::new(tag);
     let secret = write(&t.path().join("rootonly"), "secret", 0o600);
@@ -437,7 +437,7 @@ pub(super) fn privileged_fixture(c: &Ctx, tag: &str, mode: u32) -> Result<TempDi
     Ok(t)
 }
 
-pub(super) fn setuid_root_copy(c: &Ctx) -> Check {
+pub(crate) fn setuid_root_copy(c: &Ctx) -> Check {
     if !c.root {
         let why = "needs host root to make a root-owned set-user-ID file";
         return Ok(Observed::Skipped(why.into()));
@@ -452,7 +452,7 @@ pub(super) fn setuid_root_copy(c: &Ctx) -> Check {
     )
 }
 
-pub(super) fn file_caps_binary(c: &Ctx) -> Check {
+pub(crate) fn file_caps_binary(c: &Ctx) -> Check {
     if !c.root {
         return Ok(Observed::Skipped(
             "needs host root to give a file capabilities".into(),
@@ -484,7 +484,7 @@ pub(super) fn file_caps_binary(c: &Ctx) -> Check {
     expect(&o, "ruid=0 euid=0 suid=0 caps=0000000000000000 open=EACCES")
 }
 
-pub(super) fn plant_setuid_in_rw_bind(c: &Ctx) -> Check {
+pub(crate) fn plant_setuid_in_rw_bind(c: &Ctx) -> Check {
     let t = TempDir::new("escape-plant-suid");
     let o = c.py("plant_setuid", &[], default().bind(t.path(), "/data"));
     let planted: Vec<String> = std::fs::read_dir(t.path())
@@ -508,7 +508,7 @@ pub(super) fn plant_setuid_in_rw_bind(c: &Ctx) -> Check {
     )
 }
 
-pub(super) fn identity(c: &Ctx) -> Check {
+pub(crate) fn identity(c: &Ctx) -> Check {
     let t = TempDir::new("escape-identity");
     let o = c.py("identity", &[], default().bind(t.path(), "/data"));
     let (uid, gid) = if c.root {
@@ -536,12 +536,12 @@ pub(super) fn identity(c: &Ctx) -> Check {
 
 // --- namespaces, processes, network -------------------------------------------------------------------------
 
-pub(super) fn with_host_pid(c: &Ctx, probe: &str, want: &str) -> Check {
+pub(crate) fn with_host_pid(c: &Ctx, probe: &str, want: &str) -> Check {
     let pid = std::process::id().to_string();
     expect(&c.py(probe, &[&pid], default()), want)
 }
 
-pub(super) fn pid_visibility(c: &Ctx) -> Check {
+pub(crate) fn pid_visibility(c: &Ctx) -> Check {
     with_host_pid(
         c,
         "pid_visibility",
@@ -549,11 +549,11 @@ pub(super) fn pid_visibility(c: &Ctx) -> Check {
     )
 }
 
-pub(super) fn host_signal(c: &Ctx) -> Check {
+pub(crate) fn host_signal(c: &Ctx) -> Check {
     with_host_pid(c, "host_signal", "kill=ESRCH pidfd_open=ESRCH")
 }
 
-pub(super) const DENIED: [&str; 19] = [
+pub(crate) const DENIED: [&str; 19] = [
     "keyctl",
     "add_key",
     "request_key",
@@ -575,7 +575,7 @@ pub(super) const DENIED: [&str; 19] = [
     "process_vm_readv",
 ];
 
-pub(super) fn dangerous_syscalls(c: &Ctx) -> Check {
+pub(crate) fn dangerous_syscalls(c: &Ctx) -> Check {
     let want = format!(
         "{} dev_userfaultfd=ENOENT",
         each(&DENIED, |_| "EPERM".into())
@@ -593,7 +593,7 @@ pub(super) fn dangerous_syscalls(c: &Ctx) -> Check {
     Ok(r)
 }
 
-pub(super) fn tiocsti_inherited_pty(c: &Ctx) -> Check {
+pub(crate) fn tiocsti_inherited_pty(c: &Ctx) -> Check {
     let pty = nix::pty::openpty(None, None).unwrap();
     let (master, slave) = (pty.master, pty.slave);
     // Raw mode, so that one injected byte is readable at once; non-blocking, to look without waiting.
@@ -621,7 +621,7 @@ pub(super) fn tiocsti_inherited_pty(c: &Ctx) -> Check {
     expect(&o, want)
 }
 
-pub(super) fn host_tcp_with(c: &Ctx, allow_port: bool) -> Check {
+pub(crate) fn host_tcp_with(c: &Ctx, allow_port: bool) -> Check {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -641,15 +641,15 @@ pub(super) fn host_tcp_with(c: &Ctx, allow_port: bool) -> Check {
     expect(&o, want)
 }
 
-pub(super) fn host_tcp(c: &Ctx) -> Check {
+pub(crate) fn host_tcp(c: &Ctx) -> Check {
     host_tcp_with(c, false)
 }
 
-pub(super) fn host_tcp_netns_only(c: &Ctx) -> Check {
+pub(crate) fn host_tcp_netns_only(c: &Ctx) -> Check {
     host_tcp_with(c, true)
 }
 
-pub(super) fn host_udp(c: &Ctx) -> Check {
+pub(crate) fn host_udp(c: &Ctx) -> Check {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_nonblocking(true).unwrap();
     let port = sock.local_addr().unwrap().port().to_string();
@@ -660,7 +660,7 @@ pub(super) fn host_udp(c: &Ctx) -> Check {
     expect(&o, "sendto=OK")
 }
 
-pub(super) fn host_abstract_with(c: &Ctx, policy: Policy, want: &str) -> Check {
+pub(crate) fn host_abstract_with(c: &Ctx, policy: Policy, want: &str) -> Check {
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let name = format!("sandbox-escape-{}-{n}", std::process::id());
@@ -673,12 +673,12 @@ pub(super) fn host_abstract_with(c: &Ctx, policy: Policy, want: &str) -> Check {
 }
 
 /// Abstract unix sockets belong to a network namespace: the host's are not there to find.
-pub(super) fn host_abstract(c: &Ctx) -> Check {
+pub(crate) fn host_abstract(c: &Ctx) -> Check {
     host_abstract_with(c, default(), "connect=ECONNREFUSED")
 }
 
 /// With the host's network (opt-in) the host's abstract sockets are found; landlock's scope (ABI 6+) refuses.
-pub(super) fn host_abstract_host_network(c: &Ctx) -> Check {
+pub(crate) fn host_abstract_host_network(c: &Ctx) -> Check {
     if !c.landlock_scope("abstract_unix_socket") {
         let why = "landlock ABI < 6: with Network::Host the host's abstract sockets are reachable (SECURITY.md)";
         return Ok(Observed::Skipped(why.into()));

@@ -6,42 +6,18 @@
 //! needs our guest kernel and its command line: the sandkasten crate's `tests/vmm_kernel_panic.rs`.)
 //! Each VM lives milliseconds. Without `/dev/kvm` these tests FAIL: they never skip.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sandkasten_vmm::regs::BootMode::{Long, Pvh};
 use sandkasten_vmm::vcpu::VcpuError;
 use sandkasten_vmm::{Console, GuestExit, VmmError, run_code};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use testkit::Capture;
 
 /// Whether this user may use KVM. `/dev/kvm` must exist (else the test fails, it never skips); a user who
 /// may not open it (CI's unprivileged pass: the device is often mode 0600) gets a checked, clean refusal
 /// from the VMM instead of a run, and the test says so.
 fn kvm_usable() -> bool {
-    let dev = std::path::Path::new("/dev/kvm");
-    assert!(
-        dev.exists(),
-        "/dev/kvm is missing: the builtin VM engine needs KVM (this test fails, it does not skip)"
-    );
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .is_ok()
-    {
+    if testkit::kvm_access().is_ok() {
         return true;
     }
     let r = run_code(
@@ -93,7 +69,7 @@ fn garbage_io_is_ignored_and_the_reset_command_ends_the_vm() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.exit, GuestExit::Reset, "{report:?}");
     assert_eq!(report.unhandled_exits, 4, "{report:?}");
-    assert_eq!(console.0.lock().unwrap().as_slice(), b"A");
+    assert_eq!(console.bytes().as_slice(), b"A");
 }
 
 #[test]
@@ -118,7 +94,7 @@ fn a_console_flood_is_capped_and_stopped_at_the_timeout() {
         Console::new(console.clone()).limit(1000),
     );
     assert!(matches!(r, Err(VmmError::Timeout(_))), "{r:?}");
-    let out = console.0.lock().unwrap().clone();
+    let out = console.bytes();
     assert_eq!(&out[..1000], &[b'A'; 1000][..]);
     assert_eq!(&out[1000..], b"\n[console truncated at 1000 bytes]\n");
 }

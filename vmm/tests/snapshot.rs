@@ -6,13 +6,10 @@
 //! mismatched snapshot files are refused with a clear error before any guest runs. Without `/dev/kvm` these
 //! tests FAIL: they never skip.
 
-mod common;
-
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sandkasten_vmm::regs::BootMode::Pvh;
@@ -21,22 +18,10 @@ use sandkasten_vmm::snapshot::format::FormatError;
 use sandkasten_vmm::virtio::VirtioDevice;
 use sandkasten_vmm::virtio::console::VirtioConsole;
 use sandkasten_vmm::{Console, GuestExit, SnapshotOptions, VmmError, run_code_with_snapshots};
+use testkit::Capture;
 
 /// Steps the guest counts to.
 const STEPS: u32 = 200_000;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// 32-bit code: counter in RAM at 0x50000 and a digit in EDI; writes '0' + EDI to the UART per step, then
 /// the i8042 reset after `STEPS` steps.
@@ -125,7 +110,7 @@ fn line(r: &mut BufReader<UnixStream>) -> String {
 
 #[test]
 fn a_running_guest_is_saved_and_a_restored_one_continues_where_it_stopped() {
-    if !common::kvm_usable() {
+    if !testkit::kvm_usable() {
         return;
     }
     let (path, file) = temp_file("good");
@@ -138,7 +123,7 @@ fn a_running_guest_is_saved_and_a_restored_one_continues_where_it_stopped() {
     );
     assert_eq!(line(&mut chan), "started");
     // Let it count a while, then save.
-    while cap.0.lock().unwrap().len() < 1000 {
+    while cap.bytes().len() < 1000 {
         std::thread::sleep(Duration::from_millis(5));
     }
     chan.get_mut().write_all(b"save\n").unwrap();
@@ -150,7 +135,7 @@ fn a_running_guest_is_saved_and_a_restored_one_continues_where_it_stopped() {
         .unwrap()
         .expect("the saved VM runs on to its end");
     assert_eq!(report.exit, GuestExit::Reset);
-    let whole = cap.0.lock().unwrap().clone();
+    let whole = cap.bytes();
     assert_eq!(
         whole.len(),
         expected().len(),
@@ -177,7 +162,7 @@ fn a_running_guest_is_saved_and_a_restored_one_continues_where_it_stopped() {
             .unwrap()
             .expect("the restored VM runs to its end");
         assert_eq!(report.exit, GuestExit::Reset, "round {round}");
-        let rest = cap2.0.lock().unwrap().clone();
+        let rest = cap2.bytes();
         assert!(
             !rest.is_empty() && rest.len() < whole.len(),
             "round {round}: the restored VM wrote {} of {} bytes: it did not start mid-way",

@@ -32,13 +32,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use sandbox_examples::host::{SignalFd, pidfd_open, poll, pollin};
 use sandkasten::outcome::TimeLimit;
 use sandkasten::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
 use serde_json::{Value, json};
-
-#[path = "../host.rs"]
-mod host;
-use host::{SignalFd, pidfd_open, poll, pollin};
 
 /// Exit code for bad usage.
 const USAGE_ERROR: u8 = 2;

@@ -26,13 +26,9 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sandbox_examples::bench::{more, vm};
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{Policy, Sandbox, Status};
-
-#[path = "../bench_more.rs"]
-mod more;
-#[path = "../bench_vm.rs"]
-mod vm;
 
 /// Installs the peers measured against (Debian's bubblewrap and qemu-system-x86) when they are missing: as
 /// root with apt-get, else it says what to install and those cases are skipped.

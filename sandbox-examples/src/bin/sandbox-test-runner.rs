@@ -38,12 +38,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use sandbox_examples::host::{SignalFd, pidfd_open, poll, pollin};
 use sandkasten::policy::SYSTEM_TOP;
 use sandkasten::{Mount, Policy, Sandbox, Status};
-
-#[path = "../host.rs"]
-mod host;
-use host::{SignalFd, pidfd_open, poll, pollin};
 
 /// Exit code for bad usage.
 const USAGE_ERROR: u8 = 2;

@@ -1,5 +1,5 @@
 //! The benchmark sections beyond spawn latency: throughput of concurrent spawners, the VM backend against a
-//! bare QEMU boot, and stdout throughput. Included by `sandbox-bench`.
+//! bare QEMU boot, and stdout throughput. Part of the library, for `sandbox-bench`.
 
 use std::io::Read;
 use std::process::{Command, Stdio as StdStdio};
@@ -77,7 +77,7 @@ pub fn vm(runs: usize, cli: &std::path::Path) {
         return;
     }
     let accel = sandkasten::vm::qemu::choose_accel(&sandkasten::probe::probe_kvm()).0;
-    let mut bare = crate::vm::bare_qemu_times(
+    let mut bare = super::vm::bare_qemu_times(
         accel.name(),
         &sandkasten::vm::cmdline::kernel_cmdline(accel.name() == "kvm", false, ""),
         runs,

@@ -1,6 +1,6 @@
 //! VM benchmark sections: warm runs on a [`VmPool`] against cold runs, our VMM (builtin engine) against QEMU
-//! with the same kernel, initramfs and accelerator, and the VMMs' memory beyond guest RAM. Included by
-//! `sandbox-bench`.
+//! with the same kernel, initramfs and accelerator, and the VMMs' memory beyond guest RAM. Part of the
+//! library, for `sandbox-bench`.
 
 use std::path::Path;
 use std::process::{Command, Stdio as StdStdio};

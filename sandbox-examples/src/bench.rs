@@ -1,0 +1,4 @@
+//! The benchmark sections of `sandbox-bench` beyond spawn latency.
+
+pub mod more;
+pub mod vm;
