@@ -99,7 +99,7 @@ fn vm_report(kvm: &KvmReport) -> VmReport {
         (None, _) => {
             Some("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".to_string())
         }
-        (_, Err(e)) => Some(e.clone()),
+        (_, Err(e)) => Some(e.to_string()),
         _ => None,
     };
     let (kernel, agent) = match assets {

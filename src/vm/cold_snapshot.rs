@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::error::{RESTORE_FAILED, VmError};
 use super::launch::{self, Engine, Started};
-use super::pool_snapshot::{RESTORE_FAILED, save_snapshot};
+use super::pool_snapshot::save_snapshot;
 use super::qemu::Share;
 use super::snapshot_cache::Session;
-use crate::outcome::SetupFailure;
 
 /// Starts the VM of a cold run; with a `cache` directory and the builtin engine, restored from a snapshot
 /// (a restore that fails deletes the snapshot and boots instead) or booted with a [`Session`] to save it,
@@ -24,7 +24,7 @@ pub(super) fn start(
     with_stdin: bool,
     deadline: Option<Duration>,
     cache: Option<&Path>,
-) -> Result<(Started, Option<Session>), SetupFailure> {
+) -> Result<(Started, Option<Session>), VmError> {
     let Some(dir) = cache.filter(|_| engine == Engine::Builtin) else {
         let started = launch::start_vm(engine, shares, memory_mib, cpus, with_stdin, deadline)?;
         return Ok((started, None));

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::error::VmError;
 pub(crate) use super::launch::{Engine, Host, Started, VmChannels, start_vm};
 use super::qemu::Share;
 use crate::error::Error;
@@ -33,21 +34,13 @@ const THREAD_DRAIN: Duration = Duration::from_secs(10);
 /// Guest RAM beyond the policy's memory limit: the kernel and the agent.
 const GUEST_OVERHEAD_MIB: u64 = 128;
 
-fn fail(message: impl Into<String>) -> SetupFailure {
-    SetupFailure {
-        stage: Stage::Vm,
-        errno: None,
-        message: message.into(),
-    }
-}
-
 /// Where the agent mounts the share of policy bind number `i`.
 fn share_dir(i: usize) -> PathBuf {
     PathBuf::from(format!("/run/sandbox/share/{i}"))
 }
 
 /// The guest's run specification, and the shares QEMU must export for it.
-pub(super) fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), String> {
+pub(super) fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), VmError> {
     let mut shares = Vec::new();
     let mut gshares = Vec::new();
     let mut links = Vec::new();
@@ -72,7 +65,11 @@ pub(super) fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), S
             let host = Path::new("/").join(name);
             match std::fs::symlink_metadata(&host) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    let target = std::fs::read_link(&host).map_err(|e| e.to_string())?;
+                    let target =
+                        std::fs::read_link(&host).map_err(|source| VmError::SystemLink {
+                            path: host.clone(),
+                            source,
+                        })?;
                     links.push(Link { path: host, target });
                 }
                 Ok(m) if m.is_dir() => add(format!("sys{i}"), host.clone(), host, true),
@@ -90,9 +87,11 @@ pub(super) fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), S
         };
         // The same refusal as the namespace backend's: no symlink planted by a sandbox (or another user) is
         // followed to pick what the guest sees.
-        crate::namespace::plan::check_links(src).map_err(|e| e.to_string())?;
-        let real = std::fs::canonicalize(&*src)
-            .map_err(|e| format!("bind source {}: {e}", src.display()))?;
+        crate::namespace::plan::check_links(src)?;
+        let real = std::fs::canonicalize(&*src).map_err(|source| VmError::BindSource {
+            path: src.clone(),
+            source,
+        })?;
         // 9p shares directories: a file is reached through its directory.
         let (dir, rest) = if real.is_dir() {
             (real.clone(), PathBuf::new())
@@ -117,7 +116,7 @@ pub(super) fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), S
         links,
         serve: false,
     };
-    spec.validate()?;
+    spec.validate().map_err(VmError::Spec)?;
     Ok((spec, shares))
 }
 
@@ -182,12 +181,15 @@ pub(super) fn is_dev_null(fd: RawFd) -> bool {
 }
 
 /// A duplicate of `fd` (the host's own stream `inherit` for -1).
-fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, SetupFailure> {
+pub(super) fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, VmError> {
     let src = if fd >= 0 { fd } else { inherit };
     // SAFETY: borrowing a descriptor that stays open for this call.
     let b = unsafe { BorrowedFd::borrow_raw(src) };
-    b.try_clone_to_owned()
-        .map_err(|e| fail(format!("duplicating descriptor {src}: {e}")))
+    b.try_clone_to_owned().map_err(|source| VmError::Dup {
+        what: "the run's standard stream",
+        fd: src,
+        source,
+    })
 }
 
 /// Copies the caller's stdin into the guest's stdin port. QEMU drops what arrives before the guest opened the
@@ -267,7 +269,17 @@ pub(crate) fn spawn(
     engine: Engine,
     cache: Option<&Path>,
 ) -> Result<VmRun, SetupFailure> {
-    let (mut spec, shares) = guest_spec(launch).map_err(fail)?;
+    // The one place where a cold run's errors become the public failure.
+    start(launch, fallback_reason, engine, cache).map_err(SetupFailure::from)
+}
+
+fn start(
+    launch: &Launch<'_>,
+    fallback_reason: Option<String>,
+    engine: Engine,
+    cache: Option<&Path>,
+) -> Result<VmRun, VmError> {
+    let (mut spec, shares) = guest_spec(launch)?;
     for s in &mut spec.shares {
         s.fs = engine.share_fs();
     }
@@ -327,9 +339,11 @@ pub(crate) fn spawn(
     // The spec is sent by a thread: one larger than the socket's buffer (argv near ARG_MAX) waits for the
     // agent to read it, which happens only after the boot. It ends when the agent has read the spec, or with
     // EPIPE when the VMM is gone (then the run has no verdict). A VM to be saved gets it after the save.
-    let control_w = control_host
-        .try_clone()
-        .map_err(|e| fail(format!("socket: {e}")))?;
+    let control_w = control_host.try_clone().map_err(|source| VmError::Dup {
+        what: "the control socket",
+        fd: control_host.as_raw_fd(),
+        source,
+    })?;
     let spec_line = spec.to_json_line().into_bytes();
     let ready = control.clone();
     threads.push(std::thread::spawn(move || {
@@ -468,16 +482,16 @@ impl VmRun {
                 let status = if host_timeout {
                     Status::TimedOut(TimeLimit::Wall)
                 } else {
-                    Status::SetupFailed(fail(format!(
-                        "the VM ended without a verdict (VMM: {qemu_status:?}{}); the guest's last words:\n{}",
-                        match self.qemu_stderr.text().trim() {
-                            "" => String::new(),
-                            e => format!(", {e}"),
-                        },
-                        last_lines(&console, 15)
-                    )))
+                    Status::SetupFailed(
+                        VmError::NoVerdict {
+                            status: qemu_status,
+                            vmm_said: self.qemu_stderr.text(),
+                            console: last_lines(&console, 15),
+                        }
+                        .into(),
+                    )
                 };
-                Outcome::setup_failed(fail(""), BackendKind::Vm).with_status(status)
+                Outcome::setup_failed(no_failure(), BackendKind::Vm).with_status(status)
             }
         };
         outcome.backend = BackendKind::Vm;
@@ -493,7 +507,16 @@ impl VmRun {
     }
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+/// The placeholder failure of an outcome whose status is set right after.
+pub(super) fn no_failure() -> SetupFailure {
+    SetupFailure {
+        stage: Stage::Vm,
+        errno: None,
+        message: String::new(),
+    }
+}
+
+pub(super) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -8,11 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::assets::{assets, initramfs};
+use super::error::VmError;
 use super::qemu::{self, Accel, Machine, Port, Share};
 use super::snapshot_cache::{GuestKey, Plan, Session};
 use crate::guest::ShareFs;
 use crate::namespace::{self, Launch, sys};
-use crate::outcome::{SetupFailure, Stage, VmInfo};
+use crate::outcome::VmInfo;
 use crate::policy::{Network, Policy, SYSTEM_TOP};
 use crate::vmm::process::SnapshotConfig;
 
@@ -20,14 +21,6 @@ use crate::vmm::process::SnapshotConfig;
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
 /// The same on PVM (software KVM), where a boot takes minutes.
 const PVM_BOOT_LIMIT: Duration = Duration::from_secs(420);
-
-fn fail(message: impl Into<String>) -> SetupFailure {
-    SetupFailure {
-        stage: Stage::Vm,
-        errno: None,
-        message: message.into(),
-    }
-}
 
 /// How QEMU runs.
 #[derive(Debug)]
@@ -52,14 +45,20 @@ impl Host {
 }
 
 /// A pipe as `(read end, write end)`.
-fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
-    let (r, w) = std::io::pipe().map_err(|e| fail(format!("pipe: {e}")))?;
+fn pipe() -> Result<(OwnedFd, OwnedFd), VmError> {
+    let (r, w) = std::io::pipe().map_err(|source| VmError::Channel {
+        call: "pipe",
+        source,
+    })?;
     Ok((r.into(), w.into()))
 }
 
 /// A connected socket pair: `(host end, QEMU's end)`.
-pub(crate) fn socket_pair() -> Result<(UnixStream, OwnedFd), SetupFailure> {
-    let (host, qemu) = UnixStream::pair().map_err(|e| fail(format!("socketpair: {e}")))?;
+pub(crate) fn socket_pair() -> Result<(UnixStream, OwnedFd), VmError> {
+    let (host, qemu) = UnixStream::pair().map_err(|source| VmError::Channel {
+        call: "socketpair",
+        source,
+    })?;
     Ok((host, qemu.into()))
 }
 
@@ -98,7 +97,7 @@ struct NewChannels {
     vmm_stderr: OwnedFd,
 }
 
-fn new_channels(with_stdin: bool) -> Result<NewChannels, SetupFailure> {
+fn new_channels(with_stdin: bool) -> Result<NewChannels, VmError> {
     let (console, console_vmm) = socket_pair()?;
     let (control, control_vmm) = socket_pair()?;
     let mut vmm: Vec<(OwnedFd, RawFd)> = vec![(console_vmm, 3), (control_vmm, 4)];
@@ -186,15 +185,13 @@ pub(crate) fn start_vm(
     cpus: u32,
     with_stdin: bool,
     deadline: Option<Duration>,
-) -> Result<Started, SetupFailure> {
+) -> Result<Started, VmError> {
     if engine == Engine::Builtin {
         return start_builtin(shares, memory_mib, with_stdin, deadline, None);
     }
-    let qemu_bin = qemu::find_qemu().ok_or_else(|| {
-        fail("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU")
-    })?;
-    let (kernel, agent) = assets().map_err(fail)?;
-    let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
+    let qemu_bin = qemu::find_qemu().ok_or(VmError::NoQemu)?;
+    let (kernel, agent) = assets()?;
+    let initrd = initramfs(&agent)?;
     let (accel, accel_reason) = qemu::choose_accel(&crate::probe::probe_kvm());
 
     // Descriptors QEMU gets, at fixed numbers in its process.
@@ -232,7 +229,7 @@ pub(crate) fn start_vm(
         deadline,
     )
     .or_else(|confined| {
-        if confined.stage == Stage::Namespaces {
+        if confined.no_namespaces() {
             start_plain(&qemu_bin, &machine, &fds, err_w.as_raw_fd())
         } else {
             Err(confined)
@@ -270,29 +267,22 @@ pub(crate) fn start_builtin(
     with_stdin: bool,
     deadline: Option<Duration>,
     cache: Option<&Path>,
-) -> Result<Started, SetupFailure> {
+) -> Result<Started, VmError> {
     if shares.len() + 1 > BUILTIN_MAX_DEVICES {
-        return Err(fail(format!(
-            "the builtin engine offers at most {} shared directories ({} needed: the system, /etc and one \
-             per bind source); use fewer binds or the qemu engine",
-            BUILTIN_MAX_DEVICES - 1,
-            shares.len()
-        )));
+        return Err(VmError::TooManyShares {
+            max: BUILTIN_MAX_DEVICES - 1,
+            needed: shares.len(),
+        });
     }
     let kvm_probe = crate::probe::probe_kvm();
     let kvm: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .map_err(|e| {
-            fail(format!(
-                "the builtin engine needs KVM, and /dev/kvm cannot be opened: {e} (load kvm-intel or kvm-amd, \
-                 and let this user open /dev/kvm, e.g. membership of the kvm group; or use the qemu engine)"
-            ))
-        })?
+        .map_err(VmError::NoKvm)?
         .into();
-    let (kernel, agent) = assets().map_err(fail)?;
-    let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
+    let (kernel, agent) = assets()?;
+    let initrd = initramfs(&agent)?;
     let pvm = kvm_probe.flavour == "pvm";
 
     let NewChannels {
@@ -352,13 +342,11 @@ pub(crate) fn start_builtin(
         deadline,
     )
     .or_else(|confined| {
-        if confined.stage != Stage::Namespaces {
+        if !confined.no_namespaces() {
             return Err(confined);
         }
         // Without namespaces the VMM (nobody, for a root caller) reads the kernel and initramfs through
         // descriptors opened here.
-        let open =
-            |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
         let (k, i) = (open(&kernel)?, open(&initrd)?);
         config.kernel = "/proc/self/fd/9".into();
         config.initramfs = "/proc/self/fd/10".into();
@@ -401,7 +389,7 @@ fn snapshot_fds(
     ports: &[(String, RawFd)],
     shares: &[Share],
     fds: &mut Vec<(OwnedFd, RawFd)>,
-) -> Result<(Option<Session>, Option<SnapshotConfig>), SetupFailure> {
+) -> Result<(Option<Session>, Option<SnapshotConfig>), VmError> {
     let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
     let mut devices = vec![format!("console {}", names.join(","))];
     devices.extend(
@@ -422,7 +410,11 @@ fn snapshot_fds(
     let file: OwnedFd = plan
         .file()
         .try_clone()
-        .map_err(|e| fail(format!("snapshot file: {e}")))?
+        .map_err(|source| VmError::Dup {
+            what: "the snapshot file",
+            fd: plan.file().as_raw_fd(),
+            source,
+        })?
         .into();
     let (host, vmm) = socket_pair()?;
     fds.push((vmm, 11));
@@ -447,7 +439,7 @@ fn start_builtin_confined(
     initrd: &Path,
     shares: &[Share],
     deadline: Option<Duration>,
-) -> Result<Host, SetupFailure> {
+) -> Result<Host, VmError> {
     let mut policy = Policy::default()
         .ro_bind(agent, "/sandbox-vmm")
         .ro_bind(kernel, kernel)
@@ -483,7 +475,7 @@ fn start_confined(
     initrd: &Path,
     shares: &[Share],
     deadline: Option<Duration>,
-) -> Result<Host, SetupFailure> {
+) -> Result<Host, VmError> {
     let mut policy = Policy::default()
         .ro_bind(kernel, kernel)
         .ro_bind(initrd, initrd)
@@ -522,11 +514,11 @@ fn spawn_confined(
     stderr: RawFd,
     mut policy: Policy,
     deadline: Option<Duration>,
-) -> Result<Host, SetupFailure> {
+) -> Result<Host, VmError> {
     policy.timeout = deadline;
     policy.audit_denials = false;
     let extra: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
-    let null = std::fs::File::open("/dev/null").map_err(|e| fail(format!("/dev/null: {e}")))?;
+    let null = open(Path::new("/dev/null"))?;
     let launch = Launch {
         program,
         args,
@@ -536,7 +528,9 @@ fn spawn_confined(
         stdio: [null.as_raw_fd(), null.as_raw_fd(), stderr],
         extra_fds: &extra,
     };
-    namespace::spawn(&launch).map(|s| Host::Sandboxed(Box::new(s)))
+    namespace::spawn(&launch)
+        .map(|s| Host::Sandboxed(Box::new(s)))
+        .map_err(VmError::Confine)
 }
 
 /// QEMU as a plain child: its descriptors in place, `no_new_privs`, our default seccomp filter, and never
@@ -546,10 +540,9 @@ fn start_plain(
     machine: &Machine,
     fds: &[(OwnedFd, RawFd)],
     stderr: RawFd,
-) -> Result<Host, SetupFailure> {
+) -> Result<Host, VmError> {
     // The kernel and initramfs are opened here and reached through /proc/self/fd, so a root caller's QEMU,
     // running as nobody, needs no access to the directories they sit in.
-    let open = |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
     let (kernel, initrd) = (open(&machine.kernel)?, open(&machine.initramfs)?);
     let mut machine = machine.clone();
     machine.kernel = "/proc/self/fd/8".into();
@@ -568,10 +561,9 @@ fn start_plain_program(
     args: &[std::ffi::OsString],
     map: &[(RawFd, RawFd)],
     stderr: RawFd,
-) -> Result<Host, SetupFailure> {
+) -> Result<Host, VmError> {
     use std::os::unix::process::CommandExt;
-    let filter = crate::seccomp::compile(&crate::seccomp::SeccompProfile::Default, false)
-        .map_err(|e| fail(e.to_string()))?;
+    let filter = crate::seccomp::compile(&crate::seccomp::SeccompProfile::Default, false)?;
     let map: Vec<(RawFd, RawFd)> = map.iter().copied().take(12).collect();
     let floor = map.iter().map(|&(_, n)| n + 1).max().unwrap_or(3);
     let root = nix::unistd::geteuid().is_root();
@@ -603,16 +595,21 @@ fn start_plain_program(
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("starting {}: {e}", program.display())))?;
-    let pidfd = sys::pidfd_open(child.id() as i32).map_err(|e| {
-        fail(format!(
-            "pidfd_open: {}",
-            std::io::Error::from_raw_os_error(e)
-        ))
+    let child = cmd.spawn().map_err(|source| VmError::Spawn {
+        program: program.to_path_buf(),
+        source,
     })?;
+    let pidfd = sys::pidfd_open(child.id() as i32)
+        .map_err(|e| VmError::Pidfd(std::io::Error::from_raw_os_error(e)))?;
     // SAFETY: pidfd_open just returned this descriptor.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok(Host::Plain(child, pidfd))
+}
+
+/// Opens a file the VMM reads through a descriptor.
+fn open(path: &Path) -> Result<std::fs::File, VmError> {
+    std::fs::File::open(path).map_err(|source| VmError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
 }

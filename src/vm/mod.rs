@@ -7,6 +7,7 @@
 pub mod assets;
 mod cold_snapshot;
 pub mod engine;
+mod error;
 pub mod initramfs;
 mod launch;
 pub mod pool;

@@ -8,9 +8,11 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Event, PoolInner, WarmVm, fail};
+use super::{Event, PoolInner, WarmVm};
 use crate::error::Error;
 use crate::outcome::{BackendKind, Outcome, Status, TimeLimit};
+use crate::vm::engine::{last_lines, no_failure};
+use crate::vm::error::VmError;
 
 /// How a served run ended, as the collector saw it.
 struct RunEnd {
@@ -144,25 +146,16 @@ impl PooledRun {
                 let status = if host_timeout {
                     Status::TimedOut(TimeLimit::Wall)
                 } else {
-                    Status::SetupFailed(fail(format!(
-                        "the warm VM ended without a verdict ({}{}); the guest's last words:\n{}",
-                        end.broken.as_deref().unwrap_or("unknown"),
-                        match vm.vmm_stderr.text().trim() {
-                            "" => String::new(),
-                            e => format!(", VMM: {e}"),
-                        },
-                        console
-                            .lines()
-                            .rev()
-                            .take(15)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )))
+                    Status::SetupFailed(
+                        VmError::WarmNoVerdict {
+                            why: end.broken.as_deref().unwrap_or("unknown").to_string(),
+                            vmm_said: vm.vmm_stderr.text(),
+                            console: last_lines(&console, 15),
+                        }
+                        .into(),
+                    )
                 };
-                Outcome::setup_failed(fail(""), BackendKind::Vm).with_status(status)
+                Outcome::setup_failed(no_failure(), BackendKind::Vm).with_status(status)
             }
         };
         outcome.backend = BackendKind::Vm;
