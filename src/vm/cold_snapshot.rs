@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{RESTORE_FAILED, VmError};
 use super::launch::{self, Engine, Started};
-use super::pool_snapshot::save_snapshot;
+use super::pool::snapshot::save_snapshot;
 use super::qemu::Share;
 use super::snapshot_cache::Session;
 

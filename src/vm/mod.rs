@@ -11,7 +11,5 @@ mod error;
 pub mod initramfs;
 mod launch;
 pub mod pool;
-mod pool_channels;
-mod pool_snapshot;
 pub mod qemu;
 pub mod snapshot_cache;

@@ -35,8 +35,6 @@ use vmm_sys_util::eventfd::EventFd;
 use super::engine::{self, Host, Started, Tail, VmChannels};
 use super::error::VmError;
 use super::launch;
-use super::pool_channels::{Event, Notify, read_control, read_output, relay_stdin};
-use super::pool_snapshot::{restore_failed, restore_snapshot, save_snapshot, vmm_refused};
 use super::qemu::Share;
 use super::snapshot_cache::SnapshotCache;
 use crate::error::Error;
@@ -45,7 +43,12 @@ use crate::namespace::Launch;
 use crate::outcome::{SetupFailure, VmInfo};
 use crate::policy::{Mount, Policy};
 
+mod channels;
 mod run;
+pub(super) mod snapshot;
+
+use channels::{Event, Notify, read_control, read_output, relay_stdin};
+use snapshot::{restore_failed, restore_snapshot, save_snapshot, vmm_refused};
 
 pub(crate) use run::PooledRun;
 

@@ -1,4 +1,4 @@
-//! A warm VM of the builtin engine and the snapshot cache ([`super::snapshot_cache`]): a restored VM is
+//! A warm VM of the builtin engine and the snapshot cache ([`crate::vm::snapshot_cache`]): a restored VM is
 //! checked before it serves (the VMM says it restored, the agent answers a ping with a new READY line);
 //! a booted one is saved at READY, before its first run mounts anything. A failed restore deletes the
 //! snapshot and says why; the pool then boots instead ([`VmError::RestoreFailed`]).
@@ -6,8 +6,8 @@
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::error::VmError;
-use super::snapshot_cache::{Session, SnapshotError};
+use crate::vm::error::VmError;
+use crate::vm::snapshot_cache::{Session, SnapshotError};
 
 /// For a VM being restored: waits for the VMM and pings the agent on `control`. Returns the session (for
 /// a booting VM, to save it at READY) and whether the VM is restored. On failure the snapshot is deleted
@@ -59,7 +59,7 @@ pub(super) fn vmm_refused(why: SnapshotError, vmm_said: &str) -> VmError {
 }
 
 /// Saves a booted VM at READY into the cache; a failure is only reported (the VM goes on anyway).
-pub(super) fn save_snapshot(session: Session, limit: Duration) {
+pub(in crate::vm) fn save_snapshot(session: Session, limit: Duration) {
     match session.save(limit.min(Duration::from_secs(120))) {
         Ok((path, r)) => tracing::info!(
             path = %path.display(),
