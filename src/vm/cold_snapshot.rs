@@ -13,7 +13,7 @@ use super::pool::snapshot::save_snapshot;
 use super::qemu::Share;
 use super::snapshot_cache::Session;
 
-/// Starts the VM of a cold run; with a `cache` directory and the builtin engine, restored from a snapshot
+/// Starts the VM of a cold run; with a `cache` directory and an engine with snapshots, restored from a snapshot
 /// (a restore that fails deletes the snapshot and boots instead) or booted with a [`Session`] to save it,
 /// which [`save_then_send`] uses.
 pub(super) fn start(
@@ -25,11 +25,12 @@ pub(super) fn start(
     deadline: Option<Duration>,
     cache: Option<&Path>,
 ) -> Result<(Started, Option<Session>), VmError> {
-    let Some(dir) = cache.filter(|_| engine == Engine::Builtin) else {
-        let started = launch::start_vm(engine, shares, memory_mib, cpus, with_stdin, deadline)?;
-        return Ok((started, None));
+    let start = |cache| {
+        launch::start_vm(
+            engine, shares, memory_mib, cpus, with_stdin, deadline, cache,
+        )
     };
-    let mut started = launch::start_builtin(shares, memory_mib, with_stdin, deadline, Some(dir))?;
+    let mut started = start(cache)?;
     let Some(mut session) = started.snapshot.take() else {
         return Ok((started, None));
     };
@@ -48,7 +49,7 @@ pub(super) fn start(
             started.host.abort();
             tracing::warn!("{RESTORE_FAILED} (the snapshot is deleted): {why}; booting instead");
             // A plain boot: another process may have saved a new snapshot meanwhile, and one retry is enough.
-            let started = launch::start_builtin(shares, memory_mib, with_stdin, deadline, None)?;
+            let started = start(None)?;
             Ok((started, None))
         }
     }

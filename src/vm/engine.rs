@@ -10,7 +10,7 @@
 //! the kernel log goes to the serial console, kept apart and shown only when a run fails.
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::error::VmError;
-pub(crate) use super::launch::{Engine, Host, Started, VmChannels, start_vm};
+pub(crate) use super::launch::{Engine, Host, Started, VmChannels};
 use super::qemu::Share;
 use crate::error::Error;
 use crate::guest::{Link, RunSpec, Share as GuestShare, ShareFs, find_verdict};
@@ -380,17 +380,11 @@ fn start(
 
 impl VmRun {
     pub(crate) fn pid(&self) -> u32 {
-        match &self.host {
-            Host::Sandboxed(s) => s.pid as u32,
-            Host::Plain(c, _) => c.id(),
-        }
+        self.host.pid()
     }
 
     pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        match &self.host {
-            Host::Sandboxed(s) => s.pidfd.as_fd(),
-            Host::Plain(_, fd) => fd.as_fd(),
-        }
+        self.host.pidfd()
     }
 
     /// A handle that tells when the guest's agent is up.

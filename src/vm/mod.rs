@@ -5,9 +5,11 @@
 //! a control port, the run specification) into the uncompressed initramfs the kernel unpacks at boot.
 
 pub mod assets;
+mod builtin;
 mod cold_snapshot;
 pub mod engine;
 mod error;
+mod hypervisor;
 pub mod initramfs;
 mod launch;
 pub mod pool;

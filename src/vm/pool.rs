@@ -21,7 +21,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -272,34 +272,28 @@ impl VmPool {
         let o = &self.inner.options;
         self.inner.boots.fetch_add(1, Ordering::Relaxed);
         let limit = self.inner.engine.boot_limit();
-        let cache = o
-            .snapshots
-            .dir()
-            .filter(|_| self.inner.engine == engine::Engine::Builtin);
-        let vm = match cache {
-            Some(dir) => {
-                let start = || {
-                    launch::start_builtin(&self.inner.shares, o.memory_mib, true, None, Some(&dir))
-                };
-                start().and_then(|s| WarmVm::start(s, limit)).or_else(|f| {
-                    if !f.is_restore_failure() {
-                        return Err(f);
-                    }
-                    // The snapshot is deleted: this start boots and saves a new one.
-                    tracing::warn!("{f}; booting instead");
-                    start().and_then(|s| WarmVm::start(s, limit))
-                })
-            }
-            None => engine::start_vm(
-                self.inner.engine,
-                &self.inner.shares,
+        let cache = o.snapshots.dir();
+        let start = || {
+            let (shares, engine) = (&self.inner.shares, self.inner.engine);
+            launch::start_vm(
+                engine,
+                shares,
                 o.memory_mib,
                 o.cpus,
                 true,
                 None,
+                cache.as_deref(),
             )
-            .and_then(|s| WarmVm::start(s, limit)),
+            .and_then(|s| WarmVm::start(s, limit))
         };
+        let vm = start().or_else(|f| {
+            if !f.is_restore_failure() {
+                return Err(f);
+            }
+            // The snapshot is deleted: this start boots and saves a new one.
+            tracing::warn!("{f}; booting instead");
+            start()
+        });
         match &vm {
             Ok(vm) => self.inner.lock().pids.push(vm.pid()),
             Err(_) => self.inner.gone(None),
@@ -594,17 +588,11 @@ impl WarmVm {
     }
 
     fn pidfd(&self) -> BorrowedFd<'_> {
-        match &self.host {
-            Host::Sandboxed(s) => s.pidfd.as_fd(),
-            Host::Plain(_, fd) => fd.as_fd(),
-        }
+        self.host.pidfd()
     }
 
     fn pid(&self) -> u32 {
-        match &self.host {
-            Host::Sandboxed(s) => s.pid as u32,
-            Host::Plain(c, _) => c.id(),
-        }
+        self.host.pid()
     }
 
     /// Ends the VM: the agent sees its control port close and stops; the host then kills and reaps it.
