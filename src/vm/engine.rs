@@ -13,19 +13,23 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::error::VmError;
 pub(crate) use super::launch::{Engine, Host, Started, VmChannels};
-use super::qemu::Share;
+use super::run_spec::guest_spec;
 use crate::error::Error;
-use crate::guest::{Link, RunSpec, Share as GuestShare, ShareFs, find_verdict};
+#[cfg(test)]
+use crate::guest::ShareFs;
+use crate::guest::find_verdict;
 use crate::namespace::{Launch, sys};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
-use crate::policy::{Mount, Policy, SYSTEM_TOP};
+#[cfg(test)]
+use crate::policy::Mount;
+use crate::policy::Policy;
 
 /// How much of the kernel log is kept for a failed run's verdict.
 const CONSOLE_TAIL: usize = 16 * 1024;
@@ -33,92 +37,6 @@ const CONSOLE_TAIL: usize = 16 * 1024;
 const THREAD_DRAIN: Duration = Duration::from_secs(10);
 /// Guest RAM beyond the policy's memory limit: the kernel and the agent.
 const GUEST_OVERHEAD_MIB: u64 = 128;
-
-/// Where the agent mounts the share of policy bind number `i`.
-fn share_dir(i: usize) -> PathBuf {
-    PathBuf::from(format!("/run/sandbox/share/{i}"))
-}
-
-/// The guest's run specification, and the shares QEMU must export for it.
-pub(super) fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), VmError> {
-    let mut shares = Vec::new();
-    let mut gshares = Vec::new();
-    let mut links = Vec::new();
-    let mut add = |tag: String, host: PathBuf, guest: PathBuf, readonly: bool| {
-        gshares.push(GuestShare {
-            tag: tag.clone(),
-            guest_path: guest,
-            fs: ShareFs::NineP,
-            readonly,
-        });
-        shares.push(Share {
-            tag,
-            path: host,
-            readonly,
-        });
-    };
-    let policy = launch.policy;
-    if policy.system {
-        // The guest's system is the host's, read-only: /usr and /etc (as QEMU's own sandbox shows it, i.e.
-        // only the entries programs need), plus the top-level links or directories.
-        for (i, name) in SYSTEM_TOP.iter().enumerate() {
-            let host = Path::new("/").join(name);
-            match std::fs::symlink_metadata(&host) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    let target =
-                        std::fs::read_link(&host).map_err(|source| VmError::SystemLink {
-                            path: host.clone(),
-                            source,
-                        })?;
-                    links.push(Link { path: host, target });
-                }
-                Ok(m) if m.is_dir() => add(format!("sys{i}"), host.clone(), host, true),
-                _ => {}
-            }
-        }
-        add("etc".into(), "/etc".into(), "/etc".into(), true);
-    }
-    let mut guest_policy = policy.clone();
-    for (i, m) in guest_policy.mounts.iter_mut().enumerate() {
-        let (src, readonly) = match m {
-            Mount::RoBind { src, .. } => (src, true),
-            Mount::Bind { src, .. } => (src, false),
-            Mount::Tmpfs { .. } => continue,
-        };
-        // The same refusal as the namespace backend's: no symlink planted by a sandbox (or another user) is
-        // followed to pick what the guest sees.
-        crate::namespace::plan::check_links(src)?;
-        let real = std::fs::canonicalize(&*src).map_err(|source| VmError::BindSource {
-            path: src.clone(),
-            source,
-        })?;
-        // 9p shares directories: a file is reached through its directory.
-        let (dir, rest) = if real.is_dir() {
-            (real.clone(), PathBuf::new())
-        } else {
-            let parent = real.parent().unwrap_or(Path::new("/")).to_path_buf();
-            (parent, PathBuf::from(real.file_name().unwrap_or_default()))
-        };
-        add(format!("b{i}"), dir, share_dir(i), readonly);
-        *src = share_dir(i).join(rest);
-    }
-    // Inside the guest the agent is root; there the sandbox maps to the guest's nobody.
-    guest_policy.host_uid = 65534;
-    guest_policy.host_gid = 65534;
-    let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
-    let spec = RunSpec {
-        program: text(launch.program),
-        args: launch.args.iter().map(|a| text(a)).collect(),
-        env: launch.env.iter().map(|(k, v)| (text(k), text(v))).collect(),
-        cwd: launch.cwd.map(Path::to_path_buf),
-        policy: guest_policy,
-        shares: gshares,
-        links,
-        serve: false,
-    };
-    spec.validate().map_err(VmError::Spec)?;
-    Ok((spec, shares))
-}
 
 /// Text collected by a reader thread, keeping at most the last `cap` bytes.
 #[derive(Clone, Default)]
@@ -279,10 +197,7 @@ fn start(
     engine: Engine,
     cache: Option<&Path>,
 ) -> Result<VmRun, VmError> {
-    let (mut spec, shares) = guest_spec(launch)?;
-    for s in &mut spec.shares {
-        s.fs = engine.share_fs();
-    }
+    let (spec, shares) = guest_spec(launch, engine.share_fs())?;
     let policy = launch.policy;
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];

@@ -14,4 +14,5 @@ pub mod initramfs;
 mod launch;
 pub mod pool;
 pub mod qemu;
+mod run_spec;
 pub mod snapshot_cache;

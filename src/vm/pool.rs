@@ -36,12 +36,13 @@ use super::engine::{self, Host, Started, Tail, VmChannels};
 use super::error::VmError;
 use super::launch;
 use super::qemu::Share;
+use super::run_spec::{guest_spec, run_spec, share_dir};
 use super::snapshot_cache::SnapshotCache;
 use crate::error::Error;
 use crate::guest::RunSpec;
 use crate::namespace::Launch;
 use crate::outcome::{SetupFailure, VmInfo};
-use crate::policy::{Mount, Policy};
+use crate::policy::Policy;
 
 mod channels;
 mod run;
@@ -185,11 +186,8 @@ impl VmPool {
             stdio: [-1; 3],
             extra_fds: &[],
         };
-        let (mut base, shares) = engine::guest_spec(&launch)?;
         let vmm = engine::Engine::pick(options.engine);
-        for s in &mut base.shares {
-            s.fs = vmm.share_fs();
-        }
+        let (mut base, shares) = guest_spec(&launch, vmm.share_fs())?;
         base.serve = true;
         base.policy = Policy::default();
         let extra = shares.len() - options.shares.len();
@@ -324,24 +322,8 @@ impl VmPool {
 
     /// The run specification of `launch` for this pool's VMs.
     fn spec(&self, launch: &Launch<'_>) -> Result<RunSpec, VmError> {
-        let mut spec = self.inner.base.clone();
-        let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
-        spec.program = text(launch.program);
-        spec.args = launch.args.iter().map(|a| text(a)).collect();
-        spec.env = launch.env.iter().map(|(k, v)| (text(k), text(v))).collect();
-        spec.cwd = launch.cwd.map(Path::to_path_buf);
-        let mut policy = launch.policy.clone();
-        for m in policy.mounts.iter_mut() {
-            let (src, writable) = match m {
-                Mount::RoBind { src, .. } => (src, false),
-                Mount::Bind { src, .. } => (src, true),
-                Mount::Tmpfs { .. } => continue,
-            };
-            crate::namespace::plan::check_links(src)?;
-            let real = std::fs::canonicalize(&*src).map_err(|source| VmError::BindSource {
-                path: src.clone(),
-                source,
-            })?;
+        let base = self.inner.base.clone();
+        run_spec(launch, base, |_, src, real, writable| {
             let Some((root, _, i)) = self
                 .inner
                 .roots
@@ -349,18 +331,13 @@ impl VmPool {
                 .find(|(root, w, _)| real.starts_with(root) && (*w || !writable))
             else {
                 return Err(VmError::NotInPoolShare {
-                    path: src.clone(),
+                    path: src.to_path_buf(),
                     writable,
                 });
             };
             let rest = real.strip_prefix(root).unwrap_or(Path::new(""));
-            *src = PathBuf::from(format!("/run/sandbox/share/{i}")).join(rest);
-        }
-        policy.host_uid = 65534;
-        policy.host_gid = 65534;
-        spec.policy = policy;
-        spec.validate().map_err(VmError::Spec)?;
-        Ok(spec)
+            Ok((share_dir(*i).join(rest), None))
+        })
     }
 
     /// Starts `launch` on a warm VM (booting one when none is idle).
