@@ -5,8 +5,9 @@
 //! or run): the key is the kernel, the agent, RAM, the command line and the devices as the guest sees them.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::control::ControlState;
 use super::error::{RESTORE_FAILED, VmError};
 use super::launch::{self, Engine, Started};
 use super::pool::snapshot::save_snapshot;
@@ -56,22 +57,18 @@ pub(super) fn start(
 }
 
 /// Starts the run (`send`: its stdin relay and its specification); with a `session`, only once the agent
-/// said READY (`ready`, polled) and its guest was saved, so that nothing of the run is in the snapshot. A
-/// save that fails is only logged: the run goes on in the booted VM.
+/// said READY on its `control` port and its guest was saved, so that nothing of the run is in the
+/// snapshot. A save that fails is only logged: the run goes on in the booted VM.
 pub(super) fn save_then_send(
     session: Option<Session>,
-    ready: impl Fn() -> bool,
+    control: &ControlState,
     boot_limit: Duration,
     send: impl FnOnce(),
 ) {
     if let Some(session) = session {
-        let start = Instant::now();
-        while !ready() {
-            if start.elapsed() > boot_limit {
-                // No READY: the boot watch ends the VM; nothing to save or send.
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if !control.wait_ready(boot_limit) {
+            // No READY: the boot watch ends the VM; nothing to save or send.
+            return;
         }
         save_snapshot(session, boot_limit);
     }

@@ -14,17 +14,18 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::control::{ControlState, Stdin, relay_stdin};
 use super::error::VmError;
 pub(crate) use super::launch::{Engine, Host, Started, VmChannels};
 use super::run_spec::guest_spec;
 use crate::error::Error;
 #[cfg(test)]
 use crate::guest::ShareFs;
-use crate::guest::find_verdict;
 use crate::namespace::{Launch, sys};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
 #[cfg(test)]
@@ -73,7 +74,7 @@ impl Tail {
 /// A running VM, host side.
 pub(crate) struct VmRun {
     host: Host,
-    control: Tail,
+    control: ControlState,
     console: Tail,
     qemu_stderr: Tail,
     threads: Vec<JoinHandle<()>>,
@@ -110,28 +111,6 @@ pub(super) fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, VmError> {
     })
 }
 
-/// Copies the caller's stdin into the guest's stdin port. QEMU drops what arrives before the guest opened the
-/// port, and a hang-up (end of file) ends the port at once, so: wait for the agent's READY line (its ports are
-/// open then), copy, wait until QEMU has taken every byte from the socket, then hang up.
-fn relay_stdin(source: OwnedFd, mut to: UnixStream, control: Tail, boot_limit: Duration) {
-    let start = Instant::now();
-    while !control.text().contains(crate::guest::READY_PREFIX) {
-        if start.elapsed() > boot_limit {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut from = std::fs::File::from(source);
-    if std::io::copy(&mut from, &mut to).is_err() {
-        return;
-    }
-    let drained = Instant::now();
-    while unread(&to) > 0 && drained.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let _ = to.shutdown(std::net::Shutdown::Write);
-}
-
 /// Writes all of `buf` to a socket with `MSG_NOSIGNAL`: a peer that is gone gives EPIPE, never a SIGPIPE
 /// to the caller's process.
 fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
@@ -155,14 +134,6 @@ fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
         buf = &buf[n as usize..];
     }
     Ok(())
-}
-
-/// Bytes written to a socket that its peer has not read yet (SIOCOUTQ); 0 when unknown.
-fn unread(s: &UnixStream) -> i32 {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one int.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if r < 0 { 0 } else { n }
 }
 
 /// Guest RAM and vCPUs for a policy's limits.
@@ -239,7 +210,7 @@ fn start(
             let _ = std::io::copy(&mut from, &mut to);
         }));
     }
-    let control = Tail::default();
+    let control = ControlState::default();
     // Started with the spec: after the save of a VM being saved, so that no byte of this run's input is in
     // the snapshot (and so in every later run restored from it).
     let mut start_stdin = None;
@@ -247,7 +218,12 @@ fn start(
         let ready = control.clone();
         start_stdin = Some(move || {
             // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
-            std::thread::spawn(move || relay_stdin(source, host, ready, boot_limit));
+            std::thread::spawn(move || {
+                if ready.wait_ready(boot_limit) {
+                    let never = AtomicBool::new(false);
+                    relay_stdin(Some(source), host, Stdin::Raw, &never);
+                }
+            });
         });
     }
     // The spec waits in the socket until the agent reads it.
@@ -262,23 +238,18 @@ fn start(
     let spec_line = spec.to_json_line().into_bytes();
     let ready = control.clone();
     threads.push(std::thread::spawn(move || {
-        super::cold_snapshot::save_then_send(
-            save,
-            || ready.text().contains(crate::guest::READY_PREFIX),
-            boot_limit,
-            || {
-                if let Some(start) = start_stdin {
-                    start();
-                }
-                let _ = send_all(&control_w, &spec_line);
-            },
-        );
+        super::cold_snapshot::save_then_send(save, &ready, boot_limit, || {
+            if let Some(start) = start_stdin {
+                start();
+            }
+            let _ = send_all(&control_w, &spec_line);
+        });
     }));
     let console = Tail::default();
     let qemu_stderr = Tail::default();
     threads.push(console.reader(console_host, CONSOLE_TAIL));
     threads.push(qemu_stderr.reader(vmm_stderr, 4096));
-    threads.push(control.reader(control_host, 1 << 20));
+    threads.push(control.reader(control_host));
     let run = VmRun {
         host,
         control,
@@ -305,7 +276,7 @@ impl VmRun {
     /// A handle that tells when the guest's agent is up.
     pub(crate) fn boot_watch(&self) -> crate::running::BootWatch {
         let control = self.control.clone();
-        crate::running::BootWatch::new(move || control.text().contains(crate::guest::READY_PREFIX))
+        crate::running::BootWatch::new(move || control.ready())
     }
 
     /// How long the guest may take to boot.
@@ -323,7 +294,7 @@ impl VmRun {
         std::thread::spawn(move || {
             let start = Instant::now();
             while start.elapsed() < limit {
-                if control.text().contains(crate::guest::READY_PREFIX) {
+                if control.ready() {
                     return;
                 }
                 // Also stop watching once QEMU has ended.
@@ -376,7 +347,7 @@ impl VmRun {
             }
         }
         let mut info = self.info;
-        let verdict = find_verdict(&self.control.text()).and_then(|v| {
+        let verdict = self.control.verdict().and_then(|v| {
             // A restored guest's boot was the snapshot's.
             info.boot_ms = v["agent"]["uptime_start_ms"]
                 .as_u64()

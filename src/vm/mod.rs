@@ -7,6 +7,7 @@
 pub mod assets;
 mod builtin;
 mod cold_snapshot;
+mod control;
 pub mod engine;
 mod error;
 mod hypervisor;

@@ -48,7 +48,8 @@ mod channels;
 mod run;
 pub(super) mod snapshot;
 
-use channels::{Event, Notify, read_control, read_output, relay_stdin};
+use super::control::{Event, Stdin, read_control, relay_stdin};
+use channels::{Notify, read_output};
 use snapshot::{restore_failed, restore_snapshot, save_snapshot, vmm_refused};
 
 pub(crate) use run::PooledRun;
@@ -468,7 +469,9 @@ impl WarmVm {
         ];
         let control_r = clone(&control)?;
         let t = tx.clone();
-        threads.push(std::thread::spawn(move || read_control(control_r, t)));
+        threads.push(std::thread::spawn(move || {
+            read_control(control_r, |e| t.send(e).is_ok())
+        }));
         for (i, (port, sink)) in [stdout, stderr].into_iter().zip(&sinks).enumerate() {
             let (t, sink) = (tx.clone(), sink.clone());
             threads.push(std::thread::spawn(move || read_output(port, i, sink, t)));
@@ -559,7 +562,7 @@ impl WarmVm {
         let stop = Arc::new(AtomicBool::new(false));
         let stdin_relay = {
             let stop = stop.clone();
-            std::thread::spawn(move || relay_stdin(stdin_source, to, &stop))
+            std::thread::spawn(move || relay_stdin(stdin_source, to, Stdin::Framed, &stop))
         };
         Ok(PooledRun::new(self, stop, stdin_relay, pidfd, pool))
     }
