@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::namespace::{cgroup, sys};
 
-/// Which KVM `/dev/kvm` is (the VMM crate's detection).
-pub use sandkasten_vmm::KvmFlavour;
+/// Which KVM `/dev/kvm` is and whether this caller can use it (the VMM crate's detection).
+pub use sandkasten_vmm::{KvmFlavour, KvmReport, probe_kvm};
 
 /// The cgroup layout the caller sits in.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -20,18 +20,6 @@ pub struct CgroupReport {
     pub v1_controllers: Vec<String>,
     /// The caller's own cgroup directories, per hierarchy, that this caller can write (where sandboxes go).
     pub writable: Vec<PathBuf>,
-}
-
-/// How `/dev/kvm` behaves here.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct KvmReport {
-    /// `/dev/kvm` opens and answers KVM_GET_API_VERSION.
-    pub usable: bool,
-    /// Hardware (VMX/SVM), PVM (the kvm_pvm software module) or unknown; serialised as "hardware", "pvm" or
-    /// "none".
-    pub flavour: KvmFlavour,
-    /// Why it is not usable, when it is not.
-    pub reason: Option<String>,
 }
 
 /// The host report printed by `sandbox doctor`.
@@ -103,7 +91,7 @@ fn vm_report(kvm: &KvmReport) -> VmReport {
         (None, _) => {
             Some("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".to_string())
         }
-        (_, Err(e)) => Some(e.clone()),
+        (_, Err(e)) => Some(e.to_string()),
         _ => None,
     };
     let (kernel, agent) = match assets {
@@ -141,33 +129,6 @@ fn try_namespaces() -> Result<(), String> {
             "clone with new namespaces failed: {}",
             std::io::Error::from_raw_os_error(e)
         )),
-    }
-}
-
-/// How `/dev/kvm` behaves here (opened and asked for its API version).
-pub fn probe_kvm() -> KvmReport {
-    let flavour = KvmFlavour::detect();
-    match std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(f) => {
-            use std::os::fd::AsRawFd;
-            const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
-            // SAFETY: KVM_GET_API_VERSION takes no argument and only returns a number.
-            let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
-            KvmReport {
-                usable: v == 12,
-                flavour,
-                reason: (v != 12).then(|| format!("KVM_GET_API_VERSION returned {v}")),
-            }
-        }
-        Err(e) => KvmReport {
-            usable: false,
-            flavour,
-            reason: Some(format!("cannot open /dev/kvm: {e}")),
-        },
     }
 }
 

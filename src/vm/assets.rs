@@ -3,9 +3,46 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::initramfs::InitramfsError;
+
+/// Why the guest kernel, agent or initramfs cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    /// No kernel at `$SANDBOX_KERNEL` or in the kernel build cache.
+    #[error("no guest kernel: build it with kernel-config/build.sh, or set SANDBOX_KERNEL")]
+    NoKernel,
+    /// No agent at `$SANDBOX_AGENT` or next to the running program.
+    #[error("no guest agent: build it with scripts/build-guest.sh, or set SANDBOX_AGENT")]
+    NoAgent,
+    /// The agent links to libraries the guest does not have.
+    #[error(
+        "the guest agent {} is not a static executable (the guest has no libraries): build it with \
+         scripts/build-guest.sh and set SANDBOX_AGENT to the path it prints", .0.display()
+    )]
+    AgentNotStatic(PathBuf),
+    /// Reading the agent, creating the cache directory or writing the initramfs.
+    #[error("packing the initramfs: {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Packing the agent into the archive.
+    #[error("packing the initramfs: {0}")]
+    Pack(#[from] InitramfsError),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
+    move |source| AssetError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// The guest kernel and agent: `$SANDBOX_KERNEL` and `$SANDBOX_AGENT`, else the kernel build cache
 /// (`kernel-config/build.sh`) and `sandbox-init` next to the running program.
-pub fn assets() -> Result<(PathBuf, PathBuf), String> {
+pub fn assets() -> Result<(PathBuf, PathBuf), AssetError> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
@@ -14,7 +51,7 @@ pub fn assets() -> Result<(PathBuf, PathBuf), String> {
         .map(PathBuf::from)
         .or(cache)
         .filter(|p| p.is_file())
-        .ok_or("no guest kernel: build it with kernel-config/build.sh, or set SANDBOX_KERNEL")?;
+        .ok_or(AssetError::NoKernel)?;
     let agent = std::env::var_os("SANDBOX_AGENT")
         .map(PathBuf::from)
         .or_else(|| {
@@ -23,13 +60,9 @@ pub fn assets() -> Result<(PathBuf, PathBuf), String> {
                 .map(|e| e.with_file_name("sandbox-init"))
         })
         .filter(|p| p.is_file())
-        .ok_or("no guest agent: build it with scripts/build-guest.sh, or set SANDBOX_AGENT")?;
+        .ok_or(AssetError::NoAgent)?;
     if !is_static_elf(&agent) {
-        return Err(format!(
-            "the guest agent {} is not a static executable (the guest has no libraries): build it with \
-             scripts/build-guest.sh and set SANDBOX_AGENT to the path it prints",
-            agent.display()
-        ));
+        return Err(AssetError::AgentNotStatic(agent));
     }
     Ok((kernel, agent))
 }
@@ -61,8 +94,8 @@ fn is_static_elf(path: &Path) -> bool {
 }
 
 /// The initramfs holding `agent`, written once per agent into a per-user cache directory.
-pub(crate) fn initramfs(agent: &Path) -> Result<PathBuf, String> {
-    let meta = std::fs::metadata(agent).map_err(|e| format!("{}: {e}", agent.display()))?;
+pub(crate) fn initramfs(agent: &Path) -> Result<PathBuf, AssetError> {
+    let meta = std::fs::metadata(agent).map_err(io_at(agent))?;
     let stamp = meta
         .modified()
         .ok()
@@ -75,8 +108,8 @@ pub(crate) fn initramfs(agent: &Path) -> Result<PathBuf, String> {
         let _ = f.set_modified(std::time::SystemTime::now());
         return Ok(file);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let bytes = super::initramfs::pack_agent(agent, None, &[]).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+    let bytes = super::initramfs::pack_agent(agent, None, &[])?;
     // A name of its own for each writer: two runs starting at once in one process once shared a temporary
     // (named after the process), so one truncated it under the other's rename and a VM booted a torn
     // initramfs.
@@ -93,9 +126,7 @@ pub(crate) fn initramfs(agent: &Path) -> Result<PathBuf, String> {
             r => r,
         });
     let _ = std::fs::remove_file(&tmp);
-    if let Err(e) = written {
-        return Err(format!("{}: {e}", file.display()));
-    }
+    written.map_err(io_at(&file))?;
     prune(&dir, &file, UNUSED_FOR);
     Ok(file)
 }
@@ -165,7 +196,9 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     s.spawn(|| {
-                        initramfs(&agent).and_then(|f| std::fs::read(f).map_err(|e| e.to_string()))
+                        initramfs(&agent)
+                            .map_err(|e| e.to_string())
+                            .and_then(|f| std::fs::read(f).map_err(|e| e.to_string()))
                     })
                 })
                 .collect();

@@ -5,15 +5,16 @@
 //! or run): the key is the kernel, the agent, RAM, the command line and the devices as the guest sees them.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::control::ControlState;
+use super::error::{RESTORE_FAILED, VmError};
 use super::launch::{self, Engine, Started};
-use super::pool_snapshot::{RESTORE_FAILED, save_snapshot};
+use super::pool::snapshot::save_snapshot;
 use super::qemu::Share;
 use super::snapshot_cache::Session;
-use crate::outcome::SetupFailure;
 
-/// Starts the VM of a cold run; with a `cache` directory and the builtin engine, restored from a snapshot
+/// Starts the VM of a cold run; with a `cache` directory and an engine with snapshots, restored from a snapshot
 /// (a restore that fails deletes the snapshot and boots instead) or booted with a [`Session`] to save it,
 /// which [`save_then_send`] uses.
 pub(super) fn start(
@@ -24,12 +25,13 @@ pub(super) fn start(
     with_stdin: bool,
     deadline: Option<Duration>,
     cache: Option<&Path>,
-) -> Result<(Started, Option<Session>), SetupFailure> {
-    let Some(dir) = cache.filter(|_| engine == Engine::Builtin) else {
-        let started = launch::start_vm(engine, shares, memory_mib, cpus, with_stdin, deadline)?;
-        return Ok((started, None));
+) -> Result<(Started, Option<Session>), VmError> {
+    let start = |cache| {
+        launch::start_vm(
+            engine, shares, memory_mib, cpus, with_stdin, deadline, cache,
+        )
     };
-    let mut started = launch::start_builtin(shares, memory_mib, with_stdin, deadline, Some(dir))?;
+    let mut started = start(cache)?;
     let Some(mut session) = started.snapshot.take() else {
         return Ok((started, None));
     };
@@ -48,29 +50,25 @@ pub(super) fn start(
             started.host.abort();
             tracing::warn!("{RESTORE_FAILED} (the snapshot is deleted): {why}; booting instead");
             // A plain boot: another process may have saved a new snapshot meanwhile, and one retry is enough.
-            let started = launch::start_builtin(shares, memory_mib, with_stdin, deadline, None)?;
+            let started = start(None)?;
             Ok((started, None))
         }
     }
 }
 
 /// Starts the run (`send`: its stdin relay and its specification); with a `session`, only once the agent
-/// said READY (`ready`, polled) and its guest was saved, so that nothing of the run is in the snapshot. A
-/// save that fails is only logged: the run goes on in the booted VM.
+/// said READY on its `control` port and its guest was saved, so that nothing of the run is in the
+/// snapshot. A save that fails is only logged: the run goes on in the booted VM.
 pub(super) fn save_then_send(
     session: Option<Session>,
-    ready: impl Fn() -> bool,
+    control: &ControlState,
     boot_limit: Duration,
     send: impl FnOnce(),
 ) {
     if let Some(session) = session {
-        let start = Instant::now();
-        while !ready() {
-            if start.elapsed() > boot_limit {
-                // No READY: the boot watch ends the VM; nothing to save or send.
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if !control.wait_ready(boot_limit) {
+            // No READY: the boot watch ends the VM; nothing to save or send.
+            return;
         }
         save_snapshot(session, boot_limit);
     }

@@ -10,21 +10,28 @@
 //! the kernel log goes to the serial console, kept apart and shown only when a run fails.
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub(crate) use super::launch::{Engine, Host, Started, VmChannels, start_vm};
-use super::qemu::Share;
+use super::control::{ControlState, Stdin, relay_stdin};
+use super::error::VmError;
+pub(crate) use super::launch::{Engine, Host, Started, VmChannels};
+use super::run_spec::guest_spec;
+use crate::backend::{BootWatch, Run};
 use crate::error::Error;
 use crate::namespace::{Launch, sys};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
-use crate::policy::{Mount, Policy, SYSTEM_TOP};
-use crate::protocol::{Link, RunSpec, Share as GuestShare, ShareFs, find_verdict};
+#[cfg(test)]
+use crate::policy::Mount;
+use crate::policy::Policy;
+#[cfg(test)]
+use crate::protocol::ShareFs;
 
 /// How much of the kernel log is kept for a failed run's verdict.
 const CONSOLE_TAIL: usize = 16 * 1024;
@@ -32,94 +39,6 @@ const CONSOLE_TAIL: usize = 16 * 1024;
 const THREAD_DRAIN: Duration = Duration::from_secs(10);
 /// Guest RAM beyond the policy's memory limit: the kernel and the agent.
 const GUEST_OVERHEAD_MIB: u64 = 128;
-
-fn fail(message: impl Into<String>) -> SetupFailure {
-    SetupFailure {
-        stage: Stage::Vm,
-        errno: None,
-        message: message.into(),
-    }
-}
-
-/// Where the agent mounts the share of policy bind number `i`.
-fn share_dir(i: usize) -> PathBuf {
-    PathBuf::from(format!("/run/sandbox/share/{i}"))
-}
-
-/// The guest's run specification, and the shares QEMU must export for it.
-pub(super) fn guest_spec(launch: &Launch<'_>) -> Result<(RunSpec, Vec<Share>), String> {
-    let mut shares = Vec::new();
-    let mut gshares = Vec::new();
-    let mut links = Vec::new();
-    let mut add = |tag: String, host: PathBuf, guest: PathBuf, readonly: bool| {
-        gshares.push(GuestShare {
-            tag: tag.clone(),
-            guest_path: guest,
-            fs: ShareFs::NineP,
-            readonly,
-        });
-        shares.push(Share {
-            tag,
-            path: host,
-            readonly,
-        });
-    };
-    let policy = launch.policy;
-    if policy.system {
-        // The guest's system is the host's, read-only: /usr and /etc (as QEMU's own sandbox shows it, i.e.
-        // only the entries programs need), plus the top-level links or directories.
-        for (i, name) in SYSTEM_TOP.iter().enumerate() {
-            let host = Path::new("/").join(name);
-            match std::fs::symlink_metadata(&host) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    let target = std::fs::read_link(&host).map_err(|e| e.to_string())?;
-                    links.push(Link { path: host, target });
-                }
-                Ok(m) if m.is_dir() => add(format!("sys{i}"), host.clone(), host, true),
-                _ => {}
-            }
-        }
-        add("etc".into(), "/etc".into(), "/etc".into(), true);
-    }
-    let mut guest_policy = policy.clone();
-    for (i, m) in guest_policy.mounts.iter_mut().enumerate() {
-        let (src, readonly) = match m {
-            Mount::RoBind { src, .. } => (src, true),
-            Mount::Bind { src, .. } => (src, false),
-            Mount::Tmpfs { .. } => continue,
-        };
-        // The same refusal as the namespace backend's: no symlink planted by a sandbox (or another user) is
-        // followed to pick what the guest sees.
-        crate::namespace::plan::check_links(src).map_err(|e| e.to_string())?;
-        let real = std::fs::canonicalize(&*src)
-            .map_err(|e| format!("bind source {}: {e}", src.display()))?;
-        // 9p shares directories: a file is reached through its directory.
-        let (dir, rest) = if real.is_dir() {
-            (real.clone(), PathBuf::new())
-        } else {
-            let parent = real.parent().unwrap_or(Path::new("/")).to_path_buf();
-            (parent, PathBuf::from(real.file_name().unwrap_or_default()))
-        };
-        add(format!("b{i}"), dir, share_dir(i), readonly);
-        *src = share_dir(i).join(rest);
-    }
-    // Inside the guest the agent is root; there the sandbox maps to the guest's nobody.
-    guest_policy.host_uid = 65534;
-    guest_policy.host_gid = 65534;
-    let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
-    let spec = RunSpec {
-        program: text(launch.program),
-        args: launch.args.iter().map(|a| text(a)).collect(),
-        env: launch.env.iter().map(|(k, v)| (text(k), text(v))).collect(),
-        cwd: launch.cwd.map(Path::to_path_buf),
-        policy: guest_policy,
-        shares: gshares,
-        links,
-        serve: false,
-    };
-    spec.validate()?;
-    Ok((spec, shares))
-}
 
 /// Text collected by a reader thread, keeping at most the last `cap` bytes.
 #[derive(Clone, Default)]
@@ -156,7 +75,7 @@ impl Tail {
 /// A running VM, host side.
 pub(crate) struct VmRun {
     host: Host,
-    control: Tail,
+    control: ControlState,
     console: Tail,
     qemu_stderr: Tail,
     threads: Vec<JoinHandle<()>>,
@@ -182,34 +101,15 @@ pub(super) fn is_dev_null(fd: RawFd) -> bool {
 }
 
 /// A duplicate of `fd` (the host's own stream `inherit` for -1).
-fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, SetupFailure> {
+pub(super) fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, VmError> {
     let src = if fd >= 0 { fd } else { inherit };
     // SAFETY: borrowing a descriptor that stays open for this call.
     let b = unsafe { BorrowedFd::borrow_raw(src) };
-    b.try_clone_to_owned()
-        .map_err(|e| fail(format!("duplicating descriptor {src}: {e}")))
-}
-
-/// Copies the caller's stdin into the guest's stdin port. QEMU drops what arrives before the guest opened the
-/// port, and a hang-up (end of file) ends the port at once, so: wait for the agent's READY line (its ports are
-/// open then), copy, wait until QEMU has taken every byte from the socket, then hang up.
-fn relay_stdin(source: OwnedFd, mut to: UnixStream, control: Tail, boot_limit: Duration) {
-    let start = Instant::now();
-    while !control.text().contains(crate::protocol::READY_PREFIX) {
-        if start.elapsed() > boot_limit {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut from = std::fs::File::from(source);
-    if std::io::copy(&mut from, &mut to).is_err() {
-        return;
-    }
-    let drained = Instant::now();
-    while unread(&to) > 0 && drained.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let _ = to.shutdown(std::net::Shutdown::Write);
+    b.try_clone_to_owned().map_err(|source| VmError::Dup {
+        what: "the run's standard stream",
+        fd: src,
+        source,
+    })
 }
 
 /// Writes all of `buf` to a socket with `MSG_NOSIGNAL`: a peer that is gone gives EPIPE, never a SIGPIPE
@@ -237,14 +137,6 @@ fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Bytes written to a socket that its peer has not read yet (SIOCOUTQ); 0 when unknown.
-fn unread(s: &UnixStream) -> i32 {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one int.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if r < 0 { 0 } else { n }
-}
-
 /// Guest RAM and vCPUs for a policy's limits.
 pub(super) fn machine_size(policy: &Policy) -> (u64, u32) {
     let memory_mib = policy
@@ -267,10 +159,17 @@ pub(crate) fn spawn(
     engine: Engine,
     cache: Option<&Path>,
 ) -> Result<VmRun, SetupFailure> {
-    let (mut spec, shares) = guest_spec(launch).map_err(fail)?;
-    for s in &mut spec.shares {
-        s.fs = engine.share_fs();
-    }
+    // The one place where a cold run's errors become the public failure.
+    start(launch, fallback_reason, engine, cache).map_err(SetupFailure::from)
+}
+
+fn start(
+    launch: &Launch<'_>,
+    fallback_reason: Option<String>,
+    engine: Engine,
+    cache: Option<&Path>,
+) -> Result<VmRun, VmError> {
+    let (spec, shares) = guest_spec(launch, engine.share_fs())?;
     let policy = launch.policy;
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];
@@ -312,7 +211,7 @@ pub(crate) fn spawn(
             let _ = std::io::copy(&mut from, &mut to);
         }));
     }
-    let control = Tail::default();
+    let control = ControlState::default();
     // Started with the spec: after the save of a VM being saved, so that no byte of this run's input is in
     // the snapshot (and so in every later run restored from it).
     let mut start_stdin = None;
@@ -320,36 +219,38 @@ pub(crate) fn spawn(
         let ready = control.clone();
         start_stdin = Some(move || {
             // Not joined: it may wait on the caller's stream; it ends at that stream's end or QEMU's.
-            std::thread::spawn(move || relay_stdin(source, host, ready, boot_limit));
+            std::thread::spawn(move || {
+                if ready.wait_ready(boot_limit) {
+                    let never = AtomicBool::new(false);
+                    relay_stdin(Some(source), host, Stdin::Raw, &never);
+                }
+            });
         });
     }
     // The spec waits in the socket until the agent reads it.
     // The spec is sent by a thread: one larger than the socket's buffer (argv near ARG_MAX) waits for the
     // agent to read it, which happens only after the boot. It ends when the agent has read the spec, or with
     // EPIPE when the VMM is gone (then the run has no verdict). A VM to be saved gets it after the save.
-    let control_w = control_host
-        .try_clone()
-        .map_err(|e| fail(format!("socket: {e}")))?;
+    let control_w = control_host.try_clone().map_err(|source| VmError::Dup {
+        what: "the control socket",
+        fd: control_host.as_raw_fd(),
+        source,
+    })?;
     let spec_line = spec.to_json_line().into_bytes();
     let ready = control.clone();
     threads.push(std::thread::spawn(move || {
-        super::cold_snapshot::save_then_send(
-            save,
-            || ready.text().contains(crate::protocol::READY_PREFIX),
-            boot_limit,
-            || {
-                if let Some(start) = start_stdin {
-                    start();
-                }
-                let _ = send_all(&control_w, &spec_line);
-            },
-        );
+        super::cold_snapshot::save_then_send(save, &ready, boot_limit, || {
+            if let Some(start) = start_stdin {
+                start();
+            }
+            let _ = send_all(&control_w, &spec_line);
+        });
     }));
     let console = Tail::default();
     let qemu_stderr = Tail::default();
     threads.push(console.reader(console_host, CONSOLE_TAIL));
     threads.push(qemu_stderr.reader(vmm_stderr, 4096));
-    threads.push(control.reader(control_host, 1 << 20));
+    threads.push(control.reader(control_host));
     let run = VmRun {
         host,
         control,
@@ -365,28 +266,6 @@ pub(crate) fn spawn(
 }
 
 impl VmRun {
-    pub(crate) fn pid(&self) -> u32 {
-        match &self.host {
-            Host::Sandboxed(s) => s.pid as u32,
-            Host::Plain(c, _) => c.id(),
-        }
-    }
-
-    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        match &self.host {
-            Host::Sandboxed(s) => s.pidfd.as_fd(),
-            Host::Plain(_, fd) => fd.as_fd(),
-        }
-    }
-
-    /// A handle that tells when the guest's agent is up.
-    pub(crate) fn boot_watch(&self) -> crate::backend::BootWatch {
-        let control = self.control.clone();
-        crate::backend::BootWatch::new(move || {
-            control.text().contains(crate::protocol::READY_PREFIX)
-        })
-    }
-
     /// How long the guest may take to boot.
     pub(crate) fn boot_limit(&self) -> Duration {
         self.boot_limit
@@ -402,7 +281,7 @@ impl VmRun {
         std::thread::spawn(move || {
             let start = Instant::now();
             while start.elapsed() < limit {
-                if control.text().contains(crate::protocol::READY_PREFIX) {
+                if control.ready() {
                     return;
                 }
                 // Also stop watching once QEMU has ended.
@@ -418,18 +297,37 @@ impl VmRun {
             let _ = sys::pidfd_signal(&pidfd, libc::SIGKILL);
         });
     }
+}
+
+impl Run for VmRun {
+    fn pid(&self) -> u32 {
+        self.host.pid()
+    }
+
+    fn pidfd(&self) -> BorrowedFd<'_> {
+        self.host.pidfd()
+    }
+
+    /// Signals are not forwarded into the VM yet: only SIGKILL, which ends it.
+    fn forwards_signals(&self) -> bool {
+        false
+    }
+
+    /// A handle that tells when the guest's agent is up.
+    fn boot_watch(&self) -> Option<BootWatch> {
+        let control = self.control.clone();
+        Some(BootWatch::new(move || control.ready()))
+    }
 
     /// Collects QEMU (ended or about to) and reads the agent's verdict.
-    pub(crate) fn finish(self, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
+    fn finish(self: Box<Self>, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
         let qemu_status = match self.host {
-            Host::Sandboxed(s) => {
-                s.finish(wall, host_timeout)
-                    .map(|o| o.status)
-                    .map_err(|source| Error::Io {
-                        what: "waiting for QEMU",
-                        source,
-                    })?
-            }
+            Host::Sandboxed(s) => crate::namespace::Started::finish(*s, wall, host_timeout)
+                .map(|o| o.status)
+                .map_err(|source| Error::Io {
+                    what: "waiting for QEMU",
+                    source,
+                })?,
             Host::Plain(mut c, _) => {
                 let st = c.wait().map_err(|source| Error::Io {
                     what: "waiting for QEMU",
@@ -455,7 +353,7 @@ impl VmRun {
             }
         }
         let mut info = self.info;
-        let verdict = find_verdict(&self.control.text()).and_then(|v| {
+        let verdict = self.control.verdict().and_then(|v| {
             // A restored guest's boot was the snapshot's.
             info.boot_ms = v["agent"]["uptime_start_ms"]
                 .as_u64()
@@ -470,16 +368,16 @@ impl VmRun {
                 let status = if host_timeout {
                     Status::TimedOut(TimeLimit::Wall)
                 } else {
-                    Status::SetupFailed(fail(format!(
-                        "the VM ended without a verdict (VMM: {qemu_status:?}{}); the guest's last words:\n{}",
-                        match self.qemu_stderr.text().trim() {
-                            "" => String::new(),
-                            e => format!(", {e}"),
-                        },
-                        last_lines(&console, 15)
-                    )))
+                    Status::SetupFailed(
+                        VmError::NoVerdict {
+                            status: qemu_status,
+                            vmm_said: self.qemu_stderr.text(),
+                            console: last_lines(&console, 15),
+                        }
+                        .into(),
+                    )
                 };
-                Outcome::setup_failed(fail(""), BackendKind::Vm).with_status(status)
+                Outcome::setup_failed(no_failure(), BackendKind::Vm).with_status(status)
             }
         };
         outcome.backend = BackendKind::Vm;
@@ -490,12 +388,21 @@ impl VmRun {
     }
 
     /// Kills QEMU and reaps it.
-    pub(crate) fn abort(self) {
+    fn abort(self: Box<Self>) {
         self.host.abort();
     }
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+/// The placeholder failure of an outcome whose status is set right after.
+pub(super) fn no_failure() -> SetupFailure {
+    SetupFailure {
+        stage: Stage::Vm,
+        errno: None,
+        message: String::new(),
+    }
+}
+
+pub(super) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -1,36 +1,27 @@
-//! How a VMM process is started and confined, for both engines: the channels (socketpairs at fixed
-//! descriptor numbers), QEMU or our own VMM (`sandbox-init vmm`), inside a namespace sandbox of ours when the
-//! host allows, else as a plain child under `no_new_privs` and seccomp, never as root.
+//! How a VMM process is started and confined, for every engine ([`Hypervisor`]): the channels
+//! (socketpairs at fixed descriptor numbers), then the engine's program (QEMU, or our own VMM as
+//! `sandbox-init vmm`) inside a namespace sandbox of ours when the host allows, else as a plain child under
+//! `no_new_privs` and seccomp, never as root.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::assets::{assets, initramfs};
-use super::qemu::{self, Accel, Machine, Port, Share};
-use super::snapshot_cache::{GuestKey, Plan, Session};
+use super::error::VmError;
+pub(crate) use super::hypervisor::Engine;
+use super::hypervisor::{Invocation, Request};
+use super::qemu::Share;
+use super::snapshot_cache::Session;
 use crate::namespace::{self, Launch, sys};
-use crate::outcome::{SetupFailure, Stage, VmInfo};
+use crate::outcome::VmInfo;
 use crate::policy::{Network, Policy, SYSTEM_TOP};
-use crate::probe::KvmFlavour;
-use crate::protocol::ShareFs;
-use crate::vmm::process::SnapshotConfig;
 
-/// How long a guest may take from the VMM's start to the agent's READY line before the run is abandoned.
-const BOOT_LIMIT: Duration = Duration::from_secs(60);
-/// The same on PVM (software KVM), where a boot takes minutes.
-const PVM_BOOT_LIMIT: Duration = Duration::from_secs(420);
+/// The descriptor number of the serial console's socket in the VMM.
+const CONSOLE_FD: RawFd = 3;
 
-fn fail(message: impl Into<String>) -> SetupFailure {
-    SetupFailure {
-        stage: Stage::Vm,
-        errno: None,
-        message: message.into(),
-    }
-}
-
-/// How QEMU runs.
+/// How the VMM runs.
 #[derive(Debug)]
 pub(crate) enum Host {
     /// Inside a namespace sandbox of ours.
@@ -40,6 +31,22 @@ pub(crate) enum Host {
 }
 
 impl Host {
+    /// The VMM's process id (or that of the sandbox's init that confines it).
+    pub(crate) fn pid(&self) -> u32 {
+        match self {
+            Host::Sandboxed(s) => s.pid as u32,
+            Host::Plain(c, _) => c.id(),
+        }
+    }
+
+    /// A pidfd of that process.
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        match self {
+            Host::Sandboxed(s) => s.pidfd.as_fd(),
+            Host::Plain(_, fd) => fd.as_fd(),
+        }
+    }
+
     /// Kills the VMM (and its confining sandbox) and reaps it.
     pub(crate) fn abort(self) {
         match self {
@@ -53,14 +60,20 @@ impl Host {
 }
 
 /// A pipe as `(read end, write end)`.
-fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
-    let (r, w) = std::io::pipe().map_err(|e| fail(format!("pipe: {e}")))?;
+fn pipe() -> Result<(OwnedFd, OwnedFd), VmError> {
+    let (r, w) = std::io::pipe().map_err(|source| VmError::Channel {
+        call: "pipe",
+        source,
+    })?;
     Ok((r.into(), w.into()))
 }
 
 /// A connected socket pair: `(host end, QEMU's end)`.
-pub(crate) fn socket_pair() -> Result<(UnixStream, OwnedFd), SetupFailure> {
-    let (host, qemu) = UnixStream::pair().map_err(|e| fail(format!("socketpair: {e}")))?;
+pub(crate) fn socket_pair() -> Result<(UnixStream, OwnedFd), VmError> {
+    let (host, qemu) = UnixStream::pair().map_err(|source| VmError::Channel {
+        call: "socketpair",
+        source,
+    })?;
     Ok((host, qemu.into()))
 }
 
@@ -85,7 +98,7 @@ pub(crate) struct Started {
     pub(crate) host: Host,
     pub(crate) channels: VmChannels,
     pub(crate) info: VmInfo,
-    /// The builtin VMM's snapshot channel, when it restores or may save ([`start_builtin`] with a cache).
+    /// The VMM's snapshot channel, when it restores or may save ([`start_vm`] with a cache).
     pub(crate) snapshot: Option<Session>,
 }
 
@@ -99,10 +112,10 @@ struct NewChannels {
     vmm_stderr: OwnedFd,
 }
 
-fn new_channels(with_stdin: bool) -> Result<NewChannels, SetupFailure> {
+fn new_channels(with_stdin: bool) -> Result<NewChannels, VmError> {
     let (console, console_vmm) = socket_pair()?;
     let (control, control_vmm) = socket_pair()?;
-    let mut vmm: Vec<(OwnedFd, RawFd)> = vec![(console_vmm, 3), (control_vmm, 4)];
+    let mut vmm: Vec<(OwnedFd, RawFd)> = vec![(console_vmm, CONSOLE_FD), (control_vmm, 4)];
     let mut ports = vec![(crate::protocol::CONTROL_PORT, 4)];
     let stdin = if with_stdin {
         let (host, theirs) = socket_pair()?;
@@ -134,52 +147,17 @@ fn new_channels(with_stdin: bool) -> Result<NewChannels, SetupFailure> {
     })
 }
 
-/// Which VMM runs a guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Engine {
-    /// QEMU `-M microvm`.
-    Qemu,
-    /// Our own VMM (`sandbox-init vmm`), on KVM.
-    Builtin,
+/// The guest kernel, the agent, and the initramfs packed from it.
+pub(crate) fn guest_files() -> Result<(PathBuf, PathBuf, PathBuf), VmError> {
+    let (kernel, agent) = assets()?;
+    let initrd = initramfs(&agent)?;
+    Ok((kernel, agent, initrd))
 }
 
-impl Engine {
-    /// The engine for a request: Auto takes ours where hardware KVM is usable, else QEMU.
-    pub(crate) fn pick(requested: crate::VmEngine) -> Engine {
-        match requested {
-            crate::VmEngine::Qemu => Engine::Qemu,
-            crate::VmEngine::Builtin => Engine::Builtin,
-            crate::VmEngine::Auto => {
-                let kvm = crate::probe::probe_kvm();
-                if kvm.flavour == KvmFlavour::Hardware && kvm.usable {
-                    Engine::Builtin
-                } else {
-                    Engine::Qemu
-                }
-            }
-        }
-    }
-
-    /// How long its guest may take to boot here.
-    pub(crate) fn boot_limit(self) -> Duration {
-        if self == Engine::Builtin && KvmFlavour::detect() == KvmFlavour::Pvm {
-            PVM_BOOT_LIMIT
-        } else {
-            BOOT_LIMIT
-        }
-    }
-
-    /// How the guest mounts host directories under this engine.
-    pub(crate) fn share_fs(self) -> ShareFs {
-        match self {
-            Engine::Qemu => ShareFs::NineP,
-            Engine::Builtin => ShareFs::Virtiofs,
-        }
-    }
-}
-
-/// Starts a VM with these shares, RAM and vCPUs; its agent then waits for a specification on the control
-/// port. `deadline` bounds the VMM's life (None: until killed).
+/// Starts a VM with these shares, RAM and vCPUs on `engine`; its agent then waits for a specification on the
+/// control port. `deadline` bounds the VMM's life (None: until killed). With a snapshot `cache` directory
+/// (an engine with snapshots), the VM is restored from the cached snapshot of the same guest when there is
+/// one, else booted with a file to save into, and [`Started::snapshot`] carries on from there.
 pub(crate) fn start_vm(
     engine: Engine,
     shares: &[Share],
@@ -187,54 +165,36 @@ pub(crate) fn start_vm(
     cpus: u32,
     with_stdin: bool,
     deadline: Option<Duration>,
-) -> Result<Started, SetupFailure> {
-    if engine == Engine::Builtin {
-        return start_builtin(shares, memory_mib, with_stdin, deadline, None);
+    cache: Option<&Path>,
+) -> Result<Started, VmError> {
+    if let Some(max) = engine.max_shares()
+        && shares.len() > max
+    {
+        return Err(VmError::TooManyShares {
+            max,
+            needed: shares.len(),
+        });
     }
-    let qemu_bin = qemu::find_qemu().ok_or_else(|| {
-        fail("qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU")
-    })?;
-    let (kernel, agent) = assets().map_err(fail)?;
-    let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
-    let (accel, accel_reason) = qemu::choose_accel(&crate::probe::probe_kvm());
-
-    // Descriptors QEMU gets, at fixed numbers in its process.
     let NewChannels {
         host: channels,
-        vmm: fds,
+        vmm: mut fds,
         ports,
         vmm_stderr: err_w,
     } = new_channels(with_stdin)?;
-    let ports = ports
-        .into_iter()
-        .map(|(name, fd)| Port { name, fd })
-        .collect();
-    let machine = Machine {
-        kernel: kernel.clone(),
-        initramfs: initrd.clone(),
+    let mut invocation = engine.invocation(&Request {
+        shares,
         memory_mib,
         cpus,
-        accel,
-        // `choose_accel` never picks KVM on kvm_pvm.
-        pvm: false,
-        cmdline: String::new(),
-        shares: shares.to_vec(),
-        ports,
-        console_fd: 3,
-    };
-    let host = start_confined(
-        &qemu_bin,
-        &machine,
-        &fds,
-        err_w.as_raw_fd(),
-        &kernel,
-        &initrd,
-        shares,
         deadline,
-    )
-    .or_else(|confined| {
-        if confined.stage == Stage::Namespaces {
-            start_plain(&qemu_bin, &machine, &fds, err_w.as_raw_fd())
+        cache: cache.filter(|_| engine.snapshots()),
+        ports: &ports,
+        console_fd: CONSOLE_FD,
+    })?;
+    fds.append(&mut invocation.fds);
+    let stderr = err_w.as_raw_fd();
+    let host = start_confined(&invocation, &fds, stderr, deadline).or_else(|confined| {
+        if confined.no_namespaces() {
+            start_plain(&invocation, &fds, stderr)
         } else {
             Err(confined)
         }
@@ -242,258 +202,59 @@ pub(crate) fn start_vm(
     Ok(Started {
         host,
         channels,
-        snapshot: None,
-        info: VmInfo {
-            engine: "qemu".into(),
-            accelerator: accel.name().into(),
-            accelerator_reason: accel_reason,
-            boot_ms: None,
-            console_tail: None,
-            warm: false,
-            restored: false,
-        },
+        info: invocation.info,
+        snapshot: invocation.snapshot,
     })
 }
 
-/// The most virtio devices our VMM places (one virtio-mmio slot per free I/O APIC pin).
-const BUILTIN_MAX_DEVICES: usize = crate::vmm::layout::VIRTIO_IRQS.len();
-
-/// Our own VMM as a child process: the agent binary in its `vmm` role, confined like QEMU (a namespace
-/// sandbox that shows it only its binary, the kernel, the initramfs and the shares; or a plain child under
-/// `no_new_privs` and seccomp), then confining itself further (landlock, a seccomp allowlist). `/dev/kvm` is
-/// opened here, with the caller's rights, and passed down; so are the snapshot channel (11) and file (12)
-/// with a snapshot `cache` directory ([`super::snapshot_cache`]): the VM is then restored from the cached
-/// snapshot of the same guest when there is one, else booted with a file to save into, and
-/// [`Started::snapshot`] carries on from there.
-pub(crate) fn start_builtin(
-    shares: &[Share],
-    memory_mib: u64,
-    with_stdin: bool,
-    deadline: Option<Duration>,
-    cache: Option<&Path>,
-) -> Result<Started, SetupFailure> {
-    if shares.len() + 1 > BUILTIN_MAX_DEVICES {
-        return Err(fail(format!(
-            "the builtin engine offers at most {} shared directories ({} needed: the system, /etc and one \
-             per bind source); use fewer binds or the qemu engine",
-            BUILTIN_MAX_DEVICES - 1,
-            shares.len()
-        )));
-    }
-    let kvm_probe = crate::probe::probe_kvm();
-    let kvm: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map_err(|e| {
-            fail(format!(
-                "the builtin engine needs KVM, and /dev/kvm cannot be opened: {e} (load kvm-intel or kvm-amd, \
-                 and let this user open /dev/kvm, e.g. membership of the kvm group; or use the qemu engine)"
-            ))
-        })?
-        .into();
-    let (kernel, agent) = assets().map_err(fail)?;
-    let initrd = initramfs(&agent).map_err(|e| fail(format!("packing the initramfs: {e}")))?;
-    let pvm = kvm_probe.flavour == KvmFlavour::Pvm;
-
-    let NewChannels {
-        host: channels,
-        vmm: mut fds,
-        ports,
-        vmm_stderr: err_w,
-    } = new_channels(with_stdin)?;
-    let ports: Vec<(String, RawFd)> = ports
-        .into_iter()
-        .map(|(n, fd)| (n.to_string(), fd))
-        .collect();
-    fds.push((kvm, 8));
-    // The ports are announced: the agent waits for each of them.
-    let cmdline = super::cmdline::kernel_cmdline_with_ports(
-        true,
-        pvm,
-        "",
-        ports.iter().map(|(n, _)| n.as_str()),
-    );
-    let (snapshot, snapshot_config) = match cache {
-        Some(dir) => snapshot_fds(
-            dir, &kernel, &initrd, memory_mib, &cmdline, &ports, shares, &mut fds,
-        )?,
-        None => (None, None),
-    };
-    let mut config = crate::vmm::process::ProcessConfig {
-        kernel: kernel.clone(),
-        initramfs: initrd.clone(),
-        cmdline,
-        memory_mib,
-        timeout_secs: deadline.map_or(7 * 24 * 3600, |d| d.as_secs() + 1),
-        kvm_fd: 8,
-        console_fd: 3,
-        ports,
-        shares: shares
-            .iter()
-            .map(|s| crate::vmm::process::ShareConfig {
-                tag: s.tag.clone(),
-                path: s.path.clone(),
-                readonly: s.readonly,
-            })
-            .collect(),
-        snapshot: snapshot_config,
-    };
-    let args = |c: &crate::vmm::process::ProcessConfig| {
-        let json = serde_json::to_string(c).unwrap_or_default();
-        vec![std::ffi::OsString::from("vmm"), json.into()]
-    };
-    let host = start_builtin_confined(
-        &agent,
-        &args(&config),
-        &fds,
-        err_w.as_raw_fd(),
-        &kernel,
-        &initrd,
-        shares,
-        deadline,
-    )
-    .or_else(|confined| {
-        if confined.stage != Stage::Namespaces {
-            return Err(confined);
-        }
-        // Without namespaces the VMM (nobody, for a root caller) reads the kernel and initramfs through
-        // descriptors opened here.
-        let open =
-            |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
-        let (k, i) = (open(&kernel)?, open(&initrd)?);
-        config.kernel = "/proc/self/fd/9".into();
-        config.initramfs = "/proc/self/fd/10".into();
-        let mut map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
-        map.push((k.as_raw_fd(), 9));
-        map.push((i.as_raw_fd(), 10));
-        start_plain_program(&agent, &args(&config), &map, err_w.as_raw_fd())
-    })?;
-    Ok(Started {
-        host,
-        channels,
-        snapshot,
-        info: VmInfo {
-            engine: "builtin".into(),
-            accelerator: "kvm".into(),
-            accelerator_reason: if pvm {
-                "our own VMM on KVM; this KVM is PVM (software, no VT-x/SVM): slow, and the guest gets the PVM \
-                 boot options"
-                    .into()
-            } else {
-                "our own VMM on hardware KVM".into()
-            },
-            boot_ms: None,
-            console_tail: None,
-            warm: false,
-            restored: false,
-        },
-    })
-}
-
-/// The snapshot plan for this guest, and its descriptors for the VMM (channel 11, file 12); none when
-/// the cache cannot be used (the VM then just boots).
-#[allow(clippy::too_many_arguments)]
-fn snapshot_fds(
-    dir: &Path,
-    kernel: &Path,
-    initrd: &Path,
-    memory_mib: u64,
-    cmdline: &str,
-    ports: &[(String, RawFd)],
-    shares: &[Share],
-    fds: &mut Vec<(OwnedFd, RawFd)>,
-) -> Result<(Option<Session>, Option<SnapshotConfig>), SetupFailure> {
-    let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
-    let mut devices = vec![format!("console {}", names.join(","))];
-    devices.extend(
-        shares
-            .iter()
-            .map(|s| format!("fs {} {}", s.tag, s.readonly)),
-    );
-    let key = GuestKey {
-        kernel,
-        initramfs: initrd,
-        memory_mib,
-        cmdline,
-        devices,
-    };
-    let Some(plan) = Plan::for_guest(dir, &key) else {
-        return Ok((None, None));
-    };
-    let file: OwnedFd = plan
-        .file()
-        .try_clone()
-        .map_err(|e| fail(format!("snapshot file: {e}")))?
-        .into();
-    let (host, vmm) = socket_pair()?;
-    fds.push((vmm, 11));
-    fds.push((file, 12));
-    let config = SnapshotConfig {
-        channel_fd: 11,
-        file_fd: 12,
-        restore: plan.restores(),
-    };
-    Ok((Some(Session::new(host, plan)), Some(config)))
-}
-
-/// The VMM inside a namespace sandbox: no system view, only its own binary, the kernel, the initramfs and
-/// the shares; no network.
-#[allow(clippy::too_many_arguments)]
-fn start_builtin_confined(
-    agent: &Path,
-    args: &[std::ffi::OsString],
-    fds: &[(OwnedFd, RawFd)],
-    stderr: RawFd,
-    kernel: &Path,
-    initrd: &Path,
-    shares: &[Share],
-    deadline: Option<Duration>,
-) -> Result<Host, SetupFailure> {
-    let mut policy = Policy::default()
-        .ro_bind(agent, "/sandbox-vmm")
-        .ro_bind(kernel, kernel)
-        .ro_bind(initrd, initrd)
-        .network(Network::None);
-    policy.system = false;
-    for s in shares {
-        policy = if s.readonly {
-            policy.ro_bind(&s.path, &s.path)
-        } else {
-            policy.bind(&s.path, &s.path)
-        };
-    }
-    spawn_confined(
-        std::ffi::OsStr::new("/sandbox-vmm"),
-        args,
-        fds,
-        stderr,
-        policy,
-        deadline,
-    )
-}
-
-/// QEMU inside a namespace sandbox: the system read-only, the kernel, the initramfs and the shares bound,
-/// /dev/kvm only with KVM, no network.
-#[allow(clippy::too_many_arguments)]
+/// The VMM inside a namespace sandbox: no network; it sees its own program, the kernel, the initramfs and
+/// the shares, and the host's system read-only only when the engine needs it (with /dev/kvm when the
+/// engine opens it there). Its descriptors in place, stdin and stdout on /dev/null, no audit of denied calls,
+/// ended at `deadline`.
 fn start_confined(
-    qemu_bin: &Path,
-    machine: &Machine,
+    vmm: &Invocation,
     fds: &[(OwnedFd, RawFd)],
     stderr: RawFd,
-    kernel: &Path,
-    initrd: &Path,
-    shares: &[Share],
     deadline: Option<Duration>,
-) -> Result<Host, SetupFailure> {
+) -> Result<Host, VmError> {
+    let (mut policy, program) = view(vmm);
+    policy.timeout = deadline;
+    policy.audit_denials = false;
+    let extra: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    let null = open(Path::new("/dev/null"))?;
+    let args = (vmm.args)(&vmm.kernel, &vmm.initramfs);
+    let launch = Launch {
+        program,
+        args: &args,
+        env: &[],
+        cwd: None,
+        policy: &policy,
+        stdio: [null.as_raw_fd(), null.as_raw_fd(), stderr],
+        extra_fds: &extra,
+    };
+    namespace::spawn(&launch)
+        .map(|s| Host::Sandboxed(Box::new(s)))
+        .map_err(VmError::Confine)
+}
+
+/// The confined VMM's view, and where its program is in it.
+fn view(vmm: &Invocation) -> (Policy, &std::ffi::OsStr) {
     let mut policy = Policy::default()
-        .ro_bind(kernel, kernel)
-        .ro_bind(initrd, initrd)
+        .ro_bind(&vmm.kernel, &vmm.kernel)
+        .ro_bind(&vmm.initramfs, &vmm.initramfs)
         .network(Network::None);
-    for s in shares {
-        if s.path == Path::new("/etc")
-            || SYSTEM_TOP.iter().any(|t| s.path == Path::new("/").join(t))
-        {
+    policy.system = vmm.system_view;
+    let program = match vmm.program_at {
+        Some(at) => {
+            policy = policy.ro_bind(&vmm.program, at);
+            std::ffi::OsStr::new(at)
+        }
+        None => vmm.program.as_os_str(),
+    };
+    for s in &vmm.shares {
+        let in_system = s.path == Path::new("/etc")
+            || SYSTEM_TOP.iter().any(|t| s.path == Path::new("/").join(t));
+        if vmm.system_view && in_system {
             continue; // already in the system view
         }
         policy = if s.readonly {
@@ -502,78 +263,27 @@ fn start_confined(
             policy.bind(&s.path, &s.path)
         };
     }
-    if machine.accel == Accel::Kvm {
+    if vmm.kvm_device {
         policy.devices.push("/dev/kvm".into());
     }
-    spawn_confined(
-        qemu_bin.as_os_str(),
-        &machine.args(),
-        fds,
-        stderr,
-        policy,
-        deadline,
-    )
+    (policy, program)
 }
 
-/// A VMM in a namespace sandbox with `policy` (its view), its descriptors in place, stdin and stdout on
-/// /dev/null, no audit of denied calls, ended at `deadline`.
-fn spawn_confined(
-    program: &std::ffi::OsStr,
-    args: &[std::ffi::OsString],
-    fds: &[(OwnedFd, RawFd)],
-    stderr: RawFd,
-    mut policy: Policy,
-    deadline: Option<Duration>,
-) -> Result<Host, SetupFailure> {
-    policy.timeout = deadline;
-    policy.audit_denials = false;
-    let extra: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
-    let null = std::fs::File::open("/dev/null").map_err(|e| fail(format!("/dev/null: {e}")))?;
-    let launch = Launch {
-        program,
-        args,
-        env: &[],
-        cwd: None,
-        policy: &policy,
-        stdio: [null.as_raw_fd(), null.as_raw_fd(), stderr],
-        extra_fds: &extra,
-    };
-    namespace::spawn(&launch).map(|s| Host::Sandboxed(Box::new(s)))
-}
-
-/// QEMU as a plain child: its descriptors in place, `no_new_privs`, our default seccomp filter, and never
-/// as root (a root caller's QEMU becomes nobody).
-fn start_plain(
-    qemu_bin: &Path,
-    machine: &Machine,
-    fds: &[(OwnedFd, RawFd)],
-    stderr: RawFd,
-) -> Result<Host, SetupFailure> {
-    // The kernel and initramfs are opened here and reached through /proc/self/fd, so a root caller's QEMU,
-    // running as nobody, needs no access to the directories they sit in.
-    let open = |p: &Path| std::fs::File::open(p).map_err(|e| fail(format!("{}: {e}", p.display())));
-    let (kernel, initrd) = (open(&machine.kernel)?, open(&machine.initramfs)?);
-    let mut machine = machine.clone();
-    machine.kernel = "/proc/self/fd/8".into();
-    machine.initramfs = "/proc/self/fd/9".into();
+/// The VMM as a plain child: its descriptors in place (at most 12), `no_new_privs`, our default seccomp
+/// filter, and never as root (a root caller's VMM becomes nobody). The kernel and initramfs are opened here
+/// and reached through /proc/self/fd, so a VMM running as nobody needs no access to the directories they
+/// sit in.
+fn start_plain(vmm: &Invocation, fds: &[(OwnedFd, RawFd)], stderr: RawFd) -> Result<Host, VmError> {
+    let (kernel, initrd) = (open(&vmm.kernel)?, open(&vmm.initramfs)?);
+    let [kernel_fd, initrd_fd] = vmm.plain_files;
     let mut map: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
-    map.push((kernel.as_raw_fd(), 8));
-    map.push((initrd.as_raw_fd(), 9));
-    let args: Vec<std::ffi::OsString> = machine.args();
-    start_plain_program(qemu_bin, &args, &map, stderr)
-}
-
-/// A VMM as a plain child: its descriptors in place (`(here, there)`, at most 12), `no_new_privs`, our
-/// default seccomp filter, and never as root (a root caller's VMM becomes nobody).
-fn start_plain_program(
-    program: &Path,
-    args: &[std::ffi::OsString],
-    map: &[(RawFd, RawFd)],
-    stderr: RawFd,
-) -> Result<Host, SetupFailure> {
+    map.push((kernel.as_raw_fd(), kernel_fd));
+    map.push((initrd.as_raw_fd(), initrd_fd));
+    let at = |fd: RawFd| PathBuf::from(format!("/proc/self/fd/{fd}"));
+    let args = (vmm.args)(&at(kernel_fd), &at(initrd_fd));
+    let program = vmm.program.as_path();
     use std::os::unix::process::CommandExt;
-    let filter = crate::seccomp::compile(&crate::seccomp::SeccompProfile::Default, false)
-        .map_err(|e| fail(e.to_string()))?;
+    let filter = crate::seccomp::compile(&crate::seccomp::SeccompProfile::Default, false)?;
     let map: Vec<(RawFd, RawFd)> = map.iter().copied().take(12).collect();
     let floor = map.iter().map(|&(_, n)| n + 1).max().unwrap_or(3);
     let root = nix::unistd::geteuid().is_root();
@@ -605,16 +315,96 @@ fn start_plain_program(
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("starting {}: {e}", program.display())))?;
-    let pidfd = sys::pidfd_open(child.id() as i32).map_err(|e| {
-        fail(format!(
-            "pidfd_open: {}",
-            std::io::Error::from_raw_os_error(e)
-        ))
+    let child = cmd.spawn().map_err(|source| VmError::Spawn {
+        program: program.to_path_buf(),
+        source,
     })?;
+    let pidfd = sys::pidfd_open(child.id() as i32)
+        .map_err(|e| VmError::Pidfd(std::io::Error::from_raw_os_error(e)))?;
     // SAFETY: pidfd_open just returned this descriptor.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok(Host::Plain(child, pidfd))
+}
+
+/// Opens a file the VMM reads through a descriptor.
+fn open(path: &Path) -> Result<std::fs::File, VmError> {
+    std::fs::File::open(path).map_err(|source| VmError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Mount;
+
+    fn invocation(system_view: bool, program_at: Option<&'static str>) -> Invocation {
+        let share = |path: &str, readonly| Share {
+            tag: path.into(),
+            path: path.into(),
+            readonly,
+        };
+        Invocation {
+            program: "/opt/vmm".into(),
+            program_at,
+            system_view,
+            kvm_device: false,
+            kernel: "/k/vmlinux".into(),
+            initramfs: "/k/init.cpio".into(),
+            shares: vec![
+                share("/usr", true),
+                share("/etc", true),
+                share("/data", false),
+            ],
+            fds: Vec::new(),
+            args: Box::new(|_, _| Vec::new()),
+            plain_files: [8, 9],
+            info: VmInfo::default(),
+            snapshot: None,
+        }
+    }
+
+    fn binds(p: &Policy) -> Vec<(String, bool)> {
+        p.mounts
+            .iter()
+            .filter_map(|m| match m {
+                Mount::RoBind { dst, .. } => Some((dst.display().to_string(), true)),
+                Mount::Bind { dst, .. } => Some((dst.display().to_string(), false)),
+                Mount::Tmpfs { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_vmm_with_the_system_view_gets_no_second_bind_of_it() {
+        let vmm = invocation(true, None);
+        let (policy, program) = view(&vmm);
+        assert!(policy.system);
+        assert_eq!(program, "/opt/vmm");
+        let want = [
+            ("/k/vmlinux", true),
+            ("/k/init.cpio", true),
+            ("/data", false),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|&(p, r)| (p.into(), r)).collect();
+        assert_eq!(binds(&policy), want);
+        assert_eq!(policy.network, Network::None);
+    }
+
+    #[test]
+    fn a_vmm_without_the_system_view_sees_its_program_and_every_share() {
+        let vmm = invocation(false, Some("/sandbox-vmm"));
+        let (policy, program) = view(&vmm);
+        assert!(!policy.system);
+        assert_eq!(program, "/sandbox-vmm");
+        let got = binds(&policy);
+        for want in ["/sandbox-vmm", "/usr", "/etc", "/data", "/k/vmlinux"] {
+            assert!(
+                got.iter().any(|(d, _)| d == want),
+                "{want} missing: {got:?}"
+            );
+        }
+        assert!(policy.devices.is_empty());
+    }
 }

@@ -21,7 +21,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,30 +33,26 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::engine::{self, Host, Started, Tail, VmChannels};
+use super::error::VmError;
 use super::launch;
-use super::pool_channels::{Event, Notify, read_control, read_output, relay_stdin};
-use super::pool_snapshot::{
-    RESTORE_FAILED, restore_failed, restore_snapshot, save_snapshot, vmm_refused,
-};
 use super::qemu::Share;
+use super::run_spec::{guest_spec, run_spec, share_dir};
 use super::snapshot_cache::SnapshotCache;
 use crate::error::Error;
 use crate::namespace::Launch;
-use crate::outcome::{SetupFailure, Stage, VmInfo};
-use crate::policy::{Mount, Policy};
+use crate::outcome::{SetupFailure, VmInfo};
+use crate::policy::Policy;
 use crate::protocol::RunSpec;
 
+mod channels;
 mod run;
+pub(super) mod snapshot;
+
+use super::control::{Event, Stdin, read_control, relay_stdin};
+use channels::{Notify, read_output};
+use snapshot::{restore_failed, restore_snapshot, save_snapshot, vmm_refused};
 
 pub(crate) use run::PooledRun;
-
-fn fail(message: impl Into<String>) -> SetupFailure {
-    SetupFailure {
-        stage: Stage::Vm,
-        errno: None,
-        message: message.into(),
-    }
-}
 
 /// A host directory every VM of a pool shares with its guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,21 +157,19 @@ impl Drop for PoolInner {
 impl VmPool {
     /// A pool that boots VMs on demand (see [`VmPool::prewarm`]). Checks the shares; boots nothing yet.
     pub fn new(options: PoolOptions) -> Result<VmPool, Error> {
-        let bad = |m: String| Error::Setup(fail(m));
+        // The one place where a new pool's errors become the public error.
+        Self::with(options).map_err(Error::from)
+    }
+
+    fn with(options: PoolOptions) -> Result<VmPool, VmError> {
         if options.memory_mib < 128 {
-            return Err(bad(format!(
-                "a pool VM needs at least 128 MiB of RAM ({} asked)",
-                options.memory_mib
-            )));
+            return Err(VmError::PoolMemory(options.memory_mib));
         }
         let mut policy = Policy::default();
         for s in &options.shares {
-            crate::namespace::plan::check_links(&s.path).map_err(|e| bad(e.to_string()))?;
+            crate::namespace::plan::check_links(&s.path)?;
             if !s.path.is_dir() {
-                return Err(bad(format!(
-                    "pool share {}: not a directory",
-                    s.path.display()
-                )));
+                return Err(VmError::PoolShareNotDir(s.path.clone()));
             }
             policy = if s.writable {
                 policy.bind(&s.path, &s.path)
@@ -193,11 +187,8 @@ impl VmPool {
             stdio: [-1; 3],
             extra_fds: &[],
         };
-        let (mut base, shares) = engine::guest_spec(&launch).map_err(bad)?;
         let vmm = engine::Engine::pick(options.engine);
-        for s in &mut base.shares {
-            s.fs = vmm.share_fs();
-        }
+        let (mut base, shares) = guest_spec(&launch, vmm.share_fs())?;
         base.serve = true;
         base.policy = Policy::default();
         let extra = shares.len() - options.shares.len();
@@ -206,11 +197,13 @@ impl VmPool {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let real = std::fs::canonicalize(&s.path)
-                    .map_err(|e| bad(format!("pool share {}: {e}", s.path.display())))?;
+                let real = std::fs::canonicalize(&s.path).map_err(|source| VmError::PoolShare {
+                    path: s.path.clone(),
+                    source,
+                })?;
                 Ok((real, s.writable, i))
             })
-            .collect::<Result<Vec<_>, Error>>()?;
+            .collect::<Result<Vec<_>, VmError>>()?;
         debug_assert!(extra <= shares.len());
         Ok(VmPool {
             inner: Arc::new(PoolInner {
@@ -244,7 +237,7 @@ impl VmPool {
                 }
                 st.live += 1;
             }
-            let mut vm = self.boot().map_err(Error::Setup)?;
+            let mut vm = self.boot()?;
             vm.warm = true;
             self.inner.lock().idle.push(vm);
             self.inner.changed.notify_all();
@@ -274,38 +267,32 @@ impl VmPool {
     }
 
     /// Boots a VM whose place in `live` the caller took; gives the place back on failure.
-    fn boot(&self) -> Result<WarmVm, SetupFailure> {
+    fn boot(&self) -> Result<WarmVm, VmError> {
         let o = &self.inner.options;
         self.inner.boots.fetch_add(1, Ordering::Relaxed);
         let limit = self.inner.engine.boot_limit();
-        let cache = o
-            .snapshots
-            .dir()
-            .filter(|_| self.inner.engine == engine::Engine::Builtin);
-        let vm = match cache {
-            Some(dir) => {
-                let start = || {
-                    launch::start_builtin(&self.inner.shares, o.memory_mib, true, None, Some(&dir))
-                };
-                start().and_then(|s| WarmVm::start(s, limit)).or_else(|f| {
-                    if !f.message.starts_with(RESTORE_FAILED) {
-                        return Err(f);
-                    }
-                    // The snapshot is deleted: this start boots and saves a new one.
-                    tracing::warn!("{}; booting instead", f.message);
-                    start().and_then(|s| WarmVm::start(s, limit))
-                })
-            }
-            None => engine::start_vm(
-                self.inner.engine,
-                &self.inner.shares,
+        let cache = o.snapshots.dir();
+        let start = || {
+            let (shares, engine) = (&self.inner.shares, self.inner.engine);
+            launch::start_vm(
+                engine,
+                shares,
                 o.memory_mib,
                 o.cpus,
                 true,
                 None,
+                cache.as_deref(),
             )
-            .and_then(|s| WarmVm::start(s, limit)),
+            .and_then(|s| WarmVm::start(s, limit))
         };
+        let vm = start().or_else(|f| {
+            if !f.is_restore_failure() {
+                return Err(f);
+            }
+            // The snapshot is deleted: this start boots and saves a new one.
+            tracing::warn!("{f}; booting instead");
+            start()
+        });
         match &vm {
             Ok(vm) => self.inner.lock().pids.push(vm.pid()),
             Err(_) => self.inner.gone(None),
@@ -314,7 +301,7 @@ impl VmPool {
     }
 
     /// An idle VM, else a new one, else (at `max_vms`) the next one that becomes idle.
-    fn take(&self) -> Result<WarmVm, SetupFailure> {
+    fn take(&self) -> Result<WarmVm, VmError> {
         let max = self.inner.options.max_vms;
         let mut st = self.inner.lock();
         loop {
@@ -335,56 +322,34 @@ impl VmPool {
     }
 
     /// The run specification of `launch` for this pool's VMs.
-    fn spec(&self, launch: &Launch<'_>) -> Result<RunSpec, SetupFailure> {
-        let mut spec = self.inner.base.clone();
-        let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
-        spec.program = text(launch.program);
-        spec.args = launch.args.iter().map(|a| text(a)).collect();
-        spec.env = launch.env.iter().map(|(k, v)| (text(k), text(v))).collect();
-        spec.cwd = launch.cwd.map(Path::to_path_buf);
-        let mut policy = launch.policy.clone();
-        for m in policy.mounts.iter_mut() {
-            let (src, writable) = match m {
-                Mount::RoBind { src, .. } => (src, false),
-                Mount::Bind { src, .. } => (src, true),
-                Mount::Tmpfs { .. } => continue,
-            };
-            crate::namespace::plan::check_links(src).map_err(|e| fail(e.to_string()))?;
-            let real = std::fs::canonicalize(&*src)
-                .map_err(|e| fail(format!("bind source {}: {e}", src.display())))?;
+    fn spec(&self, launch: &Launch<'_>) -> Result<RunSpec, VmError> {
+        let base = self.inner.base.clone();
+        run_spec(launch, base, |_, src, real, writable| {
             let Some((root, _, i)) = self
                 .inner
                 .roots
                 .iter()
                 .find(|(root, w, _)| real.starts_with(root) && (*w || !writable))
             else {
-                return Err(fail(format!(
-                    "bind source {} is not inside a{} share of this VM pool (PoolOptions::shares): a warm VM \
-                     cannot take new shares",
-                    src.display(),
-                    if writable { " writable" } else { "" }
-                )));
+                return Err(VmError::NotInPoolShare {
+                    path: src.to_path_buf(),
+                    writable,
+                });
             };
             let rest = real.strip_prefix(root).unwrap_or(Path::new(""));
-            *src = PathBuf::from(format!("/run/sandbox/share/{i}")).join(rest);
-        }
-        policy.host_uid = 65534;
-        policy.host_gid = 65534;
-        spec.policy = policy;
-        spec.validate().map_err(fail)?;
-        Ok(spec)
+            Ok((share_dir(*i).join(rest), None))
+        })
     }
 
     /// Starts `launch` on a warm VM (booting one when none is idle).
     pub(crate) fn spawn(&self, launch: &Launch<'_>) -> Result<PooledRun, SetupFailure> {
+        // The one place where a served run's errors become the public failure.
+        self.start(launch).map_err(SetupFailure::from)
+    }
+
+    fn start(&self, launch: &Launch<'_>) -> Result<PooledRun, VmError> {
         let spec = self.spec(launch)?;
-        let dup = |fd: i32, inherit: i32| -> Result<OwnedFd, SetupFailure> {
-            let src = if fd >= 0 { fd } else { inherit };
-            // SAFETY: borrowing a descriptor that stays open for this call.
-            unsafe { BorrowedFd::borrow_raw(src) }
-                .try_clone_to_owned()
-                .map_err(|e| fail(format!("duplicating descriptor {src}: {e}")))
-        };
+        let dup = engine::dup;
         let stdin = launch.stdio[0];
         let stdin_source = if stdin >= 0 && engine::is_dev_null(stdin) {
             None
@@ -467,7 +432,7 @@ impl std::fmt::Debug for WarmVm {
 
 impl WarmVm {
     /// Starts the reader threads and waits for the agent's READY line.
-    fn start(started: Started, boot_limit: Duration) -> Result<WarmVm, SetupFailure> {
+    fn start(started: Started, boot_limit: Duration) -> Result<WarmVm, VmError> {
         let Started {
             host,
             channels,
@@ -483,8 +448,7 @@ impl WarmVm {
             vmm_stderr,
         } = channels;
         let (tx, rx) = mpsc::channel();
-        let activity =
-            Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| fail(format!("eventfd: {e}")))?);
+        let activity = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);
         let tx = Notify {
             tx,
             fd: activity.clone(),
@@ -492,14 +456,22 @@ impl WarmVm {
         let sinks = [Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None))];
         let console_tail = Tail::default();
         let vmm_tail = Tail::default();
-        let clone = |s: &UnixStream| s.try_clone().map_err(|e| fail(format!("socket: {e}")));
+        let clone = |s: &UnixStream| {
+            s.try_clone().map_err(|source| VmError::Dup {
+                what: "the control socket",
+                fd: s.as_raw_fd(),
+                source,
+            })
+        };
         let mut threads = vec![
             console_tail.reader(console, 16 * 1024),
             vmm_tail.reader(vmm_stderr, 4096),
         ];
         let control_r = clone(&control)?;
         let t = tx.clone();
-        threads.push(std::thread::spawn(move || read_control(control_r, t)));
+        threads.push(std::thread::spawn(move || {
+            read_control(control_r, |e| t.send(e).is_ok())
+        }));
         for (i, (port, sink)) in [stdout, stderr].into_iter().zip(&sinks).enumerate() {
             let (t, sink) = (tx.clone(), sink.clone());
             threads.push(std::thread::spawn(move || read_output(port, i, sink, t)));
@@ -508,7 +480,7 @@ impl WarmVm {
         let mut vm = WarmVm {
             host,
             control,
-            stdin: stdin.ok_or_else(|| fail("a warm VM needs its stdin port"))?,
+            stdin: stdin.ok_or(VmError::NoStdinPort)?,
             events: rx,
             activity,
             sinks,
@@ -535,13 +507,7 @@ impl WarmVm {
                 Ok(Event::Ready(v)) if restored && v["reseeded"] != true => {
                     // Its random generator is the snapshot's, shared by every VM restored from it.
                     vm.kill();
-                    return Err(restore_failed(
-                        restored,
-                        snapshot,
-                        fail(
-                            "the restored guest could not reseed its random generator (see its log)",
-                        ),
-                    ));
+                    return Err(restore_failed(restored, snapshot, VmError::NotReseeded));
                 }
                 Ok(Event::Ready(v)) => {
                     info.boot_ms = v["uptime_ms"].as_u64().filter(|_| !restored);
@@ -554,23 +520,16 @@ impl WarmVm {
                     return Ok(vm);
                 }
                 Ok(Event::Broken(why)) => {
-                    let m = format!(
-                        "the warm VM did not boot ({why}); the guest's last words:\n{}",
-                        vm.console.text()
-                    );
+                    let console = vm.console.text();
                     vm.kill();
-                    return Err(restore_failed(restored, snapshot, fail(m)));
+                    let failure = VmError::NotBooted { why, console };
+                    return Err(restore_failed(restored, snapshot, failure));
                 }
                 Ok(_) => {}
                 Err(_) => {
                     vm.kill();
-                    return Err(restore_failed(
-                        restored,
-                        snapshot,
-                        fail(format!(
-                            "the warm VM's agent did not report ready within {boot_limit:?}"
-                        )),
-                    ));
+                    let failure = VmError::ReadyTimeout(boot_limit);
+                    return Err(restore_failed(restored, snapshot, failure));
                 }
             }
         }
@@ -583,7 +542,7 @@ impl WarmVm {
         stdin_source: Option<OwnedFd>,
         targets: [OwnedFd; 2],
         pool: Arc<PoolInner>,
-    ) -> Result<PooledRun, SetupFailure> {
+    ) -> Result<PooledRun, VmError> {
         for (sink, target) in self.sinks.iter().zip(targets) {
             *sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(File::from(target));
         }
@@ -597,29 +556,23 @@ impl WarmVm {
             Ok(p) => p,
             Err(e) => {
                 pool.discard(self, "its run could not be started");
-                return Err(fail(format!("starting the run on a warm VM: {e}")));
+                return Err(VmError::StartRun(e));
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
         let stdin_relay = {
             let stop = stop.clone();
-            std::thread::spawn(move || relay_stdin(stdin_source, to, &stop))
+            std::thread::spawn(move || relay_stdin(stdin_source, to, Stdin::Framed, &stop))
         };
         Ok(PooledRun::new(self, stop, stdin_relay, pidfd, pool))
     }
 
     fn pidfd(&self) -> BorrowedFd<'_> {
-        match &self.host {
-            Host::Sandboxed(s) => s.pidfd.as_fd(),
-            Host::Plain(_, fd) => fd.as_fd(),
-        }
+        self.host.pidfd()
     }
 
     fn pid(&self) -> u32 {
-        match &self.host {
-            Host::Sandboxed(s) => s.pid as u32,
-            Host::Plain(c, _) => c.id(),
-        }
+        self.host.pid()
     }
 
     /// Ends the VM: the agent sees its control port close and stops; the host then kills and reaps it.

@@ -11,8 +11,15 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use super::cmdline;
-use crate::probe::{KvmFlavour, KvmReport};
+use super::error::VmError;
+use super::hypervisor::{Hypervisor, Invocation, Request};
+use super::launch::guest_files;
+use crate::outcome::VmInfo;
+use crate::protocol::ShareFs;
+use crate::vmm::{KvmFlavour, KvmReport};
 
 /// How QEMU executes the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +152,8 @@ impl Machine {
         push("-initrd".into());
         push(path_arg(&self.initramfs));
         push("-append".into());
-        // The ports are announced, so the agent waits for each of them.
+        // The ports are announced, so the agent waits for each of them (else a run on a starved guest could
+        // start before its stdout port is named, and its output would go to the console).
         push(cmdline::kernel_cmdline_with_ports(
             self.accel == Accel::Kvm,
             self.pvm,
@@ -173,6 +181,79 @@ impl Machine {
             push(format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", s.tag));
         }
         a
+    }
+}
+
+/// How long a guest may take from QEMU's start to the agent's READY line.
+const BOOT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The QEMU engine.
+#[derive(Debug)]
+pub(crate) struct Qemu;
+
+impl Hypervisor for Qemu {
+    fn share_fs(&self) -> ShareFs {
+        ShareFs::NineP
+    }
+
+    fn boot_limit(&self) -> Duration {
+        BOOT_LIMIT
+    }
+
+    fn max_shares(&self) -> Option<usize> {
+        None
+    }
+
+    fn snapshots(&self) -> bool {
+        false
+    }
+
+    fn invocation(&self, request: &Request<'_>) -> Result<Invocation, VmError> {
+        let qemu_bin = find_qemu().ok_or(VmError::NoQemu)?;
+        let (kernel, _agent, initrd) = guest_files()?;
+        let (accel, accel_reason) = choose_accel(&crate::vmm::probe_kvm());
+        let machine = Machine {
+            kernel: kernel.clone(),
+            initramfs: initrd.clone(),
+            memory_mib: request.memory_mib,
+            cpus: request.cpus,
+            accel,
+            // `choose_accel` never picks KVM on kvm_pvm.
+            pvm: false,
+            cmdline: String::new(),
+            shares: request.shares.to_vec(),
+            ports: request
+                .ports
+                .iter()
+                .map(|&(name, fd)| Port { name, fd })
+                .collect(),
+            console_fd: request.console_fd,
+        };
+        let args = move |kernel: &Path, initrd: &Path| {
+            let mut m = machine.clone();
+            m.kernel = kernel.to_path_buf();
+            m.initramfs = initrd.to_path_buf();
+            m.args()
+        };
+        Ok(Invocation {
+            program: qemu_bin,
+            program_at: None,
+            system_view: true,
+            kvm_device: accel == Accel::Kvm,
+            kernel,
+            initramfs: initrd,
+            shares: request.shares.to_vec(),
+            fds: Vec::new(),
+            args: Box::new(args),
+            plain_files: [8, 9],
+            info: VmInfo {
+                engine: "qemu".into(),
+                accelerator: accel.name().into(),
+                accelerator_reason: accel_reason,
+                ..VmInfo::default()
+            },
+            snapshot: None,
+        })
     }
 }
 

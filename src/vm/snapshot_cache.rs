@@ -52,6 +52,51 @@ impl SnapshotCache {
     }
 }
 
+/// What went wrong on a VM's snapshot channel or with its snapshot file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SnapshotError {
+    /// Setting the channel's read timeout.
+    #[error("setting the timeout of the VMM's snapshot channel: {0}")]
+    Timeout(#[source] std::io::Error),
+    /// The VMM ended (its own error tells why).
+    #[error("the VMM closed its snapshot channel (it failed: see its error)")]
+    Closed,
+    /// The VMM said nothing in time.
+    #[error("no answer from the VMM's snapshot channel within {limit:?}: {source}")]
+    NoAnswer {
+        limit: Duration,
+        source: std::io::Error,
+    },
+    /// The VMM said something else than the protocol's next line.
+    #[error("unexpected {what} {line:?}")]
+    Unexpected { what: &'static str, line: String },
+    /// No random seed for a restored guest.
+    #[error("reading /dev/urandom for the restored guest's random seed: {0}")]
+    Seed(#[source] std::io::Error),
+    /// The ping to a restored agent.
+    #[error("asking the restored agent whether it runs: {0}")]
+    Ping(#[source] std::io::Error),
+    /// A save asked of a restored VM.
+    #[error("this VM was restored, not booted")]
+    NotBooted,
+    /// Asking the VMM to save.
+    #[error("asking for a snapshot: {0}")]
+    Ask(#[source] std::io::Error),
+    /// The VMM could not save (its reason).
+    #[error("{0}")]
+    Refused(String),
+    /// The VMM's save report is not what it should be.
+    #[error("bad save report: {0}")]
+    BadReport(#[source] serde_json::Error),
+    /// Syncing or renaming the saved file into place.
+    #[error("{call} {}: {source}", path.display())]
+    File {
+        call: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// How many snapshots a cache directory keeps.
 pub const KEPT: usize = 4;
 
@@ -224,17 +269,15 @@ pub(crate) struct Session {
 }
 
 /// Reads one line within `limit`; an error when the channel closes or stays silent.
-fn read_reply(r: &mut BufReader<UnixStream>, limit: Duration) -> Result<String, String> {
+fn read_reply(r: &mut BufReader<UnixStream>, limit: Duration) -> Result<String, SnapshotError> {
     r.get_ref()
         .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
-        .map_err(|e| e.to_string())?;
+        .map_err(SnapshotError::Timeout)?;
     let mut line = String::new();
     match r.by_ref().take(1 << 16).read_line(&mut line) {
-        Ok(0) => Err("the VMM closed its snapshot channel (it failed: see its error)".into()),
+        Ok(0) => Err(SnapshotError::Closed),
         Ok(_) => Ok(line.trim().to_string()),
-        Err(e) => Err(format!(
-            "no answer from the VMM's snapshot channel within {limit:?}: {e}"
-        )),
+        Err(source) => Err(SnapshotError::NoAnswer { limit, source }),
     }
 }
 
@@ -260,21 +303,24 @@ impl Session {
         &mut self,
         control: &UnixStream,
         limit: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), SnapshotError> {
         match read_reply(&mut self.channel, limit)?.as_str() {
             "restored" => {}
-            other => return Err(format!("unexpected answer {other:?}")),
+            other => {
+                return Err(SnapshotError::Unexpected {
+                    what: "answer",
+                    line: other.into(),
+                });
+            }
         }
         let mut seed = [0u8; crate::protocol::MAX_SEED];
         File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut seed))
-            .map_err(|e| {
-                format!("reading /dev/urandom for the restored guest's random seed: {e}")
-            })?;
+            .map_err(SnapshotError::Seed)?;
         let hex = crate::protocol::to_hex(&seed);
         (&*control)
             .write_all(format!("{PING_LINE} {hex}\n").as_bytes())
-            .map_err(|e| format!("asking the restored agent whether it runs: {e}"))
+            .map_err(SnapshotError::Ping)
     }
 
     /// The restore failed: the snapshot is deleted so the next start boots and saves a new one.
@@ -285,29 +331,39 @@ impl Session {
     }
 
     /// Asks the VMM (whose guest is at its quiescent point) for a snapshot and puts it into the cache.
-    pub(crate) fn save(mut self, limit: Duration) -> Result<(PathBuf, SaveReport), String> {
+    pub(crate) fn save(mut self, limit: Duration) -> Result<(PathBuf, SaveReport), SnapshotError> {
         let Plan::Save { file, tmp, path } = &self.plan else {
-            return Err("this VM was restored, not booted".into());
+            return Err(SnapshotError::NotBooted);
         };
         let result = (|| {
             let deadline = Instant::now() + limit;
             let left = || deadline.saturating_duration_since(Instant::now());
             match read_reply(&mut self.channel, left())?.as_str() {
                 "started" => {}
-                other => return Err(format!("unexpected greeting {other:?}")),
+                other => {
+                    return Err(SnapshotError::Unexpected {
+                        what: "greeting",
+                        line: other.into(),
+                    });
+                }
             }
             self.channel
                 .get_mut()
                 .write_all(b"save\n")
-                .map_err(|e| format!("asking for a snapshot: {e}"))?;
+                .map_err(SnapshotError::Ask)?;
             let reply = read_reply(&mut self.channel, left())?;
             let Some(json) = reply.strip_prefix("saved ") else {
-                return Err(reply.strip_prefix("failed ").unwrap_or(&reply).to_string());
+                let why = reply.strip_prefix("failed ").unwrap_or(&reply);
+                return Err(SnapshotError::Refused(why.to_string()));
             };
             let report: SaveReport =
-                serde_json::from_str(json).map_err(|e| format!("bad save report: {e}"))?;
-            file.sync_all().map_err(|e| format!("fsync: {e}"))?;
-            std::fs::rename(tmp, path).map_err(|e| format!("rename: {e}"))?;
+                serde_json::from_str(json).map_err(SnapshotError::BadReport)?;
+            let at = |call, path: &Path| {
+                let path = path.to_path_buf();
+                move |source| SnapshotError::File { call, path, source }
+            };
+            file.sync_all().map_err(at("fsync", tmp))?;
+            std::fs::rename(tmp, path).map_err(at("rename", tmp))?;
             Ok((path.clone(), report))
         })();
         if result.is_err() {
@@ -439,7 +495,10 @@ mod tests {
             assert_eq!(l, "save\n");
             vmm.write_all(b"failed share busy\n").unwrap();
         });
-        assert_eq!(s.save(Duration::from_secs(5)).unwrap_err(), "share busy");
+        assert_eq!(
+            s.save(Duration::from_secs(5)).unwrap_err().to_string(),
+            "share busy"
+        );
         t.join().unwrap();
         assert!(!tmp.exists() && !path.exists());
         // The VMM dies.
@@ -447,13 +506,15 @@ mod tests {
         drop(vmm);
         let e = Session::new(host, plan())
             .save(Duration::from_secs(5))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("closed"), "{e}");
         // The VMM says nothing.
         let (host, _vmm) = UnixStream::pair().unwrap();
         let e = Session::new(host, plan())
             .save(Duration::from_millis(50))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no answer"), "{e}");
         assert!(!tmp.exists() && !path.exists());
         std::fs::remove_dir_all(&dir).unwrap();

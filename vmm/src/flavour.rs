@@ -1,5 +1,6 @@
 //! Which KVM `/dev/kvm` is: hardware virtualisation (VT-x/SVM), or PVM (the `kvm_pvm` module: KVM in
-//! software, on hosts without VT-x/SVM, where a guest kernel needs boot options of its own and boots slowly).
+//! software, on hosts without VT-x/SVM, where a guest kernel needs boot options of its own and boots slowly),
+//! and whether this caller can use it ([`probe_kvm`]).
 
 use std::path::Path;
 
@@ -63,6 +64,38 @@ impl KvmFlavour {
 impl std::fmt::Display for KvmFlavour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How `/dev/kvm` behaves here, for this caller.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KvmReport {
+    /// `/dev/kvm` opens and answers KVM_GET_API_VERSION with the stable API version (12).
+    pub usable: bool,
+    /// Hardware (VT-x/SVM), PVM (the kvm_pvm software module) or unknown; serialised as "hardware", "pvm" or
+    /// "none".
+    pub flavour: KvmFlavour,
+    /// Why it is not usable, when it is not.
+    pub reason: Option<String>,
+}
+
+/// Opens `/dev/kvm` and asks for its API version: whether this caller can run a VM here, and on which KVM.
+pub fn probe_kvm() -> KvmReport {
+    let flavour = KvmFlavour::detect();
+    match kvm_ioctls::Kvm::new() {
+        Ok(kvm) => {
+            let v = kvm.get_api_version();
+            KvmReport {
+                usable: v == 12,
+                flavour,
+                reason: (v != 12).then(|| format!("KVM_GET_API_VERSION returned {v}")),
+            }
+        }
+        Err(e) => KvmReport {
+            usable: false,
+            flavour,
+            reason: Some(format!("cannot open /dev/kvm: {e}")),
+        },
     }
 }
 

@@ -52,7 +52,7 @@ pub mod vm;
 use std::time::Duration;
 
 pub use devices::serial::Console;
-pub use flavour::KvmFlavour;
+pub use flavour::{KvmFlavour, KvmReport, probe_kvm};
 pub use snapshot::SnapshotOptions;
 pub use vcpu::GuestExit;
 pub use vm::{

@@ -8,9 +8,12 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Event, PoolInner, WarmVm, fail};
+use super::{Event, PoolInner, WarmVm};
+use crate::backend::Run;
 use crate::error::Error;
 use crate::outcome::{BackendKind, Outcome, Status, TimeLimit};
+use crate::vm::engine::{last_lines, no_failure};
+use crate::vm::error::VmError;
 
 /// How a served run ended, as the collector saw it.
 struct RunEnd {
@@ -55,34 +58,10 @@ impl PooledRun {
         }
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.vm.as_ref().map_or(0, WarmVm::pid)
-    }
-
     /// How long past the run's own timeout the host waits for the guest's verdict: the guest builds the
     /// run's sandbox before the program's clock starts, which takes long under software KVM.
     pub(crate) fn setup_grace(&self) -> Duration {
         self.pool.engine.boot_limit().min(Duration::from_secs(300))
-    }
-
-    /// The VMM's pidfd: signals go there (SIGKILL ends the VM and so the run).
-    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
-    }
-
-    /// Readable when something happened on the VM's channels; then [`PooledRun::ended`] tells whether the
-    /// run is over.
-    pub(crate) fn wait_fd(&self) -> BorrowedFd<'_> {
-        match &self.vm {
-            // SAFETY: the eventfd lives as long as the VM, which `self` holds while the borrow lives.
-            Some(vm) => unsafe { BorrowedFd::borrow_raw(vm.activity.as_raw_fd()) },
-            None => self.pidfd.as_fd(),
-        }
-    }
-
-    /// Takes what arrived; whether the run has ended (verdict and both output ends, or the VM broke).
-    pub(crate) fn ended(&mut self) -> bool {
-        self.collect(Duration::ZERO)
     }
 
     /// Takes the events that arrive within `wait`; whether the run has ended.
@@ -113,8 +92,39 @@ impl PooledRun {
             }
         }
     }
+}
 
-    pub(crate) fn finish(mut self, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
+impl Run for PooledRun {
+    fn pid(&self) -> u32 {
+        self.vm.as_ref().map_or(0, WarmVm::pid)
+    }
+
+    /// The VMM's pidfd: signals go there (SIGKILL ends the VM and so the run).
+    fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Readable when something happened on the VM's channels; then [`PooledRun::ended`] tells whether the
+    /// run is over.
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        match &self.vm {
+            // SAFETY: the eventfd lives as long as the VM, which `self` holds while the borrow lives.
+            Some(vm) => unsafe { BorrowedFd::borrow_raw(vm.activity.as_raw_fd()) },
+            None => self.pidfd.as_fd(),
+        }
+    }
+
+    /// Takes what arrived; whether the run has ended (verdict and both output ends, or the VM broke).
+    fn ended(&mut self) -> bool {
+        self.collect(Duration::ZERO)
+    }
+
+    /// Signals are not forwarded into the VM yet: only SIGKILL, which ends it.
+    fn forwards_signals(&self) -> bool {
+        false
+    }
+
+    fn finish(mut self: Box<Self>, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
         // After a kill the channels close promptly; a finished run has all its events queued already.
         self.collect(Duration::from_secs(10));
         self.stop.store(true, Ordering::Release);
@@ -144,25 +154,16 @@ impl PooledRun {
                 let status = if host_timeout {
                     Status::TimedOut(TimeLimit::Wall)
                 } else {
-                    Status::SetupFailed(fail(format!(
-                        "the warm VM ended without a verdict ({}{}); the guest's last words:\n{}",
-                        end.broken.as_deref().unwrap_or("unknown"),
-                        match vm.vmm_stderr.text().trim() {
-                            "" => String::new(),
-                            e => format!(", VMM: {e}"),
-                        },
-                        console
-                            .lines()
-                            .rev()
-                            .take(15)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )))
+                    Status::SetupFailed(
+                        VmError::WarmNoVerdict {
+                            why: end.broken.as_deref().unwrap_or("unknown").to_string(),
+                            vmm_said: vm.vmm_stderr.text(),
+                            console: last_lines(&console, 15),
+                        }
+                        .into(),
+                    )
                 };
-                Outcome::setup_failed(fail(""), BackendKind::Vm).with_status(status)
+                Outcome::setup_failed(no_failure(), BackendKind::Vm).with_status(status)
             }
         };
         outcome.backend = BackendKind::Vm;
@@ -184,7 +185,7 @@ impl PooledRun {
         Ok(outcome)
     }
 
-    pub(crate) fn abort(mut self) {
+    fn abort(mut self: Box<Self>) {
         self.stop.store(true, Ordering::Release);
         if let Some(vm) = self.vm.take() {
             self.pool.discard(vm, "its run was killed");

@@ -1,24 +1,13 @@
-//! A warm VM of the builtin engine and the snapshot cache ([`super::snapshot_cache`]): a restored VM is
+//! A warm VM of the builtin engine and the snapshot cache ([`crate::vm::snapshot_cache`]): a restored VM is
 //! checked before it serves (the VMM says it restored, the agent answers a ping with a new READY line);
 //! a booted one is saved at READY, before its first run mounts anything. A failed restore deletes the
-//! snapshot and says why; the pool then boots instead ([`RESTORE_FAILED`]).
+//! snapshot and says why; the pool then boots instead ([`VmError::RestoreFailed`]).
 
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::snapshot_cache::Session;
-use crate::outcome::{SetupFailure, Stage};
-
-/// How a failed restore's message starts: the pool boots instead.
-pub(super) const RESTORE_FAILED: &str = "restoring the warm VM from its snapshot failed";
-
-fn fail(message: String) -> SetupFailure {
-    SetupFailure {
-        stage: Stage::Vm,
-        errno: None,
-        message,
-    }
-}
+use crate::vm::error::VmError;
+use crate::vm::snapshot_cache::{Session, SnapshotError};
 
 /// For a VM being restored: waits for the VMM and pings the agent on `control`. Returns the session (for
 /// a booting VM, to save it at READY) and whether the VM is restored. On failure the snapshot is deleted
@@ -27,7 +16,7 @@ pub(super) fn restore_snapshot(
     snapshot: Option<Session>,
     control: &UnixStream,
     limit: Duration,
-) -> Result<(Option<Session>, bool), String> {
+) -> Result<(Option<Session>, bool), SnapshotError> {
     let Some(mut s) = snapshot else {
         return Ok((None, false));
     };
@@ -47,35 +36,30 @@ pub(super) fn restore_snapshot(
 pub(super) fn restore_failed(
     restored: bool,
     snapshot: Option<Session>,
-    failure: SetupFailure,
-) -> SetupFailure {
+    failure: VmError,
+) -> VmError {
     if !restored {
         return failure;
     }
     if let Some(s) = snapshot {
         s.discard();
     }
-    fail(format!(
-        "{RESTORE_FAILED} (the snapshot is deleted): {}",
-        failure.message
-    ))
+    VmError::RestoreFailed {
+        why: Box::new(failure),
+        vmm_said: String::new(),
+    }
 }
 
 /// The failure of a VMM that could not restore, with what it said.
-pub(super) fn vmm_refused(why: String, vmm_said: &str) -> SetupFailure {
-    let said = vmm_said.trim();
-    fail(format!(
-        "{RESTORE_FAILED} (the snapshot is deleted): {why}{}",
-        if said.is_empty() {
-            String::new()
-        } else {
-            format!("; the VMM said: {said}")
-        }
-    ))
+pub(super) fn vmm_refused(why: SnapshotError, vmm_said: &str) -> VmError {
+    VmError::RestoreFailed {
+        why: Box::new(why.into()),
+        vmm_said: vmm_said.to_string(),
+    }
 }
 
 /// Saves a booted VM at READY into the cache; a failure is only reported (the VM goes on anyway).
-pub(super) fn save_snapshot(session: Session, limit: Duration) {
+pub(in crate::vm) fn save_snapshot(session: Session, limit: Duration) {
     match session.save(limit.min(Duration::from_secs(120))) {
         Ok((path, r)) => tracing::info!(
             path = %path.display(),

@@ -1,0 +1,183 @@
+//! A run as the guest's agent gets it: the [`RunSpec`] of a [`Launch`], written once for cold runs
+//! ([`guest_spec`]: the run's own shares) and warm VMs ([`run_spec`] with the pool's shares).
+//!
+//! The host's system (`/usr` and `/etc` as the VMM's sandbox shows them, plus the top-level links) and every
+//! bind source become read-only or writable shares; the policy's bind sources are rewritten to where the agent
+//! mounts them, after the same link checks as the namespace backend's; inside the guest the agent is root,
+//! and the sandbox maps to the guest's nobody.
+
+use std::path::{Path, PathBuf};
+
+use super::error::VmError;
+use super::qemu::Share;
+use crate::namespace::Launch;
+use crate::policy::{Mount, Policy, SYSTEM_TOP};
+use crate::protocol::{Link, RunSpec, Share as GuestShare, ShareFs};
+
+/// Where the agent mounts the share of policy bind (or pool share) number `i`.
+pub(super) fn share_dir(i: usize) -> PathBuf {
+    PathBuf::from(format!("/run/sandbox/share/{i}"))
+}
+
+/// Where one bind source is in the guest, and the share that makes it so when a new one is needed.
+pub(super) type Placed = (PathBuf, Option<GuestShare>);
+
+/// The run specification of `launch` on top of `base` (its shares and links): every bind source checked
+/// and resolved, then put in the guest by `place(bind number, source, resolved source, writable)`.
+pub(super) fn run_spec(
+    launch: &Launch<'_>,
+    base: RunSpec,
+    mut place: impl FnMut(usize, &Path, PathBuf, bool) -> Result<Placed, VmError>,
+) -> Result<RunSpec, VmError> {
+    let mut spec = base;
+    let mut policy = launch.policy.clone();
+    for (i, m) in policy.mounts.iter_mut().enumerate() {
+        let (src, writable) = match m {
+            Mount::RoBind { src, .. } => (src, false),
+            Mount::Bind { src, .. } => (src, true),
+            Mount::Tmpfs { .. } => continue,
+        };
+        // The same refusal as the namespace backend's: no symlink planted by a sandbox (or another user) is
+        // followed to pick what the guest sees.
+        crate::namespace::plan::check_links(src)?;
+        let real = std::fs::canonicalize(&*src).map_err(|source| VmError::BindSource {
+            path: src.clone(),
+            source,
+        })?;
+        let (at, share) = place(i, src, real, writable)?;
+        spec.shares.extend(share);
+        *src = at;
+    }
+    // Inside the guest the agent is root; there the sandbox maps to the guest's nobody.
+    policy.host_uid = 65534;
+    policy.host_gid = 65534;
+    let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+    spec.program = text(launch.program);
+    spec.args = launch.args.iter().map(|a| text(a)).collect();
+    spec.env = launch.env.iter().map(|(k, v)| (text(k), text(v))).collect();
+    spec.cwd = launch.cwd.map(Path::to_path_buf);
+    spec.policy = policy;
+    spec.validate().map_err(VmError::Spec)?;
+    Ok(spec)
+}
+
+/// The guest's run specification for a VM of its own, and the shares the VMM must export for it (on a
+/// guest that mounts them with `fs`).
+pub(super) fn guest_spec(
+    launch: &Launch<'_>,
+    fs: ShareFs,
+) -> Result<(RunSpec, Vec<Share>), VmError> {
+    let mut shares = Vec::new();
+    let mut base = RunSpec {
+        program: String::new(),
+        args: Vec::new(),
+        env: Default::default(),
+        cwd: None,
+        policy: Policy::default(),
+        shares: Vec::new(),
+        links: Vec::new(),
+        serve: false,
+    };
+    let share = |tag: String, host: PathBuf, guest: PathBuf, readonly: bool| {
+        let guest = GuestShare {
+            tag: tag.clone(),
+            guest_path: guest,
+            fs,
+            readonly,
+        };
+        let host = Share {
+            tag,
+            path: host,
+            readonly,
+        };
+        (host, guest)
+    };
+    if launch.policy.system {
+        // The guest's system is the host's, read-only: /usr and /etc (as the VMM's own sandbox shows it,
+        // i.e. only the entries programs need), plus the top-level links or directories.
+        for (i, name) in SYSTEM_TOP.iter().enumerate() {
+            let host = Path::new("/").join(name);
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let target =
+                        std::fs::read_link(&host).map_err(|source| VmError::SystemLink {
+                            path: host.clone(),
+                            source,
+                        })?;
+                    base.links.push(Link { path: host, target });
+                }
+                Ok(m) if m.is_dir() => {
+                    let (h, g) = share(format!("sys{i}"), host.clone(), host, true);
+                    shares.push(h);
+                    base.shares.push(g);
+                }
+                _ => {}
+            }
+        }
+        let (h, g) = share("etc".into(), "/etc".into(), "/etc".into(), true);
+        shares.push(h);
+        base.shares.push(g);
+    }
+    let spec = run_spec(launch, base, |i, _, real, writable| {
+        // 9p shares directories: a file is reached through its directory.
+        let (dir, rest) = if real.is_dir() {
+            (real.clone(), PathBuf::new())
+        } else {
+            let parent = real.parent().unwrap_or(Path::new("/")).to_path_buf();
+            (parent, PathBuf::from(real.file_name().unwrap_or_default()))
+        };
+        let (h, g) = share(format!("b{i}"), dir, share_dir(i), !writable);
+        shares.push(h);
+        Ok((share_dir(i).join(rest), Some(g)))
+    })?;
+    Ok((spec, shares))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_are_placed_by_the_caller_and_the_sandbox_is_the_guests_nobody() {
+        let dir = std::env::temp_dir().join(format!("sandbox-run-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = Policy::default().bind(&dir, "/data").tmpfs("/scratch");
+        let program = std::ffi::OsString::from("/bin/true");
+        let launch = Launch {
+            program: &program,
+            args: &[],
+            env: &[],
+            cwd: None,
+            policy: &policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+        };
+        let real = dir.canonicalize().unwrap();
+        let base = guest_spec(&launch, ShareFs::Virtiofs).unwrap().0;
+        let mut seen = Vec::new();
+        let spec = run_spec(&launch, base.clone(), |i, _, real, writable| {
+            seen.push((i, real, writable));
+            Ok((share_dir(7).join("x"), None))
+        });
+        let refused = run_spec(&launch, base.clone(), |_, src, _, writable| {
+            Err(VmError::NotInPoolShare {
+                path: src.to_path_buf(),
+                writable,
+            })
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+        let spec = spec.unwrap();
+        assert_eq!(seen, [(0, real, true)]);
+        assert_eq!(spec.policy.mounts[0].dst(), Path::new("/data"));
+        assert!(
+            matches!(&spec.policy.mounts[0], Mount::Bind { src, .. } if src == Path::new("/run/sandbox/share/7/x"))
+        );
+        assert_eq!((spec.policy.host_uid, spec.policy.host_gid), (65534, 65534));
+        assert_eq!(spec.shares, base.shares);
+        assert!(spec.shares.iter().all(|s| s.fs == ShareFs::Virtiofs));
+        assert!(matches!(
+            refused,
+            Err(VmError::NotInPoolShare { writable: true, .. })
+        ));
+    }
+}
