@@ -168,7 +168,7 @@ impl Sandbox {
 
     /// Runs the program to the end and returns the verdict with stdout and stderr captured (stdin is null
     /// unless set). Failures to build the sandbox or start the program are a verdict too
-    /// ([`Status::SetupFailed`]); only an invalid policy is an error.
+    /// ([`Status::SetupFailed`](crate::Status::SetupFailed)); only an invalid policy is an error.
     pub fn output(&mut self) -> Result<Outcome, Error> {
         self.policy.validate()?;
         match self.spawn_with_defaults(|| Stdio::Null, || Stdio::Piped) {

@@ -5,6 +5,7 @@ use crate::policy::PolicyError;
 
 /// Errors of the sandbox API.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The policy is invalid.
     #[error(transparent)]

@@ -23,7 +23,7 @@ mod error;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod guest;
+mod guest;
 mod namespace;
 pub mod outcome;
 pub mod policy;
@@ -32,13 +32,25 @@ pub mod probe;
 pub mod protocol;
 mod running;
 pub mod vm;
+/// seccomp profiles: the policy's description ([`SeccompProfile`](seccomp::SeccompProfile), TOML profile
+/// files, the default profile with a reason per rule, x86_64 system call names), and the compiler to the BPF
+/// program a sandbox installs, for installing the same filter elsewhere.
+pub mod seccomp {
+    pub use crate::namespace::seccomp::{Filter, compile, install};
+    pub use crate::policy::seccomp::*;
+}
+
+/// The entry point of the guest agent binary `sandbox-init` (PID 1 of our microVM): not for library users.
+#[doc(hidden)]
+pub use guest::main as agent_main;
+
 // The builtin engine's VMM, a crate of its own (no longer part of this crate's API): `crate::vmm::` paths.
 use sandkasten_vmm as vmm;
 
 pub use backend::{Backend, BootWatch, VmEngine};
 pub use command::{Sandbox, Stdio};
 pub use error::Error;
-pub use namespace::{DEFAULT_PATH, landlock, seccomp};
+pub use namespace::DEFAULT_PATH;
 pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
 pub use policy::{Mount, Network, Policy, PolicyError};
 pub use probe::{HostReport, probe};

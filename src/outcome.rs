@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Which backend ran the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// Linux namespaces on the host kernel.
     Namespace,
@@ -18,6 +19,7 @@ pub enum BackendKind {
 /// The step of sandbox construction that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Stage {
     /// Preparing the run on the host (paths, pipes, plan).
     Prepare,
@@ -120,6 +122,7 @@ pub enum TimeLimit {
 
 /// How the run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Status {
     /// The program exited with this code.
     Exited(i32),
@@ -169,6 +172,7 @@ impl Status {
 
 /// Resources the run used, with where each figure came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Usage {
     /// Wall-clock time from spawn to the end of the last process.
     pub wall: Duration,
@@ -185,6 +189,7 @@ pub struct Usage {
 /// What the cgroup enforced, for the verdict.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct CgroupEnforced {
     /// "v1" or "v2".
     pub version: String,
@@ -200,6 +205,7 @@ pub struct CgroupEnforced {
 
 /// What landlock really enforces, for the verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LandlockEnforced {
     /// The ABI used: the kernel's, capped at the newest the landlock crate knows.
     pub landlock_abi: u32,
@@ -213,6 +219,7 @@ pub struct LandlockEnforced {
 
 /// The TCP part of [`LandlockEnforced`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LandlockNetEnforced {
     /// Rights handled: `bind_tcp`, `connect_tcp`.
     pub rights: Vec<String>,
@@ -225,6 +232,7 @@ pub struct LandlockNetEnforced {
 /// What was actually enforced for a run: the honest part of the verdict.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Enforced {
     /// The namespaces the program runs in.
     pub namespaces: Vec<String>,
@@ -254,6 +262,7 @@ pub struct Enforced {
 
 /// A writable tmpfs of the sandbox and the bounds it was mounted with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TmpfsBound {
     /// Where it is inside the sandbox.
     pub path: std::path::PathBuf,
@@ -274,6 +283,7 @@ pub struct Denial {
 
 /// How the VM backend ran the program.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct VmInfo {
     /// The engine: "qemu" or "builtin".
     pub engine: String,
@@ -293,6 +303,7 @@ pub struct VmInfo {
 
 /// The verdict of a run.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Outcome {
     /// How it ended.
     pub status: Status,

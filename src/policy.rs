@@ -15,6 +15,7 @@ pub use seccomp::{
 
 /// Errors in a policy, found before anything is spawned.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// A mount destination must be an absolute, normalised path other than `/`.
     #[error(
@@ -63,6 +64,7 @@ pub enum PolicyError {
 /// One filesystem entry of the sandbox's view.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum Mount {
     /// A host path shown read-only (and nosuid, nodev) at `dst`, submounts included.
     RoBind {
@@ -101,6 +103,7 @@ impl Mount {
 /// The network the sandbox sees.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Network {
     /// A network namespace of its own with only loopback, up.
     #[default]
@@ -116,6 +119,7 @@ pub enum Network {
 /// no home, no network, hostname `sandbox`, user and group 0 inside (mapped to an unprivileged host id).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Policy {
     /// Show the host system read-only (see the type's docs). `false` starts from an empty root.
     pub system: bool,
@@ -161,6 +165,7 @@ pub struct Policy {
 /// caller's own; without one they are reported as not enforced, unless `required`, which makes the run fail.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Limits {
     /// Memory of the whole tree in bytes, swap included (cgroup).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,6 +200,7 @@ pub struct Limits {
 /// Landlock settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Landlock {
     /// Apply landlock at all (ABI 1 is then required).
     pub enabled: bool,

@@ -11,6 +11,7 @@ pub use sandkasten_vmm::{KvmFlavour, KvmReport, probe_kvm};
 
 /// The cgroup layout the caller sits in.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CgroupReport {
     /// "v2" (unified only), "v1" (legacy controllers only), "hybrid" (v1 controllers beside an empty v2) or "none".
     pub layout: &'static str,
@@ -24,6 +25,7 @@ pub struct CgroupReport {
 
 /// The host report printed by `sandbox doctor`.
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct HostReport {
     /// `uname -r`.
     pub kernel: String,
@@ -47,6 +49,7 @@ pub struct HostReport {
 
 /// What the VM backend would use here.
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct VmReport {
     /// `qemu-system-x86_64`, when found.
     pub qemu: Option<PathBuf>,
@@ -84,9 +87,9 @@ pub fn probe() -> HostReport {
 }
 
 fn vm_report(kvm: &KvmReport) -> VmReport {
-    let qemu = crate::vm::qemu::find_qemu();
-    let (accel, why) = crate::vm::qemu::choose_accel(kvm);
-    let assets = crate::vm::assets::assets();
+    let qemu = crate::vm::find_qemu();
+    let (accel, why) = crate::vm::choose_accel(kvm);
+    let assets = crate::vm::assets();
     let problem = match (&qemu, &assets) {
         (None, _) => {
             Some("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".to_string())

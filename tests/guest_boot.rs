@@ -1,5 +1,5 @@
 //! The guest agent in a real microVM: our kernel (`kernel-config/`) and `sandbox-init` packed by
-//! `sandkasten::vm::initramfs::pack_agent`, booted under `qemu-system-x86_64 -M microvm -accel tcg` (no
+//! `sandkasten::vm::pack_agent`, booted under `qemu-system-x86_64 -M microvm -accel tcg` (no
 //! privileges needed), each boot killed after [`BOOT_TIMEOUT`].
 //!
 //! Artifacts: `SANDBOX_KERNEL` (a PVH `vmlinux`) and `SANDBOX_AGENT` (the static agent), else the output of
@@ -20,7 +20,7 @@ use sandkasten::protocol::{
     CONTROL_PORT, Link, READY_PREFIX, RunSpec, STDERR_PORT, STDOUT_PORT, Share, ShareFs,
     VERDICT_PREFIX, find_verdict,
 };
-use sandkasten::vm::initramfs::pack_agent;
+use sandkasten::vm::pack_agent;
 use serde_json::Value;
 use testkit::TempDir;
 

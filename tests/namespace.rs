@@ -417,9 +417,10 @@ fn passed_descriptors_arrive_at_their_numbers() {
 
 #[test]
 fn extra_devices_are_shown_and_checked() {
-    let with = |d: &str| Policy {
-        devices: vec![d.into()],
-        ..Policy::default()
+    let with = |d: &str| {
+        let mut p = Policy::default();
+        p.devices = vec![d.into()];
+        p
     };
     let o = sh("true")
         .policy(with("/dev/nonexistent-device"))

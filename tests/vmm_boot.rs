@@ -24,7 +24,7 @@ use sandkasten::protocol::{
     find_verdict,
 };
 use sandkasten::vm::cmdline::kernel_cmdline;
-use sandkasten::vm::initramfs::pack_agent;
+use sandkasten::vm::pack_agent;
 use sandkasten_vmm::virtio::console::VirtioConsole;
 use sandkasten_vmm::{self as vmm, GuestExit, KvmFlavour, VmConfig, regs::BootMode};
 

@@ -1,6 +1,6 @@
 //! `sandbox-init`: the guest agent, PID 1 of the sandbox microVM. Built static; all logic is in
-//! [`sandkasten::guest`].
+//! the crate's `guest` module.
 
 fn main() {
-    sandkasten::guest::main()
+    sandkasten::agent_main()
 }

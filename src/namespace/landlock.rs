@@ -116,8 +116,6 @@ pub struct Prepared {
     pub proc_access: u64,
     /// Rights of `/`: read_dir.
     pub root_access: u64,
-    /// The ABI used.
-    pub abi: u32,
     /// What is enforced, for the verdict.
     pub enforced: Enforced,
 }
@@ -296,7 +294,6 @@ pub fn prepare(
         dev_access: dev.bits(),
         proc_access: (make_bitflags!(AccessFs::{ReadFile | ReadDir}) & handled).bits(),
         root_access: (BitFlags::from(AccessFs::ReadDir) & handled).bits(),
-        abi: known as u32,
         enforced,
     })
 }

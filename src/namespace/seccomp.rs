@@ -55,9 +55,9 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-pub use crate::policy::seccomp::{
-    Action, ArgCond, CmpOp, CustomProfile, Rule, SeccompError, SeccompProfile, default_profile,
-    load_file, syscall_name, syscall_number,
+pub(crate) use crate::policy::seccomp::{
+    Action, ArgCond, CmpOp, SeccompError, SeccompProfile, default_profile, syscall_name,
+    syscall_number,
 };
 
 /// Slots of the per-syscall tables (every x86_64 number is below this).

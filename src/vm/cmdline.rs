@@ -1,6 +1,6 @@
 //! The guest kernel's command line, host side: the options every boot of our guest kernel (`kernel-config/`)
 //! and agent gets, those for QEMU's TCG and those for PVM, the announced virtio-serial ports and the agent's
-//! argument. Both engines build their line here: QEMU's `-append` ([`super::qemu`]) and the builtin VMM's
+//! argument. Both engines build their line here: QEMU's `-append` (`qemu.rs`) and the builtin VMM's
 //! configuration (the VMM itself takes the line as given and only appends its virtio-mmio options).
 
 /// Kernel options for every boot: console on the serial port, quiet, reboot through the keyboard controller

@@ -7,7 +7,7 @@
 //! because the kernel's unpacker does not create them.
 //!
 //! ```
-//! use sandkasten::vm::initramfs::Initramfs;
+//! use sandkasten::vm::Initramfs;
 //!
 //! let mut cpio = Initramfs::new();
 //! cpio.dir("/etc", 0o755)?
@@ -15,7 +15,7 @@
 //!     .symlink("/bin", "usr/bin")?;
 //! let bytes = cpio.finish();
 //! assert!(bytes.starts_with(b"070701"));
-//! # Ok::<(), sandkasten::vm::initramfs::InitramfsError>(())
+//! # Ok::<(), sandkasten::vm::InitramfsError>(())
 //! ```
 
 use std::collections::BTreeMap;

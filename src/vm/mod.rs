@@ -1,20 +1,31 @@
 //! The VM backend: where a host cannot create namespaces, the same [`Policy`](crate::Policy) runs in a microVM
 //! with our guest kernel (`kernel-config/`) and the guest agent `sandbox-init` (`guest/`) as PID 1.
 //!
-//! This module holds what the host side needs to prepare a guest: [`initramfs`] packs the agent (and, without
-//! a control port, the run specification) into the uncompressed initramfs the kernel unpacks at boot.
+//! Runs go through [`Sandbox`](crate::Sandbox) and [`VmPool`](crate::VmPool); what is public here is the guest
+//! itself, for tools that boot it some other way: where its kernel and agent are ([`assets`]), its
+//! uncompressed initramfs ([`pack_agent`]), its kernel command line ([`cmdline`]), and the QEMU this host
+//! would use ([`find_qemu`], [`choose_accel`]).
+//!
+//! Inside (where each kind of change goes: ARCHITECTURE.md): the engine seam (`hypervisor.rs`, implemented by
+//! `qemu.rs` and `builtin.rs`), the confined launcher (`launch.rs`), cold runs (`engine.rs`), warm VMs
+//! (`pool.rs`, `pool/`), the run specification (`run_spec.rs`), the control channel (`control.rs`) and the
+//! snapshot cache (`snapshot_cache.rs`, `cold_snapshot.rs`).
 
-pub mod assets;
+mod assets;
 mod builtin;
 pub mod cmdline;
 mod cold_snapshot;
 mod control;
-pub mod engine;
+pub(crate) mod engine;
 mod error;
 mod hypervisor;
-pub mod initramfs;
+mod initramfs;
 mod launch;
-pub mod pool;
-pub mod qemu;
+pub(crate) mod pool;
+mod qemu;
 mod run_spec;
-pub mod snapshot_cache;
+pub(crate) mod snapshot_cache;
+
+pub use assets::{AssetError, assets};
+pub use initramfs::{ExtraFile, Initramfs, InitramfsError, pack_agent};
+pub use qemu::{Accel, choose_accel, find_qemu};

@@ -79,7 +79,7 @@ pub struct PoolOptions {
     /// The VMM: Auto takes our own where hardware KVM is usable, else QEMU.
     pub engine: crate::VmEngine,
     /// Builtin engine: VMs are restored from a snapshot of the same booted guest instead of booting, and a
-    /// boot without one saves it ([`snapshot_cache`](super::snapshot_cache)).
+    /// boot without one saves it ([`SnapshotCache`](crate::SnapshotCache)).
     pub snapshots: SnapshotCache,
 }
 
@@ -99,6 +99,7 @@ impl Default for PoolOptions {
 
 /// Counters of a pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolStats {
     /// VMs booted.
     pub boots: u64,

@@ -23,7 +23,7 @@ use crate::vmm::snapshot::SaveReport;
 use crate::vmm::snapshot::format::VERSION;
 
 /// Where the builtin engine keeps snapshots of its booted guest, for a [`VmPool`](crate::VmPool) and for cold
-/// runs ([`Sandbox::vm_snapshots`](crate::Sandbox::vm_snapshots)). At most [`KEPT`] snapshots stay (the
+/// runs ([`Sandbox::vm_snapshots`](crate::Sandbox::vm_snapshots)). At most four snapshots stay (the
 /// least recently used go first); each is the guest's RAM with its zero pages as holes (tens of MiB on
 /// disk for a 512 MiB guest).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -68,15 +68,15 @@ fn children_maxrss_kib() -> i64 {
 /// (the agent finds no specification, reports, and ends the VM), plus QEMU's peak RSS.
 pub fn vm(runs: usize, cli: &std::path::Path) {
     println!("\nVM backend: cold run of /bin/true, {runs} runs each (QEMU engine)");
-    if let Err(e) = sandkasten::vm::assets::assets() {
+    if let Err(e) = sandkasten::vm::assets() {
         println!("skipped: {e}");
         return;
     }
-    if sandkasten::vm::qemu::find_qemu().is_none() {
+    if sandkasten::vm::find_qemu().is_none() {
         println!("skipped: no qemu-system-x86_64");
         return;
     }
-    let accel = sandkasten::vm::qemu::choose_accel(&sandkasten::probe::probe_kvm()).0;
+    let accel = sandkasten::vm::choose_accel(&sandkasten::probe::probe_kvm()).0;
     let mut bare = super::vm::bare_qemu_times(
         accel.name(),
         &sandkasten::vm::cmdline::kernel_cmdline(accel.name() == "kvm", false, ""),

@@ -153,14 +153,14 @@ pub fn bare_qemu_times(accel: &str, cmdline: &str, runs: usize) -> Vec<Duration>
     } else {
         "max"
     };
-    let Ok((kernel, agent)) = sandkasten::vm::assets::assets() else {
+    let Ok((kernel, agent)) = sandkasten::vm::assets() else {
         return Vec::new();
     };
-    let Some(qemu) = sandkasten::vm::qemu::find_qemu() else {
+    let Some(qemu) = sandkasten::vm::find_qemu() else {
         return Vec::new();
     };
     let initrd = std::env::temp_dir().join(format!("sandbox-bench-vm-{}.cpio", std::process::id()));
-    let packed = sandkasten::vm::initramfs::pack_agent(&agent, None, &[]);
+    let packed = sandkasten::vm::pack_agent(&agent, None, &[]);
     if !packed.is_ok_and(|b| std::fs::write(&initrd, b).is_ok()) {
         return Vec::new();
     }

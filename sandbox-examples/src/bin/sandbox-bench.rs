@@ -230,10 +230,8 @@ fn main() {
             o.status == Status::Exited(0)
         })
     };
-    let no_audit = Policy {
-        audit_denials: false,
-        ..Policy::default()
-    };
+    let mut no_audit = Policy::default();
+    no_audit.audit_denials = false;
     let mut no_landlock = Policy::default();
     no_landlock.landlock.enabled = false;
     let mut bare_policy = no_landlock.clone().seccomp(SeccompProfile::None);

@@ -284,6 +284,7 @@ fn failed(binary: &Path, status: &Status) -> ExitCode {
         Status::OomKilled => eprintln!("sandbox-test-runner: {name:?} was OOM-killed"),
         Status::SetupFailed(f) => eprintln!("sandbox-test-runner: {f}"),
         Status::Exited(_) => {}
+        other => eprintln!("sandbox-test-runner: {name:?} ended: {other:?}"),
     }
     ExitCode::from(status.exit_code().clamp(0, 255) as u8)
 }

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::*;
-use crate::policy::seccomp::{CLONE_NEW_FLAGS, syscalls};
+use crate::policy::seccomp::{CLONE_NEW_FLAGS, load_file, syscalls};
 use serde::{Deserialize, Serialize};
 
 const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
