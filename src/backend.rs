@@ -2,6 +2,7 @@
 //! implements ([`Run`]): `SandboxChild` drives a namespace run, a cold VM run and a pooled run through it alone.
 
 use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::Error;
@@ -29,6 +30,36 @@ pub enum VmEngine {
     Qemu,
     /// Our own KVM VMM.
     Builtin,
+}
+
+/// Where the builtin engine keeps snapshots of its booted guest, for a [`VmPool`](crate::VmPool) and for cold
+/// runs ([`Sandbox::vm_snapshots`](crate::Sandbox::vm_snapshots)). At most four snapshots stay (the
+/// least recently used go first); each is the guest's RAM with its zero pages as holes (tens of MiB on
+/// disk for a 512 MiB guest).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotCache {
+    /// No snapshots: every VM boots.
+    Off,
+    /// `$XDG_CACHE_HOME/sandbox/snapshots`, else `~/.cache/sandbox/snapshots` (next to the kernel cache).
+    /// The default.
+    #[default]
+    User,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+impl SnapshotCache {
+    /// The directory, unless snapshots are off (or there is no home to cache in).
+    pub fn dir(&self) -> Option<PathBuf> {
+        match self {
+            SnapshotCache::Off => None,
+            SnapshotCache::Dir(d) => Some(d.clone()),
+            SnapshotCache::User => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+                .map(|c| c.join("sandbox/snapshots")),
+        }
+    }
 }
 
 /// A running sandbox of one backend, as [`SandboxChild`](crate::SandboxChild) drives it.
@@ -66,6 +97,7 @@ pub(crate) trait Run: std::fmt::Debug + Send {
 pub struct BootWatch(std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
 
 impl BootWatch {
+    #[cfg_attr(not(feature = "vm"), allow(dead_code))]
     pub(crate) fn new(ready: impl Fn() -> bool + Send + Sync + 'static) -> BootWatch {
         BootWatch(std::sync::Arc::new(ready))
     }

@@ -13,6 +13,7 @@ use crate::namespace::{self, Launch};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage};
 use crate::policy::Policy;
 use crate::running::SandboxChild;
+#[cfg(feature = "vm")]
 use crate::vm;
 
 /// Where one of the program's standard streams goes.
@@ -49,6 +50,7 @@ pub struct Sandbox {
     backend: Backend,
     vm_engine: VmEngine,
     vm_snapshots: crate::SnapshotCache,
+    #[cfg(feature = "vm")]
     pool: Option<crate::VmPool>,
     extra_fds: Vec<(OwnedFd, RawFd)>,
 }
@@ -66,6 +68,7 @@ impl Sandbox {
             backend: Backend::Auto,
             vm_engine: VmEngine::Auto,
             vm_snapshots: crate::SnapshotCache::default(),
+            #[cfg(feature = "vm")]
             pool: None,
             extra_fds: Vec::new(),
         }
@@ -153,6 +156,7 @@ impl Sandbox {
         self
     }
 
+    #[cfg(feature = "vm")]
     /// Runs on a warm VM of `pool` (booting one when none is idle) instead of a fresh sandbox: the VM
     /// backend, without the boot. See [`VmPool`](crate::VmPool).
     pub fn vm_pool(&mut self, pool: &crate::VmPool) -> &mut Self {
@@ -260,52 +264,7 @@ impl Sandbox {
             extra_fds: &extra,
         };
         let started = Instant::now();
-        let timeout = self.policy.timeout;
-        let (inner, deadline) = match (&self.pool, self.backend) {
-            (Some(pool), _) => {
-                let run = pool.spawn(&launch).map_err(Error::Setup)?;
-                // The guest enforces the timeout; its sandbox set-up comes first, slow under software KVM.
-                let grace = run.setup_grace();
-                (Box::new(run) as Box<dyn Run>, timeout.map(|t| t + grace))
-            }
-            (None, Backend::Namespace) => (
-                Box::new(namespace::spawn(&launch).map_err(Error::Setup)?) as Box<dyn Run>,
-                timeout.map(|t| t + TIMEOUT_GRACE),
-            ),
-            (None, Backend::Vm) => {
-                let engine = vm::engine::Engine::pick(self.vm_engine);
-                let cache = self.vm_snapshots.dir();
-                let run = vm::engine::spawn(&launch, None, engine, cache.as_deref())
-                    .map_err(Error::Setup)?;
-                let grace = run.boot_limit();
-                (Box::new(run) as Box<dyn Run>, timeout.map(|t| t + grace))
-            }
-            (None, Backend::Auto) => match namespace::spawn(&launch) {
-                Ok(s) => (
-                    Box::new(s) as Box<dyn Run>,
-                    timeout.map(|t| t + TIMEOUT_GRACE),
-                ),
-                // The host cannot give this policy its namespaces or its required limits: the VM can.
-                Err(f) if f.stage == Stage::Namespaces || f.stage == Stage::Cgroup => {
-                    let reason = format!("namespace backend unavailable: {}", f.message);
-                    let engine = vm::engine::Engine::pick(self.vm_engine);
-                    let cache = self.vm_snapshots.dir();
-                    let vm = vm::engine::spawn(&launch, Some(reason), engine, cache.as_deref())
-                        .map_err(|v| {
-                            Error::Setup(SetupFailure {
-                                message: format!(
-                                    "{}; and the VM backend: {}",
-                                    f.message, v.message
-                                ),
-                                ..v
-                            })
-                        })?;
-                    let grace = vm.boot_limit();
-                    (Box::new(vm) as Box<dyn Run>, timeout.map(|t| t + grace))
-                }
-                Err(f) => return Err(Error::Setup(f)),
-            },
-        };
+        let (inner, deadline) = self.start(&launch)?;
         drop(held);
         Ok(SandboxChild::new(
             inner,
@@ -313,6 +272,72 @@ impl Sandbox {
             deadline,
             (streams.stdin, streams.stdout, streams.stderr),
         ))
+    }
+
+    /// Starts the run on its backend, the one place a backend is chosen: a pool's warm VM, the namespace
+    /// backend, a VM, or (Auto) the namespace backend with a VM as the fallback where this host cannot give
+    /// the policy its namespaces or its required limits. Returns the run and when the host stops waiting for
+    /// the sandbox's own timeout.
+    fn start(&self, launch: &Launch<'_>) -> Result<(Box<dyn Run>, Option<Duration>), Error> {
+        let timeout = self.policy.timeout;
+        #[cfg(feature = "vm")]
+        if let Some(pool) = &self.pool {
+            let run = pool.spawn(launch).map_err(Error::Setup)?;
+            // The guest enforces the timeout; its sandbox set-up comes first, slow under software KVM.
+            let grace = run.setup_grace();
+            return Ok((Box::new(run), timeout.map(|t| t + grace)));
+        }
+        let namespace = |s: namespace::Started| -> (Box<dyn Run>, Option<Duration>) {
+            (Box::new(s), timeout.map(|t| t + TIMEOUT_GRACE))
+        };
+        match self.backend {
+            Backend::Namespace => Ok(namespace(namespace::spawn(launch).map_err(Error::Setup)?)),
+            Backend::Vm => self.start_vm(launch, None).map_err(Error::Setup),
+            Backend::Auto => match namespace::spawn(launch) {
+                Ok(s) => Ok(namespace(s)),
+                // The host cannot give this policy its namespaces or its required limits: the VM can.
+                Err(f) if f.stage == Stage::Namespaces || f.stage == Stage::Cgroup => {
+                    let reason = format!("namespace backend unavailable: {}", f.message);
+                    self.start_vm(launch, Some(reason)).map_err(|v| {
+                        Error::Setup(SetupFailure {
+                            message: format!("{}; and the VM backend: {}", f.message, v.message),
+                            ..v
+                        })
+                    })
+                }
+                Err(f) => Err(Error::Setup(f)),
+            },
+        }
+    }
+
+    /// A cold VM run; `fallback_reason`: why Auto did not use the namespace backend.
+    #[cfg(feature = "vm")]
+    fn start_vm(
+        &self,
+        launch: &Launch<'_>,
+        fallback_reason: Option<String>,
+    ) -> Result<(Box<dyn Run>, Option<Duration>), SetupFailure> {
+        let engine = vm::engine::Engine::pick(self.vm_engine);
+        let cache = self.vm_snapshots.dir();
+        let run = vm::engine::spawn(launch, fallback_reason, engine, cache.as_deref())?;
+        let grace = run.boot_limit();
+        Ok((Box::new(run), self.policy.timeout.map(|t| t + grace)))
+    }
+
+    /// Without the `vm` feature there is no VM backend to start.
+    #[cfg(not(feature = "vm"))]
+    fn start_vm(
+        &self,
+        _launch: &Launch<'_>,
+        _fallback_reason: Option<String>,
+    ) -> Result<(Box<dyn Run>, Option<Duration>), SetupFailure> {
+        Err(SetupFailure {
+            stage: Stage::Vm,
+            errno: None,
+            message: "this build of sandkasten has no VM backend (built without its `vm` cargo feature): \
+                      rebuild with the feature, or run on the namespace backend"
+                .into(),
+        })
     }
 }
 

@@ -13,6 +13,7 @@ pub fn plan(policy: &Policy) -> Result<usize, String> {
 }
 
 /// The sandbox the guest agent would build for `spec` (it runs nothing).
+#[cfg(feature = "vm")]
 pub fn sandbox_for(spec: &crate::protocol::RunSpec) -> crate::Sandbox {
     crate::guest::sandbox_for(spec)
 }

@@ -23,15 +23,19 @@ mod error;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "vm")]
 mod guest;
 mod namespace;
 pub mod outcome;
 pub mod policy;
 pub mod probe;
+#[cfg(feature = "vm")]
 #[doc(hidden)]
 pub mod protocol;
 mod running;
+#[cfg(feature = "vm")]
 pub mod vm;
+
 /// seccomp profiles: the policy's description ([`SeccompProfile`](seccomp::SeccompProfile), TOML profile
 /// files, the default profile with a reason per rule, x86_64 system call names), and the compiler to the BPF
 /// program a sandbox installs, for installing the same filter elsewhere.
@@ -41,13 +45,15 @@ pub mod seccomp {
 }
 
 /// The entry point of the guest agent binary `sandbox-init` (PID 1 of our microVM): not for library users.
+#[cfg(feature = "vm")]
 #[doc(hidden)]
 pub use guest::main as agent_main;
 
-// The builtin engine's VMM, a crate of its own (no longer part of this crate's API): `crate::vmm::` paths.
+// The builtin engine's VMM, a crate of its own (not part of this crate's API): `crate::vmm::` paths.
+#[cfg(feature = "vm")]
 use sandkasten_vmm as vmm;
 
-pub use backend::{Backend, BootWatch, VmEngine};
+pub use backend::{Backend, BootWatch, SnapshotCache, VmEngine};
 pub use command::{Sandbox, Stdio};
 pub use error::Error;
 pub use namespace::DEFAULT_PATH;
@@ -55,5 +61,5 @@ pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
 pub use policy::{Mount, Network, Policy, PolicyError};
 pub use probe::{HostReport, probe};
 pub use running::SandboxChild;
+#[cfg(feature = "vm")]
 pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};
-pub use vm::snapshot_cache::SnapshotCache;

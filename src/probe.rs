@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::namespace::{cgroup, sys};
 
 /// Which KVM `/dev/kvm` is and whether this caller can use it (the VMM crate's detection).
+#[cfg(feature = "vm")]
 pub use sandkasten_vmm::{KvmFlavour, KvmReport, probe_kvm};
 
 /// The cgroup layout the caller sits in.
@@ -42,6 +43,7 @@ pub struct HostReport {
     /// The landlock ABI version, when landlock is enabled.
     pub landlock_abi: Option<u32>,
     /// KVM.
+    #[cfg(feature = "vm")]
     pub kvm: KvmReport,
     /// The VM backend's engines and guest.
     pub vm: VmReport,
@@ -69,6 +71,7 @@ pub fn probe() -> HostReport {
         Ok(()) => (true, None),
         Err(e) => (false, Some(e)),
     };
+    #[cfg(feature = "vm")]
     let kvm = probe_kvm();
     HostReport {
         kernel: nix::sys::utsname::uname()
@@ -81,11 +84,24 @@ pub fn probe() -> HostReport {
         // SAFETY: prctl(PR_GET_SECCOMP) only reads this thread's mode.
         seccomp: unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } >= 0,
         landlock_abi: crate::namespace::landlock::abi().ok(),
+        #[cfg(feature = "vm")]
         vm: vm_report(&kvm),
+        #[cfg(not(feature = "vm"))]
+        vm: VmReport {
+            qemu: None,
+            accelerator: String::new(),
+            kernel: None,
+            agent: None,
+            problem: Some(
+                "this build has no VM backend (sandkasten without its `vm` feature)".into(),
+            ),
+        },
+        #[cfg(feature = "vm")]
         kvm,
     }
 }
 
+#[cfg(feature = "vm")]
 fn vm_report(kvm: &KvmReport) -> VmReport {
     let qemu = crate::vm::find_qemu();
     let (accel, why) = crate::vm::choose_accel(kvm);

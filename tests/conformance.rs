@@ -15,16 +15,19 @@ macro_rules! conformance {
         mod namespace {
             $( #[test] fn $name() { super::$name(super::B::Namespace) } )*
         }
+        #[cfg(feature = "vm")]
         mod vm {
             $( #[test] fn $name() { super::$name(super::B::Vm) } )*
         }
         /// The same properties on warm VMs of one pool (one or two boots for the whole suite).
+        #[cfg(feature = "vm")]
         mod warm {
             $( #[test] fn $name() { super::$name(super::B::Warm) } )*
         }
         /// The same properties on our own VMM (`--vm-engine builtin`), on two warm VMs: a boot costs minutes on
         /// PVM. Run only with `SANDBOX_TEST_BUILTIN=1` (scripts/test.sh does, as root, with two test threads),
         /// where they fail, never skip.
+        #[cfg(feature = "vm")]
         mod builtin {
             $( #[test] fn $name() {
                 if std::env::var_os("SANDBOX_TEST_BUILTIN").is_none() {
@@ -37,8 +40,9 @@ macro_rules! conformance {
     };
 }
 
-/// Where a property runs.
+/// Where a property runs (without the `vm` feature: the namespace backend only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "vm"), allow(dead_code))]
 enum B {
     /// The namespace backend.
     Namespace,
@@ -51,6 +55,7 @@ enum B {
 }
 
 /// The warm VMs of this test process: the temp dir is shared, so the bind properties can run.
+#[cfg(feature = "vm")]
 fn pool(engine: sandkasten::VmEngine) -> &'static sandkasten::VmPool {
     static QEMU: std::sync::OnceLock<sandkasten::VmPool> = std::sync::OnceLock::new();
     static BUILTIN: std::sync::OnceLock<sandkasten::VmPool> = std::sync::OnceLock::new();
@@ -89,8 +94,12 @@ impl On for Sandbox {
         match b {
             B::Namespace => self.backend(Backend::Namespace),
             B::Vm => self.backend(Backend::Vm),
+            #[cfg(feature = "vm")]
             B::Warm => self.vm_pool(pool(sandkasten::VmEngine::Qemu)),
+            #[cfg(feature = "vm")]
             B::Builtin => self.vm_pool(pool(sandkasten::VmEngine::Builtin)),
+            #[cfg(not(feature = "vm"))]
+            B::Warm | B::Builtin => unreachable!("warm VMs need the `vm` feature"),
         }
     }
 }
@@ -196,6 +205,7 @@ fn environment_cleared(b: B) {
     lines.sort();
     // On PVM our VMM's guest hands programs glibc tunables without AVX (the guest kernel cannot preserve AVX
     // registers there: sandkasten::vm::cmdline::PVM_CMDLINE): the one variable beyond the caller's.
+    #[cfg(feature = "vm")]
     if b == B::Builtin && sandkasten::probe::probe_kvm().flavour.is_pvm() {
         let tunables = format!(
             "GLIBC_TUNABLES={}",

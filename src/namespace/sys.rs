@@ -608,6 +608,7 @@ pub fn pidfd_signal(pidfd: &impl std::os::fd::AsRawFd, signal: c_int) -> SysResu
 }
 
 /// `pidfd_open(2)`.
+#[cfg_attr(not(feature = "vm"), allow(dead_code))]
 pub fn pidfd_open(pid: libc::pid_t) -> SysResult<RawFd> {
     // SAFETY: plain syscall with integer arguments.
     check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(|fd| fd as RawFd)

@@ -37,7 +37,7 @@ use super::error::VmError;
 use super::launch;
 use super::qemu::Share;
 use super::run_spec::{guest_spec, run_spec, share_dir};
-use super::snapshot_cache::SnapshotCache;
+use crate::backend::SnapshotCache;
 use crate::error::Error;
 use crate::namespace::Launch;
 use crate::outcome::{SetupFailure, VmInfo};

@@ -3,7 +3,7 @@
 //!
 //! A snapshot is keyed by what the guest is: the kernel and initramfs (their contents), RAM, the kernel
 //! command line and the devices as the guest sees them (console port names, share tags and access), and the
-//! snapshot format version. Files live in the [`SnapshotCache`] directory (by default
+//! snapshot format version. Files live in the [`SnapshotCache`](crate::SnapshotCache) directory (by default
 //! `~/.cache/sandbox/snapshots`, next to the kernel cache), mode 0600 in a 0700 directory, written to a temporary name and renamed into place
 //! only once complete and synced. A snapshot that fails to restore is deleted, so the next start boots and
 //! saves a new one.
@@ -21,36 +21,6 @@ use std::time::{Duration, Instant};
 use crate::protocol::PING_LINE;
 use crate::vmm::snapshot::SaveReport;
 use crate::vmm::snapshot::format::VERSION;
-
-/// Where the builtin engine keeps snapshots of its booted guest, for a [`VmPool`](crate::VmPool) and for cold
-/// runs ([`Sandbox::vm_snapshots`](crate::Sandbox::vm_snapshots)). At most four snapshots stay (the
-/// least recently used go first); each is the guest's RAM with its zero pages as holes (tens of MiB on
-/// disk for a 512 MiB guest).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum SnapshotCache {
-    /// No snapshots: every VM boots.
-    Off,
-    /// `$XDG_CACHE_HOME/sandbox/snapshots`, else `~/.cache/sandbox/snapshots` (next to the kernel cache).
-    /// The default.
-    #[default]
-    User,
-    /// This directory.
-    Dir(PathBuf),
-}
-
-impl SnapshotCache {
-    /// The directory, unless snapshots are off (or there is no home to cache in).
-    pub fn dir(&self) -> Option<PathBuf> {
-        match self {
-            SnapshotCache::Off => None,
-            SnapshotCache::Dir(d) => Some(d.clone()),
-            SnapshotCache::User => std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-                .map(|c| c.join("sandbox/snapshots")),
-        }
-    }
-}
 
 /// What went wrong on a VM's snapshot channel or with its snapshot file.
 #[derive(Debug, thiserror::Error)]

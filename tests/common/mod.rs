@@ -44,6 +44,7 @@ pub fn pooled() -> bool {
     builtin() || std::env::var("SANDBOX_TEST_BACKEND").as_deref() == Ok("pool")
 }
 
+#[cfg(feature = "vm")]
 static POOL: std::sync::OnceLock<sandkasten::VmPool> = std::sync::OnceLock::new();
 
 /// Puts `s` on the backend under test: [`backend`], or for `builtin` and `pool` warm VMs of our own VMM or
@@ -53,6 +54,9 @@ pub fn on(s: &mut sandkasten::Sandbox) -> &mut sandkasten::Sandbox {
     if !pooled() {
         return s.backend(backend());
     }
+    #[cfg(not(feature = "vm"))]
+    panic!("SANDBOX_TEST_BACKEND=pool or builtin: these tests were built without the `vm` feature");
+    #[cfg(feature = "vm")]
     let pool = POOL.get_or_init(|| {
         let pool = sandkasten::VmPool::new(sandkasten::PoolOptions {
             engine: if builtin() {
@@ -74,6 +78,7 @@ pub fn on(s: &mut sandkasten::Sandbox) -> &mut sandkasten::Sandbox {
         pool.prewarm(1).expect("a warm VM boots");
         pool
     });
+    #[cfg(feature = "vm")]
     s.vm_pool(pool)
 }
 
@@ -89,7 +94,10 @@ pub fn pids() -> impl Iterator<Item = u32> {
 /// this process are not counted), except the warm VMs of [`on`]'s pool and what runs under them: they
 /// outlive runs by design.
 pub fn descendants() -> Vec<u32> {
+    #[cfg(feature = "vm")]
     let pool: Vec<u32> = POOL.get().map(|p| p.pids()).unwrap_or_default();
+    #[cfg(not(feature = "vm"))]
+    let pool: Vec<u32> = Vec::new();
     use std::collections::BTreeMap;
     let parent: BTreeMap<u32, u32> = pids()
         .filter_map(|pid| {
