@@ -41,6 +41,14 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "the namespace backend alone: cargo clippy -p sandkasten --no-default-features"
+cargo clippy -p sandkasten --no-default-features --all-targets --quiet -- -D warnings
+say "floors and import circles (scripts/check-layers.py, ARCHITECTURE.md)"
+scripts/check-layers.py
+say "the public docs and their links (cargo doc -D warnings)"
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --quiet -p sandkasten -p sandkasten-vmm
+say "packaging the library crates (cargo package --no-verify; the verifying build by hand: ARCHITECTURE.md)"
+cargo package --no-verify --quiet -p sandkasten-vmm -p sandkasten
 
 # --- 2b. fuzzing: a short run of each target (scripts/fuzz.sh; the longer run is `scripts/fuzz.sh 600`) ------
 say "fuzzing, 15 s per target (scripts/fuzz.sh)"
@@ -55,6 +63,8 @@ esac
 # --- 3. the suite as the caller ----------------------------------------------------------------------------
 say "cargo test as $(id -un)"
 cargo test --workspace
+say "the namespace backend alone (without the vm feature): unit, conformance, namespace and security tests"
+cargo test -p sandkasten --no-default-features --lib --test conformance --test namespace --test security
 
 # The escape probes again, each in a VM (QEMU engine): about 2.5 minutes.
 say "escape probes on the VM backend"
