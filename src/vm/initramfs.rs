@@ -312,27 +312,11 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
+    use testkit::TempDir;
 
-    /// A fresh empty directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "sandbox-cpio-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A fresh empty directory (mode 0755) under the system temp dir, removed on drop.
+    fn temp_dir(tag: &str) -> TempDir {
+        TempDir::with_mode(&format!("cpio-{tag}"), 0o755)
     }
 
     /// Runs the system `cpio` with `args` in `dir`, the archive on stdin; returns stdout.
@@ -375,8 +359,8 @@ mod tests {
 
     #[test]
     fn system_cpio_lists_every_name() {
-        let dir = TempDir::new("list");
-        let names: Vec<String> = cpio(&dir.0, &["-it", "--quiet"], &sample())
+        let dir = temp_dir("list");
+        let names: Vec<String> = cpio(dir.path(), &["-it", "--quiet"], &sample())
             .lines()
             .map(String::from)
             .collect();
@@ -398,14 +382,14 @@ mod tests {
 
     #[test]
     fn system_cpio_extracts_contents_modes_and_links() {
-        let dir = TempDir::new("extract");
+        let dir = temp_dir("extract");
         cpio(
-            &dir.0,
+            dir.path(),
             &["-id", "--quiet", "--no-absolute-filenames"],
             &sample(),
         );
         let mode = |p: &str| {
-            std::fs::symlink_metadata(dir.0.join(p))
+            std::fs::symlink_metadata(dir.path().join(p))
                 .unwrap()
                 .permissions()
                 .mode()
@@ -415,17 +399,20 @@ mod tests {
         assert_eq!(mode("etc/deep"), 0o040755, "parents are added with 0755");
         assert_eq!(mode("etc/deep/nested/secret"), 0o100600);
         assert_eq!(
-            std::fs::read(dir.0.join("init")).unwrap(),
+            std::fs::read(dir.path().join("init")).unwrap(),
             b"#!/bin/sh\necho hi\n"
         );
         assert_eq!(
-            std::fs::read(dir.0.join("etc/deep/nested/secret")).unwrap(),
+            std::fs::read(dir.path().join("etc/deep/nested/secret")).unwrap(),
             b"s3cret"
         );
-        assert_eq!(std::fs::read(dir.0.join("odd-size")).unwrap(), b"12345");
-        assert_eq!(std::fs::read(dir.0.join("empty")).unwrap(), b"");
         assert_eq!(
-            std::fs::read_link(dir.0.join("bin")).unwrap(),
+            std::fs::read(dir.path().join("odd-size")).unwrap(),
+            b"12345"
+        );
+        assert_eq!(std::fs::read(dir.path().join("empty")).unwrap(), b"");
+        assert_eq!(
+            std::fs::read_link(dir.path().join("bin")).unwrap(),
             Path::new("usr/bin")
         );
     }
@@ -437,8 +424,8 @@ mod tests {
             .unwrap()
             .block_device("/dev/vda", 0o660, 254, 0)
             .unwrap();
-        let dir = TempDir::new("dev");
-        let listing = cpio(&dir.0, &["-itv", "--quiet"], &a.finish());
+        let dir = temp_dir("dev");
+        let listing = cpio(dir.path(), &["-itv", "--quiet"], &a.finish());
         let lines: Vec<&str> = listing.lines().collect();
         assert_eq!(lines.len(), 3, "{listing}");
         assert!(lines[0].starts_with("drwxr-xr-x"), "{listing}");
@@ -506,8 +493,8 @@ mod tests {
 
     #[test]
     fn pack_agent_lays_out_init_spec_and_mount_points() {
-        let dir = TempDir::new("pack");
-        let agent = dir.0.join("agent");
+        let dir = temp_dir("pack");
+        let agent = dir.path().join("agent");
         std::fs::write(&agent, b"\x7fELF not really").unwrap();
         let spec = RunSpec::new("/bin/true");
         let bytes = pack_agent(
@@ -520,7 +507,7 @@ mod tests {
             }],
         )
         .unwrap();
-        let listing = cpio(&dir.0, &["-it", "--quiet"], &bytes);
+        let listing = cpio(dir.path(), &["-it", "--quiet"], &bytes);
         for name in [
             "init",
             "dev/console",
@@ -532,7 +519,7 @@ mod tests {
         ] {
             assert!(listing.lines().any(|l| l == name), "{name} in {listing}");
         }
-        let out = dir.0.join("out");
+        let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
         // Device nodes cannot be created unprivileged: extract everything else.
         cpio(
@@ -554,7 +541,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(out.join("sandbox/spec.json")).unwrap()).unwrap();
         assert_eq!(back, spec);
         assert!(matches!(
-            pack_agent(&dir.0.join("missing"), None, &[]),
+            pack_agent(&dir.path().join("missing"), None, &[]),
             Err(InitramfsError::Read { .. })
         ));
     }

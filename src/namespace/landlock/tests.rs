@@ -8,27 +8,13 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
+use testkit::TempDir;
 
-/// A fresh directory under the temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("landlock-{tag}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory (mode 0755) under the temp dir, removed on drop.
+fn dir(tag: &str) -> TempDir {
+    TempDir::with_mode(&format!("landlock-{tag}"), 0o755)
 }
 
 fn no_new_privs() {
@@ -69,16 +55,16 @@ fn cstring(p: &Path) -> CString {
 
 #[test]
 fn writes_outside_the_allowed_paths_are_refused() {
-    let allowed = TempDir::new("allowed");
-    let outside = TempDir::new("outside");
-    let victim = outside.0.join("victim");
+    let allowed = dir("allowed");
+    let outside = dir("outside");
+    let victim = outside.path().join("victim");
     fs::write(&victim, "x").unwrap();
     assert_eq!(
         open_write(&victim),
         0,
         "the filesystem itself allows the write"
     );
-    let (a, v) = (allowed.0.clone(), victim.clone());
+    let (a, v) = (allowed.path().to_path_buf(), victim.clone());
     let got = restricted(
         vec![(a.clone(), true)],
         NetRules::default(),
@@ -100,14 +86,14 @@ fn writes_outside_the_allowed_paths_are_refused() {
 
 #[test]
 fn read_only_binds_refuse_writes() {
-    let ro = TempDir::new("ro");
-    let file = ro.0.join("file");
+    let ro = dir("ro");
+    let file = ro.path().join("file");
     fs::write(&file, "data").unwrap();
-    fs::create_dir(ro.0.join("sub")).unwrap();
-    let single = TempDir::new("ro-file");
-    let lone = single.0.join("lone");
+    fs::create_dir(ro.path().join("sub")).unwrap();
+    let single = dir("ro-file");
+    let lone = single.path().join("lone");
     fs::write(&lone, "lone").unwrap();
-    let (dir, f, l) = (ro.0.clone(), file.clone(), lone.clone());
+    let (dir, f, l) = (ro.path().to_path_buf(), file.clone(), lone.clone());
     let binds = vec![(dir.clone(), false), (lone.clone(), false)];
     let got = restricted(
         binds,
@@ -135,11 +121,11 @@ fn read_only_binds_refuse_writes() {
 
 #[test]
 fn read_write_binds_accept_writes() {
-    let rw = TempDir::new("rw");
-    let single = TempDir::new("rw-file");
-    let lone = single.0.join("lone");
+    let rw = dir("rw");
+    let single = dir("rw-file");
+    let lone = single.path().join("lone");
     fs::write(&lone, "old").unwrap();
-    let (dir, l) = (rw.0.clone(), lone.clone());
+    let (dir, l) = (rw.path().to_path_buf(), lone.clone());
     let got = restricted(
         vec![(dir.clone(), true), (l.clone(), true)],
         NetRules::default(),
@@ -164,13 +150,13 @@ fn read_write_binds_accept_writes() {
 
 #[test]
 fn child_side_rules_cover_paths_only_the_sandbox_has() {
-    let tmp = TempDir::new("tmpfs");
-    let file = TempDir::new("file");
-    let lone = file.0.join("lone");
+    let tmp = dir("tmpfs");
+    let file = dir("file");
+    let lone = file.path().join("lone");
     fs::write(&lone, "x").unwrap();
-    let (t, l) = (cstring(&tmp.0), cstring(&lone));
-    let missing = cstring(&tmp.0.join("missing"));
-    let (dir, l2) = (tmp.0.clone(), lone.clone());
+    let (t, l) = (cstring(tmp.path()), cstring(&lone));
+    let missing = cstring(&tmp.path().join("missing"));
+    let (dir, l2) = (tmp.path().to_path_buf(), lone.clone());
     let got = restricted(
         vec![],
         NetRules::default(),
