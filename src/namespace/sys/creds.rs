@@ -1,0 +1,123 @@
+//! Privileges: user and group ids, secure bits, capabilities, dumpability, no-new-privs and resource limits.
+
+use libc::{c_int, c_long, c_ulong};
+
+use super::{SysResult, check};
+
+const SECBIT_NOROOT: c_ulong = 1 << 0;
+const SECBIT_NOROOT_LOCKED: c_ulong = 1 << 1;
+const SECBIT_NO_SETUID_FIXUP: c_ulong = 1 << 2;
+const SECBIT_NO_SETUID_FIXUP_LOCKED: c_ulong = 1 << 3;
+const SECBIT_KEEP_CAPS_LOCKED: c_ulong = 1 << 5;
+const SECBIT_NO_CAP_AMBIENT_RAISE: c_ulong = 1 << 6;
+const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: c_ulong = 1 << 7;
+
+/// `setrlimit(2)`.
+pub fn set_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> SysResult<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit.
+    check(unsafe { libc::setrlimit(resource, &lim) } as c_long).map(drop)
+}
+
+/// Becomes `uid`/`gid` (real, effective and saved), dropping supplementary groups first when `drop_groups`.
+///
+/// Raw system calls on purpose: glibc's wrappers broadcast id changes to every thread it believes exists,
+/// and in a child cloned from a multi-threaded process those threads do not exist, so they would wait forever.
+pub fn set_ids(uid: u32, gid: u32, drop_groups: bool) -> SysResult<()> {
+    if drop_groups {
+        // SAFETY: an empty group list with a NULL pointer is valid.
+        check(unsafe {
+            libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+        })?;
+    }
+    // SAFETY: plain syscalls with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+}
+
+/// Locks the "no root privileges" secure bits so no later execve can gain capabilities from uid 0 or
+/// set-user-ID files, and drops every capability from the bounding set. Needs CAP_SETPCAP.
+pub fn lock_securebits_and_drop_bounding() -> SysResult<()> {
+    let bits = SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_SETUID_FIXUP
+        | SECBIT_NO_SETUID_FIXUP_LOCKED
+        | SECBIT_KEEP_CAPS_LOCKED
+        | SECBIT_NO_CAP_AMBIENT_RAISE
+        | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) } as c_long)?;
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments; EINVAL marks the first capability this kernel does not know.
+        if let Err(e) = check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } as c_long)
+        {
+            if e == libc::EINVAL {
+                break;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Clears the effective, permitted, inheritable and ambient capability sets.
+pub fn clear_capabilities() -> SysResult<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    } as c_long)?;
+    let mut header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two data words as capset(2) expects for version 3.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })
+    .map(drop)
+}
+
+/// `prctl(PR_SET_DUMPABLE, 0)`: no ptrace, no /proc/PID access by other processes of the same user.
+pub fn not_dumpable() -> SysResult<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } as c_long).map(drop)
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS)`.
+pub fn no_new_privs() -> SysResult<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as c_long).map(drop)
+}
