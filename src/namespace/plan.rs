@@ -2,6 +2,8 @@
 //!
 //! The child only walks this list and makes one system call per step, so it needs no allocation; the host
 //! keeps the list to describe a failing step by its index. Pure logic: unit-tested without privileges.
+//!
+//! `step` holds the step vocabulary (`Op`, `Step`), `links` the trust check of a bind source's symlinks.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -13,6 +15,12 @@ use libc::c_ulong;
 use super::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use crate::outcome::{Stage, TmpfsBound};
 use crate::policy::{Mount, Policy};
+
+mod links;
+mod step;
+
+pub(crate) use self::links::check_links;
+pub use self::step::{Op, Step};
 
 /// Errors found while planning the filesystem view.
 #[derive(Debug, thiserror::Error)]
@@ -68,132 +76,6 @@ const OLD: &str = "/oldroot";
 const NEW: &str = "/newroot";
 /// An existing host directory on which the staging tmpfs is mounted (inside the new mount namespace only).
 const STAGE: &str = "/tmp";
-
-/// One primitive step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// `mount(2)`.
-    Mount {
-        src: Option<CString>,
-        dst: CString,
-        fstype: Option<CString>,
-        flags: c_ulong,
-        data: Option<CString>,
-    },
-    /// A recursive bind of host source number `source` (opened by the child before it drops host
-    /// credentials, see [`Plan::sources`]) at `dst`.
-    BindSource { source: usize, dst: CString },
-    /// `mount_setattr(2)` setting `MOUNT_ATTR_*` flags.
-    SetAttr {
-        path: CString,
-        set: u64,
-        recursive: bool,
-    },
-    /// `mkdir(2)` (existing is fine).
-    Mkdir { path: CString, mode: u32 },
-    /// Create an empty file (existing is fine).
-    Touch { path: CString },
-    /// Create a file with these contents (a copy of a small host file; cheaper than a bind mount).
-    WriteFile { path: CString, contents: Vec<u8> },
-    /// `symlink(2)`.
-    Symlink { target: CString, path: CString },
-    /// `pivot_root(2)`.
-    PivotRoot { new_root: CString, put_old: CString },
-    /// `chdir(2)`.
-    Chdir { path: CString },
-    /// `umount2(2)` with `MNT_DETACH`.
-    Detach { path: CString },
-}
-
-/// A step and the stage it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub stage: Stage,
-    pub op: Op,
-}
-
-impl std::fmt::Display for Op {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Op::Mount {
-                src,
-                dst,
-                fstype,
-                flags,
-                data,
-            } => write!(
-                f,
-                "mount({:?} on {:?}, type {:?}, flags {:#x}, options {:?})",
-                src, dst, fstype, flags, data
-            ),
-            Op::BindSource { source, dst } => {
-                write!(f, "bind mount of host source #{source} on {dst:?}")
-            }
-            Op::SetAttr {
-                path,
-                set,
-                recursive,
-            } => write!(
-                f,
-                "mount_setattr({path:?}, set {set:#x}{})",
-                if *recursive { ", recursive" } else { "" }
-            ),
-            Op::Mkdir { path, .. } => write!(f, "mkdir({path:?})"),
-            Op::Touch { path } => write!(f, "creating mount point file {path:?}"),
-            Op::WriteFile { path, contents } => {
-                write!(f, "writing {path:?} ({} bytes)", contents.len())
-            }
-            Op::Symlink { target, path } => write!(f, "symlink({path:?} -> {target:?})"),
-            Op::PivotRoot { new_root, put_old } => {
-                write!(f, "pivot_root({new_root:?}, {put_old:?})")
-            }
-            Op::Chdir { path } => write!(f, "chdir({path:?})"),
-            Op::Detach { path } => write!(f, "umount2({path:?}, MNT_DETACH)"),
-        }
-    }
-}
-
-/// Refuses a bind source whose resolution passes through a symlink owned by anyone but root or the caller:
-/// a sandbox with a read-write bind can plant links (owned by its host uid) for a later run to follow with
-/// the caller's credentials.
-pub(crate) fn check_links(src: &Path) -> Result<(), PlanError> {
-    use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
-    let mut todo: Vec<PathBuf> = vec![src.to_path_buf()];
-    let mut hops = 0;
-    while let Some(path) = todo.pop() {
-        let mut prefix = PathBuf::new();
-        for comp in path.components() {
-            prefix.push(comp);
-            let Ok(meta) = std::fs::symlink_metadata(&prefix) else {
-                break; // missing: canonicalize reports it
-            };
-            if meta.file_type().is_symlink() {
-                if meta.uid() != 0 && meta.uid() != me {
-                    return Err(PlanError::UntrustedSymlink {
-                        path: src.into(),
-                        link: prefix,
-                        owner: meta.uid(),
-                    });
-                }
-                hops += 1;
-                if hops > 40 {
-                    break; // a loop: canonicalize reports it
-                }
-                if let Ok(target) = std::fs::read_link(&prefix) {
-                    let rest: PathBuf = path
-                        .components()
-                        .skip(prefix.components().count())
-                        .collect();
-                    let base = prefix.parent().unwrap_or(Path::new("/")).join(target);
-                    todo.push(base.join(rest));
-                }
-                break;
-            }
-        }
-    }
-    Ok(())
-}
 
 pub(super) fn cstr(p: impl AsRef<Path>) -> Result<CString, PlanError> {
     let p = p.as_ref();

@@ -1,0 +1,92 @@
+//! One primitive step of the filesystem view (`Op`), the stage it belongs to (`Step`), and how a step is
+//! described when it fails.
+
+use std::ffi::CString;
+
+use libc::c_ulong;
+
+use crate::outcome::Stage;
+
+/// One primitive step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `mount(2)`.
+    Mount {
+        src: Option<CString>,
+        dst: CString,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+    },
+    /// A recursive bind of host source number `source` (opened by the child before it drops host
+    /// credentials, see [`Plan::sources`](super::Plan::sources)) at `dst`.
+    BindSource { source: usize, dst: CString },
+    /// `mount_setattr(2)` setting `MOUNT_ATTR_*` flags.
+    SetAttr {
+        path: CString,
+        set: u64,
+        recursive: bool,
+    },
+    /// `mkdir(2)` (existing is fine).
+    Mkdir { path: CString, mode: u32 },
+    /// Create an empty file (existing is fine).
+    Touch { path: CString },
+    /// Create a file with these contents (a copy of a small host file; cheaper than a bind mount).
+    WriteFile { path: CString, contents: Vec<u8> },
+    /// `symlink(2)`.
+    Symlink { target: CString, path: CString },
+    /// `pivot_root(2)`.
+    PivotRoot { new_root: CString, put_old: CString },
+    /// `chdir(2)`.
+    Chdir { path: CString },
+    /// `umount2(2)` with `MNT_DETACH`.
+    Detach { path: CString },
+}
+
+/// A step and the stage it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub stage: Stage,
+    pub op: Op,
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Mount {
+                src,
+                dst,
+                fstype,
+                flags,
+                data,
+            } => write!(
+                f,
+                "mount({:?} on {:?}, type {:?}, flags {:#x}, options {:?})",
+                src, dst, fstype, flags, data
+            ),
+            Op::BindSource { source, dst } => {
+                write!(f, "bind mount of host source #{source} on {dst:?}")
+            }
+            Op::SetAttr {
+                path,
+                set,
+                recursive,
+            } => write!(
+                f,
+                "mount_setattr({path:?}, set {set:#x}{})",
+                if *recursive { ", recursive" } else { "" }
+            ),
+            Op::Mkdir { path, .. } => write!(f, "mkdir({path:?})"),
+            Op::Touch { path } => write!(f, "creating mount point file {path:?}"),
+            Op::WriteFile { path, contents } => {
+                write!(f, "writing {path:?} ({} bytes)", contents.len())
+            }
+            Op::Symlink { target, path } => write!(f, "symlink({path:?} -> {target:?})"),
+            Op::PivotRoot { new_root, put_old } => {
+                write!(f, "pivot_root({new_root:?}, {put_old:?})")
+            }
+            Op::Chdir { path } => write!(f, "chdir({path:?})"),
+            Op::Detach { path } => write!(f, "umount2({path:?}, MNT_DETACH)"),
+        }
+    }
+}
