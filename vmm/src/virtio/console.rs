@@ -16,20 +16,22 @@
 //! writing only while guest data waits for a host that does not read (back-pressure: the transmit buffer
 //! is returned to the guest when its bytes are written). Host writes never raise SIGPIPE; data for a host
 //! that is gone is dropped. Malformed chains are returned to the guest empty and counted.
+//!
+//! The device thread's work is split by direction: `transfer` moves the ports' data, `control` handles the
+//! control messages; `state` saves and restores the device for snapshots.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::chain::{Malformed, checked_chain, read_chain, write_chain};
 use super::{ActivateError, Interrupt, StateError, VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::snapshot::state::DeviceState;
 
@@ -43,14 +45,6 @@ pub const QUEUE_SIZE: u16 = 128;
 pub const MAX_PORTS: usize = 31;
 /// The longest port name.
 pub const MAX_NAME: usize = 255;
-/// The largest guest transmit chain accepted (Linux sends at most 32 KiB at a time).
-const MAX_TX_CHAIN: usize = 1 << 20;
-/// The most bytes read from a host socket into one receive chain.
-const MAX_RX_READ: usize = 64 << 10;
-/// The largest control message accepted from the guest.
-const MAX_CONTROL: usize = 4096;
-/// Control messages waiting for the guest to take them, at most.
-const MAX_CONTROL_OUT: usize = 1024;
 const CONTROL_RX: usize = 2;
 const CONTROL_TX: usize = 3;
 
@@ -341,31 +335,6 @@ fn rx_queue(port: usize) -> usize {
     if port == 0 { 0 } else { 2 + 2 * port }
 }
 
-/// A control message.
-fn control(id: u32, event: u16, value: u16, payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(8 + payload.len());
-    m.extend_from_slice(&id.to_le_bytes());
-    m.extend_from_slice(&event.to_le_bytes());
-    m.extend_from_slice(&value.to_le_bytes());
-    m.extend_from_slice(payload);
-    m
-}
-
-/// Writes to a socket without SIGPIPE when the peer is gone.
-fn send(socket: &UnixStream, data: &[u8]) -> std::io::Result<usize> {
-    // SAFETY: `data` is valid for reads of `data.len()` bytes for the whole call and the descriptor is
-    // owned by `socket`, which outlives the call; send() does not keep the pointer.
-    let n = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
-}
-
 struct PortState {
     name: String,
     socket: UnixStream,
@@ -449,16 +418,6 @@ impl Engine {
         self.used = true;
     }
 
-    /// Queues a control message for the guest; a guest that asks for more than [`MAX_CONTROL_OUT`] without
-    /// taking them (a hostile one repeating DEVICE_READY) loses the surplus instead of growing the queue.
-    fn send_control(&mut self, msg: Vec<u8>) {
-        if self.control_out.len() < MAX_CONTROL_OUT {
-            self.control_out.push_back(msg);
-        } else {
-            self.stats.ignored_control.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// How many chains one pass takes from queue `q`: a driver never has more outstanding than the ring
     /// holds, and a hostile one whose used ring overlaps its available ring would otherwise feed a loop
     /// forever.
@@ -470,178 +429,10 @@ impl Engine {
         self.stats.malformed_chains.fetch_add(1, Ordering::Relaxed);
         self.add_used(queue, head, 0);
     }
-
-    /// Guest → host: writes the transmit chains of port `p` to its socket until the host stops taking.
-    fn guest_to_host(&mut self, p: usize) {
-        let q = rx_queue(p) + 1;
-        let mut budget = self.budget(q);
-        loop {
-            if let Some((head, data, at)) = self.ports[p].pending.take() {
-                match send(&self.ports[p].socket, &data[at..]) {
-                    Ok(n) if at + n < data.len() => {
-                        self.ports[p].pending = Some((head, data, at + n));
-                        // Nothing taken (never seen on a stream socket): wait for POLLOUT, do not spin.
-                        if n == 0 {
-                            return;
-                        }
-                        continue;
-                    }
-                    Ok(_) => self.add_used(q, head, 0),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {
-                        self.ports[p].pending = Some((head, data, at));
-                        continue;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        self.ports[p].pending = Some((head, data, at));
-                        return;
-                    }
-                    Err(_) => {
-                        let lost = (data.len() - at) as u64;
-                        self.stats.dropped_bytes.fetch_add(lost, Ordering::Relaxed);
-                        self.add_used(q, head, 0);
-                    }
-                }
-            }
-            if budget == 0 {
-                return;
-            }
-            budget -= 1;
-            let Some(chain) = self.queues[q].pop_descriptor_chain(&self.mem) else {
-                return;
-            };
-            let head = chain.head_index();
-            match checked_chain(&self.mem, chain, false, MAX_TX_CHAIN)
-                .and_then(|(descs, total)| read_chain(&self.mem, &descs, total))
-            {
-                Ok(data) => self.ports[p].pending = Some((head, data, 0)),
-                Err(Malformed) => self.malformed(q, head),
-            }
-        }
-    }
-
-    /// Host → guest: reads port `p`'s socket into the guest's receive chains while both have some.
-    fn host_to_guest(&mut self, p: usize) {
-        let q = rx_queue(p);
-        let mut budget = self.budget(q);
-        while budget > 0 && self.wants_host_data(p) {
-            budget -= 1;
-            let Some(chain) = self.queues[q].pop_descriptor_chain(&self.mem) else {
-                return;
-            };
-            let head = chain.head_index();
-            // A chain larger than MAX_RX_READ is fine: only its first MAX_RX_READ bytes are used.
-            let Ok((descs, total)) = checked_chain(&self.mem, chain, true, usize::MAX) else {
-                self.malformed(q, head);
-                continue;
-            };
-            let mut buf = vec![0u8; total.min(MAX_RX_READ)];
-            match (&self.ports[p].socket).read(&mut buf) {
-                Ok(n) if n > 0 => {
-                    if write_chain(&self.mem, &descs, &buf[..n]).is_ok() {
-                        self.add_used(q, head, n as u32);
-                    } else {
-                        self.malformed(q, head);
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {
-                    self.queues[q].go_to_previous_position();
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.queues[q].go_to_previous_position();
-                    return;
-                }
-                // End of file, or the host end failed: the host hung up.
-                _ => {
-                    self.queues[q].go_to_previous_position();
-                    self.ports[p].host_eof = true;
-                    if self.multiport {
-                        let msg = control(p as u32, event::PORT_OPEN, 0, &[]);
-                        self.send_control(msg);
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Handles the guest's control messages.
-    fn control_from_guest(&mut self) {
-        let mut budget = self.budget(CONTROL_TX);
-        while budget > 0
-            && let Some(chain) = self.queues[CONTROL_TX].pop_descriptor_chain(&self.mem)
-        {
-            budget -= 1;
-            let head = chain.head_index();
-            let msg = checked_chain(&self.mem, chain, false, MAX_CONTROL)
-                .and_then(|(descs, total)| read_chain(&self.mem, &descs, total));
-            match msg {
-                Ok(msg) if msg.len() >= 8 => {
-                    self.add_used(CONTROL_TX, head, 0);
-                    self.handle_control(&msg);
-                }
-                _ => self.malformed(CONTROL_TX, head),
-            }
-        }
-    }
-
-    fn handle_control(&mut self, msg: &[u8]) {
-        let id = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let event = u16::from_le_bytes([msg[4], msg[5]]);
-        let value = u16::from_le_bytes([msg[6], msg[7]]);
-        let port = usize::try_from(id).ok().filter(|&p| p < self.ports.len());
-        match (event, port) {
-            (event::DEVICE_READY, _) if value == 1 => {
-                for p in 0..self.ports.len() as u32 {
-                    self.send_control(control(p, event::PORT_ADD, 1, &[]));
-                }
-            }
-            (event::PORT_READY, Some(p)) if value == 1 => {
-                let name = self.ports[p].name.clone();
-                self.send_control(control(id, event::PORT_NAME, 1, name.as_bytes()));
-                if !self.ports[p].host_eof {
-                    self.send_control(control(id, event::PORT_OPEN, 1, &[]));
-                }
-            }
-            (event::PORT_OPEN, Some(p)) => self.ports[p].guest_open = value == 1,
-            // A driver that failed to set up the device or a port: nothing to do.
-            (event::DEVICE_READY | event::PORT_READY, _) if value == 0 => {}
-            _ => {
-                self.stats.ignored_control.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Puts the waiting control messages into the guest's control receive buffers.
-    fn control_to_guest(&mut self) {
-        let mut budget = self.budget(CONTROL_RX);
-        while budget > 0
-            && let Some(msg) = self.control_out.front()
-        {
-            budget -= 1;
-            let Some(chain) = self.queues[CONTROL_RX].pop_descriptor_chain(&self.mem) else {
-                return;
-            };
-            let head = chain.head_index();
-            let written =
-                checked_chain(&self.mem, chain, true, usize::MAX).and_then(|(descs, total)| {
-                    if total < msg.len() {
-                        return Err(Malformed);
-                    }
-                    write_chain(&self.mem, &descs, msg)
-                });
-            match written {
-                Ok(()) => {
-                    let len = msg.len() as u32;
-                    self.control_out.pop_front();
-                    self.add_used(CONTROL_RX, head, len);
-                }
-                // Too small or bad: the guest loses this buffer, the message waits for the next.
-                Err(Malformed) => self.malformed(CONTROL_RX, head),
-            }
-        }
-    }
 }
 
+mod control;
 mod state;
 #[cfg(test)]
 mod tests;
+mod transfer;

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::control::control;
 use super::*;
 use crate::virtio::testing::{self, Buf, DriverQueue};
 
