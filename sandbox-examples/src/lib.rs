@@ -1,5 +1,7 @@
-//! Code shared by the demo binaries: host-side helpers for the runners (`coderun`, `sandbox-test-runner`)
-//! and the benchmark sections of `sandbox-bench`.
+//! Code shared by the demo binaries: host-side helpers for the runners (`coderun`, `sandbox-test-runner`),
+//! `coderun`'s bounded output reader and language table, and the benchmark sections of `sandbox-bench`.
 
 pub mod bench;
+pub mod capture;
 pub mod host;
+pub mod lang;

@@ -25,14 +25,15 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
-use sandbox_examples::host::{SignalFd, pidfd_open, poll, pollin};
+use clap::Parser;
+use sandbox_examples::capture::{Capture, Captured, Stop, read_outputs};
+use sandbox_examples::host::{SignalFd, pidfd_open};
+use sandbox_examples::lang::Lang;
 use sandkasten::outcome::TimeLimit;
 use sandkasten::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
 use serde_json::{Value, json};
@@ -60,44 +61,6 @@ const MAX_SOURCE: u64 = 16 << 20;
 const BACKSTOP: Duration = Duration::from_secs(3);
 /// Signals that interrupt coderun: the sandbox is killed and the temp dir removed.
 const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Lang {
-    /// A POSIX shell script, run with `sh`.
-    Sh,
-    /// A Python 3 program, run with `python3`.
-    Python3,
-    /// A compiled program (FILE is its path).
-    Exe,
-}
-
-impl Lang {
-    fn name(self) -> &'static str {
-        match self {
-            Lang::Sh => "sh",
-            Lang::Python3 => "python3",
-            Lang::Exe => "exe",
-        }
-    }
-
-    /// Where the source or program appears inside the sandbox.
-    fn file_name(self) -> &'static str {
-        match self {
-            Lang::Sh => "main.sh",
-            Lang::Python3 => "main.py",
-            Lang::Exe => "prog",
-        }
-    }
-
-    /// The program and arguments that run `path` (inside the sandbox).
-    fn command(self, path: &str) -> (&'static str, Vec<String>) {
-        match self {
-            Lang::Sh => ("sh", vec![path.into()]),
-            Lang::Python3 => ("python3", vec!["-B".into(), path.into()]),
-            Lang::Exe => ("", Vec::new()),
-        }
-    }
-}
 
 #[derive(Parser)]
 #[command(
@@ -441,64 +404,19 @@ fn run(job: Job) -> Result<Value, Failure> {
 
     // Read stdout and stderr with bounded buffers until both close, the sandbox ends, a stop signal comes,
     // or stdout goes over the limit (then the sandbox is killed: OLE).
-    let mut out = Capture::new(job.output_limit);
-    let mut err = Capture::new(STDERR_LIMIT);
-    let mut pipes: Vec<(io::PipeReader, bool)> = Vec::new();
-    pipes.extend(child.stdout.take().map(|p| (p, true)));
-    pipes.extend(child.stderr.take().map(|p| (p, false)));
     let deadline = Instant::now() + job.wall + BACKSTOP;
-    let mut ended = false;
-    let mut over = false;
-    let mut buf = vec![0u8; 64 << 10];
-    while !(pipes.is_empty() && ended) {
-        let mut fds = vec![pollin(signals.fd.as_fd())];
-        if !ended {
-            fds.push(pollin(pidfd.as_fd()));
-        }
-        fds.extend(pipes.iter().map(|(p, _)| pollin(p.as_fd())));
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || poll(&mut fds, Some(left)).map_err(host("poll"))? == 0 {
-            // The sandbox overran its own wall limit: take it down (the verdict says TLE).
-            let _ = child.kill();
-            break;
-        }
-        if fds[0].revents != 0 {
-            let sig = signals.read().map_err(host("reading a stop signal"))?;
-            let _ = child.kill();
-            return Err(Failure::Interrupted(sig));
-        }
-        let first_pipe = if ended { 1 } else { 2 };
-        if !ended && fds[1].revents != 0 {
-            ended = true;
-        }
-        let mut closed = Vec::new();
-        for (i, (pipe, is_out)) in pipes.iter_mut().enumerate() {
-            if fds[first_pipe + i].revents == 0 {
-                continue;
-            }
-            match pipe.read(&mut buf) {
-                Ok(0) => closed.push(i),
-                Ok(n) if *is_out => {
-                    if out.push(&buf[..n]) {
-                        over = true;
-                    }
-                }
-                Ok(n) => {
-                    err.push(&buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Failure::Host(format!("reading the program's output: {e}"))),
-            }
-        }
-        if over {
-            let _ = child.kill();
-            break;
-        }
-        for i in closed.into_iter().rev() {
-            pipes.remove(i);
-        }
-    }
-    drop(pipes);
+    let Captured { out, err, over } = read_outputs(
+        &mut child,
+        &pidfd,
+        &signals,
+        job.output_limit,
+        STDERR_LIMIT,
+        deadline,
+    )
+    .map_err(|stop| match stop {
+        Stop::Host(m) => Failure::Host(m),
+        Stop::Interrupted(sig) => Failure::Interrupted(sig),
+    })?;
     let outcome = child
         .wait()
         .map_err(|e| Failure::Host(format!("waiting for the sandbox: {e}")))?;
@@ -596,38 +514,9 @@ fn report(job: &Job, o: &Outcome, out: &Capture, err: &Capture, over: bool) -> V
     })
 }
 
-/// The first `limit` bytes of a stream, and how many bytes there were.
-struct Capture {
-    data: Vec<u8>,
-    total: u64,
-    limit: usize,
-}
-
-impl Capture {
-    fn new(limit: usize) -> Capture {
-        Capture {
-            data: Vec::new(),
-            total: 0,
-            limit,
-        }
-    }
-
-    /// Keeps what fits; true once the stream went over the limit.
-    fn push(&mut self, chunk: &[u8]) -> bool {
-        self.total += chunk.len() as u64;
-        let room = self.limit - self.data.len();
-        self.data.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        self.truncated()
-    }
-
-    fn truncated(&self) -> bool {
-        self.total > self.limit as u64
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Capture, parse_size};
+    use super::parse_size;
 
     #[test]
     fn sizes() {
@@ -639,16 +528,5 @@ mod tests {
         for bad in ["0", "M", "12Q", "-1K", "1.5M", "99999999999T", ""] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn capture_keeps_the_first_bytes_and_counts_all() {
-        let mut c = Capture::new(5);
-        assert!(!c.push(b"abc"));
-        assert!(!c.push(b"de"));
-        assert!(c.push(b"fgh"));
-        assert_eq!(c.data, b"abcde");
-        assert_eq!(c.total, 8);
-        assert!(c.truncated());
     }
 }
