@@ -17,3 +17,7 @@ pub fn plan(policy: &Policy) -> Result<usize, String> {
 pub fn sandbox_for(spec: &crate::protocol::RunSpec) -> crate::Sandbox {
     crate::guest::sandbox_for(spec)
 }
+
+/// Runs a compiled seccomp program on one call as the kernel would (`None` for an instruction the compiler
+/// never emits).
+pub use crate::namespace::seccomp::eval as seccomp_eval;
