@@ -13,7 +13,7 @@ say() { printf '==> %s\n' "$*"; }
 
 # --- 1. packages -------------------------------------------------------------------------------------------
 need=()
-for pair in setpriv:util-linux bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio; do
+for pair in setpriv:util-linux bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

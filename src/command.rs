@@ -53,6 +53,8 @@ pub struct Sandbox {
     #[cfg(feature = "vm")]
     pool: Option<crate::VmPool>,
     extra_fds: Vec<(OwnedFd, RawFd)>,
+    /// Built by our guest agent for a run in its VM.
+    guest: bool,
 }
 
 impl Sandbox {
@@ -71,6 +73,7 @@ impl Sandbox {
             #[cfg(feature = "vm")]
             pool: None,
             extra_fds: Vec::new(),
+            guest: false,
         }
     }
 
@@ -133,6 +136,13 @@ impl Sandbox {
     /// Sets the policy.
     pub fn policy(&mut self, policy: Policy) -> &mut Self {
         self.policy = policy;
+        self
+    }
+
+    /// Marks the sandbox as our guest agent's (PID 1 of our VM): it maps a whole id range of the guest kernel.
+    #[cfg(feature = "vm")]
+    pub(crate) fn in_guest(&mut self) -> &mut Self {
+        self.guest = true;
         self
     }
 
@@ -262,6 +272,7 @@ impl Sandbox {
             policy: &self.policy,
             stdio: fds,
             extra_fds: &extra,
+            guest: self.guest,
         };
         let started = Instant::now();
         let (inner, deadline) = self.start(&launch)?;

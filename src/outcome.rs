@@ -240,6 +240,10 @@ pub struct Enforced {
     pub host_uid: u32,
     /// See `host_uid`.
     pub host_gid: u32,
+    /// The user namespace's uid map: which inside ids are which host ids (inside the VM: the guest's).
+    pub uid_map: Vec<IdExtent>,
+    /// The gid map, likewise.
+    pub gid_map: Vec<IdExtent>,
     /// The run's cgroup and its limits, when one was created.
     pub cgroup: Option<CgroupEnforced>,
     /// Resource limits set with setrlimit: name, soft value.
@@ -258,6 +262,19 @@ pub struct Enforced {
     pub not_enforced: Vec<String>,
     /// The writable tmpfs mounts and their bounds (see [`crate::Policy::tmpfs_bounds`]).
     pub tmpfs: Vec<TmpfsBound>,
+}
+
+/// One line of a user namespace's id map: inside ids `inside..inside + count` are host ids
+/// `outside..outside + count`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct IdExtent {
+    /// First id inside the sandbox.
+    pub inside: u32,
+    /// First id outside (on the host, or in the guest).
+    pub outside: u32,
+    /// How many.
+    pub count: u32,
 }
 
 /// A writable tmpfs of the sandbox and the bounds it was mounted with.

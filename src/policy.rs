@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod ids;
 pub mod seccomp;
+
+pub use ids::{IdMapping, RANGE_SIZE};
 
 pub use seccomp::{
     Action as SeccompAction, ArgCond, CmpOp, CustomProfile, Rule as SeccompRule, SeccompProfile,
@@ -43,6 +46,9 @@ pub enum PolicyError {
     /// A root caller's sandbox must not map to host root.
     #[error("host_uid and host_gid must not be 0: the sandbox never runs as host root")]
     HostRoot,
+    /// The id mapping is not usable.
+    #[error("invalid id mapping: {0}")]
+    BadIds(String),
     /// The policy file could not be read.
     #[error("cannot read policy file {path:?}: {source}")]
     Read {
@@ -130,14 +136,16 @@ pub struct Policy {
     pub hostname: String,
     /// Network access.
     pub network: Network,
-    /// User id inside the sandbox.
+    /// User id the program runs as inside the sandbox.
     pub uid: u32,
-    /// Group id inside the sandbox.
+    /// Group id the program runs as inside the sandbox.
     pub gid: u32,
-    /// Host uid the sandbox user maps to when the caller is root (never host root). Default 65534 (nobody).
-    /// An unprivileged caller always maps to its own uid.
+    /// Which host ids the sandbox's user namespace maps (default: 65536 where the caller can have them).
+    pub ids: IdMapping,
+    /// With `ids = "single"`: the host uid the sandbox user maps to when the caller is root (never host root).
+    /// Default 65534 (nobody). An unprivileged caller always maps to its own uid.
     pub host_uid: u32,
-    /// Host gid the sandbox group maps to when the caller is root. Default 65534 (nogroup).
+    /// With `ids = "single"`: the host gid the sandbox group maps to when the caller is root. Default 65534.
     pub host_gid: u32,
     /// Wall-clock limit: the whole process tree is killed when it runs out.
     #[serde(
@@ -204,7 +212,8 @@ pub struct Limits {
 pub struct Landlock {
     /// Apply landlock at all (ABI 1 is then required).
     pub enabled: bool,
-    /// Restrict TCP bind/connect to the ports below (ABI 4). Default: when the network is `none`.
+    /// Restrict TCP bind/connect to the ports below (ABI 4). Default: when either list names a port (the
+    /// sandbox's own network namespace already keeps its loopback servers to itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restrict_tcp: Option<bool>,
     /// Ports the sandbox may bind (0: an ephemeral port).
@@ -273,6 +282,7 @@ impl Default for Policy {
             network: Network::None,
             uid: 0,
             gid: 0,
+            ids: IdMapping::Auto,
             host_uid: 65534,
             host_gid: 65534,
             timeout: None,
@@ -401,10 +411,16 @@ impl Policy {
         self
     }
 
-    /// Sets the user and group ids inside the sandbox.
+    /// Sets the user and group ids the program runs as inside the sandbox.
     pub fn user(mut self, uid: u32, gid: u32) -> Self {
         self.uid = uid;
         self.gid = gid;
+        self
+    }
+
+    /// Sets which host ids the sandbox's user namespace maps.
+    pub fn ids(mut self, ids: IdMapping) -> Self {
+        self.ids = ids;
         self
     }
 
@@ -449,6 +465,9 @@ impl Policy {
         if self.host_uid == 0 || self.host_gid == 0 {
             return Err(PolicyError::HostRoot);
         }
+        self.ids
+            .validate(self.uid, self.gid)
+            .map_err(PolicyError::BadIds)?;
         if self.timeout == Some(Duration::ZERO) || self.limits.cpu_time == Some(Duration::ZERO) {
             return Err(PolicyError::BadTimeout);
         }

@@ -111,6 +111,8 @@ conformance!(
     pid_namespace_and_init,
     hostname,
     only_loopback,
+    loopback_server,
+    id_range,
     environment_cleared,
     read_only_bind,
     read_write_bind,
@@ -192,6 +194,65 @@ fn only_loopback(b: B) {
         Policy::default(),
     );
     assert_eq!(out(&o), "lo\n");
+}
+
+/// A server on the sandbox's own loopback: bind, listen, connect and a byte exchange work by default.
+fn loopback_server(b: B) {
+    let script = "import socket\n\
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+        c = socket.create_connection(s.getsockname()); a, _ = s.accept()\n\
+        c.sendall(b'ping'); print(a.recv(4).decode())\n\
+        u = socket.socket(type=socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0))\n\
+        u.sendto(b'pong', u.getsockname()); print(u.recv(4).decode())\n";
+    let o = Sandbox::new("/usr/bin/python3")
+        .args(["-c", script])
+        .on(b)
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), "ping\npong\n", "{o:?}");
+}
+
+/// The user namespace maps 65536 ids (root callers, and always inside the VM), and the verdict's maps are
+/// the ones the kernel shows; where the caller cannot have them, one id and a `not_enforced` entry.
+fn id_range(b: B) {
+    let o = sh(
+        b,
+        "cat /proc/self/uid_map; echo -; cat /proc/self/gid_map; id -u; id -g",
+        Policy::default().user(1000, 1000),
+    );
+    let text = out(&o);
+    let (uids, rest) = text.split_once("-\n").expect("two maps");
+    let lines = |t: &str| {
+        t.lines()
+            .take_while(|l| l.split_whitespace().count() == 3)
+            .map(|l| {
+                l.split_whitespace()
+                    .map(|x| x.parse::<u32>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let as_vec = |m: &[sandkasten::outcome::IdExtent]| {
+        m.iter()
+            .map(|e| vec![e.inside, e.outside, e.count])
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lines(uids), as_vec(&o.enforced.uid_map), "{o:?}");
+    assert_eq!(lines(rest), as_vec(&o.enforced.gid_map), "{o:?}");
+    assert!(rest.ends_with("1000\n1000\n"), "runs as 1000:1000: {rest}");
+    let total: u32 = o.enforced.uid_map.iter().map(|e| e.count).sum();
+    if testkit::is_root() || b != B::Namespace {
+        assert_eq!(total, 65536, "{o:?}");
+        assert!(o.enforced.uid_map.iter().all(|e| e.outside > 0));
+    } else if total == 1 {
+        assert!(
+            o.enforced
+                .not_enforced
+                .iter()
+                .any(|r| r.contains("uid/gid range")),
+            "one id, said: {o:?}"
+        );
+    }
 }
 
 fn environment_cleared(b: B) {

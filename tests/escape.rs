@@ -169,8 +169,9 @@ impl Ctx {
         s.output().expect("the probe's policy is valid")
     }
 
+    /// Whether landlock can restrict TCP here (ABI 4+; a policy turns it on, the default does not).
     fn landlock_net(&self) -> bool {
-        self.landlock.as_ref().is_some_and(|l| l.net.is_some())
+        self.landlock.as_ref().is_some_and(|l| l.landlock_abi >= 4)
     }
 
     fn landlock_scope(&self, scope: &str) -> bool {
@@ -471,6 +472,8 @@ fn probes() -> Vec<Probe> {
         file_caps_xattr: "write security.capability from inside (what setcap does)"
             => py("file_caps_xattr", "security.capability=EPERM");
         identity: "uid, maps, setuid(1), chown; host owner of files made in a rw bind" => Custom(identity);
+        range_foreign_files: "write, chmod, unlink files of host root and host user 1 in a rw sticky bind"
+            => Custom(range_foreign_files);
         capabilities: "capability sets, unlock securebits, no_new_privs off, capset, sethostname"
             => py("capabilities", "caps=0 nnp=1 seccomp=2 securebits=0xef unlock=EPERM nnp_off=EINVAL \
                                    capset=EPERM sethostname=EPERM");

@@ -324,3 +324,190 @@ fn sandbox_dies_with_the_cli() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Removes the lines it added to the subordinate id files when dropped (also when the test fails).
+struct SubIds {
+    line: String,
+}
+
+impl SubIds {
+    /// Gives `user` `count` subordinate uids and gids beyond every range the files hold.
+    fn add(user: &str, count: u32) -> SubIds {
+        let mut top = 100_000u64;
+        for f in ["/etc/subuid", "/etc/subgid"] {
+            for l in std::fs::read_to_string(f).unwrap_or_default().lines() {
+                let v: Vec<&str> = l.split(':').collect();
+                if let [_, a, b] = v[..]
+                    && let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>())
+                {
+                    top = top.max(a + b);
+                }
+            }
+        }
+        let first = top.div_ceil(65536) * 65536;
+        let line = format!("{user}:{first}:{count}\n");
+        for f in ["/etc/subuid", "/etc/subgid"] {
+            let mut text = std::fs::read_to_string(f).unwrap_or_default();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&line);
+            Self::replace(f, &text);
+        }
+        SubIds { line }
+    }
+
+    fn first(&self) -> u32 {
+        self.line.split(':').nth(1).unwrap().parse().unwrap()
+    }
+
+    fn replace(path: &str, text: &str) {
+        let tmp = format!("{path}.sandbox-test");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+}
+
+impl Drop for SubIds {
+    fn drop(&mut self) {
+        for f in ["/etc/subuid", "/etc/subgid"] {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            Self::replace(f, &text.replacen(&self.line, "", 1));
+        }
+    }
+}
+
+/// An unprivileged caller (uid 65534 here) without subordinate ids gets one id, and the verdict says why and
+/// how to get more; with them (added for the test), 65536 through newuidmap/newgidmap: its own uid for the
+/// sandbox user, its subordinate range for the rest.
+#[test]
+fn unprivileged_caller_maps_its_subordinate_ranges() {
+    if !testkit::is_root() {
+        eprintln!("SKIPPED: needs root to stage a user with subordinate ids");
+        return;
+    }
+    let stage = TempDir::with_mode("subid-stage", 0o755);
+    let staged = stage.join("sandbox");
+    std::fs::copy(bin(), &staged).unwrap();
+    let out_dir = TempDir::new("subid-report");
+    let report = out_dir.join("report.json");
+    let run = || {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&staged)
+            .args([
+                "run",
+                "--report",
+                report.to_str().unwrap(),
+                "--",
+                "/bin/sh",
+                "-c",
+            ])
+            .arg("cat /proc/self/uid_map /proc/self/gid_map; id -u")
+            .current_dir("/")
+            .output()
+            .expect("setpriv runs");
+        let words: Vec<String> = text(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+                .unwrap_or_else(|e| panic!("no report ({e}): {}", text(&out.stderr)));
+        (words.join(" "), json)
+    };
+    let (maps, r) = run();
+    assert_eq!(maps, "0 65534 1 0 65534 1 0", "{r}");
+    let said = r["not_enforced"].to_string() + &r["enforced"]["not_enforced"].to_string();
+    assert!(
+        said.contains("uid/gid range") && said.contains("usermod"),
+        "{r}"
+    );
+
+    let ids = SubIds::add("nobody", 65536);
+    let first = ids.first();
+    let (maps, r) = run();
+    let want = format!("0 65534 1 1 {first} 65535 0 65534 1 1 {first} 65535 0");
+    assert_eq!(maps, want, "{r}");
+    drop(ids);
+}
+
+/// Bad id mappings are refused before anything runs, with the file and the fix; a free explicit range is used.
+#[test]
+fn id_mappings_are_checked() {
+    let out = sandbox(&["run", "--ids", "range:0:1:10", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("host id 0"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sandbox(&["run", "--ids", "many", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("--ids \"many\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sandbox(&["run", "--user", "alice", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125));
+    if !testkit::is_root() {
+        let out = sandbox(&[
+            "run",
+            "--ids",
+            "range:1000000:1000000:65536",
+            "--",
+            "/bin/true",
+        ]);
+        assert_eq!(out.status.code(), Some(125));
+        assert!(
+            text(&out.stderr).contains("needs a root caller"),
+            "{}",
+            text(&out.stderr)
+        );
+        return;
+    }
+    // Host user 1 (daemon on Debian) is in /etc/passwd.
+    let out = sandbox(&["run", "--ids", "range:1:1:10", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("/etc/passwd"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sandbox(&[
+        "run",
+        "--ids",
+        "subordinate:no-such-user-here",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("/etc/subuid"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Far above any range this machine hands out (the reserved one starts near 100000 + users).
+    let out = sandbox(&[
+        "run",
+        "--ids",
+        "range:3000000000:3000000000:65536",
+        "--user",
+        "7:8",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /proc/self/uid_map; id -u; id -g",
+    ]);
+    let words: Vec<String> = text(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        words.join(" "),
+        "0 3000000000 65536 7 8",
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -473,7 +473,8 @@ pub(crate) fn sandbox_for(spec: &RunSpec) -> Sandbox {
     let mut cmd = Sandbox::new(&spec.program);
     cmd.args(&spec.args)
         .policy(spec.policy.clone())
-        .backend(Backend::Namespace);
+        .backend(Backend::Namespace)
+        .in_guest();
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }

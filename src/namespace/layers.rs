@@ -78,12 +78,13 @@ pub(crate) fn prepare(
     // landlock: the ruleset is made here; the child adds every path rule (binds by their mounted inode,
     // tmpfs, /dev, /proc, the root) after pivot_root.
     let (landlock, landlock_rules) = if policy.landlock.enabled {
-        // TCP rules need ABI 4 (Linux 6.7). Asked for explicitly, they are required; by default (no network)
-        // they are defence in depth over the network namespace, so an older kernel only reports them.
-        let wanted = policy
-            .landlock
-            .restrict_tcp
-            .unwrap_or(policy.network == Network::None);
+        // TCP rules need ABI 4 (Linux 6.7). Asked for explicitly, they are required. By default they are on
+        // only where they add something, when the policy lists ports: a sandbox's own network namespace
+        // already isolates its loopback, where test suites start their servers. Implied by listed ports on an
+        // older kernel, they are reported, not required.
+        let listed =
+            !policy.landlock.tcp_bind.is_empty() || !policy.landlock.tcp_connect.is_empty();
+        let wanted = policy.landlock.restrict_tcp.unwrap_or(listed);
         let explicit = policy.landlock.restrict_tcp.is_some();
         let tcp_abi = landlock::abi().is_ok_and(|abi| abi >= 4);
         if wanted && !explicit && !tcp_abi {

@@ -42,6 +42,8 @@ pub(crate) struct Launch<'a> {
     pub stdio: [RawFd; 3],
     /// Further descriptors for the program: `(descriptor here, number in the sandbox)`, numbers 3 and up.
     pub extra_fds: &'a [(RawFd, RawFd)],
+    /// The caller is our guest agent (PID 1 of our VM): the sandbox maps a whole id range of the guest.
+    pub guest: bool,
 }
 
 /// A started sandbox, host side.
@@ -60,6 +62,8 @@ pub(crate) struct Started {
     pub enforced: Enforced,
     /// The CPU-time limit, to tell a CPU timeout from a plain signal.
     pub cpu_time: Option<std::time::Duration>,
+    /// The block of host ids this run holds (root callers), released once the run was reaped.
+    pub _ids: Option<idmap::Lease>,
 }
 
 fn setup_error(stage: Stage, errno: Option<i32>, message: impl Into<String>) -> SetupFailure {
@@ -240,9 +244,11 @@ fn read_argv_area() -> (usize, usize) {
 /// Starts the program in a new sandbox. Returns once the program was executed, or with the step that failed.
 pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
     let (mut spec, plan) = prepare(launch)?;
-    let maps = idmap::IdMaps::for_caller(launch.policy);
+    let mut maps = idmap::IdMaps::for_caller(launch.policy, launch.guest)?;
     spec.drop_groups = maps.may_drop_groups();
-    let layers = layers::prepare(launch.policy, &plan, maps.host_ids())?;
+    let mut layers = layers::prepare(launch.policy, &plan, maps.host_ids())?;
+    (layers.enforced.uid_map, layers.enforced.gid_map) = maps.extents();
+    layers.enforced.not_enforced.extend(maps.note.take());
     spec.filter = layers.filter;
     spec.landlock_fd = layers
         .landlock
@@ -304,7 +310,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
             .map_err(|e| setup_error(Stage::Cgroup, None, e.to_string())),
         None => Ok(()),
     };
-    let release = placed.and_then(|()| maps.write(pid)).and_then(|()| {
+    let release = placed.and_then(|()| Ok(maps.write(pid)?)).and_then(|()| {
         nix::unistd::write(&sync_wr, b"x")
             .map(drop)
             .map_err(|e| os_error(Stage::IdMap, "release", e.into()))
@@ -326,6 +332,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
             cgroup: run_cgroup,
             enforced: layers.enforced,
             cpu_time: launch.policy.limits.cpu_time,
+            _ids: maps.lease.take(),
         }),
         Ok([msg::SETUP_FAILED, stage, step, errno]) => {
             kill_and_reap(pid);

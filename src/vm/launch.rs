@@ -16,7 +16,7 @@ use super::qemu::Share;
 use super::snapshot_cache::Session;
 use crate::namespace::{self, Launch, sys};
 use crate::outcome::VmInfo;
-use crate::policy::{Network, Policy, SYSTEM_TOP};
+use crate::policy::{IdMapping, Network, Policy, SYSTEM_TOP};
 
 /// The descriptor number of the serial console's socket in the VMM.
 const CONSOLE_FD: RawFd = 3;
@@ -231,6 +231,7 @@ fn start_confined(
         policy: &policy,
         stdio: [null.as_raw_fd(), null.as_raw_fd(), stderr],
         extra_fds: &extra,
+        guest: false,
     };
     namespace::spawn(&launch)
         .map(|s| Host::Sandboxed(Box::new(s)))
@@ -242,7 +243,9 @@ fn view(vmm: &Invocation) -> (Policy, &std::ffi::OsStr) {
     let mut policy = Policy::default()
         .ro_bind(&vmm.kernel, &vmm.kernel)
         .ro_bind(&vmm.initramfs, &vmm.initramfs)
-        .network(Network::None);
+        .network(Network::None)
+        // One id: the VMM needs no other user, and keeps the id its device access was checked for.
+        .ids(IdMapping::Single);
     policy.system = vmm.system_view;
     let program = match vmm.program_at {
         Some(at) => {

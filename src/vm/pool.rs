@@ -187,6 +187,7 @@ impl VmPool {
             policy: &policy,
             stdio: [-1; 3],
             extra_fds: &[],
+            guest: false,
         };
         let vmm = engine::Engine::pick(options.engine);
         let (mut base, shares) = guest_spec(&launch, vmm.share_fs())?;

@@ -48,7 +48,8 @@ pub(super) fn run_spec(
         spec.shares.extend(share);
         *src = at;
     }
-    // Inside the guest the agent is root; there the sandbox maps to the guest's nobody.
+    // Inside the guest the agent is root: the sandbox maps a whole range of the guest's ids, or, with
+    // `ids = "single"`, the guest's nobody.
     policy.host_uid = 65534;
     policy.host_gid = 65534;
     let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
@@ -151,6 +152,7 @@ mod tests {
             policy: &policy,
             stdio: [-1; 3],
             extra_fds: &[],
+            guest: false,
         };
         let real = dir.canonicalize().unwrap();
         let base = guest_spec(&launch, ShareFs::Virtiofs).unwrap().0;

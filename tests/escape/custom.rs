@@ -508,15 +508,41 @@ pub(crate) fn plant_setuid_in_rw_bind(c: &Ctx) -> Check {
     )
 }
 
+/// The inside ids and the maps the kernel shows are the verdict's; files made in a writable bind belong on
+/// the host to the sandbox user's mapped id (never root, and for a root caller no id of a host user); no
+/// capability lets the sandbox change ids (`setuid(1)` and `chown` are EPERM where id 1 is mapped, EINVAL
+/// where it is not).
 pub(crate) fn identity(c: &Ctx) -> Check {
     let t = TempDir::new("escape-identity");
     let o = c.py("identity", &[], default().bind(t.path(), "/data"));
-    let (uid, gid) = if c.root {
-        (default().host_uid, default().host_gid)
+    let e = &o.enforced;
+    let vm = o.backend == sandkasten::BackendKind::Vm;
+    // Through the VM, files are made by the VMM: a root caller's VMM runs as nobody.
+    let (uid, gid) = if vm && c.root {
+        (65534, 65534)
+    } else if c.root || !e.uid_map.iter().any(|x| x.count == 1) {
+        (e.host_uid, e.host_gid)
     } else {
         // SAFETY: geteuid and getegid have no preconditions.
         unsafe { (libc::geteuid(), libc::getegid()) }
     };
+    if c.root && !vm {
+        let users = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let taken = users
+            .lines()
+            .filter_map(|l| l.split(':').nth(2)?.parse::<u32>().ok())
+            .any(|id| {
+                e.uid_map
+                    .iter()
+                    .any(|x| id >= x.outside && id - x.outside < x.count)
+            });
+        if uid == 0 || taken {
+            return Err(format!(
+                "the uid map {:?} holds host root or a host user's id",
+                e.uid_map
+            ));
+        }
+    }
     for name in ["owned", "owned-dir"] {
         match std::fs::metadata(t.path().join(name)) {
             Ok(m) if m.uid() == uid && m.gid() == gid && (m.uid() != 0 || !c.root) => {}
@@ -529,9 +555,56 @@ pub(crate) fn identity(c: &Ctx) -> Check {
             Err(e) => return Err(format!("{name} was not made ({e}): {}", describe(&o, ""))),
         }
     }
-    let want =
-        format!("uid=0 gid=0 uid_map=0 {uid} 1 gid_map=0 {gid} 1 setuid1=EINVAL chown=EINVAL");
+    let text = |m: &[sandkasten::outcome::IdExtent]| {
+        m.iter()
+            .map(|x| format!("{} {} {}", x.inside, x.outside, x.count))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let one_mapped = e
+        .uid_map
+        .iter()
+        .any(|x| x.inside <= 1 && 1 - x.inside < x.count);
+    let change = if one_mapped { "EPERM" } else { "EINVAL" };
+    let want = format!(
+        "uid=0 gid=0 uid_map={} gid_map={} setuid1={change} chown={change}",
+        text(&e.uid_map),
+        text(&e.gid_map)
+    );
     expect(&o, &want)
+}
+
+/// Files of other host users in a writable bind stay theirs: the ids of the sandbox's range own nothing
+/// there, and no capability overrides permissions or the sticky bit. (Root callers only: the test makes files
+/// of host root and of host user 1, daemon.)
+pub(crate) fn range_foreign_files(c: &Ctx) -> Check {
+    if !c.root {
+        return Ok(Observed::Skipped(
+            "needs root to make files of other users".into(),
+        ));
+    }
+    let t = TempDir::with_mode("escape-foreign", 0o1777);
+    for (name, id) in [("daemon", 1), ("root", 0)] {
+        let f = t.path().join(name);
+        std::fs::write(&f, "theirs\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::chown(&f, Some(id), Some(id)).unwrap();
+    }
+    let o = c.py("foreign_files", &[], default().bind(t.path(), "/data"));
+    for name in ["daemon", "root"] {
+        let text = std::fs::read_to_string(t.path().join(name)).unwrap_or_default();
+        if text != "theirs\n" {
+            return Err(format!(
+                "{name}'s file was changed to {text:?}: {}",
+                describe(&o, "")
+            ));
+        }
+    }
+    expect(
+        &o,
+        "daemon_write=EACCES daemon_chmod=EPERM daemon_unlink=EPERM \
+         root_write=EACCES root_chmod=EPERM root_unlink=EPERM",
+    )
 }
 
 // --- namespaces, processes, network -------------------------------------------------------------------------
@@ -621,18 +694,20 @@ pub(crate) fn tiocsti_inherited_pty(c: &Ctx) -> Check {
     expect(&o, want)
 }
 
-pub(crate) fn host_tcp_with(c: &Ctx, allow_port: bool) -> Check {
+/// `restrict`: landlock's TCP rules on with no port listed; else the default policy (no TCP rules: the
+/// sandbox's own network namespace alone keeps the host's loopback away).
+pub(crate) fn host_tcp_with(c: &Ctx, restrict: bool) -> Check {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut p = default();
-    if allow_port {
-        p.landlock.tcp_connect = vec![port];
+    if restrict {
+        p.landlock.restrict_tcp = Some(true);
     }
     let o = c.py("host_tcp", &[&port.to_string()], p);
     nothing_arrives(|| listener.accept().map(drop))?;
     // Landlock (ABI 4+) refuses the port before the (empty) loopback of the sandbox's own netns does.
-    let landlock_first = c.landlock_net() && !allow_port;
+    let landlock_first = c.landlock_net() && restrict;
     let want = if landlock_first {
         "connect=EACCES"
     } else {
@@ -642,11 +717,11 @@ pub(crate) fn host_tcp_with(c: &Ctx, allow_port: bool) -> Check {
 }
 
 pub(crate) fn host_tcp(c: &Ctx) -> Check {
-    host_tcp_with(c, false)
+    host_tcp_with(c, true)
 }
 
 pub(crate) fn host_tcp_netns_only(c: &Ctx) -> Check {
-    host_tcp_with(c, true)
+    host_tcp_with(c, false)
 }
 
 pub(crate) fn host_udp(c: &Ctx) -> Check {

@@ -839,6 +839,21 @@ def identity():
 
 
 @probe
+def foreign_files():
+    """Files of host root and host user 1 in a writable, sticky bind: write, chmod, unlink each."""
+    out = []
+    for who in ("daemon", "root"):
+        path = "/data/" + who
+
+        def append(path=path):
+            with open(path, "a") as f:
+                f.write("mine\n")
+        out.append("%s_write=%s %s_chmod=%s %s_unlink=%s" % (
+            who, attempt(append), who, attempt(os.chmod, path, 0o666), who, attempt(os.unlink, path)))
+    return " ".join(out)
+
+
+@probe
 def capabilities():
     status = dict(l.split(":", 1) for l in read_all("/proc/self/status").decode().splitlines() if ":" in l)
     caps = {k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}

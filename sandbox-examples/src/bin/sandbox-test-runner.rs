@@ -27,8 +27,8 @@
 //! executed / was not found), 2 for bad usage. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to the runner (a
 //! Ctrl-C in the terminal) are forwarded to the test, which runs in a session of its own.
 //!
-//! A root caller's sandbox runs as the unprivileged host uid 65534, so a test can write to `target/tmp`
-//! only when that uid may (for example after `chmod 1777 target/tmp`). The default seccomp profile forbids
+//! A root caller's sandbox runs as an unprivileged host id of a block of its own, so a test can write to
+//! `target/tmp` only when others may (for example after `chmod 1777 target/tmp`). The default seccomp profile forbids
 //! creating namespaces, so tests that build sandboxes themselves need a policy with `seccomp = "none"`
 //! (and even then nested sandboxes may fail: this sandbox's masked `/proc` cannot be mounted again).
 

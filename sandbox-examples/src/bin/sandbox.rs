@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use sandkasten::probe::KvmFlavour;
 use sandkasten::seccomp::SeccompProfile;
-use sandkasten::{Backend, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine};
+use sandkasten::{Backend, IdMapping, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine};
 
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
@@ -94,6 +94,21 @@ struct RunArgs {
     /// Hostname inside the sandbox.
     #[arg(long)]
     hostname: Option<String>,
+    /// User id the program runs as inside (default 0, the sandbox's root: never host root).
+    #[arg(long, value_name = "UID")]
+    uid: Option<u32>,
+    /// Group id the program runs as inside (default 0).
+    #[arg(long, value_name = "GID")]
+    gid: Option<u32>,
+    /// User and group inside, docker style: `--user 1000` or `--user 1000:1000` (numbers; a user alone keeps
+    /// the group).
+    #[arg(long, value_name = "UID[:GID]", conflicts_with_all = ["uid", "gid"])]
+    user: Option<String>,
+    /// Which host ids the sandbox maps: `auto` (65536 where the caller can have them: root callers a block of
+    /// their own from the range reserved in /etc/subuid and /etc/subgid, others their subordinate ranges
+    /// through newuidmap), `single` (one id), `subordinate:USER`, or `range:UID:GID:COUNT` (root).
+    #[arg(long, value_name = "auto|single|subordinate:USER|range:UID:GID:COUNT")]
+    ids: Option<String>,
     /// Network access.
     #[arg(long, value_enum)]
     net: Option<NetArg>,
@@ -148,6 +163,52 @@ fn main() -> ExitCode {
         },
         Command::Doctor { json } => doctor(json),
     }
+}
+
+/// `UID[:GID]` (docker `--user`, numbers only: names would be looked up in the host's files, not the
+/// sandbox's).
+fn parse_user(spec: &str, gid: u32) -> Result<(u32, u32), String> {
+    let num = |s: &str| {
+        s.parse::<u32>().map_err(|_| {
+            format!("--user {spec:?}: give numeric ids, UID or UID:GID (e.g. --user 1000:1000)")
+        })
+    };
+    match spec.split_once(':') {
+        Some((u, g)) => Ok((num(u)?, num(g)?)),
+        None => Ok((num(spec)?, gid)),
+    }
+}
+
+/// `auto`, `single`, `subordinate:USER` or `range:UID:GID:COUNT`.
+fn parse_ids(spec: &str) -> Result<IdMapping, String> {
+    let bad = || {
+        format!(
+            "--ids {spec:?}: give auto, single, subordinate:USER or range:UID:GID:COUNT (e.g. \
+             range:1000000:1000000:65536)"
+        )
+    };
+    let mut parts = spec.split(':');
+    let ids = match (parts.next(), parts.next()) {
+        (Some("auto"), None) => IdMapping::Auto,
+        (Some("single"), None) => IdMapping::Single,
+        (Some("subordinate"), Some(user)) if parts.clone().next().is_none() => {
+            IdMapping::Subordinate(user.into())
+        }
+        (Some("range"), Some(uid)) => {
+            let rest: Vec<&str> = parts.collect();
+            let [gid, count] = rest[..] else {
+                return Err(bad());
+            };
+            let n = |s: &str| s.parse::<u32>().map_err(|_| bad());
+            IdMapping::Range {
+                uid: n(uid)?,
+                gid: n(gid)?,
+                count: n(count)?,
+            }
+        }
+        _ => return Err(bad()),
+    };
+    Ok(ids)
 }
 
 /// `SRC[:DST[:ro|rw]]` (docker `-v` syntax) into a mount: read-only when `ro` is given, or when `flag` is
@@ -215,6 +276,18 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
     }
     if let Some(h) = &args.hostname {
         policy.hostname = h.clone();
+    }
+    if let Some(u) = args.uid {
+        policy.uid = u;
+    }
+    if let Some(g) = args.gid {
+        policy.gid = g;
+    }
+    if let Some(spec) = &args.user {
+        (policy.uid, policy.gid) = parse_user(spec, policy.gid)?;
+    }
+    if let Some(spec) = &args.ids {
+        policy.ids = parse_ids(spec)?;
     }
     match args.net {
         Some(NetArg::None) => policy.network = Network::None,
@@ -467,7 +540,42 @@ fn doctor(json: bool) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{Mount, parse_bind, parse_size};
+    use super::{IdMapping, Mount, parse_bind, parse_ids, parse_size, parse_user};
+
+    #[test]
+    fn users_and_id_mappings() {
+        assert_eq!(parse_user("1000", 7), Ok((1000, 7)));
+        assert_eq!(parse_user("1000:1001", 7), Ok((1000, 1001)));
+        for bad in ["", "alice", "1000:", ":5", "1:2:3", "-1"] {
+            assert!(parse_user(bad, 0).is_err(), "{bad}");
+        }
+        assert_eq!(parse_ids("auto"), Ok(IdMapping::Auto));
+        assert_eq!(parse_ids("single"), Ok(IdMapping::Single));
+        assert_eq!(
+            parse_ids("subordinate:alice"),
+            Ok(IdMapping::Subordinate("alice".into()))
+        );
+        assert_eq!(
+            parse_ids("range:1000000:2000000:65536"),
+            Ok(IdMapping::Range {
+                uid: 1_000_000,
+                gid: 2_000_000,
+                count: 65536
+            })
+        );
+        for bad in [
+            "",
+            "many",
+            "auto:x",
+            "subordinate",
+            "subordinate:a:b",
+            "range:1:2",
+            "range:1:2:3:4",
+            "range:a:2:3",
+        ] {
+            assert!(parse_ids(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn bind_modes_are_honoured_or_refused() {

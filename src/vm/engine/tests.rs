@@ -11,6 +11,7 @@ fn launch<'a>(policy: &'a Policy, args: &'a [std::ffi::OsString]) -> Launch<'a> 
         policy,
         stdio: [-1; 3],
         extra_fds: &[],
+        guest: false,
     }
 }
 
