@@ -256,6 +256,10 @@ pub struct Enforced {
     pub landlock: Option<LandlockEnforced>,
     /// Every capability set is empty and the bounding set too; no-root secure bits are locked.
     pub capabilities_dropped: bool,
+    /// Otherwise, the capabilities a program running as uid 0 inside keeps (in the sandbox's user namespace;
+    /// see [`crate::Capability`]); every other one is dropped, the bounding set included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
     /// `no_new_privs` is set.
     pub no_new_privs: bool,
     /// What the policy asked for but this host could not enforce, and why.

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod caps;
 pub mod ids;
 pub mod seccomp;
 
+pub use caps::Capability;
 pub use ids::{IdMapping, RANGE_SIZE};
 
 pub use seccomp::{
@@ -142,6 +144,9 @@ pub struct Policy {
     pub gid: u32,
     /// Which host ids the sandbox's user namespace maps (default: 65536 where the caller can have them).
     pub ids: IdMapping,
+    /// Capabilities the program keeps when it runs as uid 0 inside (none by default; see [`Capability`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<Capability>,
     /// With `ids = "single"`: the host uid the sandbox user maps to when the caller is root (never host root).
     /// Default 65534 (nobody). An unprivileged caller always maps to its own uid.
     pub host_uid: u32,
@@ -283,6 +288,7 @@ impl Default for Policy {
             uid: 0,
             gid: 0,
             ids: IdMapping::Auto,
+            capabilities: Vec::new(),
             host_uid: 65534,
             host_gid: 65534,
             timeout: None,
@@ -532,83 +538,4 @@ mod secs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn toml_round_trip() {
-        let p = Policy::default()
-            .ro_bind("/opt", "/opt")
-            .bind("/srv/data", "/data")
-            .tmpfs_sized("/work", 1 << 20)
-            .hostname("judge")
-            .timeout(Duration::from_millis(2500));
-        let text = p.to_toml();
-        assert_eq!(Policy::from_toml_str(&text).unwrap(), p);
-    }
-
-    #[test]
-    fn toml_file_form() {
-        let p = Policy::from_toml_str(
-            r#"
-            hostname = "box"
-            network = "host"
-            timeout_secs = 1.5
-            [[mount]]
-            type = "ro_bind"
-            src = "/usr"
-            dst = "/usr"
-            [[mount]]
-            type = "tmpfs"
-            dst = "/scratch"
-            size = 4096
-            "#,
-        )
-        .unwrap();
-        assert_eq!(p.hostname, "box");
-        assert_eq!(p.network, Network::Host);
-        assert_eq!(p.timeout, Some(Duration::from_millis(1500)));
-        assert_eq!(p.mounts.len(), 2);
-        assert!(p.system);
-    }
-
-    #[test]
-    fn unknown_fields_are_rejected() {
-        let err = Policy::from_toml_str("hostnme = \"x\"").unwrap_err();
-        assert!(err.contains("hostnme"), "{err}");
-        assert!(Policy::from_toml_str("timeout_secs = -1").is_err());
-        assert!(Policy::from_toml_str("[[mount]]\ntype = \"nfs\"\ndst = \"/x\"").is_err());
-    }
-
-    #[test]
-    fn validation() {
-        assert!(Policy::default().validate().is_ok());
-        for dst in ["relative", "/", "/a/../b", "", "//"] {
-            let err = Policy::default().tmpfs(dst).validate().unwrap_err();
-            assert!(
-                matches!(err, PolicyError::BadDestination(_)),
-                "{dst}: {err}"
-            );
-        }
-        assert!(matches!(
-            Policy::default().ro_bind("usr", "/usr").validate(),
-            Err(PolicyError::RelativeSource(_))
-        ));
-        assert!(matches!(
-            Policy::default().hostname("a b").validate(),
-            Err(PolicyError::BadHostname(_))
-        ));
-        assert!(matches!(
-            Policy::default().hostname("x".repeat(65)).validate(),
-            Err(PolicyError::BadHostname(_))
-        ));
-        assert!(matches!(
-            Policy::default().tmpfs_sized("/t", 0).validate(),
-            Err(PolicyError::ZeroTmpfsSize(_))
-        ));
-        assert!(matches!(
-            Policy::default().timeout(Duration::ZERO).validate(),
-            Err(PolicyError::BadTimeout)
-        ));
-    }
-}
+mod tests;

@@ -474,6 +474,11 @@ fn probes() -> Vec<Probe> {
         identity: "uid, maps, setuid(1), chown; host owner of files made in a rw bind" => Custom(identity);
         range_foreign_files: "write, chmod, unlink files of host root and host user 1 in a rw sticky bind"
             => Custom(range_foreign_files);
+        range_foreign_files_with_caps: "the same with every capability a policy may keep (chown, dac_override, ...)"
+            => Custom(range_foreign_files_with_caps);
+        kept_caps_no_escape: "with every capability a policy may keep: capset, unshare, mount, the host's pid"
+            => py_with("kept_caps", || { let mut p = default(); p.capabilities = sandkasten::Capability::ALL.to_vec(); p },
+                       "bounding=00000000000404fb capset_up=EPERM unshare_user=EPERM mount=EPERM setns=EPERM");
         capabilities: "capability sets, unlock securebits, no_new_privs off, capset, sethostname"
             => py("capabilities", "caps=0 nnp=1 seccomp=2 securebits=0xef unlock=EPERM nnp_off=EINVAL \
                                    capset=EPERM sethostname=EPERM");

@@ -77,6 +77,8 @@ pub struct ChildSpec {
     pub gid: u32,
     /// Whether `setgroups` is permitted (root callers) so supplementary groups can be dropped.
     pub drop_groups: bool,
+    /// Capabilities the program keeps when it runs as uid 0 inside (a mask; 0: none, the default).
+    pub capabilities: u64,
     /// Descriptors to install: `(source, target)`, the program's 0, 1, 2 (unless inherited) and any extra
     /// descriptors passed in. Targets are distinct.
     pub fd_map: Vec<(RawFd, RawFd)>,
@@ -266,11 +268,12 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         fail(report, Stage::Network, none, e);
     }
 
-    // 6. No capabilities, for good: lock the no-root secure bits and empty the bounding set (these need
-    //    CAP_SETPCAP), clear every capability set, forbid privilege gains, and keep the program away from
-    //    this process's memory and descriptors (not dumpable).
-    let creds = sys::lock_securebits_and_drop_bounding()
-        .and_then(|()| sys::clear_capabilities())
+    // 6. No capabilities, for good, but those the policy keeps for uid 0 inside: lock the secure bits and
+    //    empty the bounding set but for those (these need CAP_SETPCAP), set the capability sets to them,
+    //    forbid privilege gains, and keep the program away from this process's memory and descriptors (not
+    //    dumpable).
+    let creds = sys::lock_securebits_and_bound(spec.capabilities)
+        .and_then(|()| sys::set_capabilities(spec.capabilities))
         .and_then(|()| sys::no_new_privs())
         .and_then(|()| sys::not_dumpable());
     if let Err(e) = creds {

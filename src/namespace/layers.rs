@@ -46,7 +46,12 @@ pub(crate) fn prepare(
             .to_vec(),
         host_uid: host_ids.0,
         host_gid: host_ids.1,
-        capabilities_dropped: true,
+        capabilities_dropped: policy.capabilities.is_empty(),
+        capabilities: policy
+            .capabilities
+            .iter()
+            .map(|c| c.name().into())
+            .collect(),
         no_new_privs: true,
         ..Enforced::default()
     };

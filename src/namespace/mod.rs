@@ -201,6 +201,7 @@ fn prepare(launch: &Launch<'_>) -> Result<(ChildSpec, plan::Plan), SetupFailure>
         uid: policy.uid,
         gid: policy.gid,
         drop_groups: false,
+        capabilities: crate::policy::Capability::mask(&policy.capabilities),
         fd_map: fd_map.clone(),
         fd_floor: fd_map.iter().map(|&(_, t)| t + 1).max().unwrap_or(3).max(3),
         keep: vec![-1; 4 + fd_map.len()],

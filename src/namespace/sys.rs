@@ -17,8 +17,7 @@ use std::os::fd::RawFd;
 use libc::{c_int, c_long};
 
 pub use self::creds::{
-    clear_capabilities, lock_securebits_and_drop_bounding, no_new_privs, not_dumpable, set_ids,
-    set_rlimit,
+    lock_securebits_and_bound, no_new_privs, not_dumpable, set_capabilities, set_ids, set_rlimit,
 };
 pub use self::mount::{
     MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, chdir, mkdir, mount,

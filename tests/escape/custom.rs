@@ -578,6 +578,17 @@ pub(crate) fn identity(c: &Ctx) -> Check {
 /// there, and no capability overrides permissions or the sticky bit. (Root callers only: the test makes files
 /// of host root and of host user 1, daemon.)
 pub(crate) fn range_foreign_files(c: &Ctx) -> Check {
+    foreign_files_with(c, default())
+}
+
+/// The same with every capability a policy may keep: they act on the mapped ids only.
+pub(crate) fn range_foreign_files_with_caps(c: &Ctx) -> Check {
+    let mut p = default();
+    p.capabilities = sandkasten::Capability::ALL.to_vec();
+    foreign_files_with(c, p)
+}
+
+fn foreign_files_with(c: &Ctx, policy: Policy) -> Check {
     if !c.root {
         return Ok(Observed::Skipped(
             "needs root to make files of other users".into(),
@@ -590,7 +601,7 @@ pub(crate) fn range_foreign_files(c: &Ctx) -> Check {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::os::unix::fs::chown(&f, Some(id), Some(id)).unwrap();
     }
-    let o = c.py("foreign_files", &[], default().bind(t.path(), "/data"));
+    let o = c.py("foreign_files", &[], policy.bind(t.path(), "/data"));
     for name in ["daemon", "root"] {
         let text = std::fs::read_to_string(t.path().join(name)).unwrap_or_default();
         if text != "theirs\n" {

@@ -854,6 +854,18 @@ def foreign_files():
 
 
 @probe
+def kept_caps():
+    """With kept capabilities: raising one beyond them, new namespaces, mounts and setns all stay refused."""
+    status = dict(l.split(":", 1) for l in read_all("/proc/self/status").decode().splitlines() if ":" in l)
+    hdr = ctypes.create_string_buffer(struct.pack("Ii", 0x20080522, 0))
+    data = ctypes.create_string_buffer(struct.pack("IIIIII", 0x2004fb, 0x2004fb, 0, 0, 0, 0))  # + CAP_SYS_ADMIN
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+    return "bounding=%s capset_up=%s unshare_user=%s mount=%s setns=%s" % (
+        status["CapBnd"].strip(), call(NR["capset"], hdr, data), call(NR["unshare"], 0x10000000),
+        call(NR["mount"], b"none", b"/tmp", b"tmpfs", 0, None), call(NR["setns"], fd, 0))
+
+
+@probe
 def capabilities():
     status = dict(l.split(":", 1) for l in read_all("/proc/self/status").decode().splitlines() if ":" in l)
     caps = {k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}

@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use sandkasten::probe::KvmFlavour;
 use sandkasten::seccomp::SeccompProfile;
-use sandkasten::{Backend, IdMapping, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine};
+use sandkasten::{
+    Backend, Capability, IdMapping, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine,
+};
 
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
@@ -104,6 +106,11 @@ struct RunArgs {
     /// the group).
     #[arg(long, value_name = "UID[:GID]", conflicts_with_all = ["uid", "gid"])]
     user: Option<String>,
+    /// Keep a capability for a program that runs as uid 0 inside (in the sandbox's user namespace only): chown,
+    /// dac_override, fowner, fsetid, kill, setgid, setuid, net_bind_service, sys_chroot, or `all` of these.
+    /// Repeatable. None by default.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
     /// Which host ids the sandbox maps: `auto` (65536 where the caller can have them: root callers a block of
     /// their own from the range reserved in /etc/subuid and /etc/subgid, others their subordinate ranges
     /// through newuidmap), `single` (one id), `subordinate:USER`, or `range:UID:GID:COUNT` (root).
@@ -177,6 +184,21 @@ fn parse_user(spec: &str, gid: u32) -> Result<(u32, u32), String> {
         Some((u, g)) => Ok((num(u)?, num(g)?)),
         None => Ok((num(spec)?, gid)),
     }
+}
+
+/// A capability name (`chown`, `CAP_CHOWN`), or `all` of those offered.
+fn parse_cap(name: &str) -> Result<Vec<Capability>, String> {
+    if name == "all" {
+        return Ok(Capability::ALL.to_vec());
+    }
+    Capability::from_name(name).map(|c| vec![c]).ok_or_else(|| {
+        let offered: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
+        format!(
+            "--cap-add {name:?}: not offered (only capabilities whose power stays in the sandbox's user \
+             namespace): give one of {}, or all",
+            offered.join(", ")
+        )
+    })
 }
 
 /// `auto`, `single`, `subordinate:USER` or `range:UID:GID:COUNT`.
@@ -288,6 +310,13 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
     }
     if let Some(spec) = &args.ids {
         policy.ids = parse_ids(spec)?;
+    }
+    for name in &args.cap_add {
+        for c in parse_cap(name)? {
+            if !policy.capabilities.contains(&c) {
+                policy.capabilities.push(c);
+            }
+        }
     }
     match args.net {
         Some(NetArg::None) => policy.network = Network::None,
@@ -540,7 +569,9 @@ fn doctor(json: bool) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{IdMapping, Mount, parse_bind, parse_ids, parse_size, parse_user};
+    use super::{
+        Capability, IdMapping, Mount, parse_bind, parse_cap, parse_ids, parse_size, parse_user,
+    };
 
     #[test]
     fn users_and_id_mappings() {
@@ -549,6 +580,9 @@ mod tests {
         for bad in ["", "alice", "1000:", ":5", "1:2:3", "-1"] {
             assert!(parse_user(bad, 0).is_err(), "{bad}");
         }
+        assert_eq!(parse_cap("CAP_SETUID"), Ok(vec![Capability::Setuid]));
+        assert_eq!(parse_cap("all").map(|v| v.len()), Ok(Capability::ALL.len()));
+        assert!(parse_cap("sys_admin").unwrap_err().contains("dac_override"));
         assert_eq!(parse_ids("auto"), Ok(IdMapping::Auto));
         assert_eq!(parse_ids("single"), Ok(IdMapping::Single));
         assert_eq!(

@@ -39,12 +39,20 @@ pub fn set_ids(uid: u32, gid: u32, drop_groups: bool) -> SysResult<()> {
     check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
 }
 
-/// Locks the "no root privileges" secure bits so no later execve can gain capabilities from uid 0 or
-/// set-user-ID files, and drops every capability from the bounding set. Needs CAP_SETPCAP.
-pub fn lock_securebits_and_drop_bounding() -> SysResult<()> {
-    let bits = SECBIT_NOROOT
+/// Locks the secure bits and empties the bounding set but for `keep` (a capability mask). Needs CAP_SETPCAP.
+///
+/// With nothing to keep, the "no root privileges" bits are set and locked, so no later execve can gain
+/// capabilities from uid 0 or set-user-ID files. With capabilities to keep, uid 0 keeps the usual semantics,
+/// locked: an execve by uid 0 gets the kept set (no more: the bounding set and `no_new_privs` cap it), and a
+/// switch away from uid 0 drops every capability. Ambient capabilities are never allowed.
+pub fn lock_securebits_and_bound(keep: u64) -> SysResult<()> {
+    let root_bits = if keep == 0 {
+        SECBIT_NOROOT | SECBIT_NO_SETUID_FIXUP
+    } else {
+        0
+    };
+    let bits = root_bits
         | SECBIT_NOROOT_LOCKED
-        | SECBIT_NO_SETUID_FIXUP
         | SECBIT_NO_SETUID_FIXUP_LOCKED
         | SECBIT_KEEP_CAPS_LOCKED
         | SECBIT_NO_CAP_AMBIENT_RAISE
@@ -52,6 +60,9 @@ pub fn lock_securebits_and_drop_bounding() -> SysResult<()> {
     // SAFETY: prctl with integer arguments.
     check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) } as c_long)?;
     for cap in 0..64 {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
         // SAFETY: prctl with integer arguments; EINVAL marks the first capability this kernel does not know.
         if let Err(e) = check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } as c_long)
         {
@@ -78,8 +89,9 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Clears the effective, permitted, inheritable and ambient capability sets.
-pub fn clear_capabilities() -> SysResult<()> {
+/// Sets the effective and permitted capability sets to `keep` (a mask) and clears the inheritable and ambient
+/// ones.
+pub fn set_capabilities(keep: u64) -> SysResult<()> {
     // SAFETY: prctl with integer arguments.
     check(unsafe {
         libc::prctl(
@@ -94,11 +106,12 @@ pub fn clear_capabilities() -> SysResult<()> {
         version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
         pid: 0,
     };
-    let data = [CapData {
-        effective: 0,
-        permitted: 0,
+    let word = |i: u32| (keep >> (32 * i)) as u32;
+    let data = [0, 1].map(|i| CapData {
+        effective: word(i),
+        permitted: word(i),
         inheritable: 0,
-    }; 2];
+    });
     // SAFETY: header and two data words as capset(2) expects for version 3.
     check(unsafe {
         libc::syscall(
