@@ -8,7 +8,7 @@ use super::cgroup::{CgroupLimits, RunCgroup};
 use super::plan::{Inside, Plan};
 use super::{landlock, seccomp};
 use crate::outcome::{Enforced, SetupFailure, Stage};
-use crate::policy::{Network, Policy};
+use crate::policy::{Network, Policy, Protocol};
 
 /// What the child applies, besides namespaces and mounts.
 pub(crate) struct Layers {
@@ -50,7 +50,7 @@ pub(crate) fn prepare(
         no_new_privs: true,
         ..Enforced::default()
     };
-    if policy.network == Network::None {
+    if policy.network != Network::Host {
         enforced.namespaces.push("net".into());
     }
     enforced.tmpfs = plan.tmpfs.clone();
@@ -80,6 +80,7 @@ pub(crate) fn prepare(
     let (landlock, landlock_rules) = if policy.landlock.enabled {
         // TCP rules need ABI 4 (Linux 6.7). Asked for explicitly, they are required; by default (no network)
         // they are defence in depth over the network namespace, so an older kernel only reports them.
+        // User-mode networking is for outbound connections: no TCP rules unless asked for.
         let wanted = policy
             .landlock
             .restrict_tcp
@@ -91,8 +92,15 @@ pub(crate) fn prepare(
                 .not_enforced
                 .push("landlock TCP port rules: need landlock ABI 4 (Linux 6.7)".into());
         }
+        // A port the policy publishes is one the program may listen on.
+        let published = policy
+            .publish
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp);
         let net = landlock::NetRules {
-            tcp_bind: policy.landlock.tcp_bind.clone(),
+            tcp_bind: (policy.landlock.tcp_bind.iter().copied())
+                .chain(published.map(|p| p.port))
+                .collect(),
             tcp_connect: policy.landlock.tcp_connect.clone(),
             handle: wanted && (explicit || tcp_abi),
         };

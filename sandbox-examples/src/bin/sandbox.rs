@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use sandkasten::probe::KvmFlavour;
 use sandkasten::seccomp::SeccompProfile;
-use sandkasten::{Backend, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine};
+use sandkasten::{Backend, Mount, Network, Policy, Publish, Sandbox, SnapshotCache, VmEngine};
 
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
@@ -54,8 +54,13 @@ enum EngineArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum NetArg {
+    /// A network namespace of its own with only loopback (the default).
     None,
+    /// The host's network.
     Host,
+    /// A network namespace of its own connected through pasta (Debian package passt): outbound TCP, UDP and
+    /// DNS; never the host's loopback services; --publish binds host ports. Namespace backend only.
+    User,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +102,10 @@ struct RunArgs {
     /// Network access.
     #[arg(long, value_enum)]
     net: Option<NetArg>,
+    /// With --net user: bind HOSTPORT on every address of the host and forward it to PORT inside the
+    /// sandbox (TCP unless /udp; docker's -p without an address). Repeatable.
+    #[arg(long, value_name = "HOSTPORT:PORT[/tcp|/udp]")]
+    publish: Vec<String>,
     /// Wall-clock limit in seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -219,7 +228,13 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
     match args.net {
         Some(NetArg::None) => policy.network = Network::None,
         Some(NetArg::Host) => policy.network = Network::Host,
+        Some(NetArg::User) => policy.network = Network::User,
         None => {}
+    }
+    for spec in &args.publish {
+        policy
+            .publish
+            .push(spec.parse::<Publish>().map_err(|e| e.to_string())?);
     }
     if let Some(t) = args.timeout {
         let t = Duration::try_from_secs_f64(t)
