@@ -512,10 +512,8 @@ fn pasta_ends_with_the_run_and_with_a_killed_caller() {
 
     // The caller SIGKILLed: nothing of it may stay. Orphans come back to this process, which reaps them.
     // SAFETY: prctl with integer arguments.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(subreaper, 0);
     let mut victim = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(ROLE, "victim")
