@@ -364,8 +364,13 @@ fn doctor_reports_the_host() {
     assert!(r["kernel"].as_str().unwrap().len() > 2);
     assert!(["v1", "v2", "hybrid", "none"].contains(&r["cgroup"]["layout"].as_str().unwrap()));
     assert!(["hardware", "pvm", "none"].contains(&r["kvm"]["flavour"].as_str().unwrap()));
+    assert!(
+        r["pasta"].is_string() || r["user_network_problem"].is_string(),
+        "{r}"
+    );
     let out = sandbox(&["doctor"]);
     assert!(text(&out.stdout).contains("user namespaces:  yes"));
+    assert!(text(&out.stdout).contains("user network:     "));
 }
 
 #[test]

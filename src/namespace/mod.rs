@@ -11,7 +11,7 @@ pub(crate) mod child;
 mod idmap;
 pub mod landlock;
 mod layers;
-mod network;
+pub(crate) mod network;
 pub(crate) mod plan;
 pub mod seccomp;
 mod supervise;

@@ -477,6 +477,14 @@ fn doctor(json: bool) -> ExitCode {
         (false, Some(_)) => "none usable: see above",
     };
     println!("backend (auto):   {auto}");
+    println!(
+        "user network:     {}",
+        match (&report.pasta, &report.user_network_problem) {
+            (Some(p), None) => format!("pasta {}", p.display()),
+            (_, Some(problem)) => format!("unavailable: {problem}"),
+            (None, None) => "unavailable".into(),
+        }
+    );
     ExitCode::SUCCESS
 }
 

@@ -101,6 +101,26 @@ pub(crate) fn find() -> Result<PathBuf, SetupFailure> {
         })
 }
 
+/// Why pasta cannot connect a sandbox on this host, as far as can be told without starting one: no pasta,
+/// or a `/dev/net/tun` that other users cannot open (pasta opens it as the sandbox's unprivileged host uid).
+pub(crate) fn problem() -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = find() {
+        return Some(e.message);
+    }
+    match std::fs::metadata("/dev/net/tun") {
+        Err(e) => Some(format!(
+            "/dev/net/tun: {e} (pasta needs the tun device: modprobe tun)"
+        )),
+        Ok(m) if m.permissions().mode() & 0o006 != 0o006 => Some(format!(
+            "/dev/net/tun has mode {:04o}: pasta, which runs as the sandbox's unprivileged host uid, cannot \
+             open it (Debian's udev rules make it 0666: chmod 0666 /dev/net/tun)",
+            m.permissions().mode() & 0o7777
+        )),
+        Ok(_) => None,
+    }
+}
+
 /// pasta's arguments after its name: every default that could let the sandbox reach the host, or the host's
 /// ports into the sandbox, is turned off explicitly (flags as of passt 2023.03, Debian 12).
 pub(crate) fn args(publish: &[Publish]) -> Vec<String> {
