@@ -612,3 +612,37 @@ fn the_sandbox_cannot_see_signal_or_trace_pasta() {
     drop(stdin);
     assert_eq!(child.wait().unwrap().status, Status::Exited(0));
 }
+
+/// Landlock's TCP rules with user-mode networking: off by default (outbound connections are the mode's
+/// point); asked for (`restrict_tcp`), a published port is one the program may bind, and no other.
+#[test]
+fn landlock_tcp_rules_follow_the_published_ports() {
+    if !inside("landlock_tcp_rules_follow_the_published_ports") {
+        return;
+    }
+    let script = "import socket\n\
+                  for port in [8080, 8081]:\n\
+                  \x20   try:\n\
+                  \x20       socket.socket().bind(('0.0.0.0', port)); print(port, 'bound')\n\
+                  \x20   except OSError as e:\n\
+                  \x20       print(port, 'refused', e.errno)\n";
+    let o = python(script, user()).output().unwrap();
+    assert_eq!(ok(&o), "8080 bound\n8081 bound\n");
+    assert!(
+        o.enforced
+            .landlock
+            .as_ref()
+            .is_some_and(|l| l.net.is_none()),
+        "no TCP rules by default: {:?}",
+        o.enforced.landlock
+    );
+    let mut policy = user().publish(Publish::tcp(18080, 8080));
+    policy.landlock.restrict_tcp = Some(true);
+    let o = python(script, policy).output().unwrap();
+    assert_eq!(
+        ok(&o),
+        format!("8080 bound\n8081 refused {}\n", libc::EACCES)
+    );
+    let net = o.enforced.landlock.unwrap().net.unwrap();
+    assert_eq!(net.tcp_bind, [8080]);
+}
