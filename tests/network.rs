@@ -14,9 +14,15 @@
 //! the root pass through `setpriv` ([`unprivileged_caller_gets_user_networking`]).
 
 mod common;
+/// The test's servers, `network/servers.rs` (a test's crate root looks for its modules beside it, so the
+/// inline `network` gives them the directory).
+mod network {
+    pub(crate) mod servers;
+}
+use network::servers;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio as ProcessStdio};
@@ -136,24 +142,6 @@ fn ok(o: &Outcome) -> String {
     text(&o.stdout)
 }
 
-/// A TCP server of the test namespace: every connection gets `greeting`; the count of connections it
-/// accepted.
-fn greeter(
-    addr: SocketAddr,
-    greeting: &'static str,
-) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
-    let listener = TcpListener::bind(addr).unwrap();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let seen = count.clone();
-    std::thread::spawn(move || {
-        for mut c in listener.incoming().flatten() {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = c.write_all(greeting.as_bytes());
-        }
-    });
-    count
-}
-
 /// The pasta processes among this process's descendants (pasta's command line starts with its name and
 /// `--foreground`, see namespace/network/pasta.rs).
 fn pastas() -> Vec<u32> {
@@ -180,7 +168,7 @@ fn outbound_tcp_reaches_a_server_of_the_network() {
     if !inside("outbound_tcp_reaches_a_server_of_the_network") {
         return;
     }
-    let accepted = greeter((SERVER, 7000).into(), "greetings from the test's network\n");
+    let accepted = servers::greeter((SERVER, 7000).into(), "greetings from the test's network\n");
     let o = python(
         &format!(
             "import socket\n\
@@ -225,7 +213,7 @@ fn host_loopback_and_abstract_sockets_stay_out_of_reach() {
     if !inside("host_loopback_and_abstract_sockets_stay_out_of_reach") {
         return;
     }
-    let tcp = greeter(
+    let tcp = servers::greeter(
         (Ipv4Addr::LOCALHOST, 7001).into(),
         "LEAK: the host's loopback\n",
     );
@@ -341,48 +329,6 @@ fn published_ports_reach_servers_inside() {
     );
 }
 
-/// A DNS server of the test namespace (on [`SERVER`], named by its resolv.conf): `example.test` is
-/// 192.0.2.77; every other question gets an empty answer. The count of queries.
-fn dns_server() -> std::sync::Arc<std::sync::atomic::AtomicU32> {
-    let sock = UdpSocket::bind((SERVER, 53)).unwrap();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let seen = count.clone();
-    std::thread::spawn(move || {
-        let mut q = [0u8; 512];
-        while let Ok((n, from)) = sock.recv_from(&mut q) {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if let Some(answer) = dns_answer(&q[..n]) {
-                let _ = sock.send_to(&answer, from);
-            }
-        }
-    });
-    count
-}
-
-/// The answer to one DNS query (see [`dns_server`]).
-fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
-    // The question's name: labels up to a zero byte, then type and class.
-    let mut end = 12;
-    let mut name = Vec::new();
-    while *q.get(end)? != 0 {
-        let len = q[end] as usize;
-        name.push(String::from_utf8_lossy(q.get(end + 1..end + 1 + len)?).to_lowercase());
-        end += 1 + len;
-    }
-    let question = q.get(12..end + 5)?;
-    let qtype = u16::from_be_bytes([q[end + 1], q[end + 2]]);
-    let known = name.join(".") == "example.test" && qtype == 1;
-    let mut r = Vec::new();
-    r.extend_from_slice(&q[..2]); // id
-    r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(known), 0, 0, 0, 0]);
-    r.extend_from_slice(question);
-    if known {
-        // The name by a pointer to the question's, type A, class IN, TTL 60, four bytes of address.
-        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 77]);
-    }
-    Some(r)
-}
-
 /// (d) The sandbox's resolv.conf names pasta's forwarder, whose queries reach the host's name server (a
 /// tiny one of the test's namespace); the hosts file maps the sandbox's hostname.
 #[test]
@@ -390,7 +336,7 @@ fn dns_goes_through_pastas_forwarder() {
     if !inside("dns_goes_through_pastas_forwarder") {
         return;
     }
-    let queries = dns_server();
+    let queries = servers::dns_server();
     let o = python(
         "import socket\n\
          print([l for l in open('/etc/resolv.conf').read().splitlines() if l.startswith('nameserver')])\n\
@@ -430,7 +376,7 @@ fn unprivileged_caller_gets_user_networking() {
     if !inside(test) {
         return;
     }
-    let accepted = greeter((SERVER, 7000).into(), "hello, unprivileged sandbox\n");
+    let accepted = servers::greeter((SERVER, 7000).into(), "hello, unprivileged sandbox\n");
     let stage = TempDir::with_mode("net-unpriv", 0o755);
     let exe = stage.join("network-test");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
