@@ -13,7 +13,7 @@ say() { printf '==> %s\n' "$*"; }
 
 # --- 1. packages -------------------------------------------------------------------------------------------
 need=()
-for pair in setpriv:util-linux bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap; do
+for pair in setpriv:util-linux pasta:passt bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -63,8 +63,8 @@ esac
 # --- 3. the suite as the caller ----------------------------------------------------------------------------
 say "cargo test as $(id -un)"
 cargo test --workspace
-say "the namespace backend alone (without the vm feature): unit, conformance, namespace and security tests"
-cargo test -p sandkasten --no-default-features --lib --test conformance --test namespace --test security
+say "the namespace backend alone (without the vm feature): unit, conformance, namespace, network and security tests"
+cargo test -p sandkasten --no-default-features --lib --test conformance --test namespace --test network --test security
 
 # The escape probes again, each in a VM (QEMU engine): about 2.5 minutes.
 say "escape probes on the VM backend"

@@ -1,7 +1,8 @@
 //! # sandbox
 //!
 //! Run untrusted programs with strong defaults: new user, pid, mount, net, ipc, uts and cgroup namespaces, a
-//! fresh read-only root, no network, no capabilities, and an honest verdict of what happened.
+//! fresh read-only root, no network (or user-mode networking through `pasta`), no capabilities, and an honest
+//! verdict of what happened.
 //!
 //! ```
 //! use sandkasten::{Policy, Sandbox};
@@ -58,7 +59,7 @@ pub use command::{Sandbox, Stdio};
 pub use error::Error;
 pub use namespace::DEFAULT_PATH;
 pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
-pub use policy::{Capability, IdMapping, Mount, Network, Policy, PolicyError};
+pub use policy::{Capability, IdMapping, Mount, Network, Policy, PolicyError, Protocol, Publish};
 pub use probe::{HostReport, probe};
 pub use running::SandboxChild;
 #[cfg(feature = "vm")]

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Publish;
+
 /// Which backend ran the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -266,6 +268,25 @@ pub struct Enforced {
     pub not_enforced: Vec<String>,
     /// The writable tmpfs mounts and their bounds (see [`crate::Policy::tmpfs_bounds`]).
     pub tmpfs: Vec<TmpfsBound>,
+    /// The network the program had.
+    pub network: NetworkEnforced,
+}
+
+/// The network of a run, for the verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct NetworkEnforced {
+    /// `none` (a network namespace with loopback only), `host` (the host's network) or `user` (a network
+    /// namespace connected through the user-mode stack below).
+    pub mode: String,
+    /// With `user`: the user-mode stack and its program, e.g. `pasta /usr/bin/pasta`.
+    pub helper: Option<String>,
+    /// With `user`: the address the sandbox's `/etc/resolv.conf` names, which the helper forwards to the
+    /// host's first name server.
+    pub dns_forward: Option<String>,
+    /// With `user`: the ports bound on the host, leading into the sandbox.
+    pub published: Vec<Publish>,
 }
 
 /// One line of a user namespace's id map: inside ids `inside..inside + count` are host ids

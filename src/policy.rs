@@ -67,6 +67,33 @@ pub enum PolicyError {
         /// What the parser said, with the line.
         message: String,
     },
+    /// A published port is not `HOSTPORT:PORT[/tcp|/udp]` with ports 1 to 65535.
+    #[error(
+        "published port {spec:?} is invalid: {why}; write HOSTPORT:PORT[/tcp|/udp] with ports 1 to 65535, \
+         e.g. 8080:80 or 5353:53/udp"
+    )]
+    BadPublish {
+        /// The port mapping as given.
+        spec: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Two published ports bind the same host port and protocol.
+    #[error(
+        "host port {host_port}/{protocol} is published twice: a host port can lead to one port of the sandbox"
+    )]
+    DuplicatePublish {
+        /// The host port.
+        host_port: u16,
+        /// Its protocol.
+        protocol: Protocol,
+    },
+    /// Ports are published only with user-mode networking.
+    #[error(
+        "published ports need network = \"user\" (--net user): with \"none\" the sandbox has no network to \
+         publish from, and with \"host\" its ports are the host's already"
+    )]
+    PublishNeedsUserNetwork,
 }
 
 /// One filesystem entry of the sandbox's view.
@@ -118,6 +145,121 @@ pub enum Network {
     None,
     /// The host's network (no network namespace).
     Host,
+    /// A network namespace of its own, with loopback up and one interface connected to the host's network
+    /// through `pasta` (Debian package `passt`), a user-mode TCP/IP stack running as an unprivileged process
+    /// of the host: outbound TCP and UDP, and DNS through a forwarder address in the sandbox's
+    /// `/etc/resolv.conf`. The host's loopback services and its abstract unix sockets stay out of reach; the
+    /// ports of [`Policy::publish`] are bound on the host. Namespace backend only (see SECURITY.md).
+    User,
+}
+
+impl Network {
+    /// The mode's name, as written in a policy file: `none`, `host` or `user`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Host => "host",
+            Network::User => "user",
+        }
+    }
+}
+
+/// The transport protocol of a published port.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A port of the sandbox published on the host, like docker's `-p HOSTPORT:PORT`: connections to
+/// `host_port` on any address of the host (TCP), or datagrams to it (UDP), reach `port` inside the sandbox.
+/// Only with [`Network::User`].
+///
+/// In a policy file: `[[publish]]` with `host_port`, `port` and `protocol` (`"tcp"`, the default, or `"udp"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Publish {
+    /// The port bound on the host.
+    pub host_port: u16,
+    /// The port inside the sandbox.
+    pub port: u16,
+    /// TCP or UDP.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl Publish {
+    /// Host port `host_port` to the sandbox's TCP port `port`.
+    pub fn tcp(host_port: u16, port: u16) -> Publish {
+        Publish {
+            host_port,
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    /// Host port `host_port` to the sandbox's UDP port `port`.
+    pub fn udp(host_port: u16, port: u16) -> Publish {
+        Publish {
+            host_port,
+            port,
+            protocol: Protocol::Udp,
+        }
+    }
+}
+
+impl std::fmt::Display for Publish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}/{}", self.host_port, self.port, self.protocol)
+    }
+}
+
+/// `HOSTPORT:PORT[/tcp|/udp]`, docker's `-p` form without an address.
+impl std::str::FromStr for Publish {
+    type Err = PolicyError;
+
+    fn from_str(spec: &str) -> Result<Publish, PolicyError> {
+        let bad = |why| PolicyError::BadPublish {
+            spec: spec.into(),
+            why,
+        };
+        let (ports, protocol) = match spec.split_once('/') {
+            None => (spec, Protocol::Tcp),
+            Some((ports, "tcp")) => (ports, Protocol::Tcp),
+            Some((ports, "udp")) => (ports, Protocol::Udp),
+            Some(_) => return Err(bad("the protocol after `/` must be tcp or udp")),
+        };
+        let (host, inside) = ports
+            .split_once(':')
+            .ok_or_else(|| bad("give both ports, the host's first"))?;
+        let port = |text: &str| {
+            text.parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad("a port is not a number from 1 to 65535"))
+        };
+        Ok(Publish {
+            host_port: port(host)?,
+            port: port(inside)?,
+            protocol,
+        })
+    }
 }
 
 /// What the sandboxed program may see and do.
@@ -138,6 +280,9 @@ pub struct Policy {
     pub hostname: String,
     /// Network access.
     pub network: Network,
+    /// Ports of the sandbox published on the host (with [`Network::User`] only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<Publish>,
     /// User id the program runs as inside the sandbox.
     pub uid: u32,
     /// Group id the program runs as inside the sandbox.
@@ -285,6 +430,7 @@ impl Default for Policy {
             mounts: Vec::new(),
             hostname: "sandbox".into(),
             network: Network::None,
+            publish: Vec::new(),
             uid: 0,
             gid: 0,
             ids: IdMapping::Auto,
@@ -378,6 +524,12 @@ impl Policy {
     /// Sets the network access.
     pub fn network(mut self, network: Network) -> Self {
         self.network = network;
+        self
+    }
+
+    /// Publishes a port of the sandbox on the host (needs [`Network::User`]).
+    pub fn publish(mut self, publish: Publish) -> Self {
+        self.publish.push(publish);
         self
     }
 
@@ -489,6 +641,31 @@ impl Policy {
             return Err(PolicyError::BadLimit(
                 "cpus must be a number of cores of at least 0.01",
             ));
+        }
+        self.validate_publish()
+    }
+
+    /// Published ports: 1 to 65535, each host port and protocol once, and only with user-mode networking.
+    fn validate_publish(&self) -> Result<(), PolicyError> {
+        for (i, p) in self.publish.iter().enumerate() {
+            if p.host_port == 0 || p.port == 0 {
+                return Err(PolicyError::BadPublish {
+                    spec: p.to_string(),
+                    why: "port 0 cannot be published",
+                });
+            }
+            if self.publish[..i]
+                .iter()
+                .any(|q| (q.host_port, q.protocol) == (p.host_port, p.protocol))
+            {
+                return Err(PolicyError::DuplicatePublish {
+                    host_port: p.host_port,
+                    protocol: p.protocol,
+                });
+            }
+        }
+        if !self.publish.is_empty() && self.network != Network::User {
+            return Err(PolicyError::PublishNeedsUserNetwork);
         }
         Ok(())
     }

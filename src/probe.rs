@@ -47,6 +47,10 @@ pub struct HostReport {
     pub kvm: KvmReport,
     /// The VM backend's engines and guest.
     pub vm: VmReport,
+    /// pasta, for user-mode networking (`network = "user"`), when found.
+    pub pasta: Option<PathBuf>,
+    /// Why user-mode networking cannot run here, when it cannot.
+    pub user_network_problem: Option<String>,
 }
 
 /// What the VM backend would use here.
@@ -98,6 +102,8 @@ pub fn probe() -> HostReport {
         },
         #[cfg(feature = "vm")]
         kvm,
+        pasta: crate::namespace::network::pasta::find().ok(),
+        user_network_problem: crate::namespace::network::pasta::problem(),
     }
 }
 

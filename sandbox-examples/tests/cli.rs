@@ -221,6 +221,78 @@ fn policy_file_and_network_flag() {
     );
 }
 
+/// `--net user` and `--publish`: their help, and every refusal before a sandbox starts (the runs themselves
+/// are in the root crate's tests/network.rs, which need a network namespace of their own).
+#[test]
+fn user_network_flags_refuse_clearly() {
+    let help = text(&sandbox(&["run", "--help"]).stdout);
+    assert!(
+        help.contains("--publish <HOSTPORT:PORT[/tcp|/udp]>"),
+        "{help}"
+    );
+    assert!(help.contains("pasta"), "{help}");
+    let refused = |args: &[&str], wanted: &str, env: &[(&str, &str)]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).current_dir("/").env_remove("SANDBOX_PASTA");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    };
+    for bad in ["80", "0:80", "8080:0", "70000:80", "8080:80/sctp", "a:b"] {
+        refused(
+            &["run", "--net", "user", "--publish", bad, "--", "true"],
+            "HOSTPORT:PORT[/tcp|/udp]",
+            &[],
+        );
+    }
+    refused(
+        &[
+            "run",
+            "--net",
+            "user",
+            "--publish",
+            "8080:80",
+            "--publish",
+            "8080:81",
+            "--",
+            "true",
+        ],
+        "published twice",
+        &[],
+    );
+    for net in [&["--net", "none"][..], &[]] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(net);
+        args.extend_from_slice(&["--publish", "8080:80", "--", "true"]);
+        refused(&args, "need network = \"user\" (--net user)", &[]);
+    }
+    refused(
+        &["run", "--net", "user", "--", "true"],
+        "install the Debian package passt",
+        &[("PATH", "/nonexistent")],
+    );
+    refused(
+        &[
+            "run",
+            "--backend",
+            "vm",
+            "--vm-engine",
+            "qemu",
+            "--net",
+            "user",
+            "--",
+            "true",
+        ],
+        "--net user (network = \"user\") is only available on the namespace backend for now",
+        &[],
+    );
+}
+
 #[test]
 fn limits_and_seccomp_flags() {
     let (out, r) = report(&[
@@ -292,8 +364,13 @@ fn doctor_reports_the_host() {
     assert!(r["kernel"].as_str().unwrap().len() > 2);
     assert!(["v1", "v2", "hybrid", "none"].contains(&r["cgroup"]["layout"].as_str().unwrap()));
     assert!(["hardware", "pvm", "none"].contains(&r["kvm"]["flavour"].as_str().unwrap()));
+    assert!(
+        r["pasta"].is_string() || r["user_network_problem"].is_string(),
+        "{r}"
+    );
     let out = sandbox(&["doctor"]);
     assert!(text(&out.stdout).contains("user namespaces:  yes"));
+    assert!(text(&out.stdout).contains("user network:     "));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::cgroup::{CgroupLimits, RunCgroup};
 use super::plan::{Inside, Plan};
 use super::{landlock, seccomp};
 use crate::outcome::{Enforced, SetupFailure, Stage};
-use crate::policy::{Network, Policy};
+use crate::policy::{Network, Policy, Protocol};
 
 /// What the child applies, besides namespaces and mounts.
 pub(crate) struct Layers {
@@ -55,7 +55,7 @@ pub(crate) fn prepare(
         no_new_privs: true,
         ..Enforced::default()
     };
-    if policy.network == Network::None {
+    if policy.network != Network::Host {
         enforced.namespaces.push("net".into());
     }
     enforced.tmpfs = plan.tmpfs.clone();
@@ -85,7 +85,8 @@ pub(crate) fn prepare(
     let (landlock, landlock_rules) = if policy.landlock.enabled {
         // TCP rules need ABI 4 (Linux 6.7). Asked for explicitly, they are required. By default they are on
         // only where they add something, when the policy lists ports: a sandbox's own network namespace
-        // already isolates its loopback, where test suites start their servers. Implied by listed ports on an
+        // already isolates its loopback, where test suites start their servers, and user-mode networking
+        // is for outbound connections. Implied by listed ports on an
         // older kernel, they are reported, not required.
         let listed =
             !policy.landlock.tcp_bind.is_empty() || !policy.landlock.tcp_connect.is_empty();
@@ -97,8 +98,15 @@ pub(crate) fn prepare(
                 .not_enforced
                 .push("landlock TCP port rules: need landlock ABI 4 (Linux 6.7)".into());
         }
+        // A port the policy publishes is one the program may listen on.
+        let published = policy
+            .publish
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp);
         let net = landlock::NetRules {
-            tcp_bind: policy.landlock.tcp_bind.clone(),
+            tcp_bind: (policy.landlock.tcp_bind.iter().copied())
+                .chain(published.map(|p| p.port))
+                .collect(),
             tcp_connect: policy.landlock.tcp_connect.clone(),
             handle: wanted && (explicit || tcp_abi),
         };

@@ -2,14 +2,16 @@
 //! namespaces, on a fresh root built from the policy.
 //!
 //! Host side, in order: plan the filesystem view and prepare every string and descriptor → `clone` with the
-//! new namespaces → write the uid/gid maps → release the child → wait for its report (started, or which step
-//! failed). The child side is [`child::main`].
+//! new namespaces → write the uid/gid maps → connect the network namespace (user-mode networking: pasta,
+//! [`network`]) → release the child → wait for its report (started, or which step failed). The child side is
+//! [`child::main`].
 
 pub mod cgroup;
 pub(crate) mod child;
 mod idmap;
 pub mod landlock;
 mod layers;
+pub(crate) mod network;
 pub(crate) mod plan;
 pub mod seccomp;
 mod supervise;
@@ -58,6 +60,8 @@ pub(crate) struct Started {
     pub _death: OwnedFd,
     /// The run's cgroup (removed when this is dropped, after the init was reaped).
     pub cgroup: Option<cgroup::RunCgroup>,
+    /// pasta, with user-mode networking: ended when this is dropped.
+    pub _network: Option<network::pasta::Helper>,
     /// What is enforced.
     pub enforced: Enforced,
     /// The CPU-time limit, to tell a CPU timeout from a plain signal.
@@ -191,7 +195,7 @@ fn prepare(launch: &Launch<'_>) -> Result<(ChildSpec, plan::Plan), SetupFailure>
         source_fds: vec![-1; plan.sources.len()],
         sources: plan.sources.clone(),
         hostname: policy.hostname.as_bytes().to_vec(),
-        loopback: policy.network == Network::None,
+        loopback: policy.network != Network::Host,
         cwd,
         candidates: candidates(launch.program, &path_var)?,
         argv: ptrs(&argv_owned),
@@ -245,6 +249,10 @@ fn read_argv_area() -> (usize, usize) {
 /// Starts the program in a new sandbox. Returns once the program was executed, or with the step that failed.
 pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
     let (mut spec, plan) = prepare(launch)?;
+    if launch.policy.network == Network::User {
+        // Before anything is started: no pasta, no run.
+        network::pasta::find()?;
+    }
     let mut maps = idmap::IdMaps::for_caller(launch.policy, launch.guest)?;
     spec.drop_groups = maps.may_drop_groups();
     let mut layers = layers::prepare(launch.policy, &plan, maps.host_ids())?;
@@ -272,7 +280,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS;
-    if launch.policy.network == Network::None {
+    if launch.policy.network != Network::Host {
         flags |= libc::CLONE_NEWNET;
     }
     let mut pidfd: libc::c_int = -1;
@@ -311,11 +319,16 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
             .map_err(|e| setup_error(Stage::Cgroup, None, e.to_string())),
         None => Ok(()),
     };
-    let release = placed.and_then(|()| Ok(maps.write(pid)?)).and_then(|()| {
-        nix::unistd::write(&sync_wr, b"x")
-            .map(drop)
-            .map_err(|e| os_error(Stage::IdMap, "release", e.into()))
-    });
+    let mut helper = None;
+    let release = placed
+        .and_then(|()| Ok(maps.write(pid)?))
+        // The network is connected while the child waits: the program starts with it up.
+        .and_then(|()| network::connect(launch.policy, pid, &maps).map(|h| helper = h))
+        .and_then(|()| {
+            nix::unistd::write(&sync_wr, b"x")
+                .map(drop)
+                .map_err(|e| os_error(Stage::IdMap, "release", e.into()))
+        });
     drop(sync_wr);
     if let Err(e) = release {
         kill_and_reap(pid);
@@ -331,7 +344,11 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
             report,
             _death: death_wr,
             cgroup: run_cgroup,
-            enforced: layers.enforced,
+            enforced: Enforced {
+                network: network::enforced(launch.policy, helper.as_ref()),
+                ..layers.enforced
+            },
+            _network: helper,
             cpu_time: launch.policy.limits.cpu_time,
             _ids: maps.lease.take(),
         }),

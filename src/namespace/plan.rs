@@ -442,7 +442,7 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
     );
 
     if policy.system {
-        p.system()?;
+        p.system(&super::network::etc_files(policy))?;
     }
     p.dev(&policy.devices)?;
     p.proc()?;

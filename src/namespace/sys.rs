@@ -17,7 +17,8 @@ use std::os::fd::RawFd;
 use libc::{c_int, c_long};
 
 pub use self::creds::{
-    lock_securebits_and_bound, no_new_privs, not_dumpable, set_capabilities, set_ids, set_rlimit,
+    clear_groups, keep_only_capabilities, lock_securebits_and_bound, no_new_privs, not_dumpable,
+    set_capabilities, set_ids, set_rlimit,
 };
 pub use self::mount::{
     MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, chdir, mkdir, mount,
@@ -27,9 +28,9 @@ pub use self::mount::{
 #[cfg_attr(not(feature = "vm"), allow(unused_imports))]
 pub use self::process::pidfd_open;
 pub use self::process::{
-    CLONE_PIDFD, clone, execve, exit, fork, full_sigset, kill, parent_death_signal, pidfd_signal,
-    read_signal, reap_any, reset_signal_dispositions, set_process_name, set_sigmask, setsid,
-    signalfd, wait_pid,
+    CLONE_PIDFD, clone, execve, exit, fork, full_sigset, getpid, getppid, kill,
+    parent_death_signal, pidfd_signal, read_signal, reap_any, reset_signal_dispositions,
+    set_process_name, set_sigmask, setsid, signalfd, wait_pid,
 };
 
 /// A raw errno value.
@@ -57,6 +58,12 @@ pub fn sethostname(name: &[u8]) -> SysResult<()> {
 pub fn unshare(flags: c_int) -> SysResult<()> {
     // SAFETY: plain syscall with integer arguments.
     check(unsafe { libc::unshare(flags) } as c_long).map(drop)
+}
+
+/// `setns(2)`: joins the namespace of type `nstype` (e.g. `CLONE_NEWUSER`) that `fd` refers to.
+pub fn setns(fd: RawFd, nstype: c_int) -> SysResult<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::setns(fd, nstype) } as c_long).map(drop)
 }
 
 /// Sets the `IFF_UP` flag of the interface `name` (a NUL-terminated name of at most 15 bytes).

@@ -13,8 +13,10 @@ use crate::policy::{SYSTEM_ETC, SYSTEM_TOP};
 const COPY_LIMIT: u64 = 256 * 1024;
 
 impl Planner {
-    /// The read-only host system: top-level entries and the `/etc` files programs need.
-    pub(super) fn system(&mut self) -> Result<(), PlanError> {
+    /// The read-only host system: top-level entries and the `/etc` files programs need, except those in
+    /// `written` (`(name below /etc, contents)`: files the policy's network mode writes itself), which are
+    /// written instead, whether or not the host has them.
+    pub(super) fn system(&mut self, written: &[(&str, Vec<u8>)]) -> Result<(), PlanError> {
         for name in SYSTEM_TOP {
             let host = Path::new("/").join(name);
             let Ok(meta) = std::fs::symlink_metadata(&host) else {
@@ -32,6 +34,9 @@ impl Planner {
             }
         }
         for name in SYSTEM_ETC {
+            if written.iter().any(|(w, _)| w == name) {
+                continue;
+            }
             let host = Path::new("/etc").join(name);
             let Ok(meta) = std::fs::symlink_metadata(&host) else {
                 continue;
@@ -66,6 +71,9 @@ impl Planner {
                 self.bind(&host, &host, false)?;
             }
         }
+        for (name, contents) in written {
+            self.write_file(&Path::new("/etc").join(name), contents.clone())?;
+        }
         Ok(())
     }
 
@@ -76,6 +84,11 @@ impl Planner {
             path: src.into(),
             source,
         })?;
+        self.write_file(dst, contents)
+    }
+
+    /// Shows a file with `contents` at `dst`, read-only (the new root is frozen after the view is built).
+    fn write_file(&mut self, dst: &Path, contents: Vec<u8>) -> Result<(), PlanError> {
         let parent = dst.parent().unwrap_or(Path::new("/"));
         self.mountpoint(parent, Kind::Dir)?;
         if !self

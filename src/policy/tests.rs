@@ -77,3 +77,98 @@ fn validation() {
         Err(PolicyError::BadTimeout)
     ));
 }
+
+#[test]
+fn publish_parses_docker_style() {
+    assert_eq!(
+        "8080:80".parse::<Publish>().unwrap(),
+        Publish::tcp(8080, 80)
+    );
+    assert_eq!(
+        "8080:80/tcp".parse::<Publish>().unwrap(),
+        Publish::tcp(8080, 80)
+    );
+    assert_eq!(
+        "5353:53/udp".parse::<Publish>().unwrap(),
+        Publish::udp(5353, 53)
+    );
+    assert_eq!(Publish::udp(5353, 53).to_string(), "5353:53/udp");
+    for bad in [
+        "80",
+        "0:80",
+        "80:0",
+        "65536:80",
+        "x:80",
+        "80:80/sctp",
+        "80:80/",
+        ":80",
+        "80:",
+        "-1:80",
+        "1:2:3",
+        "",
+    ] {
+        let err = bad.parse::<Publish>().unwrap_err();
+        assert!(
+            matches!(err, PolicyError::BadPublish { .. }),
+            "{bad}: {err}"
+        );
+        assert!(err.to_string().contains("HOSTPORT:PORT"), "{err}");
+    }
+}
+
+#[test]
+fn publish_is_validated_and_in_toml() {
+    let user = || Policy::default().network(Network::User);
+    assert!(
+        user()
+            .publish(Publish::tcp(8080, 80))
+            .publish(Publish::udp(8080, 80))
+            .publish(Publish::tcp(8081, 80))
+            .validate()
+            .is_ok()
+    );
+    assert!(matches!(
+        user()
+            .publish(Publish::tcp(8080, 80))
+            .publish(Publish::tcp(8080, 81))
+            .validate(),
+        Err(PolicyError::DuplicatePublish {
+            host_port: 8080,
+            protocol: Protocol::Tcp
+        })
+    ));
+    assert!(matches!(
+        user().publish(Publish::tcp(0, 80)).validate(),
+        Err(PolicyError::BadPublish { .. })
+    ));
+    for network in [Network::None, Network::Host] {
+        let err = Policy::default()
+            .network(network)
+            .publish(Publish::tcp(8080, 80))
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, PolicyError::PublishNeedsUserNetwork), "{err}");
+        assert!(err.to_string().contains("--net user"), "{err}");
+    }
+    let p = Policy::from_toml_str(
+        r#"
+        network = "user"
+        [[publish]]
+        host_port = 8080
+        port = 80
+        [[publish]]
+        host_port = 5353
+        port = 53
+        protocol = "udp"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(p.network, Network::User);
+    assert_eq!(p.publish, [Publish::tcp(8080, 80), Publish::udp(5353, 53)]);
+    assert_eq!(Policy::from_toml_str(&p.to_toml()).unwrap(), p);
+    assert!(!Policy::default().to_toml().contains("publish"));
+    assert!(
+        Policy::from_toml_str("[[publish]]\nhost_port = 1\nport = 2\nproto = \"tcp\"").is_err()
+    );
+    assert!(Policy::from_toml_str("[[publish]]\nhost_port = 70000\nport = 2").is_err());
+}

@@ -88,6 +88,12 @@ pub(crate) enum VmError {
     /// The guest's run specification is invalid.
     #[error("{0}")]
     Spec(String),
+    /// User-mode networking is the namespace backend's only.
+    #[error(
+        "--net user (network = \"user\") is only available on the namespace backend for now: run with \
+         --backend namespace, or choose network \"none\" for the VM backend"
+    )]
+    UserNetwork,
     /// A pool VM with less RAM than a guest needs.
     #[error("a pool VM needs at least 128 MiB of RAM ({0} asked)")]
     PoolMemory(u64),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::error::VmError;
 use super::qemu::Share;
 use crate::namespace::Launch;
-use crate::policy::{Mount, Policy, SYSTEM_TOP};
+use crate::policy::{Mount, Network, Policy, SYSTEM_TOP};
 use crate::protocol::{Link, RunSpec, Share as GuestShare, ShareFs};
 
 /// Where the agent mounts the share of policy bind (or pool share) number `i`.
@@ -29,6 +29,10 @@ pub(super) fn run_spec(
     base: RunSpec,
     mut place: impl FnMut(usize, &Path, PathBuf, bool) -> Result<Placed, VmError>,
 ) -> Result<RunSpec, VmError> {
+    // The guest has no user-mode stack to connect: refused, rather than a run without the network it asked for.
+    if launch.policy.network == Network::User {
+        return Err(VmError::UserNetwork);
+    }
     let mut spec = base;
     let mut policy = launch.policy.clone();
     for (i, m) in policy.mounts.iter_mut().enumerate() {
@@ -181,5 +185,29 @@ mod tests {
             refused,
             Err(VmError::NotInPoolShare { writable: true, .. })
         ));
+    }
+
+    #[test]
+    fn user_networking_is_refused_with_its_reason() {
+        let policy = Policy::default().network(Network::User);
+        let program = std::ffi::OsString::from("/bin/true");
+        let launch = Launch {
+            program: &program,
+            args: &[],
+            env: &[],
+            cwd: None,
+            policy: &policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+            guest: false,
+        };
+        let err = guest_spec(&launch, ShareFs::Virtiofs).unwrap_err();
+        assert!(matches!(err, VmError::UserNetwork), "{err}");
+        assert!(
+            err.to_string().contains(
+                "--net user (network = \"user\") is only available on the namespace backend for now"
+            ),
+            "{err}"
+        );
     }
 }

@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sandkasten::probe::KvmFlavour;
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{
-    Backend, Capability, IdMapping, Mount, Network, Policy, Sandbox, SnapshotCache, VmEngine,
+    Backend, Capability, IdMapping, Mount, Network, Policy, Publish, Sandbox, SnapshotCache,
+    VmEngine,
 };
 
 /// Exit code for every failure of the sandbox itself.
@@ -56,8 +57,13 @@ enum EngineArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum NetArg {
+    /// A network namespace of its own with only loopback (the default).
     None,
+    /// The host's network.
     Host,
+    /// A network namespace of its own connected through pasta (Debian package passt): outbound TCP, UDP and
+    /// DNS; never the host's loopback services; --publish binds host ports. Namespace backend only.
+    User,
 }
 
 #[derive(clap::Args)]
@@ -119,6 +125,10 @@ struct RunArgs {
     /// Network access.
     #[arg(long, value_enum)]
     net: Option<NetArg>,
+    /// With --net user: bind HOSTPORT on every address of the host and forward it to PORT inside the
+    /// sandbox (TCP unless /udp; docker's -p without an address). Repeatable.
+    #[arg(long, value_name = "HOSTPORT:PORT[/tcp|/udp]")]
+    publish: Vec<String>,
     /// Wall-clock limit in seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -321,7 +331,13 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
     match args.net {
         Some(NetArg::None) => policy.network = Network::None,
         Some(NetArg::Host) => policy.network = Network::Host,
+        Some(NetArg::User) => policy.network = Network::User,
         None => {}
+    }
+    for spec in &args.publish {
+        policy
+            .publish
+            .push(spec.parse::<Publish>().map_err(|e| e.to_string())?);
     }
     if let Some(t) = args.timeout {
         let t = Duration::try_from_secs_f64(t)
@@ -564,6 +580,14 @@ fn doctor(json: bool) -> ExitCode {
         (false, Some(_)) => "none usable: see above",
     };
     println!("backend (auto):   {auto}");
+    println!(
+        "user network:     {}",
+        match (&report.pasta, &report.user_network_problem) {
+            (Some(p), None) => format!("pasta {}", p.display()),
+            (_, Some(problem)) => format!("unavailable: {problem}"),
+            (None, None) => "unavailable".into(),
+        }
+    );
     ExitCode::SUCCESS
 }
 

@@ -39,6 +39,73 @@ pub fn set_ids(uid: u32, gid: u32, drop_groups: bool) -> SysResult<()> {
     check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
 }
 
+/// Drops every supplementary group (`setgroups(0)`): for a root caller before it joins a user namespace.
+pub fn clear_groups() -> SysResult<()> {
+    // SAFETY: an empty group list with a NULL pointer is valid.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) })
+        .map(drop)
+}
+
+/// Keeps exactly the capabilities in `mask` (bit N: capability N) across the next `execve` and no others:
+/// locks the "no root privileges" secure bits (uid 0 gains nothing at exec), drops every other capability
+/// from the bounding set, makes `mask` the effective, permitted and inheritable sets, and raises it in the
+/// ambient set (which execve keeps for a program without file capabilities). Needs CAP_SETPCAP and the caps
+/// of `mask` in the current user namespace.
+pub fn keep_only_capabilities(mask: u64) -> SysResult<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_SECUREBITS,
+            SECBIT_NOROOT | SECBIT_NOROOT_LOCKED,
+            0,
+            0,
+            0,
+        )
+    } as c_long)?;
+    for cap in 0..64u32 {
+        if mask & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) };
+        // EINVAL marks a capability this kernel does not know.
+        match check(ret as c_long) {
+            Ok(_) | Err(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [mask as u32, (mask >> 32) as u32].map(|word| CapData {
+        effective: word,
+        permitted: word,
+        inheritable: word,
+    });
+    // SAFETY: header and two data words as capset(2) expects for version 3.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })?;
+    for cap in (0..64u32).filter(|c| mask & (1 << c) != 0) {
+        // SAFETY: prctl with integer arguments.
+        check(unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                cap as c_ulong,
+                0,
+                0,
+            )
+        } as c_long)?;
+    }
+    Ok(())
+}
+
 /// Locks the secure bits and empties the bounding set but for `keep` (a capability mask). Needs CAP_SETPCAP.
 ///
 /// With nothing to keep, the "no root privileges" bits are set and locked, so no later execve can gain

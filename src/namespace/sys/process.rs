@@ -157,6 +157,18 @@ pub fn pidfd_open(pid: libc::pid_t) -> SysResult<RawFd> {
     check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(|fd| fd as RawFd)
 }
 
+/// `getpid(2)`.
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// `getppid(2)`.
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() }
+}
+
 /// `kill(2)`.
 pub fn kill(pid: libc::pid_t, sig: c_int) {
     // SAFETY: plain syscall with integer arguments.
