@@ -162,7 +162,6 @@ class Result:
     denied: list = field(default_factory=list)  # denied system calls from the verdict: (name, count)
     verdict: str | None = None  # the sandbox's status, when not "exited"
     log: str = ""
-    note: str = ""  # why a configuration did not run
 
     @property
     def ok(self):
