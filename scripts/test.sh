@@ -84,8 +84,9 @@ SANDBOX_TEST_BACKEND=pool cargo test --test escape --test attacks
 # CPython's own regression tests (os, posix, subprocess, socket, shutil, tempfile, signal, select) on the host,
 # then inside `sandbox run` on the namespace backend called by root and by uid 65534, and a few of them in QEMU
 # VMs: a module that passes on the host must pass inside (the few failures that user namespaces make
-# unavoidable are listed with their reasons in scripts/cpython_tests.py). About 3 minutes per namespace
-# configuration, 7 in the VM (scripts/cpython-tests.sh --full: every module in the VM too, about an hour).
+# unavoidable are listed with their reasons in scripts/cpython_tests.py). About 3 minutes per configuration
+# (host, root, uid 65534) and 4 in the VM for test_posix, test_shutil and test_select (scripts/cpython-tests.sh
+# --full: every module in the VM too, 45 minutes or more).
 say "CPython's regression tests inside sandbox run (scripts/cpython-tests.sh)"
 cargo build --quiet -p sandbox-examples --bin sandbox
 scripts/cpython-tests.sh --sandbox target/debug/sandbox
