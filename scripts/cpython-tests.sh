@@ -2,7 +2,7 @@
 # CPython's own regression tests (Debian's libpython3.11-testsuite) on the host and inside `sandbox run`.
 #
 # Usage: scripts/cpython-tests.sh [--full | MODULE...] [--configs host,ns-root,ns-unpriv,vm-qemu]
-#                                 [--sandbox BIN] [--out DIR] [--show-skips] [--test-timeout S] [--wall S]
+#                                 [--sandbox BIN] [--out DIR] [--show-skips] [--policy FILE] [--from DIR] ...
 #
 # Each module runs as its own `/usr/bin/python3 -m test -v MODULE` first on the host, then inside `sandbox run`
 # on the namespace backend called by root (ns-root) and by uid 65534 (ns-unpriv, through setpriv, the binary

@@ -123,10 +123,11 @@ MEMORY = "1G"
 PIDS = "512"
 
 
-def sandbox_args(backend_args, wall, report):
+def sandbox_args(backend_args, wall, report, policy=None):
     return [
         "run",
         *backend_args,
+        *(["--policy", policy] if policy else []),
         "--memory",
         MEMORY,
         "--pids",
@@ -295,7 +296,7 @@ class Harness:
             backend = ["--backend", "vm", "--vm-engine", "qemu", "--cpus", "2"]
             scale = self.opts.vm_scale
         wall = self.opts.wall * scale
-        argv = [self.sandbox, *sandbox_args(backend, wall, report)]
+        argv = [self.sandbox, *sandbox_args(backend, wall, report, self.opts.policy)]
         argv += regrtest_args(module, self.opts.test_timeout * scale)
         env = {"PATH": SANDBOX_PATH}
         for var in ("SANDBOX_KERNEL", "SANDBOX_AGENT", "RUST_LOG"):
@@ -533,6 +534,8 @@ def main(argv):
     p.add_argument("--wall", type=int, default=600, help="wall-clock limit of one module's run, seconds")
     p.add_argument("--vm-scale", type=int, default=5, help="the VM's limits are this many times longer (TCG)")
     p.add_argument("--show-skips", action="store_true", help="list the tests skipped inside but run on the host")
+    p.add_argument("--policy", help="a TOML policy the sandbox starts from (readable by uid 65534), e.g. to see "
+                   "what a policy change would do: [landlock] restrict_tcp = false")
     p.add_argument("--from", dest="from_dir", help="run nothing: report again on the logs of an earlier --out DIR")
     opts = p.parse_args(argv)
     if opts.full and opts.modules:
@@ -560,6 +563,8 @@ def main(argv):
         h.load()
         return h.report()
     opts.sandbox = os.path.abspath(opts.sandbox)
+    if opts.policy:
+        opts.policy = os.path.abspath(opts.policy)
     opts.out = os.path.abspath(opts.out or tempfile.mkdtemp(prefix="cpython-tests."))
     h = Harness(opts)
     h.run()
