@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 
 # The modules of the issue. All of them run on the host and on the namespace backend by default: each
 # configuration takes under 3 minutes here (host 130-170 s, test_signal 50 s and test_subprocess 35-55 s of
-# it). Under TCG the VM runs them 3 to 55 times slower (test_os 128 s, test_posix 146 s, test_subprocess over
-# 11 minutes, test_socket 249 s with its TCP tests failing at once, test_shutil 45 s, test_tempfile 83 s,
-# test_signal 177 s, test_select 42 s: 26 minutes in all, and more once the TCP tests run), so by default
-# the VM runs VM_CI, three modules that still exercise its own layers (the guest kernel's system calls, its
-# /tmp, processes and pipes), about 4 minutes; --full runs every module there too (45 minutes or more).
+# it). Under TCG the VM runs them 3 to 55 times slower (test_os 128 s, 434 s once its sendfile tests get
+# loopback TCP; test_posix 88-146 s; test_subprocess 11 minutes and more, its two test_leaking_fds_on_error
+# 80 s each; test_socket 108 s with loopback TCP; test_shutil 40-45 s; test_tempfile 83 s; test_signal 177 s;
+# test_select 19-42 s), so by default the VM runs VM_CI, three modules that still exercise its own layers (the
+# guest kernel's system calls, its /tmp, processes and pipes), about 2.5 minutes (4 under load); --full runs
+# every module there too (45 minutes or more).
 FULL = [
     "test_os",
     "test_posix",
