@@ -71,19 +71,20 @@ IGNORED = {
     "whole test_socket run. Inside a sandbox there is no /dev/vsock and it is skipped anyway.",
 }
 
-# Failures expected inside a sandbox once the library lets loopback TCP through by default and maps 65536
-# ids for a root caller (with the capabilities that root needs inside to use them: CAP_CHOWN, CAP_SETUID,
-# CAP_SETGID): limits of the kernel's user namespaces, not of this sandbox's layers. A test listed here that
-# fails is reported as "xfail" with its reason and does not fail the run; one that passes is reported so that
-# the entry can go. Everything else that fails inside but passes on the host is a regression.
+# Failures expected inside a sandbox with this policy (loopback TCP open, 65536 ids for a root caller, root's
+# capabilities kept inside by --cap-add): limits of the kernel's user namespaces, not of this sandbox's layers.
+# A listed test that fails is reported as "xfail" with its reason and does not fail the run; one that passes
+# is reported so that the entry can go. Everything else that fails inside but passes on the host is a
+# regression.
 _BIG_ID = (
     "chowns to uid/gid 2**31 (the test's 'amusingly large' id, tried only as root): no id map of a "
     "sandbox reaches it (65536 ids from an unprivileged host range), so chown(2) says EINVAL, as in "
     "any rootless container"
 )
 _ONE_ID = (
-    "an unprivileged caller may map only its own uid and gid into the sandbox's user namespace (no "
-    "newuidmap/subuid range for uid 65534) and must deny setgroups(2) there: uid 0 inside is the only id"
+    "an unprivileged caller without subordinate ids (uid 65534 has none in /etc/subuid here) gets one id in the "
+    "sandbox's user namespace, its own as uid 0 (the verdict's not_enforced says so and how to get 65536), and "
+    "setgroups(2) is denied there by the kernel"
 )
 _ROOT_INSIDE = {
     "test_posix": {
@@ -117,11 +118,15 @@ SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ENV = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
 
 # The policy of a test-suite run: the defaults (the host system read-only, a private /tmp, no network but
-# loopback, the default seccomp profile, landlock) plus what a test suite needs: room in /tmp (a writable
-# tmpfs is bounded by the memory limit), enough processes for test_subprocess and test_socket's threads, and a
-# wall clock. No --net host: nothing may leave the machine, and the tests need loopback only.
+# loopback, the default seccomp profile, landlock, 65536 ids where the caller can have them) plus what a test
+# suite needs: room in /tmp (a writable tmpfs is bounded by the memory limit), enough processes for
+# test_subprocess and test_socket's threads, a wall clock, and the capabilities of root inside the sandbox's own
+# user namespace (`--cap-add all`: chown, dac_override, fowner, fsetid, kill, setgid, setuid, ...), since the
+# suite runs as uid 0 there and, like on the host as root, chowns, calls setgroups and drops privileges. No
+# --net host: nothing may leave the machine, and the tests need loopback only.
 MEMORY = "1G"
 PIDS = "512"
+CAPS = "all"
 
 
 def sandbox_args(backend_args, wall, report, policy=None):
@@ -133,6 +138,8 @@ def sandbox_args(backend_args, wall, report, policy=None):
         MEMORY,
         "--pids",
         PIDS,
+        "--cap-add",
+        CAPS,
         "--timeout",
         str(wall),
         "--cwd",
