@@ -1,8 +1,10 @@
 //! `sandbox-test-runner`, the cargo target runner. Most tests run a copy of `/bin/sh` as a fake test binary
 //! inside a fake project (a `Cargo.toml` and a `target/` with cargo's `CACHEDIR.TAG`) and check one
-//! property each; the last one runs `cargo test` for real on a generated crate. Runs as root and as an
-//! unprivileged user (CI stages the binary and sets `SANDBOX_TEST_RUNNER_BIN`).
+//! property each; the last two run `cargo test` for real (on a generated crate, and on the loopback TCP
+//! fixture crate `tests/fixtures/loopback-crate`). Runs as root and as an unprivileged user (CI stages the
+//! binary and sets `SANDBOX_TEST_RUNNER_BIN`).
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -258,18 +260,9 @@ fn policy_from_option_or_environment() {
 /// read-only, HOME is /tmp, only loopback), and a failing test makes cargo fail (exit code 101).
 #[test]
 fn real_cargo_test_through_the_runner() {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let usable = Command::new(&cargo)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        eprintln!(
-            "SKIPPED real_cargo_test_through_the_runner: cargo ({cargo:?}) cannot be run by this user; \
-             the run as the toolchain's owner covers it"
-        );
+    let Some(cargo) = usable_cargo("real_cargo_test_through_the_runner") else {
         return;
-    }
+    };
     let p = Project::new("cargo");
     std::fs::remove_dir_all(p.path("target")).unwrap();
     std::fs::write(
@@ -306,22 +299,7 @@ mod tests {
 "#,
     )
     .unwrap();
-    let cargo_test = |extra: &[&str]| {
-        let start = Instant::now();
-        let out = Command::new(&cargo)
-            .args(["test", "--offline", "--quiet", "--lib"])
-            .args(extra)
-            .current_dir(&p.root)
-            .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner())
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("CARGO_BUILD_TARGET_DIR")
-            .env_remove("CARGO_MANIFEST_DIR")
-            .env_remove("SANDBOX_TEST_RUNNER_POLICY")
-            .output()
-            .unwrap();
-        eprintln!("cargo test {extra:?} took {:?}", start.elapsed());
-        out
-    };
+    let cargo_test = |extra: &[&str]| cargo_test_through_runner(&cargo, &p.root, extra);
     let out = cargo_test(&[]);
     let all = text(&out.stdout) + &text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{all}");
@@ -331,4 +309,63 @@ mod tests {
     let all = text(&out.stdout) + &text(&out.stderr);
     assert_eq!(out.status.code(), Some(101), "{all}");
     assert!(all.contains("failing on request"), "{all}");
+}
+
+/// Cargo, when this user can run it; else None after printing SKIPPED for `test` (as uid 65534 here: the
+/// toolchain is root's, and the run as root covers the test).
+fn usable_cargo(test: &str) -> Option<OsString> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let usable = Command::new(&cargo)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable {
+        eprintln!(
+            "SKIPPED {test}: cargo ({cargo:?}) cannot be run by this user; the run as the toolchain's owner \
+             covers it"
+        );
+        return None;
+    }
+    Some(cargo)
+}
+
+/// `cargo test --offline --quiet --lib EXTRA` in the crate at `root` (its own target directory), with the
+/// runner under test as cargo's target runner and its default policy.
+fn cargo_test_through_runner(cargo: &OsStr, root: &Path, extra: &[&str]) -> Output {
+    let start = Instant::now();
+    let out = Command::new(cargo)
+        .args(["test", "--offline", "--quiet", "--lib"])
+        .args(extra)
+        .current_dir(root)
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner())
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env_remove("SANDBOX_TEST_RUNNER_POLICY")
+        .output()
+        .unwrap();
+    eprintln!("cargo test {extra:?} took {:?}", start.elapsed());
+    out
+}
+
+/// Proves: with its default policy the runner runs a crate whose tests bind loopback TCP ports
+/// (`tests/fixtures/loopback-crate`: bind 127.0.0.1:0, connect, bytes both ways; two listeners), as the
+/// tests of many ordinary crates do. Nothing leaves the sandbox's own network namespace (loopback only).
+#[test]
+fn loopback_tcp_tests_pass_through_the_runner() {
+    let Some(cargo) = usable_cargo("loopback_tcp_tests_pass_through_the_runner") else {
+        return;
+    };
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/loopback-crate");
+    // A copy in a directory uid 65534 can read (a root caller's sandbox runs as that uid), with its own
+    // target directory, so that the source tree stays clean.
+    let p = Project::new("loopback");
+    std::fs::remove_dir_all(p.path("target")).unwrap();
+    for file in ["Cargo.toml", "src/lib.rs"] {
+        std::fs::copy(fixture.join(file), p.path(file)).unwrap();
+    }
+    let out = cargo_test_through_runner(&cargo, &p.root, &[]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("test result: ok. 2 passed"), "{all}");
 }
