@@ -19,6 +19,7 @@ Usage: see `scripts/cpython-tests.sh --help`.
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -379,17 +381,26 @@ class Harness:
         self.stage()
         for config, why in self.skipped_configs.items():
             say(f"SKIPPED {config}: {why}")
-        for config in self.configs:
-            for module in self.modules(config):
-                say(f"{config}: {module}")
-                if config == "host":
-                    r = self.host(module)
-                else:
-                    r = self.sandboxed(module, config)
+        lock = threading.Lock()
+
+        def one(config, module):
+            say(f"{config}: {module}")
+            if config == "host":
+                r = self.host(module)
+            else:
+                r = self.sandboxed(module, config)
+            with lock:
                 self.results[(module, config)] = r
                 self.save()
-                extra = f", verdict {r.verdict}" if r.verdict else ""
-                say(f"{config}: {module}: {r.summary()} in {r.seconds:.1f} s{extra} (log {r.log})")
+            extra = f", verdict {r.verdict}" if r.verdict else ""
+            say(f"{config}: {module}: {r.summary()} in {r.seconds:.1f} s{extra} (log {r.log})")
+
+        # --jobs runs at once (each in its own process, with its own temporary directory; many of the tests
+        # sleep or wait on signals, so two at a time roughly halves the time on two cores).
+        pairs = [(c, m) for c in self.configs for m in self.modules(c)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+            for f in [pool.submit(one, c, m) for c, m in pairs]:
+                f.result()
         # The staged copy of the sandbox binary (tens of MB) goes; the logs and verdicts stay.
         if self.sandbox != self.opts.sandbox:
             shutil.rmtree(os.path.dirname(self.sandbox), ignore_errors=True)
@@ -535,6 +546,7 @@ def main(argv):
     p.add_argument("modules", nargs="*", help=f"test modules, in every configuration (default: {' '.join(FULL)}; "
                    f"in the VM only {' '.join(VM_CI)})")
     p.add_argument("--full", action="store_true", help="every module of the default in the VM too")
+    p.add_argument("--jobs", type=int, default=2, help="module runs at once (default 2)")
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, of: " + ", ".join(CONFIGS))
     p.add_argument("--sandbox", required=True, help="the sandbox binary")
     p.add_argument("--out", help="directory for logs and verdicts (default: a new one under /tmp)")
