@@ -119,18 +119,8 @@ fn fail(report: RawFd, stage: Stage, step: u32, errno: Errno) -> ! {
 fn fd_path<'a>(buf: &'a mut [u8; 64], prefix: &str, n: RawFd) -> &'a CStr {
     let p = prefix.as_bytes();
     buf[..p.len()].copy_from_slice(p);
-    let mut digits = [0u8; 12];
-    let mut i = digits.len();
-    let mut v = n.max(0) as u32;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let d = &digits[i..];
+    let mut digits = [0u8; 10];
+    let d = sys::decimal(&mut digits, n.max(0) as u32);
     buf[p.len()..p.len() + d.len()].copy_from_slice(d);
     buf[p.len() + d.len()] = 0;
     CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/")

@@ -147,6 +147,20 @@ pub fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// The decimal digits of `v`, written into `buf` without allocating (for the code after `clone`).
+pub fn decimal(buf: &mut [u8; 10], mut v: u32) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 /// Writes all of `buf`, retrying on EINTR.
 pub fn write_all(fd: RawFd, mut buf: &[u8]) -> SysResult<()> {
     while !buf.is_empty() {

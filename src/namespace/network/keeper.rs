@@ -186,17 +186,7 @@ fn fail(what: &CStr, errno: Errno) -> ! {
     put(what.to_bytes());
     put(b" failed: errno ");
     let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    let mut v = errno.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    put(&digits[i..]);
+    put(sys::decimal(&mut digits, errno.unsigned_abs()));
     put(b"\n");
     let _ = sys::write_all(2, &buf[..len]);
     sys::exit(SETUP_FAILED)
