@@ -3,6 +3,7 @@
 #   policy_toml     policy files: Policy::from_toml_str, validate, the seccomp compiler, the namespace planner
 #   run_spec_json   the host-guest channel: RunSpec::from_json + validate, find_verdict, Outcome::from_report_json
 #   virtqueue       hostile virtio split queues fed to our devices (console ports, virtio-fs) and walked raw
+#   layer_apply     image layers (uncompressed tars) applied by the image store into a fresh directory
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]    each target for SECONDS (default 20, as in CI); all by default
 #   scripts/fuzz.sh 600                      the longer run to do before a release (10 minutes per target)
@@ -20,7 +21,7 @@ say() { printf '==> %s\n' "$*"; }
 secs=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(policy_toml run_spec_json virtqueue)
+[ ${#targets[@]} -gt 0 ] || targets=(policy_toml run_spec_json virtqueue layer_apply)
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     say "no nightly toolchain: rustup toolchain install nightly --profile minimal"

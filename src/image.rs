@@ -556,13 +556,35 @@ impl ImageStore {
                 });
             }
         };
+        // Every blob the store does not have yet is checked before any layer is unpacked, so that a bad blob
+        // fails the import before it has changed anything.
+        for blob in &resolved.layers {
+            let present = self.layer_root(&blob.diff_id).is_some_and(|r| {
+                read_meta(r.parent().expect("a layer's root has a parent")).is_some()
+            });
+            if !present {
+                verify_blob(&source, blob)?;
+            }
+        }
         let count = resolved.layers.len();
         let mut held = Vec::new();
         let mut infos = Vec::new();
+        let mut created = Vec::new();
         for (i, blob) in resolved.layers.iter().enumerate() {
-            let (lock, info) = self.ensure_layer(&source, blob, i + 1, count, &mut opts)?;
-            held.push(lock);
-            infos.push(info);
+            match self.ensure_layer(&source, blob, i + 1, count, &mut opts) {
+                Ok((lock, info, new)) => {
+                    held.push(lock);
+                    infos.push(info);
+                    if new {
+                        created.push(blob.diff_id.clone());
+                    }
+                }
+                Err(e) => {
+                    drop(held);
+                    self.discard(&created);
+                    return Err(e);
+                }
+            }
         }
         let cfg_hex = valid_sha256(&resolved.config_digest).expect("checked when resolved");
         let cfg_path = self.root.join("configs/sha256").join(cfg_hex);
@@ -592,12 +614,50 @@ impl ImageStore {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let _index = self.lock_index()?;
-        let mut index = self.read_index()?;
-        index.images.insert(reference.to_string(), info.clone());
-        self.write_index(&index)?;
+        let written = self.lock_index().and_then(|_index| {
+            let mut index = self.read_index()?;
+            index.images.insert(reference.to_string(), info.clone());
+            self.write_index(&index)
+        });
         drop(held);
+        if let Err(e) = written {
+            self.discard(&created);
+            return Err(e);
+        }
         Ok(info)
+    }
+
+    /// Removes the layers a failed import unpacked, unless an image names them or another process holds
+    /// them (best effort: what is left, `prune` removes).
+    fn discard(&self, diff_ids: &[String]) {
+        let Ok(_index) = self.lock_index() else {
+            return;
+        };
+        let Ok(index) = self.read_index() else {
+            return;
+        };
+        for diff_id in diff_ids {
+            let Some(hex) = valid_sha256(diff_id) else {
+                continue;
+            };
+            if index
+                .images
+                .values()
+                .any(|i| i.layers.iter().any(|l| &l.diff_id == diff_id))
+            {
+                continue;
+            }
+            let lock_path = self.layer_lock(hex);
+            let Ok(Some(_layer)) = lock::lock(&lock_path, true, false) else {
+                continue;
+            };
+            let dir = self.layer_dir(hex);
+            let trash = self.tmp_path(&format!("trash-{hex}"));
+            if std::fs::rename(&dir, &trash).is_ok() {
+                let _ = lock::remove_tree(&trash);
+            }
+            let _ = std::fs::remove_file(&lock_path);
+        }
     }
 
     /// Makes the layer present in the store (unpacked now, or already there) and returns its lock, held
@@ -609,7 +669,7 @@ impl ImageStore {
         index: usize,
         count: usize,
         opts: &mut ImportOptions<'_>,
-    ) -> Result<(lock::Held, LayerInfo), ImageError> {
+    ) -> Result<(lock::Held, LayerInfo, bool), ImageError> {
         let hex = valid_sha256(&blob.diff_id)
             .expect("checked when resolved")
             .to_owned();
@@ -634,6 +694,7 @@ impl ImageStore {
                     diff_id: blob.diff_id.clone(),
                     size: meta.size,
                 },
+                false,
             ));
         }
         let lock_err = store_err(&lock_path, "locking a layer");
@@ -648,6 +709,7 @@ impl ImageStore {
                 shared: read_meta(&dir).is_some(),
             });
         }
+        let mut new = false;
         let meta = match read_meta(&dir) {
             Some(meta) => meta, // another import unpacked it while we waited
             None => {
@@ -660,6 +722,7 @@ impl ImageStore {
                             let _ = lock::remove_tree(&tmp);
                             return Err(store_err(&dir, "moving the unpacked layer into place")(e));
                         }
+                        new = true;
                         meta
                     }
                     Err(e) => {
@@ -681,11 +744,12 @@ impl ImageStore {
                 diff_id: blob.diff_id.clone(),
                 size: meta.size,
             },
+            new,
         ))
     }
 
-    /// Verifies the blob (digest and size, when the source names them), then applies it into `tmp/…/root`
-    /// and checks the uncompressed stream against the diff_id.
+    /// Applies the blob (checked by [`verify_blob`] before) into `tmp/…/root` and checks the uncompressed
+    /// stream against the diff_id.
     fn unpack(
         &self,
         source: &Source,
@@ -706,34 +770,6 @@ impl ImageStore {
                     source: Some(e),
                 })
         };
-        if let Some((digest, size)) = &blob.digest {
-            let (mut r, len) = open()?;
-            if let Some(size) = size
-                && *size != len
-            {
-                return Err(ImageError::Blob {
-                    blob: digest.clone(),
-                    what: format!("is {len} bytes, but its descriptor says {size}"),
-                    source: None,
-                });
-            }
-            let mut hasher = Sha256::new();
-            io::copy(&mut r, &mut HashWriter(&mut hasher)).map_err(|e| ImageError::Blob {
-                blob: digest.clone(),
-                what: "cannot be read".into(),
-                source: Some(e),
-            })?;
-            let actual = format!("sha256:{}", hex(&hasher.finalize()));
-            if &actual != digest {
-                return Err(ImageError::Blob {
-                    blob: digest.clone(),
-                    what: format!(
-                        "has the digest {actual}: the blob is not what its descriptor names"
-                    ),
-                    source: None,
-                });
-            }
-        }
         let root = tmp.join("root");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -821,6 +857,46 @@ impl ImageStore {
             .map_err(store_err(&meta_path, "writing a layer's metadata"))?;
         Ok(meta)
     }
+}
+
+/// Checks a layer blob's size and digest, when the source names them.
+fn verify_blob(source: &Source, blob: &LayerBlob) -> Result<(), ImageError> {
+    let open = || {
+        source
+            .open_member(&blob.member)
+            .map_err(|e| ImageError::Blob {
+                blob: blob.label.clone(),
+                what: format!("cannot be read ({})", blob.member),
+                source: Some(e),
+            })
+    };
+    if let Some((digest, size)) = &blob.digest {
+        let (mut r, len) = open()?;
+        if let Some(size) = size
+            && *size != len
+        {
+            return Err(ImageError::Blob {
+                blob: digest.clone(),
+                what: format!("is {len} bytes, but its descriptor says {size}"),
+                source: None,
+            });
+        }
+        let mut hasher = Sha256::new();
+        io::copy(&mut r, &mut HashWriter(&mut hasher)).map_err(|e| ImageError::Blob {
+            blob: digest.clone(),
+            what: "cannot be read".into(),
+            source: Some(e),
+        })?;
+        let actual = format!("sha256:{}", hex(&hasher.finalize()));
+        if &actual != digest {
+            return Err(ImageError::Blob {
+                blob: digest.clone(),
+                what: format!("has the digest {actual}: the blob is not what its descriptor names"),
+                source: None,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn unreachable_lock(path: &Path) -> ImageError {
@@ -914,6 +990,33 @@ impl<R: Read> Read for Tally<R> {
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
+}
+
+/// The layer bounds of the fuzz target (small, so that inputs stay fast).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_bounds() -> layer::Bounds {
+    layer::Bounds {
+        max_bytes: 1 << 20,
+        max_entries: 4096,
+    }
+}
+
+/// [`layer::apply`] for the fuzz target, as an unprivileged importer would (no owners kept).
+#[cfg(fuzzing)]
+pub(crate) fn apply_for_fuzzing(
+    tar: &[u8],
+    root: &Path,
+    bounds: layer::Bounds,
+) -> Result<u64, String> {
+    layer::apply(tar, root, bounds, false)
+        .map(|a| a.entries)
+        .map_err(|f| format!("{}: {}", f.path, f.error))
+}
+
+/// Removes a tree a layer was applied into.
+#[cfg(fuzzing)]
+pub(crate) fn remove_for_fuzzing(dir: &Path) {
+    let _ = lock::remove_tree(dir);
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 //! The benchmark sections of `sandbox-bench` beyond spawn latency.
 
+pub mod image;
 pub mod more;
 pub mod vm;

@@ -1,13 +1,15 @@
 //! `sandbox-bench`: spawn latency of our sandbox next to its peers, measured in the same run.
 //!
 //! ```text
-//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,throughput,vm,stdout,builtin] [--secs S] [--vm-runs N]
+//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,throughput,vm,stdout,image,builtin] [--secs S] [--vm-runs N]
 //! ```
 //! Sections (all by default): `spawn` (below), `throughput` (2 concurrent spawners for S seconds, default 10:
 //! the library in-process versus bwrap), `vm` (cold `/bin/true` in the VM backend versus a bare QEMU boot of
 //! the same kernel and initramfs, and QEMU's peak RSS; then warm runs on a `VmPool` against cold runs and
 //! QEMU's memory beyond guest RAM; needs SANDBOX_KERNEL/SANDBOX_AGENT or the defaults), `stdout` (1 GiB
-//! through a namespace sandbox and 64 MiB through the VM, versus a plain pipe). Not by default: `builtin`
+//! through a namespace sandbox and 64 MiB through the VM, versus a plain pipe), `image` (importing a
+//! 3-layer image against `umoci unpack` and `tar -x` of its layers, and the disk use of 5 images sharing their
+//! base layers; needs umoci). Not by default: `builtin`
 //! (our VMM against QEMU -accel kvm with the same kernel and initramfs, cold and warm, and its memory beyond
 //! guest RAM; minutes per boot on PVM).
 //!
@@ -26,7 +28,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sandbox_examples::bench::{more, vm};
+use sandbox_examples::bench::{image, more, vm};
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{Policy, Sandbox, Status};
 
@@ -39,6 +41,7 @@ fn install_peers() {
     };
     let missing: Vec<&str> = [
         ("bwrap", "bubblewrap"),
+        ("umoci", "umoci"),
         ("qemu-system-x86_64", "qemu-system-x86"),
     ]
     .into_iter()
@@ -81,7 +84,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 200usize;
     let mut only: Option<Vec<String>> = None;
-    let mut sections: Vec<String> = ["spawn", "throughput", "vm", "stdout"]
+    let mut sections: Vec<String> = ["spawn", "throughput", "vm", "stdout", "image"]
         .map(String::from)
         .to_vec();
     let mut secs = 10u64;
@@ -327,6 +330,9 @@ fn main() {
     if sections.iter().any(|s| s == "stdout") {
         more::stdout(1024, 64);
     }
+    if sections.iter().any(|s| s == "image") {
+        image::import(&cli, 5);
+    }
     let _ = std::io::stdout().flush();
 }
 
@@ -339,7 +345,7 @@ fn ms(d: Duration) -> f64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,throughput,vm,stdout,builtin] [--secs S] [--vm-runs N]"
+        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,throughput,vm,stdout,image,builtin] [--secs S] [--vm-runs N]"
     );
     std::process::exit(2)
 }
