@@ -19,7 +19,7 @@ from pathlib import Path
 # Lowest first. A module may import its own floor and the floors below it, never a higher one.
 FLOORS = [
     ("description", ["policy", "outcome", "error", "backend"]),
-    ("backends and protocol", ["namespace", "protocol"]),
+    ("backends and protocol", ["namespace", "protocol", "image"]),
     ("VM host side", ["vm"]),
     ("selection and the running sandbox", ["probe", "command", "running"]),
     ("the guest agent and fuzzing entry points", ["guest", "fuzzing"]),

@@ -26,6 +26,7 @@ mod error;
 pub mod fuzzing;
 #[cfg(feature = "vm")]
 mod guest;
+pub mod image;
 mod namespace;
 pub mod outcome;
 pub mod policy;

@@ -15,6 +15,8 @@ use sandkasten::{
     VmEngine,
 };
 
+mod image;
+
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
 
@@ -33,6 +35,8 @@ struct Cli {
 enum Command {
     /// Run PROGRAM in a sandbox.
     Run(Box<RunArgs>),
+    /// Manage container images: import, ls, inspect, rm, prune.
+    Image(image::ImageArgs),
     /// Print what this host can enforce.
     Doctor {
         /// Print JSON instead of text.
@@ -172,6 +176,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => match run(*args) {
+            Ok(code) => code,
+            Err(msg) => {
+                eprintln!("sandbox: {msg}");
+                ExitCode::from(SANDBOX_ERROR)
+            }
+        },
+        Command::Image(args) => match image::main(args) {
             Ok(code) => code,
             Err(msg) => {
                 eprintln!("sandbox: {msg}");
