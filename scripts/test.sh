@@ -26,7 +26,7 @@ say() { printf '==> [%2d:%02d] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - s
 
 # --- 1. packages -------------------------------------------------------------------------------------------
 need=()
-for pair in setpriv:util-linux pasta:passt bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap; do
+for pair in setpriv:util-linux pasta:passt bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap umoci:umoci busybox:busybox-static; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 # Packages without a command, by a file they install: CPython's regression tests (scripts/cpython-tests.sh).
