@@ -9,14 +9,16 @@
 #
 # `scripts/test.sh` is what CI runs (budget: 60 minutes on a fresh machine). `scripts/test.sh --full` adds the
 # long batteries, run by hand before resolving an issue that touches the VMs: the escape probes, resource
-# attacks and leak checks on the builtin engine (about 1.5 h on this machine's software KVM) and every CPython
-# module in a QEMU VM (45 minutes or more).
+# attacks and leak checks on the builtin engine (about 1.5 h on this machine's software KVM), every CPython
+# module in a QEMU VM (45 minutes or more), and (SANDBOX_TEST_FULL=1, testkit::builtin_battery) the workspace
+# tests that boot our VMM under software KVM beyond the conformance pass: the guest kernel's PVM boot test,
+# the CLI on the builtin engine, a pool restored from snapshots (about 15 minutes; on hardware KVM always).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 full=0
 case "${1:-}" in
-    --full) full=1 ;;
+    --full) full=1; export SANDBOX_TEST_FULL=1 ;;
     "") ;;
     *) echo "usage: scripts/test.sh [--full]" >&2; exit 2 ;;
 esac

@@ -16,6 +16,9 @@ fn guest_kernel_boots_under_kvm_with_the_pvm_workarounds() {
         eprintln!("SKIPPED: /dev/kvm cannot be opened by this user ({e})");
         return;
     }
+    if !testkit::builtin_battery("the guest kernel's PVM boot test") {
+        return;
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel-config/boot-test.sh");
     let mut cmd = Command::new(&script);
     cmd.args(["--kvm", "--timeout", "900"]);

@@ -40,7 +40,9 @@ fn snapshots(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_restored_pool_vm_runs_without_booting() {
-    if !testkit::kvm_usable() {
+    if !testkit::kvm_usable()
+        || !testkit::builtin_battery("a pool of builtin-engine VMs restored from snapshots")
+    {
         return;
     }
     let cache = TempDir::new("pool-snapshot");
@@ -114,7 +116,9 @@ fn cold(cache: &std::path::Path, script: &str, stdin: Option<&str>) -> (sandkast
 /// ones are restored from that snapshot (with and without stdin: different guests, so one more boot).
 #[test]
 fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
-    if !testkit::kvm_usable() {
+    if !testkit::kvm_usable()
+        || !testkit::builtin_battery("a pool of builtin-engine VMs restored from snapshots")
+    {
         return;
     }
     let cache = TempDir::new("cold-snapshot");

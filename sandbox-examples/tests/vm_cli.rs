@@ -99,6 +99,9 @@ fn builtin_engine_prints_and_exits_with_the_program() {
         eprintln!("this user cannot open /dev/kvm ({e}): checked the refusal only");
         return;
     }
+    if !testkit::builtin_battery("the CLI on the builtin engine (a boot and a restore)") {
+        return;
+    }
     let (out, r) = run(&mut cmd, "builtin");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

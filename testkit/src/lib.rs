@@ -181,6 +181,22 @@ pub fn kvm_usable() -> bool {
     }
 }
 
+/// Whether a long battery on our own VMM (the builtin engine) runs now: always on hardware KVM; under
+/// software KVM (PVM, `/sys/module/kvm_pvm`), where each boot takes minutes, only in the `--full` mode of
+/// `scripts/test.sh` (`SANDBOX_TEST_FULL=1`), so that CI keeps one batched builtin pass (the conformance
+/// suite). Says SKIPPED with the reason otherwise.
+pub fn builtin_battery(what: &str) -> bool {
+    if std::env::var_os("SANDBOX_TEST_FULL").is_some() || !Path::new("/sys/module/kvm_pvm").exists()
+    {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: {what} boots our VMM under software KVM (PVM), minutes per boot; it runs in \
+         scripts/test.sh --full (SANDBOX_TEST_FULL=1) and on hardware KVM"
+    );
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
