@@ -283,8 +283,10 @@ mod escape {
     use super::*;
 
     pub(crate) mod custom;
+    pub(crate) mod identity;
 }
 use escape::custom::*;
+use escape::identity::*;
 
 macro_rules! probes {
     ($($name:ident: $attempt:literal => $how:expr $(, weakness = $w:literal)?;)*) => {
