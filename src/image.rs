@@ -15,7 +15,7 @@
 //! A layer used by ten images is unpacked once (its tree is keyed by the digest of its uncompressed tar).
 //! Every blob is checked against its digest and size before it is parsed, every layer's uncompressed tar
 //! against the config's `rootfs.diff_ids` before its tree becomes visible, and every entry of a layer is
-//! applied without ever writing outside its tree ([`layer`]). An interrupted import leaves at most a
+//! applied without ever writing outside its tree (`image/layer.rs`). An interrupted import leaves at most a
 //! directory in `tmp/`, removed by the next import of that layer or by `prune`.
 
 use std::collections::{BTreeMap, BTreeSet};
