@@ -7,7 +7,7 @@ use crate::Policy;
 /// [`Policy::validate`]: the planner resolves bind sources and reads the small `/etc` files of the system view,
 /// and creates nothing. Returns the number of steps, or the planner's error.
 pub fn plan(policy: &Policy) -> Result<usize, String> {
-    crate::namespace::plan::plan(policy)
+    crate::namespace::plan::plan_with_root(policy, None)
         .map(|p| p.steps.len())
         .map_err(|e| e.to_string())
 }

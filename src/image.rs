@@ -31,7 +31,10 @@ use sha2::{Digest as _, Sha256};
 
 mod layer;
 mod lock;
+mod run;
 mod source;
+
+pub use run::{Checkout, ResolvedUser, RootFiles};
 
 pub use layer::OPAQUE_XATTR;
 use source::{Compression, LayerBlob, Source, hex, valid_sha256};
@@ -119,6 +122,27 @@ pub enum ImageError {
          allowed), TAG of letters, digits and . _ - (at most 128)"
     )]
     BadName(String),
+    /// A run's user cannot be resolved in the root's own files.
+    #[error("user {user:?}: {what}")]
+    User {
+        /// The user as given (`NAME|UID[:GROUP|GID]`).
+        user: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The run gives no command and the image names none.
+    #[error(
+        "image {0:?} names no command (no Entrypoint or Cmd in its config): give the program to run"
+    )]
+    NoCommand(String),
+    /// A layer of the image is missing from the store (removed by a prune meanwhile, or never unpacked).
+    #[error("layer {diff_id} of image {image:?} is not in the store: import the image again")]
+    LayerMissing {
+        /// The image.
+        image: String,
+        /// The layer.
+        diff_id: String,
+    },
 }
 
 fn store_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> ImageError + 'a {

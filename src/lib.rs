@@ -60,7 +60,9 @@ pub use command::{Sandbox, Stdio};
 pub use error::Error;
 pub use namespace::DEFAULT_PATH;
 pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
-pub use policy::{Capability, IdMapping, Mount, Network, Policy, PolicyError, Protocol, Publish};
+pub use policy::{
+    Capability, IdMapping, Mount, Network, Policy, PolicyError, Protocol, Publish, Rootfs,
+};
 pub use probe::{HostReport, probe};
 pub use running::SandboxChild;
 #[cfg(feature = "vm")]

@@ -270,6 +270,31 @@ pub struct Enforced {
     pub tmpfs: Vec<TmpfsBound>,
     /// The network the program had.
     pub network: NetworkEnforced,
+    /// The root filesystem, when the policy gave one of its own (else the host system view or an empty root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<RootfsEnforced>,
+}
+
+/// The root filesystem of a run, for the verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RootfsEnforced {
+    /// `image NAME:TAG` or `dir PATH`.
+    pub source: String,
+    /// The image's id (`sha256:` of its config), for an image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The image's manifest digest, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// How the root is writable: `overlay on a tmpfs` (discarded), `overlay on DIR` (kept).
+    pub writable: String,
+    /// Whether the layers are shown through id-mapped mounts (a root caller's).
+    pub idmapped: bool,
+    /// The user the image's config or the policy's `rootfs.user` named, as resolved in the root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The network of a run, for the verdict.

@@ -45,6 +45,9 @@ pub enum PolicyError {
     /// A device is not a path below /dev.
     #[error("device {0:?} must be a path below /dev, such as /dev/kvm")]
     BadDevice(PathBuf),
+    /// The root filesystem is described wrongly.
+    #[error("rootfs: {0}")]
+    BadRootfs(&'static str),
     /// A root caller's sandbox must not map to host root.
     #[error("host_uid and host_gid must not be 0: the sandbox never runs as host root")]
     HostRoot,
@@ -273,6 +276,10 @@ impl std::str::FromStr for Publish {
 pub struct Policy {
     /// Show the host system read-only (see the type's docs). `false` starts from an empty root.
     pub system: bool,
+    /// A root filesystem of its own (a directory or an image) instead of the host system view; `system` is then
+    /// ignored. See [`Rootfs`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<Rootfs>,
     /// Mounts applied in order, after the system view (a later mount may sit inside an earlier one).
     #[serde(rename = "mount")]
     pub mounts: Vec<Mount>,
@@ -317,6 +324,104 @@ pub struct Policy {
     /// Extra host device nodes shown in the sandbox's `/dev` (e.g. `/dev/kvm`); character devices only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<PathBuf>,
+}
+
+/// A root filesystem of the sandbox's own: a host directory (`dir`, as `bwrap --bind DIR /`) or an image of
+/// an [`ImageStore`](crate::image::ImageStore) (`image`). Either is read-only underneath, with a writable
+/// layer on top (overlayfs): a tmpfs discarded at the end of the run (bounded like `/tmp`), or the directory
+/// `upper` (kept; it holds `upper/` and `work/`). A root caller's directory or image is shown through an
+/// id-mapped mount, so the files its root owns are owned by root inside the sandbox too.
+///
+/// ```toml
+/// [rootfs]
+/// image = "alpine:3"        # or: dir = "/srv/rootfs"
+/// # store = "/var/lib/sandbox/images"   (default: ImageStore::default_path())
+/// # upper = "/srv/work/upper"            (default: a tmpfs)
+/// # user = "app"                          (default: the image's User)
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Rootfs {
+    /// A host directory as the root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// An image `NAME[:TAG]` (or id) of the store as the root; its config gives the command, environment,
+    /// working directory and user the run does not set itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The image store (default: [`ImageStore::default_path`](crate::image::ImageStore::default_path)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<PathBuf>,
+    /// A host directory for the writable layer, kept after the run (default: a tmpfs, discarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
+    /// The user to run as, `NAME|UID[:GROUP|GID]`, resolved in the root's own `/etc/passwd` and
+    /// `/etc/group`; overrides the image's `User` and the policy's `uid`/`gid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl Rootfs {
+    /// A host directory as the root.
+    pub fn dir(path: impl Into<PathBuf>) -> Self {
+        Rootfs {
+            dir: Some(path.into()),
+            ..Rootfs::default()
+        }
+    }
+
+    /// An image of the default store as the root.
+    pub fn image(name: impl Into<String>) -> Self {
+        Rootfs {
+            image: Some(name.into()),
+            ..Rootfs::default()
+        }
+    }
+
+    /// Uses the image store at `store`.
+    pub fn store(mut self, store: impl Into<PathBuf>) -> Self {
+        self.store = Some(store.into());
+        self
+    }
+
+    /// Keeps the writable layer in `upper` (created if missing).
+    pub fn upper(mut self, upper: impl Into<PathBuf>) -> Self {
+        self.upper = Some(upper.into());
+        self
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        match (&self.dir, &self.image) {
+            (Some(_), Some(_)) => {
+                return Err(PolicyError::BadRootfs("give `dir` or `image`, not both"));
+            }
+            (None, None) => return Err(PolicyError::BadRootfs("give `dir` or `image`")),
+            (Some(d), None) if !d.is_absolute() => {
+                return Err(PolicyError::BadRootfs("`dir` must be an absolute path"));
+            }
+            (None, Some(i)) if i.is_empty() => {
+                return Err(PolicyError::BadRootfs("`image` is empty"));
+            }
+            (Some(_), None) if self.store.is_some() => {
+                return Err(PolicyError::BadRootfs(
+                    "`store` goes with `image`, not `dir`",
+                ));
+            }
+            _ => {}
+        }
+        for p in [&self.store, &self.upper].into_iter().flatten() {
+            if !p.is_absolute() {
+                return Err(PolicyError::BadRootfs(
+                    "`store` and `upper` must be absolute paths",
+                ));
+            }
+        }
+        if self.user.as_deref() == Some("") {
+            return Err(PolicyError::BadRootfs("`user` is empty"));
+        }
+        Ok(())
+    }
 }
 
 /// Resource limits of a run. The cgroup limits (`memory`, `pids`, `cpus`) need a writable cgroup beneath the
@@ -427,6 +532,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             system: true,
+            rootfs: None,
             mounts: Vec::new(),
             hostname: "sandbox".into(),
             network: Network::None,
@@ -569,6 +675,12 @@ impl Policy {
         self
     }
 
+    /// Uses a root filesystem of its own instead of the host system view (see [`Rootfs`]).
+    pub fn rootfs(mut self, rootfs: Rootfs) -> Self {
+        self.rootfs = Some(rootfs);
+        self
+    }
+
     /// Sets the user and group ids the program runs as inside the sandbox.
     pub fn user(mut self, uid: u32, gid: u32) -> Self {
         self.uid = uid;
@@ -594,6 +706,9 @@ impl Policy {
 
     /// Checks the policy for mistakes that need no system call to find.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if let Some(r) = &self.rootfs {
+            r.validate()?;
+        }
         for m in &self.mounts {
             check_destination(m.dst())?;
             match m {

@@ -56,6 +56,9 @@ pub struct ChildSpec {
     pub sources: Vec<CString>,
     /// Descriptors of the opened sources (filled in by the child; as long as `sources`).
     pub source_fds: Vec<RawFd>,
+    /// Descriptors of the id-mapped trees the host sends with the release (filled in by the child; as long
+    /// as the plan's `trees`).
+    pub tree_fds: Vec<RawFd>,
     /// Hostname to set (UTS namespace).
     pub hostname: Vec<u8>,
     /// Bring loopback up (own network namespace).
@@ -86,7 +89,8 @@ pub struct ChildSpec {
     pub fd_floor: RawFd,
     /// Scratch space for the list of descriptors to keep (`4 + fd_map.len()` entries, filled by the child).
     pub keep: Vec<RawFd>,
-    /// The child reads one byte here once the host has written the id maps.
+    /// The child receives one byte here (with the id-mapped trees, if any) once the host has written the id
+    /// maps: a `SOCK_SEQPACKET` socket.
     pub sync_fd: RawFd,
     /// The child writes [`msg`] messages here.
     pub report_fd: RawFd,
@@ -127,8 +131,11 @@ fn fd_path<'a>(buf: &'a mut [u8; 64], prefix: &str, n: RawFd) -> &'a CStr {
 }
 
 /// Runs one filesystem step.
-fn run_step(op: &Op, source_fds: &[RawFd]) -> Result<(), Errno> {
+fn run_step(op: &Op, source_fds: &[RawFd], tree_fds: &[RawFd]) -> Result<(), Errno> {
     match op {
+        Op::AttachTree { tree, dst } => {
+            sys::attach_tree(tree_fds.get(*tree).copied().unwrap_or(-1), dst)
+        }
         Op::BindSource { source, dst } => {
             let mut buf = [0u8; 64];
             let fd = source_fds.get(*source).copied().unwrap_or(-1);
@@ -154,6 +161,7 @@ fn run_step(op: &Op, source_fds: &[RawFd]) -> Result<(), Errno> {
             recursive,
         } => sys::mount_setattr(path, *set, *recursive),
         Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
+        Op::Chown { path, uid, gid } => sys::lchown(path, *uid, *gid),
         Op::Touch { path } => sys::touch(path),
         Op::WriteFile { path, contents } => sys::write_file(path, contents),
         Op::Symlink { target, path } => sys::symlink(target, path),
@@ -215,10 +223,13 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         fail(report, Stage::Init, none, e);
     }
 
-    // 2. Wait until the host has written our uid/gid maps (end of file: the host gave up).
-    let mut go = [0u8; 1];
-    if sys::read_full(spec.sync_fd, &mut go) != Ok(1) {
-        sys::exit(125);
+    // 2. Wait until the host has written our uid/gid maps (end of file: the host gave up); the release
+    //    carries the id-mapped trees of the root, if any.
+    match sys::recv_with_fds(spec.sync_fd, &mut spec.tree_fds) {
+        Ok((1, got)) if got == spec.tree_fds.len() => {}
+        Ok((1, _)) => fail(report, Stage::Mounts, none, libc::EPROTO),
+        Ok(_) => sys::exit(125),
+        Err(e) => fail(report, Stage::Init, none, e),
     }
     sys::close(spec.sync_fd);
 
@@ -240,11 +251,11 @@ pub fn main(spec: &mut ChildSpec) -> ! {
 
     // 4. The filesystem view, ending with pivot_root into it and the host root detached.
     for (i, step) in spec.steps.iter().enumerate() {
-        if let Err(e) = run_step(&step.op, &spec.source_fds) {
+        if let Err(e) = run_step(&step.op, &spec.source_fds, &spec.tree_fds) {
             fail(report, step.stage, i as u32, e);
         }
     }
-    for &fd in &spec.source_fds {
+    for &fd in spec.source_fds.iter().chain(&spec.tree_fds) {
         sys::close(fd);
     }
 

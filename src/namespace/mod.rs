@@ -13,6 +13,7 @@ pub mod landlock;
 mod layers;
 pub(crate) mod network;
 pub(crate) mod plan;
+pub(crate) mod rootfs;
 pub mod seccomp;
 mod supervise;
 pub(crate) mod sys;
@@ -68,6 +69,8 @@ pub(crate) struct Started {
     pub cpu_time: Option<std::time::Duration>,
     /// The block of host ids this run holds (root callers), released once the run was reaped.
     pub _ids: Option<idmap::Lease>,
+    /// The root filesystem of the policy's own: holds its image's layers in the store until the run ends.
+    pub _root: Option<rootfs::Root>,
 }
 
 fn setup_error(stage: Stage, errno: Option<i32>, message: impl Into<String>) -> SetupFailure {
@@ -126,13 +129,16 @@ fn candidates(program: &std::ffi::OsStr, path_var: &[u8]) -> Result<Vec<CString>
 }
 
 /// Builds the child's specification: every string and pointer the child will use.
-fn prepare(launch: &Launch<'_>) -> Result<(ChildSpec, plan::Plan), SetupFailure> {
+fn prepare(
+    launch: &Launch<'_>,
+    root: Option<&rootfs::Root>,
+) -> Result<(ChildSpec, plan::Plan), SetupFailure> {
     let policy = launch.policy;
     policy
         .validate()
         .map_err(|e| setup_error(Stage::Prepare, None, e.to_string()))?;
-    let mut plan =
-        plan::plan(policy).map_err(|e| setup_error(Stage::Mounts, None, e.to_string()))?;
+    let mut plan = plan::plan_with_root(policy, root)
+        .map_err(|e| setup_error(Stage::Mounts, None, e.to_string()))?;
 
     let mut env: Vec<CString> = Vec::new();
     let mut path_var = DEFAULT_PATH.as_bytes().to_vec();
@@ -193,6 +199,7 @@ fn prepare(launch: &Launch<'_>) -> Result<(ChildSpec, plan::Plan), SetupFailure>
     let spec = ChildSpec {
         steps: std::mem::take(&mut plan.steps),
         source_fds: vec![-1; plan.sources.len()],
+        tree_fds: vec![-1; plan.trees.len()],
         sources: plan.sources.clone(),
         hostname: policy.hostname.as_bytes().to_vec(),
         loopback: policy.network != Network::Host,
@@ -248,7 +255,35 @@ fn read_argv_area() -> (usize, usize) {
 
 /// Starts the program in a new sandbox. Returns once the program was executed, or with the step that failed.
 pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
-    let (mut spec, plan) = prepare(launch)?;
+    let root = rootfs::resolve(launch.policy)?;
+    let Some(root) = root else {
+        return spawn_on(launch, None);
+    };
+    // The root's config fills in what the run does not set itself; its user becomes the policy's.
+    let applied = root.apply(launch.program, launch.args, launch.env, launch.cwd)?;
+    let mut policy = launch.policy.clone();
+    if let Some(u) = root.user {
+        (policy.uid, policy.gid) = (u.uid, u.gid);
+    }
+    let (program, args) = applied.argv.split_first().expect("apply gives a program");
+    let on_root = Launch {
+        program,
+        args,
+        env: &applied.env,
+        cwd: applied.cwd.as_deref(),
+        policy: &policy,
+        stdio: launch.stdio,
+        extra_fds: launch.extra_fds,
+        guest: launch.guest,
+    };
+    let mut started = spawn_on(&on_root, Some(&root))?;
+    started.enforced.rootfs = Some(root.report.clone());
+    started._root = Some(root);
+    Ok(started)
+}
+
+fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started, SetupFailure> {
+    let (mut spec, plan) = prepare(launch, root)?;
     if launch.policy.network == Network::User {
         // Before anything is started: no pasta, no run.
         network::pasta::find()?;
@@ -267,7 +302,16 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
     spec.rlimits = layers.rlimits;
     let run_cgroup = layers.cgroup;
 
-    let (sync_rd, sync_wr) = pipe()?;
+    let [sync_rd, sync_wr] = sys::seqpacket_pair().map_err(|e| {
+        os_error(
+            Stage::Prepare,
+            "socketpair",
+            std::io::Error::from_raw_os_error(e),
+        )
+    })?;
+    // SAFETY: socketpair just returned these two descriptors, owned by nobody else.
+    let (sync_rd, sync_wr) =
+        unsafe { (OwnedFd::from_raw_fd(sync_rd), OwnedFd::from_raw_fd(sync_wr)) };
     let (report_rd, report_wr) = pipe()?;
     let (death_rd, death_wr) = pipe()?;
     spec.sync_fd = sync_rd.as_raw_fd();
@@ -324,10 +368,16 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
         .and_then(|()| Ok(maps.write(pid)?))
         // The network is connected while the child waits: the program starts with it up.
         .and_then(|()| network::connect(launch.policy, pid, &maps).map(|h| helper = h))
-        .and_then(|()| {
-            nix::unistd::write(&sync_wr, b"x")
-                .map(drop)
-                .map_err(|e| os_error(Stage::IdMap, "release", e.into()))
+        // A root caller's root filesystem: its layers mapped through the child's user namespace.
+        .and_then(|()| rootfs::idmapped_trees(pid, &plan.trees))
+        .and_then(|trees| {
+            sys::send_with_fds(sync_wr.as_raw_fd(), b'x', &rootfs::raw(&trees)).map_err(|e| {
+                os_error(
+                    Stage::IdMap,
+                    "release",
+                    std::io::Error::from_raw_os_error(e),
+                )
+            })
         });
     drop(sync_wr);
     if let Err(e) = release {
@@ -351,6 +401,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
             _network: helper,
             cpu_time: launch.policy.limits.cpu_time,
             _ids: maps.lease.take(),
+            _root: None,
         }),
         Ok([msg::SETUP_FAILED, stage, step, errno]) => {
             kill_and_reap(pid);

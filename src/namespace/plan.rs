@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use libc::c_ulong;
 
+use super::rootfs::Root;
 use super::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use crate::outcome::{Stage, TmpfsBound};
 use crate::policy::{Mount, Policy};
@@ -73,7 +74,7 @@ pub enum PlanError {
 /// Where the host's root is while the view is built.
 const OLD: &str = "/oldroot";
 /// Where the new root is built.
-const NEW: &str = "/newroot";
+pub(super) const NEW: &str = "/newroot";
 /// An existing host directory on which the staging tmpfs is mounted (inside the new mount namespace only).
 const STAGE: &str = "/tmp";
 
@@ -121,6 +122,10 @@ pub struct Planner {
     pub(super) gid: u32,
     /// The writable tmpfs mounts and their bounds, for the verdict.
     pub(super) bounded: Vec<TmpfsBound>,
+    /// Host directories the host clones as id-mapped trees for [`Op::AttachTree`].
+    pub(super) trees: Vec<Tree>,
+    /// The root is a filesystem of the policy's own, writable: not frozen read-only at the end.
+    pub(super) own_root: bool,
 }
 
 impl Planner {
@@ -135,6 +140,8 @@ impl Planner {
             uid,
             gid,
             bounded: Vec::new(),
+            trees: Vec::new(),
+            own_root: false,
         }
     }
 
@@ -357,14 +364,18 @@ impl Planner {
         );
         self.push(Stage::PivotRoot, Op::Detach { path: lit(".") });
         self.push(Stage::PivotRoot, Op::Chdir { path: lit("/") });
-        // The root tmpfs and /dev hold only what we made: freeze them.
+        // The root tmpfs and /dev hold only what we made: freeze them (a root of the policy's own stays
+        // writable: its writable layer is the point).
         self.set_attr(lit("/dev"), MOUNT_ATTR_RDONLY, false);
-        self.set_attr(lit("/"), MOUNT_ATTR_RDONLY, false);
+        if !self.own_root {
+            self.set_attr(lit("/"), MOUNT_ATTR_RDONLY, false);
+        }
         Plan {
             steps: self.steps,
             sources: self.sources,
             inside: self.inside,
             tmpfs: self.bounded,
+            trees: self.trees,
         }
     }
 }
@@ -383,6 +394,18 @@ pub struct Plan {
     pub inside: Vec<(CString, Inside)>,
     /// The writable tmpfs mounts (`/tmp`, `/dev/shm`, the policy's) and their bounds.
     pub tmpfs: Vec<TmpfsBound>,
+    /// Host directories the host clones as id-mapped trees once the child's user namespace has its maps,
+    /// and sends with the release (a root caller's root filesystem, see `namespace/rootfs.rs`).
+    pub trees: Vec<Tree>,
+}
+
+/// A host directory shown through an id-mapped mount.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// Its canonical host path.
+    pub path: CString,
+    /// `MOUNT_ATTR_*` flags set with the id map.
+    pub attrs: u64,
 }
 
 /// Landlock rights of a path that exists only inside the sandbox.
@@ -404,7 +427,13 @@ pub enum Inside {
 pub const SOURCE_FD_DIR: &str = "/oldroot/proc/self/fd/";
 
 /// The complete list of filesystem steps for `policy`, from the host's root to the finished new root.
+#[cfg(test)]
 pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
+    plan_with_root(policy, None)
+}
+
+/// [`plan`], with the policy's root filesystem resolved (`root`, when the policy has one).
+pub(crate) fn plan_with_root(policy: &Policy, root: Option<&Root>) -> Result<Plan, PlanError> {
     let mut p = Planner::new(policy.uid, policy.gid);
     // Private propagation: nothing we mount leaks to the host, nothing the host mounts appears here.
     p.mount(None, lit("/"), None, libc::MS_REC | libc::MS_PRIVATE, None);
@@ -433,16 +462,20 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
         },
     );
     p.push(Stage::PivotRoot, Op::Chdir { path: lit("/") });
-    p.mount(
-        Some(lit("tmpfs")),
-        lit(NEW),
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some("mode=0755,size=1048576".into()),
-    );
-
-    if policy.system {
-        p.system(&super::network::etc_files(policy))?;
+    match root {
+        Some(root) => p.own_root(root, policy.tmpfs_bounds(None))?,
+        None => {
+            p.mount(
+                Some(lit("tmpfs")),
+                lit(NEW),
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some("mode=0755,size=1048576".into()),
+            );
+            if policy.system {
+                p.system(&super::network::etc_files(policy))?;
+            }
+        }
     }
     p.dev(&policy.devices)?;
     p.proc()?;
@@ -459,7 +492,7 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
         inodes,
     });
     let user_tmp = policy.mounts.iter().any(|m| m.dst() == Path::new("/tmp"));
-    if policy.system && !user_tmp {
+    if policy.system && root.is_none() && !user_tmp {
         p.tmpfs(
             Path::new("/tmp"),
             format!("mode=1777,size={size},nr_inodes={inodes}"),

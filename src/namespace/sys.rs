@@ -21,8 +21,9 @@ pub use self::creds::{
     set_capabilities, set_ids, set_rlimit,
 };
 pub use self::mount::{
-    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, chdir, mkdir, mount,
-    mount_setattr, open_path, pivot_root, symlink, touch, umount2, write_file,
+    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, attach_tree, chdir,
+    lchown, mkdir, mount, mount_setattr, open_path, open_tree_clone, pivot_root, set_idmap,
+    symlink, touch, umount2, write_file,
 };
 // Used by the VM backend only, like the function itself.
 #[cfg_attr(not(feature = "vm"), allow(unused_imports))]
@@ -197,6 +198,128 @@ pub fn pipe() -> SysResult<[RawFd; 2]> {
     // SAFETY: `fds` has room for two descriptors.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as c_long)?;
     Ok(fds)
+}
+
+/// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: the release channel, which can carry descriptors.
+pub fn seqpacket_pair() -> SysResult<[RawFd; 2]> {
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } as c_long)?;
+    Ok(fds)
+}
+
+/// The most descriptors one [`send_with_fds`] carries.
+pub const MAX_PASSED_FDS: usize = 128;
+
+/// Room for a control message of [`MAX_PASSED_FDS`] descriptors (`CMSG_SPACE(128 * 4)` = 528 bytes), aligned
+/// for `cmsghdr`.
+type CmsgBuf = [u64; 66];
+
+/// Sends the byte `byte` with the descriptors `fds` (at most [`MAX_PASSED_FDS`]) as `SCM_RIGHTS`.
+pub fn send_with_fds(sock: RawFd, byte: u8, fds: &[RawFd]) -> SysResult<()> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(libc::E2BIG);
+    }
+    let mut data = [byte];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf: CmsgBuf = [0; 66];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let bytes = std::mem::size_of_val(fds);
+        // SAFETY: CMSG_SPACE and CMSG_LEN are pure arithmetic.
+        let (space, len) =
+            unsafe { (libc::CMSG_SPACE(bytes as u32), libc::CMSG_LEN(bytes as u32)) };
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as usize;
+        // SAFETY: msg_control points to `cbuf`, which has room for this header and `fds` (checked above).
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = len as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                fds.len(),
+            );
+        }
+    }
+    loop {
+        // SAFETY: `msg` and what it points to are valid for the call.
+        match check(unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) } as c_long) {
+            Err(libc::EINTR) => {}
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// Receives one byte and up to `fds.len()` descriptors (close-on-exec) into `fds`; returns the bytes read (0:
+/// the sender closed without sending) and the descriptors received. More descriptors than `fds` holds is
+/// `EMSGSIZE` (the kernel closed the extra ones). Allocation-free.
+pub fn recv_with_fds(sock: RawFd, fds: &mut [RawFd]) -> SysResult<(usize, usize)> {
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf: CmsgBuf = [0; 66];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of::<CmsgBuf>();
+    let n = loop {
+        // SAFETY: `msg` and what it points to are valid for the call.
+        match check(unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) } as c_long) {
+            Err(libc::EINTR) => {}
+            r => break r? as usize,
+        }
+    };
+    let (mut got, mut extra) = (0, 0);
+    // SAFETY: the kernel filled `cbuf` with msg_controllen bytes of control messages; the CMSG macros walk
+    // them within that length, and each SCM_RIGHTS payload holds whole descriptors.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = payload / std::mem::size_of::<RawFd>();
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    if got < fds.len() {
+                        fds[got] = fd;
+                        got += 1;
+                    } else {
+                        close(fd);
+                        extra += 1;
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || extra > 0 {
+        for &fd in &fds[..got] {
+            close(fd);
+        }
+        return Err(libc::EMSGSIZE);
+    }
+    Ok((n, got))
 }
 
 /// `poll(2)` on the given descriptors, retrying on EINTR. Returns the number ready.

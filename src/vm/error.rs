@@ -94,6 +94,12 @@ pub(crate) enum VmError {
          --backend namespace, or choose network \"none\" for the VM backend"
     )]
     UserNetwork,
+    /// A root filesystem of the policy's own, not yet on the VM backend.
+    #[error(
+        "a root filesystem of the policy's own (--rootfs, --image; `rootfs` in a policy) is only available on \
+         the namespace backend for now: run with --backend namespace"
+    )]
+    Rootfs,
     /// A pool VM with less RAM than a guest needs.
     #[error("a pool VM needs at least 128 MiB of RAM ({0} asked)")]
     PoolMemory(u64),

@@ -33,6 +33,9 @@ pub(super) fn run_spec(
     if launch.policy.network == Network::User {
         return Err(VmError::UserNetwork);
     }
+    if launch.policy.rootfs.is_some() {
+        return Err(VmError::Rootfs);
+    }
     let mut spec = base;
     let mut policy = launch.policy.clone();
     for (i, m) in policy.mounts.iter_mut().enumerate() {

@@ -21,6 +21,9 @@ pub enum Op {
     /// A recursive bind of host source number `source` (opened by the child before it drops host
     /// credentials, see [`Plan::sources`](super::Plan::sources)) at `dst`.
     BindSource { source: usize, dst: CString },
+    /// Attaches the detached mount number `tree` that the host sent with the release (an id-mapped clone of
+    /// a host directory, see [`Plan::trees`](super::Plan::trees)) at `dst`.
+    AttachTree { tree: usize, dst: CString },
     /// `mount_setattr(2)` setting `MOUNT_ATTR_*` flags.
     SetAttr {
         path: CString,
@@ -29,6 +32,8 @@ pub enum Op {
     },
     /// `mkdir(2)` (existing is fine).
     Mkdir { path: CString, mode: u32 },
+    /// `lchown(2)` (ids as the sandbox sees them).
+    Chown { path: CString, uid: u32, gid: u32 },
     /// Create an empty file (existing is fine).
     Touch { path: CString },
     /// Create a file with these contents (a copy of a small host file; cheaper than a bind mount).
@@ -67,6 +72,9 @@ impl std::fmt::Display for Op {
             Op::BindSource { source, dst } => {
                 write!(f, "bind mount of host source #{source} on {dst:?}")
             }
+            Op::AttachTree { tree, dst } => {
+                write!(f, "attaching the id-mapped host tree #{tree} on {dst:?}")
+            }
             Op::SetAttr {
                 path,
                 set,
@@ -77,6 +85,7 @@ impl std::fmt::Display for Op {
                 if *recursive { ", recursive" } else { "" }
             ),
             Op::Mkdir { path, .. } => write!(f, "mkdir({path:?})"),
+            Op::Chown { path, uid, gid } => write!(f, "lchown({path:?}, {uid}, {gid})"),
             Op::Touch { path } => write!(f, "creating mount point file {path:?}"),
             Op::WriteFile { path, contents } => {
                 write!(f, "writing {path:?} ({} bytes)", contents.len())

@@ -148,6 +148,12 @@ pub fn symlink(target: &CStr, path: &CStr) -> SysResult<()> {
     check(unsafe { libc::symlink(target.as_ptr(), path.as_ptr()) } as c_long).map(drop)
 }
 
+/// `lchown(2)`.
+pub fn lchown(path: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::lchown(path.as_ptr(), uid, gid) } as c_long).map(drop)
+}
+
 /// `chdir(2)`.
 pub fn chdir(path: &CStr) -> SysResult<()> {
     // SAFETY: `path` is NUL-terminated.
@@ -188,4 +194,63 @@ pub fn open_path(path: &CStr) -> SysResult<RawFd> {
         }
         r => r.map(|fd| fd as RawFd),
     }
+}
+
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// A detached copy of the mount at `path` (not its submounts), `O_CLOEXEC`: `open_tree(OPEN_TREE_CLONE)`.
+/// Host side only (it needs `CAP_SYS_ADMIN` over the caller's mount namespace).
+pub fn open_tree_clone(path: &CStr) -> SysResult<RawFd> {
+    // SAFETY: `path` is NUL-terminated; the call only returns a new descriptor.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    check(ret).map(|fd| fd as RawFd)
+}
+
+/// Makes the detached mount `tree` show its files through the id map of the user namespace `userns` (a
+/// file owned by id N on disk is owned by what N is inside that namespace), with the other `MOUNT_ATTR_*`
+/// flags in `set`.
+pub fn set_idmap(tree: RawFd, userns: RawFd, set: u64) -> SysResult<()> {
+    let attr = MountAttr {
+        attr_set: set | MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns as u64,
+    };
+    // SAFETY: the path is an empty NUL-terminated string; `attr` is a valid mount_attr of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Attaches the detached mount `tree` at `dst`: `move_mount(MOVE_MOUNT_F_EMPTY_PATH)`.
+pub fn attach_tree(tree: RawFd, dst: &CStr) -> SysResult<()> {
+    // SAFETY: both paths are NUL-terminated; the call takes no other memory.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(ret).map(drop)
 }

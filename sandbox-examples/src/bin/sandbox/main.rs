@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sandkasten::probe::KvmFlavour;
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{
-    Backend, Capability, IdMapping, Mount, Network, Policy, Publish, Sandbox, SnapshotCache,
-    VmEngine,
+    Backend, Capability, IdMapping, Mount, Network, Policy, Publish, Rootfs, Sandbox,
+    SnapshotCache, VmEngine,
 };
 
 mod image;
@@ -86,6 +86,22 @@ struct RunArgs {
         default_value = "user"
     )]
     vm_snapshots: String,
+    /// Run on an image of the store as the root (`sandbox image ls`): its files, its Env, Entrypoint and Cmd
+    /// (PROGRAM and its arguments replace Cmd), WorkingDir and User. Namespace backend only for now.
+    #[arg(long, value_name = "NAME[:TAG]", conflicts_with = "rootfs")]
+    image: Option<String>,
+    /// Run on the host directory DIR as the root (as `bwrap --bind DIR /`), read-only underneath with a
+    /// writable layer on top. Namespace backend only for now.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// With --image or --rootfs: keep the writable layer in DIR (it holds upper/ and work/) instead of a tmpfs
+    /// discarded at the end.
+    #[arg(long = "rootfs-upper", value_name = "DIR")]
+    rootfs_upper: Option<PathBuf>,
+    /// With --image: the image store (default: /var/lib/sandbox/images for root, else
+    /// ~/.local/share/sandbox/images).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
     /// Show host path SRC read-only at DST (default: SRC). Repeatable. A trailing `:ro` is accepted; `:rw` is
     /// refused (use --bind).
     #[arg(long = "ro-bind", value_name = "SRC[:DST[:ro]]")]
@@ -113,7 +129,8 @@ struct RunArgs {
     #[arg(long, value_name = "GID")]
     gid: Option<u32>,
     /// User and group inside, docker style: `--user 1000` or `--user 1000:1000` (numbers; a user alone keeps
-    /// the group).
+    /// the group). With --image or --rootfs, names too, resolved in the root's own /etc/passwd and
+    /// /etc/group (a uid alone then takes its passwd group).
     #[arg(long, value_name = "UID[:GID]", conflicts_with_all = ["uid", "gid"])]
     user: Option<String>,
     /// Keep a capability for a program that runs as uid 0 inside (in the sandbox's user namespace only): chown,
@@ -160,8 +177,8 @@ struct RunArgs {
     /// Write the verdict as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// The program and its arguments.
-    #[arg(required = true, last = true, value_name = "PROGRAM")]
+    /// The program and its arguments (with --image: optional, replacing the image's Cmd).
+    #[arg(required_unless_present = "image", last = true, value_name = "PROGRAM")]
     program: Vec<std::ffi::OsString>,
 }
 
@@ -326,7 +343,23 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
     if let Some(g) = args.gid {
         policy.gid = g;
     }
-    if let Some(spec) = &args.user {
+    if args.image.is_some() || args.rootfs.is_some() {
+        let mut root = match (&args.image, &args.rootfs) {
+            (Some(name), _) => Rootfs::image(name.clone()),
+            (None, Some(dir)) => Rootfs::dir(absolute(dir, "--rootfs")?),
+            (None, None) => unreachable!("checked above"),
+        };
+        if let Some(store) = &args.store {
+            root = root.store(absolute(store, "--store")?);
+        }
+        if let Some(upper) = &args.rootfs_upper {
+            root = root.upper(absolute(upper, "--rootfs-upper")?);
+        }
+        root.user = args.user.clone();
+        policy.rootfs = Some(root);
+    } else if args.rootfs_upper.is_some() || args.store.is_some() {
+        return Err("--rootfs-upper and --store go with --image or --rootfs".into());
+    } else if let Some(spec) = &args.user {
         (policy.uid, policy.gid) = parse_user(spec, policy.gid)?;
     }
     if let Some(spec) = &args.ids {
@@ -413,9 +446,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?}: give a positive whole number, e.g. 512M"))
 }
 
+/// `path` made absolute against the current directory.
+fn absolute(path: &std::path::Path, flag: &str) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("{flag} {path:?}: {e}"))
+}
+
 fn run(args: RunArgs) -> Result<ExitCode, String> {
     let policy = build_policy(&args)?;
-    let (program, rest) = args.program.split_first().expect("clap requires a program");
+    // With --image and no program: the image's own command (an empty program).
+    let (program, rest) = match args.program.split_first() {
+        Some((p, rest)) => (p.clone(), rest),
+        None => (std::ffi::OsString::new(), &[][..]),
+    };
     let mut cmd = Sandbox::new(program);
     cmd.args(rest).policy(policy).backend(match args.backend {
         BackendArg::Auto => Backend::Auto,
