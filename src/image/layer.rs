@@ -179,6 +179,27 @@ fn clean(raw: &Path) -> Result<PathBuf, EntryError> {
     Ok(out)
 }
 
+/// Gives the node `name` of `dir` that is not opened (a symlink, a fifo) its owner, without following it;
+/// `what` names the operation in the error.
+fn chown_at(
+    dir: &OwnedFd,
+    name: &OsStr,
+    owner: Option<(u32, u32)>,
+    what: &'static str,
+) -> Result<(), EntryError> {
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(write_err(what))?;
+    }
+    Ok(())
+}
+
 fn mtime_spec(mtime: u64) -> TimeSpec {
     TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0)
 }
@@ -304,16 +325,7 @@ impl Applier {
                         e => write_err("creating the symlink")(e),
                     },
                 )?;
-                if let Some((uid, gid)) = owner {
-                    nix::unistd::fchownat(
-                        &parent,
-                        name.as_os_str(),
-                        Some(Uid::from_raw(uid)),
-                        Some(Gid::from_raw(gid)),
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(write_err("setting the symlink's owner"))?;
-                }
+                chown_at(&parent, &name, owner, "setting the symlink's owner")?;
             }
             EntryType::Link => {
                 let target = entry
@@ -358,16 +370,7 @@ impl Applier {
                     }
                     e => write_err("creating the fifo")(e),
                 })?;
-                if let Some((uid, gid)) = owner {
-                    nix::unistd::fchownat(
-                        &parent,
-                        name.as_os_str(),
-                        Some(Uid::from_raw(uid)),
-                        Some(Gid::from_raw(gid)),
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(write_err("setting the fifo's owner"))?;
-                }
+                chown_at(&parent, &name, owner, "setting the fifo's owner")?;
             }
             EntryType::Char | EntryType::Block => {
                 return Err(EntryError::Refused(
