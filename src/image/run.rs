@@ -17,9 +17,8 @@ use nix::sys::stat::Mode;
 use xattr::FileExt as _;
 
 use super::source::valid_sha256;
-use super::{
-    ImageConfig, ImageError, ImageInfo, ImageStore, OPAQUE_XATTR, find, lock, read_meta, store_err,
-};
+use super::store::{find, read_meta, store_err};
+use super::{ImageConfig, ImageError, ImageInfo, ImageStore, OPAQUE_XATTR, lock};
 
 /// The largest `/etc/passwd` or `/etc/group` read from a root.
 const MAX_ID_FILE: u64 = 4 << 20;
@@ -186,8 +185,11 @@ impl RootFiles {
                 Err(Errno::ENOENT) => {
                     // An opaque parent directory in this layer hides the layers below.
                     if !parent.is_empty()
-                        && let Ok(dir) =
-                            Self::open_in(layer, parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK)
+                        && let Ok(dir) = Self::open_in(
+                            layer,
+                            parent,
+                            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NONBLOCK,
+                        )
                         && dir.get_xattr(OPAQUE_XATTR).ok().flatten().is_some()
                     {
                         return Ok(None);

@@ -275,7 +275,7 @@ pub(super) fn read_meta(dir: &Path) -> Option<LayerMeta> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn find<'a>(index: &'a Index, name: &str) -> Option<&'a ImageInfo> {
+pub(super) fn find<'a>(index: &'a Index, name: &str) -> Option<&'a ImageInfo> {
     if let Ok(r) = Reference::parse(name)
         && let Some(i) = index.images.get(&r.to_string())
     {
