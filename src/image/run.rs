@@ -241,7 +241,12 @@ impl RootFiles {
         if user.is_empty() || group == Some("") {
             return Err(err("give NAME|UID[:GROUP|GID]".into()));
         }
-        let passwd = read("etc/passwd")?;
+        // A bare uid needs no passwd entry: an unreadable file only costs it the entry's group.
+        let passwd = match (read("etc/passwd"), number(user.as_bytes())) {
+            (Ok(text), _) => text,
+            (Err(_), Some(_)) => Vec::new(),
+            (Err(e), None) => return Err(e),
+        };
         let entry = |pred: &dyn Fn(&[&[u8]]) -> bool| -> Option<(u32, u32)> {
             id_lines(&passwd)
                 .find(|f| f.len() >= 4 && pred(f))

@@ -5,6 +5,7 @@
 
 mod build;
 mod hostile;
+mod run;
 mod store;
 mod umoci;
 
