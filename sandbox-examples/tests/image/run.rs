@@ -307,11 +307,8 @@ fn a_directory_root_is_read_only_underneath_and_gives_no_privilege() {
     let privileged = testkit::is_root();
     if privileged {
         std::fs::copy(root.join("bin/busybox"), root.join("bin/id")).unwrap();
-        std::fs::set_permissions(
-            root.join("bin/id"),
-            std::fs::Permissions::from_mode(0o4755),
-        )
-        .unwrap();
+        std::fs::set_permissions(root.join("bin/id"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
         let path = std::ffi::CString::new(root.join("dev-mem").to_str().unwrap()).unwrap();
         // SAFETY: a NUL-terminated path; mknod takes no other memory.
         let made =
@@ -354,10 +351,19 @@ fn a_directory_root_is_read_only_underneath_and_gives_no_privilege() {
             "--",
             "/bin/sh",
             "-c",
-            "echo changed > /etc/marker && busybox cat /etc/marker",
+            "echo changed > /etc/marker && busybox cat /etc/marker; \
+             busybox head -c 1 /proc/kcore >/dev/null 2>&1 && echo KCORE || echo no-kcore; \
+             echo sandbox > /proc/sys/kernel/domainname 2>/dev/null && echo SYSCTL || echo no-sysctl; \
+             echo h > /proc/sysrq-trigger 2>/dev/null && echo SYSRQ || echo no-sysrq",
         ],
     );
-    assert_eq!(ok(&out, "root inside"), "changed\n");
+    // The sandbox's own /proc, with the kernel's sensitive files masked and /proc/sys read-only, as with
+    // the system view (each write above is harmless should it succeed: our own UTS namespace's domain name,
+    // sysrq's help text).
+    assert_eq!(
+        ok(&out, "root inside"),
+        "changed\nno-kcore\nno-sysctl\nno-sysrq\n"
+    );
     assert_eq!(
         std::fs::read_to_string(root.join("etc/marker")).unwrap(),
         "the directory's own\n"

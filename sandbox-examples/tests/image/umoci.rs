@@ -6,7 +6,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 use testkit::{TempDir, text};
 
-use super::{Store, build, installed};
+use super::{Store, bin, build, installed, ok};
 
 /// umoci with `args`, asserting that it succeeds.
 fn umoci(args: &[&str]) {
@@ -55,6 +55,19 @@ fn an_image_made_by_umoci_imports() {
     )
     .unwrap();
     std::fs::write(rootfs.join("etc/made-by"), "umoci\n").unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::fs::write(
+        rootfs.join("etc/os-release"),
+        "NAME=\"Made by umoci\"\nID=umoci-made\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1234:1234::/work:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nbuilder:x:1234:\n").unwrap();
+    std::fs::create_dir_all(rootfs.join("work")).unwrap();
     umoci(&["repack", "--image", &image, bundle.to_str().unwrap()]);
     let cmd = ["/bin/busybox", "echo", "made by umoci"];
     umoci(&[
@@ -67,6 +80,12 @@ fn an_image_made_by_umoci_imports() {
         cmd[1],
         "--config.cmd",
         cmd[2],
+        "--config.user",
+        "builder",
+        "--config.workingdir",
+        "/work",
+        "--config.env",
+        "MADE_WITH=umoci",
     ]);
 
     // umoci's own answer: the manifest tagged `t` and its config.
@@ -101,6 +120,29 @@ fn an_image_made_by_umoci_imports() {
         "umoci\n"
     );
     assert_eq!(store.layer_dirs().len(), 1);
+
+    // And it runs: the image's files, user, working directory and environment; its Cmd without arguments.
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .args(["run", "--backend", "namespace", "--store"])
+            .arg(store.path())
+            .args(["--image", "umoci-made:1"])
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--", "/bin/sh", "-c", "cat /etc/os-release; id; pwd; env"]);
+    let shown = ok(&out, "run --image umoci-made:1");
+    for want in [
+        "ID=umoci-made\n",
+        "uid=1234(builder) gid=1234(builder)",
+        "\n/work\n",
+        "MADE_WITH=umoci\n",
+    ] {
+        assert!(shown.contains(want), "{want:?} not in {shown}");
+    }
+    assert_eq!(ok(&run(&[]), "the image's Cmd"), "made by umoci\n");
 }
 
 /// The test's own builder makes layouts that umoci reads: unpacked by umoci, the demo image is busybox with

@@ -199,3 +199,106 @@ fn every_writable_tmpfs_is_bounded() {
     assert_eq!(bounds.len(), 1);
     assert_eq!(bounds[0].path, std::path::Path::new("/dev/shm"));
 }
+
+fn root(idmapped: bool, upper: Option<&str>) -> Root {
+    Root {
+        lowers: vec![
+            "/store/layers/sha256/top/root".into(),
+            "/store/layers/sha256/base/root".into(),
+        ],
+        upper: upper.map(PathBuf::from),
+        idmapped,
+        top: ["bin", "dev", "etc", "proc", "sys", "usr"]
+            .map(Into::into)
+            .to_vec(),
+        config: None,
+        user: None,
+        report: Default::default(),
+        _checkout: None,
+    }
+}
+
+#[test]
+fn an_own_root_is_an_overlay_of_its_layers_and_stays_writable() {
+    for idmapped in [true, false] {
+        let policy = Policy::default().tmpfs("/scratch");
+        let plan = plan_with_root(&policy, Some(&root(idmapped, None))).unwrap();
+        let t = text(&plan.steps);
+        let overlay = t
+            .iter()
+            .find(|s| s.contains("\"overlay\""))
+            .unwrap_or_else(|| panic!("no overlay: {t:#?}"));
+        assert!(
+            overlay.contains("/newroot")
+                && overlay
+                    .contains("lowerdir=/l/0:/l/1,upperdir=/rw/upper,workdir=/rw/work,userxattr"),
+            "{overlay}"
+        );
+        // The layers: id-mapped trees the host sends (a root caller), else binds of host sources.
+        let attached = t
+            .iter()
+            .filter(|s| s.starts_with("attaching the id-mapped"))
+            .count();
+        let bound = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.op, Op::BindSource { dst, .. } if dst.as_bytes().starts_with(b"/l/")))
+            .count();
+        assert_eq!((attached, bound), if idmapped { (2, 0) } else { (0, 2) });
+        assert_eq!(plan.trees.len(), attached);
+        assert_eq!(
+            plan.trees
+                .iter()
+                .map(|t| t.path.clone())
+                .collect::<Vec<_>>(),
+            if idmapped {
+                vec![
+                    lit("/store/layers/sha256/top/root"),
+                    lit("/store/layers/sha256/base/root"),
+                ]
+            } else {
+                vec![]
+            }
+        );
+        // No system view, no /tmp of ours; the policy's own mounts still come.
+        assert!(!t.iter().any(|s| s.contains("/newroot/usr\"")), "{t:#?}");
+        assert!(!t.iter().any(|s| s.contains("\"/newroot/tmp\"")), "{t:#?}");
+        assert!(
+            t.iter().any(|s| s.contains("\"/newroot/scratch\"")),
+            "{t:#?}"
+        );
+        // The writable layer is a bounded tmpfs, reported for "/"; the root is not frozen.
+        assert!(plan.tmpfs.iter().any(|b| b.path == Path::new("/")));
+        assert!(!plan.steps.iter().any(|s| s.op
+            == Op::SetAttr {
+                path: lit("/"),
+                set: MOUNT_ATTR_RDONLY,
+                recursive: false
+            }));
+        // Landlock: the root's top-level entries but /dev, /proc, /sys (rules of their own mounts).
+        let written: Vec<&CString> = plan
+            .inside
+            .iter()
+            .filter(|(_, k)| *k == Inside::Write)
+            .map(|(p, _)| p)
+            .collect();
+        for name in ["/bin", "/etc", "/usr"] {
+            assert!(written.contains(&&lit(name)), "{name}: {written:?}");
+        }
+        assert!(!written.contains(&&lit("/sys")) && !written.contains(&&lit("/proc")));
+    }
+}
+
+#[test]
+fn a_kept_upper_directory_is_mounted_instead_of_the_tmpfs() {
+    let plan = plan_with_root(&Policy::default(), Some(&root(true, Some("/srv/upper")))).unwrap();
+    assert_eq!(plan.trees.len(), 3);
+    assert_eq!(plan.trees[2].path, lit("/srv/upper"));
+    assert_eq!(plan.trees[2].attrs & MOUNT_ATTR_RDONLY, 0);
+    assert!(
+        plan.trees[..2]
+            .iter()
+            .all(|t| t.attrs & MOUNT_ATTR_RDONLY != 0)
+    );
+    assert!(!plan.tmpfs.iter().any(|b| b.path == Path::new("/")));
+}
