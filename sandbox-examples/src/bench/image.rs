@@ -188,8 +188,53 @@ pub fn import(cli: &Path, runs: usize) {
             single as f64 / 1048576.0,
             all as f64 / single.max(1) as f64
         );
+        run_on_image(&store, &work.join("bundle/rootfs"), 300);
     } else {
         println!("disk: importing the variants failed");
     }
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A run with the image `bench:v1` of `store` as the root (four layers) against a run with the host view,
+/// and against a directory as the root (`dir`, the unpacked base): `/bin/busybox true` or `/bin/true`
+/// through the library, in-process, the cases interleaved, `runs` each.
+fn run_on_image(store: &Path, dir: &Path, runs: usize) {
+    use sandkasten::{Policy, Rootfs, Sandbox, Status};
+    let image = Policy::default().rootfs(Rootfs::image("bench:v1").store(store));
+    let on_dir = Policy::default().rootfs(Rootfs::dir(dir));
+    let cases: [(&str, &str, &[&str], Policy); 3] = [
+        ("host view (default policy)", "/bin/true", &[], Policy::default()),
+        ("image root (4 layers)", "/bin/busybox", &["true"], image),
+        ("directory root", "/bin/busybox", &["true"], on_dir),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    for _ in 0..runs {
+        for (i, (_, program, args, policy)) in cases.iter().enumerate() {
+            let t = Instant::now();
+            let out = Sandbox::new(program)
+                .args(*args)
+                .policy(policy.clone())
+                .output();
+            times[i].push(t.elapsed());
+            match out {
+                Ok(o) if o.status == Status::Exited(0) => {}
+                other => {
+                    println!("run on an image: {} failed: {other:?}", cases[i].0);
+                    return;
+                }
+            }
+        }
+    }
+    println!("\nrun with a root of its own ({runs} runs each, interleaved, library in-process)");
+    println!("{:<28} {:>10}", "case", "median ms");
+    let base = median(times[0].clone());
+    for (i, (name, ..)) in cases.iter().enumerate() {
+        let m = median(times[i].clone());
+        println!(
+            "{:<28} {:>10.2}   {:+.2} ms vs the host view",
+            name,
+            m.as_secs_f64() * 1e3,
+            (m.as_secs_f64() - base.as_secs_f64()) * 1e3
+        );
+    }
 }
