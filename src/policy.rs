@@ -360,6 +360,11 @@ pub struct Rootfs {
     /// `/etc/group`; overrides the image's `User` and the policy's `uid`/`gid`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// No writable layer: the root read-only, with empty tmpfs at `/tmp`, `/run` and `/var/tmp` (where the
+    /// root has `/var`), as `docker run --read-only`. A directory or a one-layer image only. This is also what
+    /// a run gets where overlayfs is unavailable (the verdict says so).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 impl Rootfs {
@@ -416,6 +421,11 @@ impl Rootfs {
                     "`store` and `upper` must be absolute paths",
                 ));
             }
+        }
+        if self.read_only && self.upper.is_some() {
+            return Err(PolicyError::BadRootfs(
+                "`read_only` has no writable layer to keep in `upper`",
+            ));
         }
         if self.user.as_deref() == Some("") {
             return Err(PolicyError::BadRootfs("`user` is empty"));

@@ -463,8 +463,8 @@ pub(crate) fn plan_with_root(policy: &Policy, root: Option<&Root>) -> Result<Pla
     );
     p.push(Stage::PivotRoot, Op::Chdir { path: lit("/") });
     match root {
-        Some(root) => p.own_root(root, policy.tmpfs_bounds(None))?,
-        None => {
+        Some(root) if root.flat.is_none() => p.own_root(root, policy.tmpfs_bounds(None))?,
+        _ => {
             p.mount(
                 Some(lit("tmpfs")),
                 lit(NEW),
@@ -472,8 +472,12 @@ pub(crate) fn plan_with_root(policy: &Policy, root: Option<&Root>) -> Result<Pla
                 libc::MS_NOSUID | libc::MS_NODEV,
                 Some("mode=0755,size=1048576".into()),
             );
-            if policy.system {
-                p.system(&super::network::etc_files(policy))?;
+            match root.and_then(|r| r.flat.as_deref().map(|f| (r, f))) {
+                Some((root, entries)) => {
+                    p.read_only_root(root, entries, policy.tmpfs_bounds(None))?
+                }
+                None if policy.system => p.system(&super::network::etc_files(policy))?,
+                None => {}
             }
         }
     }

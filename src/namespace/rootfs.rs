@@ -21,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use super::plan::{Inside, Op, PlanError, Planner, Tree, cstr, lit};
+use super::plan::{Cover, Inside, Kind, Op, PlanError, Planner, Tree, cstr, lit};
 use super::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use crate::image::{Checkout, ImageConfig, ImageStore, ResolvedUser, RootFiles};
 use crate::outcome::{RootfsEnforced, SetupFailure, Stage, TmpfsBound};
@@ -38,6 +38,67 @@ const RW: &str = "/rw";
 /// Top-level names of a root that get no landlock rule of their own: the sandbox mounts its own there.
 const OURS: [&str; 3] = ["dev", "proc", "sys"];
 
+/// A top-level entry of a root shown without overlayfs.
+#[derive(Debug, Clone)]
+pub(crate) struct TopEntry {
+    pub name: OsString,
+    pub kind: TopKind,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum TopKind {
+    Dir,
+    File,
+    Symlink(PathBuf),
+}
+
+/// Whether this kernel has overlayfs (listed in `/proc/filesystems`; the module may load on first use, so a
+/// missing `overlay` module file is checked too).
+fn overlay_available() -> bool {
+    let listed = std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split_whitespace().last() == Some("overlay"))
+    });
+    listed || {
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = Path::new("/lib/modules")
+            .join(release)
+            .join("kernel/fs/overlayfs");
+        dir.is_dir()
+    }
+}
+
+/// The top-level entries of the directory `layer` (whiteouts and other special files left out).
+fn top_entries(layer: &Path) -> Result<Vec<TopEntry>, SetupFailure> {
+    let read = std::fs::read_dir(layer)
+        .map_err(|e| failure(format!("cannot list the root {layer:?}: {e}")))?;
+    let mut entries = Vec::new();
+    for e in read {
+        let e = e.map_err(|e| failure(format!("cannot list the root {layer:?}: {e}")))?;
+        let meta = std::fs::symlink_metadata(e.path())
+            .map_err(|err| failure(format!("{:?}: {err}", e.path())))?;
+        let kind = if meta.is_dir() {
+            TopKind::Dir
+        } else if meta.is_file() {
+            TopKind::File
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(e.path())
+                .map_err(|err| failure(format!("{:?}: {err}", e.path())))?;
+            TopKind::Symlink(target)
+        } else {
+            continue;
+        };
+        entries.push(TopEntry {
+            name: e.file_name(),
+            kind,
+        });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
 /// A policy's root filesystem, resolved on the host.
 #[derive(Debug)]
 pub(crate) struct Root {
@@ -45,6 +106,9 @@ pub(crate) struct Root {
     pub lowers: Vec<PathBuf>,
     /// The caller's directory for the writable layer (holding `upper/` and `work/`), or `None` for a tmpfs.
     pub upper: Option<PathBuf>,
+    /// No overlay: the single layer's top-level entries, bound read-only on the sandbox's own root (a
+    /// read-only root, or overlayfs unavailable).
+    pub flat: Option<Vec<TopEntry>>,
     /// Layers (and the upper directory) are id-mapped mounts (a root caller).
     pub idmapped: bool,
     /// The names at the top of the root.
@@ -128,19 +192,57 @@ pub(crate) fn resolve(policy: &Policy) -> Result<Option<Root>, SetupFailure> {
         }
         None => None,
     };
+    let overlay = overlay_available();
+    let flat = if spec.read_only || !overlay {
+        let why = if spec.read_only {
+            "read-only root"
+        } else {
+            "overlayfs is not available in this kernel"
+        };
+        if lowers.len() != 1 {
+            return Err(failure(format!(
+                "{}: a {why} needs a directory or a one-layer image, and this image has {} layers",
+                report.source,
+                lowers.len()
+            )));
+        }
+        if spec.upper.is_some() {
+            return Err(failure(format!(
+                "{why}: there is no writable layer to keep in {:?}",
+                spec.upper
+            )));
+        }
+        Some(top_entries(&lowers[0])?)
+    } else {
+        None
+    };
     let upper = match &spec.upper {
         Some(dir) => Some(prepare_upper(dir)?),
         None => None,
     };
-    report.writable = match &upper {
-        Some(d) => format!("overlay on {} (kept)", d.display()),
-        None => "overlay on a tmpfs (discarded)".into(),
+    report.writable = match (&flat, &upper) {
+        (Some(_), _) => {
+            let var_tmp =
+                std::fs::symlink_metadata(lowers[0].join("var/tmp")).is_ok_and(|m| m.is_dir());
+            format!(
+                "read-only, with tmpfs at /tmp, /run{}{}",
+                if var_tmp { ", /var/tmp" } else { "" },
+                if overlay {
+                    ""
+                } else {
+                    " (overlayfs is not available in this kernel)"
+                }
+            )
+        }
+        (None, Some(d)) => format!("overlay on {} (kept)", d.display()),
+        (None, None) => "overlay on a tmpfs (discarded)".into(),
     };
     report.idmapped = idmapped;
     Ok(Some(Root {
         top: files.top_level(),
         lowers,
         upper,
+        flat,
         idmapped,
         config,
         user,
@@ -235,6 +337,68 @@ pub(crate) struct Applied {
 }
 
 impl Planner {
+    /// A root without a writable layer: the sandbox's own root tmpfs (frozen read-only at the end) with
+    /// each top-level entry of the one layer bound read-only (symlinks recreated), then empty tmpfs at
+    /// `/tmp`, `/run` and `/var/tmp`.
+    pub(super) fn read_only_root(
+        &mut self,
+        root: &Root,
+        entries: &[TopEntry],
+        (size, inodes): (u64, u64),
+    ) -> Result<(), PlanError> {
+        let layer = &root.lowers[0];
+        let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        for e in entries {
+            let name = e.name.as_bytes();
+            if [&b"dev"[..], b"proc", b"tmp", b"run"].contains(&name) {
+                continue;
+            }
+            let inside = Path::new("/").join(OsStr::from_bytes(name));
+            let host = layer.join(OsStr::from_bytes(name));
+            match &e.kind {
+                TopKind::Symlink(target) => {
+                    self.symlink(target, &inside)?;
+                    self.links.push((inside, target.clone()));
+                }
+                TopKind::Dir | TopKind::File => {
+                    let kind = if matches!(e.kind, TopKind::Dir) {
+                        Kind::Dir
+                    } else {
+                        Kind::File
+                    };
+                    self.mountpoint(&inside, kind)?;
+                    let dst = Self::new_path(&inside);
+                    self.attach(&host, dst.to_str().unwrap_or("/"), root.idmapped, attrs)?;
+                    self.inside.push((cstr(&inside)?, Inside::Read));
+                    let cover = if kind == Kind::Dir {
+                        Cover::Host(host)
+                    } else {
+                        Cover::Fixed
+                    };
+                    self.covers.push((inside, cover));
+                }
+            }
+        }
+        let var_tmp = std::fs::symlink_metadata(layer.join("var/tmp")).is_ok_and(|m| m.is_dir());
+        for dir in ["/tmp", "/run", "/var/tmp"] {
+            if dir == "/var/tmp" && !var_tmp {
+                continue;
+            }
+            self.tmpfs(
+                Path::new(dir),
+                format!("mode=1777,size={size},nr_inodes={inodes}"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Inside::Write,
+            )?;
+            self.bounded.push(TmpfsBound {
+                path: dir.into(),
+                size,
+                inodes,
+            });
+        }
+        Ok(())
+    }
+
     /// The root: the layers at `/l/N`, the writable layer at `/rw`, overlayfs on the new root.
     pub(super) fn own_root(
         &mut self,

@@ -172,3 +172,61 @@ fn publish_is_validated_and_in_toml() {
     );
     assert!(Policy::from_toml_str("[[publish]]\nhost_port = 70000\nport = 2").is_err());
 }
+
+#[test]
+fn a_root_of_its_own_in_toml_and_its_mistakes() {
+    let p = Policy::from_toml_str(
+        r#"
+        [rootfs]
+        image = "app:1.0"
+        store = "/srv/images"
+        upper = "/srv/state"
+        user = "app:staff"
+        "#,
+    )
+    .unwrap();
+    let root = p.rootfs.clone().unwrap();
+    assert_eq!(root.image.as_deref(), Some("app:1.0"));
+    assert_eq!(root.store.as_deref(), Some(Path::new("/srv/images")));
+    assert_eq!(root.upper.as_deref(), Some(Path::new("/srv/state")));
+    assert_eq!(root.user.as_deref(), Some("app:staff"));
+    assert!(p.validate().is_ok());
+    assert_eq!(Policy::from_toml_str(&p.to_toml()).unwrap(), p);
+    let ro = Policy::default().rootfs(Rootfs {
+        read_only: true,
+        ..Rootfs::dir("/srv/root")
+    });
+    assert!(ro.to_toml().contains("read_only = true"));
+    assert_eq!(Policy::from_toml_str(&ro.to_toml()).unwrap(), ro);
+
+    let bad = |r: Rootfs, why: &str| {
+        let e = Policy::default()
+            .rootfs(r)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{e}");
+    };
+    bad(Rootfs::default(), "give `dir` or `image`");
+    bad(
+        Rootfs {
+            image: Some("x".into()),
+            ..Rootfs::dir("/r")
+        },
+        "not both",
+    );
+    bad(Rootfs::dir("relative"), "absolute");
+    bad(Rootfs::dir("/r").store("/s"), "`store` goes with `image`");
+    bad(Rootfs::image("x").upper("rel"), "absolute");
+    bad(
+        Rootfs {
+            read_only: true,
+            ..Rootfs::image("x").upper("/u")
+        },
+        "`read_only`",
+    );
+    assert!(
+        Policy::from_toml_str("[rootfs]\nimage = \"x\"\nlayers = 3\n").is_err(),
+        "unknown fields are refused"
+    );
+}

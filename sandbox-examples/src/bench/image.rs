@@ -203,7 +203,12 @@ fn run_on_image(store: &Path, dir: &Path, runs: usize) {
     let image = Policy::default().rootfs(Rootfs::image("bench:v1").store(store));
     let on_dir = Policy::default().rootfs(Rootfs::dir(dir));
     let cases: [(&str, &str, &[&str], Policy); 3] = [
-        ("host view (default policy)", "/bin/true", &[], Policy::default()),
+        (
+            "host view (default policy)",
+            "/bin/true",
+            &[],
+            Policy::default(),
+        ),
         ("image root (4 layers)", "/bin/busybox", &["true"], image),
         ("directory root", "/bin/busybox", &["true"], on_dir),
     ];

@@ -489,3 +489,58 @@ fn a_running_image_keeps_its_layers_through_rm_and_prune() {
     assert!(pruned.starts_with("removed 2 layers"), "{pruned}");
     let _: &Written = &w;
 }
+
+/// `--read-only`: no writable layer; the root's entries read-only, empty tmpfs at /tmp, /run and /var/tmp;
+/// said in the verdict. A two-layer image cannot be shown so (it needs overlayfs): refused with the reason.
+#[test]
+fn a_read_only_root_has_only_its_tmpfs_writable() {
+    let caller = Caller::me();
+    let work = scratch("image-run-ro");
+    let root = work.join("root");
+    for d in ["bin", "etc", "var/tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("bin/busybox"), build::busybox()).unwrap();
+    std::fs::set_permissions(
+        root.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("bin", root.join("sbin")).unwrap();
+    std::fs::write(root.join("etc/marker"), "kept\n").unwrap();
+    let store = Store::new("image-run-unused");
+    let verdict = work.join("verdict.json");
+    let script = "echo x > /etc/marker 2>/dev/null && echo WROTE-ETC; busybox mkdir /new 2>/dev/null && echo MADE-DIR; \
+                  for d in /tmp /run /var/tmp; do echo ok > $d/f && busybox cat $d/f; done; \
+                  /sbin/busybox cat /etc/marker";
+    let out = caller.run(
+        &store,
+        &verdict,
+        &[
+            "--rootfs",
+            root.to_str().unwrap(),
+            "--read-only",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(ok(&out, "run --read-only"), "ok\nok\nok\nkept\n");
+    assert_eq!(
+        report(&verdict)["enforced"]["rootfs"]["writable"],
+        "read-only, with tmpfs at /tmp, /run, /var/tmp"
+    );
+    assert!(!root.join("var/tmp/f").exists());
+
+    let w = build::demo(Compression::Gzip).write_oci(&work.join("layout"));
+    let store = caller.store_with(&work.join("layout"), "demo:1", &w.id);
+    let out = caller.run(&store, &verdict, &["--image", "demo:1", "--read-only"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("needs a directory or a one-layer image, and this image has 2 layers"),
+        "{err}"
+    );
+}

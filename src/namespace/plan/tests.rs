@@ -207,6 +207,7 @@ fn root(idmapped: bool, upper: Option<&str>) -> Root {
             "/store/layers/sha256/base/root".into(),
         ],
         upper: upper.map(PathBuf::from),
+        flat: None,
         idmapped,
         top: ["bin", "dev", "etc", "proc", "sys", "usr"]
             .map(Into::into)

@@ -98,6 +98,10 @@ struct RunArgs {
     /// discarded at the end.
     #[arg(long = "rootfs-upper", value_name = "DIR")]
     rootfs_upper: Option<PathBuf>,
+    /// With --image or --rootfs: no writable layer; the root read-only, with empty tmpfs at /tmp, /run and
+    /// /var/tmp (a directory or a one-layer image).
+    #[arg(long = "read-only")]
+    read_only: bool,
     /// With --image: the image store (default: /var/lib/sandbox/images for root, else
     /// ~/.local/share/sandbox/images).
     #[arg(long, value_name = "DIR")]
@@ -356,9 +360,10 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
             root = root.upper(absolute(upper, "--rootfs-upper")?);
         }
         root.user = args.user.clone();
+        root.read_only = args.read_only;
         policy.rootfs = Some(root);
-    } else if args.rootfs_upper.is_some() || args.store.is_some() {
-        return Err("--rootfs-upper and --store go with --image or --rootfs".into());
+    } else if args.rootfs_upper.is_some() || args.store.is_some() || args.read_only {
+        return Err("--rootfs-upper, --read-only and --store go with --image or --rootfs".into());
     } else if let Some(spec) = &args.user {
         (policy.uid, policy.gid) = parse_user(spec, policy.gid)?;
     }
