@@ -346,6 +346,10 @@ pub struct Rootfs {
     /// A host directory as the root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// Host directories stacked as the root, top first (overlayfs' lower layers): what the VM backend gives
+    /// its guest for an image, usable directly too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<PathBuf>,
     /// An image `NAME[:TAG]` (or id) of the store as the root; its config gives the command, environment,
     /// working directory and user the run does not set itself.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -397,11 +401,34 @@ impl Rootfs {
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
+        let given = [
+            self.dir.is_some(),
+            self.image.is_some(),
+            !self.layers.is_empty(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(PolicyError::BadRootfs(
+                "give one of `dir`, `image` and `layers`, not both",
+            ));
+        }
+        if self.layers.iter().any(|l| !l.is_absolute()) {
+            return Err(PolicyError::BadRootfs("`layers` must be absolute paths"));
+        }
+        if self.layers.len() > 127 {
+            return Err(PolicyError::BadRootfs("at most 127 `layers`"));
+        }
+        if !self.layers.is_empty() && self.store.is_some() {
+            return Err(PolicyError::BadRootfs(
+                "`store` goes with `image`, not `layers`",
+            ));
+        }
         match (&self.dir, &self.image) {
             (Some(_), Some(_)) => {
                 return Err(PolicyError::BadRootfs("give `dir` or `image`, not both"));
             }
-            (None, None) => return Err(PolicyError::BadRootfs("give `dir` or `image`")),
+            (None, None) if self.layers.is_empty() => {
+                return Err(PolicyError::BadRootfs("give `dir` or `image`"));
+            }
             (Some(d), None) if !d.is_absolute() => {
                 return Err(PolicyError::BadRootfs("`dir` must be an absolute path"));
             }

@@ -366,6 +366,34 @@ impl IdMaps {
         }))
     }
 
+    /// For a guest's run on a root of VMM shares: inside id 0 maps to `owner` (the one id the shares show
+    /// their files with), the rest of the range stays the guest's own, unless the maps are a single id.
+    pub fn give_root_to(&mut self, owner: (u32, u32)) {
+        let split = |m: &mut Vec<IdExtent>, id: u32| {
+            if let [whole] = &m[..]
+                && whole.inside == 0
+                && whole.count > 1
+                && !(whole.outside..whole.outside + whole.count).contains(&id)
+            {
+                let rest = IdExtent {
+                    inside: 1,
+                    outside: whole.outside + 1,
+                    count: whole.count - 1,
+                };
+                *m = vec![
+                    IdExtent {
+                        inside: 0,
+                        outside: id,
+                        count: 1,
+                    },
+                    rest,
+                ];
+            }
+        };
+        split(&mut self.uid, owner.0);
+        split(&mut self.gid, owner.1);
+    }
+
     /// The host uid and gid the sandbox user and group map to.
     pub fn host_ids(&self) -> (u32, u32) {
         let outside = |m: &[IdExtent], id: u32| {
@@ -550,6 +578,23 @@ mod tests {
         // The guest always gets a whole range of its own kernel.
         let m = IdMaps::resolve(&Policy::default(), 0, 0, true, &f).unwrap();
         assert_eq!(m.host_ids(), (GUEST_FIRST_ID, GUEST_FIRST_ID));
+        // A guest's run on the VMM's shares: root inside is the one id the shares show.
+        let mut m = m;
+        m.give_root_to((65534, 65533));
+        assert_eq!(
+            m.extents(),
+            (
+                vec![e(0, 65534, 1), e(1, GUEST_FIRST_ID + 1, 65535)],
+                vec![e(0, 65533, 1), e(1, GUEST_FIRST_ID + 1, 65535)]
+            )
+        );
+        assert_eq!(m.host_ids(), (65534, 65533));
+        // A single id stays as it is.
+        let mut single =
+            IdMaps::resolve(&Policy::default().ids(IdMapping::Single), 0, 0, true, &f).unwrap();
+        let before = single.extents();
+        single.give_root_to((0, 0));
+        assert_eq!(single.extents(), before);
         std::fs::remove_dir_all(d).unwrap();
     }
 }

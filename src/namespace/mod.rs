@@ -35,6 +35,7 @@ use crate::policy::{Network, Policy};
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What to run, as the host-side API resolved it.
+#[derive(Clone, Copy)]
 pub(crate) struct Launch<'a> {
     pub program: &'a std::ffi::OsStr,
     pub args: &'a [std::ffi::OsString],
@@ -255,28 +256,13 @@ fn read_argv_area() -> (usize, usize) {
 
 /// Starts the program in a new sandbox. Returns once the program was executed, or with the step that failed.
 pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
-    let root = rootfs::resolve(launch.policy)?;
+    let root = rootfs::resolve(launch.policy, launch.guest)?;
     let Some(root) = root else {
         return spawn_on(launch, None);
     };
     // The root's config fills in what the run does not set itself; its user becomes the policy's.
-    let applied = root.apply(launch.program, launch.args, launch.env, launch.cwd)?;
-    let mut policy = launch.policy.clone();
-    if let Some(u) = root.user {
-        (policy.uid, policy.gid) = (u.uid, u.gid);
-    }
-    let (program, args) = applied.argv.split_first().expect("apply gives a program");
-    let on_root = Launch {
-        program,
-        args,
-        env: &applied.env,
-        cwd: applied.cwd.as_deref(),
-        policy: &policy,
-        stdio: launch.stdio,
-        extra_fds: launch.extra_fds,
-        guest: launch.guest,
-    };
-    let mut started = spawn_on(&on_root, Some(&root))?;
+    let applied = root.apply(launch)?;
+    let mut started = spawn_on(&applied.launch(launch), Some(&root))?;
     started.enforced.rootfs = Some(root.report.clone());
     started._root = Some(root);
     Ok(started)
@@ -289,6 +275,10 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
         network::pasta::find()?;
     }
     let mut maps = idmap::IdMaps::for_caller(launch.policy, launch.guest)?;
+    if let Some(r) = root.filter(|_| launch.guest) {
+        // The VMM's shares show every file of the layers as one guest id: the sandbox's root is that id.
+        maps.give_root_to(r.owner);
+    }
     spec.drop_groups = maps.may_drop_groups();
     let mut layers = layers::prepare(launch.policy, &plan, maps.host_ids())?;
     (layers.enforced.uid_map, layers.enforced.gid_map) = maps.extents();

@@ -18,9 +18,10 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::Launch;
 use super::plan::{Cover, Inside, Kind, Op, PlanError, Planner, Tree, cstr, lit};
 use super::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use crate::image::{Checkout, ImageConfig, ImageStore, ResolvedUser, RootFiles};
@@ -111,6 +112,9 @@ pub(crate) struct Root {
     pub flat: Option<Vec<TopEntry>>,
     /// Layers (and the upper directory) are id-mapped mounts (a root caller).
     pub idmapped: bool,
+    /// The owner of the top layer's root directory (in the guest: the id the VMM's shares show every file
+    /// with, which the sandbox's root then maps to).
+    pub owner: (u32, u32),
     /// The names at the top of the root.
     pub top: Vec<OsString>,
     /// The image's config (none for a directory).
@@ -131,13 +135,35 @@ fn failure(message: String) -> SetupFailure {
     }
 }
 
-/// Resolves the policy's root filesystem, if it has one. `guest`: the caller is our guest agent.
-pub(crate) fn resolve(policy: &Policy) -> Result<Option<Root>, SetupFailure> {
+/// Resolves the policy's root filesystem, if it has one. `guest`: the caller is our guest agent, whose
+/// layers are shares of the VMM (9p, virtio-fs), which have no id-mapped mounts.
+pub(crate) fn resolve(policy: &Policy, guest: bool) -> Result<Option<Root>, SetupFailure> {
     let Some(spec) = &policy.rootfs else {
         return Ok(None);
     };
-    let idmapped = nix::unistd::geteuid().is_root();
+    let idmapped = nix::unistd::geteuid().is_root() && !guest;
     let (lowers, config, checkout, mut report) = match (&spec.dir, &spec.image) {
+        (None, None) if !spec.layers.is_empty() => {
+            let lowers = spec
+                .layers
+                .iter()
+                .map(|l| {
+                    std::fs::canonicalize(l)
+                        .ok()
+                        .filter(|p| p.is_dir())
+                        .ok_or_else(|| {
+                            failure(format!(
+                                "rootfs layer {l:?} does not exist or is not a directory"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let report = RootfsEnforced {
+                source: format!("{} layers", lowers.len()),
+                ..RootfsEnforced::default()
+            };
+            (lowers, None, None, report)
+        }
         (Some(dir), _) => {
             let real = std::fs::canonicalize(dir)
                 .ok()
@@ -238,7 +264,11 @@ pub(crate) fn resolve(policy: &Policy) -> Result<Option<Root>, SetupFailure> {
         (None, None) => "overlay on a tmpfs (discarded)".into(),
     };
     report.idmapped = idmapped;
+    let owner = std::fs::metadata(&lowers[0])
+        .map(|m| (m.uid(), m.gid()))
+        .map_err(|e| failure(format!("{:?}: {e}", lowers[0])))?;
     Ok(Some(Root {
+        owner,
         top: files.top_level(),
         lowers,
         upper,
@@ -280,13 +310,8 @@ impl Root {
     /// The command, environment and working directory of a run on this root: the image's `Entrypoint` and
     /// `Cmd` (replaced by the run's own arguments, `program` first; an empty `program` means none), its
     /// `Env` under the run's own variables, its `WorkingDir` unless the run sets one.
-    pub fn apply(
-        &self,
-        program: &OsStr,
-        args: &[OsString],
-        env: &[(OsString, OsString)],
-        cwd: Option<&Path>,
-    ) -> Result<Applied, SetupFailure> {
+    pub fn apply(&self, launch: &Launch<'_>) -> Result<Applied, SetupFailure> {
+        let (program, args, env, cwd) = (launch.program, launch.args, launch.env, launch.cwd);
         let given: Vec<OsString> = if program.is_empty() {
             Vec::new()
         } else {
@@ -321,19 +346,43 @@ impl Root {
                 .filter(|d| d.starts_with('/'))
                 .map(PathBuf::from)
         });
+        let mut policy = launch.policy.clone();
+        if let Some(u) = self.user {
+            (policy.uid, policy.gid) = (u.uid, u.gid);
+        }
         Ok(Applied {
             argv,
             env: vars,
             cwd,
+            policy,
         })
     }
 }
 
-/// A run's command, environment and working directory on a root of its own.
+/// A run's command, environment, working directory and policy on a root of its own.
 pub(crate) struct Applied {
     pub argv: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub cwd: Option<PathBuf>,
+    /// The policy with the root's user as its `uid`/`gid`.
+    pub policy: Policy,
+}
+
+impl Applied {
+    /// The launch of `base` with this command, environment, directory and policy.
+    pub fn launch<'a>(&'a self, base: &Launch<'a>) -> Launch<'a> {
+        let (program, args) = self.argv.split_first().expect("apply gives a program");
+        Launch {
+            program,
+            args,
+            env: &self.env,
+            cwd: self.cwd.as_deref(),
+            policy: &self.policy,
+            stdio: base.stdio,
+            extra_fds: base.extra_fds,
+            guest: base.guest,
+        }
+    }
 }
 
 impl Planner {

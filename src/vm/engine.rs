@@ -82,6 +82,9 @@ pub(crate) struct VmRun {
     info: VmInfo,
     fallback_reason: Option<String>,
     boot_limit: Duration,
+    /// A root of its own: holds the image's layers in the store until the run ends; its report completes
+    /// the guest's (which knows only shares).
+    root: Option<crate::namespace::rootfs::Root>,
 }
 
 impl std::fmt::Debug for VmRun {
@@ -169,7 +172,24 @@ fn start(
     engine: Engine,
     cache: Option<&Path>,
 ) -> Result<VmRun, VmError> {
-    let (spec, shares) = guest_spec(launch, engine.share_fs())?;
+    // A root of its own: the image checked out here (its layers held until the run ends), its config
+    // applied here; the guest gets the layers as shares.
+    if launch
+        .policy
+        .rootfs
+        .as_ref()
+        .is_some_and(|r| r.upper.is_some())
+    {
+        return Err(VmError::RootfsUpper);
+    }
+    let root = crate::namespace::rootfs::resolve(launch.policy, false).map_err(VmError::Confine)?;
+    let applied = match &root {
+        Some(r) => Some(r.apply(launch).map_err(VmError::Confine)?),
+        None => None,
+    };
+    let on_root = applied.as_ref().map(|a| a.launch(launch));
+    let launch = on_root.as_ref().unwrap_or(launch);
+    let (spec, shares) = guest_spec(launch, engine.share_fs(), root.as_ref())?;
     let policy = launch.policy;
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];
@@ -260,6 +280,7 @@ fn start(
         info,
         fallback_reason,
         boot_limit,
+        root,
     };
     run.watch_boot();
     Ok(run)
@@ -383,6 +404,14 @@ impl Run for VmRun {
         outcome.backend = BackendKind::Vm;
         outcome.usage.wall = wall;
         outcome.fallback_reason = self.fallback_reason;
+        if let Some(root) = &self.root {
+            let guest = outcome.enforced.rootfs.take().unwrap_or_default();
+            outcome.enforced.rootfs = Some(crate::outcome::RootfsEnforced {
+                writable: guest.writable,
+                idmapped: false,
+                ..root.report.clone()
+            });
+        }
         outcome.vm = Some(info);
         Ok(outcome)
     }

@@ -94,12 +94,18 @@ pub(crate) enum VmError {
          --backend namespace, or choose network \"none\" for the VM backend"
     )]
     UserNetwork,
-    /// A root filesystem of the policy's own, not yet on the VM backend.
+    /// A root filesystem of the policy's own, not on a pool's warm VM.
     #[error(
-        "a root filesystem of the policy's own (--rootfs, --image; `rootfs` in a policy) is only available on \
-         the namespace backend for now: run with --backend namespace"
+        "a root filesystem of the policy's own (--rootfs, --image; `rootfs` in a policy) is not available on a \
+         pool's warm VM: run in a VM of its own (without the pool) or on the namespace backend"
     )]
     Rootfs,
+    /// A kept writable layer on the VM backend.
+    #[error(
+        "--rootfs-upper (`rootfs.upper`) is not available on the VM backend (overlayfs cannot keep its writable \
+         layer on a share of the VMM): run on the namespace backend, or without it (a tmpfs, discarded)"
+    )]
+    RootfsUpper,
     /// A pool VM with less RAM than a guest needs.
     #[error("a pool VM needs at least 128 MiB of RAM ({0} asked)")]
     PoolMemory(u64),

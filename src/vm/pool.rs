@@ -190,7 +190,7 @@ impl VmPool {
             guest: false,
         };
         let vmm = engine::Engine::pick(options.engine);
-        let (mut base, shares) = guest_spec(&launch, vmm.share_fs())?;
+        let (mut base, shares) = guest_spec(&launch, vmm.share_fs(), None)?;
         base.serve = true;
         base.policy = Policy::default();
         let extra = shares.len() - options.shares.len();

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use super::error::VmError;
 use super::qemu::Share;
 use crate::namespace::Launch;
-use crate::policy::{Mount, Network, Policy, SYSTEM_TOP};
+use crate::namespace::rootfs::Root;
+use crate::policy::{Mount, Network, Policy, Rootfs, SYSTEM_TOP};
 use crate::protocol::{Link, RunSpec, Share as GuestShare, ShareFs};
 
 /// Where the agent mounts the share of policy bind (or pool share) number `i`.
@@ -74,7 +75,28 @@ pub(super) fn run_spec(
 pub(super) fn guest_spec(
     launch: &Launch<'_>,
     fs: ShareFs,
+    root: Option<&Root>,
 ) -> Result<(RunSpec, Vec<Share>), VmError> {
+    // A root of its own: each layer a read-only share, stacked by the agent's sandbox (`Rootfs::layers`);
+    // the rest of the spec is built without it (run_spec refuses a root it cannot share: a pool's).
+    let read_only = launch.policy.rootfs.as_ref().is_some_and(|r| r.read_only);
+    let without_root;
+    let launch = match (root, &launch.policy.rootfs) {
+        (Some(root), Some(_)) => {
+            if root.upper.is_some() {
+                return Err(VmError::RootfsUpper);
+            }
+            let mut policy = launch.policy.clone();
+            policy.rootfs = None;
+            policy.system = false;
+            without_root = policy;
+            &Launch {
+                policy: &without_root,
+                ..*launch
+            }
+        }
+        _ => launch,
+    };
     let mut shares = Vec::new();
     let mut base = RunSpec {
         program: String::new(),
@@ -138,6 +160,23 @@ pub(super) fn guest_spec(
         shares.push(h);
         Ok((share_dir(i).join(rest), Some(g)))
     })?;
+    let mut spec = spec;
+    if let Some(root) = root {
+        let mut layers = Vec::new();
+        for (i, layer) in root.lowers.iter().enumerate() {
+            let guest = PathBuf::from(format!("/run/sandbox/layer/{i}"));
+            let (h, g) = share(format!("l{i}"), layer.clone(), guest.clone(), true);
+            shares.push(h);
+            spec.shares.push(g);
+            layers.push(guest);
+        }
+        spec.policy.rootfs = Some(Rootfs {
+            layers,
+            read_only,
+            ..Rootfs::default()
+        });
+        spec.validate().map_err(VmError::Spec)?;
+    }
     Ok((spec, shares))
 }
 
@@ -162,7 +201,7 @@ mod tests {
             guest: false,
         };
         let real = dir.canonicalize().unwrap();
-        let base = guest_spec(&launch, ShareFs::Virtiofs).unwrap().0;
+        let base = guest_spec(&launch, ShareFs::Virtiofs, None).unwrap().0;
         let mut seen = Vec::new();
         let spec = run_spec(&launch, base.clone(), |i, _, real, writable| {
             seen.push((i, real, writable));
@@ -204,7 +243,7 @@ mod tests {
             extra_fds: &[],
             guest: false,
         };
-        let err = guest_spec(&launch, ShareFs::Virtiofs).unwrap_err();
+        let err = guest_spec(&launch, ShareFs::Virtiofs, None).unwrap_err();
         assert!(matches!(err, VmError::UserNetwork), "{err}");
         assert!(
             err.to_string().contains(
@@ -212,5 +251,53 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_root_of_its_own_becomes_read_only_layer_shares_and_no_system_view() {
+        let dir =
+            std::env::temp_dir().join(format!("sandbox-run-spec-root-{}", std::process::id()));
+        let (top, base) = (dir.join("top"), dir.join("base"));
+        std::fs::create_dir_all(&top).unwrap();
+        std::fs::create_dir_all(&base).unwrap();
+        let policy = Policy::default().rootfs(Rootfs {
+            layers: vec![top.clone(), base.clone()],
+            ..Rootfs::default()
+        });
+        let program = std::ffi::OsString::from("/bin/true");
+        let launch = Launch {
+            program: &program,
+            args: &[],
+            env: &[],
+            cwd: None,
+            policy: &policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+            guest: false,
+        };
+        let root = crate::namespace::rootfs::resolve(&policy, false)
+            .unwrap()
+            .unwrap();
+        let (spec, shares) = guest_spec(&launch, ShareFs::NineP, Some(&root)).unwrap();
+        let hosts: Vec<(&str, &Path, bool)> = shares
+            .iter()
+            .map(|s| (s.tag.as_str(), s.path.as_path(), s.readonly))
+            .collect();
+        let (top, base) = (top.canonicalize().unwrap(), base.canonicalize().unwrap());
+        assert_eq!(hosts, [("l0", &*top, true), ("l1", &*base, true)]);
+        let layers = &spec.policy.rootfs.as_ref().unwrap().layers;
+        assert_eq!(
+            layers,
+            &[
+                PathBuf::from("/run/sandbox/layer/0"),
+                PathBuf::from("/run/sandbox/layer/1")
+            ]
+        );
+        assert!(spec.shares.iter().all(|s| s.readonly));
+        assert!(!spec.policy.system || spec.shares.len() == 2);
+        // A pool's VM cannot take a root of its own; a kept upper layer is refused by the engine.
+        let refused = run_spec(&launch, spec.clone(), |_, _, real, _| Ok((real, None)));
+        assert!(matches!(refused, Err(VmError::Rootfs)), "{refused:?}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

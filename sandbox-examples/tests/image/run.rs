@@ -377,7 +377,7 @@ fn a_directory_root_is_read_only_underneath_and_gives_no_privilege() {
 }
 
 /// A hostile image: its /etc/passwd is a symlink out of the image (resolved inside the image, never to the
-/// host's), names that are not there, an image that is not in the store, and the VM backend (not yet).
+/// host's, on either backend), names that are not there, an image that is not in the store.
 #[test]
 fn bad_roots_and_users_are_refused_with_their_reason() {
     let caller = Caller::me();
@@ -420,7 +420,8 @@ fn bad_roots_and_users_are_refused_with_their_reason() {
                 "/bin/busybox",
                 "true",
             ],
-            "only available on the namespace backend",
+            // Resolved on the host before any VM starts, in the image's files too.
+            "user \"_apt\": ",
         ),
     ];
     for (args, want) in cases {
@@ -543,4 +544,85 @@ fn a_read_only_root_has_only_its_tmpfs_writable() {
         err.contains("needs a directory or a one-layer image, and this image has 2 layers"),
         "{err}"
     );
+}
+
+/// The VM backend (QEMU; the guest kernel and agent of `SANDBOX_KERNEL`, `SANDBOX_AGENT`): the image's layers
+/// are read-only shares of the VMM, stacked by the agent's sandbox with overlayfs; the same files, whiteouts,
+/// user, directory, environment and command as on the namespace backend. A kept writable layer is refused
+/// with its reason.
+#[test]
+fn the_demo_image_runs_in_a_vm_of_its_own() {
+    let caller = Caller::me();
+    let work = scratch("image-run-vm");
+    let w = build::demo(Compression::Gzip).write_oci(&work.join("layout"));
+    let store = caller.store_with(&work.join("layout"), "demo:1", &w.id);
+    let verdict = work.join("verdict.json");
+    let vm = [
+        "--backend",
+        "vm",
+        "--vm-engine",
+        "qemu",
+        "--image",
+        "demo:1",
+    ];
+    let script = "busybox cat /etc/os-release; busybox id; pwd; busybox env | busybox sort; \
+                  for p in /etc/removed /old /opaque/hidden /opaque/fresh; do \
+                  [ -e $p ] && echo present $p || echo absent $p; done";
+    let out = caller.run(&store, &verdict, &[&vm[..], &["--", script]].concat());
+    let stdout = ok(&out, "run --image demo:1 in a VM");
+    for want in [
+        "ID=sandkasten-test\n",
+        "uid=1000(app) gid=1000(app)",
+        "\n/app\n",
+        "GREETING=hello from the image\n",
+        "absent /etc/removed\n",
+        "absent /old\n",
+        "absent /opaque/hidden\n",
+        "present /opaque/fresh\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing in:\n{stdout}");
+    }
+    let r = report(&verdict);
+    assert_eq!(r["backend"], "vm", "{r}");
+    let root = &r["enforced"]["rootfs"];
+    assert_eq!(root["source"], "image demo:1", "{r}");
+    assert_eq!(root["image_id"], w.id.as_str(), "{r}");
+    assert_eq!(root["user"], "app (1000:1000)", "{r}");
+    assert_eq!(root["writable"], "overlay on a tmpfs (discarded)", "{r}");
+
+    // Root inside writes into the guest's writable layer; the store's layer is unchanged.
+    let passwd = store.tree(&w.diff_ids[0]).join("etc/passwd");
+    let before = std::fs::read(&passwd).unwrap();
+    let out = caller.run(
+        &store,
+        &verdict,
+        &[
+            &vm[..],
+            &[
+                "--user",
+                "root",
+                "--",
+                "echo x:x:0:0::/:/bin/sh >> /etc/passwd && busybox tail -n 1 /etc/passwd",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(ok(&out, "root inside the VM"), "x:x:0:0::/:/bin/sh\n");
+    assert_eq!(std::fs::read(&passwd).unwrap(), before);
+    let out = caller.run(&store, &verdict, &vm);
+    assert_eq!(
+        ok(&out, "the image's Cmd in a VM"),
+        "hello from the image\n"
+    );
+
+    let upper = work.join("upper");
+    let out = caller.run(
+        &store,
+        &verdict,
+        &[&vm[..], &["--rootfs-upper", upper.to_str().unwrap()]].concat(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("not available on the VM backend"), "{err}");
+    assert!(!upper.exists(), "the refused run made {upper:?}");
 }

@@ -209,6 +209,7 @@ fn root(idmapped: bool, upper: Option<&str>) -> Root {
         upper: upper.map(PathBuf::from),
         flat: None,
         idmapped,
+        owner: (0, 0),
         top: ["bin", "dev", "etc", "proc", "sys", "usr"]
             .map(Into::into)
             .to_vec(),

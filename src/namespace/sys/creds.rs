@@ -33,10 +33,51 @@ pub fn set_ids(uid: u32, gid: u32, drop_groups: bool) -> SysResult<()> {
             libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
         })?;
     }
+    // Where this process is the user namespace's uid 0 (its creator's id is mapped to 0 inside: an
+    // unprivileged caller with subordinate ids, or a guest's run on the VMM's shares), leaving uid 0 would
+    // clear the capabilities the view still needs: keep the permitted set, then raise the effective one again.
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } as c_long)?;
     // SAFETY: plain syscalls with integer arguments.
     check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
     // SAFETY: as above.
-    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) } as c_long)?;
+    raise_permitted()
+}
+
+/// Makes the effective capability set the permitted one.
+fn raise_permitted() -> SysResult<()> {
+    let mut header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two data words as capget(2) expects for version 3.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    })?;
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    // SAFETY: as above, for capset(2).
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })
+    .map(drop)
 }
 
 /// Drops every supplementary group (`setgroups(0)`): for a root caller before it joins a user namespace.
