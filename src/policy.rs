@@ -388,6 +388,20 @@ impl Rootfs {
         }
     }
 
+    /// Host directories stacked as the root, top first.
+    pub fn stack(layers: Vec<PathBuf>) -> Self {
+        Rootfs {
+            layers,
+            ..Rootfs::default()
+        }
+    }
+
+    /// No writable layer (see the `read_only` field).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
     /// Uses the image store at `store`.
     pub fn store(mut self, store: impl Into<PathBuf>) -> Self {
         self.store = Some(store.into());

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use sandkasten::outcome::TimeLimit;
-use sandkasten::{Backend, BackendKind, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use sandkasten::{Backend, BackendKind, Outcome, Policy, Rootfs, Sandbox, Stage, Status, Stdio};
 use testkit::TempDir;
 
 macro_rules! conformance {
@@ -128,6 +128,7 @@ conformance!(
     cpu_time_limit,
     rlimits,
     memory_limit,
+    own_root,
 );
 
 fn sh(backend: B, script: &str, policy: Policy) -> Outcome {
@@ -507,4 +508,47 @@ fn memory_limit(b: B) {
     }
     assert_eq!(o.status, Status::OomKilled, "{o:?}");
     assert!(!out(&o).contains("survived"));
+}
+
+/// A root of its own, two layers (what an image becomes): the top layer's files win, the lower one's show
+/// through, writes land in a discarded writable layer, the layers never change, no host system in view.
+fn own_root(b: B) {
+    let dir = TempDir::new("conf-root");
+    let (top, base) = (dir.path().join("top"), dir.path().join("base"));
+    for d in [base.join("bin"), base.join("etc"), top.join("etc")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy("/bin/busybox", base.join("bin/busybox")).expect("busybox-static is installed");
+    std::fs::write(base.join("etc/marker"), "base\n").unwrap();
+    std::fs::write(base.join("etc/base-only"), "from the base\n").unwrap();
+    std::fs::write(top.join("etc/marker"), "top\n").unwrap();
+    let policy = Policy::default().rootfs(Rootfs::stack(vec![top.clone(), base.clone()]));
+    let o = Sandbox::new("/bin/busybox")
+        .args([
+            "sh",
+            "-c",
+            "busybox cat /etc/marker /etc/base-only; busybox id -u; \
+             echo written > /etc/marker && busybox cat /etc/marker; \
+             [ -e /usr/bin ] && echo HOST-USR || echo no-usr",
+        ])
+        .on(b)
+        .policy(policy)
+        .output()
+        .expect("valid policy");
+    assert_eq!(out(&o), "top\nfrom the base\n0\nwritten\nno-usr\n", "{o:?}");
+    assert_eq!(
+        std::fs::read_to_string(top.join("etc/marker")).unwrap(),
+        "top\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(base.join("etc/marker")).unwrap(),
+        "base\n"
+    );
+    let root = o
+        .enforced
+        .rootfs
+        .as_ref()
+        .unwrap_or_else(|| panic!("{o:?}"));
+    assert_eq!(root.source, "2 layers", "{o:?}");
+    assert_eq!(root.writable, "overlay on a tmpfs (discarded)", "{o:?}");
 }

@@ -350,6 +350,14 @@ impl Root {
         if let Some(u) = self.user {
             (policy.uid, policy.gid) = (u.uid, u.gid);
         }
+        // Resolved: the root is now its layers (what a VM's guest is given).
+        let asked = policy.rootfs.take().unwrap_or_default();
+        policy.rootfs = Some(crate::policy::Rootfs {
+            layers: self.lowers.clone(),
+            upper: asked.upper,
+            read_only: asked.read_only,
+            ..crate::policy::Rootfs::default()
+        });
         Ok(Applied {
             argv,
             env: vars,

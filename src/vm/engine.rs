@@ -174,22 +174,10 @@ fn start(
 ) -> Result<VmRun, VmError> {
     // A root of its own: the image checked out here (its layers held until the run ends), its config
     // applied here; the guest gets the layers as shares.
-    if launch
-        .policy
-        .rootfs
-        .as_ref()
-        .is_some_and(|r| r.upper.is_some())
-    {
-        return Err(VmError::RootfsUpper);
-    }
-    let root = crate::namespace::rootfs::resolve(launch.policy, false).map_err(VmError::Confine)?;
-    let applied = match &root {
-        Some(r) => Some(r.apply(launch).map_err(VmError::Confine)?),
-        None => None,
-    };
+    let (root, applied) = super::run_spec::on_root(launch)?;
     let on_root = applied.as_ref().map(|a| a.launch(launch));
     let launch = on_root.as_ref().unwrap_or(launch);
-    let (spec, shares) = guest_spec(launch, engine.share_fs(), root.as_ref())?;
+    let (spec, shares) = guest_spec(launch, engine.share_fs())?;
     let policy = launch.policy;
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];
@@ -404,14 +392,7 @@ impl Run for VmRun {
         outcome.backend = BackendKind::Vm;
         outcome.usage.wall = wall;
         outcome.fallback_reason = self.fallback_reason;
-        if let Some(root) = &self.root {
-            let guest = outcome.enforced.rootfs.take().unwrap_or_default();
-            outcome.enforced.rootfs = Some(crate::outcome::RootfsEnforced {
-                writable: guest.writable,
-                idmapped: false,
-                ..root.report.clone()
-            });
-        }
+        super::run_spec::report_root(&mut outcome, self.root.as_ref());
         outcome.vm = Some(info);
         Ok(outcome)
     }

@@ -94,10 +94,10 @@ pub(crate) enum VmError {
          --backend namespace, or choose network \"none\" for the VM backend"
     )]
     UserNetwork,
-    /// A root filesystem of the policy's own, not on a pool's warm VM.
+    /// A root filesystem that reached the guest's spec without being resolved into its layers.
     #[error(
-        "a root filesystem of the policy's own (--rootfs, --image; `rootfs` in a policy) is not available on a \
-         pool's warm VM: run in a VM of its own (without the pool) or on the namespace backend"
+        "a root filesystem (`rootfs` with `dir` or `image`) reached the VM's run spec unresolved: this is a bug \
+         of sandkasten, please report it; the namespace backend runs it meanwhile"
     )]
     Rootfs,
     /// A kept writable layer on the VM backend.

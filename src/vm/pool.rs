@@ -190,7 +190,7 @@ impl VmPool {
             guest: false,
         };
         let vmm = engine::Engine::pick(options.engine);
-        let (mut base, shares) = guest_spec(&launch, vmm.share_fs(), None)?;
+        let (mut base, shares) = guest_spec(&launch, vmm.share_fs())?;
         base.serve = true;
         base.policy = Policy::default();
         let extra = shares.len() - options.shares.len();
@@ -350,6 +350,10 @@ impl VmPool {
     }
 
     fn start(&self, launch: &Launch<'_>) -> Result<PooledRun, VmError> {
+        // A root of its own: its layers must lie in a share of the pool (the image store's directory).
+        let (root, applied) = super::run_spec::on_root(launch)?;
+        let on_root = applied.as_ref().map(|a| a.launch(launch));
+        let launch = on_root.as_ref().unwrap_or(launch);
         let spec = self.spec(launch)?;
         let dup = engine::dup;
         let stdin = launch.stdio[0];
@@ -365,7 +369,9 @@ impl VmPool {
         if vm.warm {
             self.inner.warm_runs.fetch_add(1, Ordering::Relaxed);
         }
-        vm.begin(spec, stdin_source, targets, self.inner.clone())
+        let mut run = vm.begin(spec, stdin_source, targets, self.inner.clone())?;
+        run.root = root;
+        Ok(run)
     }
 }
 

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use super::error::VmError;
 use super::qemu::Share;
 use crate::namespace::Launch;
-use crate::namespace::rootfs::Root;
-use crate::policy::{Mount, Network, Policy, Rootfs, SYSTEM_TOP};
+use crate::namespace::rootfs::{Applied, Root};
+use crate::outcome::{Outcome, RootfsEnforced};
+use crate::policy::{Mount, Network, Policy, SYSTEM_TOP};
 use crate::protocol::{Link, RunSpec, Share as GuestShare, ShareFs};
 
 /// Where the agent mounts the share of policy bind (or pool share) number `i`.
@@ -34,9 +35,6 @@ pub(super) fn run_spec(
     if launch.policy.network == Network::User {
         return Err(VmError::UserNetwork);
     }
-    if launch.policy.rootfs.is_some() {
-        return Err(VmError::Rootfs);
-    }
     let mut spec = base;
     let mut policy = launch.policy.clone();
     for (i, m) in policy.mounts.iter_mut().enumerate() {
@@ -56,6 +54,24 @@ pub(super) fn run_spec(
         spec.shares.extend(share);
         *src = at;
     }
+    // A root of its own, resolved on the host into its layers (`on_root`): each placed like a read-only bind
+    // (a share of its own, or a path in a pool's share), stacked by the agent's sandbox.
+    if let Some(root) = &mut policy.rootfs {
+        if root.upper.is_some() {
+            return Err(VmError::RootfsUpper);
+        }
+        if root.dir.is_some() || root.image.is_some() {
+            return Err(VmError::Rootfs);
+        }
+        let first = policy.mounts.len();
+        for (j, layer) in root.layers.iter_mut().enumerate() {
+            let real = layer.clone();
+            let (at, share) = place(first + j, layer, real, false)?;
+            spec.shares.extend(share);
+            *layer = at;
+        }
+        policy.system = false;
+    }
     // Inside the guest the agent is root: the sandbox maps a whole range of the guest's ids, or, with
     // `ids = "single"`, the guest's nobody.
     policy.host_uid = 65534;
@@ -70,33 +86,47 @@ pub(super) fn run_spec(
     Ok(spec)
 }
 
+/// A root of its own for a VM run: resolved on the host (the image checked out, its layers held while the
+/// returned root lives; its config applied), the policy's root then its layers (`Rootfs::layers`), which
+/// [`run_spec`] places as read-only shares. `None`s without one.
+pub(super) fn on_root(launch: &Launch<'_>) -> Result<(Option<Root>, Option<Applied>), VmError> {
+    if launch.policy.rootfs.is_none() {
+        return Ok((None, None));
+    }
+    if launch
+        .policy
+        .rootfs
+        .as_ref()
+        .is_some_and(|r| r.upper.is_some())
+    {
+        return Err(VmError::RootfsUpper);
+    }
+    let root = crate::namespace::rootfs::resolve(launch.policy, false)
+        .map_err(VmError::Confine)?
+        .expect("the policy has a root");
+    let applied = root.apply(launch).map_err(VmError::Confine)?;
+    Ok((Some(root), Some(applied)))
+}
+
+/// Completes the guest's report of a root with what only the host knows (the image, its id and digest, the
+/// user as the image named it).
+pub(super) fn report_root(outcome: &mut Outcome, root: Option<&Root>) {
+    if let Some(root) = root {
+        let guest = outcome.enforced.rootfs.take().unwrap_or_default();
+        outcome.enforced.rootfs = Some(RootfsEnforced {
+            writable: guest.writable,
+            idmapped: false,
+            ..root.report.clone()
+        });
+    }
+}
+
 /// The guest's run specification for a VM of its own, and the shares the VMM must export for it (on a
 /// guest that mounts them with `fs`).
 pub(super) fn guest_spec(
     launch: &Launch<'_>,
     fs: ShareFs,
-    root: Option<&Root>,
 ) -> Result<(RunSpec, Vec<Share>), VmError> {
-    // A root of its own: each layer a read-only share, stacked by the agent's sandbox (`Rootfs::layers`);
-    // the rest of the spec is built without it (run_spec refuses a root it cannot share: a pool's).
-    let read_only = launch.policy.rootfs.as_ref().is_some_and(|r| r.read_only);
-    let without_root;
-    let launch = match (root, &launch.policy.rootfs) {
-        (Some(root), Some(_)) => {
-            if root.upper.is_some() {
-                return Err(VmError::RootfsUpper);
-            }
-            let mut policy = launch.policy.clone();
-            policy.rootfs = None;
-            policy.system = false;
-            without_root = policy;
-            &Launch {
-                policy: &without_root,
-                ..*launch
-            }
-        }
-        _ => launch,
-    };
     let mut shares = Vec::new();
     let mut base = RunSpec {
         program: String::new(),
@@ -122,7 +152,8 @@ pub(super) fn guest_spec(
         };
         (host, guest)
     };
-    if launch.policy.system {
+    // With a root of its own the guest needs no system of the host's.
+    if launch.policy.system && launch.policy.rootfs.is_none() {
         // The guest's system is the host's, read-only: /usr and /etc (as the VMM's own sandbox shows it,
         // i.e. only the entries programs need), plus the top-level links or directories.
         for (i, name) in SYSTEM_TOP.iter().enumerate() {
@@ -160,23 +191,6 @@ pub(super) fn guest_spec(
         shares.push(h);
         Ok((share_dir(i).join(rest), Some(g)))
     })?;
-    let mut spec = spec;
-    if let Some(root) = root {
-        let mut layers = Vec::new();
-        for (i, layer) in root.lowers.iter().enumerate() {
-            let guest = PathBuf::from(format!("/run/sandbox/layer/{i}"));
-            let (h, g) = share(format!("l{i}"), layer.clone(), guest.clone(), true);
-            shares.push(h);
-            spec.shares.push(g);
-            layers.push(guest);
-        }
-        spec.policy.rootfs = Some(Rootfs {
-            layers,
-            read_only,
-            ..Rootfs::default()
-        });
-        spec.validate().map_err(VmError::Spec)?;
-    }
     Ok((spec, shares))
 }
 
@@ -201,7 +215,7 @@ mod tests {
             guest: false,
         };
         let real = dir.canonicalize().unwrap();
-        let base = guest_spec(&launch, ShareFs::Virtiofs, None).unwrap().0;
+        let base = guest_spec(&launch, ShareFs::Virtiofs).unwrap().0;
         let mut seen = Vec::new();
         let spec = run_spec(&launch, base.clone(), |i, _, real, writable| {
             seen.push((i, real, writable));
@@ -243,7 +257,7 @@ mod tests {
             extra_fds: &[],
             guest: false,
         };
-        let err = guest_spec(&launch, ShareFs::Virtiofs, None).unwrap_err();
+        let err = guest_spec(&launch, ShareFs::Virtiofs).unwrap_err();
         assert!(matches!(err, VmError::UserNetwork), "{err}");
         assert!(
             err.to_string().contains(
@@ -260,6 +274,8 @@ mod tests {
         let (top, base) = (dir.join("top"), dir.join("base"));
         std::fs::create_dir_all(&top).unwrap();
         std::fs::create_dir_all(&base).unwrap();
+        let (top, base) = (top.canonicalize().unwrap(), base.canonicalize().unwrap());
+        // A root as the host resolved it (`on_root`): its layers.
         let policy = Policy::default().rootfs(Rootfs {
             layers: vec![top.clone(), base.clone()],
             ..Rootfs::default()
@@ -275,29 +291,43 @@ mod tests {
             extra_fds: &[],
             guest: false,
         };
-        let root = crate::namespace::rootfs::resolve(&policy, false)
-            .unwrap()
-            .unwrap();
-        let (spec, shares) = guest_spec(&launch, ShareFs::NineP, Some(&root)).unwrap();
+        let (spec, shares) = guest_spec(&launch, ShareFs::NineP).unwrap();
         let hosts: Vec<(&str, &Path, bool)> = shares
             .iter()
             .map(|s| (s.tag.as_str(), s.path.as_path(), s.readonly))
             .collect();
-        let (top, base) = (top.canonicalize().unwrap(), base.canonicalize().unwrap());
-        assert_eq!(hosts, [("l0", &*top, true), ("l1", &*base, true)]);
+        assert_eq!(hosts, [("b0", &*top, true), ("b1", &*base, true)]);
         let layers = &spec.policy.rootfs.as_ref().unwrap().layers;
-        assert_eq!(
-            layers,
-            &[
-                PathBuf::from("/run/sandbox/layer/0"),
-                PathBuf::from("/run/sandbox/layer/1")
-            ]
-        );
+        assert_eq!(layers, &[share_dir(0), share_dir(1)]);
         assert!(spec.shares.iter().all(|s| s.readonly));
-        assert!(!spec.policy.system || spec.shares.len() == 2);
-        // A pool's VM cannot take a root of its own; a kept upper layer is refused by the engine.
-        let refused = run_spec(&launch, spec.clone(), |_, _, real, _| Ok((real, None)));
-        assert!(matches!(refused, Err(VmError::Rootfs)), "{refused:?}");
+        assert!(!spec.policy.system, "no system view of the host's");
+        // Only a resolved root reaches the guest; a kept upper layer cannot be on a share.
+        let unresolved = Policy::default().rootfs(Rootfs::image("app:1"));
+        let err = guest_spec(
+            &Launch {
+                policy: &unresolved,
+                ..launch
+            },
+            ShareFs::NineP,
+        )
+        .unwrap_err();
+        assert!(matches!(err, VmError::Rootfs), "{err}");
+        let upper = Policy::default().rootfs(
+            Rootfs {
+                layers: vec![top.clone()],
+                ..Rootfs::default()
+            }
+            .upper("/srv/u"),
+        );
+        let err = guest_spec(
+            &Launch {
+                policy: &upper,
+                ..launch
+            },
+            ShareFs::NineP,
+        )
+        .unwrap_err();
+        assert!(matches!(err, VmError::RootfsUpper), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -25,7 +25,7 @@ fn spec_shares_the_system_and_rewrites_binds() {
         .ro_bind(dir.join("f"), "/in/f")
         .tmpfs("/scratch");
     let args = vec!["-c".into(), "true".into()];
-    let (spec, shares) = guest_spec(&launch(&policy, &args), ShareFs::NineP, None).unwrap();
+    let (spec, shares) = guest_spec(&launch(&policy, &args), ShareFs::NineP).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         shares

@@ -32,6 +32,8 @@ pub(crate) struct PooledRun {
     pidfd: OwnedFd,
     pool: Arc<PoolInner>,
     result: Option<RunEnd>,
+    /// A root of its own: holds the image's layers until the run ends; completes the guest's report.
+    pub(super) root: Option<crate::namespace::rootfs::Root>,
 }
 
 impl std::fmt::Debug for PooledRun {
@@ -55,6 +57,7 @@ impl PooledRun {
             pidfd,
             pool,
             result: None,
+            root: None,
         }
     }
 
@@ -169,6 +172,7 @@ impl Run for PooledRun {
         outcome.backend = BackendKind::Vm;
         outcome.usage.wall = wall;
         outcome.vm = Some(info);
+        super::super::run_spec::report_root(&mut outcome, self.root.as_ref());
         let healthy = end.broken.is_none() && end.verdict.is_some() && !host_timeout;
         let mut vm = vm;
         vm.warm = true;
