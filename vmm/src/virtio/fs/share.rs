@@ -11,6 +11,7 @@
 //! - Writable shares never plant set-user-ID/set-group-ID files or device nodes on the host: those mode bits
 //!   are stripped (set-group-ID stays allowed on directories) and `mknod` of character/block devices is
 //!   refused (this matters when the VMM runs as root).
+//! - `O_NOATIME` is dropped from every open (see [`NOATIME`]).
 //! - PassthroughFs sets the process umask to 0 when it imports its root (FUSE_INIT, FUSE_DESTROY); the
 //!   share restores the previous umask, so files the guest creates are also masked by the VMM's umask.
 
@@ -33,6 +34,12 @@ type Ino = u64;
 
 /// Mode bits a guest may not set on host files.
 const PRIVILEGE_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// `O_NOATIME`, never passed on: the guest's kernel asks for it on files the guest's caller owns (overlayfs
+/// opens every lower file so, as the mounter), and the host allows it only to the file's owner or with
+/// `CAP_FOWNER`, which the VMM's user rarely is (`EPERM`, and the guest's program cannot even be executed).
+/// Access times of shared files are the host's business.
+const NOATIME: u32 = libc::O_NOATIME as u32;
 
 fn erofs<T>() -> io::Result<T> {
     Err(io::Error::from_raw_os_error(libc::EROFS))
@@ -128,7 +135,7 @@ impl FileSystem for ShareFs {
         if self.readonly && wants_write(flags) {
             return erofs();
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        self.inner.open(ctx, inode, flags & !NOATIME, fuse_flags)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -143,8 +150,16 @@ impl FileSystem for ShareFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        self.inner.read(
+            ctx,
+            inode,
+            handle,
+            w,
+            size,
+            offset,
+            lock_owner,
+            flags & !NOATIME,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -171,7 +186,7 @@ impl FileSystem for ShareFs {
         if self.readonly && wants_write(flags) {
             return erofs();
         }
-        self.inner.opendir(ctx, inode, flags)
+        self.inner.opendir(ctx, inode, flags & !NOATIME)
     }
 
     fn readdir(
@@ -374,6 +389,7 @@ impl FileSystem for ShareFs {
             return erofs();
         }
         args.mode &= !PRIVILEGE_BITS;
+        args.flags &= !NOATIME;
         self.inner.create(ctx, parent, name, args)
     }
 
@@ -403,7 +419,7 @@ impl FileSystem for ShareFs {
             offset,
             lock_owner,
             delayed_write,
-            flags,
+            flags & !NOATIME,
             fuse_flags,
         )
     }
