@@ -197,6 +197,7 @@ pub(super) fn guest_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Rootfs;
 
     #[test]
     fn binds_are_placed_by_the_caller_and_the_sandbox_is_the_guests_nobody() {
