@@ -27,6 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use child::{ChildSpec, msg};
+use nix::sys::socket;
 
 use crate::outcome::{Enforced, SetupFailure, Stage};
 use crate::policy::{Network, Policy};
@@ -292,16 +293,14 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
     spec.rlimits = layers.rlimits;
     let run_cgroup = layers.cgroup;
 
-    let [sync_rd, sync_wr] = sys::seqpacket_pair().map_err(|e| {
-        os_error(
-            Stage::Prepare,
-            "socketpair",
-            std::io::Error::from_raw_os_error(e),
-        )
-    })?;
-    // SAFETY: socketpair just returned these two descriptors, owned by nobody else.
-    let (sync_rd, sync_wr) =
-        unsafe { (OwnedFd::from_raw_fd(sync_rd), OwnedFd::from_raw_fd(sync_wr)) };
+    // The release channel: a SOCK_SEQPACKET pair, which can carry the root's id-mapped trees.
+    let (sync_rd, sync_wr) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| os_error(Stage::Prepare, "socketpair", e.into()))?;
     let (report_rd, report_wr) = pipe()?;
     let (death_rd, death_wr) = pipe()?;
     spec.sync_fd = sync_rd.as_raw_fd();
@@ -360,15 +359,7 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
         .and_then(|()| network::connect(launch.policy, pid, &maps).map(|h| helper = h))
         // A root caller's root filesystem: its layers mapped through the child's user namespace.
         .and_then(|()| rootfs::idmapped_trees(pid, &plan.trees))
-        .and_then(|trees| {
-            sys::send_with_fds(sync_wr.as_raw_fd(), b'x', &rootfs::raw(&trees)).map_err(|e| {
-                os_error(
-                    Stage::IdMap,
-                    "release",
-                    std::io::Error::from_raw_os_error(e),
-                )
-            })
-        });
+        .and_then(|trees| release(&sync_wr, &trees));
     drop(sync_wr);
     if let Err(e) = release {
         kill_and_reap(pid);
@@ -412,6 +403,41 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
                     "the sandbox ended before starting the program (report {other:?}, wait status {status})"
                 ),
             ))
+        }
+    }
+}
+
+/// Releases the waiting child: one byte, with the id-mapped trees of its root (if any) as `SCM_RIGHTS`.
+fn release(sync: &OwnedFd, trees: &[OwnedFd]) -> Result<(), SetupFailure> {
+    if trees.len() > sys::MAX_PASSED_FDS {
+        return Err(setup_error(
+            Stage::Mounts,
+            Some(libc::E2BIG),
+            format!(
+                "{} id-mapped trees; the child takes at most {}",
+                trees.len(),
+                sys::MAX_PASSED_FDS
+            ),
+        ));
+    }
+    let fds: Vec<RawFd> = trees.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [socket::ControlMessage::ScmRights(&fds)];
+    let cmsgs = if fds.is_empty() { &[][..] } else { &rights[..] };
+    let iov = [std::io::IoSlice::new(b"x")];
+    loop {
+        match socket::sendmsg::<()>(
+            sync.as_raw_fd(),
+            &iov,
+            cmsgs,
+            socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => {
+                return r
+                    .map(drop)
+                    .map_err(|e| os_error(Stage::IdMap, "release", e.into()));
+            }
         }
     }
 }

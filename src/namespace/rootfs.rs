@@ -16,7 +16,7 @@
 //! unprivileged caller's store is its own (every file owned by the caller, who is uid 0 inside): plain binds.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -626,9 +626,4 @@ pub(crate) fn idmapped_trees(
             Ok(fd)
         })
         .collect()
-}
-
-/// The raw numbers of `fds`, for the release message.
-pub(crate) fn raw(fds: &[OwnedFd]) -> Vec<RawFd> {
-    fds.iter().map(AsRawFd::as_raw_fd).collect()
 }

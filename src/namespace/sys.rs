@@ -200,71 +200,12 @@ pub fn pipe() -> SysResult<[RawFd; 2]> {
     Ok(fds)
 }
 
-/// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: the release channel, which can carry descriptors.
-pub fn seqpacket_pair() -> SysResult<[RawFd; 2]> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } as c_long)?;
-    Ok(fds)
-}
-
-/// The most descriptors one [`send_with_fds`] carries.
+/// The most descriptors the child receives with its release ([`recv_with_fds`]).
 pub const MAX_PASSED_FDS: usize = 128;
 
 /// Room for a control message of [`MAX_PASSED_FDS`] descriptors (`CMSG_SPACE(128 * 4)` = 528 bytes), aligned
 /// for `cmsghdr`.
 type CmsgBuf = [u64; 66];
-
-/// Sends the byte `byte` with the descriptors `fds` (at most [`MAX_PASSED_FDS`]) as `SCM_RIGHTS`.
-pub fn send_with_fds(sock: RawFd, byte: u8, fds: &[RawFd]) -> SysResult<()> {
-    if fds.len() > MAX_PASSED_FDS {
-        return Err(libc::E2BIG);
-    }
-    let mut data = [byte];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut cbuf: CmsgBuf = [0; 66];
-    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let bytes = std::mem::size_of_val(fds);
-        // SAFETY: CMSG_SPACE and CMSG_LEN are pure arithmetic.
-        let (space, len) =
-            unsafe { (libc::CMSG_SPACE(bytes as u32), libc::CMSG_LEN(bytes as u32)) };
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as usize;
-        // SAFETY: msg_control points to `cbuf`, which has room for this header and `fds` (checked above).
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = len as usize;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr(),
-                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
-                fds.len(),
-            );
-        }
-    }
-    loop {
-        // SAFETY: `msg` and what it points to are valid for the call.
-        match check(unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) } as c_long) {
-            Err(libc::EINTR) => {}
-            r => return r.map(drop),
-        }
-    }
-}
 
 /// Receives one byte and up to `fds.len()` descriptors (close-on-exec) into `fds`; returns the bytes read (0:
 /// the sender closed without sending) and the descriptors received. More descriptors than `fds` holds is

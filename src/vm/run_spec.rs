@@ -199,22 +199,28 @@ mod tests {
     use super::*;
     use crate::policy::Rootfs;
 
+    /// `/bin/true` under `policy`, with the host's streams.
+    fn true_on(policy: &Policy) -> Launch<'_> {
+        static PROGRAM: std::sync::LazyLock<std::ffi::OsString> =
+            std::sync::LazyLock::new(|| "/bin/true".into());
+        Launch {
+            program: &PROGRAM,
+            args: &[],
+            env: &[],
+            cwd: None,
+            policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+            guest: false,
+        }
+    }
+
     #[test]
     fn binds_are_placed_by_the_caller_and_the_sandbox_is_the_guests_nobody() {
         let dir = std::env::temp_dir().join(format!("sandbox-run-spec-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let policy = Policy::default().bind(&dir, "/data").tmpfs("/scratch");
-        let program = std::ffi::OsString::from("/bin/true");
-        let launch = Launch {
-            program: &program,
-            args: &[],
-            env: &[],
-            cwd: None,
-            policy: &policy,
-            stdio: [-1; 3],
-            extra_fds: &[],
-            guest: false,
-        };
+        let launch = true_on(&policy);
         let real = dir.canonicalize().unwrap();
         let base = guest_spec(&launch, ShareFs::Virtiofs).unwrap().0;
         let mut seen = Vec::new();
@@ -247,17 +253,7 @@ mod tests {
     #[test]
     fn user_networking_is_refused_with_its_reason() {
         let policy = Policy::default().network(Network::User);
-        let program = std::ffi::OsString::from("/bin/true");
-        let launch = Launch {
-            program: &program,
-            args: &[],
-            env: &[],
-            cwd: None,
-            policy: &policy,
-            stdio: [-1; 3],
-            extra_fds: &[],
-            guest: false,
-        };
+        let launch = true_on(&policy);
         let err = guest_spec(&launch, ShareFs::Virtiofs).unwrap_err();
         assert!(matches!(err, VmError::UserNetwork), "{err}");
         assert!(
@@ -281,17 +277,7 @@ mod tests {
             layers: vec![top.clone(), base.clone()],
             ..Rootfs::default()
         });
-        let program = std::ffi::OsString::from("/bin/true");
-        let launch = Launch {
-            program: &program,
-            args: &[],
-            env: &[],
-            cwd: None,
-            policy: &policy,
-            stdio: [-1; 3],
-            extra_fds: &[],
-            guest: false,
-        };
+        let launch = true_on(&policy);
         let (spec, shares) = guest_spec(&launch, ShareFs::NineP).unwrap();
         let hosts: Vec<(&str, &Path, bool)> = shares
             .iter()

@@ -112,6 +112,19 @@ fn scratch(tag: &str) -> TempDir {
     TempDir::new(tag)
 }
 
+/// A directory root at `root` with these directories and an executable `/bin/busybox`.
+fn busybox_root(root: &Path, dirs: &[&str]) {
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("bin/busybox"), build::busybox()).unwrap();
+    std::fs::set_permissions(
+        root.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+}
+
 fn report(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     serde_json::from_str(&text).unwrap()
@@ -286,15 +299,7 @@ fn a_directory_root_is_read_only_underneath_and_gives_no_privilege() {
     let caller = Caller::me();
     let work = scratch("image-run-dir");
     let root = work.join("root");
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::write(root.join("bin/busybox"), build::busybox()).unwrap();
-    std::fs::set_permissions(
-        root.join("bin/busybox"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    busybox_root(&root, &["bin", "etc", "proc", "sys", "dev", "tmp"]);
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
     std::fs::write(
         root.join("etc/passwd"),
@@ -498,15 +503,7 @@ fn a_read_only_root_has_only_its_tmpfs_writable() {
     let caller = Caller::me();
     let work = scratch("image-run-ro");
     let root = work.join("root");
-    for d in ["bin", "etc", "var/tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::write(root.join("bin/busybox"), build::busybox()).unwrap();
-    std::fs::set_permissions(
-        root.join("bin/busybox"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    busybox_root(&root, &["bin", "etc", "var/tmp"]);
     std::os::unix::fs::symlink("bin", root.join("sbin")).unwrap();
     std::fs::write(root.join("etc/marker"), "kept\n").unwrap();
     let store = Store::new("image-run-unused");

@@ -49,35 +49,19 @@ pub fn set_ids(uid: u32, gid: u32, drop_groups: bool) -> SysResult<()> {
 
 /// Makes the effective capability set the permitted one.
 fn raise_permitted() -> SysResult<()> {
-    let mut header = CapHeader {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: header and two data words as capget(2) expects for version 3.
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a version 3 header and two data words, as capget(2) expects.
     check(unsafe {
         libc::syscall(
             libc::SYS_capget,
-            &mut header as *mut CapHeader,
+            &mut CapHeader::current() as *mut CapHeader,
             data.as_mut_ptr(),
         )
     })?;
-    for d in &mut data {
-        d.effective = d.permitted;
-    }
-    // SAFETY: as above, for capset(2).
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    })
-    .map(drop)
+    capset(data.map(|d| CapData {
+        effective: d.permitted,
+        ..d
+    }))
 }
 
 /// Drops every supplementary group (`setgroups(0)`): for a root caller before it joins a user namespace.
@@ -115,23 +99,11 @@ pub fn keep_only_capabilities(mask: u64) -> SysResult<()> {
             Err(e) => return Err(e),
         }
     }
-    let mut header = CapHeader {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let data = [mask as u32, (mask >> 32) as u32].map(|word| CapData {
+    capset([mask as u32, (mask >> 32) as u32].map(|word| CapData {
         effective: word,
         permitted: word,
         inheritable: word,
-    });
-    // SAFETY: header and two data words as capset(2) expects for version 3.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    })?;
+    }))?;
     for cap in (0..64u32).filter(|c| mask & (1 << c) != 0) {
         // SAFETY: prctl with integer arguments.
         check(unsafe {
@@ -189,8 +161,31 @@ struct CapHeader {
     pid: c_int,
 }
 
+impl CapHeader {
+    /// This thread, `_LINUX_CAPABILITY_VERSION_3` (two data words).
+    fn current() -> CapHeader {
+        CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        }
+    }
+}
+
+/// `capset(2)` of this thread.
+fn capset(data: [CapData; 2]) -> SysResult<()> {
+    // SAFETY: a version 3 header and two data words, as capset(2) expects.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut CapHeader::current() as *mut CapHeader,
+            data.as_ptr(),
+        )
+    })
+    .map(drop)
+}
+
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct CapData {
     effective: u32,
     permitted: u32,
@@ -210,25 +205,12 @@ pub fn set_capabilities(keep: u64) -> SysResult<()> {
             0,
         )
     } as c_long)?;
-    let mut header = CapHeader {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
     let word = |i: u32| (keep >> (32 * i)) as u32;
-    let data = [0, 1].map(|i| CapData {
+    capset([0, 1].map(|i| CapData {
         effective: word(i),
         permitted: word(i),
         inheritable: 0,
-    });
-    // SAFETY: header and two data words as capset(2) expects for version 3.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    })
-    .map(drop)
+    }))
 }
 
 /// `prctl(PR_SET_DUMPABLE, 0)`: no ptrace, no /proc/PID access by other processes of the same user.
