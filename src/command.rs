@@ -55,6 +55,8 @@ pub struct Sandbox {
     extra_fds: Vec<(OwnedFd, RawFd)>,
     /// Built by our guest agent for a run in its VM.
     guest: bool,
+    /// A command of a session: the session and the policy it runs under.
+    session: Option<(std::sync::Arc<crate::session::Shared>, Policy)>,
 }
 
 impl Sandbox {
@@ -74,7 +76,18 @@ impl Sandbox {
             pool: None,
             extra_fds: Vec::new(),
             guest: false,
+            session: None,
         }
+    }
+
+    /// Makes this a command of a session (see [`Session::command`](crate::Session::command)).
+    pub(crate) fn in_session(
+        &mut self,
+        shared: std::sync::Arc<crate::session::Shared>,
+        policy: Policy,
+    ) -> &mut Self {
+        self.session = Some((shared, policy));
+        self
     }
 
     /// Adds an argument.
@@ -265,6 +278,7 @@ impl Sandbox {
             .map(|(fd, t)| (fd.as_raw_fd(), *t))
             .collect();
         let launch = Launch {
+            serve: None,
             program: &self.program,
             args: &self.args,
             env: &self.env,
@@ -291,6 +305,13 @@ impl Sandbox {
     /// the sandbox's own timeout.
     fn start(&self, launch: &Launch<'_>) -> Result<(Box<dyn Run>, Option<Duration>), Error> {
         let timeout = self.policy.timeout;
+        if let Some((shared, policy)) = &self.session {
+            if *policy != self.policy || self.backend != Backend::Namespace {
+                return Err(crate::session::changed_policy());
+            }
+            let run = crate::session::exec(shared, launch).map_err(Error::Setup)?;
+            return Ok((Box::new(run), timeout.map(|t| t + TIMEOUT_GRACE)));
+        }
         #[cfg(feature = "vm")]
         if let Some(pool) = &self.pool {
             let run = pool.spawn(launch).map_err(Error::Setup)?;

@@ -35,6 +35,7 @@ pub mod probe;
 #[doc(hidden)]
 pub mod protocol;
 mod running;
+mod session;
 #[cfg(feature = "vm")]
 pub mod vm;
 
@@ -65,5 +66,6 @@ pub use policy::{
 };
 pub use probe::{HostReport, probe};
 pub use running::SandboxChild;
+pub use session::Session;
 #[cfg(feature = "vm")]
 pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};

@@ -9,6 +9,8 @@ use std::os::fd::RawFd;
 
 use libc::c_char;
 
+pub mod serve;
+
 use super::plan::{Op, SOURCE_FD_DIR, Step};
 use super::sys::{self, Errno};
 use super::{landlock, seccomp};
@@ -26,6 +28,22 @@ pub mod msg {
     pub const TIMED_OUT: u32 = 4;
     /// The seccomp filter denied a system call: number, count (sent before EXITED).
     pub const DENIED: u32 = 5;
+    /// An exec of a session ended: its peak resident memory in KiB (sent before its EXITED, whose words 2
+    /// and 3 are then its user and system CPU time in ms).
+    pub const USAGE: u32 = 6;
+    /// Request (host to a session's init): run a command. Words: candidates, arguments, environment
+    /// entries; then the strings; descriptors: reply socket, stdin, stdout, stderr. Replies on the reply
+    /// socket: STARTED (in-sandbox pid, with a pidfd) or SETUP_FAILED; later USAGE and EXITED.
+    pub const EXEC: u32 = 10;
+    /// Request: start the session's waiting program. Optional descriptor: a reply socket (STARTED or
+    /// SETUP_FAILED).
+    pub const START: u32 = 11;
+    /// Request: send signal word 1 to the program (word 2 = 0; every process when there is none) or to
+    /// every process (word 2 = 1).
+    pub const SIGNAL: u32 = 12;
+    /// Request: stop the session: SIGTERM to every process, SIGKILL after word 1 ms; the init then reports
+    /// and ends.
+    pub const STOP: u32 = 13;
     /// Size of one message.
     pub const LEN: usize = 16;
 
@@ -108,6 +126,9 @@ pub struct ChildSpec {
     pub landlock_rules: Vec<(CString, u64)>,
     /// `(resource, soft, hard)` for setrlimit.
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    /// A session: its control channel and buffers (`None`: a one-shot run). With no `candidates` a session
+    /// has no program of its own and runs only what it is asked to.
+    pub serve: Option<serve::ServeSpec>,
 }
 
 /// Sends a setup failure to the host and ends the process.
@@ -204,6 +225,12 @@ pub fn main(spec: &mut ChildSpec) -> ! {
     for (src, _) in spec.fd_map.iter_mut() {
         lift(src);
     }
+    if let Some(s) = spec.serve.as_mut() {
+        lift(&mut s.control);
+        for fd in s.held.iter_mut() {
+            lift(fd);
+        }
+    }
     let report = spec.report_fd;
     for &(src, target) in &spec.fd_map {
         if let Err(e) = sys::dup2(src, target) {
@@ -216,11 +243,17 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         spec.death_fd,
         spec.landlock_fd,
     ];
-    for (slot, fd) in spec
-        .keep
-        .iter_mut()
-        .zip(internal.iter().chain(spec.fd_map.iter().map(|(_, t)| t)))
-    {
+    let (control, held) = match &spec.serve {
+        Some(s) => (&[s.control][..], &s.held[..]),
+        None => (&[][..], &[][..]),
+    };
+    for (slot, fd) in spec.keep.iter_mut().zip(
+        internal
+            .iter()
+            .chain(spec.fd_map.iter().map(|(_, t)| t))
+            .chain(control)
+            .chain(held),
+    ) {
         *slot = *fd;
     }
     spec.keep.sort_unstable();
@@ -308,136 +341,8 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         fail(report, Stage::Cwd, none, e);
     }
 
-    // 9. Become the tiny init: start the program and supervise it.
-    init(spec)
-}
-
-/// PID 1 of the sandbox: starts the program, reaps every orphan, forwards signals, enforces the wall-clock
-/// limit, and ends the sandbox when the program ends (the kernel then kills whatever is left in the pid
-/// namespace) or when the host process dies.
-fn init(spec: &ChildSpec) -> ! {
-    let report = spec.report_fd;
-    let none = u32::MAX;
-    let start = sys::monotonic_ms();
-
-    // All signals are blocked and read from a signalfd; the program gets a clean mask before exec.
-    let all = sys::full_sigset();
-    let sfd = sys::set_sigmask(&all)
-        .and_then(|()| sys::signalfd(&all))
-        .unwrap_or_else(|e| fail(report, Stage::Init, none, e));
-    let [exec_rd, exec_wr] = sys::pipe().unwrap_or_else(|e| fail(report, Stage::Init, none, e));
-
-    // Resource limits, inherited by the program. The CPU time limit is set in the program's own process
-    // (below): on this one it would also count the set-up this process did, which is long under software
-    // KVM, and the supervision it does afterwards.
-    for &(resource, soft, hard) in &spec.rlimits {
-        if resource == libc::RLIMIT_CPU {
-            continue;
-        }
-        if let Err(e) = sys::set_rlimit(resource, soft, hard) {
-            fail(report, Stage::Rlimits, resource, e);
-        }
-    }
-    // seccomp last: on this process, so the program inherits it through fork and execve, and so this
-    // process can answer the notifications of denied calls (audit) without being a separate server.
-    let listener = match &spec.filter {
-        Some(f) => seccomp::install(&f.program, f.listener)
-            .unwrap_or_else(|e| fail(report, Stage::Seccomp, none, e))
-            .unwrap_or(-1),
-        None => -1,
-    };
-
-    let program = match sys::fork() {
-        Err(e) => fail(report, Stage::Init, none, e),
-        Ok(0) => {
-            sys::close(exec_rd);
-            sys::close(sfd);
-            sys::close(spec.death_fd);
-            sys::close(report);
-            if listener >= 0 {
-                sys::close(listener);
-            }
-            exec_program(spec, exec_wr)
-        }
-        Ok(pid) => pid,
-    };
-    sys::close(exec_wr);
-
-    // End of file on the exec pipe means execve succeeded (the pipe is close-on-exec).
-    let mut buf = [0u8; msg::LEN];
-    match sys::read_full(exec_rd, &mut buf) {
-        Ok(0) => {
-            sys::parent_death_signal(0);
-            let _ = sys::write_all(report, &msg::encode([msg::STARTED, program as u32, 0, 0]));
-        }
-        _ => {
-            let _ = sys::wait_pid(program);
-            let _ = sys::write_all(report, &buf);
-            sys::exit(125);
-        }
-    }
-    sys::close(exec_rd);
-
-    let mut denials = seccomp::Denials::default();
-    let mut fds = [
-        libc::pollfd {
-            fd: sfd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: spec.death_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        // A negative descriptor is ignored by poll.
-        libc::pollfd {
-            fd: listener,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        let wait_ms = if spec.timeout_ms < 0 {
-            -1
-        } else {
-            (spec.timeout_ms - (sys::monotonic_ms() - start)).clamp(0, i32::MAX as i64) as i32
-        };
-        let ready = sys::poll(&mut fds, wait_ms).unwrap_or(0);
-        if ready == 0 && wait_ms >= 0 {
-            let _ = sys::write_all(report, &msg::encode([msg::TIMED_OUT, 0, 0, 0]));
-            sys::exit(0);
-        }
-        if fds[1].revents != 0 {
-            // The host process is gone: nobody will read a verdict. Take everything down.
-            sys::exit(1);
-        }
-        if fds[2].revents & libc::POLLIN != 0
-            && let Some(f) = &spec.filter
-        {
-            let _ = seccomp::answer_one(listener, f, &mut denials);
-        }
-        if fds[0].revents & libc::POLLIN == 0 {
-            continue;
-        }
-        let Ok(sig) = sys::read_signal(sfd) else {
-            continue;
-        };
-        if sig != libc::SIGCHLD {
-            sys::kill(program, sig);
-            continue;
-        }
-        while let Ok(Some((pid, status))) = sys::reap_any() {
-            if pid == program {
-                for (nr, count) in denials.nonzero() {
-                    let _ =
-                        sys::write_all(report, &msg::encode([msg::DENIED, nr as u32, count, 0]));
-                }
-                let _ = sys::write_all(report, &msg::encode([msg::EXITED, status as u32, 0, 0]));
-                sys::exit(0);
-            }
-        }
-    }
+    // 9. Become the tiny init: start the program (or serve a session) and supervise it.
+    serve::init(spec)
 }
 
 /// The program's own process: a session of its own, default signals, then execve.

@@ -15,6 +15,7 @@ pub(crate) mod network;
 pub(crate) mod plan;
 pub(crate) mod rootfs;
 pub mod seccomp;
+pub(crate) mod session;
 mod supervise;
 pub(crate) mod sys;
 mod view;
@@ -49,6 +50,8 @@ pub(crate) struct Launch<'a> {
     pub extra_fds: &'a [(RawFd, RawFd)],
     /// The caller is our guest agent (PID 1 of our VM): the sandbox maps a whole id range of the guest.
     pub guest: bool,
+    /// A session: its init serves a control channel (and the program may be empty: none of its own).
+    pub serve: Option<&'a session::Serve>,
 }
 
 /// A started sandbox, host side.
@@ -59,8 +62,9 @@ pub(crate) struct Started {
     pub pidfd: OwnedFd,
     /// Where the init reports the verdict.
     pub report: File,
-    /// Held only to be closed: the init watches the other end and ends the sandbox when this closes.
-    pub _death: OwnedFd,
+    /// Held only to be closed: the init watches the other end and ends the sandbox when this closes (`None`:
+    /// a session that outlives this process).
+    pub _death: Option<OwnedFd>,
     /// The run's cgroup (removed when this is dropped, after the init was reaped).
     pub cgroup: Option<cgroup::RunCgroup>,
     /// pasta, with user-mode networking: ended when this is dropped.
@@ -206,7 +210,11 @@ fn prepare(
         hostname: policy.hostname.as_bytes().to_vec(),
         loopback: policy.network != Network::Host,
         cwd,
-        candidates: candidates(launch.program, &path_var)?,
+        candidates: if launch.program.is_empty() && launch.serve.is_some() {
+            Vec::new()
+        } else {
+            candidates(launch.program, &path_var)?
+        },
         argv: ptrs(&argv_owned),
         envp: ptrs(&env),
         _argv: argv_owned,
@@ -217,7 +225,7 @@ fn prepare(
         capabilities: crate::policy::Capability::mask(&policy.capabilities),
         fd_map: fd_map.clone(),
         fd_floor: fd_map.iter().map(|&(_, t)| t + 1).max().unwrap_or(3).max(3),
-        keep: vec![-1; 4 + fd_map.len()],
+        keep: vec![-1; 5 + fd_map.len() + launch.serve.map_or(0, |s| s.held.len())],
         sync_fd: -1,
         report_fd: -1,
         death_fd: -1,
@@ -229,6 +237,14 @@ fn prepare(
         timeout_ms: policy
             .timeout
             .map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64),
+        serve: launch.serve.map(|s| child::serve::ServeSpec {
+            control: s.control,
+            listens: s.listens,
+            wait_start: s.wait_start,
+            held: s.held.clone(),
+            request: vec![0; child::serve::MAX_REQUEST],
+            ptrs: vec![std::ptr::null(); child::serve::MAX_STRINGS],
+        }),
     };
     Ok((spec, plan))
 }
@@ -269,6 +285,34 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
     Ok(started)
 }
 
+/// Starts a session's sandbox (`launch.serve` set); also returns the environment and working directory its
+/// commands start from (its root's image config under the launch's own).
+#[allow(clippy::type_complexity)]
+pub(crate) fn spawn_session(
+    launch: &Launch<'_>,
+) -> Result<
+    (
+        Started,
+        Vec<(std::ffi::OsString, std::ffi::OsString)>,
+        Option<std::path::PathBuf>,
+    ),
+    SetupFailure,
+> {
+    let Some(root) = rootfs::resolve(launch.policy, launch.guest)? else {
+        let started = spawn_on(launch, None)?;
+        return Ok((
+            started,
+            launch.env.to_vec(),
+            launch.cwd.map(Path::to_path_buf),
+        ));
+    };
+    let applied = root.apply(launch)?;
+    let mut started = spawn_on(&applied.launch(launch), Some(&root))?;
+    started.enforced.rootfs = Some(root.report.clone());
+    started._root = Some(root);
+    Ok((started, applied.env, applied.cwd))
+}
+
 fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started, SetupFailure> {
     let (mut spec, plan) = prepare(launch, root)?;
     if launch.policy.network == Network::User {
@@ -302,10 +346,17 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
     )
     .map_err(|e| os_error(Stage::Prepare, "socketpair", e.into()))?;
     let (report_rd, report_wr) = pipe()?;
-    let (death_rd, death_wr) = pipe()?;
+    // A session that outlives this process has no death pipe.
+    let (death_rd, death_wr) = match launch.serve {
+        Some(s) if s.detached => (None, None),
+        _ => {
+            let (r, w) = pipe()?;
+            (Some(r), Some(w))
+        }
+    };
     spec.sync_fd = sync_rd.as_raw_fd();
     spec.report_fd = report_wr.as_raw_fd();
-    spec.death_fd = death_rd.as_raw_fd();
+    spec.death_fd = death_rd.as_ref().map_or(-1, |d| d.as_raw_fd());
 
     // The cgroup namespace is unshared by the child once it sits in the run's cgroup.
     let mut flags = libc::CLONE_NEWUSER

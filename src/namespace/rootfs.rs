@@ -320,6 +320,8 @@ impl Root {
                 .collect()
         };
         let argv = match &self.config {
+            // A session without a program of its own: only its execs run.
+            _ if given.is_empty() && launch.serve.is_some() => Vec::new(),
             Some(c) => c.command(&given).ok_or_else(|| {
                 failure(crate::image::ImageError::NoCommand(self.report.source.clone()).to_string())
             })?,
@@ -379,8 +381,13 @@ pub(crate) struct Applied {
 impl Applied {
     /// The launch of `base` with this command, environment, directory and policy.
     pub fn launch<'a>(&'a self, base: &Launch<'a>) -> Launch<'a> {
-        let (program, args) = self.argv.split_first().expect("apply gives a program");
+        // A session may have no program of its own.
+        let (program, args) = match self.argv.split_first() {
+            Some((p, a)) => (p.as_os_str(), a),
+            None => (std::ffi::OsStr::new(""), &[][..]),
+        };
         Launch {
+            serve: base.serve,
             program,
             args,
             env: &self.env,

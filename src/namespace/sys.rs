@@ -30,7 +30,7 @@ pub use self::mount::{
 pub use self::process::pidfd_open;
 pub use self::process::{
     CLONE_PIDFD, clone, execve, exit, fork, full_sigset, getpid, getppid, kill,
-    parent_death_signal, pidfd_signal, read_signal, reap_any, reset_signal_dispositions,
+    parent_death_signal, pidfd_signal, read_signal, reap_any_usage, reset_signal_dispositions,
     set_process_name, set_sigmask, setsid, signalfd, wait_pid,
 };
 
@@ -212,9 +212,16 @@ type CmsgBuf = [u64; 66];
 /// `EMSGSIZE` (the kernel closed the extra ones). Allocation-free.
 pub fn recv_with_fds(sock: RawFd, fds: &mut [RawFd]) -> SysResult<(usize, usize)> {
     let mut data = [0u8; 1];
+    recv_msg(sock, &mut data, fds)
+}
+
+/// Receives one message into `data` and up to `fds.len()` descriptors (close-on-exec) into `fds`; returns
+/// the bytes read (0: end of file) and the descriptors received. A message longer than `data` or more
+/// descriptors than `fds` holds is `EMSGSIZE` (nothing received is kept open). Allocation-free.
+pub fn recv_msg(sock: RawFd, data: &mut [u8], fds: &mut [RawFd]) -> SysResult<(usize, usize)> {
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_len: data.len(),
     };
     let mut cbuf: CmsgBuf = [0; 66];
     // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
@@ -254,13 +261,69 @@ pub fn recv_with_fds(sock: RawFd, fds: &mut [RawFd]) -> SysResult<(usize, usize)
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 || extra > 0 {
+    if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 || extra > 0 {
         for &fd in &fds[..got] {
             close(fd);
         }
         return Err(libc::EMSGSIZE);
     }
     Ok((n, got))
+}
+
+/// Sends `data` as one message with `fds` (at most 4) as `SCM_RIGHTS`, without `SIGPIPE`. Allocation-free.
+pub fn send_msg(sock: RawFd, data: &[u8], fds: &[RawFd]) -> SysResult<()> {
+    if fds.len() > 4 {
+        return Err(libc::EINVAL);
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // Room for CMSG_SPACE(4 * 4) = 32 bytes, aligned for cmsghdr.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let bytes = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the header and payload written below lie within
+        // `cbuf` (at most CMSG_SPACE(16) = 32 bytes), and `fds` is read within its length.
+        unsafe {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(bytes) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                bytes as usize,
+            );
+        }
+    }
+    loop {
+        // SAFETY: `msg` and what it points to are valid for the call.
+        match check(unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) } as c_long) {
+            Err(libc::EINTR) => {}
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// `accept4(2)` of a connection on a listening socket, close-on-exec and non-blocking.
+pub fn accept(sock: RawFd) -> SysResult<RawFd> {
+    // SAFETY: no address is asked for; the flags are plain integers.
+    check(unsafe {
+        libc::accept4(
+            sock,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    } as c_long)
+    .map(|fd| fd as RawFd)
 }
 
 /// `poll(2)` on the given descriptors, retrying on EINTR. Returns the number ready.

@@ -224,6 +224,7 @@ fn start_confined(
     let null = open(Path::new("/dev/null"))?;
     let args = (vmm.args)(&vmm.kernel, &vmm.initramfs);
     let launch = Launch {
+        serve: None,
         program,
         args: &args,
         env: &[],

@@ -180,6 +180,7 @@ impl VmPool {
         }
         let program = std::ffi::OsString::from("/bin/true");
         let launch = Launch {
+            serve: None,
             program: &program,
             args: &[],
             env: &[],

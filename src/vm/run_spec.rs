@@ -204,6 +204,7 @@ mod tests {
         static PROGRAM: std::sync::LazyLock<std::ffi::OsString> =
             std::sync::LazyLock::new(|| "/bin/true".into());
         Launch {
+            serve: None,
             program: &PROGRAM,
             args: &[],
             env: &[],
@@ -292,6 +293,7 @@ mod tests {
         let unresolved = Policy::default().rootfs(Rootfs::image("app:1"));
         let err = guest_spec(
             &Launch {
+                serve: None,
                 policy: &unresolved,
                 ..launch
             },
@@ -308,6 +310,7 @@ mod tests {
         );
         let err = guest_spec(
             &Launch {
+                serve: None,
                 policy: &upper,
                 ..launch
             },

@@ -112,12 +112,15 @@ pub fn read_signal(fd: RawFd) -> SysResult<i32> {
     Ok(info.ssi_signo as i32)
 }
 
-/// Non-blocking `waitpid(-1)`: `Some((pid, status))` for one reaped child, `None` when none is ready.
-pub fn reap_any() -> SysResult<Option<(libc::pid_t, c_int)>> {
+/// Non-blocking `wait4(-1)` with the child's resource usage: `Some((pid, status, rusage))` for one reaped
+/// child, `None` when none is ready; `ECHILD` when there are no children at all.
+pub fn reap_any_usage() -> SysResult<Option<(libc::pid_t, c_int, libc::rusage)>> {
     let mut status = 0;
-    // SAFETY: `status` is writable.
-    let pid = check(unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } as c_long)?;
-    Ok((pid > 0).then_some((pid as libc::pid_t, status)))
+    // SAFETY: an all-zero rusage is valid storage for the kernel to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `ru` are writable.
+    let pid = check(unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) } as c_long)?;
+    Ok((pid > 0).then_some((pid as libc::pid_t, status, ru)))
 }
 
 /// Blocking `waitpid` for one child.

@@ -4,6 +4,7 @@ use super::*;
 
 fn launch<'a>(policy: &'a Policy, args: &'a [std::ffi::OsString]) -> Launch<'a> {
     Launch {
+        serve: None,
         program: "/bin/sh".as_ref(),
         args,
         env: &[],

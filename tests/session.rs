@@ -1,0 +1,226 @@
+//! Sessions on the namespace backend: commands run one after another and at once in one live sandbox, each
+//! with its own streams and verdict and exactly the session's layers; stop, kill and drop end everything.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use sandkasten::{Policy, Session, Stage, Status, Stdio};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn session() -> Session {
+    Session::start(Policy::default().timeout(Duration::from_secs(30))).expect("session starts")
+}
+
+#[test]
+fn files_written_by_one_command_are_seen_by_the_next() {
+    let s = session();
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "echo kept > /tmp/note; echo done; exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status, Status::Exited(4), "{o:?}");
+    assert_eq!(text(&o.stdout), "done\n");
+    let o = s.command("cat").arg("/tmp/note").output().unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    assert_eq!(text(&o.stdout), "kept\n");
+    let v = s.stop(Duration::from_secs(1)).unwrap();
+    assert_eq!(v.status, Status::Exited(0), "{v:?}");
+}
+
+#[test]
+fn commands_run_at_once_with_their_own_streams() {
+    let s = session();
+    // The first waits for a file only the second makes: they must run at the same time.
+    let mut first = s
+        .command("/bin/sh")
+        .args([
+            "-c",
+            "while [ ! -e /tmp/go ]; do sleep 0.05; done; read line; echo got $line",
+        ])
+        .stdin(Stdio::Piped)
+        .stdout(Stdio::Piped)
+        .spawn()
+        .unwrap();
+    let second = s
+        .command("/bin/sh")
+        .args(["-c", "touch /tmp/go; echo second >&2"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&second.stderr), "second\n", "{second:?}");
+    first.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    let o = first.wait_with_output().unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    assert_eq!(text(&o.stdout), "got piped\n");
+}
+
+#[test]
+fn a_command_has_exactly_the_sessions_layers() {
+    let s = session();
+    let probe = "grep -E '^(Uid|CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status; \
+                 for n in user mnt pid net ipc uts cgroup; do readlink /proc/self/ns/$n; done; \
+                 cat /proc/self/cgroup; hostname; (echo x > /proc/self/comm) 2>/dev/null && echo WROTE; true";
+    let a = s.command("/bin/sh").args(["-c", probe]).output().unwrap();
+    let b = s.command("/bin/sh").args(["-c", probe]).output().unwrap();
+    assert_eq!(a.status, Status::Exited(0), "{a:?}");
+    let (a, b) = (text(&a.stdout), text(&b.stdout));
+    assert_eq!(
+        a, b,
+        "two commands of one session share every namespace and layer"
+    );
+    for want in [
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "\nsandbox\n",
+    ] {
+        assert!(a.contains(want), "{want:?} in {a}");
+    }
+    assert!(!a.contains("WROTE"), "landlock holds in a command: {a}");
+    // Not the host's namespaces.
+    for n in ["user", "mnt", "pid", "net"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{n}")).unwrap();
+        assert!(!a.contains(&*host.to_string_lossy()), "{n}: {a}");
+    }
+    // Every command is a child of the sandbox's init, not of a host process.
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "echo $PPID; cat /proc/1/comm"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&o.stdout), "1\nsandbox-init\n");
+}
+
+#[test]
+fn nothing_of_the_host_reaches_a_command() {
+    // A descriptor this process leaves inheritable, and one that is close-on-exec: neither gets in.
+    let f = std::fs::File::open("/etc/hostname").unwrap();
+    // SAFETY: dup of a descriptor we own; the copy is closed below.
+    let leaky = unsafe { libc::dup(f.as_raw_fd()) };
+    assert!(leaky > 2);
+    let s = session();
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "ls /proc/self/fd; readlink /proc/self/cwd; env"])
+        .output()
+        .unwrap();
+    // SAFETY: closing our own duplicate.
+    unsafe { libc::close(leaky) };
+    let out = text(&o.stdout);
+    let mut lines = out.lines();
+    let fds: Vec<&str> = lines.by_ref().take_while(|l| *l != "/").collect();
+    // ls's own directory descriptor is 3.
+    assert_eq!(fds, ["0", "1", "2", "3"], "{out}");
+    let env: Vec<&str> = lines
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL="))
+        .collect();
+    assert_eq!(env, [format!("PATH={}", sandkasten::DEFAULT_PATH)], "{out}");
+}
+
+#[test]
+fn a_command_that_cannot_start_is_a_clear_error_and_the_session_lives_on() {
+    let s = session();
+    let e = s.command("/no/such/program").spawn().unwrap_err();
+    let sandkasten::Error::Setup(f) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(f.stage, Stage::Exec, "{f:?}");
+    assert!(f.message.contains("/no/such/program"), "{f:?}");
+    let e = s
+        .command("true")
+        .current_dir("/no/such/dir")
+        .spawn()
+        .unwrap_err();
+    assert!(
+        matches!(e, sandkasten::Error::Setup(ref f) if f.stage == Stage::Cwd),
+        "{e:?}"
+    );
+    // output() turns it into a verdict, like a one-shot run.
+    let o = s.command("no-such-program").output().unwrap();
+    assert_eq!(o.status.exit_code(), 127, "{o:?}");
+    // A changed policy is refused.
+    let e = s
+        .command("true")
+        .policy(Policy::default().hostname("other"))
+        .spawn()
+        .unwrap_err();
+    assert!(e.to_string().contains("session's policy"), "{e}");
+    let o = s.command("true").output().unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+}
+
+#[test]
+fn stop_terminates_then_kills_everything() {
+    let s = session();
+    let mut polite = s.command("sleep").arg("1000").spawn().unwrap();
+    let mut stubborn = s
+        .command("/bin/sh")
+        .args([
+            "-c",
+            "trap '' TERM; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::Piped)
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 6];
+    std::io::Read::read_exact(stubborn.stdout.as_mut().unwrap(), &mut line).unwrap();
+    // A background process started by a command outlives that command, inside the session.
+    s.command("/bin/sh")
+        .args(["-c", "sleep 1000 >/dev/null 2>&1 &"])
+        .status()
+        .unwrap();
+    let v = s.stop(Duration::from_millis(500)).unwrap();
+    assert_eq!(v.status, Status::Exited(0), "{v:?}");
+    assert_eq!(
+        polite.wait().unwrap().status,
+        Status::Signaled(libc::SIGTERM)
+    );
+    assert_eq!(
+        stubborn.wait().unwrap().status,
+        Status::Signaled(libc::SIGKILL)
+    );
+}
+
+#[test]
+fn dropping_the_session_ends_its_commands() {
+    let s = session();
+    let mut c = s.command("sleep").arg("1000").spawn().unwrap();
+    let init = s.id();
+    assert!(s.is_running());
+    drop(s);
+    let o = c.wait().unwrap();
+    assert_eq!(o.status, Status::Signaled(libc::SIGKILL), "{o:?}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{init}")).exists() || {
+            // Reaped by now: a zombie would still show its status.
+            let st = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
+            !st.contains("sandbox-init")
+        }
+    );
+}
+
+#[test]
+fn a_command_gets_its_own_timeout_and_signals() {
+    let s = Session::start(Policy::default().timeout(Duration::from_millis(600))).unwrap();
+    let o = s.command("sleep").arg("100").output().unwrap();
+    assert_eq!(
+        o.status,
+        Status::TimedOut(sandkasten::outcome::TimeLimit::Wall),
+        "{o:?}"
+    );
+    let mut c = s.command("sleep").arg("100").spawn().unwrap();
+    c.signal(libc::SIGINT).unwrap();
+    assert_eq!(c.wait().unwrap().status, Status::Signaled(libc::SIGINT));
+    // The session outlived both.
+    assert!(s.is_running());
+    assert_eq!(
+        s.command("true").output().unwrap().status,
+        Status::Exited(0)
+    );
+}
