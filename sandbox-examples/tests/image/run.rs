@@ -599,12 +599,17 @@ fn the_demo_image_runs_in_a_vm_of_its_own() {
                 "--user",
                 "root",
                 "--",
-                "echo x:x:0:0::/:/bin/sh >> /etc/passwd && busybox tail -n 1 /etc/passwd",
+                "echo x:x:0:0::/:/bin/sh >> /etc/passwd && busybox tail -n 1 /etc/passwd; \
+                 busybox rm -r /home/app && busybox mkdir /home/app && echo remade $(busybox ls -A /home/app)",
             ],
         ]
         .concat(),
     );
-    assert_eq!(ok(&out, "root inside the VM"), "x:x:0:0::/:/bin/sh\n");
+    // A directory made again over a removed lower one is empty (opaque in the guest's writable layer).
+    assert_eq!(
+        ok(&out, "root inside the VM"),
+        "x:x:0:0::/:/bin/sh\nremade\n"
+    );
     assert_eq!(std::fs::read(&passwd).unwrap(), before);
     let out = caller.run(&store, &verdict, &vm);
     assert_eq!(
