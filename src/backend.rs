@@ -76,6 +76,15 @@ pub(crate) trait Run: std::fmt::Debug + Send {
     fn ended(&mut self) -> bool {
         true
     }
+    /// Kills the sandbox (for a session's command: the command's process group).
+    fn kill(&self) -> Result<(), i32> {
+        crate::namespace::sys::pidfd_signal(&self.pidfd(), libc::SIGKILL)
+    }
+    /// Whether the program's streams may stay open after it ended (a session's command can leave processes
+    /// running in the session): its output is then read up to its end, not to end of file.
+    fn streams_outlive(&self) -> bool {
+        false
+    }
     /// Whether a signal other than SIGKILL reaches the program (a VM does not forward signals yet).
     fn forwards_signals(&self) -> bool {
         true

@@ -60,7 +60,7 @@ impl SandboxChild {
     pub fn kill(&mut self) -> Result<(), Error> {
         if let Some(inner) = &self.inner {
             self.killed = true;
-            sys::pidfd_signal(&inner.pidfd(), libc::SIGKILL).map_err(|e| Error::Io {
+            inner.kill().map_err(|e| Error::Io {
                 what: "pidfd_send_signal(SIGKILL)",
                 source: std::io::Error::from_raw_os_error(e),
             })?;
@@ -103,7 +103,8 @@ impl SandboxChild {
         Ok(self.done.clone().expect("set above"))
     }
 
-    /// Waits for the end while collecting stdout and stderr.
+    /// Waits for the end while collecting stdout and stderr. A session's command is done once it ended and
+    /// what it wrote was read: a process it left running in the session may hold its streams open.
     pub fn wait_with_output(mut self) -> Result<Outcome, Error> {
         drop(self.stdin.take());
         let mut out = Vec::new();
@@ -115,8 +116,10 @@ impl SandboxChild {
         if let Some(s) = self.stderr.take() {
             streams.push((s, false));
         }
+        let watch_end = self.inner.as_ref().is_some_and(|r| r.streams_outlive());
         let mut buf = vec![0u8; 64 * 1024];
         while !streams.is_empty() {
+            let ended = watch_end && self.done.is_some();
             let mut pfds: Vec<libc::pollfd> = streams
                 .iter()
                 .map(|(s, _)| libc::pollfd {
@@ -125,8 +128,18 @@ impl SandboxChild {
                     revents: 0,
                 })
                 .collect();
-            // Once killed, the streams close shortly: wait for that without spinning.
+            if watch_end && !ended {
+                let fd = self.inner.as_ref().map_or(-1, |r| r.wait_fd().as_raw_fd());
+                pfds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // Once killed, the streams close shortly: wait for that without spinning. Once a session's
+            // command ended, only what is already written is read.
             let wait = match self.remaining() {
+                _ if ended => 0,
                 _ if self.killed => 50,
                 None => -1,
                 Some(r) => millis(r),
@@ -136,11 +149,17 @@ impl SandboxChild {
                 source: std::io::Error::from_raw_os_error(e),
             })?;
             if ready == 0 {
+                if ended {
+                    break;
+                }
                 // The sandbox overran its own limit: take it down; the pipes then close.
                 if !self.killed {
                     self.kill()?;
                 }
                 continue;
+            }
+            if pfds.len() > streams.len() && pfds[streams.len()].revents != 0 {
+                self.poll_exit(Some(Duration::ZERO))?;
             }
             let mut i = 0;
             while i < streams.len() {

@@ -7,13 +7,22 @@
 use std::time::Duration;
 
 use sandkasten::outcome::TimeLimit;
-use sandkasten::{Backend, BackendKind, Outcome, Policy, Rootfs, Sandbox, Stage, Status, Stdio};
+use std::ffi::OsString;
+
+use sandkasten::{
+    Backend, BackendKind, Outcome, Policy, Rootfs, Sandbox, SandboxChild, Session, Stage, Status,
+    Stdio,
+};
 use testkit::TempDir;
 
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod namespace {
             $( #[test] fn $name() { super::$name(super::B::Namespace) } )*
+        }
+        /// The same properties through a session: each run is a command of a fresh session with the policy.
+        mod session {
+            $( #[test] fn $name() { super::$name(super::B::Session) } )*
         }
         #[cfg(feature = "vm")]
         mod vm {
@@ -46,6 +55,8 @@ macro_rules! conformance {
 enum B {
     /// The namespace backend.
     Namespace,
+    /// A command of a session on the namespace backend.
+    Session,
     /// A fresh VM per run.
     Vm,
     /// A warm VM of a shared pool.
@@ -85,22 +96,149 @@ fn pool(engine: sandkasten::VmEngine) -> &'static sandkasten::VmPool {
     })
 }
 
-trait On {
-    fn on(&mut self, b: B) -> &mut Self;
+/// A run of a property, built like `Sandbox`: on `B::Session` a command of a fresh session started with the
+/// policy (stopped once the command ended), else a plain sandbox on that backend.
+struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    cwd: Option<std::path::PathBuf>,
+    stdin: Option<Stdio>,
+    stdout: Option<Stdio>,
+    policy: Policy,
+    b: B,
 }
 
-impl On for Sandbox {
-    fn on(&mut self, b: B) -> &mut Self {
-        match b {
-            B::Namespace => self.backend(Backend::Namespace),
-            B::Vm => self.backend(Backend::Vm),
-            #[cfg(feature = "vm")]
-            B::Warm => self.vm_pool(pool(sandkasten::VmEngine::Qemu)),
-            #[cfg(feature = "vm")]
-            B::Builtin => self.vm_pool(pool(sandkasten::VmEngine::Builtin)),
-            #[cfg(not(feature = "vm"))]
-            B::Warm | B::Builtin => unreachable!("warm VMs need the `vm` feature"),
+/// A started run; holds its session (if any) while it runs.
+struct Running {
+    child: SandboxChild,
+    _session: Option<Session>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = SandboxChild;
+    fn deref(&self) -> &SandboxChild {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut SandboxChild {
+        &mut self.child
+    }
+}
+
+impl Cmd {
+    fn new(program: &str) -> Cmd {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            stdin: None,
+            stdout: None,
+            policy: Policy::default(),
+            b: B::Namespace,
         }
+    }
+    fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(&mut self, args: I) -> &mut Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+    fn env(&mut self, k: &str, v: &str) -> &mut Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    fn current_dir(&mut self, d: &str) -> &mut Self {
+        self.cwd = Some(d.into());
+        self
+    }
+    fn stdin(&mut self, s: Stdio) -> &mut Self {
+        self.stdin = Some(s);
+        self
+    }
+    fn stdout(&mut self, s: Stdio) -> &mut Self {
+        self.stdout = Some(s);
+        self
+    }
+    fn policy(&mut self, p: Policy) -> &mut Self {
+        self.policy = p;
+        self
+    }
+    fn on(&mut self, b: B) -> &mut Self {
+        self.b = b;
+        self
+    }
+
+    /// The sandbox builder (and the session it belongs to); a session that cannot start is its verdict.
+    fn build(&mut self) -> Result<(Sandbox, Option<Session>), Outcome> {
+        let session = match self.b {
+            B::Session => Some(Session::start(self.policy.clone()).map_err(|e| match e {
+                sandkasten::Error::Setup(f) => Outcome::setup_failed(f, BackendKind::Namespace),
+                e => panic!("{e}"),
+            })?),
+            _ => None,
+        };
+        let mut cmd = match &session {
+            Some(s) => s.command(&self.program),
+            None => {
+                let mut c = Sandbox::new(&self.program);
+                c.policy(self.policy.clone());
+                match self.b {
+                    B::Namespace | B::Session => c.backend(Backend::Namespace),
+                    B::Vm => c.backend(Backend::Vm),
+                    #[cfg(feature = "vm")]
+                    B::Warm => c.vm_pool(pool(sandkasten::VmEngine::Qemu)),
+                    #[cfg(feature = "vm")]
+                    B::Builtin => c.vm_pool(pool(sandkasten::VmEngine::Builtin)),
+                    #[cfg(not(feature = "vm"))]
+                    B::Warm | B::Builtin => unreachable!("warm VMs need the `vm` feature"),
+                };
+                c
+            }
+        };
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        if let Some(s) = self.stdin.take() {
+            cmd.stdin(s);
+        }
+        if let Some(s) = self.stdout.take() {
+            cmd.stdout(s);
+        }
+        Ok((cmd, session))
+    }
+
+    fn output(&mut self) -> Result<Outcome, sandkasten::Error> {
+        let (mut cmd, session) = match self.build() {
+            Ok(b) => b,
+            Err(verdict) => return Ok(verdict),
+        };
+        let o = cmd.output();
+        if let Some(s) = session {
+            let v = s.stop(Duration::from_secs(1))?;
+            assert_eq!(
+                v.status,
+                Status::Exited(0),
+                "the session ends as asked: {v:?}"
+            );
+        }
+        o
+    }
+
+    fn spawn(&mut self) -> Result<Running, sandkasten::Error> {
+        let (mut cmd, session) = self.build().map_err(|v| match v.status {
+            Status::SetupFailed(f) => sandkasten::Error::Setup(f),
+            s => panic!("{s:?}"),
+        })?;
+        Ok(Running {
+            child: cmd.spawn()?,
+            _session: session,
+        })
     }
 }
 
@@ -132,14 +270,14 @@ conformance!(
 );
 
 fn sh(backend: B, script: &str, policy: Policy) -> Outcome {
-    let o = Sandbox::new("/bin/sh")
+    let o = Cmd::new("/bin/sh")
         .args(["-c", script])
         .on(backend)
         .policy(policy)
         .output()
         .expect("valid policy");
     let want = match backend {
-        B::Namespace => BackendKind::Namespace,
+        B::Namespace | B::Session => BackendKind::Namespace,
         _ => BackendKind::Vm,
     };
     assert_eq!(o.backend, want, "{o:?}");
@@ -173,9 +311,9 @@ fn signals(b: B) {
 }
 
 fn not_found_and_not_executable(b: B) {
-    let o = Sandbox::new("no-such-program").on(b).output().unwrap();
+    let o = Cmd::new("no-such-program").on(b).output().unwrap();
     assert_eq!(o.status.exit_code(), 127, "{:?}", o.status);
-    let o = Sandbox::new("/etc/passwd").on(b).output().unwrap();
+    let o = Cmd::new("/etc/passwd").on(b).output().unwrap();
     assert_eq!(o.status.exit_code(), 126, "{:?}", o.status);
 }
 
@@ -206,7 +344,7 @@ fn loopback_server(b: B) {
         c.sendall(b'ping'); print(a.recv(4).decode())\n\
         u = socket.socket(type=socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0))\n\
         u.sendto(b'pong', u.getsockname()); print(u.recv(4).decode())\n";
-    let o = Sandbox::new("/usr/bin/python3")
+    let o = Cmd::new("/usr/bin/python3")
         .args(["-c", script])
         .on(b)
         .output()
@@ -270,7 +408,7 @@ fn capabilities_kept(b: B) {
         os.setgid(7); os.setuid(1000)\n\
         print(os.getuid(), os.getgid(), eff())\n";
     let run = |p: Policy| {
-        Sandbox::new("/usr/bin/python3")
+        Cmd::new("/usr/bin/python3")
             .args(["-c", script])
             .policy(p)
             .on(b)
@@ -296,7 +434,7 @@ fn capabilities_kept(b: B) {
 }
 
 fn environment_cleared(b: B) {
-    let o = Sandbox::new("/usr/bin/env")
+    let o = Cmd::new("/usr/bin/env")
         .env("ONLY", "this")
         .on(b)
         .output()
@@ -387,7 +525,7 @@ fn sized_tmpfs(b: B) {
 }
 
 fn working_directory(b: B) {
-    let o = Sandbox::new("/bin/pwd")
+    let o = Cmd::new("/bin/pwd")
         .current_dir("/tmp")
         .on(b)
         .output()
@@ -397,7 +535,7 @@ fn working_directory(b: B) {
 
 fn stdin_piped(b: B) {
     use std::io::{Read, Write};
-    let mut child = Sandbox::new("/bin/cat")
+    let mut child = Cmd::new("/bin/cat")
         .on(b)
         .stdin(Stdio::Piped)
         .stdout(Stdio::Piped)
@@ -488,7 +626,7 @@ fn rlimits(b: B) {
 
 fn memory_limit(b: B) {
     let mut p = Policy::default().memory(64 << 20);
-    let o = Sandbox::new("/usr/bin/python3")
+    let o = Cmd::new("/usr/bin/python3")
         .args(["-c", "x = bytearray(400 << 20); print('survived')"])
         .on(b)
         .policy(p.clone())
@@ -511,7 +649,8 @@ fn memory_limit(b: B) {
 }
 
 /// A root of its own, two layers (what an image becomes): the top layer's files win, the lower one's show
-/// through, writes land in a discarded writable layer, the layers never change, no host system in view.
+/// through, writes land in a discarded writable layer (a directory removed and made again is empty), the
+/// layers never change, no host system in view.
 fn own_root(b: B) {
     let dir = TempDir::new("conf-root");
     let (top, base) = (dir.path().join("top"), dir.path().join("base"));
@@ -522,20 +661,28 @@ fn own_root(b: B) {
     std::fs::write(base.join("etc/marker"), "base\n").unwrap();
     std::fs::write(base.join("etc/base-only"), "from the base\n").unwrap();
     std::fs::write(top.join("etc/marker"), "top\n").unwrap();
+    std::fs::create_dir_all(base.join("etc/sub")).unwrap();
+    std::fs::write(base.join("etc/sub/old"), "old\n").unwrap();
     let policy = Policy::default().rootfs(Rootfs::stack(vec![top.clone(), base.clone()]));
-    let o = Sandbox::new("/bin/busybox")
+    let o = Cmd::new("/bin/busybox")
         .args([
             "sh",
             "-c",
             "busybox cat /etc/marker /etc/base-only; busybox id -u; \
              echo written > /etc/marker && busybox cat /etc/marker; \
+             busybox rm -r /etc/sub && busybox mkdir /etc/sub && busybox ls -A /etc/sub | busybox wc -l; \
              [ -e /usr/bin ] && echo HOST-USR || echo no-usr",
         ])
         .on(b)
         .policy(policy)
         .output()
         .expect("valid policy");
-    assert_eq!(out(&o), "top\nfrom the base\n0\nwritten\nno-usr\n", "{o:?}");
+    // A directory made again over a removed lower one is empty (opaque in the writable layer).
+    assert_eq!(
+        out(&o),
+        "top\nfrom the base\n0\nwritten\n0\nno-usr\n",
+        "{o:?}"
+    );
     assert_eq!(
         std::fs::read_to_string(top.join("etc/marker")).unwrap(),
         "top\n"

@@ -224,3 +224,48 @@ fn a_command_gets_its_own_timeout_and_signals() {
         Status::Exited(0)
     );
 }
+
+#[test]
+fn output_ends_with_the_command_not_with_what_it_left_running() {
+    let s = session();
+    // The background sleep keeps the command's stdout open; the command itself ends at once.
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "sleep 1000 & echo started"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    assert_eq!(text(&o.stdout), "started\n");
+    // It still runs in the session.
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "pgrep -x sleep >/dev/null && echo alive"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&o.stdout), "alive\n", "{o:?}");
+}
+
+#[test]
+fn denied_system_calls_are_counted_per_command() {
+    let mut p = Policy::default();
+    p.audit_denials = true;
+    let s = Session::start(p).unwrap();
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "unshare -U true; echo rc=$?"])
+        .output()
+        .unwrap();
+    assert!(text(&o.stdout).contains("rc=1"), "{o:?}");
+    assert!(
+        o.denied_syscalls.iter().any(|d| d.syscall == "unshare"),
+        "{:?}",
+        o.denied_syscalls
+    );
+    let clean = s.command("true").output().unwrap();
+    assert!(clean.denied_syscalls.is_empty(), "{clean:?}");
+    let v = s.stop(Duration::from_secs(1)).unwrap();
+    assert!(
+        v.denied_syscalls.iter().any(|d| d.syscall == "unshare"),
+        "the session's verdict counts its commands' denials: {v:?}"
+    );
+}

@@ -38,8 +38,8 @@ pub mod msg {
     /// Request: start the session's waiting program. Optional descriptor: a reply socket (STARTED or
     /// SETUP_FAILED).
     pub const START: u32 = 11;
-    /// Request: send signal word 1 to the program (word 2 = 0; every process when there is none) or to
-    /// every process (word 2 = 1).
+    /// Request: send signal word 1 to the program (word 2 = 0; every process when there is none), to every
+    /// process (word 2 = 1), or to the process group word 3 (word 2 = 2: an exec's).
     pub const SIGNAL: u32 = 12;
     /// Request: stop the session: SIGTERM to every process, SIGKILL after word 1 ms; the init then reports
     /// and ends.

@@ -65,8 +65,9 @@ pub(crate) struct Started {
     /// Held only to be closed: the init watches the other end and ends the sandbox when this closes (`None`:
     /// a session that outlives this process).
     pub _death: Option<OwnedFd>,
-    /// The run's cgroup (removed when this is dropped, after the init was reaped).
-    pub cgroup: Option<cgroup::RunCgroup>,
+    /// The run's cgroup (removed when the last holder drops it, after the init was reaped; a session's
+    /// commands hold it too, to tell an out-of-memory kill).
+    pub cgroup: Option<std::sync::Arc<cgroup::RunCgroup>>,
     /// pasta, with user-mode networking: ended when this is dropped.
     pub _network: Option<network::pasta::Helper>,
     /// What is enforced.
@@ -425,7 +426,7 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
             pidfd,
             report,
             _death: death_wr,
-            cgroup: run_cgroup,
+            cgroup: run_cgroup.map(std::sync::Arc::new),
             enforced: Enforced {
                 network: network::enforced(launch.policy, helper.as_ref()),
                 ..layers.enforced

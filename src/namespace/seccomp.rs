@@ -462,14 +462,14 @@ pub fn install(program: &[sock_filter], new_listener: bool) -> Result<Option<Raw
 
 /// Receives one notification: `(id, syscall number)`. `Err(ENOENT)`: the caller died or was interrupted
 /// before it could be received. Allocation-free.
-pub fn recv_notification(fd: RawFd) -> Result<(u64, i32), i32> {
+pub fn recv_notification(fd: RawFd) -> Result<(u64, i32, u32), i32> {
     loop {
         // SAFETY: the kernel requires a zeroed seccomp_notif, and all-zero is a valid value of it.
         let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
         // SAFETY: `req` is a writable seccomp_notif, the size the request encodes.
         let ret = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) };
         match ret {
-            0 => return Ok((req.id, req.data.nr)),
+            0 => return Ok((req.id, req.data.nr, req.pid)),
             _ if errno() == libc::EINTR => continue,
             _ => return Err(errno()),
         }
@@ -528,13 +528,13 @@ impl Denials {
     }
 }
 
-/// Answers one pending notification with the profile's errno and counts it; returns the call's number.
-/// Allocation-free: for init's poll loop.
-pub fn answer_one(fd: RawFd, filter: &Filter, denials: &mut Denials) -> Result<i32, i32> {
-    let (id, nr) = recv_notification(fd)?;
+/// Answers one pending notification with the profile's errno and counts it; returns the call's number and
+/// the caller's pid (as the listener's pid namespace sees it). Allocation-free: for init's poll loop.
+pub fn answer_one(fd: RawFd, filter: &Filter, denials: &mut Denials) -> Result<(i32, u32), i32> {
+    let (id, nr, pid) = recv_notification(fd)?;
     denials.record(nr);
     match respond_errno(fd, id, filter.errno_for(nr)) {
-        Ok(()) | Err(libc::ENOENT) => Ok(nr),
+        Ok(()) | Err(libc::ENOENT) => Ok((nr, pid)),
         Err(e) => Err(e),
     }
 }

@@ -15,7 +15,7 @@ use super::child::{msg, serve};
 use super::{DEFAULT_PATH, Launch, Started, setup_error, sys};
 use crate::backend::Run;
 use crate::error::Error;
-use crate::outcome::{BackendKind, Enforced, Outcome, SetupFailure, Stage, Status, Usage};
+use crate::outcome::{BackendKind, Denial, Enforced, Outcome, SetupFailure, Stage, Status, Usage};
 
 /// How a session's init is reached and held, as [`spawn`](super::spawn) takes it.
 pub(crate) struct Serve {
@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub enforced: Enforced,
     /// The CPU-time limit of each exec, to tell a CPU timeout from a plain signal.
     cpu_time: Option<Duration>,
+    /// The session's cgroup: its out-of-memory kills tell an exec's SIGKILL apart.
+    cgroup: Option<std::sync::Arc<super::cgroup::RunCgroup>>,
 }
 
 impl Shared {
@@ -102,6 +104,7 @@ pub(crate) fn start(launch: &Launch<'_>) -> Result<NsSession, SetupFailure> {
         cwd,
         enforced: started.enforced.clone(),
         cpu_time: launch.policy.limits.cpu_time,
+        cgroup: started.cgroup.clone(),
     };
     Ok(NsSession {
         started,
@@ -249,7 +252,10 @@ fn exec_request(launch: &Launch<'_>, shared: &Shared) -> Result<Vec<u8>, SetupFa
 }
 
 /// Runs one command in the session: returns once it was executed, or with why it could not be.
-pub(crate) fn exec(shared: &Shared, launch: &Launch<'_>) -> Result<ExecRun, SetupFailure> {
+pub(crate) fn exec(
+    shared: &std::sync::Arc<Shared>,
+    launch: &Launch<'_>,
+) -> Result<ExecRun, SetupFailure> {
     if !launch.extra_fds.is_empty() {
         return Err(setup_error(
             Stage::Prepare,
@@ -258,6 +264,7 @@ pub(crate) fn exec(shared: &Shared, launch: &Launch<'_>) -> Result<ExecRun, Setu
         ));
     }
     let request = exec_request(launch, shared)?;
+    let ooms = shared.cgroup.as_ref().map_or(0, |c| c.stats().oom_kills);
     let (reply, theirs) = seqpacket_pair()?;
     // Inherited streams are this process's own.
     let stdio: Vec<RawFd> = (0..3)
@@ -301,8 +308,9 @@ pub(crate) fn exec(shared: &Shared, launch: &Launch<'_>) -> Result<ExecRun, Setu
                 usage: None,
                 exited: None,
                 gone: false,
-                enforced: shared.enforced.clone(),
-                cpu_time: shared.cpu_time,
+                denied: Vec::new(),
+                shared: std::sync::Arc::clone(shared),
+                ooms,
             })
         }
         Some([msg::SETUP_FAILED, stage, _, errno]) => {
@@ -401,8 +409,12 @@ pub(crate) struct ExecRun {
     exited: Option<[u32; 4]>,
     /// The session ended before it reported.
     gone: bool,
-    enforced: Enforced,
-    cpu_time: Option<Duration>,
+    /// The system calls its process session was denied.
+    denied: Vec<Denial>,
+    /// Its session's channel and defaults.
+    shared: std::sync::Arc<Shared>,
+    /// The cgroup's out-of-memory kills when it started.
+    ooms: u64,
 }
 
 impl std::fmt::Debug for ExecRun {
@@ -431,6 +443,11 @@ impl Run for ExecRun {
         loop {
             match receive_flags(&self.reply, MsgFlags::MSG_DONTWAIT) {
                 Ok((Some([msg::USAGE, kib, ..]), _)) => self.usage = Some(kib),
+                Ok((Some([msg::DENIED, nr, count, _]), _)) => self.denied.push(Denial {
+                    syscall: super::seccomp::syscall_name(nr as i32)
+                        .map_or_else(|| format!("#{nr}"), String::from),
+                    count,
+                }),
                 Ok((Some(w @ [msg::EXITED, ..]), _)) => {
                     self.exited = Some(w);
                     return true;
@@ -455,15 +472,23 @@ impl Run for ExecRun {
             Some([_, raw, user, sys]) => {
                 let raw = raw as i32;
                 let (user, sys) = (ms(user), ms(sys));
+                let oom = || {
+                    self.shared
+                        .cgroup
+                        .as_ref()
+                        .is_some_and(|c| c.stats().oom_kills > self.ooms)
+                };
                 let status = if libc::WIFSIGNALED(raw) {
                     let sig = libc::WTERMSIG(raw);
-                    let over_cpu = self.cpu_time.is_some_and(|limit| {
+                    let over_cpu = self.shared.cpu_time.is_some_and(|limit| {
                         sig == libc::SIGXCPU || (sig == libc::SIGKILL && user + sys >= limit)
                     });
                     if over_cpu {
                         Status::TimedOut(crate::outcome::TimeLimit::Cpu)
                     } else if host_timeout && sig == libc::SIGKILL {
                         Status::TimedOut(crate::outcome::TimeLimit::Wall)
+                    } else if sig == libc::SIGKILL && oom() {
+                        Status::OomKilled
                     } else {
                         Status::Signaled(sig)
                     }
@@ -492,13 +517,27 @@ impl Run for ExecRun {
             },
             backend: BackendKind::Namespace,
             fallback_reason: None,
-            enforced: self.enforced,
-            denied_syscalls: Vec::new(),
+            enforced: self.shared.enforced.clone(),
+            denied_syscalls: self.denied,
             vm: None,
         })
     }
 
+    fn streams_outlive(&self) -> bool {
+        true
+    }
+
+    fn kill(&self) -> Result<(), i32> {
+        // Its whole process group (what it started in the background with it), then the process itself.
+        let _ = send(
+            &self.shared.control,
+            [msg::SIGNAL, libc::SIGKILL as u32, 2, self.ns_pid],
+            &[],
+        );
+        sys::pidfd_signal(&self.pidfd, libc::SIGKILL)
+    }
+
     fn abort(self: Box<Self>) {
-        let _ = sys::pidfd_signal(&self.pidfd, libc::SIGKILL);
+        let _ = self.kill();
     }
 }

@@ -192,6 +192,17 @@ pub fn read_full(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
     Ok(done)
 }
 
+/// Reads up to `buf.len()` bytes of the file at `path` (opened read-only, close-on-exec); returns how many.
+pub fn read_file(path: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `path` is NUL-terminated; plain open flags.
+    let fd =
+        check(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) } as c_long)?
+            as RawFd;
+    let r = read_full(fd, buf);
+    close(fd);
+    r
+}
+
 /// `pipe2(O_CLOEXEC)`: `[read end, write end]`.
 pub fn pipe() -> SysResult<[RawFd; 2]> {
     let mut fds = [-1; 2];

@@ -47,14 +47,62 @@ pub struct ServeSpec {
     pub ptrs: Vec<*const c_char>,
 }
 
-/// One running exec: its pid and the socket its verdict goes to.
+/// Distinct system calls counted per exec (more are counted in the session's verdict only).
+const EXEC_DENIALS: usize = 16;
+
+/// One running exec: its pid, the socket its verdict goes to, and the calls its process session was denied.
 #[derive(Clone, Copy)]
 struct Exec {
     pid: libc::pid_t,
     reply: RawFd,
+    denied: [(i32, u32); EXEC_DENIALS],
 }
 
-const FREE: Exec = Exec { pid: 0, reply: -1 };
+const FREE: Exec = Exec {
+    pid: 0,
+    reply: -1,
+    denied: [(-1, 0); EXEC_DENIALS],
+};
+
+impl Exec {
+    fn record(&mut self, nr: i32) {
+        if let Some(slot) = self.denied.iter_mut().find(|(n, c)| *n == nr || *c == 0) {
+            *slot = (nr, slot.1.saturating_add(1));
+        }
+    }
+}
+
+/// The session id (field 6 of /proc/PID/stat) of a process of this pid namespace; every exec is the leader
+/// of a session of its own, so this tells which exec a process belongs to. Allocation-free.
+fn session_of(pid: u32) -> Option<libc::pid_t> {
+    let mut path = [0u8; 32];
+    let mut digits = [0u8; 10];
+    let d = sys::decimal(&mut digits, pid);
+    let parts: [&[u8]; 3] = [b"/proc/", d, b"/stat\0"];
+    let mut at = 0;
+    for p in parts {
+        path[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    let path = CStr::from_bytes_until_nul(&path).ok()?;
+    let mut buf = [0u8; 512];
+    let n = sys::read_file(path, &mut buf).ok()?;
+    let stat = &buf[..n];
+    // After the command name, which is in parentheses and may contain anything: state, ppid, pgrp, session.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let field = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(3)?;
+    let mut v: libc::pid_t = 0;
+    for &b in field {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((b - b'0') as libc::pid_t)?;
+    }
+    Some(v)
+}
 
 /// The exit code a process ending with raw wait status `raw` is reported with (a shell's convention).
 fn exit_code(raw: i32) -> i32 {
@@ -275,7 +323,12 @@ impl Init<'_> {
             if fds[2].revents & libc::POLLIN != 0
                 && let Some(f) = &spec.filter
             {
-                let _ = seccomp::answer_one(self.listener, f, &mut self.denials);
+                if let Ok((nr, pid)) = seccomp::answer_one(self.listener, f, &mut self.denials)
+                    && let Some(sid) = session_of(pid)
+                    && let Some(e) = self.execs.iter_mut().find(|e| e.pid == sid && sid > 0)
+                {
+                    e.record(nr);
+                }
             }
             if fds[3].revents & libc::POLLIN != 0
                 && let Ok(c) = sys::accept(accept_fd)
@@ -334,6 +387,9 @@ impl Init<'_> {
                         sys::exit(exit_code(status));
                     }
                     if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
+                        for &(nr, count) in e.denied.iter().filter(|(_, c)| *c > 0) {
+                            reply(e.reply, [msg::DENIED, nr as u32, count, 0], None);
+                        }
                         let rss_kib = ru.ru_maxrss.clamp(0, u32::MAX as i64) as u32;
                         reply(e.reply, [msg::USAGE, rss_kib, 0, 0], None);
                         reply(
@@ -426,10 +482,14 @@ impl Init<'_> {
             msg::SIGNAL => {
                 let sig = words[1] as i32;
                 if (1..=64).contains(&sig) {
-                    if words[2] == 1 {
-                        sys::kill(-1, sig);
-                    } else {
-                        self.forward(sig);
+                    match words[2] {
+                        1 => sys::kill(-1, sig),
+                        // An exec's process group (never 0 or 1: this process's own group, or all).
+                        2 if words[3] > 1 && words[3] <= i32::MAX as u32 => {
+                            sys::kill(-(words[3] as libc::pid_t), sig)
+                        }
+                        2 => {}
+                        _ => self.forward(sig),
                     }
                 }
                 passed.iter().for_each(|&fd| sys::close(fd));
@@ -538,7 +598,11 @@ impl Init<'_> {
                 if pidfd >= 0 {
                     sys::close(pidfd);
                 }
-                self.execs[slot] = Exec { pid, reply: to };
+                self.execs[slot] = Exec {
+                    pid,
+                    reply: to,
+                    ..FREE
+                };
             }
             Err(failure) => {
                 let _ = sys::send_msg(to, &failure, &[]);
