@@ -216,7 +216,7 @@ impl Cmd {
     fn output(&mut self) -> Result<Outcome, sandkasten::Error> {
         let (mut cmd, session) = match self.build() {
             Ok(b) => b,
-            Err(verdict) => return Ok(verdict),
+            Err(f) => return Ok(Outcome::setup_failed(f, BackendKind::Namespace)),
         };
         let o = cmd.output();
         if let Some(s) = session {
@@ -231,10 +231,7 @@ impl Cmd {
     }
 
     fn spawn(&mut self) -> Result<Running, sandkasten::Error> {
-        let (mut cmd, session) = self.build().map_err(|v| match v.status {
-            Status::SetupFailed(f) => sandkasten::Error::Setup(f),
-            s => panic!("{s:?}"),
-        })?;
+        let (mut cmd, session) = self.build().map_err(sandkasten::Error::Setup)?;
         Ok(Running {
             child: cmd.spawn()?,
             _session: session,
