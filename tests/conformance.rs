@@ -170,11 +170,11 @@ impl Cmd {
         self
     }
 
-    /// The sandbox builder (and the session it belongs to); a session that cannot start is its verdict.
-    fn build(&mut self) -> Result<(Sandbox, Option<Session>), Outcome> {
+    /// The sandbox builder (and the session it belongs to), or why its session could not start.
+    fn build(&mut self) -> Result<(Sandbox, Option<Session>), sandkasten::SetupFailure> {
         let session = match self.b {
             B::Session => Some(Session::start(self.policy.clone()).map_err(|e| match e {
-                sandkasten::Error::Setup(f) => Outcome::setup_failed(f, BackendKind::Namespace),
+                sandkasten::Error::Setup(f) => f,
                 e => panic!("{e}"),
             })?),
             _ => None,
