@@ -66,6 +66,6 @@ pub use policy::{
 };
 pub use probe::{HostReport, probe};
 pub use running::SandboxChild;
-pub use session::Session;
+pub use session::{Detach, Detached, DetachedState, Session};
 #[cfg(feature = "vm")]
 pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};

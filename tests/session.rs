@@ -269,3 +269,110 @@ fn denied_system_calls_are_counted_per_command() {
         "the session's verdict counts its commands' denials: {v:?}"
     );
 }
+
+/// Reaps a detached session's init (this test process created it) and returns its wait status.
+fn reap(pid: u32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child; `status` is writable.
+    let r = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    assert_eq!(r, pid as i32, "the init is our child");
+    status
+}
+
+#[test]
+fn a_detached_session_is_reached_again_through_its_socket() {
+    use sandkasten::{Detach, DetachedState};
+    let dir = testkit::TempDir::new("session-detached");
+    let d = Session::create(
+        Policy::default(),
+        Detach::new(dir.path().join("ctl.sock"), dir.path().join("status")),
+    )
+    .unwrap();
+    assert_eq!(d.state(), DetachedState::Running);
+    // A second session on the same socket is refused; the first is untouched.
+    let e = Session::create(
+        Policy::default(),
+        Detach::new(dir.path().join("ctl.sock"), dir.path().join("status2")),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("ctl.sock"), "{e}");
+    // What it holds survives between attachments, as JSON in between.
+    let json = serde_json::to_string(&d).unwrap();
+    {
+        let s = Session::attach(&serde_json::from_str(&json).unwrap()).unwrap();
+        let o = s
+            .command("/bin/sh")
+            .args(["-c", "echo first > /tmp/f"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    }
+    let s = Session::attach(&d).unwrap();
+    assert_eq!(s.id(), d.pid);
+    let o = s.command("cat").arg("/tmp/f").output().unwrap();
+    assert_eq!(text(&o.stdout), "first\n", "{o:?}");
+    let v = s.stop(Duration::from_secs(1)).unwrap();
+    assert_eq!(v.status, Status::Exited(0), "{v:?}");
+    assert_eq!(reap(d.pid), 0);
+    assert_eq!(d.state(), DetachedState::Ended(Status::Exited(0)));
+    let e = Session::attach(&d).unwrap_err();
+    assert!(e.to_string().contains("has ended"), "{e}");
+    d.remove().unwrap();
+    assert!(!dir.path().join("ctl.sock").exists());
+    assert!(!dir.path().join("status").exists());
+}
+
+#[test]
+fn a_detached_sessions_program_waits_for_start_and_ends_the_session() {
+    use sandkasten::{Detach, DetachedState};
+    let dir = testkit::TempDir::new("session-program");
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let d = Session::create(
+        Policy::default(),
+        Detach::new(dir.path().join("ctl.sock"), dir.path().join("status"))
+            .program([
+                "/bin/sh",
+                "-c",
+                "echo started > /tmp/x; echo to the log; exec sleep 1000",
+            ])
+            .stdio(Stdio::Null, Stdio::Fd(log.into()), Stdio::Null)
+            .wait_start(),
+    )
+    .unwrap();
+    let s = Session::attach(&d).unwrap();
+    // Not started yet.
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "cat /tmp/x || echo none"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&o.stdout), "none\n", "{o:?}");
+    assert!(s.start_program().unwrap() > 1);
+    let e = s.start_program().unwrap_err();
+    assert!(e.to_string().contains("started already"), "{e}");
+    let o = s
+        .command("/bin/sh")
+        .args([
+            "-c",
+            "while [ ! -e /tmp/x ]; do sleep 0.05; done; cat /tmp/x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&o.stdout), "started\n", "{o:?}");
+    // The program's end is the session's, and its exit code the init's (for whoever reaps it).
+    s.signal(libc::SIGTERM).unwrap();
+    let status = reap(d.pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 128 + libc::SIGTERM,
+        "{status}"
+    );
+    assert_eq!(
+        d.state(),
+        DetachedState::Ended(Status::Signaled(libc::SIGTERM))
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log")).unwrap(),
+        "to the log\n"
+    );
+    d.remove().unwrap();
+}

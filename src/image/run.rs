@@ -39,6 +39,13 @@ pub struct Checkout {
 }
 
 impl Checkout {
+    /// The descriptors whose shared locks keep the layers (a session that outlives its creator has its init
+    /// hold them).
+    pub fn lock_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self._held.iter().map(|h| h.as_raw_fd()).collect()
+    }
+
     /// The files of the image's root.
     pub fn files(&self) -> RootFiles {
         RootFiles::new(self.lowers.clone())

@@ -227,6 +227,7 @@ pub fn main(spec: &mut ChildSpec) -> ! {
     }
     if let Some(s) = spec.serve.as_mut() {
         lift(&mut s.control);
+        lift(&mut s.status);
         for fd in s.held.iter_mut() {
             lift(fd);
         }
@@ -243,9 +244,10 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         spec.death_fd,
         spec.landlock_fd,
     ];
-    let (control, held) = match &spec.serve {
-        Some(s) => (&[s.control][..], &s.held[..]),
-        None => (&[][..], &[][..]),
+    let own = spec.serve.as_ref().map(|s| [s.control, s.status]);
+    let (control, held) = match (&own, &spec.serve) {
+        (Some(own), Some(s)) => (&own[..], &s.held[..]),
+        _ => (&[][..], &[][..]),
     };
     for (slot, fd) in spec.keep.iter_mut().zip(
         internal

@@ -27,6 +27,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+/// The messages of a sandbox's init (for a session's verdict).
+pub(crate) use child::msg as child_msg;
 use child::{ChildSpec, msg};
 use nix::sys::socket;
 
@@ -226,7 +228,7 @@ fn prepare(
         capabilities: crate::policy::Capability::mask(&policy.capabilities),
         fd_map: fd_map.clone(),
         fd_floor: fd_map.iter().map(|&(_, t)| t + 1).max().unwrap_or(3).max(3),
-        keep: vec![-1; 5 + fd_map.len() + launch.serve.map_or(0, |s| s.held.len())],
+        keep: vec![-1; 6 + fd_map.len() + launch.serve.map_or(0, |s| s.held.len())],
         sync_fd: -1,
         report_fd: -1,
         death_fd: -1,
@@ -243,6 +245,7 @@ fn prepare(
             listens: s.listens,
             wait_start: s.wait_start,
             held: s.held.clone(),
+            status: s.status,
             request: vec![0; child::serve::MAX_REQUEST],
             ptrs: vec![std::ptr::null(); child::serve::MAX_STRINGS],
         }),
@@ -326,6 +329,25 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
         maps.give_root_to(r.owner);
     }
     spec.drop_groups = maps.may_drop_groups();
+    if let Some(serve) = spec.serve.as_mut()
+        && launch.serve.is_some_and(|s| s.detached)
+    {
+        // A session that outlives this process: its init holds what this process would have held for it.
+        if launch.policy.network == Network::User {
+            return Err(setup_error(
+                Stage::Network,
+                None,
+                "user-mode networking (pasta) is not available to a session that outlives its creator yet: \
+                 use the network modes none or host",
+            ));
+        }
+        serve.held.extend(maps.lease.as_ref().map(|l| l.lock_fd()));
+        if let Some(c) = root.and_then(|r| r._checkout.as_ref()) {
+            serve.held.extend(c.lock_fds());
+        }
+        let len = spec.keep.len() + serve.held.len();
+        spec.keep = vec![-1; len];
+    }
     let mut layers = layers::prepare(launch.policy, &plan, maps.host_ids())?;
     (layers.enforced.uid_map, layers.enforced.gid_map) = maps.extents();
     layers.enforced.not_enforced.extend(maps.note.take());

@@ -177,8 +177,9 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
-/// Removes run cgroups in `parent` whose creating process is gone (a supervisor killed before it could
-/// clean up). Their names carry the creator's pid; a live creator's are left alone.
+/// Removes empty run cgroups in `parent` whose creating process is gone (a supervisor killed before it
+/// could clean up, or a session that outlived its creator and ended). Their names carry the creator's pid;
+/// a live creator's are left alone.
 fn reap_stale(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -193,10 +194,13 @@ fn reap_stale(parent: &Path) {
         else {
             continue;
         };
-        // kill(pid, 0) fails with ESRCH once the creator is gone.
+        // kill(pid, 0) fails with ESRCH once the creator is gone. A cgroup with processes in it is a
+        // session that outlived its creator: it stays.
         let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
             == Err(nix::errno::Errno::ESRCH);
-        if gone {
+        let empty = std::fs::read_to_string(e.path().join("cgroup.procs"))
+            .is_ok_and(|procs| procs.trim().is_empty());
+        if gone && empty {
             remove_dir(&e.path());
         }
     }
@@ -255,6 +259,14 @@ impl RunCgroup {
         }
     }
 
+    /// Keeps the cgroup beyond this value (a session that outlives its creator runs in it); returns its
+    /// directories, to be removed with [`remove_kept`] once it is empty.
+    pub fn keep(self) -> Vec<PathBuf> {
+        let dirs = self.dirs.clone();
+        std::mem::forget(self);
+        dirs
+    }
+
     /// What this cgroup enforces.
     pub fn enforced(&self) -> CgroupEnforced {
         CgroupEnforced {
@@ -271,6 +283,20 @@ impl Drop for RunCgroup {
     fn drop(&mut self) {
         for dir in &self.dirs {
             remove_dir(dir);
+        }
+    }
+}
+
+/// Removes the directories of a cgroup kept with [`RunCgroup::keep`]; only directories beneath this
+/// process's own cgroups are touched.
+pub fn remove_kept(dirs: &[PathBuf]) {
+    let mut parents: Vec<PathBuf> = own_v2_dir().into_iter().collect();
+    for c in ["memory", "pids", "cpu", "cpuacct"] {
+        parents.extend(own_v1_dir(c));
+    }
+    for d in dirs {
+        if parents.iter().any(|p| d.parent() == Some(p.as_path())) {
+            remove_dir(d);
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct ServeSpec {
     pub wait_start: bool,
     /// Descriptors held open for the sandbox's life (locks of the id lease and the image's layers).
     pub held: Vec<RawFd>,
+    /// A file the init writes its last words into, like on the report pipe (`-1`: none).
+    pub status: RawFd,
     /// Room for one request.
     pub request: Vec<u8>,
     /// Room for the pointers of one exec's strings.
@@ -268,7 +270,6 @@ impl Init<'_> {
 
     fn serve(&mut self, sfd: RawFd) -> ! {
         let spec = self.spec;
-        let report = spec.report_fd;
         let accept_fd = spec
             .serve
             .as_ref()
@@ -302,8 +303,7 @@ impl Init<'_> {
             let now = sys::monotonic_ms();
             if spec.timeout_ms >= 0 && self.program > 0 && now - self.started_at >= spec.timeout_ms
             {
-                let _ = sys::write_all(report, &msg::encode([msg::TIMED_OUT, 0, 0, 0]));
-                sys::exit(0);
+                self.last_words(msg::encode([msg::TIMED_OUT, 0, 0, 0]), 128 + libc::SIGKILL);
             }
             if let Some(d) = self.stop_deadline
                 && !self.stop_killed
@@ -373,17 +373,14 @@ impl Init<'_> {
     /// Reaps every ended child: the main program ends the sandbox; an exec's verdict goes to its reply
     /// socket; a stopping session ends once no process is left.
     fn reap(&mut self) {
-        let report = self.spec.report_fd;
         loop {
             match sys::reap_any_usage() {
                 Ok(Some((pid, status, ru))) => {
                     if pid == self.program {
-                        self.report_denials();
-                        let _ = sys::write_all(
-                            report,
-                            &msg::encode([msg::EXITED, status as u32, 0, 0]),
+                        self.last_words(
+                            msg::encode([msg::EXITED, status as u32, 0, 0]),
+                            exit_code(status),
                         );
-                        sys::exit(exit_code(status));
                     }
                     if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
                         for &(nr, count) in e.denied.iter().filter(|(_, c)| *c > 0) {
@@ -409,9 +406,7 @@ impl Init<'_> {
                 Err(_) => {
                     // No child left at all.
                     if self.stop_deadline.is_some() {
-                        self.report_denials();
-                        let _ = sys::write_all(report, &msg::encode([msg::EXITED, 0, 0, 0]));
-                        sys::exit(0);
+                        self.last_words(msg::encode([msg::EXITED, 0, 0, 0]), 0);
                     }
                     return;
                 }
@@ -419,13 +414,21 @@ impl Init<'_> {
         }
     }
 
-    fn report_denials(&self) {
-        for (nr, count) in self.denials.nonzero() {
-            let _ = sys::write_all(
-                self.spec.report_fd,
-                &msg::encode([msg::DENIED, nr as u32, count, 0]),
-            );
+    /// The sandbox's end: the denied calls and `last` on the report pipe and in the status file (a session
+    /// that outlived its creator is read there), then exit with `code` (the program's, for whoever reaps
+    /// this process).
+    fn last_words(&self, last: [u8; msg::LEN], code: i32) -> ! {
+        let status = self.spec.serve.as_ref().map_or(-1, |s| s.status);
+        for fd in [self.spec.report_fd, status] {
+            if fd < 0 {
+                continue;
+            }
+            for (nr, count) in self.denials.nonzero() {
+                let _ = sys::write_all(fd, &msg::encode([msg::DENIED, nr as u32, count, 0]));
+            }
+            let _ = sys::write_all(fd, &last);
         }
+        sys::exit(code)
     }
 
     /// Serves one request from a control channel; `false` when the channel ended.
@@ -468,8 +471,7 @@ impl Init<'_> {
                             if to >= 0 {
                                 let _ = sys::send_msg(to, &failure, &[]);
                             }
-                            let _ = sys::write_all(self.spec.report_fd, &failure);
-                            sys::exit(125);
+                            self.last_words(failure, 125);
                         }
                     }
                 };

@@ -174,6 +174,13 @@ pub struct Lease {
     pub gid: u32,
 }
 
+impl Lease {
+    /// The descriptor whose lock is the lease (a session that outlives its creator has its init hold it).
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        self._lock.as_raw_fd()
+    }
+}
+
 fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
     // SAFETY: flock on a descriptor this function borrows; no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
