@@ -28,11 +28,13 @@ say() { printf '==> [%2d:%02d] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - s
 
 # --- 1. packages -------------------------------------------------------------------------------------------
 need=()
-for pair in setpriv:util-linux pasta:passt bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap umoci:umoci busybox:busybox-static; do
+for pair in setpriv:util-linux pasta:passt bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap umoci:umoci busybox:busybox-static runc:runc; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
-# Packages without a command, by a file they install: CPython's regression tests (scripts/cpython-tests.sh).
-for pair in /usr/lib/python3.11/test/test_os.py:libpython3.11-testsuite; do
+# Packages without a command, by a file they install: CPython's regression tests (scripts/cpython-tests.sh);
+# podman's default seccomp profile (runtime/tests/seccomp.rs translates it).
+for pair in /usr/lib/python3.11/test/test_os.py:libpython3.11-testsuite \
+    /usr/share/containers/seccomp.json:golang-github-containers-common; do
     [ -e "${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -65,7 +67,7 @@ cargo clippy -p sandkasten --no-default-features --all-targets --quiet -- -D war
 say "floors and import circles (scripts/check-layers.py, ARCHITECTURE.md)"
 scripts/check-layers.py
 say "the public docs and their links (cargo doc -D warnings)"
-RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --quiet -p sandkasten -p sandkasten-vmm
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --quiet -p sandkasten -p sandkasten-vmm -p sandbox-runtime
 say "packaging the library crates (cargo package --no-verify; the verifying build by hand: ARCHITECTURE.md)"
 cargo package --no-verify --quiet -p sandkasten-vmm -p sandkasten
 
