@@ -427,7 +427,8 @@ impl Detach {
         self
     }
 
-    /// The program waits until [`Session::start_program`] (OCI's `create`, then `start`).
+    /// The program waits until [`Session::start_program`] (OCI's `create`, then `start`). With an image root
+    /// and no [`Detach::program`], the image's command is the program.
     pub fn wait_start(mut self) -> Detach {
         self.wait_start = true;
         self

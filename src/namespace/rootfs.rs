@@ -320,8 +320,9 @@ impl Root {
                 .collect()
         };
         let argv = match &self.config {
-            // A session without a program of its own: only its execs run.
-            _ if given.is_empty() && launch.serve.is_some() => Vec::new(),
+            // A session without a program of its own: only its execs run. (A session whose program waits
+            // for its start takes the image's command.)
+            _ if given.is_empty() && launch.serve.is_some_and(|s| !s.wait_start) => Vec::new(),
             Some(c) => c.command(&given).ok_or_else(|| {
                 failure(crate::image::ImageError::NoCommand(self.report.source.clone()).to_string())
             })?,
