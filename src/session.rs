@@ -488,6 +488,18 @@ impl Detached {
         }
     }
 
+    /// Kills the session's init at once (everything in the session dies with it; its exit status, for
+    /// whoever reaps it, is SIGKILL's). An ended session: nothing to do.
+    pub fn kill(&self) -> Result<(), Error> {
+        let Some(pidfd) = session::pidfd_of(self.pid, self.start_time) else {
+            return Ok(());
+        };
+        namespace::sys::pidfd_signal(&pidfd, libc::SIGKILL).map_err(|e| Error::Io {
+            what: "pidfd_send_signal(SIGKILL) to a session's init",
+            source: std::io::Error::from_raw_os_error(e),
+        })
+    }
+
     /// Removes what is left of an ended session: its socket, its status file, its cgroup. A running
     /// session is refused (stop it first).
     pub fn remove(&self) -> Result<(), Error> {

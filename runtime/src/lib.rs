@@ -19,7 +19,9 @@
 //! - [`state`]: the runc-compatible state document (`runc state`).
 #![warn(missing_docs)]
 
+pub mod container;
 pub mod features;
+pub mod log;
 pub mod spec;
 pub mod state;
 

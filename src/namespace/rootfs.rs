@@ -17,7 +17,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -173,11 +173,28 @@ pub(crate) fn resolve(policy: &Policy, guest: bool) -> Result<Option<Root>, Setu
                         "rootfs directory {dir:?} does not exist or is not a directory"
                     ))
                 })?;
-            let report = RootfsEnforced {
-                source: format!("dir {}", real.display()),
-                ..RootfsEnforced::default()
-            };
-            (vec![real], None, None, report)
+            // An overlayfs mount cannot be id-mapped: a root caller stacks its layers instead (its upper
+            // layer read-only on top, writes going to the run's own writable layer).
+            if idmapped
+                && !spec.read_only
+                && let Some(layers) = overlay_layers(&real)
+            {
+                let report = RootfsEnforced {
+                    source: format!(
+                        "dir {} (an overlay mount: its {} layers)",
+                        real.display(),
+                        layers.len()
+                    ),
+                    ..RootfsEnforced::default()
+                };
+                (layers, None, None, report)
+            } else {
+                let report = RootfsEnforced {
+                    source: format!("dir {}", real.display()),
+                    ..RootfsEnforced::default()
+                };
+                (vec![real], None, None, report)
+            }
         }
         (None, Some(name)) => {
             let store_path = spec.store.clone().unwrap_or_else(ImageStore::default_path);
@@ -304,6 +321,79 @@ fn prepare_upper(dir: &Path) -> Result<PathBuf, SetupFailure> {
     make(&real.join("upper"), 0o755)?;
     make(&real.join("work"), 0o700)?;
     Ok(real)
+}
+
+/// The layers of the overlayfs mounted at `dir` (upper first, then the lower ones, top first), from
+/// /proc/self/mountinfo; `None` when `dir` is no overlay mount point or a layer cannot be resolved.
+fn overlay_layers(dir: &Path) -> Option<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let target = dir.as_os_str().as_bytes();
+    // The last mount on a path is the one on top.
+    let line = info.lines().rev().find(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+        f.get(4).map(|m| unescape(m)) == Some(target.to_vec()) && fstype == Some("overlay")
+    })?;
+    let options = line.split(" - ").nth(1)?.split(' ').nth(2)?;
+    let mut upper = Vec::new();
+    let mut lowers = Vec::new();
+    for opt in options.split(',').map(unescape) {
+        if let Some(v) = opt.strip_prefix(b"upperdir=") {
+            upper.push(v.to_vec());
+        } else if let Some(v) = opt.strip_prefix(b"lowerdir=") {
+            lowers.extend(split_unescaped_bytes(v, b':'));
+        } else if let Some(v) = opt.strip_prefix(b"lowerdir+=") {
+            lowers.push(v.to_vec());
+        }
+    }
+    if lowers.is_empty() {
+        return None;
+    }
+    upper
+        .into_iter()
+        .chain(lowers)
+        .map(|l| {
+            let p = PathBuf::from(std::ffi::OsString::from_vec(
+                l.into_iter().filter(|&b| b != b'\\').collect(),
+            ));
+            std::fs::canonicalize(p).ok().filter(|p| p.is_dir())
+        })
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space) decoded.
+fn unescape(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `b` split at `sep` unless escaped with a backslash.
+fn split_unescaped_bytes(b: &[u8], sep: u8) -> Vec<Vec<u8>> {
+    let mut parts = vec![Vec::new()];
+    let mut escaped = false;
+    for &c in b {
+        if c == sep && !escaped {
+            parts.push(Vec::new());
+        } else {
+            parts.last_mut().expect("one part at least").push(c);
+        }
+        escaped = c == b'\\' && !escaped;
+    }
+    parts
 }
 
 impl Root {
