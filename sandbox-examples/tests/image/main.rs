@@ -1,11 +1,12 @@
 //! `sandbox image`: importing OCI image layouts and `docker save` archives into a store, `ls`, `inspect`, `rm`
 //! and `prune`, and the layer trees the store keeps. The images are built here ([`build`]); hostile ones are
 //! in [`hostile`], store operations (rm, prune, concurrent and unprivileged imports) in [`store`], an image
-//! made by Debian's umoci in [`umoci`].
+//! made by Debian's umoci in [`umoci`], a session on an image (`sandbox create --image`) in [`session`].
 
 mod build;
 mod hostile;
 mod run;
+mod session;
 mod store;
 mod umoci;
 

@@ -1,7 +1,9 @@
-//! `sandbox`: run a program in a sandbox, or report what this host can enforce.
+//! `sandbox`: run a program in a sandbox; keep sessions that outlive the command that made them (`create`,
+//! `start`, `exec`, `stop`, `rm`, `ps`, `logs`: [`session`]); manage images ([`image`]); or report what this
+//! host can enforce.
 //!
-//! Exit code of `sandbox run`: the program's own; 128+N when it died of signal N; 124 on timeout; 125 when the
-//! sandbox failed; 126 when the program is not executable; 127 when it was not found.
+//! Exit code of `sandbox run` and `sandbox exec`: the program's own; 128+N when it died of signal N; 124 on
+//! timeout; 125 when the sandbox failed; 126 when the program is not executable; 127 when it was not found.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +18,7 @@ use sandkasten::{
 };
 
 mod image;
+mod session;
 
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
@@ -35,6 +38,8 @@ struct Cli {
 enum Command {
     /// Run PROGRAM in a sandbox.
     Run(Box<RunArgs>),
+    #[command(flatten)]
+    Session(session::SessionCommand),
     /// Manage container images: import, ls, inspect, rm, prune.
     Image(image::ImageArgs),
     /// Print what this host can enforce.
@@ -86,6 +91,20 @@ struct RunArgs {
         default_value = "user"
     )]
     vm_snapshots: String,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Write the verdict as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// The program and its arguments (with --image: optional, replacing the image's Cmd).
+    #[arg(required_unless_present = "image", last = true, value_name = "PROGRAM")]
+    program: Vec<std::ffi::OsString>,
+}
+
+/// The flags that make a policy (and the program's environment and working directory): `sandbox run`'s and
+/// `sandbox create`'s.
+#[derive(clap::Args)]
+struct PolicyArgs {
     /// Run on an image of the store as the root (`sandbox image ls`): its files, its Env, Entrypoint and Cmd
     /// (PROGRAM and its arguments replace Cmd), WorkingDir and User. Namespace backend only for now.
     #[arg(long, value_name = "NAME[:TAG]", conflicts_with = "rootfs")]
@@ -176,14 +195,8 @@ struct RunArgs {
     #[arg(long, value_name = "default|none|FILE")]
     seccomp: Option<String>,
     /// Start from this TOML policy; the flags above add to it.
-    #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
-    /// Write the verdict as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
-    report: Option<PathBuf>,
-    /// The program and its arguments (with --image: optional, replacing the image's Cmd).
-    #[arg(required_unless_present = "image", last = true, value_name = "PROGRAM")]
-    program: Vec<std::ffi::OsString>,
+    #[arg(long = "policy", value_name = "FILE")]
+    policy_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -197,6 +210,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => match run(*args) {
+            Ok(code) => code,
+            Err(msg) => {
+                eprintln!("sandbox: {msg}");
+                ExitCode::from(SANDBOX_ERROR)
+            }
+        },
+        Command::Session(command) => match session::main(command) {
             Ok(code) => code,
             Err(msg) => {
                 eprintln!("sandbox: {msg}");
@@ -321,8 +341,8 @@ fn parse_bind(flag: &str, spec: &str) -> Result<Mount, String> {
     })
 }
 
-fn build_policy(args: &RunArgs) -> Result<Policy, String> {
-    let mut policy = match &args.policy {
+fn build_policy(args: &PolicyArgs) -> Result<Policy, String> {
+    let mut policy = match &args.policy_file {
         Some(file) => Policy::from_toml_file(file).map_err(|e| e.to_string())?,
         None => Policy::default(),
     };
@@ -428,6 +448,18 @@ fn build_policy(args: &RunArgs) -> Result<Policy, String> {
     Ok(policy)
 }
 
+/// `--env KEY=VALUE` flags as pairs.
+fn parse_env(flags: &[String]) -> Result<Vec<(&str, &str)>, String> {
+    flags
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
 /// `512M`-style sizes: a number with an optional K, M, G or T suffix (powers of 1024).
 fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -457,7 +489,7 @@ fn absolute(path: &std::path::Path, flag: &str) -> Result<PathBuf, String> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let policy = build_policy(&args)?;
+    let policy = build_policy(&args.policy)?;
     // With --image and no program: the image's own command (an empty program).
     let (program, rest) = match args.program.split_first() {
         Some((p, rest)) => (p.clone(), rest),
@@ -479,14 +511,10 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         "off" => SnapshotCache::Off,
         dir => SnapshotCache::Dir(dir.into()),
     });
-    for kv in &args.env {
-        let (k, v) = kv
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+    for (k, v) in parse_env(&args.policy.env)? {
         cmd.env(k, v);
     }
-    if let Some(d) = &args.cwd {
+    if let Some(d) = &args.policy.cwd {
         cmd.current_dir(d);
     }
     let outcome = match cmd.spawn() {
