@@ -21,7 +21,7 @@ FLOORS = [
     ("description", ["policy", "outcome", "error", "backend"]),
     ("backends and protocol", ["namespace", "protocol", "image"]),
     ("VM host side", ["vm"]),
-    ("selection and the running sandbox", ["probe", "command", "running"]),
+    ("selection and the running sandbox", ["probe", "command", "running", "session"]),
     ("the guest agent and fuzzing entry points", ["guest", "fuzzing"]),
 ]
 FLOOR_OF = {m: i for i, (_, mods) in enumerate(FLOORS) for m in mods}

@@ -28,7 +28,7 @@ say() { printf '==> [%2d:%02d] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - s
 
 # --- 1. packages -------------------------------------------------------------------------------------------
 need=()
-for pair in setpriv:util-linux pasta:passt bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap umoci:umoci busybox:busybox-static runc:runc; do
+for pair in setpriv:util-linux pasta:passt bwrap:bubblewrap python3:python3 gcc:gcc qemu-system-x86_64:qemu-system-x86 cpio:cpio newuidmap:uidmap umoci:umoci busybox:busybox-static runc:runc podman:podman containerd:containerd; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 # Packages without a command, by a file they install: CPython's regression tests (scripts/cpython-tests.sh);
@@ -148,7 +148,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
         print(m["executable"])')
 cargo build --workspace --quiet
-for b in sandbox coderun sandbox-test-runner; do
+for b in sandbox coderun sandbox-test-runner sandbox-runtime; do
     install -m 755 "target/debug/$b" "$stage/$b"
 done
 install -m 644 "$SANDBOX_KERNEL" "$stage/vmlinux"
@@ -161,7 +161,7 @@ for b in "${bins[@]}"; do
     say "unprivileged (uid 65534): $name"
     if ! (cd /tmp && SANDBOX_BIN="$stage/sandbox" CODERUN_BIN="$stage/coderun" \
         SANDBOX_KERNEL="$stage/vmlinux" SANDBOX_AGENT="$stage/sandbox-init" \
-        SANDBOX_TEST_RUNNER_BIN="$stage/sandbox-test-runner" setpriv --reuid=65534 --regid=65534 --clear-groups \
+        SANDBOX_TEST_RUNNER_BIN="$stage/sandbox-test-runner" SANDBOX_RUNTIME_BIN="$stage/sandbox-runtime" setpriv --reuid=65534 --regid=65534 --clear-groups \
         "$stage/$name" --test-threads=2); then
         failed=1
     fi

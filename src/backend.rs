@@ -78,7 +78,23 @@ pub(crate) trait Run: std::fmt::Debug + Send {
     }
     /// Kills the sandbox (for a session's command: the command's process group).
     fn kill(&self) -> Result<(), i32> {
-        crate::namespace::sys::pidfd_signal(&self.pidfd(), libc::SIGKILL)
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on a pidfd this run holds; no memory is passed.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd().as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        match std::io::Error::last_os_error().raw_os_error() {
+            // An ended process is no error.
+            _ if r == 0 => Ok(()),
+            Some(libc::ESRCH) => Ok(()),
+            e => Err(e.unwrap_or(libc::EIO)),
+        }
     }
     /// Whether the program's streams may stay open after it ended (a session's command can leave processes
     /// running in the session): its output is then read up to its end, not to end of file.

@@ -56,7 +56,7 @@ pub struct Sandbox {
     /// Built by our guest agent for a run in its VM.
     guest: bool,
     /// A command of a session: the session and the policy it runs under.
-    session: Option<(std::sync::Arc<crate::session::Shared>, Policy)>,
+    session: Option<(std::sync::Arc<namespace::session::Shared>, Policy)>,
 }
 
 impl Sandbox {
@@ -83,7 +83,7 @@ impl Sandbox {
     /// Makes this a command of a session (see [`Session::command`](crate::Session::command)).
     pub(crate) fn in_session(
         &mut self,
-        shared: std::sync::Arc<crate::session::Shared>,
+        shared: std::sync::Arc<namespace::session::Shared>,
         policy: Policy,
     ) -> &mut Self {
         self.session = Some((shared, policy));
@@ -307,9 +307,16 @@ impl Sandbox {
         let timeout = self.policy.timeout;
         if let Some((shared, policy)) = &self.session {
             if *policy != self.policy || self.backend != Backend::Namespace {
-                return Err(crate::session::changed_policy());
+                return Err(Error::Setup(SetupFailure {
+                    stage: Stage::Prepare,
+                    errno: None,
+                    message:
+                        "a session's command runs under the session's policy and backend: start \
+                              another session for a different one"
+                            .into(),
+                }));
             }
-            let run = crate::session::exec(shared, launch).map_err(Error::Setup)?;
+            let run = namespace::session::exec(shared, launch).map_err(Error::Setup)?;
             return Ok((Box::new(run), timeout.map(|t| t + TIMEOUT_GRACE)));
         }
         #[cfg(feature = "vm")]

@@ -529,16 +529,3 @@ fn changed_state(state: &str) -> Error {
         message: format!("the session is {state}"),
     })
 }
-
-/// The failure of a command whose session builder was changed.
-pub(crate) fn changed_policy() -> Error {
-    Error::Setup(SetupFailure {
-        stage: Stage::Prepare,
-        errno: None,
-        message: "a session's command runs under the session's policy and backend: start another session \
-                  for a different one"
-            .into(),
-    })
-}
-
-pub(crate) use namespace::session::{Shared, exec};

@@ -15,10 +15,8 @@ fn runtime() -> PathBuf {
 /// and exec relays and learns their exit codes.
 fn become_subreaper() {
     // SAFETY: prctl with integer arguments.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0);
 }
 
 /// Waits for an adopted process; its exit code (128+N for signal N).
