@@ -198,8 +198,10 @@ fn reap_stale(parent: &Path) {
         // session that outlived its creator: it stays.
         let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
             == Err(nix::errno::Errno::ESRCH);
-        let empty = std::fs::read_to_string(e.path().join("cgroup.procs"))
-            .is_ok_and(|procs| procs.trim().is_empty());
+        let empty = match std::fs::read_to_string(e.path().join("cgroup.procs")) {
+            Ok(procs) => procs.trim().is_empty(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
         if gone && empty {
             remove_dir(&e.path());
         }
