@@ -349,38 +349,56 @@ pub fn main(spec: &mut ChildSpec) -> ! {
 
 /// The program's own process: a session of its own, default signals, then execve.
 fn exec_program(spec: &ChildSpec, exec_wr: RawFd) -> ! {
-    let fail_exec = |stage: Stage, e: Errno| -> ! {
-        let _ = sys::write_all(
-            exec_wr,
-            &msg::encode([msg::SETUP_FAILED, stage as u32, u32::MAX, e as u32]),
-        );
-        sys::exit(127)
-    };
-    if let Err(e) = sys::setsid() {
-        fail_exec(Stage::Init, e);
+    if let Err((stage, e)) = own_process(spec) {
+        exec_failed(exec_wr, stage, e);
     }
+    let err = exec_candidates(
+        spec.candidates.iter().map(CString::as_c_str),
+        &spec.argv,
+        &spec.envp,
+    );
+    exec_failed(exec_wr, Stage::Exec, err)
+}
+
+/// Tells the waiting init why a forked program could not be executed, and ends.
+fn exec_failed(exec_wr: RawFd, stage: Stage, e: Errno) -> ! {
+    let _ = sys::write_all(
+        exec_wr,
+        &msg::encode([msg::SETUP_FAILED, stage as u32, u32::MAX, e as u32]),
+    );
+    sys::exit(127)
+}
+
+/// What a forked program's process does before execve: a session of its own, default signals, an empty
+/// signal mask, its own CPU-time limit (not counted on the init).
+fn own_process(spec: &ChildSpec) -> Result<(), (Stage, Errno)> {
+    sys::setsid().map_err(|e| (Stage::Init, e))?;
     sys::reset_signal_dispositions();
     // SAFETY: an all-zero sigset is a valid empty set.
     let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-    if let Err(e) = sys::set_sigmask(&empty) {
-        fail_exec(Stage::Init, e);
-    }
+    sys::set_sigmask(&empty).map_err(|e| (Stage::Init, e))?;
     for &(resource, soft, hard) in &spec.rlimits {
-        if resource == libc::RLIMIT_CPU
-            && let Err(e) = sys::set_rlimit(resource, soft, hard)
-        {
-            fail_exec(Stage::Rlimits, e);
+        if resource == libc::RLIMIT_CPU {
+            sys::set_rlimit(resource, soft, hard).map_err(|e| (Stage::Rlimits, e))?;
         }
     }
+    Ok(())
+}
 
-    // Try each candidate like execvp: a missing file moves on, a permission problem is remembered.
+/// Tries each candidate like execvp (returns only when none could be executed): a missing file moves on, a
+/// permission problem is remembered, anything else is the answer.
+fn exec_candidates<'a>(
+    paths: impl Iterator<Item = &'a CStr>,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+) -> Errno {
     let mut err = libc::ENOENT;
-    for path in &spec.candidates {
-        match sys::execve(path, &spec.argv, &spec.envp) {
+    for path in paths {
+        match sys::execve(path, argv, envp) {
             libc::ENOENT | libc::ENOTDIR => {}
             libc::EACCES => err = libc::EACCES,
-            e => fail_exec(Stage::Exec, e),
+            e => return e,
         }
     }
-    fail_exec(Stage::Exec, err)
+    err
 }

@@ -15,7 +15,7 @@ use std::os::fd::RawFd;
 
 use libc::c_char;
 
-use super::{ChildSpec, exec_program, fail, msg};
+use super::{ChildSpec, exec_candidates, exec_failed, exec_program, fail, msg, own_process};
 use crate::namespace::seccomp;
 use crate::namespace::sys::{self, Errno};
 use crate::outcome::Stage;
@@ -639,13 +639,7 @@ fn exec_command(
     envp: &[*const c_char],
     spec: &ChildSpec,
 ) -> ! {
-    let fail_exec = |stage: Stage, e: Errno| -> ! {
-        let _ = sys::write_all(
-            exec_wr,
-            &msg::encode([msg::SETUP_FAILED, stage as u32, u32::MAX, e as u32]),
-        );
-        sys::exit(127)
-    };
+    let fail_exec = |stage: Stage, e: Errno| -> ! { exec_failed(exec_wr, stage, e) };
     // Lift the three above 2 first, so installing one cannot clobber another, then keep only them and the
     // exec pipe.
     let mut lifted = [-1; 3];
@@ -662,34 +656,14 @@ fn exec_command(
     if let Err(e) = sys::close_all_except(&keep) {
         fail_exec(Stage::Init, e);
     }
-    if let Err(e) = sys::setsid() {
-        fail_exec(Stage::Init, e);
-    }
-    sys::reset_signal_dispositions();
-    // SAFETY: an all-zero sigset is a valid empty set.
-    let empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-    if let Err(e) = sys::set_sigmask(&empty) {
-        fail_exec(Stage::Init, e);
-    }
-    for &(resource, soft, hard) in &spec.rlimits {
-        if resource == libc::RLIMIT_CPU
-            && let Err(e) = sys::set_rlimit(resource, soft, hard)
-        {
-            fail_exec(Stage::Rlimits, e);
-        }
+    if let Err((stage, e)) = own_process(spec) {
+        fail_exec(stage, e);
     }
     if let Err(e) = sys::chdir(cwd) {
         fail_exec(Stage::Cwd, e);
     }
-    let mut err = libc::ENOENT;
-    for &path in cands {
-        // SAFETY: every candidate points at a NUL-terminated string of the request buffer.
-        let path = unsafe { CStr::from_ptr(path) };
-        match sys::execve(path, argv, envp) {
-            libc::ENOENT | libc::ENOTDIR => {}
-            libc::EACCES => err = libc::EACCES,
-            e => fail_exec(Stage::Exec, e),
-        }
-    }
+    // SAFETY: every candidate points at a NUL-terminated string of the request buffer.
+    let paths = cands.iter().map(|&p| unsafe { CStr::from_ptr(p) });
+    let err = exec_candidates(paths, argv, envp);
     fail_exec(Stage::Exec, err)
 }
