@@ -139,6 +139,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// How a process ended, from its raw wait status: `Signaled(N)` or `Exited(code)`.
+    pub(crate) fn from_wait(raw: i32) -> Status {
+        if libc::WIFSIGNALED(raw) {
+            Status::Signaled(libc::WTERMSIG(raw))
+        } else {
+            Status::Exited(libc::WEXITSTATUS(raw))
+        }
+    }
+
     /// True when the program exited with code 0.
     pub fn success(&self) -> bool {
         *self == Status::Exited(0)

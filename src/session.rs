@@ -354,14 +354,7 @@ fn ended_outcome(
 fn status_of(last: Option<[u32; 4]>) -> Status {
     use crate::namespace::child_msg as msg;
     match last {
-        Some([msg::EXITED, raw, ..]) => {
-            let raw = raw as i32;
-            if libc::WIFSIGNALED(raw) {
-                Status::Signaled(libc::WTERMSIG(raw))
-            } else {
-                Status::Exited(libc::WEXITSTATUS(raw))
-            }
-        }
+        Some([msg::EXITED, raw, ..]) => Status::from_wait(raw as i32),
         Some([msg::TIMED_OUT, ..]) => Status::TimedOut(crate::outcome::TimeLimit::Wall),
         Some([msg::SETUP_FAILED, stage, _, errno]) => Status::SetupFailed(SetupFailure {
             stage: Stage::from_u32(stage),

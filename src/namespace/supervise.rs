@@ -64,14 +64,7 @@ impl Started {
             _ if stats.oom_kills > 0 && (killed_by(libc::SIGKILL) || last.is_none()) => {
                 Status::OomKilled
             }
-            Some([msg::EXITED, raw, ..]) => {
-                let raw = raw as i32;
-                if libc::WIFSIGNALED(raw) {
-                    Status::Signaled(libc::WTERMSIG(raw))
-                } else {
-                    Status::Exited(libc::WEXITSTATUS(raw))
-                }
-            }
+            Some([msg::EXITED, raw, ..]) => Status::from_wait(raw as i32),
             _ if host_timeout => Status::TimedOut(TimeLimit::Wall),
             _ => Status::Signaled(libc::SIGKILL),
         };
