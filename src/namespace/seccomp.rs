@@ -529,10 +529,18 @@ impl Denials {
 }
 
 /// Answers one pending notification with the profile's errno and counts it; returns the call's number and
-/// the caller's pid (as the listener's pid namespace sees it). Allocation-free: for init's poll loop.
-pub fn answer_one(fd: RawFd, filter: &Filter, denials: &mut Denials) -> Result<(i32, u32), i32> {
+/// the caller's pid (as the listener's pid namespace sees it). `attribute` runs with both before the answer,
+/// while the caller is still blocked in the call and so still has its /proc entry (once answered it may exit
+/// and be reaped by its parent before the listener looks). Allocation-free: for init's poll loop.
+pub fn answer_one(
+    fd: RawFd,
+    filter: &Filter,
+    denials: &mut Denials,
+    attribute: impl FnOnce(i32, u32),
+) -> Result<(i32, u32), i32> {
     let (id, nr, pid) = recv_notification(fd)?;
     denials.record(nr);
+    attribute(nr, pid);
     match respond_errno(fd, id, filter.errno_for(nr)) {
         Ok(()) | Err(libc::ENOENT) => Ok((nr, pid)),
         Err(e) => Err(e),

@@ -323,11 +323,15 @@ impl Init<'_> {
             // A denied call: counted for the session, and for the exec whose process session made it.
             if fds[2].revents & libc::POLLIN != 0
                 && let Some(f) = &spec.filter
-                && let Ok((nr, pid)) = seccomp::answer_one(self.listener, f, &mut self.denials)
-                && let Some(sid) = session_of(pid)
-                && let Some(e) = self.execs.iter_mut().find(|e| e.pid == sid && sid > 0)
             {
-                e.record(nr);
+                let execs = &mut self.execs;
+                let _ = seccomp::answer_one(self.listener, f, &mut self.denials, |nr, pid| {
+                    if let Some(sid) = session_of(pid)
+                        && let Some(e) = execs.iter_mut().find(|e| e.pid == sid && sid > 0)
+                    {
+                        e.record(nr);
+                    }
+                });
             }
             if fds[3].revents & libc::POLLIN != 0
                 && let Ok(c) = sys::accept(accept_fd)

@@ -536,7 +536,11 @@ fn audit_mode_answers_with_the_profile_errno_and_counts() {
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut p, 1, 5000) };
         assert_eq!(ready, 1, "no notification within 5 s");
-        seen.push(answer_one(fd, &filter, &mut denials).expect("answered").0);
+        seen.push(
+            answer_one(fd, &filter, &mut denials, |_, _| {})
+                .expect("answered")
+                .0,
+        );
     }
     let (keyctl, clone3, ioctl, allowed) = worker.join().unwrap();
     assert_eq!(
