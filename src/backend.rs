@@ -78,13 +78,18 @@ pub(crate) trait Run: std::fmt::Debug + Send {
     }
     /// Kills the sandbox (for a session's command: the command's process group).
     fn kill(&self) -> Result<(), i32> {
+        self.signal(libc::SIGKILL)
+    }
+    /// Sends `signal` to the sandbox's root process (a VM session's command: into the guest), if
+    /// [`Run::forwards_signals`] or it is SIGKILL.
+    fn signal(&self, signal: i32) -> Result<(), i32> {
         use std::os::fd::AsRawFd;
         // SAFETY: pidfd_send_signal on a pidfd this run holds; no memory is passed.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 self.pidfd().as_raw_fd(),
-                libc::SIGKILL,
+                signal,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             )

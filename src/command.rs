@@ -56,7 +56,15 @@ pub struct Sandbox {
     /// Built by our guest agent for a run in its VM.
     guest: bool,
     /// A command of a session: the session and the policy it runs under.
-    session: Option<(std::sync::Arc<namespace::session::Shared>, Policy)>,
+    session: Option<(SessionRef, Policy)>,
+}
+
+/// The session a command runs in: one of the namespace backend, or one in a VM.
+#[derive(Clone, Debug)]
+pub(crate) enum SessionRef {
+    Namespace(std::sync::Arc<namespace::session::Shared>),
+    #[cfg(feature = "vm")]
+    Vm(std::sync::Arc<crate::vm::session::VmShared>),
 }
 
 impl Sandbox {
@@ -81,11 +89,7 @@ impl Sandbox {
     }
 
     /// Makes this a command of a session (see [`Session::command`](crate::Session::command)).
-    pub(crate) fn in_session(
-        &mut self,
-        shared: std::sync::Arc<namespace::session::Shared>,
-        policy: Policy,
-    ) -> &mut Self {
+    pub(crate) fn in_session(&mut self, shared: SessionRef, policy: Policy) -> &mut Self {
         self.session = Some((shared, policy));
         self
     }
@@ -306,7 +310,12 @@ impl Sandbox {
     fn start(&self, launch: &Launch<'_>) -> Result<(Box<dyn Run>, Option<Duration>), Error> {
         let timeout = self.policy.timeout;
         if let Some((shared, policy)) = &self.session {
-            if *policy != self.policy || self.backend != Backend::Namespace {
+            let backend = match shared {
+                SessionRef::Namespace(_) => Backend::Namespace,
+                #[cfg(feature = "vm")]
+                SessionRef::Vm(_) => Backend::Vm,
+            };
+            if *policy != self.policy || self.backend != backend {
                 return Err(Error::Setup(SetupFailure {
                     stage: Stage::Prepare,
                     errno: None,
@@ -316,8 +325,18 @@ impl Sandbox {
                             .into(),
                 }));
             }
-            let run = namespace::session::exec(shared, launch).map_err(Error::Setup)?;
-            return Ok((Box::new(run), timeout.map(|t| t + TIMEOUT_GRACE)));
+            return match shared {
+                SessionRef::Namespace(shared) => {
+                    let run = namespace::session::exec(shared, launch).map_err(Error::Setup)?;
+                    Ok((Box::new(run), timeout.map(|t| t + TIMEOUT_GRACE)))
+                }
+                #[cfg(feature = "vm")]
+                SessionRef::Vm(shared) => {
+                    let run = crate::vm::session::exec(shared, launch).map_err(Error::Setup)?;
+                    // The guest enforces the timeout; the host's deadline is a backstop.
+                    Ok((Box::new(run), timeout.map(|t| t + TIMEOUT_GRACE * 4)))
+                }
+            };
         }
         #[cfg(feature = "vm")]
         if let Some(pool) = &self.pool {

@@ -78,7 +78,7 @@ impl SandboxChild {
                     format!("signal {signal} cannot be forwarded into the VM yet; kill() ends it"),
                 ))
             }
-            Some(inner) => sys::pidfd_signal(&inner.pidfd(), signal).map_err(|e| Error::Io {
+            Some(inner) => inner.signal(signal).map_err(|e| Error::Io {
                 what: "pidfd_send_signal",
                 source: std::io::Error::from_raw_os_error(e),
             }),

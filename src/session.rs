@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::command::{Sandbox, Stdio};
+use crate::command::{Sandbox, SessionRef, Stdio};
 use crate::error::Error;
 use crate::namespace::{self, Launch, session};
 use crate::outcome::{Enforced, Outcome, SetupFailure, Stage, Status};
@@ -34,7 +34,8 @@ use crate::policy::Policy;
 /// # Ok::<(), sandkasten::Error>(())
 /// ```
 ///
-/// The namespace backend only, for now. Dropping a session kills everything in it.
+/// On the namespace backend ([`Session::start`]) or in a VM ([`Session::start_vm`]: one VM whose agent keeps
+/// the sandbox up in the guest). Dropping a session kills everything in it.
 #[derive(Debug)]
 pub struct Session {
     init: Init,
@@ -46,6 +47,9 @@ pub struct Session {
 #[derive(Debug)]
 enum Init {
     Local(Box<session::NsSession>),
+    /// A VM whose agent keeps the session's sandbox in the guest.
+    #[cfg(feature = "vm")]
+    Vm(Box<crate::vm::session::VmSession>),
     Remote {
         shared: Arc<session::Shared>,
         pid: u32,
@@ -80,6 +84,72 @@ impl Session {
             stdio: [-1; 3],
             extra_fds: &[],
             guest: false,
+            serve: None,
+        };
+        let inner = session::start(&launch).map_err(Error::Setup)?;
+        Ok(Session {
+            init: Init::Local(Box::new(inner)),
+            policy,
+            started: Instant::now(),
+        })
+    }
+
+    /// Starts a session on the VM backend with `engine`: one VM whose agent keeps the session's sandbox up in
+    /// the guest (the same layers as on the namespace backend, applied inside the guest) and runs each
+    /// command in it, several at once, their streams multiplexed over the VM's ports. The policy's paths are
+    /// host paths, shared with the guest as for a one-shot VM run. Programs, arguments, variables and the
+    /// working directory must be UTF-8.
+    #[cfg(feature = "vm")]
+    pub fn start_vm(policy: Policy, engine: crate::VmEngine) -> Result<Session, Error> {
+        Session::start_vm_with(policy, &[], None, engine)
+    }
+
+    /// Like [`Session::start_vm`], with an environment and working directory every command starts from.
+    #[cfg(feature = "vm")]
+    pub fn start_vm_with(
+        policy: Policy,
+        env: &[(OsString, OsString)],
+        cwd: Option<&Path>,
+        engine: crate::VmEngine,
+    ) -> Result<Session, Error> {
+        policy.validate()?;
+        let launch = Launch {
+            program: OsStr::new(""),
+            args: &[],
+            env,
+            cwd,
+            policy: &policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+            guest: false,
+            serve: None,
+        };
+        let engine = crate::vm::engine::Engine::pick(engine);
+        let vm = crate::vm::session::start(&launch, engine).map_err(Error::Setup)?;
+        Ok(Session {
+            init: Init::Vm(Box::new(vm)),
+            policy,
+            started: Instant::now(),
+        })
+    }
+
+    /// A session of the guest agent (PID 1 of our VM): the guest's full id range, as its one-shot runs have.
+    #[cfg(feature = "vm")]
+    pub(crate) fn start_in_guest(
+        policy: Policy,
+        env: &[(OsString, OsString)],
+        cwd: Option<&Path>,
+    ) -> Result<Session, Error> {
+        policy.validate()?;
+        let launch = Launch {
+            program: OsStr::new(""),
+            args: &[],
+            env,
+            cwd,
+            policy: &policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+            guest: std::process::id() == 1,
             serve: None,
         };
         let inner = session::start(&launch).map_err(Error::Setup)?;
@@ -193,10 +263,13 @@ impl Session {
         })
     }
 
+    /// The namespace session's channel (`None` for a VM session, or a stopped one).
     fn shared(&self) -> Option<&Arc<session::Shared>> {
         match &self.init {
             Init::Local(i) => Some(&i.shared),
             Init::Remote { shared, .. } => Some(shared),
+            #[cfg(feature = "vm")]
+            Init::Vm(_) => None,
             Init::Ended => None,
         }
     }
@@ -208,14 +281,24 @@ impl Session {
         let mut cmd = Sandbox::new(program);
         cmd.policy(self.policy.clone()).backend(Backend::Namespace);
         if let Some(shared) = self.shared() {
-            cmd.in_session(Arc::clone(shared), self.policy.clone());
+            cmd.in_session(
+                SessionRef::Namespace(Arc::clone(shared)),
+                self.policy.clone(),
+            );
+        }
+        #[cfg(feature = "vm")]
+        if let Init::Vm(vm) = &self.init {
+            cmd.backend(Backend::Vm)
+                .in_session(SessionRef::Vm(Arc::clone(&vm.shared)), self.policy.clone());
         }
         cmd
     }
 
     /// Starts the program of a session created with [`Detach::wait_start`]; returns its pid inside.
     pub fn start_program(&self) -> Result<u32, Error> {
-        let shared = self.shared().ok_or_else(|| changed_state("stopped"))?;
+        let shared = self.shared().ok_or_else(|| {
+            changed_state("stopped, or in a VM (which has no program of its own)")
+        })?;
         shared.start_program().map_err(Error::Setup)
     }
 
@@ -224,6 +307,8 @@ impl Session {
         match &self.init {
             Init::Local(i) => i.started.pid as u32,
             Init::Remote { pid, .. } => *pid,
+            #[cfg(feature = "vm")]
+            Init::Vm(vm) => vm.pid(),
             Init::Ended => 0,
         }
     }
@@ -234,6 +319,8 @@ impl Session {
         match &self.init {
             Init::Local(i) => i.running(),
             Init::Remote { pidfd, .. } => !readable(pidfd, Duration::ZERO),
+            #[cfg(feature = "vm")]
+            Init::Vm(vm) => vm.shared.running(),
             Init::Ended => false,
         }
     }
@@ -241,11 +328,22 @@ impl Session {
     /// What the session enforces (each command's verdict repeats it).
     pub fn enforced(&self) -> &Enforced {
         static NONE: std::sync::LazyLock<Enforced> = std::sync::LazyLock::new(Enforced::default);
+        #[cfg(feature = "vm")]
+        if let Init::Vm(vm) = &self.init {
+            return &vm.enforced;
+        }
         self.shared().map_or(&NONE, |s| &s.enforced)
     }
 
     /// Sends `signal` to every process in the session (its init excepted).
     pub fn signal_all(&self, signal: i32) -> Result<(), Error> {
+        #[cfg(feature = "vm")]
+        if let Init::Vm(vm) = &self.init {
+            return vm.shared.signal_all(signal).map_err(|source| Error::Io {
+                what: "sending a signal request to the session's VM",
+                source,
+            });
+        }
         let Some(shared) = self.shared() else {
             return Ok(());
         };
@@ -257,6 +355,10 @@ impl Session {
 
     /// Sends `signal` to the session's program (to every process when it has none).
     pub fn signal(&self, signal: i32) -> Result<(), Error> {
+        #[cfg(feature = "vm")]
+        if let Init::Vm(_) = &self.init {
+            return self.signal_all(signal);
+        }
         let Some(shared) = self.shared() else {
             return Ok(());
         };
@@ -274,6 +376,8 @@ impl Session {
         let wall = self.started.elapsed();
         match std::mem::replace(&mut self.init, Init::Ended) {
             Init::Local(inner) => inner.stop(grace, wall),
+            #[cfg(feature = "vm")]
+            Init::Vm(vm) => Ok(vm.stop(grace, wall)),
             Init::Remote {
                 shared,
                 pidfd,

@@ -19,6 +19,7 @@ pub(crate) mod entropy;
 mod mounts;
 mod ports;
 mod serve;
+mod session;
 mod verdict;
 
 use std::io::Read;
@@ -295,6 +296,9 @@ fn boot_and_run(
             continue;
         }
         let spec = match parse_spec(&line, "control_port") {
+            Ok(spec) if spec.session && server.served() == 0 => {
+                return session::serve(&spec, &channels, &mut lines);
+            }
             Ok(spec) if spec.serve => spec,
             Ok(spec) if server.served() == 0 => return prepare_and_run(&spec, channels).map(Some),
             Ok(_) => {

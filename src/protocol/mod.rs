@@ -6,10 +6,12 @@
 //!   for a restored guest), the agent's [`VERDICT_PREFIX`] line ([`verdict_json`], read back by
 //!   [`find_verdict`]);
 //! - [`ports`]: the named virtio-serial ports and their announcement on the kernel command line;
-//! - [`frames`]: how a warm VM's ports carry the streams of many runs.
+//! - [`frames`]: how a warm VM's ports carry the streams of many runs;
+//! - [`session`]: a session in a VM (commands run in one live sandbox of the guest, their streams multiplexed).
 
 pub mod frames;
 pub mod ports;
+pub mod session;
 mod spec;
 
 pub use ports::{CONTROL_PORT, STDERR_PORT, STDIN_PORT, STDOUT_PORT, ports_param};

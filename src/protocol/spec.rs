@@ -55,6 +55,11 @@ pub struct RunSpec {
     /// of ending the VM. Shares already mounted by an earlier run are kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub serve: bool,
+    /// A session ([`session`](super::session)): the agent starts the sandbox without a program (`program` is
+    /// ignored), with `env` and `cwd` as its commands' defaults, and runs commands in it as the host asks until
+    /// it is stopped or the host closes the control port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
 }
 
 /// A host directory shared with the guest.
@@ -131,6 +136,7 @@ impl RunSpec {
             shares: Vec::new(),
             links: Vec::new(),
             serve: false,
+            session: false,
         }
     }
 
@@ -149,7 +155,7 @@ impl RunSpec {
     /// Checks what the agent needs before it mounts anything: absolute, normal guest paths without
     /// duplicates, tags usable as mount sources, a program name, and a valid policy.
     pub fn validate(&self) -> Result<(), String> {
-        if self.program.is_empty() || self.program.contains('\0') {
+        if (self.program.is_empty() && !self.session) || self.program.contains('\0') {
             return Err("program is empty or contains a NUL byte".into());
         }
         let mut seen = BTreeSet::new();

@@ -24,6 +24,7 @@ mod launch;
 pub(crate) mod pool;
 mod qemu;
 mod run_spec;
+pub(crate) mod session;
 pub(crate) mod snapshot_cache;
 
 pub use assets::{AssetError, assets};

@@ -127,6 +127,22 @@ pub(super) fn guest_spec(
     launch: &Launch<'_>,
     fs: ShareFs,
 ) -> Result<(RunSpec, Vec<Share>), VmError> {
+    spec_and_shares(launch, fs, false)
+}
+
+/// Like [`guest_spec`], for a session ([`RunSpec::session`]: the launch has no program).
+pub(super) fn session_spec(
+    launch: &Launch<'_>,
+    fs: ShareFs,
+) -> Result<(RunSpec, Vec<Share>), VmError> {
+    spec_and_shares(launch, fs, true)
+}
+
+fn spec_and_shares(
+    launch: &Launch<'_>,
+    fs: ShareFs,
+    session: bool,
+) -> Result<(RunSpec, Vec<Share>), VmError> {
     let mut shares = Vec::new();
     let mut base = RunSpec {
         program: String::new(),
@@ -137,6 +153,7 @@ pub(super) fn guest_spec(
         shares: Vec::new(),
         links: Vec::new(),
         serve: false,
+        session,
     };
     let share = |tag: String, host: PathBuf, guest: PathBuf, readonly: bool| {
         let guest = GuestShare {

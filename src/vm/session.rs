@@ -1,0 +1,677 @@
+//! A session in a VM, host side: one VM whose agent keeps a sandbox of the guest up
+//! ([`crate::protocol::session`]), and commands run in it, several at once, each a [`Run`] of its own.
+//!
+//! Threads: one reader of the control port (READY, the agent's replies, the session's verdict), one
+//! demultiplexer of the stdout port (each command's stdout and stderr frames into its sinks), one stdin relay
+//! per command with input. Every frame and line is bounded; a broken channel ends every command with a
+//! setup failure, never a hang.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::engine::{
+    Engine, Started, Tail, VmChannels, dup, is_dev_null, last_lines, machine_size,
+};
+use super::error::VmError;
+use super::launch::{self, Host};
+use super::run_spec::{on_root, report_root, session_spec};
+use crate::backend::Run;
+use crate::error::Error;
+use crate::namespace::rootfs::Root;
+use crate::namespace::{Launch, sys};
+use crate::outcome::{BackendKind, Enforced, Outcome, SetupFailure, Stage, Status, TimeLimit};
+use crate::protocol::frames::MAX_FRAME;
+use crate::protocol::session::{REPLY_PREFIX, Reply, Request, mux, parse};
+use crate::protocol::{READY_PREFIX, VERDICT_PREFIX};
+
+/// The longest line the host takes from the agent.
+const MAX_LINE: u64 = 1 << 20;
+
+/// A session's VM, held by [`crate::Session`].
+#[derive(Debug)]
+pub(crate) struct VmSession {
+    pub(crate) shared: Arc<VmShared>,
+    host: Option<Host>,
+    threads: Vec<JoinHandle<()>>,
+    /// A root of its own: its layers are held while the session lives.
+    root: Option<Root>,
+    /// What the guest's sandbox enforces.
+    pub(crate) enforced: Enforced,
+}
+
+/// What the session's commands share with it.
+pub(crate) struct VmShared {
+    control: Mutex<UnixStream>,
+    stdin: Mutex<UnixStream>,
+    state: Mutex<State>,
+    changed: Condvar,
+    pidfd: OwnedFd,
+    pid: u32,
+    console: Tail,
+    vmm_stderr: Tail,
+    boot_limit: Duration,
+}
+
+impl std::fmt::Debug for VmShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmShared").field("pid", &self.pid).finish()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    ready: bool,
+    up: Option<serde_json::Value>,
+    verdict: Option<serde_json::Value>,
+    broken: Option<String>,
+    next: u32,
+    commands: HashMap<u32, Slot>,
+}
+
+/// One command, as the readers see it.
+struct Slot {
+    sinks: [Option<File>; 2],
+    ended: [bool; 2],
+    verdict: Option<serde_json::Value>,
+    activity: Arc<EventFd>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VmShared {
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let mut st = lock(&self.state);
+        f(&mut st);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `done` holds (or the channels broke) for at most `limit`.
+    fn wait_for(&self, limit: Duration, mut done: impl FnMut(&State) -> bool) -> bool {
+        let until = Instant::now() + limit;
+        let mut st = lock(&self.state);
+        loop {
+            if done(&st) {
+                return true;
+            }
+            if st.broken.is_some() {
+                return false;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn broke(&self, why: String) {
+        self.update(|st| {
+            st.broken.get_or_insert(why);
+            for slot in st.commands.values_mut() {
+                slot.sinks = [None, None];
+                let _ = slot.activity.write(1);
+            }
+        });
+    }
+
+    fn request(&self, r: &Request) -> std::io::Result<()> {
+        (&*lock(&self.control)).write_all(r.to_line().as_bytes())
+    }
+
+    /// Whether the session's VM still runs.
+    pub(crate) fn running(&self) -> bool {
+        lock(&self.state).broken.is_none() && !readable(self.pidfd.as_fd(), Duration::ZERO)
+    }
+
+    /// Sends `signal` to every process of the session.
+    pub(crate) fn signal_all(&self, signal: i32) -> std::io::Result<()> {
+        self.request(&Request::Signal { id: 0, signal })
+    }
+
+    fn failure(&self, message: String) -> SetupFailure {
+        let console = self.console.text();
+        SetupFailure {
+            stage: Stage::Vm,
+            errno: None,
+            message: format!(
+                "{message}; the guest's last words:\n{}{}",
+                last_lines(&console, 15),
+                match self.vmm_stderr.text() {
+                    t if t.trim().is_empty() => String::new(),
+                    t => format!("\nthe VMM said: {}", t.trim()),
+                }
+            ),
+        }
+    }
+}
+
+fn readable(fd: BorrowedFd<'_>, wait: Duration) -> bool {
+    let mut pfd = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    matches!(
+        sys::poll(&mut pfd, wait.as_millis().min(i32::MAX as u128) as i32),
+        Ok(1)
+    )
+}
+
+/// Boots a VM for the session on `engine` and starts the session's sandbox in it.
+pub(crate) fn start(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, SetupFailure> {
+    start_vm(launch, engine).map_err(|e| match e {
+        Boot::Vm(e) => SetupFailure::from(e),
+        Boot::Failed(f) => f,
+    })
+}
+
+enum Boot {
+    Vm(VmError),
+    Failed(SetupFailure),
+}
+
+impl From<VmError> for Boot {
+    fn from(e: VmError) -> Boot {
+        Boot::Vm(e)
+    }
+}
+
+fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
+    let (root, applied) = on_root(launch)?;
+    let on_root = applied.as_ref().map(|a| a.launch(launch));
+    let launch = on_root.as_ref().unwrap_or(launch);
+    let (spec, shares) = session_spec(launch, engine.share_fs())?;
+    let (memory_mib, cpus) = machine_size(launch.policy);
+    let boot_limit = engine.boot_limit();
+    let Started { host, channels, .. } =
+        launch::start_vm(engine, &shares, memory_mib, cpus, true, None, None)?;
+    let VmChannels {
+        console,
+        control,
+        stdin,
+        stdout,
+        stderr,
+        vmm_stderr,
+    } = channels;
+    drop(stderr);
+    let clone = |s: &UnixStream| {
+        s.try_clone().map_err(|source| VmError::Dup {
+            what: "the control socket",
+            fd: s.as_raw_fd(),
+            source,
+        })
+    };
+    let pidfd = host
+        .pidfd()
+        .try_clone_to_owned()
+        .map_err(|source| VmError::Dup {
+            what: "the VMM's pidfd",
+            fd: host.pidfd().as_raw_fd(),
+            source,
+        })?;
+    let (console_tail, vmm_tail) = (Tail::default(), Tail::default());
+    let mut threads = vec![
+        console_tail.reader(console, 16 * 1024),
+        vmm_tail.reader(vmm_stderr, 4096),
+    ];
+    let control_r = clone(&control)?;
+    let shared = Arc::new(VmShared {
+        control: Mutex::new(control),
+        stdin: Mutex::new(stdin.ok_or(VmError::NoStdinPort)?),
+        state: Mutex::default(),
+        changed: Condvar::new(),
+        pid: host.pid(),
+        pidfd,
+        console: console_tail,
+        vmm_stderr: vmm_tail,
+        boot_limit,
+    });
+    let mut session = VmSession {
+        shared: shared.clone(),
+        host: Some(host),
+        threads: Vec::new(),
+        root,
+        enforced: Enforced::default(),
+    };
+    {
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || read_control(control_r, &s)));
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || read_outputs(stdout, &s)));
+    }
+    session.threads = threads;
+    let fail = |s: &VmShared, what: &str| {
+        let why = lock(&s.state).broken.clone();
+        Boot::Failed(s.failure(match why {
+            Some(why) => format!("{what}: {why}"),
+            None => what.to_string(),
+        }))
+    };
+    if !shared.wait_for(boot_limit, |st| st.ready) {
+        return Err(fail(
+            &shared,
+            &format!("the session's VM did not boot within {boot_limit:?}"),
+        ));
+    }
+    (&*lock(&shared.control))
+        .write_all(spec.to_json_line().as_bytes())
+        .map_err(VmError::StartRun)?;
+    if !shared.wait_for(boot_limit, |st| st.up.is_some() || st.verdict.is_some()) {
+        return Err(fail(
+            &shared,
+            "the session's sandbox did not start in the VM",
+        ));
+    }
+    let (up, verdict) = {
+        let st = lock(&shared.state);
+        (st.up.clone(), st.verdict.clone())
+    };
+    let Some(up) = up else {
+        // The agent could not build the sandbox: its verdict says why.
+        let why = verdict
+            .as_ref()
+            .and_then(Outcome::from_report_json)
+            .and_then(|o| match o.status {
+                Status::SetupFailed(f) => Some(f),
+                _ => None,
+            });
+        return Err(Boot::Failed(why.unwrap_or_else(|| {
+            shared.failure("the session's sandbox did not start in the VM".into())
+        })));
+    };
+    session.enforced = serde_json::from_value(up).unwrap_or_default();
+    Ok(session)
+}
+
+impl VmSession {
+    pub(crate) fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// Stops the session (SIGTERM, SIGKILL after `grace`) and returns its verdict.
+    pub(crate) fn stop(mut self, grace: Duration, wall: Duration) -> Outcome {
+        let s = self.shared.clone();
+        let asked = s
+            .request(&Request::Stop {
+                grace_ms: grace.as_millis().min(u64::MAX as u128) as u64,
+            })
+            .is_ok();
+        let got = asked && s.wait_for(grace + s.boot_limit, |st| st.verdict.is_some());
+        let verdict = lock(&s.state).verdict.clone();
+        let mut outcome = match verdict.as_ref().and_then(Outcome::from_report_json) {
+            Some(o) if got => o,
+            _ => {
+                let why = lock(&s.state)
+                    .broken
+                    .clone()
+                    .unwrap_or_else(|| "no verdict".into());
+                Outcome::setup_failed(
+                    s.failure(format!("the session's VM ended without a verdict: {why}")),
+                    BackendKind::Vm,
+                )
+            }
+        };
+        // The agent ends the VM after its verdict.
+        if !readable(s.pidfd.as_fd(), Duration::from_secs(10)) {
+            tracing::info!("a session's VM did not end after its verdict; killing it");
+        }
+        self.end();
+        outcome.backend = BackendKind::Vm;
+        outcome.usage.wall = wall;
+        report_root(&mut outcome, self.root.as_ref());
+        outcome
+    }
+
+    fn end(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.abort();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for VmSession {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The control port's lines: READY, the agent's replies, the verdict.
+fn read_control(port: UnixStream, s: &VmShared) {
+    let mut r = BufReader::new(port);
+    loop {
+        let mut line = Vec::new();
+        let why = match (&mut r).take(MAX_LINE).read_until(b'\n', &mut line) {
+            Ok(0) => Some("the control port closed".to_string()),
+            Ok(_) if !line.ends_with(b"\n") => Some(format!(
+                "the guest sent a control line longer than {MAX_LINE} bytes"
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("reading the control port: {e}")),
+        };
+        if let Some(why) = why {
+            s.broke(why);
+            return;
+        }
+        if let Some(reply) = parse::<Reply>(&line, REPLY_PREFIX) {
+            s.update(|st| match reply {
+                Reply::Up { enforced } => st.up = Some(enforced),
+                Reply::Exited { id, verdict } => {
+                    if let Some(slot) = st.commands.get_mut(&id) {
+                        slot.verdict = Some(verdict);
+                        let _ = slot.activity.write(1);
+                    }
+                }
+            });
+        } else if parse::<serde_json::Value>(&line, READY_PREFIX).is_some() {
+            s.update(|st| st.ready = true);
+        } else if let Some(v) = parse::<serde_json::Value>(&line, VERDICT_PREFIX) {
+            s.update(|st| st.verdict = Some(v));
+        }
+    }
+}
+
+/// The stdout port's frames into each command's sinks.
+fn read_outputs(mut port: UnixStream, s: &VmShared) {
+    let mut buf = vec![0u8; MAX_FRAME];
+    loop {
+        match mux::read(&mut port, &mut buf) {
+            Ok(mux::Frame::Data { id, stream, len }) if stream > 0 => {
+                let mut st = lock(&s.state);
+                if let Some(slot) = st.commands.get_mut(&id) {
+                    let sink = &mut slot.sinks[stream as usize - 1];
+                    // A reader that went away loses the rest of this command's output, nothing more.
+                    if let Some(f) = sink
+                        && f.write_all(&buf[..len]).is_err()
+                    {
+                        *sink = None;
+                    }
+                }
+            }
+            Ok(mux::Frame::End { id, stream }) if stream > 0 => s.update(|st| {
+                if let Some(slot) = st.commands.get_mut(&id) {
+                    slot.sinks[stream as usize - 1] = None;
+                    slot.ended[stream as usize - 1] = true;
+                    let _ = slot.activity.write(1);
+                }
+            }),
+            Ok(mux::Frame::Closed) => {
+                s.broke("the output port closed".into());
+                return;
+            }
+            Ok(_) => {
+                s.broke("the guest sent a stdin frame on the output port".into());
+                return;
+            }
+            Err(e) => {
+                s.broke(format!("bad output frame: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// Runs a command in the session.
+pub(crate) fn exec(shared: &Arc<VmShared>, launch: &Launch<'_>) -> Result<VmExecRun, SetupFailure> {
+    let bad = |message: String| SetupFailure {
+        stage: Stage::Prepare,
+        errno: None,
+        message,
+    };
+    if !launch.extra_fds.is_empty() {
+        return Err(bad(
+            "a session's command takes only stdin, stdout and stderr (no further descriptors)"
+                .into(),
+        ));
+    }
+    let text = |s: &OsStr, what: &str| {
+        s.to_str().map(String::from).ok_or_else(|| {
+            bad(format!(
+                "{what} {s:?} is not UTF-8: a VM session takes only UTF-8"
+            ))
+        })
+    };
+    let program = text(launch.program, "the program")?;
+    let args = launch
+        .args
+        .iter()
+        .map(|a| text(a, "the argument"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env = Vec::new();
+    for (k, v) in launch.env {
+        if k.is_empty() || k.as_encoded_bytes().contains(&b'=') {
+            return Err(bad(format!("environment variable name {k:?} is invalid")));
+        }
+        env.push((text(k, "the variable")?, text(v, "the value")?));
+    }
+    let cwd = launch
+        .cwd
+        .map(|c| text(c.as_os_str(), "the working directory"))
+        .transpose()?;
+    let vm = |e: VmError| SetupFailure::from(e);
+    let stdin_fd = launch.stdio[0];
+    let stdin_source = if stdin_fd >= 0 && is_dev_null(stdin_fd) {
+        None
+    } else {
+        Some(dup(stdin_fd, 0).map_err(vm)?)
+    };
+    let targets = [
+        dup(launch.stdio[1], 1).map_err(vm)?,
+        dup(launch.stdio[2], 2).map_err(vm)?,
+    ];
+    let activity = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| vm(VmError::EventFd(e)))?);
+    let pidfd = shared
+        .pidfd
+        .try_clone()
+        .map_err(|e| bad(format!("duplicating the VM's pidfd: {e}")))?;
+    let id = {
+        let mut st = lock(&shared.state);
+        if let Some(why) = &st.broken {
+            return Err(shared.failure(format!("the session's VM has ended ({why})")));
+        }
+        st.next += 1;
+        let id = st.next;
+        let [out, err] = targets;
+        st.commands.insert(
+            id,
+            Slot {
+                sinks: [Some(File::from(out)), Some(File::from(err))],
+                ended: [false; 2],
+                verdict: None,
+                activity: activity.clone(),
+            },
+        );
+        id
+    };
+    let request = Request::Exec {
+        id,
+        program,
+        args,
+        env,
+        cwd,
+        stdin: stdin_source.is_some(),
+    };
+    if let Err(e) = shared.request(&request) {
+        lock(&shared.state).commands.remove(&id);
+        return Err(shared.failure(format!("sending the command to the session's VM: {e}")));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let relay = stdin_source.map(|source| {
+        let (s, stop) = (shared.clone(), stop.clone());
+        std::thread::spawn(move || relay_stdin(source, id, &s, &stop))
+    });
+    Ok(VmExecRun {
+        shared: shared.clone(),
+        id,
+        activity,
+        pidfd,
+        stop,
+        relay,
+    })
+}
+
+/// The caller's stdin → frames of command `id`, then its end frame (at end of file, or once the command
+/// ended: `stop`).
+fn relay_stdin(source: OwnedFd, id: u32, s: &VmShared, stop: &AtomicBool) {
+    let mut from = File::from(source);
+    let mut buf = vec![0u8; MAX_FRAME];
+    while !stop.load(Ordering::Acquire) {
+        if !readable(from.as_fd(), Duration::from_millis(100)) {
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if mux::write(&mut *lock(&s.stdin), id, 0, &buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = mux::write(&mut *lock(&s.stdin), id, 0, b"");
+}
+
+/// A command of a VM session, host side.
+pub(crate) struct VmExecRun {
+    shared: Arc<VmShared>,
+    id: u32,
+    activity: Arc<EventFd>,
+    pidfd: OwnedFd,
+    stop: Arc<AtomicBool>,
+    relay: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for VmExecRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmExecRun").field("id", &self.id).finish()
+    }
+}
+
+impl VmExecRun {
+    fn done(&self, st: &State) -> bool {
+        st.broken.is_some()
+            || st
+                .commands
+                .get(&self.id)
+                .is_none_or(|c| c.verdict.is_some() && c.ended == [true; 2])
+    }
+
+    fn end_relay(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.relay.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Run for VmExecRun {
+    /// The VMM's pid.
+    fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// The VMM's pidfd (signals go through [`Run::signal`], into the guest).
+    fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    fn wait_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the eventfd lives as long as `self`, which the borrow cannot outlive.
+        unsafe { BorrowedFd::borrow_raw(self.activity.as_raw_fd()) }
+    }
+
+    fn ended(&mut self) -> bool {
+        let _ = self.activity.read();
+        self.done(&lock(&self.shared.state))
+    }
+
+    /// The command's process group, in the guest.
+    fn kill(&self) -> Result<(), i32> {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), i32> {
+        let r = Request::Signal {
+            id: self.id,
+            signal,
+        };
+        match self.shared.request(&r) {
+            Ok(()) => Ok(()),
+            // The VM is gone, and the command with it.
+            Err(_) if !self.shared.running() => Ok(()),
+            Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
+        }
+    }
+
+    fn finish(mut self: Box<Self>, wall: Duration, host_timeout: bool) -> Result<Outcome, Error> {
+        // After a kill the guest answers promptly; a finished command has its verdict already.
+        self.shared
+            .wait_for(Duration::from_secs(10), |st| self.done(st));
+        self.end_relay();
+        let (slot, broken) = {
+            let mut st = lock(&self.shared.state);
+            (st.commands.remove(&self.id), st.broken.clone())
+        };
+        let verdict = slot
+            .and_then(|s| s.verdict)
+            .and_then(|v| Outcome::from_report_json(&v));
+        let mut outcome = match verdict {
+            Some(o) => o,
+            None if host_timeout => Outcome::setup_failed(
+                SetupFailure {
+                    stage: Stage::Vm,
+                    errno: None,
+                    message: String::new(),
+                },
+                BackendKind::Vm,
+            )
+            .with_status(Status::TimedOut(TimeLimit::Wall)),
+            None => Outcome::setup_failed(
+                self.shared.failure(format!(
+                    "the command's verdict did not arrive: {}",
+                    broken.as_deref().unwrap_or("no verdict")
+                )),
+                BackendKind::Vm,
+            ),
+        };
+        if host_timeout && !matches!(outcome.status, Status::TimedOut(_)) {
+            outcome.status = Status::TimedOut(TimeLimit::Wall);
+        }
+        outcome.backend = BackendKind::Vm;
+        outcome.usage.wall = wall;
+        Ok(outcome)
+    }
+
+    fn abort(mut self: Box<Self>) {
+        let _ = self.kill();
+        self.end_relay();
+        lock(&self.shared.state).commands.remove(&self.id);
+    }
+}
+
+impl Drop for VmExecRun {
+    fn drop(&mut self) {
+        self.end_relay();
+    }
+}
