@@ -28,6 +28,12 @@ macro_rules! conformance {
         mod vm {
             $( #[test] fn $name() { super::$name(super::B::Vm) } )*
         }
+        /// The same properties through a session in a VM (QEMU engine): each run is a command of a fresh VM
+        /// session with the policy.
+        #[cfg(feature = "vm")]
+        mod vm_session {
+            $( #[test] fn $name() { super::$name(super::B::VmSession) } )*
+        }
         /// The same properties on warm VMs of one pool (one or two boots for the whole suite).
         #[cfg(feature = "vm")]
         mod warm {
@@ -59,6 +65,8 @@ enum B {
     Session,
     /// A fresh VM per run.
     Vm,
+    /// A command of a session in a VM (QEMU engine).
+    VmSession,
     /// A warm VM of a shared pool.
     Warm,
     /// A warm VM of our own VMM.
@@ -177,6 +185,15 @@ impl Cmd {
                 sandkasten::Error::Setup(f) => f,
                 e => panic!("{e}"),
             })?),
+            #[cfg(feature = "vm")]
+            B::VmSession => Some(
+                Session::start_vm(self.policy.clone(), sandkasten::VmEngine::Qemu).map_err(
+                    |e| match e {
+                        sandkasten::Error::Setup(f) => f,
+                        e => panic!("{e}"),
+                    },
+                )?,
+            ),
             _ => None,
         };
         let mut cmd = match &session {
@@ -186,7 +203,7 @@ impl Cmd {
                 c.policy(self.policy.clone());
                 match self.b {
                     B::Namespace | B::Session => c.backend(Backend::Namespace),
-                    B::Vm => c.backend(Backend::Vm),
+                    B::Vm | B::VmSession => c.backend(Backend::Vm),
                     #[cfg(feature = "vm")]
                     B::Warm => c.vm_pool(pool(sandkasten::VmEngine::Qemu)),
                     #[cfg(feature = "vm")]
@@ -216,7 +233,13 @@ impl Cmd {
     fn output(&mut self) -> Result<Outcome, sandkasten::Error> {
         let (mut cmd, session) = match self.build() {
             Ok(b) => b,
-            Err(f) => return Ok(Outcome::setup_failed(f, BackendKind::Namespace)),
+            Err(f) => {
+                let kind = match self.b {
+                    B::Namespace | B::Session => BackendKind::Namespace,
+                    _ => BackendKind::Vm,
+                };
+                return Ok(Outcome::setup_failed(f, kind));
+            }
         };
         let o = cmd.output();
         if let Some(s) = session {

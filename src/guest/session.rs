@@ -179,6 +179,7 @@ impl Served {
         if let Some(w) = child.stdin.take() {
             lock(&self.inputs).insert(id, w);
         }
+        self.reply(&Reply::Started { id });
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let relays: Vec<_> = [(child.stdout.take(), 1u8), (child.stderr.take(), 2u8)]
             .into_iter()

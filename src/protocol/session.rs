@@ -64,6 +64,11 @@ pub enum Reply {
         /// [`Enforced`](crate::Enforced) as JSON.
         enforced: serde_json::Value,
     },
+    /// A command started: from now on its stdin frames reach it (the host sends none before).
+    Started {
+        /// The command.
+        id: u32,
+    },
     /// A command ended (or could not start): its verdict ([`Outcome::report_json`](crate::Outcome)), sent
     /// after the end frames of its stdout and stderr.
     Exited {

@@ -80,6 +80,8 @@ struct State {
 
 /// One command, as the readers see it.
 struct Slot {
+    /// The agent started it: its stdin frames may go.
+    started: bool,
     sinks: [Option<File>; 2],
     ended: [bool; 2],
     verdict: Option<serde_json::Value>,
@@ -194,7 +196,20 @@ impl From<VmError> for Boot {
 }
 
 fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
-    let (root, applied) = on_root(launch)?;
+    // A session has no program of its own: an image root's command is not looked for.
+    let no_program = crate::namespace::session::Serve {
+        control: -1,
+        listens: false,
+        wait_start: false,
+        held: Vec::new(),
+        status: -1,
+        detached: false,
+    };
+    let as_session = Launch {
+        serve: Some(&no_program),
+        ..*launch
+    };
+    let (root, applied) = on_root(&as_session)?;
     let on_root = applied.as_ref().map(|a| a.launch(launch));
     let launch = on_root.as_ref().unwrap_or(launch);
     let (spec, shares) = session_spec(launch, engine.share_fs())?;
@@ -375,6 +390,11 @@ fn read_control(port: UnixStream, s: &VmShared) {
         if let Some(reply) = parse::<Reply>(&line, REPLY_PREFIX) {
             s.update(|st| match reply {
                 Reply::Up { enforced } => st.up = Some(enforced),
+                Reply::Started { id } => {
+                    if let Some(slot) = st.commands.get_mut(&id) {
+                        slot.started = true;
+                    }
+                }
                 Reply::Exited { id, verdict } => {
                     if let Some(slot) = st.commands.get_mut(&id) {
                         slot.verdict = Some(verdict);
@@ -494,6 +514,7 @@ pub(crate) fn exec(shared: &Arc<VmShared>, launch: &Launch<'_>) -> Result<VmExec
         st.commands.insert(
             id,
             Slot {
+                started: false,
                 sinks: [Some(File::from(out)), Some(File::from(err))],
                 ended: [false; 2],
                 verdict: None,
@@ -532,6 +553,21 @@ pub(crate) fn exec(shared: &Arc<VmShared>, launch: &Launch<'_>) -> Result<VmExec
 /// The caller's stdin → frames of command `id`, then its end frame (at end of file, or once the command
 /// ended: `stop`).
 fn relay_stdin(source: OwnedFd, id: u32, s: &VmShared, stop: &AtomicBool) {
+    // Frames sent before the agent registered the command would be dropped there (the request and the
+    // frames travel on different ports): wait for it to start (or end, or the VM to go).
+    let started = |st: &State| {
+        st.commands
+            .get(&id)
+            .is_none_or(|c| c.started || c.verdict.is_some())
+    };
+    while !stop.load(Ordering::Acquire) && !s.wait_for(Duration::from_millis(100), started) {
+        if lock(&s.state).broken.is_some() {
+            return;
+        }
+    }
+    if !lock(&s.state).commands.get(&id).is_some_and(|c| c.started) {
+        return;
+    }
     let mut from = File::from(source);
     let mut buf = vec![0u8; MAX_FRAME];
     while !stop.load(Ordering::Acquire) {

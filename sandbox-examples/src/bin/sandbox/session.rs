@@ -410,6 +410,10 @@ fn wait_forwarding(
     let pidfd = pidfd_open(child.id()).ok();
     let tick = (limited || pidfd.is_none()).then_some(Duration::from_millis(100));
     loop {
+        // First: a command that ended before its pidfd was opened leaves no pidfd to wake this wait.
+        if let Some(o) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(o);
+        }
         let mut fds = vec![pollin(signals.fd.as_fd())];
         fds.extend(pidfd.as_ref().map(|p| pollin(p.as_fd())));
         poll(&mut fds, tick).map_err(|e| format!("poll: {e}"))?;
@@ -423,9 +427,6 @@ fn wait_forwarding(
         if fds.get(1).is_some_and(|f| f.revents != 0) {
             // It ended: the session's init reports its end right away.
             return child.wait().map_err(|e| e.to_string());
-        }
-        if let Some(o) = child.try_wait().map_err(|e| e.to_string())? {
-            return Ok(o);
         }
     }
 }
