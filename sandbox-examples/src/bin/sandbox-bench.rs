@@ -1,7 +1,7 @@
 //! `sandbox-bench`: spawn latency of our sandbox next to its peers, measured in the same run.
 //!
 //! ```text
-//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,throughput,vm,stdout,image,builtin] [--secs S] [--vm-runs N]
+//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,throughput,vm,stdout,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]
 //! ```
 //! Sections (all by default): `spawn` (below), `throughput` (2 concurrent spawners for S seconds, default 10:
 //! the library in-process versus bwrap), `vm` (cold `/bin/true` in the VM backend versus a bare QEMU boot of
@@ -9,7 +9,10 @@
 //! QEMU's memory beyond guest RAM; needs SANDBOX_KERNEL/SANDBOX_AGENT or the defaults), `stdout` (1 GiB
 //! through a namespace sandbox and 64 MiB through the VM, versus a plain pipe), `image` (importing a
 //! 3-layer image against `umoci unpack` and `tar -x` of its layers, and the disk use of 5 images sharing their
-//! base layers; needs umoci). Not by default: `builtin`
+//! base layers; needs umoci), `lifecycle` (a whole run and an exec into a live container, N times each, default
+//! 20: podman with runc against podman with our `sandbox-runtime`, the library's `Session::command` against a
+//! one-shot `Sandbox`, and `sandbox exec` against `sandbox run`; podman cases need root, podman and runc, and
+//! our runtime next to this binary or in SANDBOX_RUNTIME_BIN). Not by default: `builtin`
 //! (our VMM against QEMU -accel kvm with the same kernel and initramfs, cold and warm, and its memory beyond
 //! guest RAM; minutes per boot on PVM).
 //!
@@ -28,7 +31,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sandbox_examples::bench::{image, more, vm};
+use sandbox_examples::bench::{image, lifecycle, more, vm};
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{Policy, Sandbox, Status};
 
@@ -84,11 +87,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 200usize;
     let mut only: Option<Vec<String>> = None;
-    let mut sections: Vec<String> = ["spawn", "throughput", "vm", "stdout", "image"]
+    let mut sections: Vec<String> = ["spawn", "throughput", "vm", "stdout", "image", "lifecycle"]
         .map(String::from)
         .to_vec();
     let mut secs = 10u64;
     let mut vm_runs = 10usize;
+    let mut lifecycle_runs = 20usize;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -117,6 +121,13 @@ fn main() {
             }
             "--vm-runs" => {
                 vm_runs = args
+                    .get(i + 1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage());
+                i += 1;
+            }
+            "--lifecycle-runs" => {
+                lifecycle_runs = args
                     .get(i + 1)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| usage());
@@ -333,6 +344,11 @@ fn main() {
     if sections.iter().any(|s| s == "image") {
         image::import(&cli, 5);
     }
+    if sections.iter().any(|s| s == "lifecycle") {
+        let runtime = std::env::var_os("SANDBOX_RUNTIME_BIN")
+            .map_or_else(|| sibling("sandbox-runtime"), std::path::PathBuf::from);
+        lifecycle::lifecycle(lifecycle_runs, &cli, &runtime);
+    }
     let _ = std::io::stdout().flush();
 }
 
@@ -345,7 +361,7 @@ fn ms(d: Duration) -> f64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,throughput,vm,stdout,image,builtin] [--secs S] [--vm-runs N]"
+        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,throughput,vm,stdout,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]"
     );
     std::process::exit(2)
 }
