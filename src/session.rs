@@ -202,6 +202,33 @@ impl Session {
             Some((p, a)) => (p.as_os_str(), a),
             None => (OsStr::new(""), &[][..]),
         };
+        #[cfg(feature = "vm")]
+        if let Some(engine) = detach.vm {
+            let c = crate::vm::keeper::create(
+                &policy,
+                &detach.env,
+                detach.cwd.as_deref(),
+                &detach.program,
+                detach.wait_start,
+                engine,
+                &detach.socket,
+                &detach.status_file,
+                fds,
+            )
+            .map_err(Error::Setup)?;
+            drop(held);
+            return Ok(Detached {
+                pid: c.pid,
+                start_time: c.start_time,
+                socket: detach.socket,
+                status_file: detach.status_file,
+                cgroups: c.cgroups,
+                policy,
+                env: c.env,
+                cwd: c.cwd,
+                enforced: c.enforced,
+            });
+        }
         let launch = Launch {
             program,
             args,
@@ -483,6 +510,8 @@ pub struct Detach {
     cwd: Option<PathBuf>,
     wait_start: bool,
     stdio: [Stdio; 3],
+    #[cfg(feature = "vm")]
+    vm: Option<crate::VmEngine>,
 }
 
 impl Detach {
@@ -497,7 +526,18 @@ impl Detach {
             cwd: None,
             wait_start: false,
             stdio: [Stdio::Null, Stdio::Null, Stdio::Null],
+            #[cfg(feature = "vm")]
+            vm: None,
         }
+    }
+
+    /// The session runs in a VM on `engine`: a keeper process (the guest agent's binary in another role)
+    /// holds the VM and serves the socket, and outlives this process as a namespace session's init does.
+    /// Its commands' programs, arguments, variables and directories must be UTF-8.
+    #[cfg(feature = "vm")]
+    pub fn vm(mut self, engine: crate::VmEngine) -> Detach {
+        self.vm = Some(engine);
+        self
     }
 
     /// The session's own program (`argv`, program first; looked up in `PATH`); the session ends when it

@@ -98,3 +98,67 @@ fn a_vm_session_keeps_files_runs_commands_at_once_and_stops() {
     assert_eq!(v.status, Status::Exited(0), "{v:?}");
     assert_eq!(v.backend, BackendKind::Vm);
 }
+
+/// Reaps a process this test created; its wait status.
+fn reap(pid: u32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child; `status` is writable.
+    let r = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    assert_eq!(r, pid as i32, "the keeper is our child");
+    status
+}
+
+#[test]
+fn a_detached_vm_session_is_reached_through_its_socket_and_ends_with_its_program() {
+    use sandkasten::{Detach, DetachedState};
+    let dir = testkit::TempDir::new("vm-session-detached");
+    let out = dir.path().join("out");
+    let file = std::fs::File::create(&out).unwrap();
+    let d = Session::create(
+        Policy::default(),
+        Detach::new(dir.path().join("ctl.sock"), dir.path().join("status"))
+            .vm(VmEngine::Qemu)
+            .program(["/bin/sh", "-c", "echo main; exec sleep 1000"])
+            .wait_start()
+            .stdio(Stdio::Null, Stdio::Fd(file.into()), Stdio::Null),
+    )
+    .expect("a detached VM session");
+    assert_eq!(d.state(), DetachedState::Running);
+    let s = Session::attach(&d).unwrap();
+    // Before the program starts, commands run already (an OCI runtime's exec before start).
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "echo exec; echo more >&2; exit 5"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status, Status::Exited(5), "{o:?}");
+    assert_eq!(
+        (text(&o.stdout), text(&o.stderr)),
+        ("exec\n".into(), "more\n".into())
+    );
+    let missing = s.command("/no/such").output().unwrap();
+    assert!(
+        matches!(missing.status, Status::SetupFailed(_)),
+        "{missing:?}"
+    );
+    s.start_program().unwrap();
+    assert!(s.start_program().is_err(), "started once only");
+    // A second attach reaches the same session; a signal for the program ends it, and the session with it.
+    let again = Session::attach(&d).unwrap();
+    let o = again.command("cat").arg("/proc/1/comm").output().unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    again.signal(libc::SIGTERM).unwrap();
+    let status = reap(d.pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 128 + libc::SIGTERM,
+        "{status:#x}"
+    );
+    assert_eq!(
+        d.state(),
+        DetachedState::Ended(Status::Signaled(libc::SIGTERM))
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "main\n");
+    d.remove().unwrap();
+    assert!(!dir.path().join("ctl.sock").exists());
+}

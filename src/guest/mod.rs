@@ -174,6 +174,8 @@ pub fn main() -> ! {
         ["run", path] => host_run(Path::new(path)),
         // The same static binary is the builtin engine's VMM process on the host.
         ["vmm", config] => sandkasten_vmm::process::main(config),
+        // And the keeper of a VM session that outlives its creator (descriptors 3-6 from the creator).
+        ["keep-session"] => crate::vm::keeper::main(),
         ["--version"] => {
             println!("sandbox-init {VERSION}");
             std::process::exit(0)

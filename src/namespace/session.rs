@@ -135,6 +135,46 @@ pub(crate) fn create(
     status_file: &Path,
     wait_start: bool,
 ) -> Result<Created, SetupFailure> {
+    let (listener, status, made) = listen_at(socket_path, status_file)?;
+    let serve = Serve {
+        control: listener.as_raw_fd(),
+        listens: true,
+        wait_start,
+        held: Vec::new(),
+        status: status.as_raw_fd(),
+        detached: true,
+    };
+    let launch = Launch {
+        serve: Some(&serve),
+        ..*launch
+    };
+    let (mut started, env, cwd) = super::spawn_session(&launch)?;
+    let start_time = start_time(started.pid as u32).unwrap_or(0);
+    // The cgroup stays for the session (removed once it ended, by whoever removes the session).
+    let cgroups = started
+        .cgroup
+        .take()
+        .and_then(|c| std::sync::Arc::try_unwrap(c).ok())
+        .map(|c| c.keep())
+        .unwrap_or_default();
+    made.disarm();
+    Ok(Created {
+        pid: started.pid as u32,
+        start_time,
+        cgroups,
+        env,
+        cwd,
+        enforced: std::mem::take(&mut started.enforced),
+    })
+    // Dropping `started` closes this process's descriptors only: no death pipe, no reaping.
+}
+
+/// The listening socket of a session that outlives its creator (created at `socket_path`, mode 0600) and its
+/// status file (created, 0600); both removed again when the returned guard is dropped undisarmed.
+pub(crate) fn listen_at(
+    socket_path: &Path,
+    status_file: &Path,
+) -> Result<(OwnedFd, std::fs::File, Cleanup), SetupFailure> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io_err = |what: String, e: std::io::Error| {
         setup_error(Stage::Prepare, e.raw_os_error(), format!("{what}: {e}"))
@@ -176,44 +216,14 @@ pub(crate) fn create(
             )
         })?;
     let made = Cleanup([made.disarm(), vec![status_file.to_path_buf()]].concat());
-    let serve = Serve {
-        control: listener.as_raw_fd(),
-        listens: true,
-        wait_start,
-        held: Vec::new(),
-        status: status.as_raw_fd(),
-        detached: true,
-    };
-    let launch = Launch {
-        serve: Some(&serve),
-        ..*launch
-    };
-    let (mut started, env, cwd) = super::spawn_session(&launch)?;
-    let start_time = start_time(started.pid as u32).unwrap_or(0);
-    // The cgroup stays for the session (removed once it ended, by whoever removes the session).
-    let cgroups = started
-        .cgroup
-        .take()
-        .and_then(|c| std::sync::Arc::try_unwrap(c).ok())
-        .map(|c| c.keep())
-        .unwrap_or_default();
-    made.disarm();
-    Ok(Created {
-        pid: started.pid as u32,
-        start_time,
-        cgroups,
-        env,
-        cwd,
-        enforced: std::mem::take(&mut started.enforced),
-    })
-    // Dropping `started` closes this process's descriptors only: no death pipe, no reaping.
+    Ok((listener, status, made))
 }
 
 /// Paths removed on drop unless disarmed.
-struct Cleanup(Vec<PathBuf>);
+pub(crate) struct Cleanup(Vec<PathBuf>);
 
 impl Cleanup {
-    fn disarm(mut self) -> Vec<PathBuf> {
+    pub(crate) fn disarm(mut self) -> Vec<PathBuf> {
         std::mem::take(&mut self.0)
     }
 }
@@ -541,14 +551,8 @@ pub(crate) fn exec(
     })?;
     match words {
         Some([msg::STARTED, ns_pid, ..]) => {
-            let pidfd = pidfd.ok_or_else(|| {
-                setup_error(
-                    Stage::Init,
-                    None,
-                    "the session sent no pidfd for its command",
-                )
-            })?;
-            let pid = host_pid(&pidfd).unwrap_or(0);
+            // No pidfd: a VM session's keeper, whose commands run in the guest (signals go as requests).
+            let pid = pidfd.as_ref().and_then(host_pid).unwrap_or(0);
             Ok(ExecRun {
                 pid,
                 ns_pid,
@@ -647,9 +651,10 @@ fn host_pid(pidfd: &OwnedFd) -> Option<u32> {
 pub(crate) struct ExecRun {
     /// Its host pid (0 when this process cannot see it).
     pid: u32,
-    /// Its pid in the sandbox.
+    /// Its pid in the sandbox (a VM session's keeper: its number for the command).
     ns_pid: u32,
-    pidfd: OwnedFd,
+    /// None for a command of a VM session's keeper.
+    pidfd: Option<OwnedFd>,
     /// Where the session's init reports how it ended.
     reply: OwnedFd,
     /// Its peak resident memory in KiB, once reported.
@@ -680,12 +685,25 @@ impl Run for ExecRun {
         self.pid
     }
 
+    /// Without a pidfd (a VM session's command) the reply socket stands in; signals then go as requests.
     fn pidfd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+        self.pidfd.as_ref().unwrap_or(&self.reply).as_fd()
     }
 
     fn wait_fd(&self) -> BorrowedFd<'_> {
         self.reply.as_fd()
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), i32> {
+        match &self.pidfd {
+            Some(pidfd) => sys::pidfd_signal(pidfd, signal),
+            None => send(
+                &self.shared.control,
+                [msg::SIGNAL, signal as u32, 2, self.ns_pid],
+                &[],
+            )
+            .map_err(|e| e as i32),
+        }
     }
 
     fn ended(&mut self) -> bool {
@@ -783,7 +801,10 @@ impl Run for ExecRun {
             [msg::SIGNAL, libc::SIGKILL as u32, 2, self.ns_pid],
             &[],
         );
-        sys::pidfd_signal(&self.pidfd, libc::SIGKILL)
+        match &self.pidfd {
+            Some(pidfd) => sys::pidfd_signal(pidfd, libc::SIGKILL),
+            None => Ok(()),
+        }
     }
 
     fn abort(self: Box<Self>) {

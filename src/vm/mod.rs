@@ -20,6 +20,7 @@ pub(crate) mod engine;
 mod error;
 mod hypervisor;
 mod initramfs;
+pub(crate) mod keeper;
 mod launch;
 pub(crate) mod pool;
 mod qemu;

@@ -147,6 +147,11 @@ impl VmShared {
         self.request(&Request::Signal { id: 0, signal })
     }
 
+    /// Sends `signal` to command `id`'s process group.
+    pub(crate) fn signal(&self, id: u32, signal: i32) -> std::io::Result<()> {
+        self.request(&Request::Signal { id, signal })
+    }
+
     fn failure(&self, message: String) -> SetupFailure {
         let console = self.console.text();
         SetupFailure {
@@ -611,6 +616,24 @@ impl VmExecRun {
                 .commands
                 .get(&self.id)
                 .is_none_or(|c| c.verdict.is_some() && c.ended == [true; 2])
+    }
+
+    /// The session's number for this command.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Waits until the agent started the command (true) or reported that it could not (false).
+    pub(crate) fn wait_started(&self, limit: Duration) -> bool {
+        self.shared.wait_for(limit, |st| {
+            st.commands
+                .get(&self.id)
+                .is_none_or(|c| c.started || c.verdict.is_some())
+        });
+        lock(&self.shared.state)
+            .commands
+            .get(&self.id)
+            .is_some_and(|c| c.started)
     }
 
     fn end_relay(&mut self) {
