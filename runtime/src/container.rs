@@ -256,13 +256,6 @@ impl Runtime {
         for n in &t.notes {
             log.note(n);
         }
-        if t.vm {
-            return Err(RuntimeError::Unsupported(
-                "the VM backend (annotation run.oci.sandbox.backend=vm) does not run OCI containers yet: \
-                 remove the annotation to use the namespace backend"
-                    .into(),
-            ));
-        }
         if !t.hooks.create_container.is_empty() || !t.hooks.start_container.is_empty() {
             return Err(RuntimeError::Unsupported(
                 "hooks.createContainer and hooks.startContainer (run inside the container) are not supported; \
@@ -271,7 +264,13 @@ impl Runtime {
             ));
         }
         let mut policy = t.policy.clone();
-        if let Some(ns) = &t.netns_path {
+        if t.vm && t.netns_path.is_some() {
+            // A VM has its own kernel: the host's network namespace cannot be joined from inside it.
+            log.note(
+                "the VM backend does not join linux.namespaces' network path: the container has the \
+                 network its policy gives it inside the VM (loopback only)",
+            );
+        } else if let Some(ns) = &t.netns_path {
             // Joined before the sandbox is made: its processes stay in this network namespace (a new user
             // namespace could not join one the host owns).
             join_netns(ns)?;
@@ -320,6 +319,9 @@ impl Runtime {
             .current_dir(&t.process.cwd)
             .wait_start()
             .stdio(i, out, err);
+        if t.vm {
+            detach = detach.vm(sandkasten::VmEngine::Auto);
+        }
         for (k, v) in &t.process.env {
             detach = detach.env(k, v);
         }

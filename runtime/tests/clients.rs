@@ -1,5 +1,6 @@
 //! Real clients drive the runtime: podman (`--runtime`) and containerd (`ctr run --runc-binary`), on an
-//! image this test builds from busybox and loads from a local archive. Root only (both keep their state in
+//! image this test builds from busybox and loads from a local archive, on the namespace backend and on the VM
+//! backend (the annotation `run.oci.sandbox.backend=vm`: QEMU here). Root only (both keep their state in
 //! system directories); as another user these tests say SKIPPED.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,28 @@ use testkit::TempDir;
 
 fn runtime() -> PathBuf {
     testkit::binary("SANDBOX_RUNTIME_BIN", env!("CARGO_BIN_EXE_sandbox-runtime"))
+}
+
+/// The runtime for a client: for the VM backend a copy next to the guest agent (`SANDBOX_AGENT`), where the
+/// runtime finds it whatever environment the client gives it (podman passes none of ours).
+fn staged(vm: bool, dir: &TempDir) -> PathBuf {
+    if !vm {
+        return runtime();
+    }
+    let agent = std::env::var_os("SANDBOX_AGENT").expect("SANDBOX_AGENT: the static guest agent");
+    let rt = dir.join("bin/sandbox-runtime");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy(runtime(), &rt).unwrap();
+    std::fs::copy(agent, dir.join("bin/sandbox-init")).unwrap();
+    rt
+}
+
+/// The annotation that selects the VM backend, as podman and ctr take it.
+const VM: [&str; 2] = ["--annotation", "run.oci.sandbox.backend=vm"];
+
+/// The backend's extra arguments for `run`.
+fn backend(vm: bool) -> &'static [&'static str] {
+    if vm { &VM } else { &[] }
 }
 
 /// podman asks for rlimits above this machine's hard limits without these (runc fails the same way).
@@ -64,6 +87,7 @@ fn rootfs_tar(dir: &TempDir) -> PathBuf {
 struct PodmanImage {
     name: String,
     containers: Vec<String>,
+    runtime: PathBuf,
 }
 
 impl PodmanImage {
@@ -79,12 +103,13 @@ impl PodmanImage {
         PodmanImage {
             name,
             containers: Vec::new(),
+            runtime: runtime(),
         }
     }
 
     fn podman(&self) -> Command {
         let mut c = Command::new("podman");
-        c.arg("--runtime").arg(runtime());
+        c.arg("--runtime").arg(&self.runtime);
         c
     }
 }
@@ -100,14 +125,25 @@ impl Drop for PodmanImage {
 
 #[test]
 fn podman_runs_execs_stops_and_removes() {
+    podman_flow(false);
+}
+
+#[test]
+fn podman_runs_execs_stops_and_removes_in_a_vm() {
+    podman_flow(true);
+}
+
+fn podman_flow(vm: bool) {
     if !root_or_skip("podman") {
         return;
     }
     let dir = TempDir::new("podman");
-    let mut img = PodmanImage::new(&dir, "podman");
+    let mut img = PodmanImage::new(&dir, if vm { "podman-vm" } else { "podman" });
+    img.runtime = staged(vm, &dir);
     let out = ok(img
         .podman()
         .args(["run", "--rm"])
+        .args(backend(vm))
         .args(ULIMITS)
         .arg(&img.name)
         .args([
@@ -117,11 +153,12 @@ fn podman_runs_execs_stops_and_removes() {
         ]));
     assert_eq!(out, "hello from 0\nx\n");
 
-    let name = format!("sandbox-runtime-test-{}", std::process::id());
+    let name = format!("sandbox-runtime-test-{}-{vm}", std::process::id());
     img.containers.push(name.clone());
     ok(img
         .podman()
         .args(["run", "-d", "--name", &name])
+        .args(backend(vm))
         .args(ULIMITS)
         .arg(&img.name)
         .args(["sh", "-c", "echo up > /tmp/state; exec sleep 1000"]));
@@ -166,6 +203,8 @@ fn podman_runs_execs_stops_and_removes() {
 struct Containerd {
     dir: TempDir,
     daemon: std::process::Child,
+    /// The test's container ids: their runtime state is removed at the end.
+    ids: Vec<String>,
 }
 
 impl Containerd {
@@ -187,7 +226,11 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .unwrap();
-        let c = Containerd { dir, daemon };
+        let c = Containerd {
+            dir,
+            daemon,
+            ids: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.dir.join("sock").exists() {
             assert!(
@@ -236,62 +279,94 @@ impl Drop for Containerd {
         for m in mounts {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
+        for id in &self.ids {
+            let _ = Command::new(runtime())
+                .args([
+                    "--root",
+                    "/run/containerd/runc/default",
+                    "delete",
+                    "--force",
+                    id,
+                ])
+                .output();
+        }
     }
 }
 
 #[test]
 fn containerd_runs_with_the_runtime_as_its_runc() {
+    containerd_flow(false);
+}
+
+#[test]
+fn containerd_runs_with_the_runtime_as_its_runc_in_a_vm() {
+    containerd_flow(true);
+}
+
+fn containerd_flow(vm: bool) {
     if !root_or_skip("containerd") {
         return;
     }
     let dir = TempDir::new("ctr-image");
-    let img = PodmanImage::new(&dir, "ctr");
+    let img = PodmanImage::new(&dir, if vm { "ctr-vm" } else { "ctr" });
     let archive = dir.join("image.tar");
     ok(Command::new("podman")
         .args(["save", "-o"])
         .arg(&archive)
         .arg(&img.name));
-    let c = Containerd::start();
+    let mut c = Containerd::start();
+    // Unique names: the runtime keeps its state under containerd's runc root in /run, shared with any other
+    // containerd of this host (removed with the daemon's other leftovers).
+    let (one, two) = (
+        format!("one-{}-{vm}", std::process::id()),
+        format!("two-{}-{vm}", std::process::id()),
+    );
+    c.ids = vec![one.clone(), two.clone()];
     ok(c.ctr().args(["images", "import"]).arg(&archive));
-    let rt = runtime();
+    let rt = staged(vm, &dir);
     let out = ok(c
         .ctr()
         .args(["run", "--rm", "--runc-binary"])
         .arg(&rt)
+        .args(backend(vm))
         .args([
             &img.name,
-            "one",
+            &one,
             "sh",
             "-c",
             "echo hello as $(id -u); exit 0",
         ]));
     assert_eq!(out, "hello as 0\n", "{}", c.log());
     // A task in the background, a process exec'd into it, then killed and removed.
-    ok(c.ctr().args(["run", "-d", "--runc-binary"]).arg(&rt).args([
-        &img.name,
-        "two",
-        "sh",
-        "-c",
-        "echo bg > /tmp/bg; exec sleep 1000",
-    ]));
+    ok(c.ctr()
+        .args(["run", "-d", "--runc-binary"])
+        .arg(&rt)
+        .args(backend(vm))
+        .args([
+            &img.name,
+            &two,
+            "sh",
+            "-c",
+            "echo bg > /tmp/bg; exec sleep 1000",
+        ]));
     let deadline = Instant::now() + Duration::from_secs(20);
     let seen = loop {
         let o = run(c
             .ctr()
-            .args(["task", "exec", "--exec-id", "look", "two", "cat", "/tmp/bg"]));
+            .args(["task", "exec", "--exec-id", "look", &two, "cat", "/tmp/bg"]));
         if o.status.success() || Instant::now() > deadline {
             break o;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(testkit::text(&seen.stdout), "bg\n", "{seen:?} {}", c.log());
-    ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "two"]));
+    ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", &two]));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ok(c.ctr().args(["task", "ls"])).contains("STOPPED") {
         assert!(Instant::now() < deadline, "{}", c.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    ok(c.ctr().args(["task", "delete", "two"]));
-    ok(c.ctr().args(["container", "rm", "two"]));
-    assert!(!ok(c.ctr().args(["task", "ls"])).contains("two"));
+    ok(c.ctr().args(["task", "delete", &two]));
+    ok(c.ctr().args(["container", "rm", &two]));
+    assert!(!ok(c.ctr().args(["task", "ls"])).contains(&two));
 }

@@ -225,6 +225,7 @@ fn boot_and_run(
     mounts::leave_rootfs()?;
     let mounted = mounts::mount_system();
     mounts::ensure_stdio();
+    raise_limits();
     info.warnings = mounted?;
     info.uptime_start_ms = uptime_ms();
     say(&format!(
@@ -326,6 +327,30 @@ fn boot_and_run(
         run_info.uptime_start_ms = started;
         run_info.uptime_end_ms = uptime_ms();
         verdict::send(&verdict_json(&outcome, &run_info));
+    }
+}
+
+/// Raises the hard limits on processes and open files that every process of the guest inherits. The kernel
+/// derives the process limit from the guest's small RAM (below a thousand in 256 MiB), and a sandbox cannot
+/// raise a hard limit inside its user namespace: a policy asking for `nproc = 1024` (what podman asks for)
+/// would fail where the host allows it. The sandbox's own limits are set from the policy, as on a host.
+fn raise_limits() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    for (resource, hard) in [
+        (Resource::RLIMIT_NPROC, libc::RLIM_INFINITY),
+        (Resource::RLIMIT_NOFILE, nr_open),
+    ] {
+        if let Ok((soft, _)) = getrlimit(resource)
+            && let Err(e) = setrlimit(resource, soft, hard)
+        {
+            say(&format!(
+                "sandbox-init: raising the {resource:?} hard limit: {e}"
+            ));
+        }
     }
 }
 

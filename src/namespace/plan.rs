@@ -126,6 +126,8 @@ pub struct Planner {
     pub(super) trees: Vec<Tree>,
     /// The root is a filesystem of the policy's own, writable: not frozen read-only at the end.
     pub(super) own_root: bool,
+    /// Binds are id-mapped trees the host sends ([`Policy`]'s `idmap_binds`, a root caller).
+    pub(super) idmap_binds: bool,
 }
 
 impl Planner {
@@ -142,6 +144,7 @@ impl Planner {
             bounded: Vec::new(),
             trees: Vec::new(),
             own_root: false,
+            idmap_binds: false,
         }
     }
 
@@ -280,8 +283,6 @@ impl Planner {
         let kind = if real.is_dir() { Kind::Dir } else { Kind::File };
         let dst = self.resolve(dst);
         self.mountpoint(&dst, kind)?;
-        let target = cstr(Self::new_path(&dst))?;
-        self.sources.push(cstr(&real)?);
         // Landlock rules follow the bind inside the sandbox, by the mounted inode: a rule on the host path
         // would miss file systems that give each lookup a new inode (9p without a cache, in the VM's guest).
         self.inside.push((
@@ -292,18 +293,17 @@ impl Planner {
                 Inside::Read
             },
         ));
-        self.push(
-            Stage::Mounts,
-            Op::BindSource {
-                source: self.sources.len() - 1,
-                dst: target.clone(),
-            },
-        );
         let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
         if !writable {
             attrs |= MOUNT_ATTR_RDONLY;
         }
-        self.set_attr(target, attrs, true);
+        let staged = Self::new_path(&dst);
+        self.attach(
+            &real,
+            staged.to_str().unwrap_or("/"),
+            self.idmap_binds,
+            attrs,
+        )?;
         let cover = if kind == Kind::Dir {
             Cover::Host(real)
         } else {
@@ -435,6 +435,7 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
 /// [`plan`], with the policy's root filesystem resolved (`root`, when the policy has one).
 pub(crate) fn plan_with_root(policy: &Policy, root: Option<&Root>) -> Result<Plan, PlanError> {
     let mut p = Planner::new(policy.uid, policy.gid);
+    p.idmap_binds = policy.idmap_binds && nix::unistd::geteuid().is_root();
     // Private propagation: nothing we mount leaks to the host, nothing the host mounts appears here.
     p.mount(None, lit("/"), None, libc::MS_REC | libc::MS_PRIVATE, None);
     // A staging root whose /oldroot is the host root and /newroot the root being built.

@@ -654,7 +654,7 @@ impl Planner {
 
     /// Mounts the host directory `src` at the staging path `dst`: an id-mapped tree the host sends (a root
     /// caller), or a bind of a source the child opens with the caller's credentials.
-    fn attach(
+    pub(super) fn attach(
         &mut self,
         src: &Path,
         dst: &str,

@@ -248,6 +248,9 @@ fn view(vmm: &Invocation) -> (Policy, &std::ffi::OsStr) {
         // One id: the VMM needs no other user, and keeps the id its device access was checked for.
         .ids(IdMapping::Single);
     policy.system = vmm.system_view;
+    // A root caller's shares (an OCI runtime's container files, say) may sit in directories only root can
+    // read: the VMM, never root itself, sees them as its own through id-mapped binds.
+    policy.idmap_binds = true;
     let program = match vmm.program_at {
         Some(at) => {
             policy = policy.ro_bind(&vmm.program, at);
