@@ -61,7 +61,7 @@ pub enum Request {
 pub enum Reply {
     /// The session is up; what it enforces.
     Up {
-        /// [`Enforced`](crate::Enforced) as JSON.
+        /// [`Enforced`](crate::outcome::Enforced) as JSON.
         enforced: serde_json::Value,
     },
     /// A command started: from now on its stdin frames reach it (the host sends none before).
