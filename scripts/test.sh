@@ -87,6 +87,9 @@ cargo test --workspace
 say "the namespace backend alone (without the vm feature): unit, conformance, namespace, network and security tests"
 cargo test -p sandkasten --no-default-features --lib --test conformance --test namespace --test network --test security
 
+# The escape probes through exec: each probe a command of a fresh session with its policy (a few seconds).
+say "escape probes through exec (session commands)"
+SANDBOX_TEST_BACKEND=session cargo test --test escape
 # The escape probes again, each in a VM (QEMU engine): about 2.5 minutes.
 say "escape probes on the VM backend"
 SANDBOX_TEST_BACKEND=vm cargo test --test escape

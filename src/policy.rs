@@ -324,11 +324,11 @@ pub struct Policy {
     /// Extra host device nodes shown in the sandbox's `/dev` (e.g. `/dev/kvm`); character devices only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<PathBuf>,
-    /// The VMM's own view (a root caller's): binds are id-mapped trees through the sandbox's user namespace, so
-    /// the unprivileged VMM can open the shares a root caller gives it (files owned by host root appear as
-    /// its own). Never set by users: not part of the policy's serde form.
+    /// The VMM's own view (a root caller's): the bind sources (canonical host paths) that are id-mapped
+    /// trees through the sandbox's user namespace, so that the unprivileged VMM can open shares only root
+    /// can reach (files of host root appear as its own). Never set by users: not part of the serde form.
     #[serde(skip)]
-    pub(crate) idmap_binds: bool,
+    pub(crate) idmap_binds: Vec<std::path::PathBuf>,
 }
 
 /// A root filesystem of the sandbox's own: a host directory (`dir`, as `bwrap --bind DIR /`) or an image of
@@ -605,7 +605,7 @@ impl Default for Policy {
             audit_denials: true,
             landlock: Landlock::default(),
             devices: Vec::new(),
-            idmap_binds: false,
+            idmap_binds: Vec::new(),
         }
     }
 }

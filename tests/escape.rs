@@ -112,6 +112,8 @@ struct Ctx {
     identity: OnceLock<Result<PathBuf, String>>,
     vectors: OnceLock<Result<PathBuf, String>>,
     scratch: TempDir,
+    /// `SANDBOX_TEST_BACKEND=session`: the sessions whose commands the probes are (alive until the end).
+    sessions: Mutex<Vec<sandkasten::Session>>,
 }
 
 impl Ctx {
@@ -137,14 +139,35 @@ impl Ctx {
             identity: OnceLock::new(),
             vectors: OnceLock::new(),
             scratch: TempDir::new("escape-bin"),
+            sessions: Mutex::default(),
         }
     }
 
     fn sandbox(&self, program: &str, args: &[&str], policy: Policy) -> Sandbox {
-        let mut s = Sandbox::new(program);
-        common::on(&mut s)
-            .args(args)
-            .policy(policy.timeout(probe_timeout()));
+        let policy = policy.timeout(probe_timeout());
+        let mut s = if common::in_sessions() {
+            // The probe runs through exec: a command of a fresh session with its policy (a fork of the
+            // session's init), kept alive while the probe may run.
+            // A session that cannot start (a planted bind, say) fails as the one-shot run would: that run
+            // reports it.
+            match sandkasten::Session::start(policy.clone()) {
+                Ok(session) => {
+                    let cmd = session.command(program);
+                    self.sessions.lock().unwrap().push(session);
+                    cmd
+                }
+                Err(_) => {
+                    let mut s = Sandbox::new(program);
+                    s.backend(sandkasten::Backend::Namespace).policy(policy);
+                    s
+                }
+            }
+        } else {
+            let mut s = Sandbox::new(program);
+            common::on(&mut s).policy(policy);
+            s
+        };
+        s.args(args);
         for (k, v) in &self.host_ns {
             s.env(k, v);
         }

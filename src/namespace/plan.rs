@@ -126,8 +126,8 @@ pub struct Planner {
     pub(super) trees: Vec<Tree>,
     /// The root is a filesystem of the policy's own, writable: not frozen read-only at the end.
     pub(super) own_root: bool,
-    /// Binds are id-mapped trees the host sends ([`Policy`]'s `idmap_binds`, a root caller).
-    pub(super) idmap_binds: bool,
+    /// Bind sources that are id-mapped trees the host sends ([`Policy`]'s `idmap_binds`, a root caller).
+    pub(super) idmap_binds: Vec<PathBuf>,
 }
 
 impl Planner {
@@ -144,7 +144,7 @@ impl Planner {
             bounded: Vec::new(),
             trees: Vec::new(),
             own_root: false,
-            idmap_binds: false,
+            idmap_binds: Vec::new(),
         }
     }
 
@@ -301,7 +301,7 @@ impl Planner {
         self.attach(
             &real,
             staged.to_str().unwrap_or("/"),
-            self.idmap_binds,
+            self.idmap_binds.contains(&real),
             attrs,
         )?;
         let cover = if kind == Kind::Dir {
@@ -435,7 +435,9 @@ pub fn plan(policy: &Policy) -> Result<Plan, PlanError> {
 /// [`plan`], with the policy's root filesystem resolved (`root`, when the policy has one).
 pub(crate) fn plan_with_root(policy: &Policy, root: Option<&Root>) -> Result<Plan, PlanError> {
     let mut p = Planner::new(policy.uid, policy.gid);
-    p.idmap_binds = policy.idmap_binds && nix::unistd::geteuid().is_root();
+    if nix::unistd::geteuid().is_root() {
+        p.idmap_binds = policy.idmap_binds.clone();
+    }
     // Private propagation: nothing we mount leaks to the host, nothing the host mounts appears here.
     p.mount(None, lit("/"), None, libc::MS_REC | libc::MS_PRIVATE, None);
     // A staging root whose /oldroot is the host root and /newroot the root being built.

@@ -193,6 +193,8 @@ struct Keeper {
     program_cwd: Option<PathBuf>,
     status: Mutex<File>,
     started: Instant,
+    /// Set by the first of the ends (the program's, a STOP, the VM's): the others wait for the exit.
+    ending: std::sync::atomic::AtomicBool,
 }
 
 /// The keeper's entry point (`sandbox-init keep-session`).
@@ -272,6 +274,7 @@ pub(crate) fn main() -> ! {
         program_cwd: cfg.cwd.clone(),
         status: Mutex::new(status),
         started: Instant::now(),
+        ending: std::sync::atomic::AtomicBool::new(false),
     });
     if !cfg.program.is_empty()
         && !cfg.wait_start
@@ -398,6 +401,17 @@ impl Keeper {
 
     /// Ends the session: its VM stopped, `raw` (a wait status) in the status file, the keeper's exit.
     fn end(&self, raw: i32) -> ! {
+        if self.ending.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // Another end is under way: its status and exit code are the session's.
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+        self.finish(raw)
+    }
+
+    /// [`Keeper::end`] for the one caller that set `ending`.
+    fn finish(&self, raw: i32) -> ! {
         let vm = lock(&self.vm).take();
         if let Some(vm) = vm {
             let _ = vm.stop(Duration::ZERO, self.started.elapsed());
@@ -526,6 +540,9 @@ impl Keeper {
                     };
                 }
                 [msg::STOP, grace_ms, ..] => {
+                    if self.ending.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        continue;
+                    }
                     let vm = lock(&self.vm).take();
                     if let Some(vm) = vm {
                         let _ = vm.stop(
@@ -533,7 +550,7 @@ impl Keeper {
                             self.started.elapsed(),
                         );
                     }
-                    self.end(0);
+                    self.finish(0);
                 }
                 _ => {}
             }

@@ -248,9 +248,6 @@ fn view(vmm: &Invocation) -> (Policy, &std::ffi::OsStr) {
         // One id: the VMM needs no other user, and keeps the id its device access was checked for.
         .ids(IdMapping::Single);
     policy.system = vmm.system_view;
-    // A root caller's shares (an OCI runtime's container files, say) may sit in directories only root can
-    // read: the VMM, never root itself, sees them as its own through id-mapped binds.
-    policy.idmap_binds = true;
     let program = match vmm.program_at {
         Some(at) => {
             policy = policy.ro_bind(&vmm.program, at);
@@ -264,6 +261,14 @@ fn view(vmm: &Invocation) -> (Policy, &std::ffi::OsStr) {
         if vmm.system_view && in_system {
             continue; // already in the system view
         }
+        // A root caller's share that only root can reach (an OCI runtime's container files, say): the VMM,
+        // never root itself, sees it as its own through an id-mapped bind. Shares others can read keep their
+        // owners (an image's files owned by its users stay theirs in the guest).
+        if !world_reachable(&s.path) {
+            policy
+                .idmap_binds
+                .push(std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone()));
+        }
         policy = if s.readonly {
             policy.ro_bind(&s.path, &s.path)
         } else {
@@ -274,6 +279,17 @@ fn view(vmm: &Invocation) -> (Policy, &std::ffi::OsStr) {
         policy.devices.push("/dev/kvm".into());
     }
     (policy, program)
+}
+
+/// Whether a user without any relation to `path` can open it: readable (and, for a directory, searchable)
+/// by others. Its parents do not matter: the VMM's view binds it at its path under directories of ours.
+fn world_reachable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => m.permissions().mode() & 0o005 == 0o005,
+        Ok(m) => m.permissions().mode() & 0o004 != 0,
+        Err(_) => false,
+    }
 }
 
 /// The VMM as a plain child: its descriptors in place (at most 12), `no_new_privs`, our default seccomp

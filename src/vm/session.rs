@@ -421,15 +421,21 @@ fn read_outputs(mut port: UnixStream, s: &VmShared) {
     loop {
         match mux::read(&mut port, &mut buf) {
             Ok(mux::Frame::Data { id, stream, len }) if stream > 0 => {
-                let mut st = lock(&s.state);
-                if let Some(slot) = st.commands.get_mut(&id) {
-                    let sink = &mut slot.sinks[stream as usize - 1];
-                    // A reader that went away loses the rest of this command's output, nothing more.
-                    if let Some(f) = sink
-                        && f.write_all(&buf[..len]).is_err()
-                    {
-                        *sink = None;
-                    }
+                let i = stream as usize - 1;
+                // Written without the state's lock: a caller slow to read its pipe holds up this port's
+                // frames (one port carries every command's output), never the other commands' verdicts,
+                // kills or timeouts.
+                let sink = lock(&s.state)
+                    .commands
+                    .get_mut(&id)
+                    .and_then(|slot| slot.sinks[i].take());
+                // A reader that went away loses the rest of this command's output, nothing more.
+                if let Some(mut f) = sink
+                    && f.write_all(&buf[..len]).is_ok()
+                    && let Some(slot) = lock(&s.state).commands.get_mut(&id)
+                    && !slot.ended[i]
+                {
+                    slot.sinks[i] = Some(f);
                 }
             }
             Ok(mux::Frame::End { id, stream }) if stream > 0 => s.update(|st| {

@@ -20,18 +20,27 @@ pub fn host_mounts() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
 }
 
-/// The backend under test: `SANDBOX_TEST_BACKEND` (namespace, vm, builtin or auto), namespace by default.
+/// The backend under test: `SANDBOX_TEST_BACKEND` (namespace, vm, builtin or auto; `session`: the namespace
+/// backend, each run a command of a session where a test supports it), namespace by default.
 /// `builtin` is the VM backend on our own VMM, one warm VM serving every run ([`on`]).
 pub fn backend() -> sandkasten::Backend {
     use sandkasten::Backend;
     match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
-        Err(_) | Ok("") | Ok("namespace") => Backend::Namespace,
+        Err(_) | Ok("") | Ok("namespace") | Ok("session") => Backend::Namespace,
         Ok("vm") | Ok("builtin") | Ok("pool") => Backend::Vm,
         Ok("auto") => Backend::Auto,
         Ok(other) => {
-            panic!("SANDBOX_TEST_BACKEND={other:?}: use namespace, vm, pool, builtin or auto")
+            panic!(
+                "SANDBOX_TEST_BACKEND={other:?}: use namespace, session, vm, pool, builtin or auto"
+            )
         }
     }
+}
+
+/// Whether runs are commands of sessions (`SANDBOX_TEST_BACKEND=session`).
+#[allow(dead_code)]
+pub fn in_sessions() -> bool {
+    std::env::var("SANDBOX_TEST_BACKEND").as_deref() == Ok("session")
 }
 
 /// Whether the backend under test is our own VMM (`SANDBOX_TEST_BACKEND=builtin`).

@@ -50,7 +50,7 @@ pub struct ServeSpec {
 }
 
 /// Distinct system calls counted per exec (more are counted in the session's verdict only).
-const EXEC_DENIALS: usize = 16;
+const EXEC_DENIALS: usize = 64;
 
 /// One running exec: its pid, the socket its verdict goes to, and the calls its process session was denied.
 #[derive(Clone, Copy)]
