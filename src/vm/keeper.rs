@@ -616,3 +616,34 @@ fn parse_exec(body: &[u8], ncand: u32, nargs: u32, nenv: u32) -> Option<ExecRequ
         .collect();
     Some((cwd, argv, env))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_requests_parse_and_malformed_ones_are_refused() {
+        let body = b"/work\0/usr/bin/sh\0sh\0-c\0echo hi\0A=1\0B=x=y\0";
+        let (cwd, argv, env) = parse_exec(body, 1, 3, 2).expect("a well-formed request");
+        assert_eq!(cwd, Path::new("/work"));
+        assert_eq!(argv, ["sh", "-c", "echo hi"]);
+        assert_eq!(env, [("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        // Fewer strings than announced, no argv, absurd counts: refused, never a panic.
+        assert!(parse_exec(body, 1, 3, 9).is_none());
+        assert!(parse_exec(b"/\0", 0, 0, 0).is_none());
+        assert!(parse_exec(body, u32::MAX, u32::MAX, u32::MAX).is_none());
+        assert!(parse_exec(b"", 0, 1, 0).is_none());
+        // A variable without `=` is skipped.
+        let (_, _, env) = parse_exec(b"/\0true\0NOEQ\0", 0, 1, 1).unwrap();
+        assert!(env.is_empty());
+    }
+
+    #[test]
+    fn verdicts_become_the_wait_status_the_protocol_carries() {
+        assert_eq!(raw_status(&Status::Exited(7)), 7 << 8);
+        assert_eq!(raw_status(&Status::Signaled(libc::SIGTERM)), libc::SIGTERM);
+        assert_eq!(raw_status(&Status::OomKilled), libc::SIGKILL);
+        let raw = raw_status(&Status::Exited(300));
+        assert!(libc::WIFEXITED(raw) && libc::WEXITSTATUS(raw) == 300 & 0xff);
+    }
+}
