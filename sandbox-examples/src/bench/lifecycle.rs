@@ -232,26 +232,56 @@ impl Drop for Podman {
         for (runtime, name) in &self.live {
             let _ = quiet(self.cmd(runtime).args(["rm", "-f", "-t", "0", name]));
         }
-        // What podman left mounted beneath its storage (its overlay home, a container's shm), deepest first.
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&self.dir))
-            .collect();
-        mounts.reverse();
-        for m in mounts {
-            let _ = quiet(Command::new("umount").args(["-l", m]));
+        // conmon starts `podman container cleanup` after a container ends, which mounts the storage again:
+        // wait (a few seconds at most) for every process naming this storage to end.
+        let marker = self.dir.to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while users_of(&marker) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
+        let mut last = None;
+        for _ in 0..5 {
+            // What podman left mounted beneath its storage (its overlay home, a container's shm), deepest
+            // first.
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let mut mounts: Vec<&str> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| Path::new(m).starts_with(&self.dir))
+                .collect();
+            mounts.reverse();
+            for m in mounts {
+                let _ = quiet(Command::new("umount").args(["-l", m]));
+            }
+            match std::fs::remove_dir_all(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => last = Some(e),
+                _ => return,
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        if let Some(e) = last {
             println!(
                 "podman's temp storage {} not removed: {e}",
                 self.dir.display()
             );
         }
     }
+}
+
+/// Whether a process other than this one has `marker` in its command line.
+fn users_of(marker: &str) -> bool {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.bytes().all(|b| b.is_ascii_digit())
+            && name != me
+            && std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+    })
 }
 
 /// Cases 1 and 2: podman's run and exec with runc and with ours.
@@ -372,6 +402,39 @@ fn library(runs: usize) {
                 exited_0(
                     "Sandbox::status",
                     Sandbox::new("true").backend(Backend::Namespace).status(),
+                )
+            }),
+        )),
+    );
+    let _ = session.stop(Duration::from_secs(1));
+    vm_library(runs);
+}
+
+/// Case 3 in a VM (QEMU engine): a command of a live VM session against a one-shot VM run (a boot each).
+fn vm_library(runs: usize) {
+    let name = "lib: VM Session::command(\"true\") (qemu)";
+    let session = match Session::start_vm(Policy::default(), sandkasten::VmEngine::Qemu) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{name:<40} skipped: Session::start_vm: {e}");
+            return;
+        }
+    };
+    pair(
+        runs,
+        (
+            name,
+            Box::new(|| exited_0("VM Session::command", session.command("true").status())),
+        ),
+        Some((
+            "lib: VM Sandbox::new(\"true\") (qemu, cold)",
+            Box::new(|| {
+                exited_0(
+                    "VM Sandbox::status",
+                    Sandbox::new("true")
+                        .backend(Backend::Vm)
+                        .vm_engine(sandkasten::VmEngine::Qemu)
+                        .status(),
                 )
             }),
         )),
