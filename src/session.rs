@@ -74,6 +74,17 @@ impl Session {
         env: &[(OsString, OsString)],
         cwd: Option<&Path>,
     ) -> Result<Session, Error> {
+        Session::start_local(policy, env, cwd, false)
+    }
+
+    /// A session of this process on the namespace backend; `guest`: the guest agent's (the guest's full id
+    /// range, as its one-shot runs have).
+    fn start_local(
+        policy: Policy,
+        env: &[(OsString, OsString)],
+        cwd: Option<&Path>,
+        guest: bool,
+    ) -> Result<Session, Error> {
         policy.validate()?;
         let launch = Launch {
             program: OsStr::new(""),
@@ -83,7 +94,7 @@ impl Session {
             policy: &policy,
             stdio: [-1; 3],
             extra_fds: &[],
-            guest: false,
+            guest,
             serve: None,
         };
         let inner = session::start(&launch).map_err(Error::Setup)?;
@@ -140,24 +151,7 @@ impl Session {
         env: &[(OsString, OsString)],
         cwd: Option<&Path>,
     ) -> Result<Session, Error> {
-        policy.validate()?;
-        let launch = Launch {
-            program: OsStr::new(""),
-            args: &[],
-            env,
-            cwd,
-            policy: &policy,
-            stdio: [-1; 3],
-            extra_fds: &[],
-            guest: std::process::id() == 1,
-            serve: None,
-        };
-        let inner = session::start(&launch).map_err(Error::Setup)?;
-        Ok(Session {
-            init: Init::Local(Box::new(inner)),
-            policy,
-            started: Instant::now(),
-        })
+        Session::start_local(policy, env, cwd, std::process::id() == 1)
     }
 
     /// Starts a session that outlives this process (what `sandbox create` and an OCI runtime's `create`

@@ -37,15 +37,8 @@ pub enum Frame {
 /// Reads one frame into `buf` (which must hold [`MAX_FRAME`] bytes).
 pub fn read_frame(from: &mut impl Read, buf: &mut [u8]) -> io::Result<Frame> {
     let mut head = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match from.read(&mut head[got..]) {
-            Ok(0) if got == 0 => return Ok(Frame::Closed),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    if !read_head(from, &mut head)? {
+        return Ok(Frame::Closed);
     }
     let len = u32::from_le_bytes(head) as usize;
     if len == 0 {
@@ -59,6 +52,22 @@ pub fn read_frame(from: &mut impl Read, buf: &mut [u8]) -> io::Result<Frame> {
     }
     from.read_exact(&mut buf[..len])?;
     Ok(Frame::Data(len))
+}
+
+/// Fills `head` (a frame's header); `false` when the stream ended before its first byte, an error when it
+/// ended inside it.
+pub(crate) fn read_head(from: &mut impl Read, head: &mut [u8]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < head.len() {
+        match from.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

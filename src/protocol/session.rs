@@ -165,15 +165,8 @@ pub mod mux {
     /// above 2 is refused (a hostile peer).
     pub fn read(from: &mut impl Read, buf: &mut [u8]) -> io::Result<Frame> {
         let mut head = [0u8; HEADER];
-        let mut got = 0;
-        while got < HEADER {
-            match from.read(&mut head[got..]) {
-                Ok(0) if got == 0 => return Ok(Frame::Closed),
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        if !crate::protocol::frames::read_head(from, &mut head)? {
+            return Ok(Frame::Closed);
         }
         let id = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let stream = head[4];
