@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::session::{VmExecRun, VmSession, VmShared};
 use crate::backend::{Run, VmEngine};
 use crate::namespace::child_msg as msg;
-use crate::namespace::session::{Created, listen_at};
+use crate::namespace::session::detached::{Created, listen_at, start_time};
 use crate::namespace::{Launch, sys};
 use crate::outcome::{Enforced, Outcome, SetupFailure, Stage, Status};
 use crate::policy::Policy;
@@ -173,7 +173,7 @@ pub(crate) fn create(
     std::mem::forget(child);
     Ok(Created {
         pid,
-        start_time: crate::namespace::session::start_time(pid).unwrap_or(0),
+        start_time: start_time(pid).unwrap_or(0),
         cgroups: Vec::new(),
         env: env.to_vec(),
         cwd: cwd.map(Path::to_path_buf),
