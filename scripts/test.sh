@@ -90,6 +90,9 @@ cargo test -p sandkasten --no-default-features --lib --test conformance --test n
 # The escape probes through exec: each probe a command of a fresh session with its policy (a few seconds).
 say "escape probes through exec (session commands)"
 SANDBOX_TEST_BACKEND=session cargo test --test escape
+# And each probe a command of a fresh VM session (QEMU engine), stopped after its probe: about 2 minutes.
+say "escape probes through exec in VM sessions (QEMU)"
+SANDBOX_TEST_BACKEND=vm-session cargo test --test escape
 # The escape probes again, each in a VM (QEMU engine): about 2.5 minutes.
 say "escape probes on the VM backend"
 SANDBOX_TEST_BACKEND=vm cargo test --test escape

@@ -144,6 +144,56 @@ impl Session {
         })
     }
 
+    /// Starts a session on a VM of `pool` ([`VmPool::prewarm_sessions`](crate::VmPool::prewarm_sessions)
+    /// boots them ahead; without one waiting, a VM boots now). As for a pool's runs, the policy's bind
+    /// sources must lie in the pool's shares, and the VM's RAM and vCPUs are the pool's (the policy's
+    /// limits are enforced by the session's cgroup in the guest). The VM is the session's alone: it ends
+    /// with the session, never serving another.
+    ///
+    /// ```no_run
+    /// use sandkasten::{PoolOptions, Policy, Session, VmPool};
+    ///
+    /// let pool = VmPool::new(PoolOptions::default())?;
+    /// pool.prewarm_sessions(1)?; // boot now, not when the session is asked for
+    /// let session = Session::start_pooled(Policy::default(), &pool)?;
+    /// let out = session.command("/bin/echo").arg("hi").output()?;
+    /// assert_eq!(out.stdout, b"hi\n");
+    /// session.stop(std::time::Duration::from_secs(1))?;
+    /// # Ok::<(), sandkasten::Error>(())
+    /// ```
+    #[cfg(feature = "vm")]
+    pub fn start_pooled(policy: Policy, pool: &crate::VmPool) -> Result<Session, Error> {
+        Session::start_pooled_with(policy, &[], None, pool)
+    }
+
+    /// Like [`Session::start_pooled`], with an environment and working directory every command starts from.
+    #[cfg(feature = "vm")]
+    pub fn start_pooled_with(
+        policy: Policy,
+        env: &[(OsString, OsString)],
+        cwd: Option<&Path>,
+        pool: &crate::VmPool,
+    ) -> Result<Session, Error> {
+        policy.validate()?;
+        let launch = Launch {
+            program: OsStr::new(""),
+            args: &[],
+            env,
+            cwd,
+            policy: &policy,
+            stdio: [-1; 3],
+            extra_fds: &[],
+            guest: false,
+            serve: None,
+        };
+        let vm = pool.session(&launch).map_err(Error::Setup)?;
+        Ok(Session {
+            init: Init::Vm(Box::new(vm)),
+            policy,
+            started: Instant::now(),
+        })
+    }
+
     /// A session of the guest agent (PID 1 of our VM): the guest's full id range, as its one-shot runs have.
     #[cfg(feature = "vm")]
     pub(crate) fn start_in_guest(

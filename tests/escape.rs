@@ -112,8 +112,12 @@ struct Ctx {
     identity: OnceLock<Result<PathBuf, String>>,
     vectors: OnceLock<Result<PathBuf, String>>,
     scratch: TempDir,
-    /// `SANDBOX_TEST_BACKEND=session`: the sessions whose commands the probes are (alive until the end).
-    sessions: Mutex<Vec<sandkasten::Session>>,
+    /// `SANDBOX_TEST_BACKEND=session` or `vm-session`: the sessions whose commands the probes are, with the
+    /// thread that made each (a namespace session lives until the end; a VM session until its thread's
+    /// probe has run).
+    sessions: Mutex<Vec<(std::thread::ThreadId, sandkasten::Session)>>,
+    /// How many probe runs were session commands.
+    session_commands: AtomicUsize,
 }
 
 impl Ctx {
@@ -140,6 +144,7 @@ impl Ctx {
             vectors: OnceLock::new(),
             scratch: TempDir::new("escape-bin"),
             sessions: Mutex::default(),
+            session_commands: AtomicUsize::new(0),
         }
     }
 
@@ -147,18 +152,20 @@ impl Ctx {
         let policy = policy.timeout(probe_timeout());
         let mut s = if common::in_sessions() {
             // The probe runs through exec: a command of a fresh session with its policy (a fork of the
-            // session's init), kept alive while the probe may run.
+            // session's init, or a command of a VM's session), kept alive while the probe may run.
             // A session that cannot start (a planted bind, say) fails as the one-shot run would: that run
             // reports it.
-            match sandkasten::Session::start(policy.clone()) {
+            match common::start_session(policy.clone()) {
                 Ok(session) => {
+                    self.session_commands.fetch_add(1, Ordering::Relaxed);
                     let cmd = session.command(program);
-                    self.sessions.lock().unwrap().push(session);
+                    let me = std::thread::current().id();
+                    self.sessions.lock().unwrap().push((me, session));
                     cmd
                 }
                 Err(_) => {
                     let mut s = Sandbox::new(program);
-                    s.backend(sandkasten::Backend::Namespace).policy(policy);
+                    s.backend(common::backend()).policy(policy);
                     s
                 }
             }
@@ -176,7 +183,28 @@ impl Ctx {
 
     fn run(&self, program: &str, args: &[&str], policy: Policy) -> Outcome {
         let mut s = self.sandbox(program, args, policy);
-        s.output().expect("the probe's policy is valid")
+        let o = s.output().expect("the probe's policy is valid");
+        self.end_vm_sessions();
+        o
+    }
+
+    /// `SANDBOX_TEST_BACKEND=vm-session`: stops this thread's sessions (each holds a VM).
+    fn end_vm_sessions(&self) {
+        if common::backend() != sandkasten::Backend::Vm {
+            return;
+        }
+        let me = std::thread::current().id();
+        let mine: Vec<_> = {
+            let mut all = self.sessions.lock().unwrap();
+            let (mine, rest) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|(t, _)| *t == me);
+            *all = rest;
+            mine
+        };
+        for (_, s) in mine {
+            let _ = s.kill();
+        }
     }
 
     /// probes.py's `probe` with `args`, not started yet.
@@ -189,7 +217,9 @@ impl Ctx {
     /// Runs `probe` of probes.py with `args`.
     fn py(&self, probe: &str, args: &[&str], policy: Policy) -> Outcome {
         let mut s = self.py_sandbox(probe, args, policy);
-        s.output().expect("the probe's policy is valid")
+        let o = s.output().expect("the probe's policy is valid");
+        self.end_vm_sessions();
+        o
     }
 
     /// Whether landlock can restrict TCP here (ABI 4+; a policy turns it on, the default does not).
@@ -682,9 +712,13 @@ fn escape_probes() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     table.push_str(&format!(
-        "{} probes as uid {euid}, backend {:?}, {:.1} s\n",
+        "{} probes as uid {euid}, backend {:?}{}, {:.1} s\n",
         selected.len(),
         backend(),
+        match ctx.session_commands.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!(", {n} runs as session commands"),
+        },
         start.elapsed().as_secs_f64()
     ));
     println!("{table}");

@@ -162,3 +162,104 @@ fn a_detached_vm_session_is_reached_through_its_socket_and_ends_with_its_program
     d.remove().unwrap();
     assert!(!dir.path().join("ctl.sock").exists());
 }
+
+/// Whether the host process `pid` still runs (not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != Some('Z'))
+}
+
+/// A pool hands out sessions: booted ahead (`prewarm_sessions`), one VM each, never reused; binds only from
+/// the pool's shares (refused before a VM is taken); at `max_vms` an idle VM of runs makes room; the VM ends
+/// and frees its place when the session stops.
+#[test]
+fn a_pool_hands_out_sessions_on_vms_booted_ahead() {
+    use sandkasten::{PoolOptions, PoolShare, Sandbox, VmPool};
+    let dir = testkit::TempDir::new("pool-session");
+    std::fs::write(dir.path().join("in.txt"), "shared\n").unwrap();
+    let pool = VmPool::new(PoolOptions {
+        shares: vec![PoolShare {
+            path: dir.path().to_path_buf(),
+            writable: false,
+        }],
+        max_vms: 2,
+        max_idle: 2,
+        engine: VmEngine::Qemu,
+        ..Default::default()
+    })
+    .unwrap();
+    pool.prewarm_sessions(1).unwrap();
+    assert_eq!(pool.idle_sessions(), 1);
+    assert_eq!(pool.idle(), 0, "a session's VM is not a VM of runs");
+    let spare = pool.pids();
+    assert_eq!(spare.len(), 1, "{spare:?}");
+
+    // Outside the pool's shares: refused, and the VM booted ahead still waits.
+    let e = Session::start_pooled(Policy::default().ro_bind("/var", "/var"), &pool)
+        .expect_err("a bind outside the pool's shares");
+    assert!(e.to_string().contains("not inside"), "{e}");
+    assert_eq!(pool.idle_sessions(), 1);
+
+    let policy = Policy::default()
+        .ro_bind(dir.path().join("in.txt"), "/in.txt")
+        .timeout(Duration::from_secs(60));
+    let s = Session::start_pooled_with(
+        policy.clone(),
+        &[("FROM".into(), "pool".into())],
+        Some(std::path::Path::new("/tmp")),
+        &pool,
+    )
+    .expect("a pooled session starts");
+    assert_eq!(s.id(), spare[0], "the session got the VM booted ahead");
+    assert_eq!(pool.idle_sessions(), 0);
+    let o = s
+        .command("/bin/sh")
+        .args(["-c", "cat /in.txt; echo $FROM; pwd; echo kept > note"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&o.stdout), "shared\npool\n/tmp\n", "{o:?}");
+    assert_eq!(o.backend, BackendKind::Vm);
+    let o = s.command("cat").arg("/tmp/note").output().unwrap();
+    assert_eq!(text(&o.stdout), "kept\n", "{o:?}");
+
+    // A second session boots its own VM (the limit is 2); an idle VM of runs then holds the last place,
+    // and a third session takes it over.
+    let second = Session::start_pooled(policy.clone(), &pool).expect("a second session");
+    assert_ne!(second.id(), s.id());
+    let o = second
+        .command("/bin/sh")
+        .args(["-c", "cat /tmp/note"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "sessions share a guest: {o:?}");
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.sessions, stats.warm_sessions, stats.boots),
+        (2, 1, 2),
+        "{stats:?}"
+    );
+
+    let first_vm = s.id();
+    let verdict = s.stop(Duration::from_secs(1)).unwrap();
+    assert_eq!(verdict.status, Status::Exited(0), "{verdict:?}");
+    assert!(!alive(first_vm), "the session's VM outlived it");
+    assert!(!pool.pids().contains(&first_vm), "{:?}", pool.pids());
+    let o = Sandbox::new("/bin/true").vm_pool(&pool).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(pool.idle(), 1);
+    let run_vm = *pool.pids().iter().find(|&&p| p != second.id()).unwrap();
+    let third = Session::start_pooled(policy, &pool).expect("a third session at the limit");
+    assert_eq!(pool.idle(), 0, "the idle VM of runs made room");
+    assert!(!alive(run_vm));
+    let o = third.command("/bin/echo").arg("third").output().unwrap();
+    assert_eq!(text(&o.stdout), "third\n", "{o:?}");
+    third.kill().unwrap();
+    second.stop(Duration::from_secs(1)).unwrap();
+    assert!(pool.pids().is_empty(), "{:?}", pool.pids());
+    assert_eq!(pool.stats().sessions, 3);
+}

@@ -472,3 +472,50 @@ fn a_failed_create_leaves_nothing_behind() {
     let id = s.create(&["--name", "kept"]);
     assert_eq!(s.row(&id)["name"], "kept");
 }
+
+/// `create --backend vm`: the session is kept in a VM (QEMU engine) by a keeper process; exec, ps, stop and
+/// rm work on it as on a namespace session. Needs the guest kernel and agent (`SANDBOX_KERNEL`,
+/// `SANDBOX_AGENT`; scripts/test.sh sets both).
+#[test]
+fn a_vm_session_is_made_and_driven_like_a_namespace_one() {
+    let s = Sessions::new("session-vm");
+    let id = s.create(&[
+        "--backend",
+        "vm",
+        "--vm-engine",
+        "qemu",
+        "--hostname",
+        "in-a-vm",
+        "--name",
+        "vm1",
+    ]);
+    let row = s.row(&id);
+    assert_eq!(row["state"], "running", "{row}");
+    assert!(init_runs(pid_of(&row)), "the keeper runs");
+    s.ok("exec", &["vm1", "--", "/bin/sh", "-c", "echo one > /tmp/f"]);
+    assert_eq!(
+        s.ok(
+            "exec",
+            &["vm1", "--", "/bin/sh", "-c", "cat /tmp/f; hostname"]
+        ),
+        "one\nin-a-vm\n"
+    );
+    // The guest's own kernel, not the host's.
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(s.ok("exec", &["vm1", "--", "uname", "-r"]), host);
+    let out = s.run(
+        "exec",
+        &["vm1", "--", "/bin/sh", "-c", "echo gone >&2; exit 9"],
+    );
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    assert_eq!(text(&out.stderr), "gone\n");
+    s.ok("stop", &["vm1"]);
+    let row = s.row(&id);
+    assert_eq!(row["state"], "exited", "{row}");
+    assert!(
+        !init_runs(pid_of(&row)),
+        "the keeper ended with its session"
+    );
+    s.ok("rm", &["vm1"]);
+    assert!(s.dirs().is_empty(), "{:?}", s.dirs());
+}

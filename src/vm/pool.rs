@@ -46,6 +46,7 @@ use crate::protocol::RunSpec;
 
 mod channels;
 mod run;
+mod sessions;
 pub(super) mod snapshot;
 
 use super::control::{Event, Stdin, read_control, relay_stdin};
@@ -109,6 +110,10 @@ pub struct PoolStats {
     pub warm_runs: u64,
     /// VMs discarded after a failure (death, timeout, protocol error).
     pub discarded: u64,
+    /// Sessions handed out ([`Session::start_pooled`](crate::Session::start_pooled)).
+    pub sessions: u64,
+    /// Sessions handed out on a VM that was booted before they asked ([`VmPool::prewarm_sessions`]).
+    pub warm_sessions: u64,
 }
 
 /// A pool of warm VMs (cheap to clone: clones share the pool). Dropping the last clone shuts the idle VMs down.
@@ -134,12 +139,16 @@ struct PoolInner {
     runs: AtomicU64,
     warm_runs: AtomicU64,
     discarded: AtomicU64,
+    sessions: AtomicU64,
+    warm_sessions: AtomicU64,
 }
 
 /// The VMs of a pool.
 #[derive(Debug, Default)]
 struct PoolState {
     idle: Vec<WarmVm>,
+    /// Booted VMs that wait for a session of their own.
+    idle_sessions: Vec<super::session::VmSession>,
     /// VMs up (idle, serving, or booting).
     live: usize,
     /// Host pids of the VMs that are up.
@@ -148,10 +157,17 @@ struct PoolState {
 
 impl Drop for PoolInner {
     fn drop(&mut self) {
-        let idle = std::mem::take(&mut self.lock().idle);
+        let (idle, sessions) = {
+            let mut st = self.lock();
+            (
+                std::mem::take(&mut st.idle),
+                std::mem::take(&mut st.idle_sessions),
+            )
+        };
         for vm in idle {
             vm.shut_down();
         }
+        drop(sessions);
     }
 }
 
@@ -221,6 +237,8 @@ impl VmPool {
                 runs: AtomicU64::new(0),
                 warm_runs: AtomicU64::new(0),
                 discarded: AtomicU64::new(0),
+                sessions: AtomicU64::new(0),
+                warm_sessions: AtomicU64::new(0),
             }),
         })
     }
@@ -260,6 +278,8 @@ impl VmPool {
             runs: i.runs.load(Ordering::Relaxed),
             warm_runs: i.warm_runs.load(Ordering::Relaxed),
             discarded: i.discarded.load(Ordering::Relaxed),
+            sessions: i.sessions.load(Ordering::Relaxed),
+            warm_sessions: i.warm_sessions.load(Ordering::Relaxed),
         }
     }
 
@@ -316,6 +336,13 @@ impl VmPool {
                 drop(st);
                 return self.boot();
             }
+            // At the limit with VMs booted for sessions that nobody asked for yet: one makes room.
+            if let Some(spare) = st.idle_sessions.pop() {
+                drop(st);
+                drop(spare);
+                st = self.inner.lock();
+                continue;
+            }
             st = self
                 .inner
                 .changed
@@ -324,9 +351,12 @@ impl VmPool {
         }
     }
 
-    /// The run specification of `launch` for this pool's VMs.
-    fn spec(&self, launch: &Launch<'_>) -> Result<RunSpec, VmError> {
-        let base = self.inner.base.clone();
+    /// The run specification of `launch` for this pool's VMs (with `session`: a session's, for
+    /// [`VmPool::session`]).
+    fn spec(&self, launch: &Launch<'_>, session: bool) -> Result<RunSpec, VmError> {
+        let mut base = self.inner.base.clone();
+        base.serve = !session;
+        base.session = session;
         run_spec(launch, base, |_, src, real, writable| {
             let Some((root, _, i)) = self
                 .inner
@@ -355,7 +385,7 @@ impl VmPool {
         let (root, applied) = super::run_spec::on_root(launch)?;
         let on_root = applied.as_ref().map(|a| a.launch(launch));
         let launch = on_root.as_ref().unwrap_or(launch);
-        let spec = self.spec(launch)?;
+        let spec = self.spec(launch, false)?;
         let dup = engine::dup;
         let stdin = launch.stdio[0];
         let stdin_source = if stdin >= 0 && engine::is_dev_null(stdin) {

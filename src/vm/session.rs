@@ -24,6 +24,7 @@ use super::engine::{
 };
 use super::error::VmError;
 use super::launch::{self, Host};
+use super::pool::snapshot::{restore_failed, restore_snapshot, save_snapshot, vmm_refused};
 use super::run_spec::{on_root, report_root, session_spec};
 use crate::backend::Run;
 use crate::error::Error;
@@ -32,7 +33,7 @@ use crate::namespace::{Launch, sys};
 use crate::outcome::{BackendKind, Enforced, Outcome, SetupFailure, Stage, Status, TimeLimit};
 use crate::protocol::frames::MAX_FRAME;
 use crate::protocol::session::{REPLY_PREFIX, Reply, Request, mux, parse};
-use crate::protocol::{READY_PREFIX, VERDICT_PREFIX};
+use crate::protocol::{READY_PREFIX, RunSpec, VERDICT_PREFIX};
 
 /// The longest line the host takes from the agent.
 const MAX_LINE: u64 = 1 << 20;
@@ -44,9 +45,20 @@ pub(crate) struct VmSession {
     host: Option<Host>,
     threads: Vec<JoinHandle<()>>,
     /// A root of its own: its layers are held while the session lives.
-    root: Option<Root>,
+    pub(super) root: Option<Root>,
     /// What the guest's sandbox enforces.
     pub(crate) enforced: Enforced,
+    /// Called once the VM is gone (a pool's VM frees its place).
+    pub(super) on_end: Option<OnEnd>,
+}
+
+/// What to do once a session's VM is gone.
+pub(super) struct OnEnd(pub(super) Box<dyn FnOnce() + Send + Sync>);
+
+impl std::fmt::Debug for OnEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnEnd")
+    }
 }
 
 /// What the session's commands share with it.
@@ -70,7 +82,8 @@ impl std::fmt::Debug for VmShared {
 
 #[derive(Default)]
 struct State {
-    ready: bool,
+    /// The agent's READY line.
+    ready: Option<serde_json::Value>,
     up: Option<serde_json::Value>,
     verdict: Option<serde_json::Value>,
     broken: Option<String>,
@@ -183,13 +196,11 @@ fn readable(fd: BorrowedFd<'_>, wait: Duration) -> bool {
 
 /// Boots a VM for the session on `engine` and starts the session's sandbox in it.
 pub(crate) fn start(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, SetupFailure> {
-    start_vm(launch, engine).map_err(|e| match e {
-        Boot::Vm(e) => SetupFailure::from(e),
-        Boot::Failed(f) => f,
-    })
+    start_vm(launch, engine).map_err(SetupFailure::from)
 }
 
-enum Boot {
+/// Why a session's VM did not come up: the VM's error, or the guest's own account of its failure.
+pub(super) enum Boot {
     Vm(VmError),
     Failed(SetupFailure),
 }
@@ -200,7 +211,21 @@ impl From<VmError> for Boot {
     }
 }
 
-fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
+impl From<Boot> for SetupFailure {
+    fn from(b: Boot) -> SetupFailure {
+        match b {
+            Boot::Vm(e) => SetupFailure::from(e),
+            Boot::Failed(f) => f,
+        }
+    }
+}
+
+/// `launch` on its root of its own, if it has one (the root's layers resolved on the host, held by the
+/// returned [`Root`]): what `spec` makes of it.
+pub(super) fn on_its_root<T>(
+    launch: &Launch<'_>,
+    spec: impl FnOnce(&Launch<'_>) -> Result<T, VmError>,
+) -> Result<(Option<Root>, T), VmError> {
     // A session has no program of its own: an image root's command is not looked for.
     let no_program = crate::namespace::session::Serve {
         control: -1,
@@ -216,12 +241,31 @@ fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
     };
     let (root, applied) = on_root(&as_session)?;
     let on_root = applied.as_ref().map(|a| a.launch(launch));
-    let launch = on_root.as_ref().unwrap_or(launch);
-    let (spec, shares) = session_spec(launch, engine.share_fs())?;
+    let t = spec(on_root.as_ref().unwrap_or(launch))?;
+    Ok((root, t))
+}
+
+fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
+    let (root, (spec, shares)) = on_its_root(launch, |l| session_spec(l, engine.share_fs()))?;
     let (memory_mib, cpus) = machine_size(launch.policy);
     let boot_limit = engine.boot_limit();
-    let Started { host, channels, .. } =
-        launch::start_vm(engine, &shares, memory_mib, cpus, true, None, None)?;
+    let started = launch::start_vm(engine, &shares, memory_mib, cpus, true, None, None)?;
+    let mut session = boot(started, boot_limit)?;
+    session.root = root;
+    session.assign(&spec)?;
+    Ok(session)
+}
+
+/// Starts the readers of a started VM and waits for its agent's READY line: a VM that waits for its session
+/// ([`VmSession::assign`]). A VM restored from a snapshot is pinged and must say it drew a new random seed; a
+/// booted one with a snapshot to make is saved at READY.
+pub(super) fn boot(started: Started, boot_limit: Duration) -> Result<VmSession, Boot> {
+    let Started {
+        host,
+        channels,
+        snapshot,
+        ..
+    } = started;
     let VmChannels {
         console,
         control,
@@ -267,8 +311,9 @@ fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
         shared: shared.clone(),
         host: Some(host),
         threads: Vec::new(),
-        root,
+        root: None,
         enforced: Enforced::default(),
+        on_end: None,
     };
     {
         let s = shared.clone();
@@ -277,50 +322,90 @@ fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
         threads.push(std::thread::spawn(move || read_outputs(stdout, &s)));
     }
     session.threads = threads;
-    let fail = |s: &VmShared, what: &str| {
-        let why = lock(&s.state).broken.clone();
-        Boot::Failed(s.failure(match why {
+    let (mut snapshot, restored) =
+        match restore_snapshot(snapshot, &lock(&shared.control), boot_limit) {
+            Ok(r) => r,
+            Err(why) => {
+                session.end();
+                return Err(vmm_refused(why, &shared.vmm_stderr.text()).into());
+            }
+        };
+    let failed = |session: &mut VmSession, snapshot, failure: SetupFailure| {
+        session.end();
+        if restored {
+            return Boot::Vm(restore_failed(
+                restored,
+                snapshot,
+                VmError::NotBooted {
+                    why: failure.message,
+                    console: String::new(),
+                },
+            ));
+        }
+        Boot::Failed(failure)
+    };
+    if !shared.wait_for(boot_limit, |st| st.ready.is_some()) {
+        let why = lock(&shared.state).broken.clone();
+        let what = format!("the session's VM did not boot within {boot_limit:?}");
+        let f = shared.failure(match why {
             Some(why) => format!("{what}: {why}"),
-            None => what.to_string(),
-        }))
-    };
-    if !shared.wait_for(boot_limit, |st| st.ready) {
-        return Err(fail(
-            &shared,
-            &format!("the session's VM did not boot within {boot_limit:?}"),
-        ));
+            None => what,
+        });
+        return Err(failed(&mut session, snapshot, f));
     }
-    (&*lock(&shared.control))
-        .write_all(spec.to_json_line().as_bytes())
-        .map_err(VmError::StartRun)?;
-    if !shared.wait_for(boot_limit, |st| st.up.is_some() || st.verdict.is_some()) {
-        return Err(fail(
-            &shared,
-            "the session's sandbox did not start in the VM",
-        ));
+    let ready = lock(&shared.state).ready.clone().unwrap_or_default();
+    if restored && ready["reseeded"] != true {
+        // Its random generator is the snapshot's, shared by every VM restored from it.
+        session.end();
+        return Err(restore_failed(restored, snapshot, VmError::NotReseeded).into());
     }
-    let (up, verdict) = {
-        let st = lock(&shared.state);
-        (st.up.clone(), st.verdict.clone())
-    };
-    let Some(up) = up else {
-        // The agent could not build the sandbox: its verdict says why.
-        let why = verdict
-            .as_ref()
-            .and_then(Outcome::from_report_json)
-            .and_then(|o| match o.status {
-                Status::SetupFailed(f) => Some(f),
-                _ => None,
-            });
-        return Err(Boot::Failed(why.unwrap_or_else(|| {
-            shared.failure("the session's sandbox did not start in the VM".into())
-        })));
-    };
-    session.enforced = serde_json::from_value(up).unwrap_or_default();
+    // Booted: the agent waits for its session and has mounted nothing yet.
+    if let Some(s) = snapshot.take().filter(|_| !restored) {
+        save_snapshot(s, boot_limit);
+    }
     Ok(session)
 }
 
 impl VmSession {
+    /// Sends the session's specification to a VM at READY ([`boot`]) and waits until its sandbox is up.
+    pub(super) fn assign(&mut self, spec: &RunSpec) -> Result<(), Boot> {
+        let shared = self.shared.clone();
+        let boot_limit = shared.boot_limit;
+        let fail = |what: &str| {
+            let why = lock(&shared.state).broken.clone();
+            Boot::Failed(shared.failure(match why {
+                Some(why) => format!("{what}: {why}"),
+                None => what.to_string(),
+            }))
+        };
+        (&*lock(&shared.control))
+            .write_all(spec.to_json_line().as_bytes())
+            .map_err(VmError::StartRun)?;
+        if !shared.wait_for(boot_limit, |st| st.up.is_some() || st.verdict.is_some()) {
+            return Err(fail("the session's sandbox did not start in the VM"));
+        }
+        let (up, verdict) = {
+            let st = lock(&shared.state);
+            (st.up.clone(), st.verdict.clone())
+        };
+        let Some(up) = up else {
+            // The agent could not build the sandbox: its verdict says why.
+            let why = verdict
+                .as_ref()
+                .and_then(Outcome::from_report_json)
+                .and_then(|o| match o.status {
+                    Status::SetupFailed(f) => Some(f),
+                    _ => None,
+                });
+            return Err(Boot::Failed(why.unwrap_or_else(|| {
+                shared.failure("the session's sandbox did not start in the VM".into())
+            })));
+        };
+        self.enforced = serde_json::from_value(up).unwrap_or_default();
+        Ok(())
+    }
+
+    /// The VM's host process id: the root of its process tree (the VMM, or the init that confines it).
     pub(crate) fn pid(&self) -> u32 {
         self.shared.pid
     }
@@ -366,6 +451,9 @@ impl VmSession {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(OnEnd(f)) = self.on_end.take() {
+            f();
+        }
     }
 }
 
@@ -407,8 +495,8 @@ fn read_control(port: UnixStream, s: &VmShared) {
                     }
                 }
             });
-        } else if parse::<serde_json::Value>(&line, READY_PREFIX).is_some() {
-            s.update(|st| st.ready = true);
+        } else if let Some(v) = parse::<serde_json::Value>(&line, READY_PREFIX) {
+            s.update(|st| st.ready = Some(v));
         } else if let Some(v) = parse::<serde_json::Value>(&line, VERDICT_PREFIX) {
             s.update(|st| st.verdict = Some(v));
         }

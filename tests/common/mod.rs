@@ -27,20 +27,36 @@ pub fn backend() -> sandkasten::Backend {
     use sandkasten::Backend;
     match std::env::var("SANDBOX_TEST_BACKEND").as_deref() {
         Err(_) | Ok("") | Ok("namespace") | Ok("session") => Backend::Namespace,
-        Ok("vm") | Ok("builtin") | Ok("pool") => Backend::Vm,
+        Ok("vm") | Ok("builtin") | Ok("pool") | Ok("vm-session") => Backend::Vm,
         Ok("auto") => Backend::Auto,
         Ok(other) => {
             panic!(
-                "SANDBOX_TEST_BACKEND={other:?}: use namespace, session, vm, pool, builtin or auto"
+                "SANDBOX_TEST_BACKEND={other:?}: use namespace, session, vm, vm-session, pool, builtin or auto"
             )
         }
     }
 }
 
-/// Whether runs are commands of sessions (`SANDBOX_TEST_BACKEND=session`).
+/// Whether runs are commands of sessions (`SANDBOX_TEST_BACKEND=session`: namespace sessions; `vm-session`:
+/// sessions in VMs of the QEMU engine).
 #[allow(dead_code)]
 pub fn in_sessions() -> bool {
-    std::env::var("SANDBOX_TEST_BACKEND").as_deref() == Ok("session")
+    matches!(
+        std::env::var("SANDBOX_TEST_BACKEND").as_deref(),
+        Ok("session") | Ok("vm-session")
+    )
+}
+
+/// A session with `policy` on the backend under test ([`in_sessions`]).
+#[allow(dead_code)]
+pub fn start_session(policy: sandkasten::Policy) -> Result<sandkasten::Session, sandkasten::Error> {
+    if backend() == sandkasten::Backend::Vm {
+        #[cfg(not(feature = "vm"))]
+        panic!("SANDBOX_TEST_BACKEND=vm-session: these tests were built without the `vm` feature");
+        #[cfg(feature = "vm")]
+        return sandkasten::Session::start_vm(policy, sandkasten::VmEngine::Qemu);
+    }
+    sandkasten::Session::start(policy)
 }
 
 /// Whether the backend under test is our own VMM (`SANDBOX_TEST_BACKEND=builtin`).

@@ -69,14 +69,34 @@ fn ms(d: Duration) -> f64 {
 /// `ours` and `peer` interleaved `runs` times after one warm-up each; prints both rows and the ratio of the
 /// medians, or why the pair was not measured.
 fn pair(runs: usize, ours: (&str, Step), peer: Option<(&str, Step)>) {
+    pair_timed(
+        runs,
+        (ours.0, self_timed(ours.1)),
+        peer.map(|(n, s)| (n, self_timed(s))),
+    );
+}
+
+/// `step`, timed whole.
+fn self_timed<'a>(mut step: Step<'a>) -> Timed<'a> {
+    Box::new(move || {
+        let t = Instant::now();
+        step()?;
+        Ok(t.elapsed())
+    })
+}
+
+/// One step of a case that times itself (what it does before or after the timed part is not counted).
+type Timed<'a> = Box<dyn FnMut() -> Result<Duration, String> + 'a>;
+
+/// [`pair`] of steps that time themselves.
+fn pair_timed(runs: usize, ours: (&str, Timed), peer: Option<(&str, Timed)>) {
     let (ours_name, mut ours_step) = ours;
     let mut peer = peer;
     let mut times = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    let timed = |step: &mut Step, into: &mut Vec<Duration>, warm: bool| {
-        let t = Instant::now();
-        step()?;
+    let timed = |step: &mut Timed, into: &mut Vec<Duration>, warm: bool| {
+        let t = step()?;
         if !warm {
-            into.push(t.elapsed());
+            into.push(t);
         }
         Ok::<(), String>(())
     };
@@ -440,6 +460,53 @@ fn vm_library(runs: usize) {
         )),
     );
     let _ = session.stop(Duration::from_secs(1));
+    vm_pooled_sessions(runs);
+}
+
+/// A VM session's start and first command: from a pool's VM booted ahead (`VmPool::prewarm_sessions`, not
+/// timed) against a VM booted for it (`Session::start_vm`), QEMU engine; each stopped after (not timed).
+fn vm_pooled_sessions(runs: usize) {
+    let name = "lib: VM session start+true (qemu, pooled)";
+    let pool = match sandkasten::VmPool::new(sandkasten::PoolOptions {
+        engine: sandkasten::VmEngine::Qemu,
+        memory_mib: 256,
+        ..Default::default()
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("{name:<40} skipped: VmPool::new: {e}");
+            return;
+        }
+    };
+    let first = |s: &Session| exited_0("VM Session::command", s.command("true").status());
+    pair_timed(
+        runs,
+        (
+            name,
+            Box::new(|| {
+                pool.prewarm_sessions(1).map_err(|e| e.to_string())?;
+                let t = Instant::now();
+                let s = Session::start_pooled(Policy::default(), &pool)
+                    .map_err(|e| format!("Session::start_pooled: {e}"))?;
+                first(&s)?;
+                let took = t.elapsed();
+                let _ = s.stop(Duration::from_secs(1));
+                Ok(took)
+            }),
+        ),
+        Some((
+            "lib: VM session start+true (qemu, cold)",
+            Box::new(|| {
+                let t = Instant::now();
+                let s = Session::start_vm(Policy::default(), sandkasten::VmEngine::Qemu)
+                    .map_err(|e| format!("Session::start_vm: {e}"))?;
+                first(&s)?;
+                let took = t.elapsed();
+                let _ = s.stop(Duration::from_secs(1));
+                Ok(took)
+            }),
+        )),
+    );
 }
 
 /// A session made with `sandbox create` in a state directory of its own, removed on drop.

@@ -12,7 +12,7 @@ use crate::vm::snapshot_cache::{Session, SnapshotError};
 /// For a VM being restored: waits for the VMM and pings the agent on `control`. Returns the session (for
 /// a booting VM, to save it at READY) and whether the VM is restored. On failure the snapshot is deleted
 /// and `vmm_error` (called once the VMM is gone) tells why.
-pub(super) fn restore_snapshot(
+pub(in crate::vm) fn restore_snapshot(
     snapshot: Option<Session>,
     control: &UnixStream,
     limit: Duration,
@@ -33,7 +33,7 @@ pub(super) fn restore_snapshot(
 }
 
 /// The failure of a VM that was restored: the snapshot is deleted and the message marks it for a boot.
-pub(super) fn restore_failed(
+pub(in crate::vm) fn restore_failed(
     restored: bool,
     snapshot: Option<Session>,
     failure: VmError,
@@ -51,7 +51,7 @@ pub(super) fn restore_failed(
 }
 
 /// The failure of a VMM that could not restore, with what it said.
-pub(super) fn vmm_refused(why: SnapshotError, vmm_said: &str) -> VmError {
+pub(in crate::vm) fn vmm_refused(why: SnapshotError, vmm_said: &str) -> VmError {
     VmError::RestoreFailed {
         why: Box::new(why.into()),
         vmm_said: vmm_said.to_string(),

@@ -51,14 +51,14 @@ enum Command {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BackendArg {
+pub(crate) enum BackendArg {
     Auto,
     Namespace,
     Vm,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum EngineArg {
+pub(crate) enum EngineArg {
     Auto,
     Qemu,
     Builtin,

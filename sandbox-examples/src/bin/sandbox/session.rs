@@ -16,10 +16,11 @@ use clap::Subcommand;
 use sandbox_examples::host::{SignalFd, pidfd_open, poll, pollin};
 use sandkasten::image::ImageStore;
 use sandkasten::{
-    BackendKind, Detach, DetachedState, Outcome, SandboxChild, Session, Status, Stdio,
+    BackendKind, Detach, DetachedState, Outcome, SandboxChild, Session, SetupFailure, Stage,
+    Status, Stdio, VmEngine,
 };
 
-use super::{PolicyArgs, SANDBOX_ERROR};
+use super::{BackendArg, EngineArg, PolicyArgs, SANDBOX_ERROR};
 use state::{Record, State};
 
 /// The signals `sandbox exec` passes on to its command.
@@ -104,6 +105,13 @@ pub struct CreateArgs {
     name: Option<String>,
     #[command(flatten)]
     state: StateArg,
+    /// Which backend keeps the session: `vm` runs it in a VM (a keeper process holds the VM); `auto` takes
+    /// the namespace backend where the host gives its namespaces and limits, else the VM.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Which engine runs a VM session.
+    #[arg(long = "vm-engine", value_enum, default_value = "auto")]
+    vm_engine: EngineArg,
     #[command(flatten)]
     policy: PolicyArgs,
     /// The session's program and its arguments (with --image: optional, replacing the image's Cmd).
@@ -223,15 +231,8 @@ fn create(args: CreateArgs) -> Result<ExitCode, String> {
         making.name = Some(name.clone());
     }
     let dir = state.dir(&id);
-    let mut detach = Detach::new(dir.join("ctl.sock"), dir.join("status"));
-    for (k, v) in env {
-        detach = detach.env(k, v);
-    }
-    if let Some(cwd) = &args.policy.cwd {
-        detach = detach.current_dir(cwd);
-    }
     let has_program = !args.program.is_empty() || args.policy.image.is_some();
-    if has_program {
+    let log = if has_program {
         let path = dir.join("log");
         let log = std::fs::File::options()
             .create_new(true)
@@ -239,16 +240,60 @@ fn create(args: CreateArgs) -> Result<ExitCode, String> {
             .mode(0o600)
             .open(&path)
             .map_err(|e| format!("cannot create {path:?}: {e}"))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| format!("cannot duplicate the log's descriptor: {e}"))?;
-        detach = detach.program(&args.program).wait_start().stdio(
-            Stdio::Null,
-            Stdio::Fd(log.into()),
-            Stdio::Fd(err.into()),
-        );
+        Some(log)
+    } else {
+        None
+    };
+    let env = &env;
+    let detach = |vm: Option<VmEngine>| -> Result<Detach, String> {
+        let mut detach = Detach::new(dir.join("ctl.sock"), dir.join("status"));
+        if let Some(engine) = vm {
+            detach = detach.vm(engine);
+        }
+        for (k, v) in env {
+            detach = detach.env(k, v);
+        }
+        if let Some(cwd) = &args.policy.cwd {
+            detach = detach.current_dir(cwd);
+        }
+        if let Some(log) = &log {
+            let dup = || {
+                log.try_clone()
+                    .map_err(|e| format!("cannot duplicate the log's descriptor: {e}"))
+            };
+            detach = detach.program(&args.program).wait_start().stdio(
+                Stdio::Null,
+                Stdio::Fd(dup()?.into()),
+                Stdio::Fd(dup()?.into()),
+            );
+        }
+        Ok(detach)
+    };
+    let engine = match args.vm_engine {
+        EngineArg::Auto => VmEngine::Auto,
+        EngineArg::Qemu => VmEngine::Qemu,
+        EngineArg::Builtin => VmEngine::Builtin,
+    };
+    let session = match args.backend {
+        BackendArg::Namespace => Session::create(policy, detach(None)?),
+        BackendArg::Vm => Session::create(policy, detach(Some(engine))?),
+        BackendArg::Auto => match Session::create(policy.clone(), detach(None)?) {
+            // The host cannot give the session its namespaces or its required limits: the VM can.
+            Err(sandkasten::Error::Setup(f))
+                if matches!(f.stage, Stage::Namespaces | Stage::Cgroup) =>
+            {
+                Session::create(policy, detach(Some(engine))?).map_err(|v| match v {
+                    sandkasten::Error::Setup(v) => sandkasten::Error::Setup(SetupFailure {
+                        message: format!("{}; and the VM backend: {}", f.message, v.message),
+                        ..v
+                    }),
+                    other => other,
+                })
+            }
+            other => other,
+        },
     }
-    let session = Session::create(policy, detach).map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?;
     // Read once the image was found (reading it before would make a missing store).
     let program = has_program.then(|| shown_program(&args.policy, &args.program));
     let record = Record {
