@@ -170,3 +170,64 @@ fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
          with stdin {stdin_restore:.1} s"
     );
 }
+
+/// Sessions from a builtin-engine pool: the first session's VM boots and saves the guest at READY; a second
+/// pool's session VM is restored from that snapshot (the same guest as the pool's run VMs), reseeded, and runs
+/// its session's commands. One boot and one restore (minutes on PVM: `--full` only).
+#[test]
+fn a_pools_session_vm_is_restored_from_the_snapshot() {
+    if !testkit::kvm_usable()
+        || !testkit::builtin_battery("a pool's builtin-engine session VMs restored from snapshots")
+    {
+        return;
+    }
+    let cache = TempDir::new("pool-session-snapshot");
+    let dir = cache.path().join("snapshots");
+    let session = |pool: &VmPool| {
+        let s = sandkasten::Session::start_pooled(sandkasten::Policy::default(), pool)
+            .expect("a pooled session");
+        let o = s
+            .command("/bin/sh")
+            .args([
+                "-c",
+                "echo kept > /tmp/f; cat /tmp/f; head -c 16 /dev/urandom | od -An -tx1",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status, Status::Exited(0), "{o:?}");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(text.starts_with("kept\n"), "{text}");
+        let verdict = s.stop(std::time::Duration::from_secs(1)).unwrap();
+        (text, verdict)
+    };
+    let booted = Instant::now();
+    let pool = VmPool::new(options(&dir)).unwrap();
+    pool.prewarm_sessions(1).unwrap();
+    let boot = booted.elapsed();
+    assert_eq!(snapshots(&dir).len(), 1, "one snapshot after the boot");
+    let (first, verdict) = session(&pool);
+    let vm = verdict.vm.expect("vm info");
+    assert!(!vm.restored && vm.warm, "{vm:?}");
+    assert_eq!(vm.engine, "builtin");
+    drop(pool);
+
+    let restored = Instant::now();
+    let pool = VmPool::new(options(&dir)).unwrap();
+    let (second, verdict) = session(&pool);
+    let took = restored.elapsed();
+    let vm = verdict.vm.expect("vm info");
+    assert!(
+        vm.restored && !vm.warm,
+        "the second pool's session VM was not restored: {vm:?}"
+    );
+    assert_eq!(pool.stats().boots, 1);
+    assert_ne!(
+        first, second,
+        "a restored guest drew the snapshot's random numbers"
+    );
+    eprintln!(
+        "a pool's session VM: boot + save {:.1} s; restore + session + first command {:.1} s",
+        boot.as_secs_f64(),
+        took.as_secs_f64()
+    );
+}

@@ -247,6 +247,8 @@ fn a_pool_hands_out_sessions_on_vms_booted_ahead() {
     let first_vm = s.id();
     let verdict = s.stop(Duration::from_secs(1)).unwrap();
     assert_eq!(verdict.status, Status::Exited(0), "{verdict:?}");
+    let vm = verdict.vm.as_ref().expect("the VM in the verdict");
+    assert!(vm.warm && vm.engine == "qemu", "{vm:?}");
     assert!(!alive(first_vm), "the session's VM outlived it");
     assert!(!pool.pids().contains(&first_vm), "{:?}", pool.pids());
     let o = Sandbox::new("/bin/true").vm_pool(&pool).output().unwrap();
@@ -259,7 +261,11 @@ fn a_pool_hands_out_sessions_on_vms_booted_ahead() {
     let o = third.command("/bin/echo").arg("third").output().unwrap();
     assert_eq!(text(&o.stdout), "third\n", "{o:?}");
     third.kill().unwrap();
-    second.stop(Duration::from_secs(1)).unwrap();
+    let verdict = second.stop(Duration::from_secs(1)).unwrap();
+    assert!(
+        !verdict.vm.expect("the VM in the verdict").warm,
+        "booted when asked"
+    );
     assert!(pool.pids().is_empty(), "{:?}", pool.pids());
     assert_eq!(pool.stats().sessions, 3);
 }

@@ -30,7 +30,9 @@ use crate::backend::Run;
 use crate::error::Error;
 use crate::namespace::rootfs::Root;
 use crate::namespace::{Launch, sys};
-use crate::outcome::{BackendKind, Enforced, Outcome, SetupFailure, Stage, Status, TimeLimit};
+use crate::outcome::{
+    BackendKind, Enforced, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo,
+};
 use crate::protocol::frames::MAX_FRAME;
 use crate::protocol::session::{REPLY_PREFIX, Reply, Request, mux, parse};
 use crate::protocol::{READY_PREFIX, RunSpec, VERDICT_PREFIX};
@@ -50,6 +52,8 @@ pub(crate) struct VmSession {
     pub(crate) enforced: Enforced,
     /// Called once the VM is gone (a pool's VM frees its place).
     pub(super) on_end: Option<OnEnd>,
+    /// The VM: its engine, accelerator, boot time, whether it was restored or booted ahead (in the verdict).
+    pub(super) info: VmInfo,
 }
 
 /// What to do once a session's VM is gone.
@@ -264,7 +268,7 @@ pub(super) fn boot(started: Started, boot_limit: Duration) -> Result<VmSession, 
         host,
         channels,
         snapshot,
-        ..
+        info,
     } = started;
     let VmChannels {
         console,
@@ -314,6 +318,7 @@ pub(super) fn boot(started: Started, boot_limit: Duration) -> Result<VmSession, 
         root: None,
         enforced: Enforced::default(),
         on_end: None,
+        info,
     };
     {
         let s = shared.clone();
@@ -359,6 +364,8 @@ pub(super) fn boot(started: Started, boot_limit: Duration) -> Result<VmSession, 
         session.end();
         return Err(restore_failed(restored, snapshot, VmError::NotReseeded).into());
     }
+    session.info.boot_ms = ready["uptime_ms"].as_u64().filter(|_| !restored);
+    session.info.restored = restored;
     // Booted: the agent waits for its session and has mounted nothing yet.
     if let Some(s) = snapshot.take().filter(|_| !restored) {
         save_snapshot(s, boot_limit);
@@ -440,6 +447,7 @@ impl VmSession {
         self.end();
         outcome.backend = BackendKind::Vm;
         outcome.usage.wall = wall;
+        outcome.vm.get_or_insert_with(|| self.info.clone());
         report_root(&mut outcome, self.root.as_ref());
         outcome
     }

@@ -58,6 +58,7 @@ impl VmPool {
             self.inner.warm_sessions.fetch_add(1, Ordering::Relaxed);
         }
         vm.root = root;
+        vm.info.warm = warm;
         // On failure the VM is dropped: it ends and frees its place.
         vm.assign(&spec)?;
         Ok(vm)
