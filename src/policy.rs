@@ -46,6 +46,14 @@ pub enum PolicyError {
     /// A resource limit is out of range.
     #[error("invalid limit: {0}")]
     BadLimit(&'static str),
+    /// Too many masked or read-only paths.
+    #[error("at most {max} {what} paths")]
+    TooManyPaths {
+        /// Which list.
+        what: &'static str,
+        /// The most a list may hold.
+        max: usize,
+    },
     /// A device is not a path below /dev.
     #[error("device {0:?} must be a path below /dev, such as /dev/kvm")]
     BadDevice(PathBuf),
@@ -201,6 +209,14 @@ pub struct Policy {
     /// Extra host device nodes shown in the sandbox's `/dev` (e.g. `/dev/kvm`); character devices only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<PathBuf>,
+    /// Paths inside the sandbox to hide once its view is built (OCI `linux.maskedPaths`): a directory gets an
+    /// empty read-only tmpfs over it, anything else `/dev/null`; a path that does not exist is skipped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub masked_paths: Vec<PathBuf>,
+    /// Paths inside the sandbox made read-only (with everything mounted below them) once its view is built
+    /// (OCI `linux.readonlyPaths`); a path that does not exist is skipped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub readonly_paths: Vec<PathBuf>,
     /// The VMM's own view (a root caller's): the bind sources (canonical host paths) that are id-mapped
     /// trees through the sandbox's user namespace, so that the unprivileged VMM can open shares only root
     /// can reach (files of host root appear as its own). Never set by users: not part of the serde form.
@@ -306,6 +322,9 @@ pub const SYSTEM_ETC: &[&str] = &[
 /// its pages are charged to the run's memory cgroup when there is one.)
 pub const DEFAULT_TMPFS_SIZE: u64 = 64 << 20;
 
+/// The most masked paths, and the most read-only paths, a policy may list.
+pub const MAX_PATHS: usize = 256;
+
 /// The fewest inodes a tmpfs gets (see [`Policy::tmpfs_bounds`]).
 pub const MIN_TMPFS_INODES: u64 = 1024;
 
@@ -333,6 +352,8 @@ impl Default for Policy {
             audit_denials: true,
             landlock: Landlock::default(),
             devices: Vec::new(),
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
             idmap_binds: Vec::new(),
         }
     }
@@ -385,6 +406,18 @@ impl Policy {
             src: src.into(),
             dst: dst.into(),
         });
+        self
+    }
+
+    /// Hides `path` inside the sandbox (see [`Policy::masked_paths`]).
+    pub fn mask(mut self, path: impl Into<PathBuf>) -> Self {
+        self.masked_paths.push(path.into());
+        self
+    }
+
+    /// Makes `path` inside the sandbox read-only (see [`Policy::readonly_paths`]).
+    pub fn read_only_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.readonly_paths.push(path.into());
         self
     }
 
@@ -518,6 +551,20 @@ impl Policy {
         for d in &self.devices {
             if !d.starts_with("/dev") || check_destination(d).is_err() || d == Path::new("/dev") {
                 return Err(PolicyError::BadDevice(d.clone()));
+            }
+        }
+        for (what, paths) in [
+            ("masked", &self.masked_paths),
+            ("read-only", &self.readonly_paths),
+        ] {
+            if paths.len() > MAX_PATHS {
+                return Err(PolicyError::TooManyPaths {
+                    what,
+                    max: MAX_PATHS,
+                });
+            }
+            for p in paths.iter() {
+                check_destination(p)?;
             }
         }
         if self.host_uid == 0 || self.host_gid == 0 {

@@ -277,6 +277,7 @@ conformance!(
     read_write_bind,
     system_view_read_only,
     sized_tmpfs,
+    masked_and_read_only_paths,
     working_directory,
     stdin_piped,
     wall_timeout_kills_the_tree,
@@ -542,6 +543,41 @@ fn sized_tmpfs(b: B) {
         Policy::default().tmpfs_sized("/scratch", 1 << 20),
     );
     assert!(out(&o).contains(" 1024 "), "{}", out(&o));
+}
+
+/// OCI's maskedPaths and readonlyPaths: a masked file reads empty, a masked directory lists nothing, a
+/// missing path is skipped; a read-only path refuses writes while its neighbours take them.
+fn masked_and_read_only_paths(b: B) {
+    let o = sh(
+        b,
+        "wc -c < /etc/passwd; ls -A /usr/share/doc | wc -l; touch /usr/share/doc/x 2>&1; \
+         touch /tmp/x 2>&1; touch /dev/shm/x && echo shm-ok",
+        Policy::default()
+            .mask("/etc/passwd")
+            .mask("/usr/share/doc")
+            .mask("/no/such/path")
+            .read_only_path("/tmp"),
+    );
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    let text = out(&o);
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(lines[..2], ["0", "0"], "{text}");
+    let refused =
+        text.matches("Read-only file system").count() + text.matches("Permission denied").count();
+    assert_eq!(refused, 2, "{text}");
+    assert_eq!(lines.last(), Some(&"shm-ok"), "{text}");
+    // Without them, the same files are there (the property is the policy's, not the system view's).
+    let o = sh(
+        b,
+        "wc -c < /etc/passwd; touch /tmp/x && echo tmp-ok",
+        Policy::default(),
+    );
+    let text = out(&o);
+    assert!(
+        text.lines().next().is_some_and(|n| n.trim() != "0"),
+        "{text}"
+    );
+    assert!(text.contains("tmp-ok"), "{text}");
 }
 
 fn working_directory(b: B) {

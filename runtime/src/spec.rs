@@ -3,7 +3,7 @@
 //!
 //! The translation refuses what the sandbox cannot honour with an error naming the field of `config.json`,
 //! and reports in [`Translated::notes`] what it honours differently (one short sentence each). What the
-//! policy cannot carry but a runtime can still do around the sandbox (hooks, masked paths, joining a
+//! policy cannot carry but a runtime can still do around the sandbox (hooks, joining a
 //! network namespace) is kept in [`Translated`] for the caller.
 //!
 //! One file per part of the document: `process` (the process, its user, rlimits and capabilities), `mounts`,
@@ -200,15 +200,6 @@ pub struct Translated {
     /// caller joins it; `policy.network` is then [`Network::None`](sandkasten::Network::None), a namespace
     /// that is not the host's).
     pub netns_path: Option<PathBuf>,
-    /// `linux.maskedPaths`, as given: paths inside the container to hide (an empty read-only tmpfs for a
-    /// directory, `/dev/null` for a file). The policy cannot express them; the caller applies them. The
-    /// sandbox's `/proc` already hides `kcore`, `keys`, `timer_list`, `sched_debug`, `latency_stats`,
-    /// `sysrq-trigger`, `acpi`, `scsi` and `asound`, and it shows no `/sys` at all.
-    pub masked_paths: Vec<PathBuf>,
-    /// `linux.readonlyPaths`, as given: paths inside the container to make read-only. The policy cannot
-    /// express them; the caller applies them. The sandbox's `/proc` already has `sys`, `bus`, `fs` and `irq`
-    /// read-only.
-    pub readonly_paths: Vec<PathBuf>,
 }
 
 /// The hooks of `config.json` (`hooks`), by lifecycle point.
@@ -357,8 +348,6 @@ pub fn translate(spec: &Spec, bundle: &Path) -> Result<Translated, SpecError> {
         terminal,
         hooks,
         netns_path: outside.netns_path,
-        masked_paths: outside.masked_paths,
-        readonly_paths: outside.readonly_paths,
     })
 }
 

@@ -353,3 +353,51 @@ fn features_describe_the_runtime() {
         "{f}"
     );
 }
+
+/// `linux.maskedPaths` and `linux.readonlyPaths` of the bundle are applied inside the container's root: a
+/// masked file reads empty, a masked directory lists nothing, a read-only directory refuses writes, a listed
+/// path the root lacks is skipped; the rest of the root stays as it was.
+#[test]
+fn masked_and_read_only_paths_are_applied() {
+    become_subreaper();
+    let dir = TempDir::new("oci-masked");
+    let b = bundle(dir.path(), "exec sleep 1000", |c| {
+        c["linux"]["maskedPaths"] = serde_json::json!(["/etc/secret", "/opt/private", "/no/such"]);
+        c["linux"]["readonlyPaths"] = serde_json::json!(["/data"]);
+    });
+    let root = b.join("rootfs");
+    std::fs::write(root.join("etc/secret"), "hidden\n").unwrap();
+    std::fs::write(root.join("etc/open"), "shown\n").unwrap();
+    std::fs::create_dir_all(root.join("opt/private")).unwrap();
+    std::fs::write(root.join("opt/private/key"), "k").unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let rt = Rt::new();
+    let pid_file = dir.join("pid");
+    rt.ok(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "m1",
+    ]);
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    rt.ok(&["start", "m1"]);
+    let o = rt.run(&[
+        "exec",
+        "m1",
+        "sh",
+        "-c",
+        "echo \"[$(cat /etc/secret)]\"; cat /etc/open; ls -A /opt/private; echo x > /data/x 2>&1 || echo data-ro; \
+         echo y > /tmp/y && echo tmp-ok",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(
+        testkit::text(&o.stdout),
+        "[]\nshown\ndata-ro\ntmp-ok\n",
+        "{o:?}"
+    );
+    assert!(!root.join("data/x").exists());
+    rt.ok(&["delete", "--force", "m1"]);
+    assert_eq!(reap(pid), 128 + libc::SIGKILL);
+}

@@ -72,9 +72,13 @@ fn runc_rootless_spec() {
     assert!(t.process.no_new_privileges);
     assert!(!noted(&t, &["noNewPrivileges"]));
     assert_eq!(t.process.rlimits.len(), 1);
-    assert_eq!(t.masked_paths.len(), 10);
-    assert!(t.masked_paths.contains(&PathBuf::from("/proc/kcore")));
-    assert_eq!(t.readonly_paths.len(), 5);
+    assert_eq!(t.policy.masked_paths.len(), 10);
+    assert!(
+        t.policy
+            .masked_paths
+            .contains(&PathBuf::from("/proc/kcore"))
+    );
+    assert_eq!(t.policy.readonly_paths.len(), 5);
     assert_eq!(t.hooks, Default::default());
     assert!(
         t.notes
@@ -185,8 +189,8 @@ fn podman_shaped() {
     assert_eq!(t.process.args, ["/bin/sh", "-c", "echo hi"]);
     assert_eq!(t.process.env[2], ("container".into(), "podman".into()));
     assert!(!t.terminal && !t.vm);
-    assert_eq!(t.masked_paths.len(), 11);
-    assert_eq!(t.readonly_paths[4], Path::new("/proc/sys"));
+    assert_eq!(t.policy.masked_paths.len(), 11);
+    assert_eq!(t.policy.readonly_paths[4], Path::new("/proc/sys"));
 
     // The profile: default ENOSYS, clone only without namespace flags.
     let SeccompProfile::Custom(profile) = &p.seccomp else {
@@ -368,7 +372,7 @@ fn without_linux() {
     let (_dir, t) = translate(&minimal());
     let t = t.unwrap();
     assert_eq!(t.policy.network, Network::Host);
-    assert!(t.masked_paths.is_empty() && t.readonly_paths.is_empty());
+    assert!(t.policy.masked_paths.is_empty() && t.policy.readonly_paths.is_empty());
     assert_noted(&t, &["does not list pid, mount, ipc, uts, user, cgroup,"]);
     assert_eq!(t.policy.seccomp, SeccompProfile::Default);
     assert_eq!(t.policy.rootfs.as_ref().map(|r| r.read_only), Some(true));

@@ -194,6 +194,24 @@ fn run_step(op: &Op, source_fds: &[RawFd], tree_fds: &[RawFd]) -> Result<(), Err
         Op::PivotRoot { new_root, put_old } => sys::pivot_root(new_root, put_old),
         Op::Chdir { path } => sys::chdir(path),
         Op::Detach { path } => sys::umount2(path, libc::MNT_DETACH),
+        Op::Mask { path } => match sys::is_dir(path)? {
+            None => Ok(()),
+            Some(true) => sys::mount(
+                Some(c"tmpfs"),
+                path,
+                Some(c"tmpfs"),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some(c"mode=0755,size=4096,nr_inodes=1"),
+            ),
+            Some(false) => sys::mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None),
+        },
+        Op::ReadOnly { path } => match sys::is_dir(path)? {
+            None => Ok(()),
+            Some(_) => {
+                sys::mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
+                sys::mount_setattr(path, sys::MOUNT_ATTR_RDONLY, true)
+            }
+        },
     }
 }
 

@@ -531,7 +531,22 @@ pub(crate) fn plan_with_root(policy: &Policy, root: Option<&Root>) -> Result<Pla
             }
         }
     }
-    Ok(p.finish())
+    let mut plan = p.finish();
+    // Inside the finished root, as runc orders them: read-only paths, then masked ones (a masked path below
+    // a read-only one is still hidden).
+    for path in &policy.readonly_paths {
+        plan.steps.push(Step {
+            stage: Stage::Mounts,
+            op: Op::ReadOnly { path: cstr(path)? },
+        });
+    }
+    for path in &policy.masked_paths {
+        plan.steps.push(Step {
+            stage: Stage::Mounts,
+            op: Op::Mask { path: cstr(path)? },
+        });
+    }
+    Ok(plan)
 }
 
 #[cfg(test)]

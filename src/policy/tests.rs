@@ -230,3 +230,36 @@ fn a_root_of_its_own_in_toml_and_its_mistakes() {
         "unknown fields are refused"
     );
 }
+
+#[test]
+fn masked_and_read_only_paths_load_and_are_checked() {
+    let p = Policy::from_toml_str(
+        "masked_paths = [\"/etc/machine-id\", \"/proc/acpi\"]\nreadonly_paths = [\"/srv\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        p.masked_paths,
+        [
+            PathBuf::from("/etc/machine-id"),
+            PathBuf::from("/proc/acpi")
+        ]
+    );
+    assert_eq!(p.readonly_paths, [PathBuf::from("/srv")]);
+    p.validate().unwrap();
+    for bad in ["relative", "/", "/a/../etc", ""] {
+        let e = Policy::default().mask(bad).validate().unwrap_err();
+        assert!(matches!(e, PolicyError::BadDestination(_)), "{bad}: {e}");
+        let e = Policy::default()
+            .read_only_path(bad)
+            .validate()
+            .unwrap_err();
+        assert!(matches!(e, PolicyError::BadDestination(_)), "{bad}: {e}");
+    }
+    let many = (0..=MAX_PATHS).fold(Policy::default(), |p, i| p.mask(format!("/m{i}")));
+    assert!(
+        many.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at most 256 masked paths")
+    );
+}

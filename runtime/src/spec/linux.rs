@@ -67,8 +67,6 @@ pub const NAMESPACES: [(LinuxNamespaceType, NamespaceUse); 8] = [
 /// What `linux` asks that the caller does around the sandbox.
 pub(super) struct Outside {
     pub netns_path: Option<PathBuf>,
-    pub masked_paths: Vec<PathBuf>,
-    pub readonly_paths: Vec<PathBuf>,
 }
 
 /// The name config.json gives a namespace type (`mount`, not the kernel's `mnt`).
@@ -104,14 +102,13 @@ pub(super) fn translate(
         policy.limits = limits;
     }
     others(linux, notes);
+    // Applied by the sandbox inside the finished root (checked with the policy: absolute, no `..`).
     let paths = |list: &Option<Vec<String>>| -> Vec<PathBuf> {
         list.iter().flatten().map(PathBuf::from).collect()
     };
-    Ok(Outside {
-        netns_path,
-        masked_paths: paths(linux.masked_paths()),
-        readonly_paths: paths(linux.readonly_paths()),
-    })
+    policy.masked_paths = paths(linux.masked_paths());
+    policy.readonly_paths = paths(linux.readonly_paths());
+    Ok(Outside { netns_path })
 }
 
 /// `linux.namespaces`: sets the network; returns the network namespace to join.

@@ -46,6 +46,12 @@ pub enum Op {
     Chdir { path: CString },
     /// `umount2(2)` with `MNT_DETACH`.
     Detach { path: CString },
+    /// Hides `path` (inside the finished root): an empty read-only tmpfs over a directory, `/dev/null` over
+    /// anything else; nothing when it does not exist.
+    Mask { path: CString },
+    /// Makes `path` and everything mounted below it read-only (a recursive bind of itself); nothing when it
+    /// does not exist.
+    ReadOnly { path: CString },
 }
 
 /// A step and the stage it belongs to.
@@ -96,6 +102,8 @@ impl std::fmt::Display for Op {
             }
             Op::Chdir { path } => write!(f, "chdir({path:?})"),
             Op::Detach { path } => write!(f, "umount2({path:?}, MNT_DETACH)"),
+            Op::Mask { path } => write!(f, "masking {path:?}"),
+            Op::ReadOnly { path } => write!(f, "making {path:?} read-only"),
         }
     }
 }

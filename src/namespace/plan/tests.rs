@@ -304,3 +304,40 @@ fn a_kept_upper_directory_is_mounted_instead_of_the_tmpfs() {
     );
     assert!(!plan.tmpfs.iter().any(|b| b.path == Path::new("/")));
 }
+
+#[test]
+fn masked_and_read_only_paths_come_last_inside_the_new_root() {
+    let p = Policy::default()
+        .mask("/etc/passwd")
+        .read_only_path("/tmp")
+        .mask("/proc/acpi");
+    let steps = steps(&p).unwrap();
+    let pivot = steps
+        .iter()
+        .rposition(|s| matches!(s.op, Op::PivotRoot { .. }))
+        .unwrap();
+    let tail: Vec<&Op> = steps[pivot..]
+        .iter()
+        .map(|s| &s.op)
+        .filter(|op| matches!(op, Op::Mask { .. } | Op::ReadOnly { .. }))
+        .collect();
+    // Read-only paths first, then the masks (as runc orders them), all after the last pivot_root: paths of
+    // the sandbox's own root, never the host's.
+    assert_eq!(
+        tail,
+        [
+            &Op::ReadOnly { path: lit("/tmp") },
+            &Op::Mask {
+                path: lit("/etc/passwd")
+            },
+            &Op::Mask {
+                path: lit("/proc/acpi")
+            },
+        ]
+    );
+    let before = steps[..pivot]
+        .iter()
+        .filter(|s| matches!(s.op, Op::Mask { .. } | Op::ReadOnly { .. }))
+        .count();
+    assert_eq!(before, 0);
+}

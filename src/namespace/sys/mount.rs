@@ -123,6 +123,19 @@ pub fn mkdir(path: &CStr, mode: u32) -> SysResult<()> {
     }
 }
 
+/// Whether `path` (symlinks followed, as `mount(2)` follows them) is a directory; `None` when it does not
+/// exist (a missing component, or one that is not a directory).
+pub fn is_dir(path: &CStr) -> SysResult<Option<bool>> {
+    // SAFETY: an all-zero stat is a valid value for the kernel to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is writable.
+    match check(unsafe { libc::stat(path.as_ptr(), &mut st) } as c_long) {
+        Err(libc::ENOENT) | Err(libc::ENOTDIR) => Ok(None),
+        Err(e) => Err(e),
+        Ok(_) => Ok(Some(st.st_mode & libc::S_IFMT == libc::S_IFDIR)),
+    }
+}
+
 /// Creates an empty regular file (a mount point for a file bind) if none exists.
 pub fn touch(path: &CStr) -> SysResult<()> {
     let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
