@@ -46,6 +46,12 @@ pub enum PolicyError {
     /// A resource limit is out of range.
     #[error("invalid limit: {0}")]
     BadLimit(&'static str),
+    /// Too many supplementary groups.
+    #[error("at most {0} supplementary groups")]
+    TooManyGroups(usize),
+    /// A supplementary group outside the ids a sandbox maps.
+    #[error("supplementary group {0} is outside the ids a sandbox maps (0 to 65535)")]
+    BadGroup(u32),
     /// Too many masked or read-only paths.
     #[error("at most {max} {what} paths")]
     TooManyPaths {
@@ -179,6 +185,11 @@ pub struct Policy {
     pub uid: u32,
     /// Group id the program runs as inside the sandbox.
     pub gid: u32,
+    /// Supplementary groups of the program inside the sandbox (OCI `process.user.additionalGids`; none by
+    /// default). They need a user namespace that maps more than the caller's own id (`setgroups` is denied
+    /// with a one-id map): otherwise the run fails with a clear setup error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
     /// Which host ids the sandbox's user namespace maps (default: 65536 where the caller can have them).
     pub ids: IdMapping,
     /// Capabilities the program keeps when it runs as uid 0 inside (none by default; see [`Capability`]).
@@ -322,6 +333,9 @@ pub const SYSTEM_ETC: &[&str] = &[
 /// its pages are charged to the run's memory cgroup when there is one.)
 pub const DEFAULT_TMPFS_SIZE: u64 = 64 << 20;
 
+/// The most supplementary groups a policy may give (the kernel allows more; no real user has them).
+pub const MAX_GROUPS: usize = 256;
+
 /// The most masked paths, and the most read-only paths, a policy may list.
 pub const MAX_PATHS: usize = 256;
 
@@ -342,6 +356,7 @@ impl Default for Policy {
             publish: Vec::new(),
             uid: 0,
             gid: 0,
+            groups: Vec::new(),
             ids: IdMapping::Auto,
             capabilities: Vec::new(),
             host_uid: 65534,
@@ -506,6 +521,12 @@ impl Policy {
         self
     }
 
+    /// Sets the program's supplementary groups inside the sandbox (see [`Policy::groups`]).
+    pub fn groups(mut self, groups: impl IntoIterator<Item = u32>) -> Self {
+        self.groups = groups.into_iter().collect();
+        self
+    }
+
     /// Sets which host ids the sandbox's user namespace maps.
     pub fn ids(mut self, ids: IdMapping) -> Self {
         self.ids = ids;
@@ -573,6 +594,12 @@ impl Policy {
         self.ids
             .validate(self.uid, self.gid)
             .map_err(PolicyError::BadIds)?;
+        if self.groups.len() > MAX_GROUPS {
+            return Err(PolicyError::TooManyGroups(MAX_GROUPS));
+        }
+        if let Some(&g) = self.groups.iter().find(|&&g| g >= RANGE_SIZE) {
+            return Err(PolicyError::BadGroup(g));
+        }
         if self.timeout == Some(Duration::ZERO) || self.limits.cpu_time == Some(Duration::ZERO) {
             return Err(PolicyError::BadTimeout);
         }

@@ -271,6 +271,7 @@ conformance!(
     only_loopback,
     loopback_server,
     id_range,
+    supplementary_groups,
     capabilities_kept,
     environment_cleared,
     read_only_bind,
@@ -414,6 +415,39 @@ fn id_range(b: B) {
             "one id, said: {o:?}"
         );
     }
+}
+
+/// The policy's supplementary groups are the program's (and a session command's, a fork of its init); where
+/// the caller has one id only (setgroups denied), the run fails at set-up and says why.
+fn supplementary_groups(b: B) {
+    let policy = Policy::default().user(1000, 1000).groups([5, 100, 4242]);
+    let o = Cmd::new("/bin/sh")
+        .args(["-c", "id -G; grep ^Groups: /proc/self/status"])
+        .on(b)
+        .policy(policy)
+        .output();
+    let one_id = !testkit::is_root() && matches!(b, B::Namespace | B::Session);
+    match o {
+        Ok(o) if o.status == Status::Exited(0) => {
+            let text = out(&o);
+            assert_eq!(text.lines().next(), Some("1000 5 100 4242"), "{o:?}");
+            assert!(text.contains("Groups:\t5 100 4242"), "{o:?}");
+        }
+        Ok(Outcome {
+            status: Status::SetupFailed(f),
+            ..
+        })
+        | Err(sandkasten::Error::Setup(f))
+            if one_id =>
+        {
+            assert_eq!(f.stage, Stage::Credentials, "{f:?}");
+            assert!(f.message.contains("more than one id"), "{f:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // None by default: the caller's own groups never come in.
+    let o = sh(b, "grep ^Groups: /proc/self/status", Policy::default());
+    assert_eq!(out(&o).trim_end(), "Groups:", "{o:?}");
 }
 
 /// Capabilities a policy keeps work for uid 0 inside, within the range (chown, setgroups, setuid), and go

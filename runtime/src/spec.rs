@@ -335,6 +335,7 @@ pub fn translate(spec: &Spec, bundle: &Path) -> Result<Translated, SpecError> {
         None => serde_json::from_str("{}").expect("an empty `linux` reads"),
     };
     let outside = linux::translate(&linux, &mut policy, &mut notes)?;
+    process::groups(&process.additional_gids, &mut policy, &mut notes);
     seccomp::translate(linux.seccomp().as_ref(), &mut policy, &mut notes)?;
     let vm = backend(spec)?;
     let hooks = hooks(spec.hooks().as_ref())?;

@@ -142,16 +142,19 @@ fn podman_flow(vm: bool) {
     img.runtime = staged(vm, &dir);
     let out = ok(img
         .podman()
-        .args(["run", "--rm"])
+        .args(["run", "--rm", "--group-add", "4242"])
         .args(backend(vm))
         .args(ULIMITS)
         .arg(&img.name)
         .args([
             "sh",
             "-c",
-            "echo hello from $(id -u); echo x > /etc/new && cat /etc/new",
+            "echo hello from $(id -u); echo x > /etc/new && cat /etc/new; grep ^Groups: /proc/self/status",
         ]));
-    assert_eq!(out, "hello from 0\nx\n");
+    let (first, groups) = out.split_at(out.find("Groups:").unwrap_or(out.len()));
+    assert_eq!(first, "hello from 0\nx\n", "{out}");
+    // process.user.additionalGids (podman's --group-add) are the process's supplementary groups.
+    assert!(groups.split_whitespace().any(|g| g == "4242"), "{out}");
 
     let name = format!("sandbox-runtime-test-{}-{vm}", std::process::id());
     img.containers.push(name.clone());

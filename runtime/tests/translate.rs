@@ -180,7 +180,13 @@ fn podman_shaped() {
         &["linux.sysctl (net.ipv4.ip_unprivileged_port_start, net.ipv4.ping_group_range)"],
     );
     assert_noted(&t, &["linux.cgroupsPath is not used"]);
-    assert_noted(&t, &["additionalGids"]);
+    // Applied for a root caller (a range of its own); noted for an unprivileged one.
+    if testkit::is_root() {
+        assert_eq!(t.policy.groups, t.process.additional_gids);
+    } else {
+        assert_noted(&t, &["additionalGids"]);
+        assert!(t.policy.groups.is_empty());
+    }
     assert_noted(&t, &["umask 0022"]);
     assert_noted(&t, &["process.oomScoreAdj (0)"]);
     assert_noted(&t, &["process.noNewPrivileges is false"]);

@@ -98,6 +98,8 @@ pub struct ChildSpec {
     pub gid: u32,
     /// Whether `setgroups` is permitted (root callers) so supplementary groups can be dropped.
     pub drop_groups: bool,
+    /// The supplementary groups the program gets (only with `drop_groups`; checked before the clone).
+    pub groups: Vec<libc::gid_t>,
     /// Capabilities the program keeps when it runs as uid 0 inside (a mask; 0: none, the default).
     pub capabilities: u64,
     /// Descriptors to install: `(source, target)`, the program's 0, 1, 2 (unless inherited) and any extra
@@ -299,7 +301,7 @@ pub fn main(spec: &mut ChildSpec) -> ! {
             Err(e) => fail(report, Stage::Mounts, u32::MAX - 1 - i as u32, e),
         }
     }
-    if let Err(e) = sys::set_ids(spec.uid, spec.gid, spec.drop_groups) {
+    if let Err(e) = sys::set_ids(spec.uid, spec.gid, spec.drop_groups, &spec.groups) {
         fail(report, Stage::Credentials, none, e);
     }
     // The host has placed us in the run's cgroup: make it the root of our cgroup view.

@@ -225,6 +225,7 @@ fn prepare(
         uid: policy.uid,
         gid: policy.gid,
         drop_groups: false,
+        groups: policy.groups.clone(),
         capabilities: crate::policy::Capability::mask(&policy.capabilities),
         fd_map: fd_map.clone(),
         fd_floor: fd_map.iter().map(|&(_, t)| t + 1).max().unwrap_or(3).max(3),
@@ -317,6 +318,37 @@ pub(crate) fn spawn_session(
     Ok((started, applied.env, applied.cwd))
 }
 
+/// The policy's supplementary groups can be had: `setgroups` is allowed and the gid map covers each.
+fn groups(policy: &crate::Policy, maps: &idmap::IdMaps) -> Result<(), SetupFailure> {
+    if policy.groups.is_empty() {
+        return Ok(());
+    }
+    if !maps.may_drop_groups() {
+        return Err(setup_error(
+            Stage::Credentials,
+            None,
+            "supplementary groups need a user namespace that maps more than one id (setgroups is denied \
+             with a one-id map): give this user subordinate ids (/etc/subuid, /etc/subgid, newuidmap), or \
+             leave the groups out",
+        ));
+    }
+    let (_, gids) = maps.extents();
+    if let Some(g) = policy.groups.iter().find(|&&g| {
+        !gids
+            .iter()
+            .any(|e| g >= e.inside && u64::from(g) < u64::from(e.inside) + u64::from(e.count))
+    }) {
+        return Err(setup_error(
+            Stage::Credentials,
+            None,
+            &format!(
+                "supplementary group {g} is not mapped by the sandbox's gid map: widen the id range"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started, SetupFailure> {
     let (mut spec, plan) = prepare(launch, root)?;
     if launch.policy.network == Network::User {
@@ -329,6 +361,7 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
         maps.give_root_to(r.owner);
     }
     spec.drop_groups = maps.may_drop_groups();
+    groups(launch.policy, &maps)?;
     if let Some(serve) = spec.serve.as_mut()
         && launch.serve.is_some_and(|s| s.detached)
     {

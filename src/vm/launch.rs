@@ -331,7 +331,7 @@ fn start_plain(vmm: &Invocation, fds: &[(OwnedFd, RawFd)], stderr: RawFd) -> Res
             }
             sys::dup2(stderr_fd, 2).map_err(os)?;
             if root {
-                sys::set_ids(65534, 65534, true).map_err(os)?;
+                sys::set_ids(65534, 65534, true, &[]).map_err(os)?;
             }
             sys::no_new_privs().map_err(os)?;
             crate::seccomp::install(&filter.program, false).map_err(os)?;

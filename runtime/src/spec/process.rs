@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use oci_spec::runtime::{self as oci, PosixRlimit, PosixRlimitType};
-use sandkasten::policy::Limits;
+use sandkasten::policy::{IdMapping, Limits, RANGE_SIZE};
 use sandkasten::{Capability, Policy};
 
 use super::{SpecError, check};
@@ -69,7 +69,8 @@ pub struct Process {
     pub uid: u32,
     /// The group id inside the container (also the policy's `gid`).
     pub gid: u32,
-    /// `process.user.additionalGids`: not applied yet (the policy has no supplementary groups); a note says so.
+    /// `process.user.additionalGids`: the policy's `groups` where the container's user namespace maps more
+    /// than one id ([`groups`]); otherwise a note says they are not applied.
     pub additional_gids: Vec<u32>,
     /// `process.noNewPrivileges` as asked (absent: false). The sandbox sets `no_new_privs` whatever it says.
     pub no_new_privileges: bool,
@@ -97,13 +98,6 @@ pub(super) fn translate(
     policy.uid = user.uid();
     policy.gid = user.gid();
     let additional_gids = user.additional_gids().clone().unwrap_or_default();
-    if !additional_gids.is_empty() {
-        notes.push(format!(
-            "process.user.additionalGids {additional_gids:?} are not applied yet: the process has only its \
-             group {}.",
-            user.gid()
-        ));
-    }
     if let Some(umask) = user.umask() {
         notes.push(format!(
             "process.user.umask {umask:04o} is not applied: the process inherits the runtime's umask."
@@ -268,4 +262,32 @@ fn capabilities(
         .collect();
     kept.sort();
     kept
+}
+
+/// `process.user.additionalGids`, once `linux` chose the id mapping: the policy's supplementary groups where
+/// the user namespace will map a range that holds them (setgroups is denied with a one-id map); otherwise a
+/// note, and the process has only its own group.
+pub(super) fn groups(gids: &[u32], policy: &mut Policy, notes: &mut Vec<String>) {
+    if gids.is_empty() {
+        return;
+    }
+    let range = match &policy.ids {
+        IdMapping::Single => 1,
+        IdMapping::Range { count, .. } => *count,
+        IdMapping::Subordinate(_) => RANGE_SIZE,
+        // A root caller always gets a range of its own; an unprivileged one only with subordinate ids,
+        // which this translation cannot know for sure.
+        IdMapping::Auto if nix::unistd::geteuid().is_root() => RANGE_SIZE,
+        IdMapping::Auto => 1,
+        _ => 1,
+    };
+    if range > 1 && gids.iter().all(|&g| g < range) {
+        policy.groups = gids.to_vec();
+    } else {
+        notes.push(format!(
+            "process.user.additionalGids {gids:?} are not applied: the container's user namespace does not \
+             map them (a root caller's containers have them); the process has only its group {}.",
+            policy.gid
+        ));
+    }
 }

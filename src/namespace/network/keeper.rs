@@ -157,7 +157,7 @@ fn pasta(spec: &Spec, keeper: libc::pid_t) -> ! {
         fail(c"setns into the sandbox's user namespace", e);
     }
     sys::close(spec.userns);
-    if let Err(e) = sys::set_ids(spec.uid, spec.gid, false) {
+    if let Err(e) = sys::set_ids(spec.uid, spec.gid, false, &[]) {
         fail(c"setresgid/setresuid to the sandbox user", e);
     }
     if let Err(e) = sys::keep_only_capabilities(spec.caps) {

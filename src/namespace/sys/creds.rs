@@ -22,16 +22,15 @@ pub fn set_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> 
     check(unsafe { libc::setrlimit(resource, &lim) } as c_long).map(drop)
 }
 
-/// Becomes `uid`/`gid` (real, effective and saved), dropping supplementary groups first when `drop_groups`.
+/// Becomes `uid`/`gid` (real, effective and saved); when `drop_groups`, the supplementary groups are first
+/// replaced by `groups` (none: dropped).
 ///
 /// Raw system calls on purpose: glibc's wrappers broadcast id changes to every thread it believes exists,
 /// and in a child cloned from a multi-threaded process those threads do not exist, so they would wait forever.
-pub fn set_ids(uid: u32, gid: u32, drop_groups: bool) -> SysResult<()> {
+pub fn set_ids(uid: u32, gid: u32, drop_groups: bool, groups: &[libc::gid_t]) -> SysResult<()> {
     if drop_groups {
-        // SAFETY: an empty group list with a NULL pointer is valid.
-        check(unsafe {
-            libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
-        })?;
+        // SAFETY: `groups` holds `groups.len()` gids (an empty slice's pointer is not read).
+        check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
     }
     // Where this process is the user namespace's uid 0 (its creator's id is mapped to 0 inside: an
     // unprivileged caller with subordinate ids, or a guest's run on the VMM's shares), leaving uid 0 would
