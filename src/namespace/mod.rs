@@ -341,7 +341,7 @@ fn groups(policy: &crate::Policy, maps: &idmap::IdMaps) -> Result<(), SetupFailu
         return Err(setup_error(
             Stage::Credentials,
             None,
-            &format!(
+            format!(
                 "supplementary group {g} is not mapped by the sandbox's gid map: widen the id range"
             ),
         ));
