@@ -455,3 +455,76 @@ fn extra_devices_are_shown_and_checked() {
         .unwrap();
     assert_eq!(stdout(&o), "absent\n");
 }
+
+/// The controlling terminal of the program's session (field 7 of /proc/self/stat, `tty_nr`; 0: none), as
+/// a script prints it.
+const TTY_NR: &str = "cut -d' ' -f7 /proc/self/stat";
+
+/// A fresh pseudo-terminal as stdin (as an OCI runtime's console socket gets) becomes the controlling terminal
+/// of the program's session, in a one-shot run and in a session's command: job control and ^C work. A
+/// terminal that is already another session's, or no terminal, leaves the program without one.
+#[test]
+fn a_fresh_terminal_becomes_the_programs_controlling_terminal() {
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave = || Stdio::Fd(pty.slave.try_clone().unwrap());
+    let o = sh(TTY_NR).stdin(slave()).output().unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    assert_ne!(stdout(&o).trim(), "0", "no controlling terminal: {o:?}");
+    // ^C on the terminal reaches the program's process group.
+    let o = sh(
+        "trap 'echo interrupted; exit 3' INT; printf x > /dev/tty; while :; do sleep 0.05; done",
+    )
+    .stdin(slave())
+    .stdout(Stdio::Piped)
+    .spawn()
+    .unwrap();
+    let mut child = o;
+    let mut byte = [0u8; 1];
+    nix::unistd::read(&pty.master, &mut byte).unwrap();
+    assert_eq!(&byte, b"x");
+    nix::unistd::write(&pty.master, &[3]).unwrap(); // ^C
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status, Status::Exited(3), "{o:?}");
+    assert_eq!(stdout(&o), "interrupted\n");
+
+    // A session's command gets its terminal the same way.
+    let session = sandkasten::Session::start(Policy::default()).unwrap();
+    let pty2 = nix::pty::openpty(None, None).expect("openpty");
+    let o = session
+        .command("/bin/sh")
+        .args(["-c", TTY_NR])
+        .stdin(Stdio::Fd(pty2.slave.try_clone().unwrap()))
+        .output()
+        .unwrap();
+    assert_ne!(stdout(&o).trim(), "0", "{o:?}");
+    session.stop(Duration::from_secs(1)).unwrap();
+
+    // Without a terminal: none.
+    assert_eq!(stdout(&run(TTY_NR)).trim(), "0");
+    // The terminal of another session (here: one this test made its own) is never taken over.
+    let pty3 = nix::pty::openpty(None, None).expect("openpty");
+    let slave3 = pty3.slave.try_clone().unwrap();
+    let mut holder = std::process::Command::new("/bin/sh");
+    holder.args(["-c", "exec sleep 30"]).stdin(slave3);
+    // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut holder, || {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut holder = holder.spawn().unwrap();
+    let o = sh(TTY_NR)
+        .stdin(Stdio::Fd(pty3.slave.try_clone().unwrap()))
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(
+        stdout(&o).trim(),
+        "0",
+        "took another session's terminal: {o:?}"
+    );
+}

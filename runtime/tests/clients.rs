@@ -156,6 +156,26 @@ fn podman_flow(vm: bool) {
     // process.user.additionalGids (podman's --group-add) are the process's supplementary groups.
     assert!(groups.split_whitespace().any(|g| g == "4242"), "{out}");
 
+    if !vm {
+        // `-t`: conmon's pseudo-terminal through the console socket is the process's controlling terminal
+        // (field 7 of /proc/self/stat, tty_nr, is not 0).
+        let out = ok(img
+            .podman()
+            .args(["run", "--rm", "-t"])
+            .args(ULIMITS)
+            .arg(&img.name)
+            .args([
+                "sh",
+                "-c",
+                "cut -d' ' -f7 /proc/self/stat; test -t 0 && echo tty",
+            ]));
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert!(
+            lines.len() == 2 && lines[0] != "0" && lines[1] == "tty",
+            "{out:?}"
+        );
+    }
+
     let name = format!("sandbox-runtime-test-{}-{vm}", std::process::id());
     img.containers.push(name.clone());
     ok(img

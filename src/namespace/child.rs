@@ -393,6 +393,13 @@ fn exec_failed(exec_wr: RawFd, stage: Stage, e: Errno) -> ! {
 /// signal mask, its own CPU-time limit (not counted on the init).
 fn own_process(spec: &ChildSpec) -> Result<(), (Stage, Errno)> {
     sys::setsid().map_err(|e| (Stage::Init, e))?;
+    // A terminal as stdin that is nobody's controlling terminal yet (a pseudo-terminal made for this
+    // program, as an OCI runtime's console socket gets) becomes this session's: job control, ^C and SIGHUP
+    // work. A terminal that already is one (the caller's own) stays the caller's: the kernel refuses with
+    // EPERM, and anything but a terminal with ENOTTY; both are fine. Skipped when the filter would kill it.
+    if spec.filter.as_ref().is_none_or(|f| f.may_claim_tty) {
+        let _ = sys::claim_terminal(0);
+    }
     sys::reset_signal_dispositions();
     // SAFETY: an all-zero sigset is a valid empty set.
     let empty: libc::sigset_t = unsafe { std::mem::zeroed() };

@@ -143,6 +143,8 @@ pub struct Filter {
     pub program: Vec<sock_filter>,
     /// Install with a notification listener (audit mode with at least one errno action).
     pub listener: bool,
+    /// `ioctl(0, TIOCSCTTY, 0)` is not killed: a program's pre-exec code may try to take its terminal.
+    pub may_claim_tty: bool,
     errnos: [u16; SYSCALL_SLOTS],
     default_errno: u16,
 }
@@ -256,6 +258,7 @@ pub fn compile(profile: &SeccompProfile, audit: bool) -> Result<Filter, SeccompE
             return Ok(Filter {
                 program: Vec::new(),
                 listener: false,
+                may_claim_tty: true,
                 errnos: [0; SYSCALL_SLOTS],
                 default_errno: libc::EPERM as u16,
             });
@@ -371,9 +374,22 @@ pub fn compile(profile: &SeccompProfile, audit: bool) -> Result<Filter, SeccompE
         Act::Errno(e) => e,
         _ => libc::EPERM as u16,
     };
+    let tty = eval(
+        &program,
+        AUDIT_ARCH_X86_64,
+        libc::SYS_ioctl as i32,
+        [0, libc::TIOCSCTTY, 0, 0, 0, 0],
+    );
+    let may_claim_tty = tty.is_some_and(|ret| {
+        matches!(
+            ret & libc::SECCOMP_RET_ACTION_FULL,
+            libc::SECCOMP_RET_ALLOW | libc::SECCOMP_RET_ERRNO | libc::SECCOMP_RET_USER_NOTIF
+        )
+    });
     Ok(Filter {
         program,
         listener: audit && has_errno,
+        may_claim_tty,
         errnos,
         default_errno,
     })

@@ -29,7 +29,7 @@ pub use self::mount::{
 #[cfg_attr(not(feature = "vm"), allow(unused_imports))]
 pub use self::process::pidfd_open;
 pub use self::process::{
-    CLONE_PIDFD, clone, execve, exit, fork, full_sigset, getpid, getppid, kill,
+    CLONE_PIDFD, claim_terminal, clone, execve, exit, fork, full_sigset, getpid, getppid, kill,
     parent_death_signal, pidfd_signal, read_signal, reap_any_usage, reset_signal_dispositions,
     set_process_name, set_sigmask, setsid, signalfd, wait_pid,
 };

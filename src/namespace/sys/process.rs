@@ -178,6 +178,13 @@ pub fn kill(pid: libc::pid_t, sig: c_int) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// Makes the terminal on `fd` the calling session leader's controlling terminal (`TIOCSCTTY`, never stealing
+/// one that is already another session's).
+pub fn claim_terminal(fd: RawFd) -> SysResult<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } as c_long).map(drop)
+}
+
 /// `setsid(2)`.
 pub fn setsid() -> SysResult<()> {
     // SAFETY: plain syscall.
