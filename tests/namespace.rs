@@ -471,14 +471,13 @@ fn a_fresh_terminal_becomes_the_programs_controlling_terminal() {
     assert_eq!(o.status, Status::Exited(0), "{o:?}");
     assert_ne!(stdout(&o).trim(), "0", "no controlling terminal: {o:?}");
     // ^C on the terminal reaches the program's process group.
-    let o = sh(
+    let child = sh(
         "trap 'echo interrupted; exit 3' INT; printf x > /dev/tty; while :; do sleep 0.05; done",
     )
     .stdin(slave())
     .stdout(Stdio::Piped)
     .spawn()
     .unwrap();
-    let mut child = o;
     let mut byte = [0u8; 1];
     nix::unistd::read(&pty.master, &mut byte).unwrap();
     assert_eq!(&byte, b"x");
