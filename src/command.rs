@@ -295,12 +295,12 @@ impl Sandbox {
         let started = Instant::now();
         let (inner, deadline) = self.start(&launch)?;
         drop(held);
-        Ok(SandboxChild::new(
+        SandboxChild::new(
             inner,
             started,
             deadline,
             (streams.stdin, streams.stdout, streams.stderr),
-        ))
+        )
     }
 
     /// Starts the run on its backend, the one place a backend is chosen: a pool's warm VM, the namespace

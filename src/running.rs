@@ -1,7 +1,7 @@
 //! `SandboxChild`: a running sandbox on either backend, shaped like `std::process::Child`.
 
 use std::io::{PipeReader, PipeWriter, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::backend::{BootWatch, Run};
@@ -24,6 +24,8 @@ pub struct SandboxChild {
     deadline: Option<Duration>,
     killed: bool,
     done: Option<Outcome>,
+    /// Always readable: what [`AsFd`] gives once the verdict is in.
+    ended_fd: OwnedFd,
 }
 
 impl SandboxChild {
@@ -32,8 +34,18 @@ impl SandboxChild {
         started: Instant,
         deadline: Option<Duration>,
         streams: (Option<PipeWriter>, Option<PipeReader>, Option<PipeReader>),
-    ) -> Self {
-        SandboxChild {
+    ) -> Result<Self, Error> {
+        // SAFETY: eventfd takes two integers; a non-negative result is a new descriptor this process owns.
+        let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            let source = std::io::Error::last_os_error();
+            inner.abort();
+            return Err(Error::Io {
+                what: "creating the child's end-of-run eventfd",
+                source,
+            });
+        }
+        Ok(SandboxChild {
             stdin: streams.0,
             stdout: streams.1,
             stderr: streams.2,
@@ -42,7 +54,9 @@ impl SandboxChild {
             deadline,
             killed: false,
             done: None,
-        }
+            // SAFETY: `fd` was just created above and is owned by nothing else.
+            ended_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// The host pid of the sandbox's root process: the namespace sandbox's init (PID 1 inside), or QEMU.
@@ -241,6 +255,35 @@ impl SandboxChild {
 
 fn millis(d: Duration) -> i32 {
     d.as_millis().min(i32::MAX as u128) as i32
+}
+
+/// A descriptor to poll for the end of the run (an event loop's, or `poll(2)`), on every backend: it becomes
+/// readable when the run may have ended; then [`SandboxChild::try_wait`] (which never blocks) tells, and
+/// takes whatever made it readable without the end (a pooled or session run's channel events), so that
+/// the descriptor is not readable again until something new happens. Once the verdict is in, it stays
+/// readable. The host's backstop deadline (the policy's timeout plus a grace) is enforced only while someone
+/// waits: the sandbox enforces its own timeout either way.
+///
+/// ```no_run
+/// use std::os::fd::{AsFd, AsRawFd};
+/// let mut child = sandkasten::Sandbox::new("/bin/true").spawn()?;
+/// let outcome = loop {
+///     let mut pfd = [libc::pollfd { fd: child.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+///     // SAFETY: one valid pollfd.
+///     unsafe { libc::poll(pfd.as_mut_ptr(), 1, -1) };
+///     if let Some(outcome) = child.try_wait()? {
+///         break outcome;
+///     }
+/// };
+/// # Ok::<(), sandkasten::Error>(())
+/// ```
+impl AsFd for SandboxChild {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.inner {
+            Some(run) if self.done.is_none() => run.wait_fd(),
+            _ => self.ended_fd.as_fd(),
+        }
+    }
 }
 
 impl Drop for SandboxChild {

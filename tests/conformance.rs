@@ -281,6 +281,7 @@ conformance!(
     masked_and_read_only_paths,
     working_directory,
     stdin_piped,
+    pollable_end,
     wall_timeout_kills_the_tree,
     no_privileges,
     seccomp_denials_reported,
@@ -643,6 +644,46 @@ fn stdin_piped(b: B) {
         .unwrap();
     assert_eq!(text, "through the sandbox");
     assert_eq!(child.wait().unwrap().status, Status::Exited(0));
+}
+
+/// `AsFd` on the child: a descriptor an event loop polls for the end of the run. It becomes readable by the
+/// end (a readiness without the end is taken by `try_wait`, so it does not spin), and stays readable once
+/// the verdict is in.
+fn pollable_end(b: B) {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut child = Cmd::new("/bin/sh")
+        .args(["-c", "sleep 0.3; exit 4"])
+        .on(b)
+        .spawn()
+        .unwrap();
+    let readable = |child: &SandboxChild, ms: i32| {
+        let mut pfd = [libc::pollfd {
+            fd: child.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(pfd.as_mut_ptr(), 1, ms) == 1 }
+    };
+    let start = std::time::Instant::now();
+    let mut wakeups = 0;
+    let outcome = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no end after {wakeups} wakeups"
+        );
+        if !readable(&child, 120_000) {
+            continue;
+        }
+        wakeups += 1;
+        if let Some(o) = child.try_wait().unwrap() {
+            break o;
+        }
+    };
+    assert_eq!(outcome.status, Status::Exited(4), "{outcome:?}");
+    assert!(wakeups < 50, "{wakeups} wakeups for one run: it spins");
+    assert!(readable(&child, 0), "not readable once ended");
+    assert_eq!(child.try_wait().unwrap().unwrap().status, Status::Exited(4));
 }
 
 fn wall_timeout_kills_the_tree(b: B) {

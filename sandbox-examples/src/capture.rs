@@ -3,7 +3,7 @@
 //! stop signal comes, the deadline passes, or standard output goes over its limit (then the sandbox is killed).
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use sandkasten::SandboxChild;
@@ -33,11 +33,11 @@ fn host(what: &str) -> impl FnOnce(io::Error) -> Stop + '_ {
 }
 
 /// Reads `child`'s piped stdout and stderr with bounded buffers (`output_limit`, `stderr_limit` bytes kept)
-/// until both close, the sandbox ends (`pidfd` readable), a signal of `signals` comes, or stdout goes over
-/// its limit. Past `deadline` (a backstop behind the sandbox's own wall limit) the sandbox is killed.
+/// until both close, the sandbox ends (the child's descriptor, `AsFd`, readable and `try_wait` says so: on
+/// every backend, a pooled VM's runs too), a signal of `signals` comes, or stdout goes over its limit. Past
+/// `deadline` (a backstop behind the sandbox's own wall limit) the sandbox is killed.
 pub fn read_outputs(
     child: &mut SandboxChild,
-    pidfd: &OwnedFd,
     signals: &SignalFd,
     output_limit: usize,
     stderr_limit: usize,
@@ -54,7 +54,7 @@ pub fn read_outputs(
     while !(pipes.is_empty() && ended) {
         let mut fds = vec![pollin(signals.fd.as_fd())];
         if !ended {
-            fds.push(pollin(pidfd.as_fd()));
+            fds.push(pollin(child.as_fd()));
         }
         fds.extend(pipes.iter().map(|(p, _)| pollin(p.as_fd())));
         let left = deadline.saturating_duration_since(Instant::now());
@@ -70,7 +70,10 @@ pub fn read_outputs(
         }
         let first_pipe = if ended { 1 } else { 2 };
         if !ended && fds[1].revents != 0 {
-            ended = true;
+            ended = child
+                .try_wait()
+                .map_err(|e| Stop::Host(format!("waiting for the sandbox: {e}")))?
+                .is_some();
         }
         let mut closed = Vec::new();
         for (i, (pipe, is_out)) in pipes.iter_mut().enumerate() {

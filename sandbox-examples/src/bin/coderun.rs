@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use sandbox_examples::capture::{Capture, Captured, Stop, read_outputs};
-use sandbox_examples::host::{SignalFd, pidfd_open};
+use sandbox_examples::host::SignalFd;
 use sandbox_examples::lang::Lang;
 use sandkasten::outcome::TimeLimit;
 use sandkasten::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
@@ -400,14 +400,12 @@ fn run(job: Job) -> Result<Value, Failure> {
         Err(sandkasten::Error::Setup(f)) => return setup_failed(&job, f),
         Err(e) => return Err(Failure::Host(e.to_string())),
     };
-    let pidfd = pidfd_open(child.id()).map_err(host("pidfd_open on the sandbox"))?;
 
     // Read stdout and stderr with bounded buffers until both close, the sandbox ends, a stop signal comes,
     // or stdout goes over the limit (then the sandbox is killed: OLE).
     let deadline = Instant::now() + job.wall + BACKSTOP;
     let Captured { out, err, over } = read_outputs(
         &mut child,
-        &pidfd,
         &signals,
         job.output_limit,
         STDERR_LIMIT,

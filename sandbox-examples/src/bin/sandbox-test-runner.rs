@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sandbox_examples::host::{SignalFd, pidfd_open, poll, pollin};
+use sandbox_examples::host::{SignalFd, poll, pollin};
 use sandkasten::policy::SYSTEM_TOP;
 use sandkasten::{Mount, Policy, Sandbox, Status};
 
@@ -247,9 +247,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
         Err(sandkasten::Error::Setup(f)) => return Ok(failed(&binary, &Status::SetupFailed(f))),
         Err(e) => return Err(e.to_string()),
     };
-    let pidfd = pidfd_open(child.id()).map_err(|e| format!("pidfd_open: {e}"))?;
     let outcome = loop {
-        let mut fds = [pollin(signals.fd.as_fd()), pollin(pidfd.as_fd())];
+        let mut fds = [pollin(signals.fd.as_fd()), pollin(child.as_fd())];
         // The timeout only lets `try_wait` enforce the policy's wall limit as a backstop.
         poll(&mut fds, Some(Duration::from_secs(1))).map_err(|e| format!("poll: {e}"))?;
         if fds[0].revents != 0 {

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Subcommand;
-use sandbox_examples::host::{SignalFd, pidfd_open, poll, pollin};
+use sandbox_examples::host::{SignalFd, poll, pollin};
 use sandkasten::image::ImageStore;
 use sandkasten::{
     BackendKind, Detach, DetachedState, Outcome, SandboxChild, Session, SetupFailure, Stage,
@@ -451,16 +451,14 @@ fn wait_forwarding(
     signals: &SignalFd,
     limited: bool,
 ) -> Result<Outcome, String> {
-    // The command's end wakes the wait at once (0: this process cannot see it; then the poll's timeout).
-    let pidfd = pidfd_open(child.id()).ok();
-    let tick = (limited || pidfd.is_none()).then_some(Duration::from_millis(100));
+    // The command's end wakes the wait at once (its descriptor, `AsFd`); a time limit needs a tick so that
+    // `try_wait` enforces it.
+    let tick = limited.then_some(Duration::from_millis(100));
     loop {
-        // First: a command that ended before its pidfd was opened leaves no pidfd to wake this wait.
         if let Some(o) = child.try_wait().map_err(|e| e.to_string())? {
             return Ok(o);
         }
-        let mut fds = vec![pollin(signals.fd.as_fd())];
-        fds.extend(pidfd.as_ref().map(|p| pollin(p.as_fd())));
+        let mut fds = vec![pollin(signals.fd.as_fd()), pollin(child.as_fd())];
         poll(&mut fds, tick).map_err(|e| format!("poll: {e}"))?;
         if fds[0].revents != 0 {
             let sig = signals
@@ -468,10 +466,6 @@ fn wait_forwarding(
                 .map_err(|e| format!("reading a signal: {e}"))?;
             // It may have ended meanwhile.
             let _ = child.signal(sig);
-        }
-        if fds.get(1).is_some_and(|f| f.revents != 0) {
-            // It ended: the session's init reports its end right away.
-            return child.wait().map_err(|e| e.to_string());
         }
     }
 }
