@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{Backend, Run, VmEngine};
 use crate::error::{Error, io};
 use crate::namespace::{self, Launch};
-use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage};
+use crate::outcome::{BackendKind, Outcome, OutputLimit, SetupFailure, Stage};
 use crate::policy::Policy;
 use crate::running::SandboxChild;
 #[cfg(feature = "vm")]
@@ -57,6 +57,8 @@ pub struct Sandbox {
     guest: bool,
     /// A command of a session: the session and the policy it runs under.
     session: Option<(SessionRef, Policy)>,
+    /// What `output` keeps of stdout and stderr.
+    output_limits: [OutputLimit; 2],
 }
 
 /// The session a command runs in: one of the namespace backend, or one in a VM.
@@ -85,6 +87,7 @@ impl Sandbox {
             extra_fds: Vec::new(),
             guest: false,
             session: None,
+            output_limits: [OutputLimit::default(); 2],
         }
     }
 
@@ -134,6 +137,13 @@ impl Sandbox {
     /// Sets the program's standard output.
     pub fn stdout(&mut self, s: Stdio) -> &mut Self {
         self.stdio[1] = Some(s);
+        self
+    }
+
+    /// How much of piped stdout and stderr [`Sandbox::output`] and [`SandboxChild::wait_with_output`] keep,
+    /// and whether writing more kills the program (default: [`OutputLimit::default`] for each).
+    pub fn output_limits(&mut self, stdout: OutputLimit, stderr: OutputLimit) -> &mut Self {
+        self.output_limits = [stdout, stderr];
         self
     }
 
@@ -300,6 +310,7 @@ impl Sandbox {
             started,
             deadline,
             (streams.stdin, streams.stdout, streams.stderr),
+            self.output_limits,
         )
     }
 

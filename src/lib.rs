@@ -60,7 +60,7 @@ pub use backend::{Backend, BootWatch, SnapshotCache, VmEngine};
 pub use command::{Sandbox, Stdio};
 pub use error::Error;
 pub use namespace::DEFAULT_PATH;
-pub use outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, Usage};
+pub use outcome::{BackendKind, Outcome, OutputLimit, SetupFailure, Stage, Status, Usage};
 pub use policy::{
     Capability, IdMapping, Mount, Network, Policy, PolicyError, Protocol, Publish, Rootfs,
 };

@@ -358,7 +358,8 @@ pub struct Denial {
 }
 
 /// How the VM backend ran the program.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct VmInfo {
     /// The engine: "qemu" or "builtin".
@@ -399,6 +400,73 @@ pub struct Outcome {
     pub denied_syscalls: Vec<Denial>,
     /// The VM backend's engine and accelerator, when it ran the program.
     pub vm: Option<VmInfo>,
+    /// What was captured of the piped streams ([`Sandbox::output`](crate::Sandbox::output),
+    /// [`SandboxChild::wait_with_output`](crate::SandboxChild::wait_with_output)): totals, truncation, and
+    /// whether the program was killed for writing too much ([`OutputLimit`]).
+    pub capture: Capture,
+}
+
+/// How much of a piped stream [`Sandbox::output`](crate::Sandbox::output) and [`SandboxChild::wait_with_output`](crate::SandboxChild::wait_with_output) keep in memory, and
+/// what happens beyond it. An untrusted program can write without end: the host keeps at most `max_bytes`
+/// of each stream ([`OutputLimit::DEFAULT_BYTES`] unless set), says in [`Outcome::capture`] how much there
+/// was and that it was cut, and with [`OutputLimit::kill_after`] kills the program at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutputLimit {
+    /// The most bytes kept.
+    pub max_bytes: u64,
+    /// Kill the program as soon as it writes past `max_bytes` (else the rest is read and dropped).
+    pub kill: bool,
+}
+
+impl OutputLimit {
+    /// The default: 16 MiB of each stream, the rest dropped.
+    pub const DEFAULT_BYTES: u64 = 16 << 20;
+
+    /// Keeps the first `max_bytes`, reads and drops the rest.
+    pub fn truncate(max_bytes: u64) -> OutputLimit {
+        OutputLimit {
+            max_bytes,
+            kill: false,
+        }
+    }
+
+    /// Keeps the first `max_bytes` and kills the program when it writes more (an online judge's output
+    /// limit).
+    pub fn kill_after(max_bytes: u64) -> OutputLimit {
+        OutputLimit {
+            max_bytes,
+            kill: true,
+        }
+    }
+
+    /// Keeps everything: the host's memory is the limit.
+    pub fn unlimited() -> OutputLimit {
+        OutputLimit::truncate(u64::MAX)
+    }
+}
+
+impl Default for OutputLimit {
+    fn default() -> Self {
+        OutputLimit::truncate(OutputLimit::DEFAULT_BYTES)
+    }
+}
+
+/// What was captured of a run's piped stdout and stderr, against their [`OutputLimit`]s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Capture {
+    /// Bytes the program wrote to its stdout while it was read (kept or not).
+    pub stdout_bytes: u64,
+    /// Bytes the program wrote to its stderr while it was read (kept or not).
+    pub stderr_bytes: u64,
+    /// `Outcome::stdout` holds only the first bytes: the rest went over the limit.
+    pub stdout_truncated: bool,
+    /// `Outcome::stderr` holds only the first bytes: the rest went over the limit.
+    pub stderr_truncated: bool,
+    /// The program was killed because a stream went over a limit that kills ([`OutputLimit::kill_after`]); its status then is the kill's.
+    pub killed_for_output: bool,
 }
 
 impl Outcome {
@@ -414,6 +482,7 @@ impl Outcome {
             enforced: Enforced::default(),
             denied_syscalls: Vec::new(),
             vm: None,
+            capture: Capture::default(),
         }
     }
 
@@ -480,7 +549,13 @@ impl Outcome {
                 .get("denied_syscalls")
                 .and_then(|d| serde_json::from_value(d.clone()).ok())
                 .unwrap_or_default(),
-            vm: None,
+            vm: v
+                .get("vm")
+                .and_then(|d| serde_json::from_value(d.clone()).ok()),
+            capture: v
+                .get("capture")
+                .and_then(|d| serde_json::from_value(d.clone()).ok())
+                .unwrap_or_default(),
         })
     }
 
@@ -510,6 +585,9 @@ impl Outcome {
         });
         if let Some(vm) = &self.vm {
             v["vm"] = serde_json::to_value(vm).unwrap_or_default();
+        }
+        if self.capture != Capture::default() {
+            v["capture"] = serde_json::to_value(&self.capture).unwrap_or_default();
         }
         if let Status::SetupFailed(f) = &self.status {
             v["setup_error"] = serde_json::json!({
@@ -577,6 +655,48 @@ mod tests {
             );
         }
         assert!(Outcome::from_report_json(&serde_json::json!({"status": "odd"})).is_none());
+    }
+
+    #[test]
+    fn the_vm_and_the_capture_survive_the_report() {
+        let mut o = Outcome::setup_failed(
+            SetupFailure {
+                stage: Stage::Vm,
+                errno: None,
+                message: "m".into(),
+            },
+            BackendKind::Vm,
+        )
+        .with_status(Status::Signaled(9));
+        o.vm = Some(VmInfo {
+            engine: "qemu".into(),
+            restored: true,
+            boot_ms: Some(7),
+            ..VmInfo::default()
+        });
+        o.capture = Capture {
+            stdout_bytes: 10,
+            stdout_truncated: true,
+            killed_for_output: true,
+            ..Capture::default()
+        };
+        let back = Outcome::from_report_json(&o.report_json()).unwrap();
+        assert_eq!(back.vm, o.vm);
+        assert_eq!(back.capture, o.capture);
+        // Nothing captured: no `capture` key at all (a verdict without piped streams reads as before).
+        assert!(
+            Outcome::setup_failed(
+                SetupFailure {
+                    stage: Stage::Vm,
+                    errno: None,
+                    message: String::new()
+                },
+                BackendKind::Vm
+            )
+            .report_json()
+            .get("capture")
+            .is_none()
+        );
     }
 
     #[test]

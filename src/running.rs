@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{BootWatch, Run};
 use crate::error::Error;
 use crate::namespace::sys;
-use crate::outcome::Outcome;
+use crate::outcome::{Capture, Outcome, OutputLimit};
 
 /// A running sandbox. Dropping it kills the whole process tree (for the VM backend: the VM).
 #[derive(Debug)]
@@ -26,6 +26,8 @@ pub struct SandboxChild {
     done: Option<Outcome>,
     /// Always readable: what [`AsFd`] gives once the verdict is in.
     ended_fd: OwnedFd,
+    /// What `wait_with_output` keeps of stdout and stderr.
+    limits: [OutputLimit; 2],
 }
 
 impl SandboxChild {
@@ -34,6 +36,7 @@ impl SandboxChild {
         started: Instant,
         deadline: Option<Duration>,
         streams: (Option<PipeWriter>, Option<PipeReader>, Option<PipeReader>),
+        limits: [OutputLimit; 2],
     ) -> Result<Self, Error> {
         // SAFETY: eventfd takes two integers; a non-negative result is a new descriptor this process owns.
         let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -56,6 +59,7 @@ impl SandboxChild {
             done: None,
             // SAFETY: `fd` was just created above and is owned by nothing else.
             ended_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            limits,
         })
     }
 
@@ -117,12 +121,14 @@ impl SandboxChild {
         Ok(self.done.clone().expect("set above"))
     }
 
-    /// Waits for the end while collecting stdout and stderr. A session's command is done once it ended and
-    /// what it wrote was read: a process it left running in the session may hold its streams open.
+    /// Waits for the end while collecting stdout and stderr, each up to its [`OutputLimit`] (set with
+    /// [`Sandbox::output_limits`](crate::Sandbox::output_limits); what was cut, and whether the program was
+    /// killed for it, is in [`Outcome::capture`]). A session's command is done once it ended and what it
+    /// wrote was read: a process it left running in the session may hold its streams open.
     pub fn wait_with_output(mut self) -> Result<Outcome, Error> {
         drop(self.stdin.take());
-        let mut out = Vec::new();
-        let mut err = Vec::new();
+        let mut kept: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        let mut capture = Capture::default();
         let mut streams: Vec<(PipeReader, bool)> = Vec::new();
         if let Some(s) = self.stdout.take() {
             streams.push((s, true));
@@ -189,10 +195,23 @@ impl SandboxChild {
                         continue;
                     }
                     Ok(n) => {
-                        if *is_out {
-                            out.extend_from_slice(&buf[..n]);
+                        let which = usize::from(!*is_out);
+                        let limit = self.limits[which];
+                        let (total, truncated) = if *is_out {
+                            (&mut capture.stdout_bytes, &mut capture.stdout_truncated)
                         } else {
-                            err.extend_from_slice(&buf[..n]);
+                            (&mut capture.stderr_bytes, &mut capture.stderr_truncated)
+                        };
+                        *total += n as u64;
+                        let room = limit.max_bytes.saturating_sub(kept[which].len() as u64);
+                        let take = n.min(usize::try_from(room).unwrap_or(usize::MAX));
+                        kept[which].extend_from_slice(&buf[..take]);
+                        if take < n {
+                            *truncated = true;
+                            if limit.kill && !self.killed {
+                                capture.killed_for_output = true;
+                                self.kill()?;
+                            }
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -207,8 +226,10 @@ impl SandboxChild {
             }
         }
         let mut outcome = self.wait()?;
+        let [out, err] = kept;
         outcome.stdout = out;
         outcome.stderr = err;
+        outcome.capture = capture;
         Ok(outcome)
     }
 

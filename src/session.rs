@@ -522,6 +522,7 @@ fn ended_outcome(
         enforced,
         denied_syscalls: denied,
         vm: None,
+        capture: Default::default(),
     }
 }
 

@@ -113,6 +113,7 @@ struct Cmd {
     cwd: Option<std::path::PathBuf>,
     stdin: Option<Stdio>,
     stdout: Option<Stdio>,
+    limits: Option<(sandkasten::OutputLimit, sandkasten::OutputLimit)>,
     policy: Policy,
     b: B,
 }
@@ -145,9 +146,18 @@ impl Cmd {
             cwd: None,
             stdin: None,
             stdout: None,
+            limits: None,
             policy: Policy::default(),
             b: B::Namespace,
         }
+    }
+    fn output_limits(
+        &mut self,
+        stdout: sandkasten::OutputLimit,
+        stderr: sandkasten::OutputLimit,
+    ) -> &mut Self {
+        self.limits = Some((stdout, stderr));
+        self
     }
     fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(&mut self, args: I) -> &mut Self {
         self.args.extend(args.into_iter().map(Into::into));
@@ -227,6 +237,9 @@ impl Cmd {
         if let Some(s) = self.stdout.take() {
             cmd.stdout(s);
         }
+        if let Some((out, err)) = self.limits {
+            cmd.output_limits(out, err);
+        }
         Ok((cmd, session))
     }
 
@@ -282,6 +295,7 @@ conformance!(
     working_directory,
     stdin_piped,
     pollable_end,
+    bounded_output,
     wall_timeout_kills_the_tree,
     no_privileges,
     seccomp_denials_reported,
@@ -684,6 +698,43 @@ fn pollable_end(b: B) {
     assert!(wakeups < 50, "{wakeups} wakeups for one run: it spins");
     assert!(readable(&child, 0), "not readable once ended");
     assert_eq!(child.try_wait().unwrap().unwrap().status, Status::Exited(4));
+}
+
+/// `output()` keeps at most each stream's limit and says so; a limit that kills stops a program that writes
+/// without end, and the verdict says why.
+fn bounded_output(b: B) {
+    use sandkasten::OutputLimit;
+    // 300,000 bytes of stdout, 5 of stderr: stdout cut at 1,000, stderr whole.
+    let o = Cmd::new("/bin/sh")
+        .args(["-c", "head -c 300000 /dev/zero; printf 12345 >&2"])
+        .on(b)
+        .output_limits(OutputLimit::truncate(1000), OutputLimit::truncate(1000))
+        .output()
+        .unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{:?}", o.capture);
+    assert_eq!((o.stdout.len(), o.stderr.as_slice()), (1000, &b"12345"[..]));
+    let c = &o.capture;
+    assert_eq!((c.stdout_bytes, c.stderr_bytes), (300_000, 5), "{c:?}");
+    assert!(
+        c.stdout_truncated && !c.stderr_truncated && !c.killed_for_output,
+        "{c:?}"
+    );
+    // Without end: killed once it writes past 64 KiB.
+    let o = Cmd::new("/bin/sh")
+        .args(["-c", "while :; do echo spam; done"])
+        .on(b)
+        .policy(Policy::default().timeout(Duration::from_secs(60)))
+        .output_limits(OutputLimit::kill_after(64 << 10), OutputLimit::default())
+        .output()
+        .unwrap();
+    assert!(o.capture.killed_for_output, "{:?}", o.capture);
+    assert!(o.capture.stdout_truncated);
+    assert_eq!(o.stdout.len(), 64 << 10);
+    assert!(
+        !matches!(o.status, Status::Exited(0) | Status::TimedOut(_)),
+        "{:?}",
+        o.status
+    );
 }
 
 fn wall_timeout_kills_the_tree(b: B) {

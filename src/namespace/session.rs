@@ -583,6 +583,7 @@ impl Run for ExecRun {
             enforced: self.shared.enforced.clone(),
             denied_syscalls: self.denied,
             vm: None,
+            capture: Default::default(),
         })
     }
 

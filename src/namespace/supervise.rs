@@ -88,6 +88,7 @@ impl Started {
             enforced: std::mem::take(&mut self.enforced),
             denied_syscalls: denied,
             vm: None,
+            capture: Default::default(),
         })
         // Dropping `self` removes the run's cgroup, now empty.
     }

@@ -18,7 +18,7 @@ pub enum Network {
     /// through `pasta` (Debian package `passt`), a user-mode TCP/IP stack running as an unprivileged process
     /// of the host: outbound TCP and UDP, and DNS through a forwarder address in the sandbox's
     /// `/etc/resolv.conf`. The host's loopback services and its abstract unix sockets stay out of reach; the
-    /// ports of [`Policy::publish`] are bound on the host. Namespace backend only (see SECURITY.md).
+    /// ports of [`Policy::publish`](super::Policy::publish) are bound on the host. Namespace backend only (see SECURITY.md).
     User,
 }
 

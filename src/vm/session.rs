@@ -447,7 +447,7 @@ impl VmSession {
         self.end();
         outcome.backend = BackendKind::Vm;
         outcome.usage.wall = wall;
-        outcome.vm.get_or_insert_with(|| self.info.clone());
+        outcome.vm = Some(self.info.clone());
         report_root(&mut outcome, self.root.as_ref());
         outcome
     }

@@ -70,7 +70,7 @@ pub struct Process {
     /// The group id inside the container (also the policy's `gid`).
     pub gid: u32,
     /// `process.user.additionalGids`: the policy's `groups` where the container's user namespace maps more
-    /// than one id ([`groups`]); otherwise a note says they are not applied.
+    /// than one id; otherwise a note says they are not applied.
     pub additional_gids: Vec<u32>,
     /// `process.noNewPrivileges` as asked (absent: false). The sandbox sets `no_new_privs` whatever it says.
     pub no_new_privileges: bool,
