@@ -4,7 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{PipeReader, PipeWriter};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Run, VmEngine};
@@ -36,23 +36,82 @@ impl From<File> for Stdio {
     }
 }
 
+impl From<OwnedFd> for Stdio {
+    fn from(fd: OwnedFd) -> Self {
+        Stdio::Fd(fd)
+    }
+}
+
+impl From<std::io::PipeReader> for Stdio {
+    fn from(p: std::io::PipeReader) -> Self {
+        Stdio::Fd(p.into())
+    }
+}
+
+impl From<std::io::PipeWriter> for Stdio {
+    fn from(p: std::io::PipeWriter) -> Self {
+        Stdio::Fd(p.into())
+    }
+}
+
+impl From<std::process::ChildStdin> for Stdio {
+    fn from(p: std::process::ChildStdin) -> Self {
+        Stdio::Fd(p.into())
+    }
+}
+
+impl From<std::process::ChildStdout> for Stdio {
+    fn from(p: std::process::ChildStdout) -> Self {
+        Stdio::Fd(p.into())
+    }
+}
+
+impl From<std::process::ChildStderr> for Stdio {
+    fn from(p: std::process::ChildStderr) -> Self {
+        Stdio::Fd(p.into())
+    }
+}
+
+/// A stream as a builder keeps it: a descriptor is shared by the builder's clones and duplicated for each
+/// spawn, so that a builder can be spawned again with the same settings.
+#[derive(Clone, Debug)]
+enum Stream {
+    Inherit,
+    Piped,
+    Null,
+    Fd(std::sync::Arc<OwnedFd>),
+}
+
+impl From<Stdio> for Stream {
+    fn from(s: Stdio) -> Stream {
+        match s {
+            Stdio::Inherit => Stream::Inherit,
+            Stdio::Piped => Stream::Piped,
+            Stdio::Null => Stream::Null,
+            Stdio::Fd(fd) => Stream::Fd(std::sync::Arc::new(fd)),
+        }
+    }
+}
+
 /// A program to run in a sandbox, built like `std::process::Command`.
 ///
-/// The environment starts empty except for a default `PATH`; the working directory is `/`.
-#[derive(Debug)]
+/// The environment starts empty except for a default `PATH`; the working directory is `/`. A builder can be
+/// spawned again and cloned: its streams and passed descriptors are duplicated for each spawn (never used
+/// up), so every spawn gets the same settings.
+#[derive(Clone, Debug)]
 pub struct Sandbox {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
-    stdio: [Option<Stdio>; 3],
+    stdio: [Option<Stream>; 3],
     policy: Policy,
     backend: Backend,
     vm_engine: VmEngine,
     vm_snapshots: crate::SnapshotCache,
     #[cfg(feature = "vm")]
     pool: Option<crate::VmPool>,
-    extra_fds: Vec<(OwnedFd, RawFd)>,
+    extra_fds: Vec<(std::sync::Arc<OwnedFd>, RawFd)>,
     /// Built by our guest agent for a run in its VM.
     guest: bool,
     /// A command of a session: the session and the policy it runs under.
@@ -122,6 +181,61 @@ impl Sandbox {
         self
     }
 
+    /// Sets environment variables (see [`Sandbox::env`]).
+    pub fn envs<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        for (k, v) in vars {
+            self.env(k, v);
+        }
+        self
+    }
+
+    /// Removes a variable set before.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        self.env.retain(|(k, _)| k.as_os_str() != key.as_ref());
+        self
+    }
+
+    /// Removes every variable set before (the sandbox's default `PATH` still applies unless `PATH` is set).
+    pub fn env_clear(&mut self) -> &mut Self {
+        self.env.clear();
+        self
+    }
+
+    /// The program.
+    pub fn get_program(&self) -> &OsStr {
+        &self.program
+    }
+
+    /// The arguments (without the program).
+    pub fn get_args(&self) -> impl Iterator<Item = &OsStr> {
+        self.args.iter().map(OsString::as_os_str)
+    }
+
+    /// The variables set, in order.
+    pub fn get_envs(&self) -> impl Iterator<Item = (&OsStr, &OsStr)> {
+        self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+    }
+
+    /// The working directory, when set.
+    pub fn get_current_dir(&self) -> Option<&Path> {
+        self.cwd.as_deref()
+    }
+
+    /// The policy.
+    pub fn get_policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The backend chosen.
+    pub fn get_backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Sets the working directory inside the sandbox (absolute).
     pub fn current_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.cwd = Some(dir.into());
@@ -130,13 +244,13 @@ impl Sandbox {
 
     /// Sets the program's standard input.
     pub fn stdin(&mut self, s: Stdio) -> &mut Self {
-        self.stdio[0] = Some(s);
+        self.stdio[0] = Some(s.into());
         self
     }
 
     /// Sets the program's standard output.
     pub fn stdout(&mut self, s: Stdio) -> &mut Self {
-        self.stdio[1] = Some(s);
+        self.stdio[1] = Some(s.into());
         self
     }
 
@@ -149,14 +263,15 @@ impl Sandbox {
 
     /// Sets the program's standard error.
     pub fn stderr(&mut self, s: Stdio) -> &mut Self {
-        self.stdio[2] = Some(s);
+        self.stdio[2] = Some(s.into());
         self
     }
 
     /// Passes `fd` to the program as descriptor number `target` (3 or more), e.g. a socket. Every other
     /// descriptor of the host process stays outside.
     pub fn inherit_fd(&mut self, fd: OwnedFd, target: RawFd) -> &mut Self {
-        self.extra_fds.push((fd, target));
+        self.extra_fds.retain(|(_, t)| *t != target);
+        self.extra_fds.push((std::sync::Arc::new(fd), target));
         self
     }
 
@@ -247,17 +362,17 @@ impl Sandbox {
         let mut streams = Streams::default();
         let mut fds: [RawFd; 3] = [-1; 3];
         let mut held: Vec<OwnedFd> = Vec::new();
-        for (slot, (fd_slot, chosen)) in fds.iter_mut().zip(&mut self.stdio).enumerate() {
-            let s = chosen.take().unwrap_or_else(|| {
+        for (slot, (fd_slot, chosen)) in fds.iter_mut().zip(&self.stdio).enumerate() {
+            let s = chosen.clone().unwrap_or_else(|| {
                 if slot == 0 {
-                    stdin_default()
+                    stdin_default().into()
                 } else {
-                    out_default()
+                    out_default().into()
                 }
             });
             let child_end: Option<OwnedFd> = match s {
-                Stdio::Inherit => None,
-                Stdio::Null => Some(
+                Stream::Inherit => None,
+                Stream::Null => Some(
                     File::options()
                         .read(true)
                         .write(true)
@@ -265,8 +380,11 @@ impl Sandbox {
                         .map_err(io("opening /dev/null"))?
                         .into(),
                 ),
-                Stdio::Fd(fd) => Some(fd),
-                Stdio::Piped => {
+                Stream::Fd(fd) => Some(
+                    fd.try_clone()
+                        .map_err(io("duplicating a standard stream"))?,
+                ),
+                Stream::Piped => {
                     let (r, w) = std::io::pipe().map_err(io("creating a pipe"))?;
                     if slot == 0 {
                         streams.stdin = Some(w);

@@ -527,3 +527,44 @@ fn a_fresh_terminal_becomes_the_programs_controlling_terminal() {
         "took another session's terminal: {o:?}"
     );
 }
+
+/// A builder is reusable and cloneable: its streams are duplicated for each spawn (never used up), a clone
+/// changed afterwards leaves the original alone; envs, env_remove, env_clear and the getters.
+#[test]
+fn a_builder_spawns_again_with_the_same_streams_and_clones() {
+    let dir = TempDir::new("builder");
+    let log = dir.join("log");
+    let file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut b = sh("echo $A-$B");
+    b.stdout(file.into())
+        .envs([("A", "1"), ("B", "2"), ("C", "3")])
+        .env_remove("C");
+    assert!(b.status().unwrap().status.success());
+    assert!(b.status().unwrap().status.success(), "the second spawn");
+    let mut c = b.clone();
+    c.env("A", "x").arg("ignored");
+    assert!(c.status().unwrap().status.success());
+    assert!(b.status().unwrap().status.success());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "1-2\n1-2\nx-2\n1-2\n"
+    );
+    assert_eq!(b.get_program(), "/bin/sh");
+    assert_eq!(b.get_args().collect::<Vec<_>>(), ["-c", "echo $A-$B"]);
+    assert_eq!(
+        b.get_envs().collect::<Vec<_>>(),
+        [("A".as_ref(), "1".as_ref()), ("B".as_ref(), "2".as_ref())]
+    );
+    assert_eq!(c.get_args().count(), 3);
+    b.env_clear();
+    assert_eq!(b.get_envs().count(), 0);
+    // Piped output of a reused builder: each spawn gets pipes of its own.
+    let mut p = sh("echo piped");
+    for _ in 0..2 {
+        assert_eq!(stdout(&p.output().unwrap()), "piped\n");
+    }
+}

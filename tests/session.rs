@@ -354,7 +354,7 @@ fn a_detached_sessions_program_waits_for_start_and_ends_the_session() {
         .command("/bin/sh")
         .args([
             "-c",
-            "while [ ! -e /tmp/x ]; do sleep 0.05; done; cat /tmp/x",
+            "while [ ! -s /tmp/x ]; do sleep 0.05; done; cat /tmp/x",
         ])
         .output()
         .unwrap();

@@ -189,7 +189,8 @@ fn podman_flow(vm: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let seen = loop {
         let o = run(img.podman().args(["exec", &name, "cat", "/tmp/state"]));
-        if o.status.success() || Instant::now() > deadline {
+        // Not only present: written (the shell creates the file before it writes to it).
+        if o.stdout == b"up\n" || Instant::now() > deadline {
             break o;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -377,7 +378,8 @@ fn containerd_flow(vm: bool) {
         let o = run(c
             .ctr()
             .args(["task", "exec", "--exec-id", "look", &two, "cat", "/tmp/bg"]));
-        if o.status.success() || Instant::now() > deadline {
+        // Not only present: written (the shell creates the file before it writes to it).
+        if o.stdout == b"bg\n" || Instant::now() > deadline {
             break o;
         }
         std::thread::sleep(Duration::from_millis(100));

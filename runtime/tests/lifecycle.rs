@@ -175,7 +175,7 @@ fn create_start_exec_kill_delete() {
         "c1",
         "sh",
         "-c",
-        "while [ ! -e /tmp/greeting ]; do sleep 0.05; done; cat /tmp/greeting; exit 3",
+        "while [ ! -s /tmp/greeting ]; do sleep 0.05; done; cat /tmp/greeting; exit 3",
     ]);
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert_eq!(testkit::text(&o.stdout), "hello from oci-test\n");

@@ -214,7 +214,7 @@ fn a_sessions_program_lives_through_create_start_exec_stop_and_rm() {
             "--",
             "/bin/sh",
             "-c",
-            "while [ ! -e /tmp/ready ]; do sleep 0.05; done; cat /tmp/ready",
+            "while [ ! -s /tmp/ready ]; do sleep 0.05; done; cat /tmp/ready",
         ],
     );
     assert_eq!(out, "started\n");
