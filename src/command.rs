@@ -420,6 +420,7 @@ impl Sandbox {
             extra_fds: &extra,
             guest: self.guest,
         };
+        tracing::debug!(program = ?self.program, backend = ?self.backend, "starting a sandbox");
         let started = Instant::now();
         let (inner, deadline) = self.start(&launch)?;
         drop(held);

@@ -75,7 +75,7 @@ fn bad_input_is_one_clear_line_and_125() {
         vec!["run", "--ro-bind", "/nonexistent/cli-src", "--", "true"],
         vec!["run", "--hostname", "bad name", "--", "true"],
         vec!["run", "--timeout", "-1", "--", "true"],
-        vec!["run", "--env", "NOEQUALS", "--", "true"],
+        vec!["run", "--env", "=NONAME", "--", "true"],
         vec!["run", "--tmpfs", "relative", "--", "true"],
         vec!["run", "--policy", "/nonexistent/policy.toml", "--", "true"],
         vec!["run", "--cwd", "/nonexistent", "--", "true"],
@@ -371,6 +371,31 @@ fn doctor_reports_the_host() {
     let out = sandbox(&["doctor"]);
     assert!(text(&out.stdout).contains("user namespaces:  yes"));
     assert!(text(&out.stdout).contains("user network:     "));
+    assert_eq!(out.status.code(), Some(0));
+    // Where nothing can run (inside a sandbox: no user namespaces, and no guest kernel), it says so and
+    // exits 1, with --json too.
+    let inside = format!("{}:/sbx", bin().display());
+    for json in [false, true] {
+        let mut args = vec![
+            "run",
+            "--ro-bind",
+            &inside,
+            "--env",
+            "SANDBOX_KERNEL=/nonexistent",
+            "--",
+            "/sbx",
+            "doctor",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let out = sandbox(&args);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            text(&out.stderr).contains("no backend can run here"),
+            "{out:?}"
+        );
+    }
 }
 
 #[test]
@@ -587,4 +612,67 @@ fn id_mappings_are_checked() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `--env KEY` passes the caller's value in, `--env-file` reads entries (before `--env`); the end of a run
+/// that is the sandbox's doing (timeout, OOM) and every limit not enforced is one line on stderr; `-v` shows
+/// the library's log.
+#[test]
+fn environment_files_warnings_and_verbose() {
+    let dir = TempDir::new("cli-env");
+    let file = dir.join("vars.env");
+    std::fs::write(&file, "# settings\nFROM_FILE=1\nOVER=file\n").unwrap();
+    let out = Command::new(bin())
+        .args([
+            "run",
+            "--env-file",
+            file.to_str().unwrap(),
+            "--env",
+            "OVER=flag",
+        ])
+        .args([
+            "--env",
+            "PASSED",
+            "--env",
+            "SANDBOX_TEST_UNSET_VARIABLE",
+            "--",
+        ])
+        .args([
+            "/bin/sh",
+            "-c",
+            "echo $FROM_FILE $OVER $PASSED ${SANDBOX_TEST_UNSET_VARIABLE-unset}",
+        ])
+        .env("PASSED", "through")
+        .env_remove("SANDBOX_TEST_UNSET_VARIABLE")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "1 flag through unset\n", "{out:?}");
+    let out = sandbox(&["run", "--env", "two words", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+
+    let out = sandbox(&["run", "--timeout", "0.2", "--", "/bin/sleep", "5"]);
+    assert_eq!(out.status.code(), Some(124));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("wall-clock time limit").count(), 1, "{err}");
+
+    // Every limit the verdict lists as not enforced is a warning line (a caller without a writable cgroup
+    // gets one for the memory limit; one with a cgroup gets none).
+    let (out, r) = report(&["--memory", "64M", "--", "/bin/true"]);
+    let missing = r["enforced"]["not_enforced"].as_array().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.matches("sandbox: warning: not enforced: ").count(),
+        missing.len(),
+        "{err} {r}"
+    );
+    for m in missing {
+        assert!(err.contains(m.as_str().unwrap()), "{err}");
+    }
+
+    let out = sandbox(&["-vv", "run", "--", "/bin/true"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("sandkasten"), "{out:?}");
+    let out = sandbox(&["run", "--", "/bin/true"]);
+    assert!(!text(&out.stderr).contains("DEBUG"), "{out:?}");
 }

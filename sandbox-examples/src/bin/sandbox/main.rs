@@ -10,15 +10,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sandkasten::probe::KvmFlavour;
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{
-    Backend, Capability, IdMapping, Mount, Network, Policy, Publish, Rootfs, Sandbox,
-    SnapshotCache, VmEngine,
+    Backend, Mount, Network, Policy, Publish, Rootfs, Sandbox, SnapshotCache, VmEngine,
 };
 
+mod args;
+mod doctor;
 mod image;
 mod session;
+
+use args::{parse_bind, parse_cap, parse_env, parse_ids, parse_size, parse_user};
+use doctor::doctor;
 
 /// Exit code for every failure of the sandbox itself.
 const SANDBOX_ERROR: u8 = 125;
@@ -30,6 +33,10 @@ const SANDBOX_ERROR: u8 = 125;
     about = "Run untrusted programs in a sandbox"
 )]
 struct Cli {
+    /// Show the library's log on stderr: -v what it decides (info), -vv more (debug), -vvv everything.
+    /// Without: its warnings only.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -136,9 +143,13 @@ struct PolicyArgs {
     /// Mount an empty tmpfs at DST. Repeatable.
     #[arg(long, value_name = "DST")]
     tmpfs: Vec<PathBuf>,
-    /// Set an environment variable (the environment starts empty but for PATH). Repeatable.
-    #[arg(long, value_name = "KEY=VALUE")]
+    /// Set an environment variable (the environment starts empty but for PATH), or with KEY alone pass this
+    /// process's own value in. Repeatable.
+    #[arg(long, value_name = "KEY[=VALUE]")]
     env: Vec<String>,
+    /// Read variables from FILE: one KEY=VALUE (or KEY) per line; `#` comments. Before --env. Repeatable.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
     /// Working directory inside the sandbox.
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -208,6 +219,19 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let level = match cli.verbose {
+        0 => tracing_subscriber::filter::LevelFilter::WARN,
+        1 => tracing_subscriber::filter::LevelFilter::INFO,
+        2 => tracing_subscriber::filter::LevelFilter::DEBUG,
+        _ => tracing_subscriber::filter::LevelFilter::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(cli.verbose > 1)
+        .init();
     match cli.command {
         Command::Run(args) => match run(*args) {
             Ok(code) => code,
@@ -232,113 +256,6 @@ fn main() -> ExitCode {
         },
         Command::Doctor { json } => doctor(json),
     }
-}
-
-/// `UID[:GID]` (docker `--user`, numbers only: names would be looked up in the host's files, not the
-/// sandbox's).
-fn parse_user(spec: &str, gid: u32) -> Result<(u32, u32), String> {
-    let num = |s: &str| {
-        s.parse::<u32>().map_err(|_| {
-            format!("--user {spec:?}: give numeric ids, UID or UID:GID (e.g. --user 1000:1000)")
-        })
-    };
-    match spec.split_once(':') {
-        Some((u, g)) => Ok((num(u)?, num(g)?)),
-        None => Ok((num(spec)?, gid)),
-    }
-}
-
-/// A capability name (`chown`, `CAP_CHOWN`), or `all` of those offered.
-fn parse_cap(name: &str) -> Result<Vec<Capability>, String> {
-    if name == "all" {
-        return Ok(Capability::ALL.to_vec());
-    }
-    Capability::from_name(name).map(|c| vec![c]).ok_or_else(|| {
-        let offered: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
-        format!(
-            "--cap-add {name:?}: not offered (only capabilities whose power stays in the sandbox's user \
-             namespace): give one of {}, or all",
-            offered.join(", ")
-        )
-    })
-}
-
-/// `auto`, `single`, `subordinate:USER` or `range:UID:GID:COUNT`.
-fn parse_ids(spec: &str) -> Result<IdMapping, String> {
-    let bad = || {
-        format!(
-            "--ids {spec:?}: give auto, single, subordinate:USER or range:UID:GID:COUNT (e.g. \
-             range:1000000:1000000:65536)"
-        )
-    };
-    let mut parts = spec.split(':');
-    let ids = match (parts.next(), parts.next()) {
-        (Some("auto"), None) => IdMapping::Auto,
-        (Some("single"), None) => IdMapping::Single,
-        (Some("subordinate"), Some(user)) if parts.clone().next().is_none() => {
-            IdMapping::Subordinate(user.into())
-        }
-        (Some("range"), Some(uid)) => {
-            let rest: Vec<&str> = parts.collect();
-            let [gid, count] = rest[..] else {
-                return Err(bad());
-            };
-            let n = |s: &str| s.parse::<u32>().map_err(|_| bad());
-            IdMapping::Range {
-                uid: n(uid)?,
-                gid: n(gid)?,
-                count: n(count)?,
-            }
-        }
-        _ => return Err(bad()),
-    };
-    Ok(ids)
-}
-
-/// `SRC[:DST[:ro|rw]]` (docker `-v` syntax) into a mount: read-only when `ro` is given, or when `flag` is
-/// `--ro-bind`. Every suffix is either honoured or refused: a `:ro` that became part of the destination would
-/// leave the mount writable.
-fn parse_bind(flag: &str, spec: &str) -> Result<Mount, String> {
-    let mut parts = spec.split(':');
-    let src = parts.next().unwrap_or_default();
-    let dst = parts.next().unwrap_or(src);
-    let mode = parts.next();
-    if parts.next().is_some() {
-        return Err(format!(
-            "{flag} {spec}: too many ':'-separated fields; give SRC[:DST[:ro|rw]]"
-        ));
-    }
-    if src.is_empty() || dst.is_empty() {
-        return Err(format!(
-            "{flag} {spec}: empty source or destination; give SRC[:DST[:ro|rw]]"
-        ));
-    }
-    if !dst.starts_with('/') {
-        return Err(format!(
-            "{flag} {spec}: the destination {dst:?} is not an absolute path (a mode goes last: SRC:DST:ro)"
-        ));
-    }
-    let read_only = match (flag, mode) {
-        (_, None) => flag == "--ro-bind",
-        (_, Some("ro")) => true,
-        ("--bind", Some("rw")) => false,
-        ("--ro-bind", Some("rw")) => {
-            return Err(format!(
-                "{flag} {spec}: a read-only bind cannot be `rw`; use --bind {spec}"
-            ));
-        }
-        (_, Some(other)) => {
-            return Err(format!(
-                "{flag} {spec}: unknown mode {other:?}; the modes are `ro` and `rw`"
-            ));
-        }
-    };
-    let (src, dst) = (PathBuf::from(src), PathBuf::from(dst));
-    Ok(if read_only {
-        Mount::RoBind { src, dst }
-    } else {
-        Mount::Bind { src, dst }
-    })
 }
 
 fn build_policy(args: &PolicyArgs) -> Result<Policy, String> {
@@ -448,41 +365,6 @@ fn build_policy(args: &PolicyArgs) -> Result<Policy, String> {
     Ok(policy)
 }
 
-/// `--env KEY=VALUE` flags as pairs.
-fn parse_env(flags: &[String]) -> Result<Vec<(&str, &str)>, String> {
-    flags
-        .iter()
-        .map(|kv| {
-            kv.split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))
-        })
-        .collect()
-}
-
-/// `512M`-style sizes: a number with an optional K, M, G or T suffix (powers of 1024).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("size {text:?}: the suffix must be K, M, G or T")),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("size {text:?}: give a positive whole number, e.g. 512M"))
-}
-
 /// `path` made absolute against the current directory.
 fn absolute(path: &std::path::Path, flag: &str) -> Result<PathBuf, String> {
     std::path::absolute(path).map_err(|e| format!("{flag} {path:?}: {e}"))
@@ -511,7 +393,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         "off" => SnapshotCache::Off,
         dir => SnapshotCache::Dir(dir.into()),
     });
-    for (k, v) in parse_env(&args.policy.env)? {
+    for (k, v) in parse_env(&args.policy.env_file, &args.policy.env)? {
         cmd.env(k, v);
     }
     if let Some(d) = &args.policy.cwd {
@@ -543,12 +425,31 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         std::fs::write(path, text + "\n")
             .map_err(|e| format!("cannot write the report to {path:?}: {e}"))?;
     }
-    if let sandkasten::Status::SetupFailed(f) = &outcome.status {
-        eprintln!("sandbox: {f}");
+    // What was asked and not enforced, and an end that is the sandbox's doing, each one line on stderr.
+    for reason in &outcome.enforced.not_enforced {
+        eprintln!("sandbox: warning: not enforced: {reason}");
+    }
+    match &outcome.status {
+        sandkasten::Status::SetupFailed(f) => eprintln!("sandbox: {f}"),
+        sandkasten::Status::TimedOut(limit) => eprintln!("sandbox: {}", timed_out(*limit)),
+        sandkasten::Status::OomKilled => eprintln!(
+            "sandbox: the program was killed: its memory limit was reached (out of memory)"
+        ),
+        _ => {}
     }
     Ok(ExitCode::from(
         outcome.status.exit_code().clamp(0, 255) as u8
     ))
+}
+
+/// The line for a run that ran out of `limit`.
+pub(crate) fn timed_out(limit: sandkasten::outcome::TimeLimit) -> &'static str {
+    match limit {
+        sandkasten::outcome::TimeLimit::Cpu => {
+            "the program was killed: it used up its CPU time limit (--cpu-time)"
+        }
+        _ => "the program was killed: it ran out of its wall-clock time limit (--timeout)",
+    }
 }
 
 /// On a terminal (and outside CI), a line on stderr while a cold VM boots for longer than a second: a first
@@ -584,190 +485,4 @@ fn boot_progress(
         }
     });
     Some((done, t))
-}
-
-fn doctor(json: bool) -> ExitCode {
-    let report = sandkasten::probe();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serialises")
-        );
-        return ExitCode::SUCCESS;
-    }
-    let yes = |b: bool| if b { "yes" } else { "no" };
-    println!("kernel:           {}", report.kernel);
-    println!("running as root:  {}", yes(report.root));
-    println!(
-        "user namespaces:  {}{}",
-        yes(report.user_namespaces),
-        report
-            .user_namespaces_error
-            .as_deref()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default()
-    );
-    println!("cgroup layout:    {}", report.cgroup.layout);
-    println!(
-        "  v2 controllers: {}",
-        report.cgroup.v2_controllers.join(" ")
-    );
-    println!(
-        "  v1 controllers: {}",
-        report.cgroup.v1_controllers.join(" ")
-    );
-    for w in &report.cgroup.writable {
-        println!("  writable:       {}", w.display());
-    }
-    println!("seccomp:          {}", yes(report.seccomp));
-    println!(
-        "landlock:         {}",
-        report
-            .landlock_abi
-            .map_or("not enabled".into(), |v| format!("ABI {v}"))
-    );
-    println!(
-        "kvm:              {} ({}){}",
-        yes(report.kvm.usable),
-        report.kvm.flavour,
-        report
-            .kvm
-            .reason
-            .as_deref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default()
-    );
-    let vm = &report.vm;
-    let shown = |p: &Option<std::path::PathBuf>| {
-        p.as_deref()
-            .map_or("missing".into(), |p| p.display().to_string())
-    };
-    let builtin = match (report.kvm.usable, report.kvm.flavour) {
-        (true, KvmFlavour::Hardware) => "ready (hardware KVM; the default engine)".to_string(),
-        (true, flavour) => format!("ready ({flavour} KVM: slow boots; qemu is the default here)"),
-        (false, _) => "unavailable (needs /dev/kvm)".to_string(),
-    };
-    println!(
-        "vm engines:       qemu {} ({}); builtin {builtin}",
-        shown(&vm.qemu),
-        vm.accelerator
-    );
-    println!(
-        "guest:            kernel {}, agent {}",
-        shown(&vm.kernel),
-        shown(&vm.agent)
-    );
-    if let Some(problem) = &vm.problem {
-        println!("  vm problem:     {problem}");
-    }
-    let auto = match (report.user_namespaces, &vm.problem) {
-        (true, _) => "namespace",
-        (false, None) => "vm (qemu)",
-        (false, Some(_)) => "none usable: see above",
-    };
-    println!("backend (auto):   {auto}");
-    println!(
-        "user network:     {}",
-        match (&report.pasta, &report.user_network_problem) {
-            (Some(p), None) => format!("pasta {}", p.display()),
-            (_, Some(problem)) => format!("unavailable: {problem}"),
-            (None, None) => "unavailable".into(),
-        }
-    );
-    ExitCode::SUCCESS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{
-        Capability, IdMapping, Mount, parse_bind, parse_cap, parse_ids, parse_size, parse_user,
-    };
-
-    #[test]
-    fn users_and_id_mappings() {
-        assert_eq!(parse_user("1000", 7), Ok((1000, 7)));
-        assert_eq!(parse_user("1000:1001", 7), Ok((1000, 1001)));
-        for bad in ["", "alice", "1000:", ":5", "1:2:3", "-1"] {
-            assert!(parse_user(bad, 0).is_err(), "{bad}");
-        }
-        assert_eq!(parse_cap("CAP_SETUID"), Ok(vec![Capability::Setuid]));
-        assert_eq!(parse_cap("all").map(|v| v.len()), Ok(Capability::ALL.len()));
-        assert!(parse_cap("sys_admin").unwrap_err().contains("dac_override"));
-        assert_eq!(parse_ids("auto"), Ok(IdMapping::Auto));
-        assert_eq!(parse_ids("single"), Ok(IdMapping::Single));
-        assert_eq!(
-            parse_ids("subordinate:alice"),
-            Ok(IdMapping::Subordinate("alice".into()))
-        );
-        assert_eq!(
-            parse_ids("range:1000000:2000000:65536"),
-            Ok(IdMapping::Range {
-                uid: 1_000_000,
-                gid: 2_000_000,
-                count: 65536
-            })
-        );
-        for bad in [
-            "",
-            "many",
-            "auto:x",
-            "subordinate",
-            "subordinate:a:b",
-            "range:1:2",
-            "range:1:2:3:4",
-            "range:a:2:3",
-        ] {
-            assert!(parse_ids(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn bind_modes_are_honoured_or_refused() {
-        let ro = |s: &str, d: &str| Mount::RoBind {
-            src: s.into(),
-            dst: d.into(),
-        };
-        let rw = |s: &str, d: &str| Mount::Bind {
-            src: s.into(),
-            dst: d.into(),
-        };
-        assert_eq!(parse_bind("--bind", "/srv"), Ok(rw("/srv", "/srv")));
-        assert_eq!(parse_bind("--bind", "/srv:/data"), Ok(rw("/srv", "/data")));
-        assert_eq!(
-            parse_bind("--bind", "/srv:/data:ro"),
-            Ok(ro("/srv", "/data"))
-        );
-        assert_eq!(
-            parse_bind("--bind", "/srv:/data:rw"),
-            Ok(rw("/srv", "/data"))
-        );
-        assert_eq!(parse_bind("--ro-bind", "/srv"), Ok(ro("/srv", "/srv")));
-        assert_eq!(
-            parse_bind("--ro-bind", "/srv:/data:ro"),
-            Ok(ro("/srv", "/data"))
-        );
-        for (flag, spec) in [
-            ("--ro-bind", "/srv:/data:rw"),
-            ("--bind", "/srv:/data:RO"),
-            ("--bind", "/srv:/data:ro:x"),
-            ("--bind", "/srv:ro"),
-            ("--bind", "/srv:"),
-            ("--bind", ":/data"),
-        ] {
-            let err = parse_bind(flag, spec).expect_err(spec);
-            assert!(err.contains(spec), "{err}");
-        }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("-5K").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
 }

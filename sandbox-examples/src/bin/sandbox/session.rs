@@ -123,9 +123,13 @@ pub struct CreateArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     state: StateArg,
-    /// Set an environment variable (over the session's). Repeatable.
-    #[arg(long, value_name = "KEY=VALUE")]
+    /// Set an environment variable (over the session's), or with KEY alone pass this process's own value in.
+    /// Repeatable.
+    #[arg(long, value_name = "KEY[=VALUE]")]
     env: Vec<String>,
+    /// Read variables from FILE (as `sandbox run --env-file`). Before --env. Repeatable.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
     /// Working directory inside the session (default: the session's).
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -217,7 +221,7 @@ fn create(args: CreateArgs) -> Result<ExitCode, String> {
         ));
     }
     let policy = super::build_policy(&args.policy)?;
-    let env = super::parse_env(&args.policy.env)?;
+    let env = super::parse_env(&args.policy.env_file, &args.policy.env)?;
     let state = open(&args.state)?;
     let mut making = Making {
         state: &state,
@@ -409,7 +413,7 @@ fn exec(args: ExecArgs) -> Result<ExitCode, String> {
     let (program, rest) = args.program.split_first().expect("clap requires a program");
     let mut cmd = session.command(program);
     cmd.args(rest);
-    for (k, v) in super::parse_env(&args.env)? {
+    for (k, v) in super::parse_env(&args.env_file, &args.env)? {
         cmd.env(k, v);
     }
     if let Some(d) = &args.cwd {
@@ -427,6 +431,13 @@ fn exec(args: ExecArgs) -> Result<ExitCode, String> {
         Err(sandkasten::Error::Setup(f)) => Outcome::setup_failed(f, BackendKind::Namespace),
         Err(e) => return Err(e.to_string()),
     };
+    match &outcome.status {
+        Status::TimedOut(limit) => eprintln!("sandbox: {}", super::timed_out(*limit)),
+        Status::OomKilled => eprintln!(
+            "sandbox: the command was killed: the session's memory limit was reached (out of memory)"
+        ),
+        _ => {}
+    }
     if let Status::SetupFailed(f) = &outcome.status {
         eprintln!("sandbox: {f}");
     }
