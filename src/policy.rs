@@ -12,11 +12,13 @@ pub mod ids;
 mod network;
 mod rootfs;
 pub mod seccomp;
+mod size;
 
 pub use caps::Capability;
 pub use ids::{IdMapping, RANGE_SIZE};
 pub use network::{Network, Protocol, Publish};
 pub use rootfs::Rootfs;
+pub use size::{SizeError, parse_size};
 
 pub use seccomp::{
     Action as SeccompAction, ArgCond, CmpOp, CustomProfile, Rule as SeccompRule, SeccompProfile,
@@ -142,7 +144,11 @@ pub enum Mount {
         dst: PathBuf,
         /// Size limit in bytes; when absent, the memory limit, else [`DEFAULT_TMPFS_SIZE`]. Its inode count is
         /// bounded too (see [`Policy::tmpfs_bounds`]).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            with = "size::option",
+            skip_serializing_if = "Option::is_none"
+        )]
         size: Option<u64>,
     },
 }
@@ -241,8 +247,13 @@ pub struct Policy {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Memory of the whole tree in bytes, swap included (cgroup).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Memory of the whole tree in bytes, swap included (cgroup). TOML and JSON take a number or a size such
+    /// as `"512MiB"` ([`parse_size`]).
+    #[serde(
+        default,
+        with = "size::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<u64>,
     /// Number of processes and threads of the whole tree (cgroup).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -264,8 +275,12 @@ pub struct Limits {
     /// Processes of the sandbox user (RLIMIT_NPROC; counted per host uid, prefer `pids`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nproc: Option<u64>,
-    /// Largest file a process may write, in bytes (RLIMIT_FSIZE).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Largest file a process may write, in bytes (RLIMIT_FSIZE); a number or a size such as `"1G"`.
+    #[serde(
+        default,
+        with = "size::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fsize: Option<u64>,
     /// Fail the run when a cgroup limit cannot be enforced, instead of reporting it.
     pub required: bool,

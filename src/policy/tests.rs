@@ -263,3 +263,24 @@ fn masked_and_read_only_paths_load_and_are_checked() {
             .contains("at most 256 masked paths")
     );
 }
+
+#[test]
+fn sizes_in_policies_are_numbers_or_text() {
+    let p = Policy::from_toml_str(
+        "[limits]\nmemory = \"512MiB\"\nfsize = 4096\n\n[[mount]]\ntype = \"tmpfs\"\ndst = \"/scratch\"\nsize = \"1M\"\n",
+    )
+    .unwrap();
+    assert_eq!(p.limits.memory, Some(512 << 20));
+    assert_eq!(p.limits.fsize, Some(4096));
+    assert_eq!(
+        p.mounts,
+        [Mount::Tmpfs {
+            dst: "/scratch".into(),
+            size: Some(1 << 20)
+        }]
+    );
+    // Written back as numbers, read again the same.
+    assert_eq!(Policy::from_toml_str(&p.to_toml()).unwrap(), p);
+    let e = Policy::from_toml_str("[limits]\nmemory = \"lots\"\n").unwrap_err();
+    assert!(e.contains("lots"), "{e}");
+}

@@ -138,32 +138,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `64M`-style sizes: a whole number with an optional K, M, G or T suffix (powers of 1024), optionally
-/// followed by `B` or `iB`.
+/// A size (`64M`, `64MiB`, `4096`): the library's one parser, as policies and the `sandbox` CLI read them.
 fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, mult) = match t.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("size {text:?}: the suffix must be K, M, G or T")),
-            };
-            (&t[..t.len() - 1], 1u64 << shift)
-        }
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("size {text:?}: give a positive whole number, e.g. 64M"))
+    sandkasten::policy::parse_size(text).map_err(|e| e.to_string())
 }
 
 fn seconds(flag: &str, s: f64) -> Result<Duration, String> {

@@ -158,27 +158,9 @@ pub(crate) fn parse_env(
     Ok(out)
 }
 
-/// `512M`-style sizes: a number with an optional K, M, G or T suffix (powers of 1024).
+/// A size (`512M`, `512MiB`, `4096`): the library's one parser, as policies read them.
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("size {text:?}: the suffix must be K, M, G or T")),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("size {text:?}: give a positive whole number, e.g. 512M"))
+    sandkasten::policy::parse_size(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -303,6 +285,8 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("512M"), Ok(512 << 20));
         assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("512MB"), Ok(512 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert!(parse_size("0").is_err());
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("M").is_err());
