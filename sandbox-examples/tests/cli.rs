@@ -676,3 +676,24 @@ fn environment_files_warnings_and_verbose() {
     let out = sandbox(&["run", "--", "/bin/true"]);
     assert!(!text(&out.stderr).contains("DEBUG"), "{out:?}");
 }
+
+/// `--` is optional: the first word that is not an option is the program, and everything after it is the
+/// program's (flags included); an unknown option before it is still refused.
+#[test]
+fn the_program_needs_no_double_dash() {
+    let out = sandbox(&[
+        "run",
+        "--hostname",
+        "h",
+        "/bin/sh",
+        "-c",
+        "echo $(hostname) $0 $1",
+        "--x",
+        "-y",
+    ]);
+    assert_eq!(text(&out.stdout), "h --x -y\n", "{out:?}");
+    let out = sandbox(&["run", "--", "/bin/echo", "--", "z"]);
+    assert_eq!(text(&out.stdout), "-- z\n", "{out:?}");
+    let out = sandbox(&["run", "--no-such-flag", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+}

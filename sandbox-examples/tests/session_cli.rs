@@ -466,7 +466,7 @@ fn a_failed_create_leaves_nothing_behind() {
         &["--name", "kept", "--ro-bind", "/nonexistent/session-src"],
     );
     assert!(err.contains("/nonexistent/session-src"), "{err}");
-    s.fails("create", &["--env", "NOEQUALS"]);
+    s.fails("create", &["--env", "=NONAME"]);
     assert!(s.dirs().is_empty(), "{:?}", s.dirs());
     // The name was not kept either.
     let id = s.create(&["--name", "kept"]);

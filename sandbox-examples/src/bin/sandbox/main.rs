@@ -104,7 +104,11 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// The program and its arguments (with --image: optional, replacing the image's Cmd).
-    #[arg(required_unless_present = "image", last = true, value_name = "PROGRAM")]
+    #[arg(
+        required_unless_present = "image",
+        trailing_var_arg = true,
+        value_name = "PROGRAM"
+    )]
     program: Vec<std::ffi::OsString>,
 }
 

@@ -115,7 +115,7 @@ pub struct CreateArgs {
     #[command(flatten)]
     policy: PolicyArgs,
     /// The session's program and its arguments (with --image: optional, replacing the image's Cmd).
-    #[arg(last = true, value_name = "PROGRAM")]
+    #[arg(trailing_var_arg = true, value_name = "PROGRAM")]
     program: Vec<OsString>,
 }
 
@@ -136,7 +136,7 @@ pub struct ExecArgs {
     /// The session: its name, its id, or the start of its id.
     session: String,
     /// The program and its arguments.
-    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    #[arg(trailing_var_arg = true, required = true, value_name = "PROGRAM")]
     program: Vec<OsString>,
 }
 
