@@ -697,3 +697,34 @@ fn the_program_needs_no_double_dash() {
     let out = sandbox(&["run", "--no-such-flag", "/bin/true"]);
     assert_eq!(out.status.code(), Some(125), "{out:?}");
 }
+
+/// Shell completions and the manual page come from the same flag definitions as the parser.
+#[test]
+fn completions_and_manual_page() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = sandbox(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = text(&out.stdout);
+        assert!(
+            script.contains("memory") && script.contains("env-file"),
+            "{shell}"
+        );
+    }
+    assert_eq!(
+        sandbox(&["completions", "cmd.exe"]).status.code(),
+        Some(125)
+    );
+    let out = sandbox(&["man"]);
+    assert!(out.status.success(), "{out:?}");
+    let page = text(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH sandbox 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("doctor") && page.contains("Examples"),
+        "{page}"
+    );
+    let out = sandbox(&["run", "--help"]);
+    assert!(text(&out.stdout).contains("Examples:"), "{out:?}");
+}

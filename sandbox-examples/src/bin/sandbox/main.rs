@@ -30,7 +30,14 @@ const SANDBOX_ERROR: u8 = 125;
 #[command(
     name = "sandbox",
     version,
-    about = "Run untrusted programs in a sandbox"
+    about = "Run untrusted programs in a sandbox",
+    after_help = "Examples:
+  sandbox run python3 -c 'print(1)'                   the host's system read-only, no network
+  sandbox run --memory 512MiB --timeout 10 --bind $PWD:/work --cwd /work make test
+  sandbox run --net user --publish 8080:80 --image nginx:1.25
+  sandbox run --backend vm -- uname -r                the same in a microVM
+  sandbox create --name box && sandbox exec box sh -c 'echo hi > /tmp/f' && sandbox stop box
+  sandbox doctor                                      what this host can enforce"
 )]
 struct Cli {
     /// Show the library's log on stderr: -v what it decides (info), -vv more (debug), -vvv everything.
@@ -44,6 +51,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run PROGRAM in a sandbox.
+    #[command(after_help = "Examples:
+  sandbox run ls /                                    the program needs no `--`
+  sandbox run --report verdict.json --timeout 5 -- ./a.out < input.txt
+  sandbox run --ro-bind /srv/data:/data:ro --tmpfs /scratch --env HOME=/scratch python3 job.py
+  sandbox run --policy judge.toml --user 1000:1000 ./solution
+Exit code: the program's; 128+N for signal N; 124 timeout; 125 the sandbox failed; 126 not executable;
+127 not found.")]
     Run(Box<RunArgs>),
     #[command(flatten)]
     Session(session::SessionCommand),
@@ -55,6 +69,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (e.g. `sandbox completions bash > /etc/bash_completion.d/sandbox`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `sandbox man > sandbox.1 && man ./sandbox.1`).
+    Man,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -259,6 +280,21 @@ fn main() -> ExitCode {
             }
         },
         Command::Doctor { json } => doctor(json),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "sandbox", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sandbox: writing the manual page: {e}");
+                    ExitCode::from(SANDBOX_ERROR)
+                }
+            }
+        }
     }
 }
 
