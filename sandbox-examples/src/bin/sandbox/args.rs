@@ -158,6 +158,63 @@ pub(crate) fn parse_env(
     Ok(out)
 }
 
+/// `--tmpfs DST[:size=SIZE]` (docker's `--tmpfs` syntax for the size).
+pub(crate) fn parse_tmpfs(spec: &str) -> Result<Mount, String> {
+    let (dst, size) = match spec.split_once(':') {
+        None => (spec, None),
+        Some((dst, opts)) => {
+            let Some(size) = opts.strip_prefix("size=") else {
+                return Err(format!(
+                    "--tmpfs {spec:?}: the only option is size=SIZE (e.g. --tmpfs /scratch:size=64M)"
+                ));
+            };
+            let size = parse_size(size).map_err(|e| format!("--tmpfs {spec:?}: {e}"))?;
+            (dst, Some(size))
+        }
+    };
+    Ok(Mount::Tmpfs {
+        dst: PathBuf::from(dst),
+        size,
+    })
+}
+
+/// One `--ulimit NAME=VALUE[:VALUE]` (docker's syntax) set on `limits`: `nofile`, `nproc` (counts), `fsize`
+/// (a size) or `cpu` (seconds). The sandbox sets one value as both soft and hard limit, so a pair must be
+/// equal.
+pub(crate) fn apply_ulimit(
+    spec: &str,
+    limits: &mut sandkasten::policy::Limits,
+) -> Result<(), String> {
+    let bad = |why: &str| {
+        format!("--ulimit {spec:?}: {why} (give nofile=N, nproc=N, fsize=SIZE or cpu=SECONDS)")
+    };
+    let (name, value) = spec.split_once('=').ok_or_else(|| bad("no `=`"))?;
+    let value = match value.split_once(':') {
+        Some((soft, hard)) if soft == hard => soft,
+        Some(_) => {
+            return Err(bad(
+                "the sandbox sets one value as soft and hard limit: give it once, or twice the same",
+            ));
+        }
+        None => value,
+    };
+    let count = || {
+        value
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad("not a positive whole number"))
+    };
+    match name {
+        "nofile" => limits.nofile = Some(count()?),
+        "nproc" => limits.nproc = Some(count()?),
+        "fsize" => limits.fsize = Some(parse_size(value).map_err(|e| bad(&e))?),
+        "cpu" => limits.cpu_time = Some(std::time::Duration::from_secs(count()?)),
+        _ => return Err(bad("unknown limit")),
+    }
+    Ok(())
+}
+
 /// A size (`512M`, `512MiB`, `4096`): the library's one parser, as policies read them.
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     sandkasten::policy::parse_size(text).map_err(|e| e.to_string())
@@ -278,6 +335,52 @@ mod tests {
         }
         let e = parse_env(&["/nonexistent/env".into()], &[]).unwrap_err();
         assert!(e.contains("/nonexistent/env"), "{e}");
+    }
+
+    #[test]
+    fn tmpfs_and_ulimits() {
+        assert_eq!(
+            parse_tmpfs("/scratch:size=1M"),
+            Ok(Mount::Tmpfs {
+                dst: "/scratch".into(),
+                size: Some(1 << 20)
+            })
+        );
+        assert_eq!(
+            parse_tmpfs("/scratch"),
+            Ok(Mount::Tmpfs {
+                dst: "/scratch".into(),
+                size: None
+            })
+        );
+        for bad in ["/s:mode=1777", "/s:size=lots", "/s:size="] {
+            assert!(parse_tmpfs(bad).unwrap_err().contains(bad), "{bad}");
+        }
+        let mut l = sandkasten::policy::Limits::default();
+        for ok in ["nofile=1024:1024", "nproc=64", "fsize=1M", "cpu=3"] {
+            apply_ulimit(ok, &mut l).unwrap();
+        }
+        assert_eq!(
+            (l.nofile, l.nproc, l.fsize, l.cpu_time),
+            (
+                Some(1024),
+                Some(64),
+                Some(1 << 20),
+                Some(std::time::Duration::from_secs(3))
+            )
+        );
+        for bad in [
+            "nofile=1024:2048",
+            "core=0",
+            "nofile",
+            "nofile=0",
+            "nproc=x",
+        ] {
+            assert!(
+                apply_ulimit(bad, &mut l).unwrap_err().contains(bad),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

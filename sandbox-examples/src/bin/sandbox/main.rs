@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sandkasten::seccomp::SeccompProfile;
-use sandkasten::{
-    Backend, Mount, Network, Policy, Publish, Rootfs, Sandbox, SnapshotCache, VmEngine,
-};
+use sandkasten::{Backend, Network, Policy, Publish, Rootfs, Sandbox, SnapshotCache, VmEngine};
 
 mod args;
 mod doctor;
 mod image;
 mod session;
 
-use args::{parse_bind, parse_cap, parse_env, parse_ids, parse_size, parse_user};
+use args::{
+    apply_ulimit, parse_bind, parse_cap, parse_env, parse_ids, parse_size, parse_tmpfs, parse_user,
+};
 use doctor::doctor;
 
 /// Exit code for every failure of the sandbox itself.
@@ -165,9 +165,19 @@ struct PolicyArgs {
     /// syntax: `--bind /srv:/data:ro`). Repeatable.
     #[arg(long = "bind", value_name = "SRC[:DST[:ro|rw]]")]
     bind: Vec<String>,
-    /// Mount an empty tmpfs at DST. Repeatable.
-    #[arg(long, value_name = "DST")]
-    tmpfs: Vec<PathBuf>,
+    /// Mount an empty tmpfs at DST, of at most SIZE bytes (default: the memory limit, else 64M). Repeatable.
+    #[arg(long, value_name = "DST[:size=SIZE]")]
+    tmpfs: Vec<String>,
+    /// Set a resource limit of each process, docker's syntax: nofile=N, nproc=N, fsize=SIZE, cpu=SECONDS
+    /// (`N:N` accepted: soft and hard are the same). Repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    ulimit: Vec<String>,
+    /// Show the host's character device PATH (below /dev) in the sandbox's /dev, e.g. /dev/kvm. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    device: Vec<PathBuf>,
+    /// Give the program the supplementary group GID inside (needs a range of ids). Repeatable.
+    #[arg(long = "group-add", value_name = "GID")]
+    group_add: Vec<u32>,
     /// Set an environment variable (the environment starts empty but for PATH), or with KEY alone pass this
     /// process's own value in. Repeatable.
     #[arg(long, value_name = "KEY[=VALUE]")]
@@ -309,12 +319,14 @@ fn build_policy(args: &PolicyArgs) -> Result<Policy, String> {
     for spec in &args.bind {
         policy.mounts.push(parse_bind("--bind", spec)?);
     }
-    for dst in &args.tmpfs {
-        policy.mounts.push(Mount::Tmpfs {
-            dst: dst.clone(),
-            size: None,
-        });
+    for spec in &args.tmpfs {
+        policy.mounts.push(parse_tmpfs(spec)?);
     }
+    for spec in &args.ulimit {
+        apply_ulimit(spec, &mut policy.limits)?;
+    }
+    policy.devices.extend(args.device.iter().cloned());
+    policy.groups.extend(&args.group_add);
     if let Some(h) = &args.hostname {
         policy.hostname = h.clone();
     }
