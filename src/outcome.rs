@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod report;
+
+pub use report::{BadReport, REPORT_VERSION, Report, SetupError};
+
 use crate::policy::Publish;
 
 /// Which backend ran the program.
@@ -378,8 +382,10 @@ pub struct VmInfo {
     pub restored: bool,
 }
 
-/// The verdict of a run.
-#[derive(Clone, Debug)]
+/// The verdict of a run. It serialises as its [`Report`] (the CLI's `--report`, `docs/verdict.md`): captured
+/// output is not part of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(into = "Report", try_from = "Report")]
 #[non_exhaustive]
 pub struct Outcome {
     /// How it ended.
@@ -490,111 +496,6 @@ impl Outcome {
     pub fn with_status(mut self, status: Status) -> Outcome {
         self.status = status;
         self
-    }
-
-    /// Reads back a verdict written by [`Outcome::report_json`] (the guest agent's verdict line); `None` when
-    /// it is not one. Captured output is not part of a report.
-    pub fn from_report_json(v: &serde_json::Value) -> Option<Outcome> {
-        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_i64);
-        let ms = |k: &str| {
-            Duration::from_millis(v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0))
-        };
-        let status = match v.get("status")?.as_str()? {
-            "exited" => Status::Exited(num("exit_code")? as i32),
-            "signaled" => Status::Signaled(num("signal")? as i32),
-            "timed_out" => Status::TimedOut(
-                serde_json::from_value(v.get("timeout")?.clone()).unwrap_or(TimeLimit::Wall),
-            ),
-            "oom_killed" => Status::OomKilled,
-            "setup_failed" => {
-                let e = v.get("setup_error")?;
-                Status::SetupFailed(SetupFailure {
-                    stage: serde_json::from_value(e.get("stage")?.clone()).ok()?,
-                    errno: e
-                        .get("errno")
-                        .and_then(serde_json::Value::as_i64)
-                        .map(|n| n as i32),
-                    message: e.get("message")?.as_str()?.to_string(),
-                })
-            }
-            _ => return None,
-        };
-        Some(Outcome {
-            status,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            usage: Usage {
-                wall: ms("wall_ms"),
-                cpu_user: ms("cpu_user_ms"),
-                cpu_sys: ms("cpu_sys_ms"),
-                peak_memory_bytes: v
-                    .get("peak_memory_bytes")
-                    .and_then(serde_json::Value::as_u64),
-                source: v
-                    .get("usage_source")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("")
-                    .to_string(),
-            },
-            backend: serde_json::from_value(v.get("backend")?.clone()).ok()?,
-            fallback_reason: v
-                .get("fallback_reason")
-                .and_then(|s| s.as_str())
-                .map(String::from),
-            enforced: v
-                .get("enforced")
-                .and_then(|e| serde_json::from_value(e.clone()).ok())
-                .unwrap_or_default(),
-            denied_syscalls: v
-                .get("denied_syscalls")
-                .and_then(|d| serde_json::from_value(d.clone()).ok())
-                .unwrap_or_default(),
-            vm: v
-                .get("vm")
-                .and_then(|d| serde_json::from_value(d.clone()).ok()),
-            capture: v
-                .get("capture")
-                .and_then(|d| serde_json::from_value(d.clone()).ok())
-                .unwrap_or_default(),
-        })
-    }
-
-    /// The verdict as the JSON object of the CLI's `--report` contract.
-    pub fn report_json(&self) -> serde_json::Value {
-        let (exit_code, signal) = match &self.status {
-            Status::Exited(c) => (Some(*c), None),
-            Status::Signaled(s) => (None, Some(*s)),
-            _ => (None, None),
-        };
-        let mut v = serde_json::json!({
-            "status": self.status.name(),
-            "exit_code": exit_code,
-            "signal": signal,
-            "backend": self.backend,
-            "fallback_reason": self.fallback_reason,
-            "wall_ms": self.usage.wall.as_millis() as u64,
-            "cpu_user_ms": self.usage.cpu_user.as_millis() as u64,
-            "cpu_sys_ms": self.usage.cpu_sys.as_millis() as u64,
-            "peak_memory_bytes": self.usage.peak_memory_bytes,
-            "usage_source": self.usage.source,
-            "timeout": match &self.status { Status::TimedOut(l) => serde_json::to_value(l).ok(), _ => None },
-            "enforced": self.enforced,
-            "denied_syscalls": self.denied_syscalls,
-            "vm_engine": self.vm.as_ref().map(|v| v.engine.clone()),
-            "accelerator": self.vm.as_ref().map(|v| v.accelerator.clone()),
-        });
-        if let Some(vm) = &self.vm {
-            v["vm"] = serde_json::to_value(vm).unwrap_or_default();
-        }
-        if self.capture != Capture::default() {
-            v["capture"] = serde_json::to_value(&self.capture).unwrap_or_default();
-        }
-        if let Status::SetupFailed(f) = &self.status {
-            v["setup_error"] = serde_json::json!({
-                "stage": f.stage, "errno": f.errno, "message": f.message,
-            });
-        }
-        v
     }
 }
 

@@ -777,3 +777,97 @@ fn tmpfs_size_ulimits_groups_and_devices() {
         );
     }
 }
+
+/// Every key of a report (`path`, `path[]`, `path[].field`), recursively.
+fn report_keys(v: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                // An array is listed as `key[]` (below), not as `key`.
+                if !v.is_array() {
+                    out.insert(path.clone());
+                }
+                report_keys(v, &path, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            out.insert(format!("{prefix}[]"));
+            for item in items.iter().filter(|i| i.is_object()) {
+                report_keys(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The verdict's schema (docs/verdict.md) against the CLI's reports: every key a report holds is documented,
+/// the version is the library's, and a report reads back into the same verdict.
+#[test]
+fn reports_match_the_documented_schema() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/verdict.md"))
+        .expect("docs/verdict.md");
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("| `")?
+                .split_once('`')
+                .map(|(k, _)| k.to_string())
+        })
+        .collect();
+    let dir = TempDir::new("schema");
+    std::fs::write(dir.join("f"), "x").unwrap();
+    let bind = format!("{}:/data", dir.path().display());
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["--", "/bin/sh", "-c", "exit 3"],
+        vec![
+            "--memory",
+            "64M",
+            "--tmpfs",
+            "/s:size=1M",
+            "--ro-bind",
+            &bind,
+            "--",
+            "/bin/true",
+        ],
+        vec!["--", "/no/such/program"],
+        vec!["--timeout", "0.2", "--", "/bin/sleep", "5"],
+        vec![
+            "--seccomp",
+            "default",
+            "--",
+            "/bin/sh",
+            "-c",
+            "unshare -U true 2>/dev/null; true",
+        ],
+        vec!["--", "/bin/sh", "-c", "kill -9 $$"],
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for args in &runs {
+        let (_, r) = report(args);
+        assert_eq!(
+            r["report_version"],
+            sandkasten::outcome::REPORT_VERSION,
+            "{r}"
+        );
+        report_keys(&r, "", &mut seen);
+        let back = sandkasten::Outcome::from_report_json(&r).expect("a report reads back");
+        assert_eq!(
+            back.report_json(),
+            r,
+            "a report reads back into the same verdict"
+        );
+    }
+    let undocumented: Vec<&String> = seen.iter().filter(|k| !documented.contains(*k)).collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys not in docs/verdict.md: {undocumented:?}"
+    );
+    for status in ["exited", "signaled", "timed_out", "setup_failed"] {
+        assert!(doc.contains(&format!("`{status}`")), "{status}");
+    }
+}
