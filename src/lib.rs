@@ -69,3 +69,8 @@ pub use running::SandboxChild;
 pub use session::{Detach, Detached, DetachedState, Session};
 #[cfg(feature = "vm")]
 pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};
+
+/// The README's Rust examples, compiled as doc tests (`cargo test --doc`): they stay true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
