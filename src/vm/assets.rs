@@ -40,20 +40,78 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
     }
 }
 
-/// The guest kernel and agent: `$SANDBOX_KERNEL` and `$SANDBOX_AGENT`, else the kernel build cache
-/// (`kernel-config/build.sh`) and `sandbox-init` next to the running program.
+/// Where the VM backend finds what it runs, set by the program ([`set_assets`]) instead of the environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VmAssets {
+    /// The guest kernel (`vmlinux`, built by `kernel-config/build.sh`).
+    pub kernel: Option<PathBuf>,
+    /// The static guest agent `sandbox-init` (built by `scripts/build-guest.sh`).
+    pub agent: Option<PathBuf>,
+    /// `qemu-system-x86_64`.
+    pub qemu: Option<PathBuf>,
+}
+
+impl VmAssets {
+    /// Nothing set: every asset is looked for as [`assets`] and [`find_qemu`](super::find_qemu) say.
+    pub fn new() -> VmAssets {
+        VmAssets::default()
+    }
+
+    /// The guest kernel.
+    pub fn kernel(mut self, path: impl Into<PathBuf>) -> VmAssets {
+        self.kernel = Some(path.into());
+        self
+    }
+
+    /// The guest agent.
+    pub fn agent(mut self, path: impl Into<PathBuf>) -> VmAssets {
+        self.agent = Some(path.into());
+        self
+    }
+
+    /// The QEMU binary.
+    pub fn qemu(mut self, path: impl Into<PathBuf>) -> VmAssets {
+        self.qemu = Some(path.into());
+        self
+    }
+}
+
+static SET: std::sync::RwLock<VmAssets> = std::sync::RwLock::new(VmAssets {
+    kernel: None,
+    agent: None,
+    qemu: None,
+});
+
+/// Tells this process's VM backend where its kernel, agent and QEMU are (what is set wins over
+/// `SANDBOX_KERNEL`, `SANDBOX_AGENT`, `SANDBOX_QEMU` and the default places); a service sets it once at start.
+/// A VM session's keeper process is told the same.
+pub fn set_assets(assets: VmAssets) {
+    *SET.write().unwrap_or_else(|e| e.into_inner()) = assets;
+}
+
+/// What [`set_assets`] set.
+pub(crate) fn configured() -> VmAssets {
+    SET.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The guest kernel and agent: what [`set_assets`] set, else `$SANDBOX_KERNEL` and `$SANDBOX_AGENT`, else the
+/// kernel build cache (`kernel-config/build.sh`) and `sandbox-init` next to the running program.
 pub fn assets() -> Result<(PathBuf, PathBuf), AssetError> {
+    let set = configured();
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
         .map(|c| c.join("sandbox/kernel/current/vmlinux"));
-    let kernel = std::env::var_os("SANDBOX_KERNEL")
-        .map(PathBuf::from)
+    let kernel = set
+        .kernel
+        .or_else(|| std::env::var_os("SANDBOX_KERNEL").map(PathBuf::from))
         .or(cache)
         .filter(|p| p.is_file())
         .ok_or(AssetError::NoKernel)?;
-    let agent = std::env::var_os("SANDBOX_AGENT")
-        .map(PathBuf::from)
+    let agent = set
+        .agent
+        .or_else(|| std::env::var_os("SANDBOX_AGENT").map(PathBuf::from))
         .or_else(|| {
             std::env::current_exe()
                 .ok()

@@ -74,13 +74,11 @@ pub(crate) fn create(
             "a VM session that waits for its start needs a program of its own".into(),
         ));
     }
-    let agent = super::assets::assets()
-        .map_err(|e| {
-            failure(format!(
-                "the keeper of a VM session is the guest agent: {e}"
-            ))
-        })?
-        .1;
+    let (kernel, agent) = super::assets::assets().map_err(|e| {
+        failure(format!(
+            "the keeper of a VM session is the guest agent: {e}"
+        ))
+    })?;
     let (listener, status, made) = listen_at(socket_path, status_file)?;
     let pipe = || {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failure(format!("pipe2: {e}")))
@@ -112,6 +110,12 @@ pub(crate) fn create(
         )?))
     };
     let mut cmd = std::process::Command::new(&agent);
+    // The keeper finds the same assets as this process, however this process was told them.
+    cmd.env("SANDBOX_KERNEL", &kernel)
+        .env("SANDBOX_AGENT", &agent);
+    if let Some(qemu) = super::qemu::find_qemu() {
+        cmd.env("SANDBOX_QEMU", qemu);
+    }
     cmd.arg("keep-session")
         .stdin(stream(stdio[0])?)
         .stdout(stream(stdio[1])?)

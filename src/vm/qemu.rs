@@ -266,8 +266,11 @@ fn escape_opt(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
-/// `qemu-system-x86_64` from `$SANDBOX_QEMU` or the `PATH`.
+/// `qemu-system-x86_64`: what [`set_assets`](super::set_assets) set, else `$SANDBOX_QEMU`, else the `PATH`.
 pub fn find_qemu() -> Option<PathBuf> {
+    if let Some(p) = super::assets::configured().qemu {
+        return Some(p);
+    }
     if let Some(p) = std::env::var_os("SANDBOX_QEMU") {
         return Some(p.into());
     }
