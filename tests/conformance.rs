@@ -719,9 +719,10 @@ fn bounded_output(b: B) {
         c.stdout_truncated && !c.stderr_truncated && !c.killed_for_output,
         "{c:?}"
     );
-    // Without end: killed once it writes past 64 KiB.
-    let o = Cmd::new("/bin/sh")
-        .args(["-c", "while :; do echo spam; done"])
+    // Without end: killed once it writes past 64 KiB (`cat` writes big blocks: a shell loop of `echo` writes
+    // too slowly under software KVM to get there before the timeout).
+    let o = Cmd::new("/bin/cat")
+        .args(["/dev/zero"])
         .on(b)
         .policy(Policy::default().timeout(Duration::from_secs(60)))
         .output_limits(OutputLimit::kill_after(64 << 10), OutputLimit::default())
