@@ -123,6 +123,20 @@ impl Session {
         cwd: Option<&Path>,
         engine: crate::VmEngine,
     ) -> Result<Session, Error> {
+        let engine = crate::vm::engine::Engine::pick(engine);
+        Session::in_vm(policy, env, cwd, |launch| {
+            crate::vm::session::start(launch, engine)
+        })
+    }
+
+    /// A session in a VM that `start` gives for the session's launch (no program of its own).
+    #[cfg(feature = "vm")]
+    fn in_vm(
+        policy: Policy,
+        env: &[(OsString, OsString)],
+        cwd: Option<&Path>,
+        start: impl FnOnce(&Launch<'_>) -> Result<crate::vm::session::VmSession, SetupFailure>,
+    ) -> Result<Session, Error> {
         policy.validate()?;
         let launch = Launch {
             program: OsStr::new(""),
@@ -135,8 +149,7 @@ impl Session {
             guest: false,
             serve: None,
         };
-        let engine = crate::vm::engine::Engine::pick(engine);
-        let vm = crate::vm::session::start(&launch, engine).map_err(Error::Setup)?;
+        let vm = start(&launch).map_err(Error::Setup)?;
         Ok(Session {
             init: Init::Vm(Box::new(vm)),
             policy,
@@ -174,24 +187,7 @@ impl Session {
         cwd: Option<&Path>,
         pool: &crate::VmPool,
     ) -> Result<Session, Error> {
-        policy.validate()?;
-        let launch = Launch {
-            program: OsStr::new(""),
-            args: &[],
-            env,
-            cwd,
-            policy: &policy,
-            stdio: [-1; 3],
-            extra_fds: &[],
-            guest: false,
-            serve: None,
-        };
-        let vm = pool.session(&launch).map_err(Error::Setup)?;
-        Ok(Session {
-            init: Init::Vm(Box::new(vm)),
-            policy,
-            started: Instant::now(),
-        })
+        Session::in_vm(policy, env, cwd, |launch| pool.session(launch))
     }
 
     /// A session of the guest agent (PID 1 of our VM): the guest's full id range, as its one-shot runs have.

@@ -15,6 +15,11 @@ use sandkasten::{
 };
 use testkit::TempDir;
 
+/// More properties: ids and groups, capabilities, masked paths, the pollable end, bounded output.
+#[path = "conformance/more.rs"]
+mod more;
+use more::*;
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod namespace {
@@ -389,120 +394,6 @@ fn loopback_server(b: B) {
     assert_eq!(out(&o), "ping\npong\n", "{o:?}");
 }
 
-/// The user namespace maps 65536 ids (root callers, and always inside the VM), and the verdict's maps are
-/// the ones the kernel shows; where the caller cannot have them, one id and a `not_enforced` entry.
-fn id_range(b: B) {
-    let o = sh(
-        b,
-        "cat /proc/self/uid_map; echo -; cat /proc/self/gid_map; id -u; id -g",
-        Policy::default().user(1000, 1000),
-    );
-    let text = out(&o);
-    let (uids, rest) = text.split_once("-\n").expect("two maps");
-    let lines = |t: &str| {
-        t.lines()
-            .take_while(|l| l.split_whitespace().count() == 3)
-            .map(|l| {
-                l.split_whitespace()
-                    .map(|x| x.parse::<u32>().unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>()
-    };
-    let as_vec = |m: &[sandkasten::outcome::IdExtent]| {
-        m.iter()
-            .map(|e| vec![e.inside, e.outside, e.count])
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(lines(uids), as_vec(&o.enforced.uid_map), "{o:?}");
-    assert_eq!(lines(rest), as_vec(&o.enforced.gid_map), "{o:?}");
-    assert!(rest.ends_with("1000\n1000\n"), "runs as 1000:1000: {rest}");
-    let total: u32 = o.enforced.uid_map.iter().map(|e| e.count).sum();
-    if testkit::is_root() || !matches!(b, B::Namespace | B::Session) {
-        assert_eq!(total, 65536, "{o:?}");
-        assert!(o.enforced.uid_map.iter().all(|e| e.outside > 0));
-    } else if total == 1 {
-        assert!(
-            o.enforced
-                .not_enforced
-                .iter()
-                .any(|r| r.contains("uid/gid range")),
-            "one id, said: {o:?}"
-        );
-    }
-}
-
-/// The policy's supplementary groups are the program's (and a session command's, a fork of its init); where
-/// the caller has one id only (setgroups denied), the run fails at set-up and says why.
-fn supplementary_groups(b: B) {
-    let policy = Policy::default().user(1000, 1000).groups([5, 100, 4242]);
-    let o = Cmd::new("/bin/sh")
-        .args(["-c", "id -G; grep ^Groups: /proc/self/status"])
-        .on(b)
-        .policy(policy)
-        .output();
-    let one_id = !testkit::is_root() && matches!(b, B::Namespace | B::Session);
-    match o {
-        Ok(o) if o.status == Status::Exited(0) => {
-            let text = out(&o);
-            assert_eq!(text.lines().next(), Some("1000 5 100 4242"), "{o:?}");
-            assert!(text.contains("Groups:\t5 100 4242"), "{o:?}");
-        }
-        Ok(Outcome {
-            status: Status::SetupFailed(f),
-            ..
-        })
-        | Err(sandkasten::Error::Setup(f))
-            if one_id =>
-        {
-            assert_eq!(f.stage, Stage::Credentials, "{f:?}");
-            assert!(f.message.contains("more than one id"), "{f:?}");
-        }
-        other => panic!("{other:?}"),
-    }
-    // None by default: the caller's own groups never come in.
-    let o = sh(b, "grep ^Groups: /proc/self/status", Policy::default());
-    assert_eq!(out(&o).trim_end(), "Groups:", "{o:?}");
-}
-
-/// Capabilities a policy keeps work for uid 0 inside, within the range (chown, setgroups, setuid), and go
-/// away with a switch to another uid; without them, none. Where the caller has one id only, setgroups is
-/// refused by the kernel and chown to an unmapped id fails, which the property allows.
-fn capabilities_kept(b: B) {
-    let script = "import os\n\
-        eff = lambda: open('/proc/self/status').read().split('CapEff:')[1].split()[0]\n\
-        print(eff())\n\
-        open('/tmp/f', 'w').close()\n\
-        def try_(f, *a):\n    try:\n        f(*a); return 'ok'\n    except OSError as e:\n        return str(e.errno)\n\
-        print(try_(os.chown, '/tmp/f', 5, 6), try_(os.setgroups, [1, 2]))\n\
-        os.setgid(7); os.setuid(1000)\n\
-        print(os.getuid(), os.getgid(), eff())\n";
-    let run = |p: Policy| {
-        Cmd::new("/usr/bin/python3")
-            .args(["-c", script])
-            .policy(p)
-            .on(b)
-            .output()
-            .unwrap()
-    };
-    let o = run(Policy::default());
-    assert!(out(&o).starts_with("0000000000000000\n"), "{o:?}");
-    assert!(o.enforced.capabilities_dropped && o.enforced.capabilities.is_empty());
-    let mut p = Policy::default();
-    p.capabilities = sandkasten::Capability::ALL.to_vec();
-    let o = run(p);
-    let text = out(&o);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.first(), Some(&"00000000000404fb"), "{o:?}");
-    let range = o.enforced.uid_map.iter().map(|e| e.count).sum::<u32>() == 65536;
-    if range {
-        assert_eq!(lines.get(1), Some(&"ok ok"), "{o:?}");
-        assert_eq!(lines.get(2), Some(&"1000 7 0000000000000000"), "{o:?}");
-    }
-    assert!(!o.enforced.capabilities_dropped);
-    assert_eq!(o.enforced.capabilities.len(), 9, "{o:?}");
-}
-
 fn environment_cleared(b: B) {
     let o = Cmd::new("/usr/bin/env")
         .env("ONLY", "this")
@@ -594,41 +485,6 @@ fn sized_tmpfs(b: B) {
     assert!(out(&o).contains(" 1024 "), "{}", out(&o));
 }
 
-/// OCI's maskedPaths and readonlyPaths: a masked file reads empty, a masked directory lists nothing, a
-/// missing path is skipped; a read-only path refuses writes while its neighbours take them.
-fn masked_and_read_only_paths(b: B) {
-    let o = sh(
-        b,
-        "wc -c < /etc/passwd; ls -A /usr/share/doc | wc -l; touch /usr/share/doc/x 2>&1; \
-         touch /tmp/x 2>&1; touch /dev/shm/x && echo shm-ok",
-        Policy::default()
-            .mask("/etc/passwd")
-            .mask("/usr/share/doc")
-            .mask("/no/such/path")
-            .read_only_path("/tmp"),
-    );
-    assert_eq!(o.status, Status::Exited(0), "{o:?}");
-    let text = out(&o);
-    let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    assert_eq!(lines[..2], ["0", "0"], "{text}");
-    let refused =
-        text.matches("Read-only file system").count() + text.matches("Permission denied").count();
-    assert_eq!(refused, 2, "{text}");
-    assert_eq!(lines.last(), Some(&"shm-ok"), "{text}");
-    // Without them, the same files are there (the property is the policy's, not the system view's).
-    let o = sh(
-        b,
-        "wc -c < /etc/passwd; touch /tmp/x && echo tmp-ok",
-        Policy::default(),
-    );
-    let text = out(&o);
-    assert!(
-        text.lines().next().is_some_and(|n| n.trim() != "0"),
-        "{text}"
-    );
-    assert!(text.contains("tmp-ok"), "{text}");
-}
-
 fn working_directory(b: B) {
     let o = Cmd::new("/bin/pwd")
         .current_dir("/tmp")
@@ -658,84 +514,6 @@ fn stdin_piped(b: B) {
         .unwrap();
     assert_eq!(text, "through the sandbox");
     assert_eq!(child.wait().unwrap().status, Status::Exited(0));
-}
-
-/// `AsFd` on the child: a descriptor an event loop polls for the end of the run. It becomes readable by the
-/// end (a readiness without the end is taken by `try_wait`, so it does not spin), and stays readable once
-/// the verdict is in.
-fn pollable_end(b: B) {
-    use std::os::fd::{AsFd, AsRawFd};
-    let mut child = Cmd::new("/bin/sh")
-        .args(["-c", "sleep 0.3; exit 4"])
-        .on(b)
-        .spawn()
-        .unwrap();
-    let readable = |child: &SandboxChild, ms: i32| {
-        let mut pfd = [libc::pollfd {
-            fd: child.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(pfd.as_mut_ptr(), 1, ms) == 1 }
-    };
-    let start = std::time::Instant::now();
-    let mut wakeups = 0;
-    let outcome = loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no end after {wakeups} wakeups"
-        );
-        if !readable(&child, 120_000) {
-            continue;
-        }
-        wakeups += 1;
-        if let Some(o) = child.try_wait().unwrap() {
-            break o;
-        }
-    };
-    assert_eq!(outcome.status, Status::Exited(4), "{outcome:?}");
-    assert!(wakeups < 50, "{wakeups} wakeups for one run: it spins");
-    assert!(readable(&child, 0), "not readable once ended");
-    assert_eq!(child.try_wait().unwrap().unwrap().status, Status::Exited(4));
-}
-
-/// `output()` keeps at most each stream's limit and says so; a limit that kills stops a program that writes
-/// without end, and the verdict says why.
-fn bounded_output(b: B) {
-    use sandkasten::OutputLimit;
-    // 300,000 bytes of stdout, 5 of stderr: stdout cut at 1,000, stderr whole.
-    let o = Cmd::new("/bin/sh")
-        .args(["-c", "head -c 300000 /dev/zero; printf 12345 >&2"])
-        .on(b)
-        .output_limits(OutputLimit::truncate(1000), OutputLimit::truncate(1000))
-        .output()
-        .unwrap();
-    assert_eq!(o.status, Status::Exited(0), "{:?}", o.capture);
-    assert_eq!((o.stdout.len(), o.stderr.as_slice()), (1000, &b"12345"[..]));
-    let c = &o.capture;
-    assert_eq!((c.stdout_bytes, c.stderr_bytes), (300_000, 5), "{c:?}");
-    assert!(
-        c.stdout_truncated && !c.stderr_truncated && !c.killed_for_output,
-        "{c:?}"
-    );
-    // Without end: killed once it writes past 64 KiB (`cat` writes big blocks: a shell loop of `echo` writes
-    // too slowly under software KVM to get there before the timeout).
-    let o = Cmd::new("/bin/cat")
-        .args(["/dev/zero"])
-        .on(b)
-        .policy(Policy::default().timeout(Duration::from_secs(60)))
-        .output_limits(OutputLimit::kill_after(64 << 10), OutputLimit::default())
-        .output()
-        .unwrap();
-    assert!(o.capture.killed_for_output, "{:?}", o.capture);
-    assert!(o.capture.stdout_truncated);
-    assert_eq!(o.stdout.len(), 64 << 10);
-    assert!(
-        !matches!(o.status, Status::Exited(0) | Status::TimedOut(_)),
-        "{:?}",
-        o.status
-    );
 }
 
 fn wall_timeout_kills_the_tree(b: B) {

@@ -246,10 +246,7 @@ impl VmPool {
     /// Boots VMs until `n` are idle (at most [`PoolOptions::max_idle`]).
     pub fn prewarm(&self, n: usize) -> Result<(), Error> {
         let o = &self.inner.options;
-        let want = match o.max_vms {
-            0 => n.min(o.max_idle),
-            m => n.min(o.max_idle).min(m),
-        };
+        let want = self.prewarm_target(n);
         loop {
             {
                 let mut st = self.inner.lock();
@@ -262,6 +259,15 @@ impl VmPool {
             vm.warm = true;
             self.inner.lock().idle.push(vm);
             self.inner.changed.notify_all();
+        }
+    }
+
+    /// How many VMs a prewarm of `n` leaves waiting: at most `max_idle`, and within `max_vms`.
+    fn prewarm_target(&self, n: usize) -> usize {
+        let o = &self.inner.options;
+        match o.max_vms {
+            0 => n.min(o.max_idle),
+            m => n.min(o.max_idle).min(m),
         }
     }
 

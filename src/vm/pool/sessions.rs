@@ -18,10 +18,7 @@ impl VmPool {
     /// [`Session::start_pooled`](crate::Session::start_pooled) finds its VM up. Each serves one session.
     pub fn prewarm_sessions(&self, n: usize) -> Result<(), Error> {
         let o = &self.inner.options;
-        let want = match o.max_vms {
-            0 => n.min(o.max_idle),
-            m => n.min(o.max_idle).min(m),
-        };
+        let want = self.prewarm_target(n);
         loop {
             {
                 let mut st = self.inner.lock();
