@@ -245,21 +245,25 @@ impl VmPool {
 
     /// Boots VMs until `n` are idle (at most [`PoolOptions::max_idle`]).
     pub fn prewarm(&self, n: usize) -> Result<(), Error> {
-        let o = &self.inner.options;
-        let want = self.prewarm_target(n);
-        loop {
-            {
-                let mut st = self.inner.lock();
-                if st.idle.len() >= want || (o.max_vms > 0 && st.live >= o.max_vms) {
-                    return Ok(());
-                }
-                st.live += 1;
-            }
+        while self.place_for_prewarm(n, |st| st.idle.len()) {
             let mut vm = self.boot()?;
             vm.warm = true;
             self.inner.lock().idle.push(vm);
             self.inner.changed.notify_all();
         }
+        Ok(())
+    }
+
+    /// For a prewarm of `n`: whether another VM is to boot (fewer than the target wait, by `waiting`, and
+    /// `max_vms` leaves room); if so its place in `live` is taken.
+    fn place_for_prewarm(&self, n: usize, waiting: impl Fn(&PoolState) -> usize) -> bool {
+        let (want, max) = (self.prewarm_target(n), self.inner.options.max_vms);
+        let mut st = self.inner.lock();
+        if waiting(&st) >= want || (max > 0 && st.live >= max) {
+            return false;
+        }
+        st.live += 1;
+        true
     }
 
     /// How many VMs a prewarm of `n` leaves waiting: at most `max_idle`, and within `max_vms`.

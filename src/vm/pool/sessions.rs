@@ -17,22 +17,14 @@ impl VmPool {
     /// within [`PoolOptions::max_vms`](super::PoolOptions)), so that a
     /// [`Session::start_pooled`](crate::Session::start_pooled) finds its VM up. Each serves one session.
     pub fn prewarm_sessions(&self, n: usize) -> Result<(), Error> {
-        let o = &self.inner.options;
-        let want = self.prewarm_target(n);
-        loop {
-            {
-                let mut st = self.inner.lock();
-                if st.idle_sessions.len() >= want || (o.max_vms > 0 && st.live >= o.max_vms) {
-                    return Ok(());
-                }
-                st.live += 1;
-            }
+        while self.place_for_prewarm(n, |st| st.idle_sessions.len()) {
             let vm = self
                 .boot_session()
                 .map_err(|b| Error::Setup(SetupFailure::from(b)))?;
             self.inner.lock().idle_sessions.push(vm);
             self.inner.changed.notify_all();
         }
+        Ok(())
     }
 
     /// How many booted VMs wait for a session.
