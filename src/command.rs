@@ -318,30 +318,27 @@ impl Sandbox {
     }
 
     /// Starts the program; standard streams are inherited unless set.
+    ///
+    /// A sandbox that cannot be built (a namespace, a mount, a limit, the VM) is not an error here: the
+    /// child has already ended, and its verdict is [`Status::SetupFailed`](crate::Status::SetupFailed), as
+    /// it is for a failure the VM's guest finds later. So every setup failure reaches the caller one way, in
+    /// the verdict of [`SandboxChild::wait`]. `Err` is for an invalid policy and for failures of the host
+    /// process itself (descriptors, pipes).
     pub fn spawn(&mut self) -> Result<SandboxChild, Error> {
         self.spawn_with_defaults(|| Stdio::Inherit, || Stdio::Inherit)
     }
 
     /// Runs the program to the end and returns the verdict with stdout and stderr captured (stdin is null
     /// unless set). Failures to build the sandbox or start the program are a verdict too
-    /// ([`Status::SetupFailed`](crate::Status::SetupFailed)); only an invalid policy is an error.
+    /// ([`Status::SetupFailed`](crate::Status::SetupFailed)), as with [`spawn`](Self::spawn).
     pub fn output(&mut self) -> Result<Outcome, Error> {
-        self.policy.validate()?;
-        match self.spawn_with_defaults(|| Stdio::Null, || Stdio::Piped) {
-            Ok(child) => child.wait_with_output(),
-            Err(Error::Setup(f)) => Ok(Outcome::setup_failed(f, self.failed_backend())),
-            Err(e) => Err(e),
-        }
+        self.spawn_with_defaults(|| Stdio::Null, || Stdio::Piped)?
+            .wait_with_output()
     }
 
     /// Runs the program to the end with inherited streams (unless set) and returns the verdict.
     pub fn status(&mut self) -> Result<Outcome, Error> {
-        self.policy.validate()?;
-        match self.spawn() {
-            Ok(mut child) => child.wait(),
-            Err(Error::Setup(f)) => Ok(Outcome::setup_failed(f, self.failed_backend())),
-            Err(e) => Err(e),
-        }
+        self.spawn()?.wait()
     }
 
     /// The backend a setup failure is reported against.
@@ -422,15 +419,22 @@ impl Sandbox {
         };
         tracing::debug!(program = ?self.program, backend = ?self.backend, "starting a sandbox");
         let started = Instant::now();
-        let (inner, deadline) = self.start(&launch)?;
+        let started_run = self.start(&launch);
+        // The child's ends close here: a failed start leaves the host's ends at EOF (and EPIPE), as a
+        // program that ended at once would.
         drop(held);
-        SandboxChild::new(
-            inner,
-            started,
-            deadline,
-            (streams.stdin, streams.stdout, streams.stderr),
-            self.output_limits,
-        )
+        let streams = (streams.stdin, streams.stdout, streams.stderr);
+        match started_run {
+            Ok((inner, deadline)) => {
+                SandboxChild::new(inner, started, deadline, streams, self.output_limits)
+            }
+            Err(Error::Setup(f)) => {
+                tracing::debug!(failure = %f, "the sandbox could not be set up");
+                let outcome = Outcome::setup_failed(f, self.failed_backend());
+                SandboxChild::ended(outcome, started, streams, self.output_limits)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Starts the run on its backend, the one place a backend is chosen: a pool's warm VM, the namespace
@@ -446,14 +450,10 @@ impl Sandbox {
                 SessionRef::Vm(_) => Backend::Vm,
             };
             if *policy != self.policy || self.backend != backend {
-                return Err(Error::Setup(SetupFailure {
-                    stage: Stage::Prepare,
-                    errno: None,
-                    message:
-                        "a session's command runs under the session's policy and backend: start \
-                              another session for a different one"
-                            .into(),
-                }));
+                return Err(Error::Usage(
+                    "a session's command runs under the session's policy and backend: start another \
+                     session for a different one",
+                ));
             }
             return match shared {
                 SessionRef::Namespace(shared) => {

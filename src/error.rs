@@ -16,6 +16,9 @@ pub enum Error {
     /// The requested backend is not available.
     #[error("backend {0} is not available: {1}")]
     Backend(&'static str, String),
+    /// The API was used in a way it cannot honour (the message says how to use it instead).
+    #[error("{0}")]
+    Usage(&'static str),
     /// Waiting for or talking to the sandbox failed.
     #[error("{what}: {source}")]
     Io {

@@ -38,16 +38,13 @@ impl SandboxChild {
         streams: (Option<PipeWriter>, Option<PipeReader>, Option<PipeReader>),
         limits: [OutputLimit; 2],
     ) -> Result<Self, Error> {
-        // SAFETY: eventfd takes two integers; a non-negative result is a new descriptor this process owns.
-        let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            let source = std::io::Error::last_os_error();
-            inner.abort();
-            return Err(Error::Io {
-                what: "creating the child's end-of-run eventfd",
-                source,
-            });
-        }
+        let ended_fd = match readable_eventfd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                inner.abort();
+                return Err(e);
+            }
+        };
         Ok(SandboxChild {
             stdin: streams.0,
             stdout: streams.1,
@@ -57,8 +54,29 @@ impl SandboxChild {
             deadline,
             killed: false,
             done: None,
-            // SAFETY: `fd` was just created above and is owned by nothing else.
-            ended_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            ended_fd,
+            limits,
+        })
+    }
+
+    /// A child that ended before it ran: its sandbox could not be set up (`outcome` says why). Its piped
+    /// streams are at EOF.
+    pub(crate) fn ended(
+        outcome: Outcome,
+        started: Instant,
+        streams: (Option<PipeWriter>, Option<PipeReader>, Option<PipeReader>),
+        limits: [OutputLimit; 2],
+    ) -> Result<Self, Error> {
+        Ok(SandboxChild {
+            stdin: streams.0,
+            stdout: streams.1,
+            stderr: streams.2,
+            inner: None,
+            started,
+            deadline: None,
+            killed: false,
+            done: Some(outcome),
+            ended_fd: readable_eventfd()?,
             limits,
         })
     }
@@ -272,6 +290,20 @@ impl SandboxChild {
         self.done = Some(inner.finish(self.started.elapsed(), host_timeout)?);
         Ok(())
     }
+}
+
+/// An eventfd that is always readable: what [`AsFd`] gives once the verdict is in.
+fn readable_eventfd() -> Result<OwnedFd, Error> {
+    // SAFETY: eventfd takes two integers; a non-negative result is a new descriptor this process owns.
+    let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(Error::Io {
+            what: "creating the child's end-of-run eventfd",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` was just created above and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn millis(d: Duration) -> i32 {

@@ -300,6 +300,7 @@ conformance!(
     working_directory,
     stdin_piped,
     pollable_end,
+    setup_failure_in_the_verdict,
     bounded_output,
     wall_timeout_kills_the_tree,
     no_privileges,

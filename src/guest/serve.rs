@@ -83,10 +83,9 @@ impl Server {
                 for p in [stdout_port, stderr_port].into_iter().flatten() {
                     end_stream(p);
                 }
-                return match e {
-                    crate::Error::Setup(f) => Ok(Outcome::setup_failed(f, crate::BackendKind::Vm)),
-                    e => Err(e.into()),
-                };
+                // A sandbox that could not be set up is a child that has already ended; this is the
+                // host process's own failure.
+                return Err(e.into());
             }
         };
         if let Some(p) = stdin_port {

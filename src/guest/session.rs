@@ -156,10 +156,8 @@ impl Served {
             if let Some(d) = cwd {
                 cmd.current_dir(d);
             }
-            cmd.spawn().map_err(|e| match e {
-                crate::Error::Setup(f) => Outcome::setup_failed(f, BackendKind::Vm),
-                e => failed(e.to_string()),
-            })
+            // A command that could not be set up is a child that has already ended, with its verdict.
+            cmd.spawn().map_err(|e| failed(e.to_string()))
         };
         let mut child = match spawned {
             Ok(c) => c,

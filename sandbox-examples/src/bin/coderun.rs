@@ -374,7 +374,6 @@ fn run(job: Job) -> Result<Value, Failure> {
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(sandkasten::Error::Setup(f)) => return setup_failed(&job, f),
         Err(e) => return Err(Failure::Host(e.to_string())),
     };
 

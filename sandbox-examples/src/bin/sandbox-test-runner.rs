@@ -244,7 +244,6 @@ fn run(args: Args) -> Result<ExitCode, String> {
     let signals = SignalFd::block(&FORWARDED).map_err(|e| format!("blocking signals: {e}"))?;
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(sandkasten::Error::Setup(f)) => return Ok(failed(&binary, &Status::SetupFailed(f))),
         Err(e) => return Err(e.to_string()),
     };
     let outcome = loop {

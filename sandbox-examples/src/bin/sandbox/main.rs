@@ -461,14 +461,6 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
             }
             outcome.map_err(|e| e.to_string())?
         }
-        Err(sandkasten::Error::Setup(f)) => sandkasten::Outcome::setup_failed(
-            f,
-            if args.backend == BackendArg::Vm {
-                sandkasten::BackendKind::Vm
-            } else {
-                sandkasten::BackendKind::Namespace
-            },
-        ),
         Err(e) => return Err(e.to_string()),
     };
     if let Some(path) = &args.report {

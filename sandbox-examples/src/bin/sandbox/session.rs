@@ -16,8 +16,8 @@ use clap::Subcommand;
 use sandbox_examples::host::{SignalFd, poll, pollin};
 use sandkasten::image::ImageStore;
 use sandkasten::{
-    BackendKind, Detach, DetachedState, Outcome, SandboxChild, Session, SetupFailure, Stage,
-    Status, Stdio, VmEngine,
+    Detach, DetachedState, Outcome, SandboxChild, Session, SetupFailure, Stage, Status, Stdio,
+    VmEngine,
 };
 
 use super::{BackendArg, EngineArg, PolicyArgs, SANDBOX_ERROR};
@@ -428,7 +428,6 @@ fn exec(args: ExecArgs) -> Result<ExitCode, String> {
             let limited = record.session.policy.timeout.is_some();
             wait_forwarding(&mut child, &signals, limited)?
         }
-        Err(sandkasten::Error::Setup(f)) => Outcome::setup_failed(f, BackendKind::Namespace),
         Err(e) => return Err(e.to_string()),
     };
     match &outcome.status {
