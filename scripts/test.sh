@@ -64,10 +64,13 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 say "the namespace backend alone: cargo clippy -p sandkasten --no-default-features"
 cargo clippy -p sandkasten --no-default-features --all-targets --quiet -- -D warnings
+say "the namespace backend with the async API alone: cargo clippy -p sandkasten --no-default-features --features tokio"
+cargo clippy -p sandkasten --no-default-features --features tokio --all-targets --quiet -- -D warnings
 say "floors and import circles (scripts/check-layers.py, ARCHITECTURE.md)"
 scripts/check-layers.py
 say "the public docs and their links (cargo doc -D warnings)"
-RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --quiet -p sandkasten -p sandkasten-vmm -p sandbox-runtime
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --quiet -p sandkasten -p sandkasten-vmm -p sandbox-runtime \
+    --features sandkasten/tokio
 say "packaging the library crates (cargo package --no-verify; the verifying build by hand: ARCHITECTURE.md)"
 cargo package --no-verify --quiet -p sandkasten-vmm -p sandkasten
 
@@ -154,7 +157,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
         print(m["executable"])')
 cargo build --workspace --quiet
-for b in sandbox coderun sandbox-test-runner sandbox-runtime; do
+for b in sandbox coderun sandbox-test-runner sandbox-runtime sandbox-service; do
     install -m 755 "target/debug/$b" "$stage/$b"
 done
 install -m 644 "$SANDBOX_KERNEL" "$stage/vmlinux"
@@ -167,7 +170,8 @@ for b in "${bins[@]}"; do
     say "unprivileged (uid 65534): $name"
     if ! (cd /tmp && SANDBOX_BIN="$stage/sandbox" CODERUN_BIN="$stage/coderun" \
         SANDBOX_KERNEL="$stage/vmlinux" SANDBOX_AGENT="$stage/sandbox-init" \
-        SANDBOX_TEST_RUNNER_BIN="$stage/sandbox-test-runner" SANDBOX_RUNTIME_BIN="$stage/sandbox-runtime" setpriv --reuid=65534 --regid=65534 --clear-groups \
+        SANDBOX_TEST_RUNNER_BIN="$stage/sandbox-test-runner" SANDBOX_RUNTIME_BIN="$stage/sandbox-runtime" \
+        SANDBOX_SERVICE_BIN="$stage/sandbox-service" setpriv --reuid=65534 --regid=65534 --clear-groups \
         "$stage/$name" --test-threads=2); then
         failed=1
     fi

@@ -350,7 +350,7 @@ impl Sandbox {
         }
     }
 
-    fn spawn_with_defaults(
+    pub(crate) fn spawn_with_defaults(
         &mut self,
         stdin_default: impl Fn() -> Stdio,
         out_default: impl Fn() -> Stdio,

@@ -66,6 +66,14 @@ pub use policy::{
 };
 pub use probe::{HostReport, probe};
 pub use running::SandboxChild;
+
+/// The async API (cargo feature `tokio`): [`Sandbox::spawn_async`], [`Sandbox::output_async`],
+/// [`Sandbox::status_async`] and [`AsyncChild`](tokio::AsyncChild), whose end and stdio pipes are driven by
+/// tokio's reactor. Works on every backend, with [`VmPool`] and with a [`Session`]'s commands.
+#[cfg(feature = "tokio")]
+pub mod tokio {
+    pub use crate::running::aio::{AsyncChild, ChildStderr, ChildStdin, ChildStdout};
+}
 pub use session::{Detach, Detached, DetachedState, Session};
 #[cfg(feature = "vm")]
 pub use vm::pool::{PoolOptions, PoolShare, PoolStats, VmPool};

@@ -9,6 +9,9 @@ use crate::error::Error;
 use crate::namespace::sys;
 use crate::outcome::{Capture, Outcome, OutputLimit};
 
+#[cfg(feature = "tokio")]
+pub(crate) mod aio;
+
 /// A running sandbox. Dropping it kills the whole process tree (for the VM backend: the VM).
 #[derive(Debug)]
 pub struct SandboxChild {
@@ -145,16 +148,15 @@ impl SandboxChild {
     /// wrote was read: a process it left running in the session may hold its streams open.
     pub fn wait_with_output(mut self) -> Result<Outcome, Error> {
         drop(self.stdin.take());
-        let mut kept: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-        let mut capture = Capture::default();
-        let mut streams: Vec<(PipeReader, bool)> = Vec::new();
+        let mut kept = Kept::new(self.limits);
+        let mut streams: Vec<(PipeReader, usize)> = Vec::new();
         if let Some(s) = self.stdout.take() {
-            streams.push((s, true));
+            streams.push((s, 0));
         }
         if let Some(s) = self.stderr.take() {
-            streams.push((s, false));
+            streams.push((s, 1));
         }
-        let watch_end = self.inner.as_ref().is_some_and(|r| r.streams_outlive());
+        let watch_end = self.streams_outlive();
         let mut buf = vec![0u8; 64 * 1024];
         while !streams.is_empty() {
             let ended = watch_end && self.done.is_some();
@@ -205,7 +207,7 @@ impl SandboxChild {
                     i += 1;
                     continue;
                 }
-                let (s, is_out) = &mut streams[i];
+                let (s, which) = &mut streams[i];
                 match s.read(&mut buf) {
                     Ok(0) => {
                         streams.remove(i);
@@ -213,23 +215,8 @@ impl SandboxChild {
                         continue;
                     }
                     Ok(n) => {
-                        let which = usize::from(!*is_out);
-                        let limit = self.limits[which];
-                        let (total, truncated) = if *is_out {
-                            (&mut capture.stdout_bytes, &mut capture.stdout_truncated)
-                        } else {
-                            (&mut capture.stderr_bytes, &mut capture.stderr_truncated)
-                        };
-                        *total += n as u64;
-                        let room = limit.max_bytes.saturating_sub(kept[which].len() as u64);
-                        let take = n.min(usize::try_from(room).unwrap_or(usize::MAX));
-                        kept[which].extend_from_slice(&buf[..take]);
-                        if take < n {
-                            *truncated = true;
-                            if limit.kill && !self.killed {
-                                capture.killed_for_output = true;
-                                self.kill()?;
-                            }
+                        if kept.take(*which, &buf[..n], self.killed) {
+                            self.kill()?;
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -243,16 +230,30 @@ impl SandboxChild {
                 i += 1;
             }
         }
-        let mut outcome = self.wait()?;
-        let [out, err] = kept;
-        outcome.stdout = out;
-        outcome.stderr = err;
-        outcome.capture = capture;
-        Ok(outcome)
+        let outcome = self.wait()?;
+        Ok(kept.into_outcome(outcome))
+    }
+
+    /// Whether the program's streams may stay open after it ended (a session's command): read them up to
+    /// the end of the run, not to end of file.
+    pub(crate) fn streams_outlive(&self) -> bool {
+        self.inner.as_ref().is_some_and(|r| r.streams_outlive())
+    }
+
+    /// What `wait_with_output` keeps of stdout and stderr.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn limits(&self) -> [OutputLimit; 2] {
+        self.limits
+    }
+
+    /// Whether the host killed the sandbox (its deadline, an output limit, or `kill`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn killed(&self) -> bool {
+        self.killed
     }
 
     /// How long until the host stops waiting for the sandbox's own limit.
-    fn remaining(&self) -> Option<Duration> {
+    pub(crate) fn remaining(&self) -> Option<Duration> {
         self.deadline
             .map(|d| d.saturating_sub(self.started.elapsed()))
     }
@@ -304,6 +305,64 @@ fn readable_eventfd() -> Result<OwnedFd, Error> {
     }
     // SAFETY: `fd` was just created above and is owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What is kept of stdout (0) and stderr (1) against their limits while they are read.
+pub(crate) struct Kept {
+    limits: [OutputLimit; 2],
+    kept: [Vec<u8>; 2],
+    capture: Capture,
+}
+
+impl Kept {
+    pub(crate) fn new(limits: [OutputLimit; 2]) -> Kept {
+        Kept {
+            limits,
+            kept: [Vec::new(), Vec::new()],
+            capture: Capture::default(),
+        }
+    }
+
+    /// Keeps what fits of `data` read from stream `which`; true when the program must be killed for it now
+    /// (a limit that kills was passed, and the host has not killed it already).
+    pub(crate) fn take(&mut self, which: usize, data: &[u8], already_killed: bool) -> bool {
+        let n = data.len();
+        let limit = self.limits[which];
+        let (total, truncated) = if which == 0 {
+            (
+                &mut self.capture.stdout_bytes,
+                &mut self.capture.stdout_truncated,
+            )
+        } else {
+            (
+                &mut self.capture.stderr_bytes,
+                &mut self.capture.stderr_truncated,
+            )
+        };
+        *total += n as u64;
+        let room = limit
+            .max_bytes
+            .saturating_sub(self.kept[which].len() as u64);
+        let take = n.min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.kept[which].extend_from_slice(&data[..take]);
+        if take < n {
+            *truncated = true;
+            if limit.kill && !already_killed && !self.capture.killed_for_output {
+                self.capture.killed_for_output = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The verdict with what was kept.
+    pub(crate) fn into_outcome(self, mut outcome: Outcome) -> Outcome {
+        let [out, err] = self.kept;
+        outcome.stdout = out;
+        outcome.stderr = err;
+        outcome.capture = self.capture;
+        outcome
+    }
 }
 
 fn millis(d: Duration) -> i32 {

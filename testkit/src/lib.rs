@@ -121,6 +121,28 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
     found
 }
 
+/// Every live process with its parent's pid.
+pub fn pids_and_parents() -> std::collections::BTreeMap<u32, u32> {
+    let mut map = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The name in parentheses may hold anything: the fields after its last ')' are plain.
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        {
+            map.insert(pid, ppid);
+        }
+    }
+    map
+}
+
 /// Waits up to two seconds for no process to carry `marker` (the kernel tears a pid namespace down
 /// asynchronously only when its init is not reaped; ours is reaped before the verdict returns, so this is
 /// normally immediate).
