@@ -101,6 +101,7 @@ impl From<Stdio> for Stream {
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     program: OsString,
+    arg0: Option<OsString>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
@@ -133,6 +134,7 @@ impl Sandbox {
     pub fn new(program: impl AsRef<OsStr>) -> Self {
         Sandbox {
             program: program.as_ref().into(),
+            arg0: None,
             args: Vec::new(),
             env: Vec::new(),
             cwd: None,
@@ -209,6 +211,23 @@ impl Sandbox {
     /// The program.
     pub fn get_program(&self) -> &OsStr {
         &self.program
+    }
+
+    /// The program's `argv[0]`: what [`arg0`](Self::arg0) set, else the program as given.
+    pub fn get_arg0(&self) -> &OsStr {
+        self.arg0.as_deref().unwrap_or(&self.program)
+    }
+
+    /// Sets the program's `argv[0]` (by default the program as given to [`new`](Self::new)), as
+    /// `std::os::unix::process::CommandExt::arg0` does; the program is still looked up by its own name.
+    ///
+    /// ```no_run
+    /// let o = sandkasten::Sandbox::new("/bin/busybox").arg0("ls").arg("/").output()?;
+    /// # Ok::<(), sandkasten::Error>(())
+    /// ```
+    pub fn arg0(&mut self, arg0: impl AsRef<OsStr>) -> &mut Self {
+        self.arg0 = Some(arg0.as_ref().into());
+        self
     }
 
     /// The arguments (without the program).
@@ -409,6 +428,7 @@ impl Sandbox {
         let launch = Launch {
             serve: None,
             program: &self.program,
+            arg0: self.arg0.as_deref(),
             args: &self.args,
             env: &self.env,
             cwd: self.cwd.as_deref(),

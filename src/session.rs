@@ -88,6 +88,7 @@ impl Session {
         policy.validate()?;
         let launch = Launch {
             program: OsStr::new(""),
+            arg0: None,
             args: &[],
             env,
             cwd,
@@ -140,6 +141,7 @@ impl Session {
         policy.validate()?;
         let launch = Launch {
             program: OsStr::new(""),
+            arg0: None,
             args: &[],
             env,
             cwd,
@@ -271,6 +273,7 @@ impl Session {
         }
         let launch = Launch {
             program,
+            arg0: None,
             args,
             env: &detach.env,
             cwd: detach.cwd.as_deref(),

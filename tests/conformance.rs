@@ -113,6 +113,7 @@ fn pool(engine: sandkasten::VmEngine) -> &'static sandkasten::VmPool {
 /// policy (stopped once the command ended), else a plain sandbox on that backend.
 struct Cmd {
     program: OsString,
+    arg0: Option<OsString>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     cwd: Option<std::path::PathBuf>,
@@ -146,6 +147,7 @@ impl Cmd {
     fn new(program: &str) -> Cmd {
         Cmd {
             program: program.into(),
+            arg0: None,
             args: Vec::new(),
             env: Vec::new(),
             cwd: None,
@@ -170,6 +172,10 @@ impl Cmd {
     }
     fn env(&mut self, k: &str, v: &str) -> &mut Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    fn arg0(&mut self, a: &str) -> &mut Self {
+        self.arg0 = Some(a.into());
         self
     }
     fn current_dir(&mut self, d: &str) -> &mut Self {
@@ -230,6 +236,9 @@ impl Cmd {
             }
         };
         cmd.args(&self.args);
+        if let Some(a) = &self.arg0 {
+            cmd.arg0(a);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -301,6 +310,7 @@ conformance!(
     stdin_piped,
     pollable_end,
     setup_failure_in_the_verdict,
+    arg0_is_the_programs_own,
     bounded_output,
     wall_timeout_kills_the_tree,
     no_privileges,

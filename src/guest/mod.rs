@@ -502,6 +502,9 @@ fn host_run(path: &Path) -> ! {
 /// the streams left to the caller.
 pub(crate) fn sandbox_for(spec: &RunSpec) -> Sandbox {
     let mut cmd = Sandbox::new(&spec.program);
+    if let Some(a) = &spec.arg0 {
+        cmd.arg0(a);
+    }
     cmd.args(&spec.args)
         .policy(spec.policy.clone())
         .backend(Backend::Namespace);

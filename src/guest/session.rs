@@ -86,11 +86,19 @@ pub(crate) fn serve(
             Some(Request::Exec {
                 id,
                 program,
+                arg0,
                 args,
                 env,
                 cwd,
                 stdin,
-            }) => served.exec(id, &program, &args, &env, cwd.as_deref(), stdin),
+            }) => {
+                let argv = Argv {
+                    program: &program,
+                    arg0: arg0.as_deref(),
+                    args: &args,
+                };
+                served.exec(id, argv, &env, cwd.as_deref(), stdin)
+            }
             Some(Request::Signal { id: 0, signal }) => {
                 let _ = served.session.signal_all(signal);
             }
@@ -111,6 +119,13 @@ pub(crate) fn serve(
     }
 }
 
+/// A command's program, its `argv[0]` when another, and its arguments.
+struct Argv<'a> {
+    program: &'a str,
+    arg0: Option<&'a str>,
+    args: &'a [String],
+}
+
 impl Served {
     fn reply(&self, r: &Reply) {
         let c = lock(&self.control);
@@ -123,8 +138,7 @@ impl Served {
     fn exec(
         &self,
         id: u32,
-        program: &str,
-        args: &[String],
+        argv: Argv<'_>,
         env: &[(String, String)],
         cwd: Option<&str>,
         stdin: bool,
@@ -145,8 +159,11 @@ impl Served {
         } else if lock(&self.running).contains_key(&id) {
             Err(failed(format!("command id {id} is in use")))
         } else {
-            let mut cmd = self.session.command(program);
-            cmd.args(args)
+            let mut cmd = self.session.command(argv.program);
+            if let Some(a) = argv.arg0 {
+                cmd.arg0(a);
+            }
+            cmd.args(argv.args)
                 .stdin(if stdin { Stdio::Piped } else { Stdio::Null })
                 .stdout(Stdio::Piped)
                 .stderr(Stdio::Piped);

@@ -42,6 +42,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 #[derive(Clone, Copy)]
 pub(crate) struct Launch<'a> {
     pub program: &'a std::ffi::OsStr,
+    /// The program's `argv[0]` when it is not `program`.
+    pub arg0: Option<&'a std::ffi::OsStr>,
     pub args: &'a [std::ffi::OsString],
     pub env: &'a [(std::ffi::OsString, std::ffi::OsString)],
     pub cwd: Option<&'a Path>,
@@ -170,7 +172,8 @@ fn prepare(
         kv.extend_from_slice(v.as_bytes());
         env.push(c(&kv, "environment variable")?);
     }
-    let mut argv_owned = vec![c(launch.program.as_bytes(), "program name")?];
+    let arg0 = launch.arg0.unwrap_or(launch.program);
+    let mut argv_owned = vec![c(arg0.as_bytes(), "program name")?];
     for a in launch.args {
         argv_owned.push(c(a.as_bytes(), "argument")?);
     }

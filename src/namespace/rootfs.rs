@@ -480,6 +480,7 @@ impl Applied {
         Launch {
             serve: base.serve,
             program,
+            arg0: base.arg0,
             args,
             env: &self.env,
             cwd: self.cwd.as_deref(),

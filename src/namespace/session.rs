@@ -258,7 +258,7 @@ fn exec_request(launch: &Launch<'_>, shared: &Shared) -> Result<Vec<u8>, SetupFa
             format!("working directory {cwd:?} is not absolute"),
         ));
     }
-    let argv: Vec<&OsStr> = std::iter::once(launch.program)
+    let argv: Vec<&OsStr> = std::iter::once(launch.arg0.unwrap_or(launch.program))
         .chain(launch.args.iter().map(OsString::as_os_str))
         .collect();
     let header = [

@@ -27,6 +27,9 @@ pub enum Request {
         id: u32,
         /// The program, looked up in `PATH` unless it contains a `/`.
         program: String,
+        /// Its `argv[0]` when it is not `program`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arg0: Option<String>,
         /// Its arguments.
         #[serde(default)]
         args: Vec<String>,
@@ -228,6 +231,7 @@ mod tests {
         let r = Request::Exec {
             id: 3,
             program: "sh".into(),
+            arg0: Some("login-sh".into()),
             args: vec!["-c".into(), "true".into()],
             env: vec![("A".into(), "b".into())],
             cwd: Some("/tmp".into()),

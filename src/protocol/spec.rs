@@ -31,6 +31,9 @@ use crate::policy::Policy;
 pub struct RunSpec {
     /// The program, looked up in the sandbox's `PATH` unless it contains a `/`.
     pub program: String,
+    /// Its `argv[0]` when it is not `program`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arg0: Option<String>,
     /// Its arguments (without the program name).
     #[serde(default)]
     pub args: Vec<String>,
@@ -129,6 +132,7 @@ impl RunSpec {
     pub fn new(program: impl Into<String>) -> RunSpec {
         RunSpec {
             program: program.into(),
+            arg0: None,
             args: Vec::new(),
             env: BTreeMap::new(),
             cwd: None,

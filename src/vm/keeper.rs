@@ -251,6 +251,7 @@ pub(crate) fn main() -> ! {
     });
     let launch = Launch {
         program: OsStr::new(""),
+        arg0: None,
         args: &[],
         env: &cfg.env,
         cwd: cfg.cwd.as_deref(),
@@ -342,6 +343,7 @@ impl Keeper {
         })?;
         let launch = Launch {
             program,
+            arg0: None,
             args,
             env,
             cwd,

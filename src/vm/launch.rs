@@ -226,6 +226,7 @@ fn start_confined(
     let launch = Launch {
         serve: None,
         program,
+        arg0: None,
         args: &args,
         env: &[],
         cwd: None,

@@ -198,6 +198,7 @@ impl VmPool {
         let launch = Launch {
             serve: None,
             program: &program,
+            arg0: None,
             args: &[],
             env: &[],
             cwd: None,

@@ -78,6 +78,7 @@ pub(super) fn run_spec(
     policy.host_gid = 65534;
     let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
     spec.program = text(launch.program);
+    spec.arg0 = launch.arg0.map(text);
     spec.args = launch.args.iter().map(|a| text(a)).collect();
     spec.env = launch.env.iter().map(|(k, v)| (text(k), text(v))).collect();
     spec.cwd = launch.cwd.map(Path::to_path_buf);
@@ -146,6 +147,7 @@ fn spec_and_shares(
     let mut shares = Vec::new();
     let mut base = RunSpec {
         program: String::new(),
+        arg0: None,
         args: Vec::new(),
         env: Default::default(),
         cwd: None,
@@ -223,6 +225,7 @@ mod tests {
         Launch {
             serve: None,
             program: &PROGRAM,
+            arg0: None,
             args: &[],
             env: &[],
             cwd: None,

@@ -578,6 +578,10 @@ pub(crate) fn exec(shared: &Arc<VmShared>, launch: &Launch<'_>) -> Result<VmExec
         })
     };
     let program = text(launch.program, "the program")?;
+    let arg0 = launch
+        .arg0
+        .map(|a| text(a, "the program's argv[0]"))
+        .transpose()?;
     let args = launch
         .args
         .iter()
@@ -633,6 +637,7 @@ pub(crate) fn exec(shared: &Arc<VmShared>, launch: &Launch<'_>) -> Result<VmExec
     let request = Request::Exec {
         id,
         program,
+        arg0,
         args,
         env,
         cwd,

@@ -263,3 +263,26 @@ pub(super) fn setup_failure_in_the_verdict(b: B) {
         "{o:?}"
     );
 }
+
+/// `arg0`: the program is found by its own name and sees another `argv[0]` (a multi-call binary picks its
+/// applet by it).
+pub(super) fn arg0_is_the_programs_own(b: B) {
+    let o = Cmd::new("/bin/sh")
+        .on(b)
+        .arg0("renamed-shell")
+        .args(["-c", "tr '\\0' ' ' < /proc/$$/cmdline"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out(&o),
+        "renamed-shell -c tr '\\0' ' ' < /proc/$$/cmdline ",
+        "{o:?}"
+    );
+    let o = Cmd::new("/bin/busybox")
+        .on(b)
+        .arg0("echo")
+        .args(["from", "an", "applet"])
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), "from an applet\n", "{o:?}");
+}

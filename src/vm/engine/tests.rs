@@ -6,6 +6,7 @@ fn launch<'a>(policy: &'a Policy, args: &'a [std::ffi::OsString]) -> Launch<'a> 
     Launch {
         serve: None,
         program: "/bin/sh".as_ref(),
+        arg0: None,
         args,
         env: &[],
         cwd: None,
