@@ -265,3 +265,58 @@ fn reports_match_the_documented_schema() {
         assert!(doc.contains(&format!("`{status}`")), "{status}");
     }
 }
+
+/// `--report -` puts the verdict on stdout as one line after the program's output; `--report-fd N` writes it
+/// to an inherited descriptor, which the sandbox never sees; a descriptor that is not open is refused before
+/// the program runs.
+#[test]
+fn report_to_stdout_and_to_a_descriptor() {
+    let out = sandbox(&[
+        "run",
+        "--report",
+        "-",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hi; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stdout = text(&out.stdout);
+    let (first, last) = stdout.trim_end().split_once('\n').expect("two lines");
+    assert_eq!(first, "hi");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(
+        (&v["status"], &v["exit_code"]),
+        (&"exited".into(), &3.into()),
+        "{v}"
+    );
+
+    let dir = TempDir::new("cli-report-fd");
+    // The descriptor is 3 in the CLI: the shell opens it (`3>&`), as a user's shell would.
+    let out = Command::new("/bin/sh")
+        .args([
+            "-c",
+            r#""$0" run --report-fd 3 -- /bin/ls /proc/self/fd 3>"$1""#,
+        ])
+        .arg(bin())
+        .arg(dir.join("verdict.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        "0\n1\n2\n3\n",
+        "only ls's own directory descriptor besides stdio"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("verdict.json")).unwrap()).unwrap();
+    assert_eq!(v["status"], "exited", "{v}");
+
+    let out = sandbox(&["run", "--report-fd", "9", "--", "/bin/echo", "never"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert_eq!(text(&out.stdout), "", "the program did not run");
+    assert!(
+        text(&out.stderr).contains("descriptor 9 is not open"),
+        "{out:?}"
+    );
+}

@@ -220,6 +220,23 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     sandkasten::policy::parse_size(text).map_err(|e| e.to_string())
 }
 
+/// `--report-fd N`: descriptor N of this process, as a file to write the verdict to (a duplicate: N itself
+/// stays as it was). Refused with the fix when N is not open.
+pub fn report_fd(n: i32) -> Result<std::fs::File, String> {
+    // SAFETY: fcntl(F_GETFD) takes no pointers and only reads the descriptor table.
+    if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return Err(format!(
+            "--report-fd {n}: descriptor {n} is not open in this process (open it in the shell, e.g. \
+             `sandbox run --report-fd 3 -- prog 3>verdict.json`)"
+        ));
+    }
+    // SAFETY: `n` was just checked to be an open descriptor; it is only borrowed here to duplicate it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+    fd.try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| format!("--report-fd {n}: cannot duplicate descriptor {n}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,9 +121,14 @@ struct RunArgs {
     vm_snapshots: String,
     #[command(flatten)]
     policy: PolicyArgs,
-    /// Write the verdict as JSON to FILE.
+    /// Write the verdict as JSON to FILE once the program ended (`-`: one line on stdout, after the
+    /// program's own output). Its keys: docs/verdict.md.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Write the verdict as one line of JSON to descriptor FD, open in this process (as bwrap's
+    /// --json-status-fd); the sandbox never sees it.
+    #[arg(long, value_name = "FD", conflicts_with = "report", value_parser = clap::value_parser!(i32).range(3..))]
+    report_fd: Option<i32>,
     /// The program and its arguments (with --image: optional, replacing the image's Cmd).
     #[arg(
         required_unless_present = "image",
@@ -423,7 +428,10 @@ fn absolute(path: &std::path::Path, flag: &str) -> Result<PathBuf, String> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, String> {
+    use std::io::Write;
     let policy = build_policy(&args.policy)?;
+    // Checked before the run: a verdict that cannot be delivered is known before the program runs.
+    let report_fd = args.report_fd.map(args::report_fd).transpose()?;
     // With --image and no program: the image's own command (an empty program).
     let (program, rest) = match args.program.split_first() {
         Some((p, rest)) => (p.clone(), rest),
@@ -464,10 +472,25 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         Err(e) => return Err(e.to_string()),
     };
     if let Some(path) = &args.report {
-        let text =
-            serde_json::to_string_pretty(&outcome.report_json()).expect("JSON value serialises");
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write the report to {path:?}: {e}"))?;
+        let report = outcome.report_json();
+        if path.as_os_str() == "-" {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{report}")
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("cannot write the report to stdout: {e}"))?;
+        } else {
+            let text = serde_json::to_string_pretty(&report).expect("JSON value serialises");
+            std::fs::write(path, text + "\n")
+                .map_err(|e| format!("cannot write the report to {path:?}: {e}"))?;
+        }
+    }
+    if let Some(mut f) = report_fd {
+        writeln!(f, "{}", outcome.report_json()).map_err(|e| {
+            format!(
+                "cannot write the report to descriptor {:?}: {e}",
+                args.report_fd
+            )
+        })?;
     }
     // What was asked and not enforced, and an end that is the sandbox's doing, each one line on stderr.
     for reason in &outcome.enforced.not_enforced {
