@@ -25,18 +25,20 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
-use sandbox_examples::capture::{Capture, Captured, Stop, read_outputs};
 use sandbox_examples::host::SignalFd;
 use sandbox_examples::lang::Lang;
 use sandkasten::outcome::TimeLimit;
-use sandkasten::{Network, Outcome, Policy, Sandbox, Stage, Status, Stdio};
+use sandkasten::{Network, Outcome, OutputLimit, Policy, Sandbox, Stage, Status, Stdio};
 use serde_json::{Value, json};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// Exit code for bad usage.
 const USAGE_ERROR: u8 = 2;
@@ -53,12 +55,9 @@ const PIDS: u64 = 64;
 /// Open files per process.
 const NOFILE: u64 = 256;
 /// How much standard error is kept (the rest is counted and discarded).
-const STDERR_LIMIT: usize = 64 << 10;
+const STDERR_LIMIT: u64 = 64 << 10;
 /// The largest source accepted on standard input or from FILE (an `exe` is not limited).
 const MAX_SOURCE: u64 = 16 << 20;
-/// How long past the wall limit coderun waits before it kills the sandbox itself (the sandbox's own init
-/// enforces the wall limit; this is the backstop).
-const BACKSTOP: Duration = Duration::from_secs(3);
 /// Signals that interrupt coderun: the sandbox is killed and the temp dir removed.
 const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -372,33 +371,55 @@ fn run(job: Job) -> Result<Value, Failure> {
             cmd.stdin(Stdio::Null);
         }
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Err(Failure::Host(e.to_string())),
-    };
-
-    // Read stdout and stderr with bounded buffers until both close, the sandbox ends, a stop signal comes,
-    // or stdout goes over the limit (then the sandbox is killed: OLE).
-    let deadline = Instant::now() + job.wall + BACKSTOP;
-    let Captured { out, err, over } = read_outputs(
-        &mut child,
-        &signals,
-        job.output_limit,
-        STDERR_LIMIT,
-        deadline,
-    )
-    .map_err(|stop| match stop {
-        Stop::Host(m) => Failure::Host(m),
-        Stop::Interrupted(sig) => Failure::Interrupted(sig),
+    // stdout over its limit kills the sandbox (OLE); stderr is cut and counted.
+    cmd.output_limits(
+        OutputLimit::kill_after(job.output_limit as u64),
+        OutputLimit::truncate(STDERR_LIMIT),
+    );
+    // One thread drives the run (the blocking pool only starts it); the stop signals stay blocked in its
+    // threads, which inherit this thread's mask.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(host("starting the tokio runtime"))?;
+    let outcome = runtime.block_on(async {
+        // SAFETY: the signalfd stays open, and keeps its number, until `signals` drops after this block.
+        let stop =
+            unsafe { AsyncFd::register_with_interest(signals.fd.as_raw_fd(), Interest::READABLE) }
+                .map_err(|e| Failure::Host(format!("watching the stop signals: {e}")))?;
+        let child = cmd
+            .spawn_async()
+            .await
+            .map_err(|e| Failure::Host(e.to_string()))?;
+        tokio::select! {
+            outcome = child.wait_with_output() => {
+                outcome.map_err(|e| Failure::Host(format!("waiting for the sandbox: {e}")))
+            }
+            // The run's future is dropped here, and with it the child: the whole tree is killed.
+            signal = stopped(&stop, &signals) => Err(signal),
+        }
     })?;
-    let outcome = child
-        .wait()
-        .map_err(|e| Failure::Host(format!("waiting for the sandbox: {e}")))?;
     if let Status::SetupFailed(f) = &outcome.status {
         return setup_failed(&job, f.clone());
     }
-    Ok(report(&job, &outcome, &out, &err, over))
+    Ok(report(&job, &outcome))
     // `scratch` is removed here, and on every early return above.
+}
+
+/// Until a stop signal comes: the failure that names it.
+async fn stopped(stop: &AsyncFd<i32>, signals: &SignalFd) -> Failure {
+    loop {
+        let mut ready = match stop.readable().await {
+            Ok(r) => r,
+            Err(e) => return Failure::Host(format!("watching the stop signals: {e}")),
+        };
+        ready.clear_ready();
+        match signals.read() {
+            Ok(signal) => return Failure::Interrupted(signal),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Failure::Host(format!("reading a stop signal: {e}")),
+        }
+    }
 }
 
 /// A program that could not be started: the submission's fault for `exe` (RE), the sandbox's otherwise.
@@ -429,9 +450,9 @@ fn limits_json(job: &Job) -> Value {
 }
 
 /// The verdict object.
-fn report(job: &Job, o: &Outcome, out: &Capture, err: &Capture, over: bool) -> Value {
+fn report(job: &Job, o: &Outcome) -> Value {
     let cpu = o.usage.cpu_user + o.usage.cpu_sys;
-    let (verdict, time_limit) = if over {
+    let (verdict, time_limit) = if o.capture.killed_for_output {
         ("OLE", None)
     } else {
         match &o.status {
@@ -469,12 +490,12 @@ fn report(job: &Job, o: &Outcome, out: &Capture, err: &Capture, over: bool) -> V
         "lang": job.lang.name(),
         "exit_code": exit_code,
         "signal": signal,
-        "stdout": String::from_utf8_lossy(&out.data),
-        "stdout_bytes": out.total,
-        "stdout_truncated": out.truncated(),
-        "stderr": String::from_utf8_lossy(&err.data),
-        "stderr_bytes": err.total,
-        "stderr_truncated": err.truncated(),
+        "stdout": String::from_utf8_lossy(&o.stdout),
+        "stdout_bytes": o.capture.stdout_bytes,
+        "stdout_truncated": o.capture.stdout_truncated,
+        "stderr": String::from_utf8_lossy(&o.stderr),
+        "stderr_bytes": o.capture.stderr_bytes,
+        "stderr_truncated": o.capture.stderr_truncated,
         "wall_ms": o.usage.wall.as_millis() as u64,
         "cpu_ms": cpu.as_millis() as u64,
         "peak_memory_bytes": o.usage.peak_memory_bytes,
