@@ -111,18 +111,16 @@ pub fn probe() -> HostReport {
 fn vm_report(kvm: &KvmReport) -> VmReport {
     let qemu = crate::vm::find_qemu();
     let (accel, why) = crate::vm::choose_accel(kvm);
-    let assets = crate::vm::assets();
-    let problem = match (&qemu, &assets) {
-        (None, _) => {
+    let assets = crate::vm::locate();
+    let problem = match (&qemu, &assets.kernel.problem, &assets.agent.problem) {
+        (None, _, _) => {
             Some("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".to_string())
         }
-        (_, Err(e)) => Some(e.to_string()),
+        (_, Some(k), Some(a)) => Some(format!("{k}; {a}")),
+        (_, Some(p), None) | (_, None, Some(p)) => Some(p.clone()),
         _ => None,
     };
-    let (kernel, agent) = match assets {
-        Ok((k, a)) => (Some(k), Some(a)),
-        Err(_) => (None, None),
-    };
+    let (kernel, agent) = (assets.kernel.path, assets.agent.path);
     VmReport {
         qemu,
         accelerator: format!("{}: {why}", accel.name()),

@@ -232,3 +232,97 @@ fn descends_from(mut pid: u32, ancestor: u32) -> bool {
     }
     false
 }
+
+/// `sandbox vm-assets` says where each asset was found, or where it looked and how to build it (exit 1);
+/// a variable that names a missing file is never replaced by another file.
+#[test]
+fn vm_assets_locates_each_asset_or_says_how_to_get_it() {
+    let home = testkit::TempDir::new("vm-assets-home");
+    let kernel = std::env::var("SANDBOX_KERNEL").expect("SANDBOX_KERNEL");
+    let out = Command::new(bin())
+        .args(["vm-assets", "--json"])
+        .env("HOME", home.path())
+        .env_remove("XDG_CACHE_HOME")
+        .env("SANDBOX_KERNEL", &kernel)
+        .env("SANDBOX_AGENT", home.join("no-such-agent"))
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kernel"]["path"], kernel.as_str(), "{v}");
+    assert_eq!(v["kernel"]["source"], "SANDBOX_KERNEL", "{v}");
+    assert_eq!(v["agent"]["path"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["agent"]["tried"].as_array().unwrap().len(), 1, "{v}");
+    let problem = v["agent"]["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("no-such-agent") && problem.contains("build-guest.sh"),
+        "{problem}"
+    );
+
+    let out = Command::new(bin())
+        .arg("vm-assets")
+        .env("HOME", home.path())
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("SANDBOX_KERNEL")
+        .env(
+            "SANDBOX_AGENT",
+            std::env::var("SANDBOX_AGENT").expect("SANDBOX_AGENT"),
+        )
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("kernel: missing") && text.contains("kernel-config/build.sh"),
+        "{text}"
+    );
+    assert!(text.contains("(SANDBOX_AGENT)"), "{text}");
+}
+
+/// `sandbox vm-assets --build` builds the missing agent from the crate's source into the user's cache,
+/// where a VM run then finds it with no SANDBOX_AGENT. As root only: it runs cargo on the checkout's
+/// guest target directory (scripts/test.sh built it already, so this is quick).
+#[test]
+fn vm_assets_build_installs_the_agent_where_runs_find_it() {
+    if !testkit::is_root() {
+        eprintln!("SKIPPED as a non-root user: the build writes the checkout's target/guest");
+        return;
+    }
+    let home = testkit::TempDir::new("vm-assets-build");
+    let kernel = std::env::var("SANDBOX_KERNEL").expect("SANDBOX_KERNEL");
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest");
+    let env = |c: &mut Command| {
+        c.env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("SANDBOX_AGENT")
+            .env("SANDBOX_KERNEL", &kernel)
+            .env("SANDBOX_GUEST_TARGET_DIR", &target)
+            .current_dir("/");
+    };
+    let mut cmd = Command::new(bin());
+    cmd.args(["vm-assets", "--build", "--json"]);
+    env(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let installed = home.join(".cache/sandbox/agent/sandbox-init");
+    assert_eq!(v["agent"]["path"], installed.to_str().unwrap(), "{v}");
+    assert_eq!(v["agent"]["source"], "the agent cache", "{v}");
+
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "run",
+        "--backend",
+        "vm",
+        "--vm-engine",
+        "qemu",
+        "--",
+        "/bin/echo",
+        "found",
+    ]);
+    env(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "found\n", "{out:?}");
+}

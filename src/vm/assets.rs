@@ -95,34 +95,191 @@ pub(crate) fn configured() -> VmAssets {
     SET.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// The guest kernel and agent: what [`set_assets`] set, else `$SANDBOX_KERNEL` and `$SANDBOX_AGENT`, else the
-/// kernel build cache (`kernel-config/build.sh`) and `sandbox-init` next to the running program.
-pub fn assets() -> Result<(PathBuf, PathBuf), AssetError> {
-    let set = configured();
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+/// The sandkasten crate's own source directory (for a registry install, its copy in cargo's registry),
+/// which holds `kernel-config/build.sh` and `scripts/build-guest.sh`, the two builds of the guest.
+pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The per-user cache directory of the VM backend: `$XDG_CACHE_HOME/sandbox`, else `$HOME/.cache/sandbox`.
+pub fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .map(|c| c.join("sandbox/kernel/current/vmlinux"));
-    let kernel = set
-        .kernel
-        .or_else(|| std::env::var_os("SANDBOX_KERNEL").map(PathBuf::from))
-        .or(cache)
-        .filter(|p| p.is_file())
-        .ok_or(AssetError::NoKernel)?;
-    let agent = set
-        .agent
-        .or_else(|| std::env::var_os("SANDBOX_AGENT").map(PathBuf::from))
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .map(|e| e.with_file_name("sandbox-init"))
-        })
-        .filter(|p| p.is_file())
-        .ok_or(AssetError::NoAgent)?;
-    if !is_static_elf(&agent) {
-        return Err(AssetError::AgentNotStatic(agent));
+        .map(|c| c.join("sandbox"))
+}
+
+/// Where the kernel build (`kernel-config/build.sh`) leaves the current kernel, in [`cache_dir`].
+pub fn default_kernel() -> Option<PathBuf> {
+    cache_dir().map(|c| c.join("kernel/current/vmlinux"))
+}
+
+/// Where an installed agent is looked for after `$SANDBOX_AGENT` and the running program's directory, in
+/// [`cache_dir`] (`sandbox vm-assets --build` puts it there).
+pub fn default_agent() -> Option<PathBuf> {
+    cache_dir().map(|c| c.join("agent/sandbox-init"))
+}
+
+/// Where one asset of the VM backend was looked for, and what was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Located {
+    /// The usable file, if one was found.
+    pub path: Option<PathBuf>,
+    /// Where it came from (`set_assets`, an environment variable, a default place), or where the last place
+    /// looked was.
+    pub source: &'static str,
+    /// Every place looked at, in order.
+    pub tried: Vec<PathBuf>,
+    /// Why nothing usable was found, and the fix.
+    pub problem: Option<String>,
+}
+
+/// The VM backend's assets: the guest kernel, the static agent and QEMU, each looked for on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AssetReport {
+    /// The guest kernel.
+    pub kernel: Located,
+    /// The guest agent.
+    pub agent: Located,
+    /// QEMU (needed by the `qemu` engine only).
+    pub qemu: Located,
+}
+
+/// Looks for each asset as a run would, and says where each was found or how to get it.
+pub fn locate() -> AssetReport {
+    let set = configured();
+    let env = |v: &str| {
+        std::env::var_os(v)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    };
+    let pick = |candidates: Vec<(Option<PathBuf>, &'static str)>, ok: &dyn Fn(&Path) -> bool| {
+        let mut tried = Vec::new();
+        let mut last = "nowhere";
+        for (p, source) in candidates {
+            let Some(p) = p else { continue };
+            tried.push(p.clone());
+            last = source;
+            if p.is_file() && ok(&p) {
+                return (Some(p), source, tried);
+            }
+            // A place the program or the user named is the only one: never another file instead.
+            if source == "set_assets" || source.starts_with("SANDBOX_") {
+                break;
+            }
+        }
+        (None, last, tried)
+    };
+    let (kernel, source, tried) = pick(
+        vec![
+            (set.kernel, "set_assets"),
+            (env("SANDBOX_KERNEL"), "SANDBOX_KERNEL"),
+            (default_kernel(), "the kernel build cache"),
+        ],
+        &|_| true,
+    );
+    let kernel = Located {
+        problem: kernel.is_none().then(|| {
+            format!(
+                "no guest kernel (looked at {}): build it with {SOURCE_DIR}/kernel-config/build.sh (about 12 \
+                 minutes; it lands in the kernel build cache), or set SANDBOX_KERNEL",
+                shown(&tried)
+            )
+        }),
+        path: kernel,
+        source,
+        tried,
+    };
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("sandbox-init"));
+    let (agent, source, tried) = pick(
+        vec![
+            (set.agent, "set_assets"),
+            (env("SANDBOX_AGENT"), "SANDBOX_AGENT"),
+            (beside, "next to the running program"),
+            (default_agent(), "the agent cache"),
+        ],
+        &is_static_elf,
+    );
+    let not_static: Vec<&PathBuf> = tried
+        .iter()
+        .filter(|p| p.is_file() && !is_static_elf(p))
+        .collect();
+    let agent = Located {
+        problem: agent.is_none().then(|| {
+            let why = if not_static.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; not static executables (the guest has no libraries): {}",
+                    not_static
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            format!(
+                "no static guest agent (looked at {}{why}): build it with {SOURCE_DIR}/scripts/build-guest.sh \
+                 and set SANDBOX_AGENT to the path it prints, or run `sandbox vm-assets --build`",
+                shown(&tried)
+            )
+        }),
+        path: agent,
+        source,
+        tried,
+    };
+    let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let mut on_path: Vec<(Option<PathBuf>, &'static str)> = vec![
+        (set.qemu, "set_assets"),
+        (env("SANDBOX_QEMU"), "SANDBOX_QEMU"),
+    ];
+    on_path.extend(
+        std::env::split_paths(&path_var).map(|d| (Some(d.join("qemu-system-x86_64")), "PATH")),
+    );
+    let (qemu, source, tried) = pick(on_path, &|_| true);
+    let qemu = Located {
+        problem: qemu.is_none().then(|| {
+            "qemu-system-x86_64 not found (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU"
+                .to_string()
+        }),
+        path: qemu,
+        source,
+        tried,
+    };
+    AssetReport {
+        kernel,
+        agent,
+        qemu,
     }
-    Ok((kernel, agent))
+}
+
+fn shown(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nothing: no HOME, no variable set".into();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The guest kernel and agent: what [`set_assets`] set, else `$SANDBOX_KERNEL` and `$SANDBOX_AGENT`, else the
+/// kernel build cache (`kernel-config/build.sh`), and for the agent `sandbox-init` next to the running
+/// program, then the agent cache ([`default_agent`]). [`locate`] says where each was looked for.
+pub fn assets() -> Result<(PathBuf, PathBuf), AssetError> {
+    let report = locate();
+    let kernel = report.kernel.path.ok_or(AssetError::NoKernel)?;
+    match report.agent.path {
+        Some(agent) => Ok((kernel, agent)),
+        None => match report.agent.tried.into_iter().find(|p| p.is_file()) {
+            Some(not_static) => Err(AssetError::AgentNotStatic(not_static)),
+            None => Err(AssetError::NoAgent),
+        },
+    }
 }
 
 /// Whether `path` is a 64-bit ELF executable without a program interpreter (`PT_INTERP`).

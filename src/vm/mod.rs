@@ -28,6 +28,9 @@ mod run_spec;
 pub(crate) mod session;
 pub(crate) mod snapshot_cache;
 
-pub use assets::{AssetError, VmAssets, assets, set_assets};
+pub use assets::{
+    AssetError, AssetReport, Located, SOURCE_DIR, VmAssets, assets, cache_dir, default_agent,
+    default_kernel, locate, set_assets,
+};
 pub use initramfs::{ExtraFile, Initramfs, InitramfsError, pack_agent};
 pub use qemu::{Accel, choose_accel, find_qemu};

@@ -17,6 +17,7 @@ mod args;
 mod doctor;
 mod image;
 mod session;
+mod vm_assets;
 
 use args::{
     apply_ulimit, parse_bind, parse_cap, parse_env, parse_ids, parse_size, parse_tmpfs, parse_user,
@@ -65,6 +66,20 @@ Exit code: the program's; 128+N for signal N; 124 timeout; 125 the sandbox faile
     Image(image::ImageArgs),
     /// Print what this host can enforce.
     Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where the VM backend finds its guest kernel, agent and QEMU; `--build` builds what is missing.
+    #[command(
+        after_help = "Exit code: 0 when the kernel and the agent are found, 1 otherwise.
+A registry install builds from the crate's own source: the kernel into the kernel build cache (about
+12 minutes), the static agent into ~/.cache/sandbox/agent/, where runs find them without variables."
+    )]
+    VmAssets {
+        /// Build what is missing (needs cargo, gcc, make, flex, bison, bc, libelf; see README.md).
+        #[arg(long)]
+        build: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -295,6 +310,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Doctor { json } => doctor(json),
+        Command::VmAssets { build, json } => match vm_assets::vm_assets(build, json) {
+            Ok(code) => code,
+            Err(msg) => {
+                eprintln!("sandbox: {msg}");
+                ExitCode::from(SANDBOX_ERROR)
+            }
+        },
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "sandbox", &mut std::io::stdout());
