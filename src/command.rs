@@ -98,6 +98,18 @@ impl From<Stdio> for Stream {
 /// The environment starts empty except for a default `PATH`; the working directory is `/`. A builder can be
 /// spawned again and cloned: its streams and passed descriptors are duplicated for each spawn (never used
 /// up), so every spawn gets the same settings.
+///
+/// ```
+/// use sandkasten::{Sandbox, Status};
+/// let mut cmd = Sandbox::new("/bin/sh");
+/// cmd.args(["-c", "echo $GREETING; exit 3"]).env("GREETING", "hi");
+/// let outcome = cmd.output()?;
+/// assert_eq!(outcome.status, Status::Exited(3));
+/// assert_eq!(outcome.stdout, b"hi\n");
+/// // The same builder again: the same settings.
+/// assert_eq!(cmd.output()?.stdout, b"hi\n");
+/// # Ok::<(), sandkasten::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     program: OsString,
@@ -221,8 +233,10 @@ impl Sandbox {
     /// Sets the program's `argv[0]` (by default the program as given to [`new`](Self::new)), as
     /// `std::os::unix::process::CommandExt::arg0` does; the program is still looked up by its own name.
     ///
-    /// ```no_run
-    /// let o = sandkasten::Sandbox::new("/bin/busybox").arg0("ls").arg("/").output()?;
+    /// ```
+    /// # if !std::path::Path::new("/bin/busybox").exists() { return Ok(()); }
+    /// let o = sandkasten::Sandbox::new("/bin/busybox").arg0("echo").arg("applet").output()?;
+    /// assert_eq!(o.stdout, b"applet\n");
     /// # Ok::<(), sandkasten::Error>(())
     /// ```
     pub fn arg0(&mut self, arg0: impl AsRef<OsStr>) -> &mut Self {
@@ -337,6 +351,27 @@ impl Sandbox {
     }
 
     /// Starts the program; standard streams are inherited unless set.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use sandkasten::{Sandbox, Status, Stdio};
+    /// let mut child = Sandbox::new("/usr/bin/tr")
+    ///     .args(["a-z", "A-Z"])
+    ///     .stdin(Stdio::Piped)
+    ///     .stdout(Stdio::Piped)
+    ///     .spawn()?;
+    /// child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    /// let mut text = String::new();
+    /// child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    /// assert_eq!(text, "SHOUT\n");
+    /// assert_eq!(child.wait()?.status, Status::Exited(0));
+    ///
+    /// // A sandbox that cannot be set up is a verdict too, never an `Err` here.
+    /// let o = Sandbox::new("/no/such/program").spawn()?.wait()?;
+    /// assert!(matches!(o.status, Status::SetupFailed(_)));
+    /// assert_eq!(o.status.exit_code(), 127);
+    /// # Ok::<(), sandkasten::Error>(())
+    /// ```
     ///
     /// A sandbox that cannot be built (a namespace, a mount, a limit, the VM) is not an error here: the
     /// child has already ended, and its verdict is [`Status::SetupFailed`](crate::Status::SetupFailed), as

@@ -384,6 +384,19 @@ pub struct VmInfo {
 
 /// The verdict of a run. It serialises as its [`Report`] (the CLI's `--report`, `docs/verdict.md`): captured
 /// output is not part of it.
+///
+/// ```
+/// use sandkasten::{Outcome, Sandbox, Status};
+/// let o = Sandbox::new("/bin/sh").args(["-c", "kill -TERM $$"]).output()?;
+/// assert_eq!(o.status, Status::Signaled(15));
+/// assert_eq!(o.status.exit_code(), 128 + 15);
+/// assert!(o.enforced.namespaces.iter().any(|n| n == "user"));
+/// // The verdict as JSON (docs/verdict.md), and back.
+/// let json = serde_json::to_string(&o).unwrap();
+/// let back: Outcome = serde_json::from_str(&json).unwrap();
+/// assert_eq!(back.status, o.status);
+/// # Ok::<(), sandkasten::Error>(())
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(into = "Report", try_from = "Report")]
 #[non_exhaustive]
@@ -416,6 +429,18 @@ pub struct Outcome {
 /// what happens beyond it. An untrusted program can write without end: the host keeps at most `max_bytes`
 /// of each stream ([`OutputLimit::DEFAULT_BYTES`] unless set), says in [`Outcome::capture`] how much there
 /// was and that it was cut, and with [`OutputLimit::kill_after`] kills the program at once.
+///
+/// ```
+/// use sandkasten::{OutputLimit, Sandbox, Status};
+/// let o = Sandbox::new("/bin/cat")
+///     .arg("/dev/zero")
+///     .output_limits(OutputLimit::kill_after(1024), OutputLimit::truncate(1024))
+///     .output()?;
+/// assert_eq!(o.stdout.len(), 1024);
+/// assert!(o.capture.stdout_truncated && o.capture.killed_for_output);
+/// assert_eq!(o.status, Status::Signaled(9));
+/// # Ok::<(), sandkasten::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutputLimit {

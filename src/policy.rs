@@ -167,6 +167,36 @@ impl Mount {
 /// The default is strict: the host system read-only (`/usr`, the `/bin`, `/sbin` and `/lib*` entries and the
 /// `/etc` files programs need, see [`SYSTEM_ETC`]), an empty tmpfs at `/tmp`, a minimal `/dev`, a fresh `/proc`,
 /// no home, no network, hostname `sandbox`, user and group 0 inside (mapped to an unprivileged host id).
+///
+/// Built in code or read from TOML; a bad policy is an error before anything runs:
+///
+/// ```
+/// use std::time::Duration;
+/// use sandkasten::Policy;
+/// let policy = Policy::default()
+///     .hostname("judge")
+///     .timeout(Duration::from_secs(5))
+///     .memory(256 << 20)
+///     .tmpfs_sized("/scratch", 16 << 20);
+/// assert!(policy.validate().is_ok());
+///
+/// let same = Policy::from_toml_str(r#"
+///     hostname = "judge"
+///     timeout_secs = 5.0
+///     [limits]
+///     memory = "256MiB"
+///     [[mount]]
+///     type = "tmpfs"
+///     dst = "/scratch"
+///     size = "16MiB"
+/// "#).unwrap();
+/// assert_eq!(same.hostname, policy.hostname);
+/// assert_eq!(same.limits.memory, Some(256 << 20));
+///
+/// // A relative destination is refused, with the reason.
+/// let bad = Policy::default().tmpfs("scratch");
+/// assert!(bad.validate().unwrap_err().to_string().contains("scratch"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -24,7 +24,7 @@ use crate::policy::Policy;
 /// next. Nothing of the caller reaches a command but the three streams it is given: no other descriptor, not
 /// the caller's working directory, and no host process ever joins the sandbox's namespaces.
 ///
-/// ```no_run
+/// ```
 /// # use sandkasten::{Policy, Session};
 /// let session = Session::start(Policy::default())?;
 /// session.command("sh").args(["-c", "echo hi > /tmp/x"]).status()?;

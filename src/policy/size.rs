@@ -16,6 +16,14 @@ pub struct SizeError {
 /// Reads a size: a positive whole number with an optional unit `K`, `M`, `G` or `T`, each optionally followed
 /// by `B` or `iB` (`512M`, `512MB`, `512MiB`, `2g`), all powers of 1024 as for memory limits (docker reads
 /// `512m` the same); no unit means bytes (`B` alone too).
+///
+/// ```
+/// use sandkasten::policy::parse_size;
+/// assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+/// assert_eq!(parse_size("512MB").unwrap(), 512 << 20);
+/// assert_eq!(parse_size("4096").unwrap(), 4096);
+/// assert!(parse_size("-1G").is_err());
+/// ```
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let bad = |why| SizeError {
         text: text.into(),
