@@ -156,6 +156,16 @@ fn tmpfs_size_ulimits_groups_and_devices() {
             "test -c /dev/kvm && echo dev",
         ]);
         assert_eq!(text(&out.stdout), "dev\n", "{out:?}");
+        let out = sandbox(&[
+            "run",
+            "--dev-bind",
+            "/dev/kvm",
+            "--",
+            "/bin/test",
+            "-c",
+            "/dev/kvm",
+        ]);
+        assert!(out.status.success(), "bwrap's name for it: {out:?}");
     }
     let out = sandbox(&["run", "--device", "/dev/null", "--", "/bin/true"]);
     assert_eq!(out.status.code(), Some(125), "the sandbox's own: {out:?}");

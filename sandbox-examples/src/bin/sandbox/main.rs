@@ -193,7 +193,8 @@ struct PolicyArgs {
     #[arg(long, value_name = "NAME=VALUE")]
     ulimit: Vec<String>,
     /// Show the host's character device PATH (below /dev) in the sandbox's /dev, e.g. /dev/kvm. Repeatable.
-    #[arg(long, value_name = "PATH")]
+    /// `--dev-bind PATH` is the same (bwrap's name; one path: the device keeps its place).
+    #[arg(long, visible_alias = "dev-bind", value_name = "PATH")]
     device: Vec<PathBuf>,
     /// Give the program the supplementary group GID inside (needs a range of ids). Repeatable.
     #[arg(long = "group-add", value_name = "GID")]
