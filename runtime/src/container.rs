@@ -497,7 +497,14 @@ impl Runtime {
             if let Some([i, out, err]) = stdio {
                 cmd.stdin(i).stdout(out).stderr(err);
             }
-            Ok(cmd.spawn()?)
+            let mut child = cmd.spawn()?;
+            // A process that could not be started is an error of `exec` (as runc's), not an exit code.
+            if let Some(o) = child.try_wait()?
+                && let sandkasten::Status::SetupFailed(f) = o.status
+            {
+                return Err(sandkasten::Error::Setup(f).into());
+            }
+            Ok(child)
         };
         if !o.detach {
             let mut child = spawn(stdio)?;

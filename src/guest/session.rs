@@ -103,7 +103,9 @@ pub(crate) fn serve(
                 let _ = served.session.signal_all(signal);
             }
             Some(Request::Signal { id, signal }) => {
-                if let Some(&pid) = lock(&served.running).get(&id) {
+                if let Some(&pid) = lock(&served.running).get(&id)
+                    && pid > 0
+                {
                     // SAFETY: kill(2) takes no pointers; the command leads its own process group.
                     unsafe { libc::kill(-(pid as i32), signal) };
                 }
@@ -173,8 +175,15 @@ impl Served {
             if let Some(d) = cwd {
                 cmd.current_dir(d);
             }
-            // A command that could not be set up is a child that has already ended, with its verdict.
-            cmd.spawn().map_err(|e| failed(e.to_string()))
+            // A command that could not be set up is a child that has already ended, with its verdict:
+            // answered as one that never started (no process, no Started reply).
+            match cmd.spawn() {
+                Ok(mut child) => match child.try_wait() {
+                    Ok(Some(o)) if matches!(o.status, crate::Status::SetupFailed(_)) => Err(o),
+                    _ => Ok(child),
+                },
+                Err(e) => Err(failed(e.to_string())),
+            }
         };
         let mut child = match spawned {
             Ok(c) => c,
