@@ -16,6 +16,9 @@ use crate::running::SandboxChild;
 #[cfg(feature = "vm")]
 use crate::vm;
 
+#[cfg(feature = "tokio")]
+mod aio;
+
 /// Where one of the program's standard streams goes.
 #[derive(Debug, Default)]
 pub enum Stdio {

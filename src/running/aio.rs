@@ -2,7 +2,8 @@
 //! reactor. No thread waits per child: the end-of-run descriptor ([`SandboxChild`]'s `AsFd`: the namespace
 //! run's pidfd, a VM run's channel) and the stdio pipes are registered with the reactor. Starting a
 //! sandbox is blocking work (namespaces and mounts, or a VM taken from a pool or launched), done on tokio's
-//! blocking pool, one task for the length of the start.
+//! blocking pool, one task for the length of the start (`Sandbox::spawn_async` and its kin, in
+//! `command/aio.rs`).
 
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
@@ -12,7 +13,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
 use crate::backend::BootWatch;
-use crate::command::{Sandbox, Stdio};
 use crate::error::Error;
 use crate::outcome::Outcome;
 use crate::running::{Kept, SandboxChild};
@@ -43,7 +43,7 @@ pub struct AsyncChild {
 }
 
 impl AsyncChild {
-    /// Drives a child started with [`Sandbox::spawn`] from async code. Call it inside a tokio runtime
+    /// Drives a child started with [`Sandbox::spawn`](crate::Sandbox::spawn) from async code. Call it inside a tokio runtime
     /// with IO enabled (else an [`Error::Usage`]).
     pub fn new(mut child: SandboxChild) -> Result<AsyncChild, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
@@ -230,57 +230,5 @@ fn wait_error(source: std::io::Error) -> Error {
     Error::Io {
         what: "waiting on the sandbox's end-of-run descriptor",
         source,
-    }
-}
-
-/// The async forms of [`Sandbox::spawn`], [`Sandbox::output`] and [`Sandbox::status`] (cargo feature
-/// `tokio`). The builder is cloned into the start, so it stays usable, as with the blocking forms.
-///
-/// ```no_run
-/// # async fn f() -> Result<(), sandkasten::Error> {
-/// use sandkasten::{OutputLimit, Sandbox, Status};
-/// let outcome = Sandbox::new("/bin/echo")
-///     .arg("hi")
-///     .output_limits(OutputLimit::truncate(1 << 20), OutputLimit::truncate(64 << 10))
-///     .output_async()
-///     .await?;
-/// assert_eq!(outcome.status, Status::Exited(0));
-/// assert_eq!(outcome.stdout, b"hi\n");
-/// # Ok(()) }
-/// ```
-impl Sandbox {
-    /// Starts the program (on tokio's blocking pool) and returns a child driven by the reactor. Standard
-    /// streams are inherited unless set. A sandbox that cannot be set up is a child that has already ended,
-    /// as with [`spawn`](Sandbox::spawn). Dropping the future before it is ready kills what was started.
-    pub async fn spawn_async(&mut self) -> Result<AsyncChild, Error> {
-        self.start_async(false).await
-    }
-
-    /// Runs the program to the end with stdout and stderr captured within their limits (stdin is null
-    /// unless set), as [`output`](Sandbox::output) does.
-    pub async fn output_async(&mut self) -> Result<Outcome, Error> {
-        self.start_async(true).await?.wait_with_output().await
-    }
-
-    /// Runs the program to the end with inherited streams (unless set) and returns the verdict.
-    pub async fn status_async(&mut self) -> Result<Outcome, Error> {
-        self.start_async(false).await?.wait().await
-    }
-
-    async fn start_async(&mut self, capture: bool) -> Result<AsyncChild, Error> {
-        let mut cmd = self.clone();
-        let started = tokio::task::spawn_blocking(move || {
-            if capture {
-                cmd.spawn_with_defaults(|| Stdio::Null, || Stdio::Piped)
-            } else {
-                cmd.spawn()
-            }
-        })
-        .await
-        .map_err(|e| Error::Io {
-            what: "the blocking task that starts the sandbox",
-            source: std::io::Error::other(e),
-        })??;
-        AsyncChild::new(started)
     }
 }
