@@ -24,7 +24,8 @@
 //! - `bwrap-seccomp`: the same plus our default seccomp filter passed with `--seccomp`;
 //! - `unshare`: `unshare -Urpmnif --fork /bin/true` (namespaces only, no new root);
 //! - `lib`, `lib-bare`, `lib-noaudit`, `lib-nolandlock`, `lib-noseccomp`, `lib-cgroup`: the library's
-//!   in-process `Sandbox::output()`, with all layers, none, and one layer changed at a time.
+//!   in-process `Sandbox::output()`, with all layers, none, and one layer changed at a time;
+//! - `lib-async`: the same through the async API (`output_async` on a current-thread tokio runtime).
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -262,6 +263,20 @@ fn main() {
         "lib-cgroup",
         lib(Policy::default().memory(256 << 20).pids(256)),
     ));
+    // The async API on one current-thread runtime: the start on its blocking pool, the wait on the reactor.
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => cases.push((
+            "lib-async",
+            Box::new(move || {
+                rt.block_on(Sandbox::new("/bin/true").output_async())
+                    .is_ok_and(|o| o.status == Status::Exited(0))
+            }),
+        )),
+        Err(e) => println!("lib-async skipped: no tokio runtime: {e}"),
+    }
 
     install_peers();
     println!(
