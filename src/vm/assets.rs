@@ -148,29 +148,45 @@ pub struct AssetReport {
 
 /// Looks for each asset as a run would, and says where each was found or how to get it.
 pub fn locate() -> AssetReport {
-    let set = configured();
-    let env = |v: &str| {
-        std::env::var_os(v)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-    };
-    let pick = |candidates: Vec<(Option<PathBuf>, &'static str)>, ok: &dyn Fn(&Path) -> bool| {
-        let mut tried = Vec::new();
-        let mut last = "nowhere";
-        for (p, source) in candidates {
-            let Some(p) = p else { continue };
-            tried.push(p.clone());
-            last = source;
-            if p.is_file() && ok(&p) {
-                return (Some(p), source, tried);
-            }
-            // A place the program or the user named is the only one: never another file instead.
-            if source == "set_assets" || source.starts_with("SANDBOX_") {
-                break;
-            }
+    let (kernel, agent) = locate_guest();
+    AssetReport {
+        kernel,
+        agent,
+        qemu: locate_qemu(),
+    }
+}
+
+/// A place named by the program or the user is the only one tried.
+fn pick(
+    candidates: Vec<(Option<PathBuf>, &'static str)>,
+    ok: &dyn Fn(&Path) -> bool,
+) -> (Option<PathBuf>, &'static str, Vec<PathBuf>) {
+    let mut tried = Vec::new();
+    let mut last = "nowhere";
+    for (p, source) in candidates {
+        let Some(p) = p else { continue };
+        tried.push(p.clone());
+        last = source;
+        if p.is_file() && ok(&p) {
+            return (Some(p), source, tried);
         }
-        (None, last, tried)
-    };
+        if source == "set_assets" || source.starts_with("SANDBOX_") {
+            break;
+        }
+    }
+    (None, last, tried)
+}
+
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The kernel and the agent, as every VM run looks for them (QEMU is looked for only by its engine).
+fn locate_guest() -> (Located, Located) {
+    let set = configured();
+    let env = env_path;
     let (kernel, source, tried) = pick(
         vec![
             (set.kernel, "set_assets"),
@@ -231,16 +247,22 @@ pub fn locate() -> AssetReport {
         source,
         tried,
     };
+    (kernel, agent)
+}
+
+/// QEMU: what the program set, `SANDBOX_QEMU`, else `qemu-system-x86_64` on `PATH`.
+pub(crate) fn locate_qemu() -> Located {
+    let set = configured();
     let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    let mut on_path: Vec<(Option<PathBuf>, &'static str)> = vec![
+    let mut candidates: Vec<(Option<PathBuf>, &'static str)> = vec![
         (set.qemu, "set_assets"),
-        (env("SANDBOX_QEMU"), "SANDBOX_QEMU"),
+        (env_path("SANDBOX_QEMU"), "SANDBOX_QEMU"),
     ];
-    on_path.extend(
+    candidates.extend(
         std::env::split_paths(&path_var).map(|d| (Some(d.join("qemu-system-x86_64")), "PATH")),
     );
-    let (qemu, source, tried) = pick(on_path, &|_| true);
-    let qemu = Located {
+    let (qemu, source, tried) = pick(candidates, &|_| true);
+    Located {
         problem: qemu.is_none().then(|| {
             "qemu-system-x86_64 not found (Debian: apt-get install qemu-system-x86), or set SANDBOX_QEMU"
                 .to_string()
@@ -248,11 +270,6 @@ pub fn locate() -> AssetReport {
         path: qemu,
         source,
         tried,
-    };
-    AssetReport {
-        kernel,
-        agent,
-        qemu,
     }
 }
 
@@ -271,11 +288,11 @@ fn shown(paths: &[PathBuf]) -> String {
 /// kernel build cache (`kernel-config/build.sh`), and for the agent `sandbox-init` next to the running
 /// program, then the agent cache ([`default_agent`]). [`locate`] says where each was looked for.
 pub fn assets() -> Result<(PathBuf, PathBuf), AssetError> {
-    let report = locate();
-    let kernel = report.kernel.path.ok_or(AssetError::NoKernel)?;
-    match report.agent.path {
-        Some(agent) => Ok((kernel, agent)),
-        None => match report.agent.tried.into_iter().find(|p| p.is_file()) {
+    let (kernel, agent) = locate_guest();
+    let kernel = kernel.path.ok_or(AssetError::NoKernel)?;
+    match agent.path {
+        Some(path) => Ok((kernel, path)),
+        None => match agent.tried.into_iter().find(|p| p.is_file()) {
             Some(not_static) => Err(AssetError::AgentNotStatic(not_static)),
             None => Err(AssetError::NoAgent),
         },

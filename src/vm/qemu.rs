@@ -268,16 +268,7 @@ fn escape_opt(p: &Path) -> String {
 
 /// `qemu-system-x86_64`: what [`set_assets`](super::set_assets) set, else `$SANDBOX_QEMU`, else the `PATH`.
 pub fn find_qemu() -> Option<PathBuf> {
-    if let Some(p) = super::assets::configured().qemu {
-        return Some(p);
-    }
-    if let Some(p) = std::env::var_os("SANDBOX_QEMU") {
-        return Some(p.into());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|p| p.is_file())
+    super::assets::locate_qemu().path
 }
 
 #[cfg(test)]
