@@ -108,6 +108,24 @@ fn reap(pid: u32) -> i32 {
     status
 }
 
+/// Kills and reaps a detached session's keeper (and with it its VM) when a test panics before it ended it.
+/// `None` once the test reaped it.
+struct KeeperGuard(Option<u32>);
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0
+            && std::thread::panicking()
+        {
+            // SAFETY: signals and reaps this test's own unreaped child; no memory is passed.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+                libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
 #[test]
 fn a_detached_vm_session_is_reached_through_its_socket_and_ends_with_its_program() {
     use sandkasten::{Detach, DetachedState};
@@ -123,6 +141,7 @@ fn a_detached_vm_session_is_reached_through_its_socket_and_ends_with_its_program
             .stdio(Stdio::Null, Stdio::Fd(file.into()), Stdio::Null),
     )
     .expect("a detached VM session");
+    let mut guard = KeeperGuard(Some(d.pid));
     assert_eq!(d.state(), DetachedState::Running);
     let s = Session::attach(&d).unwrap();
     // Before the program starts, commands run already (an OCI runtime's exec before start).
@@ -150,6 +169,7 @@ fn a_detached_vm_session_is_reached_through_its_socket_and_ends_with_its_program
     std::thread::sleep(Duration::from_millis(300));
     again.signal(libc::SIGTERM).unwrap();
     let status = reap(d.pid);
+    guard.0 = None;
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 128 + libc::SIGTERM,
         "{status:#x}"
