@@ -107,7 +107,8 @@ pub struct ChildSpec {
     pub fd_map: Vec<(RawFd, RawFd)>,
     /// Descriptors below this number are lifted above it before installing `fd_map` (its largest target + 1).
     pub fd_floor: RawFd,
-    /// Scratch space for the list of descriptors to keep (`4 + fd_map.len()` entries, filled by the child).
+    /// Scratch space for the list of descriptors to keep (the internal ones, `fd_map`'s, a session's, the copied
+    /// files'; filled by the child).
     pub keep: Vec<RawFd>,
     /// The child receives one byte here (with the id-mapped trees, if any) once the host has written the id
     /// maps: a `SOCK_SEQPACKET` socket.
@@ -192,6 +193,12 @@ fn run_step(op: &Op, source_fds: &[RawFd], tree_fds: &[RawFd]) -> Result<(), Err
         },
         Op::Touch { path } => sys::touch(path),
         Op::WriteFile { path, contents } => sys::write_file(path, contents),
+        Op::CopyFile { path, fd, limit } => {
+            let copied = sys::copy_file(*fd, path, *limit);
+            // Copied once: init holds no host file open for the run.
+            sys::close(*fd);
+            copied
+        }
         Op::Symlink { target, path } => sys::symlink(target, path),
         Op::PivotRoot { new_root, put_old } => sys::pivot_root(new_root, put_old),
         Op::Chdir { path } => sys::chdir(path),
@@ -245,6 +252,11 @@ pub fn main(spec: &mut ChildSpec) -> ! {
     for (src, _) in spec.fd_map.iter_mut() {
         lift(src);
     }
+    for step in spec.steps.iter_mut() {
+        if let Op::CopyFile { fd, .. } = &mut step.op {
+            lift(fd);
+        }
+    }
     if let Some(s) = spec.serve.as_mut() {
         lift(&mut s.control);
         lift(&mut s.status);
@@ -274,7 +286,11 @@ pub fn main(spec: &mut ChildSpec) -> ! {
             .iter()
             .chain(spec.fd_map.iter().map(|(_, t)| t))
             .chain(control)
-            .chain(held),
+            .chain(held)
+            .chain(spec.steps.iter().filter_map(|s| match &s.op {
+                Op::CopyFile { fd, .. } => Some(fd),
+                _ => None,
+            })),
     ) {
         *slot = *fd;
     }

@@ -232,7 +232,10 @@ fn prepare(
         capabilities: crate::policy::Capability::mask(&policy.capabilities),
         fd_map: fd_map.clone(),
         fd_floor: fd_map.iter().map(|&(_, t)| t + 1).max().unwrap_or(3).max(3),
-        keep: vec![-1; 6 + fd_map.len() + launch.serve.map_or(0, |s| s.held.len())],
+        keep: vec![
+            -1;
+            6 + fd_map.len() + launch.serve.map_or(0, |s| s.held.len()) + plan.copies.len()
+        ],
         sync_fd: -1,
         report_fd: -1,
         death_fd: -1,

@@ -128,6 +128,8 @@ pub struct Planner {
     pub(super) own_root: bool,
     /// Bind sources that are id-mapped trees the host sends ([`Policy`]'s `idmap_binds`, a root caller).
     pub(super) idmap_binds: Vec<PathBuf>,
+    /// The host files [`Op::CopyFile`] copies, open for reading.
+    pub(super) copies: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Planner {
@@ -145,6 +147,7 @@ impl Planner {
             trees: Vec::new(),
             own_root: false,
             idmap_binds: Vec::new(),
+            copies: Vec::new(),
         }
     }
 
@@ -376,6 +379,7 @@ impl Planner {
             inside: self.inside,
             tmpfs: self.bounded,
             trees: self.trees,
+            copies: self.copies,
         }
     }
 }
@@ -397,6 +401,9 @@ pub struct Plan {
     /// Host directories the host clones as id-mapped trees once the child's user namespace has its maps,
     /// and sends with the release (a root caller's root filesystem, see `namespace/rootfs.rs`).
     pub trees: Vec<Tree>,
+    /// The host files the view copies ([`Op::CopyFile`]), opened by the host with the caller's rights; the
+    /// child inherits them with the clone. Open until the plan is dropped, after the child's start.
+    pub copies: Vec<std::os::fd::OwnedFd>,
 }
 
 /// A host directory shown through an id-mapped mount.

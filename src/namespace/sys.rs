@@ -22,8 +22,8 @@ pub use self::creds::{
 };
 pub use self::mount::{
     MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, attach_tree, chdir,
-    is_dir, lchown, mkdir, mount, mount_setattr, open_path, open_tree_clone, pivot_root, set_idmap,
-    symlink, touch, umount2, write_file,
+    copy_file, is_dir, lchown, mkdir, mount, mount_setattr, open_path, open_tree_clone, pivot_root,
+    set_idmap, symlink, touch, umount2, write_file,
 };
 // Used by the VM backend only, like the function itself.
 #[cfg_attr(not(feature = "vm"), allow(unused_imports))]

@@ -77,27 +77,60 @@ impl Planner {
         Ok(())
     }
 
-    /// Shows the small host file `src` at `dst` as a copy in the new root's tmpfs: three cheap system calls in
-    /// the child instead of a bind mount and a remount (a snapshot taken at spawn time).
+    /// Shows the small host file `src` at `dst` as a copy in the new root's tmpfs: cheap system calls in the
+    /// child instead of a bind mount and a remount (a snapshot taken at spawn time). The host opens it now,
+    /// with the caller's rights; the kernel copies it in the child.
     fn copy_file(&mut self, src: &Path, dst: &Path) -> Result<(), PlanError> {
-        let contents = std::fs::read(src).map_err(|source| PlanError::Source {
-            path: src.into(),
-            source,
-        })?;
-        self.write_file(dst, contents)
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(src)
+            .map_err(|source| PlanError::Source {
+                path: src.into(),
+                source,
+            })?;
+        // Checked on what was opened: a FIFO or device put in the file's place is not read from.
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
+        if !regular {
+            return Err(PlanError::Source {
+                path: src.into(),
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        let fd = std::os::fd::OwnedFd::from(file);
+        let parent = dst.parent().unwrap_or(Path::new("/"));
+        self.mountpoint(parent, Kind::Dir)?;
+        self.read_inside(parent)?;
+        self.push(
+            Stage::Mounts,
+            Op::CopyFile {
+                path: cstr(Self::new_path(dst))?,
+                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                limit: COPY_LIMIT,
+            },
+        );
+        self.copies.push(fd);
+        Ok(())
+    }
+
+    /// `dir`, made by the view, is readable under landlock.
+    fn read_inside(&mut self, dir: &Path) -> Result<(), PlanError> {
+        if !self
+            .inside
+            .iter()
+            .any(|(p, _)| p.as_bytes() == dir.as_os_str().as_bytes())
+        {
+            self.inside.push((cstr(dir)?, Inside::Read));
+        }
+        Ok(())
     }
 
     /// Shows a file with `contents` at `dst`, read-only (the new root is frozen after the view is built).
     fn write_file(&mut self, dst: &Path, contents: Vec<u8>) -> Result<(), PlanError> {
         let parent = dst.parent().unwrap_or(Path::new("/"));
         self.mountpoint(parent, Kind::Dir)?;
-        if !self
-            .inside
-            .iter()
-            .any(|(p, _)| p.as_bytes() == parent.as_os_str().as_bytes())
-        {
-            self.inside.push((cstr(parent)?, Inside::Read));
-        }
+        self.read_inside(parent)?;
         self.push(
             Stage::Mounts,
             Op::WriteFile {

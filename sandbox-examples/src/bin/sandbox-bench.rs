@@ -1,13 +1,14 @@
 //! `sandbox-bench`: spawn latency of our sandbox next to its peers, measured in the same run.
 //!
 //! ```text
-//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,throughput,vm,stdout,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]
+//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,floor,throughput,vm,stdout,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]
 //! ```
-//! Sections (all by default): `spawn` (below), `throughput` (2 concurrent spawners for S seconds, default 10:
+//! Sections (all by default): `spawn` (below), `floor` (the kernel's part of a run step by step: the `floor`
+//! case's mounts, directories, links and copied files, each timed in the child; medians by kind), `throughput` (2 concurrent spawners for S seconds, default 10:
 //! the library in-process versus bwrap), `vm` (cold `/bin/true` in the VM backend versus a bare QEMU boot of
 //! the same kernel and initramfs, and QEMU's peak RSS; then warm runs on a `VmPool` against cold runs and
 //! QEMU's memory beyond guest RAM; needs SANDBOX_KERNEL/SANDBOX_AGENT or the defaults), `stdout` (1 GiB
-//! through a namespace sandbox and 64 MiB through the VM, versus a plain pipe), `image` (importing a
+//! through a namespace sandbox and 256 MiB through the VM, versus a plain pipe, from the first byte read), `image` (importing a
 //! 3-layer image against `umoci unpack` and `tar -x` of its layers, and the disk use of 5 images sharing their
 //! base layers; needs umoci), `lifecycle` (a whole run and an exec into a live container, N times each, default
 //! 20: podman with runc against podman with our `sandbox-runtime`, the library's `Session::command` against a
@@ -16,13 +17,18 @@
 //! (our VMM against QEMU -accel kvm with the same kernel and initramfs, cold and warm, and its memory beyond
 //! guest RAM; minutes per boot on PVM).
 //!
-//! Every case runs `/bin/true` N times (default 200) after 5 warm-up runs and prints the median, min and max
-//! spawn-to-exit latency, and each case's ratio to bubblewrap's. Cases:
+//! Every case runs `/bin/true` N times (default 200) after 5 warm-up runs, interleaved (each round gives every
+//! case one turn), and prints the median, min and max spawn-to-exit latency, and each case's ratio to
+//! bubblewrap's. Cases:
 //! - `cli`: `sandbox run -- /bin/true` with every layer on (the default policy);
 //! - `cli-bare`: the same without seccomp and landlock;
 //! - `bwrap`: `bwrap --unshare-all --die-with-parent` with a comparable read-only view;
 //! - `bwrap-seccomp`: the same plus our default seccomp filter passed with `--seccomp`;
 //! - `unshare`: `unshare -Urpmnif --fork /bin/true` (namespaces only, no new root);
+//! - `floor`: the kernel's floor for the library's view: a clone into the same namespaces from this process,
+//!   the default view's mounts, directories, links and `/etc` files replayed by raw system calls, then
+//!   `/bin/true` (no seccomp, landlock, PID 1 or planning: `bench/floor.rs`); `floor-init`: the same with a
+//!   PID 1 that forks the program and waits for it, as the library's init does;
 //! - `lib`, `lib-bare`, `lib-noaudit`, `lib-nolandlock`, `lib-noseccomp`, `lib-cgroup`: the library's
 //!   in-process `Sandbox::output()`, with all layers, none, and one layer changed at a time;
 //! - `lib-async`: the same through the async API (`output_async` on a current-thread tokio runtime).
@@ -32,7 +38,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sandbox_examples::bench::{image, lifecycle, more, vm};
+use sandbox_examples::bench::{floor, image, lifecycle, more, vm};
 use sandkasten::seccomp::SeccompProfile;
 use sandkasten::{Policy, Sandbox, Status};
 
@@ -88,9 +94,17 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 200usize;
     let mut only: Option<Vec<String>> = None;
-    let mut sections: Vec<String> = ["spawn", "throughput", "vm", "stdout", "image", "lifecycle"]
-        .map(String::from)
-        .to_vec();
+    let mut sections: Vec<String> = [
+        "spawn",
+        "floor",
+        "throughput",
+        "vm",
+        "stdout",
+        "image",
+        "lifecycle",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut secs = 10u64;
     let mut vm_runs = 10usize;
     let mut lifecycle_runs = 20usize;
@@ -236,6 +250,9 @@ fn main() {
         "unshare",
         Box::new(|| run(Command::new("unshare").args(["-Urpmnif", "--fork", "/bin/true"]))),
     ));
+    // The kernel's own cost of the same namespaces and mounts (bench/floor.rs).
+    cases.push(("floor", Box::new(floor::case(false))));
+    cases.push(("floor-init", Box::new(floor::case(true))));
     let lib = |policy: Policy| -> Case {
         Box::new(move || {
             let o = Sandbox::new("/bin/true")
@@ -296,35 +313,36 @@ fn main() {
         "{:<16} {:>10} {:>10} {:>10} {:>12}",
         "case", "median ms", "min ms", "max ms", "vs bwrap"
     );
-    let mut results: Vec<(&str, Duration, Duration, Duration)> = Vec::new();
-    for (name, f) in cases.iter_mut() {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == name)) {
-            continue;
+    // Interleaved: every run of the round gives each case one turn, so a change in the machine's load
+    // (it is shared) falls on all cases alike instead of on the one that happened to be running.
+    cases.retain(|(name, _)| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name)));
+    let mut failed = vec![false; cases.len()];
+    for (i, (name, f)) in cases.iter_mut().enumerate() {
+        if !(0..5).all(|_| f()) {
+            println!("{name:<16} failed; skipped");
+            failed[i] = true;
         }
-        for _ in 0..5 {
-            if !f() {
-                println!("{name:<16} failed; skipped");
-                break;
+    }
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); cases.len()];
+    for _ in 0..runs {
+        for (i, (_, f)) in cases.iter_mut().enumerate() {
+            if failed[i] {
+                continue;
             }
-        }
-        let mut times = Vec::with_capacity(runs);
-        let mut ok = true;
-        for _ in 0..runs {
             let t = Instant::now();
-            ok &= f();
-            times.push(t.elapsed());
+            failed[i] = !f();
+            times[i].push(t.elapsed());
         }
-        if !ok {
+    }
+    let mut results: Vec<(&str, Duration, Duration, Duration)> = Vec::new();
+    for (i, (name, _)) in cases.iter().enumerate() {
+        if failed[i] {
             println!("{name:<16} failed; skipped");
             continue;
         }
-        times.sort();
-        results.push((
-            name,
-            times[times.len() / 2],
-            times[0],
-            times[times.len() - 1],
-        ));
+        let t = &mut times[i];
+        t.sort();
+        results.push((name, t[t.len() / 2], t[0], t[t.len() - 1]));
     }
     let bwrap = results.iter().find(|r| r.0 == "bwrap").map(|r| r.1);
     for (name, med, min, max) in &results {
@@ -342,6 +360,9 @@ fn main() {
     if let Some(f) = &filter_path {
         let _ = std::fs::remove_file(f);
     }
+    if sections.iter().any(|s| s == "floor") {
+        floor_profile(runs);
+    }
     if sections.iter().any(|s| s == "throughput") {
         more::concurrent(secs, BWRAP_VIEW);
     }
@@ -354,7 +375,7 @@ fn main() {
         vm::builtin(vm_runs, &cli);
     }
     if sections.iter().any(|s| s == "stdout") {
-        more::stdout(1024, 64);
+        more::stdout(1024, 256);
     }
     if sections.iter().any(|s| s == "image") {
         image::import(&cli, 5);
@@ -370,13 +391,33 @@ fn main() {
 /// One benchmark case: runs `/bin/true` once, returns whether it succeeded.
 type Case = Box<dyn FnMut() -> bool>;
 
+/// The kernel's part of a run, step by step (bench/floor.rs): the median of each step, summed by kind.
+fn floor_profile(runs: usize) {
+    println!("\nthe floor's steps ({runs} runs; medians per step, summed by kind)");
+    match floor::step_costs(runs) {
+        Some((kinds, total)) => {
+            println!("{:<28} {:>6} {:>10}", "step", "count", "total us");
+            for (kind, n, d) in kinds {
+                println!("{kind:<28} {n:>6} {:>10.0}", d.as_secs_f64() * 1e6);
+            }
+            println!(
+                "{:<28} {:>6} {:>10.0}",
+                "all steps",
+                "",
+                total.as_secs_f64() * 1e6
+            );
+        }
+        None => println!("failed: the floor's run did not complete"),
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,throughput,vm,stdout,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]"
+        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,floor,throughput,vm,stdout,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]"
     );
     std::process::exit(2)
 }

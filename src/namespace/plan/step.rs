@@ -36,8 +36,12 @@ pub enum Op {
     Chown { path: CString, uid: u32, gid: u32 },
     /// Create an empty file (existing is fine).
     Touch { path: CString },
-    /// Create a file with these contents (a copy of a small host file; cheaper than a bind mount).
+    /// Create a file with these contents (a file the sandbox's settings make, e.g. `/etc/hosts`).
     WriteFile { path: CString, contents: Vec<u8> },
+    /// Create a file with a copy of the small host file open as `fd` (held by the plan,
+    /// [`Plan::copies`](super::Plan::copies)); cheaper than a bind mount and its remount. The kernel copies
+    /// (`sendfile(2)`), at most `limit` bytes.
+    CopyFile { path: CString, fd: i32, limit: u64 },
     /// `symlink(2)`.
     Symlink { target: CString, path: CString },
     /// `pivot_root(2)`.
@@ -96,6 +100,7 @@ impl std::fmt::Display for Op {
             Op::WriteFile { path, contents } => {
                 write!(f, "writing {path:?} ({} bytes)", contents.len())
             }
+            Op::CopyFile { path, .. } => write!(f, "copying a host file to {path:?}"),
             Op::Symlink { target, path } => write!(f, "symlink({path:?} -> {target:?})"),
             Op::PivotRoot { new_root, put_old } => {
                 write!(f, "pivot_root({new_root:?}, {put_old:?})")

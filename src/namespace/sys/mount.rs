@@ -155,6 +155,51 @@ pub fn write_file(path: &CStr, contents: &[u8]) -> SysResult<()> {
     written
 }
 
+/// Creates `path` with a copy of the file open as `from` (from its start, at most `limit` bytes): the kernel
+/// copies with `sendfile(2)`; where the source's filesystem cannot (`EINVAL`, `ENOSYS`), through a buffer
+/// on the stack. No allocation.
+pub fn copy_file(from: RawFd, path: &CStr, limit: u64) -> SysResult<()> {
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: `path` is NUL-terminated.
+    let fd = check(unsafe { libc::open(path.as_ptr(), flags, 0o644) } as c_long)? as RawFd;
+    let copied = copy_into(from, fd, limit);
+    close(fd);
+    copied
+}
+
+fn copy_into(from: RawFd, to: RawFd, limit: u64) -> SysResult<()> {
+    let mut offset: libc::off_t = 0;
+    while (offset as u64) < limit {
+        let want = (limit - offset as u64) as usize;
+        // SAFETY: two open descriptors and a pointer to our offset (the source's own offset is untouched).
+        match check(unsafe { libc::sendfile(to, from, &mut offset, want) } as c_long) {
+            Ok(0) => return Ok(()),
+            Ok(_) | Err(libc::EINTR) => {}
+            Err(libc::EINVAL | libc::ENOSYS) if offset == 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if offset != 0 {
+        return Ok(());
+    }
+    let mut buf = [0u8; 8192];
+    while (offset as u64) < limit {
+        let want = buf.len().min((limit - offset as u64) as usize);
+        // SAFETY: `buf` has room for `want` bytes; pread leaves the source's offset alone.
+        let n = unsafe { libc::pread(from, buf.as_mut_ptr().cast(), want, offset) };
+        match check(n as c_long) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                write_all(to, &buf[..n as usize])?;
+                offset += n as libc::off_t;
+            }
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// `symlink(2)`.
 pub fn symlink(target: &CStr, path: &CStr) -> SysResult<()> {
     // SAFETY: both are NUL-terminated.
