@@ -111,8 +111,13 @@ pub struct ChildSpec {
     /// files'; filled by the child).
     pub keep: Vec<RawFd>,
     /// The child receives one byte here (with the id-mapped trees, if any) once the host has written the id
-    /// maps: a `SOCK_SEQPACKET` socket.
+    /// maps: a `SOCK_SEQPACKET` socket. With `placement`, a second byte once the host has put it in the
+    /// run's cgroup.
     pub sync_fd: RawFd,
+    /// The run has a cgroup, which the host joins the child to while the child builds its view (moving a
+    /// process into a cgroup waits for an RCU grace period, milliseconds): the child waits for it before
+    /// it makes its cgroup namespace, and so before anything it starts.
+    pub placement: bool,
     /// The child writes [`msg`] messages here.
     pub report_fd: RawFd,
     /// Hangs up when the host process dies: the sandbox then ends itself.
@@ -307,7 +312,9 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         Ok(_) => sys::exit(125),
         Err(e) => fail(report, Stage::Init, none, e),
     }
-    sys::close(spec.sync_fd);
+    if !spec.placement {
+        sys::close(spec.sync_fd);
+    }
 
     // 3. Open the bind sources with the caller's credentials (a root caller may bind what only root can
     //    reach), then become the sandbox user, whose ids the new namespace maps, keeping capabilities in it.
@@ -320,11 +327,6 @@ pub fn main(spec: &mut ChildSpec) -> ! {
     if let Err(e) = sys::set_ids(spec.uid, spec.gid, spec.drop_groups, &spec.groups) {
         fail(report, Stage::Credentials, none, e);
     }
-    // The host has placed us in the run's cgroup: make it the root of our cgroup view.
-    if let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP) {
-        fail(report, Stage::Namespaces, none, e);
-    }
-
     // 4. The filesystem view, ending with pivot_root into it and the host root detached.
     for (i, step) in spec.steps.iter().enumerate() {
         if let Err(e) = run_step(&step.op, &spec.source_fds, &spec.tree_fds) {
@@ -343,6 +345,22 @@ pub fn main(spec: &mut ChildSpec) -> ! {
         && let Err(e) = sys::interface_up(c"lo")
     {
         fail(report, Stage::Network, none, e);
+    }
+
+    // The run's cgroup: wait until the host has placed us in it (it did so while we built the view), then
+    // make it the root of our cgroup view. Nothing has been started yet, so nothing stays outside.
+    if spec.placement {
+        let mut none_fds: [RawFd; 0] = [];
+        match sys::recv_with_fds(spec.sync_fd, &mut none_fds) {
+            Ok((1, 0)) => {}
+            Ok((1, _)) => fail(report, Stage::Cgroup, none, libc::EPROTO),
+            Ok(_) => sys::exit(125),
+            Err(e) => fail(report, Stage::Init, none, e),
+        }
+        sys::close(spec.sync_fd);
+    }
+    if let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP) {
+        fail(report, Stage::Namespaces, none, e);
     }
 
     // 6. No capabilities, for good, but those the policy keeps for uid 0 inside: lock the secure bits and

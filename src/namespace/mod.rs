@@ -237,6 +237,7 @@ fn prepare(
             6 + fd_map.len() + launch.serve.map_or(0, |s| s.held.len()) + plan.copies.len()
         ],
         sync_fd: -1,
+        placement: false,
         report_fd: -1,
         death_fd: -1,
         argv_area: argv_area(),
@@ -419,6 +420,7 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
     spec.sync_fd = sync_rd.as_raw_fd();
     spec.report_fd = report_wr.as_raw_fd();
     spec.death_fd = death_rd.as_ref().map_or(-1, |d| d.as_raw_fd());
+    spec.placement = run_cgroup.is_some();
 
     // The cgroup namespace is unshared by the child once it sits in the run's cgroup.
     let mut flags = libc::CLONE_NEWUSER
@@ -459,20 +461,24 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
     drop((sync_rd, report_wr, death_rd));
     let mut report = File::from(report_rd);
 
-    let placed = match &run_cgroup {
-        Some(cg) => cg
-            .add(pid)
-            .map_err(|e| setup_error(Stage::Cgroup, None, e.to_string())),
-        None => Ok(()),
-    };
     let mut helper = None;
-    let release = placed
-        .and_then(|()| Ok(maps.write(pid)?))
+    let release = maps
+        .write(pid)
+        .map_err(SetupFailure::from)
         // The network is connected while the child waits: the program starts with it up.
         .and_then(|()| network::connect(launch.policy, pid, &maps).map(|h| helper = h))
         // A root caller's root filesystem: its layers mapped through the child's user namespace.
         .and_then(|()| rootfs::idmapped_trees(pid, &plan.trees))
-        .and_then(|trees| release(&sync_wr, &trees));
+        .and_then(|trees| release(&sync_wr, &trees))
+        // The run's cgroup, while the child builds its view (a move into a cgroup waits for an RCU grace
+        // period); the child waits for the second release before it starts anything.
+        .and_then(|()| match &run_cgroup {
+            Some(cg) => cg
+                .add(pid)
+                .map_err(|e| setup_error(Stage::Cgroup, None, e.to_string()))
+                .and_then(|()| release(&sync_wr, &[])),
+            None => Ok(()),
+        });
     drop(sync_wr);
     if let Err(e) = release {
         kill_and_reap(pid);

@@ -150,7 +150,13 @@ fn drain(mut r: impl Read, started: Instant) -> (u64, f64, f64) {
 
 /// `mib` MiB of output through the sandbox (namespace and VM) versus a plain pipe.
 pub fn stdout(mib: u64, vm_mib: u64) {
-    println!("\nstdout throughput: `head -c N /dev/zero` read by the host");
+    println!(
+        "\nstdout throughput: `head -c N /dev/zero` read by the host, from the first byte read"
+    );
+    println!(
+        "{:<24} {:>10} {:>16} {:>14} {:>16}",
+        "case", "", "rate", "vs plain", "first byte after"
+    );
     let script = |m: u64| format!("head -c {} /dev/zero", m << 20);
     let t = Instant::now();
     let mut plain = Command::new("/bin/sh")
@@ -161,7 +167,7 @@ pub fn stdout(mib: u64, vm_mib: u64) {
     let (n, rate, _) = drain(plain.stdout.take().expect("piped"), t);
     let _ = plain.wait();
     println!(
-        "{:<24} {:>6} MiB {:>10.0} MiB/s  (from the first byte; first byte after)",
+        "{:<24} {:>6} MiB {:>10.0} MiB/s",
         "plain pipe",
         n >> 20,
         rate / 1048576.0
@@ -185,7 +191,7 @@ pub fn stdout(mib: u64, vm_mib: u64) {
         let (n, rate, first) = drain(child.stdout.take().expect("piped"), t);
         let _ = child.wait();
         println!(
-            "{name:<24} {:>6} MiB {:>10.0} MiB/s {:>8.2}x of plain   {:>8.0} ms",
+            "{name:<24} {:>6} MiB {:>10.0} MiB/s {:>13.2}x {:>13.0} ms",
             n >> 20,
             rate / 1048576.0,
             rate / base,
