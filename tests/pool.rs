@@ -207,3 +207,44 @@ fn a_bounded_pool_shares_its_vm_between_threads() {
     let st = pool.stats();
     assert_eq!((st.boots, st.runs), (1, 6), "{st:?}");
 }
+
+#[test]
+fn a_later_run_sees_the_hosts_files_as_they_are_then() {
+    // Read-only shares are mounted with a page cache for file data (cache=mmap): a warm VM must still show
+    // each run the host's files as they are at that run, not as an earlier run saw them.
+    let dir = TempDir::new("pool-fresh");
+    let file = dir.path().join("data.txt");
+    std::fs::write(&file, "first\n").unwrap();
+    std::fs::write(dir.path().join("gone.txt"), "here\n").unwrap();
+    let pool = VmPool::new(PoolOptions {
+        shares: vec![PoolShare {
+            path: dir.path().to_path_buf(),
+            writable: false,
+        }],
+        max_vms: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let policy = Policy::default().ro_bind(dir.path(), "/data");
+    let look = || {
+        let o = Sandbox::new("/bin/sh")
+            .args(["-c", "cat /data/data.txt; ls /data"])
+            .vm_pool(&pool)
+            .policy(policy.clone())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(look(), "first\ndata.txt\ngone.txt\n");
+    // Rewritten in place with the same size (the same mtime second, likely), another file removed, one added.
+    std::fs::write(&file, "again\n").unwrap();
+    std::fs::remove_file(dir.path().join("gone.txt")).unwrap();
+    std::fs::write(dir.path().join("new.txt"), "new\n").unwrap();
+    assert_eq!(look(), "again\ndata.txt\nnew.txt\n");
+    // Replaced by a new file renamed over it (how package managers update files).
+    std::fs::write(dir.path().join("next.tmp"), "replaced\n").unwrap();
+    std::fs::rename(dir.path().join("next.tmp"), &file).unwrap();
+    assert_eq!(look(), "replaced\ndata.txt\nnew.txt\n");
+    assert_eq!(pool.stats().boots, 1, "one warm VM served every run");
+}

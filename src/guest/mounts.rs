@@ -187,7 +187,14 @@ pub(crate) fn mount_shares(shares: &[Share]) -> Result<(), GuestError> {
             flags |= MsFlags::MS_RDONLY;
         }
         let fstype = s.fs.fstype();
+        // A read-only 9p share is mounted with `cache=mmap`: file data goes through the page cache (with
+        // readahead) while a file is in use, but dentries and inodes are still dropped after each use, so every
+        // lookup asks the host again and a later run sees the host's files as they are then, as `none` does.
+        // A warm run of `/bin/true` on a pool: ~150 ms against ~200-230 ms uncached (BENCHMARKS.md,
+        // session 15). `loose` (~70 ms) would keep dentries and pages with no revalidation: stale host files
+        // in a long-lived pooled VM, so not used. Writable shares stay uncached (no write-back to lose).
         let options = match s.fs {
+            ShareFs::NineP if s.readonly => "trans=virtio,version=9p2000.L,cache=mmap",
             ShareFs::NineP => "trans=virtio,version=9p2000.L",
             ShareFs::Virtiofs => "",
         };
