@@ -51,6 +51,8 @@ pub struct HostReport {
     pub pasta: Option<PathBuf>,
     /// Why user-mode networking cannot run here, when it cannot.
     pub user_network_problem: Option<String>,
+    /// passt, for user-mode networking in a VM on the QEMU engine, when found.
+    pub passt: Option<PathBuf>,
 }
 
 /// What the VM backend would use here.
@@ -104,6 +106,10 @@ pub fn probe() -> HostReport {
         kvm,
         pasta: crate::namespace::network::pasta::find().ok(),
         user_network_problem: crate::namespace::network::pasta::problem(),
+        #[cfg(feature = "vm")]
+        passt: crate::namespace::network::passt::find().ok(),
+        #[cfg(not(feature = "vm"))]
+        passt: None,
     }
 }
 

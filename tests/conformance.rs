@@ -308,6 +308,7 @@ conformance!(
     masked_and_read_only_paths,
     working_directory,
     stdin_piped,
+    output_streams,
     pollable_end,
     setup_failure_in_the_verdict,
     arg0_is_the_programs_own,

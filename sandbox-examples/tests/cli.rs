@@ -287,13 +287,13 @@ fn user_network_flags_refuse_clearly() {
             "--backend",
             "vm",
             "--vm-engine",
-            "qemu",
+            "builtin",
             "--net",
             "user",
             "--",
             "true",
         ],
-        "--net user (network = \"user\") is only available on the namespace backend for now",
+        "--net user (network = \"user\") is not available on our own VMM (the builtin engine) yet",
         &[],
     );
 }

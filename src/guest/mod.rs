@@ -32,7 +32,8 @@ pub use ports::Channels;
 pub use verdict::{agent_failure, uptime_ms};
 
 use crate::protocol::{
-    AgentInfo, CONTROL_PORT, PING_LINE, READY_PREFIX, RunSpec, SPEC_PATH, parse_hex, verdict_json,
+    AgentInfo, CONTROL_PORT, GuestNet, PING_LINE, READY_PREFIX, RunSpec, SPEC_PATH, parse_hex,
+    verdict_json,
 };
 use crate::{Backend, BackendKind, Outcome, Sandbox, Stage, Stdio};
 use verdict::say;
@@ -129,6 +130,18 @@ pub enum GuestError {
          (delete the snapshot cache, or turn snapshots off: --vm-snapshots off, SnapshotCache::Off)"
     )]
     Unseeded(String),
+    /// The VM's network device could not be configured (`network = "user"`).
+    #[error(
+        "configuring the guest's network ({step}) failed: {}; the VM needs its virtio-net device (the QEMU \
+         engine gives it one for network = \"user\", and the guest kernel needs CONFIG_VIRTIO_NET)",
+        std::io::Error::from_raw_os_error(*errno)
+    )]
+    Network {
+        /// The step that failed.
+        step: &'static str,
+        /// Why.
+        errno: i32,
+    },
 }
 
 impl GuestError {
@@ -139,6 +152,7 @@ impl GuestError {
             | GuestError::Create { .. }
             | GuestError::Symlinked { .. }
             | GuestError::LeaveRootfs { .. } => Stage::Mounts,
+            GuestError::Network { .. } => Stage::Network,
             _ => Stage::Prepare,
         }
     }
@@ -149,6 +163,7 @@ impl GuestError {
             GuestError::Mount { errno, .. } | GuestError::LeaveRootfs { errno, .. } => {
                 Some(*errno as i32)
             }
+            GuestError::Network { errno, .. } => Some(*errno),
             GuestError::Create { source, .. } | GuestError::Port { source, .. } => {
                 source.raw_os_error()
             }
@@ -364,9 +379,35 @@ fn parse_spec(bytes: &[u8], from: &'static str) -> Result<RunSpec, GuestError> {
 fn prepare_and_run(spec: &RunSpec, channels: Channels) -> Result<Outcome, GuestError> {
     mounts::mount_shares(&spec.shares)?;
     mounts::make_links(&spec.links)?;
+    if let Some(net) = &spec.net {
+        network(net)?;
+    }
     let mut outcome = run(spec, channels)?;
     outcome.backend = BackendKind::Vm;
     Ok(outcome)
+}
+
+/// The guest's network for `network = "user"`: loopback up (the sandbox shares the guest's network
+/// namespace then, [`crate::namespace::Launch::new_netns`]), `eth0` (the virtio-net device whose frames go to
+/// passt on the host) with the host's address and prefix, up, and the default route through the gateway,
+/// where passt answers.
+fn network(net: &GuestNet) -> Result<(), GuestError> {
+    use crate::namespace::sys;
+    let fail = |step| move |errno| GuestError::Network { step, errno };
+    sys::interface_up(c"lo").map_err(fail("bringing lo up"))?;
+    sys::interface_ipv4(c"eth0", net.address, net.prefix)
+        .map_err(|(step, errno)| GuestError::Network { step, errno })?;
+    // A gratuitous ARP when eth0 comes up: passt learns the guest's MAC address from the first frame the
+    // guest sends, and until then it cannot deliver a published port's connection to a program that only
+    // listens. (QEMU's device has no link-status feature, so the link is up at once and the ARP goes out.)
+    std::fs::write("/proc/sys/net/ipv4/conf/eth0/arp_notify", "1").map_err(|e| {
+        GuestError::Network {
+            step: "writing /proc/sys/net/ipv4/conf/eth0/arp_notify",
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    })?;
+    sys::interface_up(c"eth0").map_err(fail("bringing eth0 up"))?;
+    sys::default_route(net.gateway).map_err(fail("ioctl(SIOCADDRT) for the default route"))
 }
 
 /// Runs the specification with the namespace backend and the given channels; stdout and stderr default to

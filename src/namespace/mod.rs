@@ -58,6 +58,24 @@ pub(crate) struct Launch<'a> {
     pub serve: Option<&'a session::Serve>,
 }
 
+impl Launch<'_> {
+    /// Whether the sandbox gets a network namespace of its own. Not with `host`; not with `user` in our VM
+    /// guest either: there the guest's own network is the user-mode one (its `eth0` leads to passt on the
+    /// host, configured by the agent), and the sandbox uses it as a namespace sandbox uses pasta's.
+    pub(crate) fn new_netns(&self) -> bool {
+        match self.policy.network {
+            Network::Host => false,
+            Network::User => !self.guest,
+            _ => true,
+        }
+    }
+
+    /// Whether a helper connects the sandbox's network namespace (pasta for `user` outside our guest).
+    fn user_helper(&self) -> bool {
+        self.policy.network == Network::User && !self.guest
+    }
+}
+
 /// A started sandbox, host side.
 pub(crate) struct Started {
     /// Host pid of the sandbox's init.
@@ -214,7 +232,7 @@ fn prepare(
         tree_fds: vec![-1; plan.trees.len()],
         sources: plan.sources.clone(),
         hostname: policy.hostname.as_bytes().to_vec(),
-        loopback: policy.network != Network::Host,
+        loopback: launch.new_netns(),
         cwd,
         candidates: if launch.program.is_empty() && launch.serve.is_some() {
             Vec::new()
@@ -358,7 +376,7 @@ fn groups(policy: &crate::Policy, maps: &idmap::IdMaps) -> Result<(), SetupFailu
 
 fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started, SetupFailure> {
     let (mut spec, plan) = prepare(launch, root)?;
-    if launch.policy.network == Network::User {
+    if launch.user_helper() {
         // Before anything is started: no pasta, no run.
         network::pasta::find()?;
     }
@@ -428,7 +446,7 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS;
-    if launch.policy.network != Network::Host {
+    if launch.new_netns() {
         flags |= libc::CLONE_NEWNET;
     }
     let mut pidfd: libc::c_int = -1;
@@ -466,7 +484,10 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
         .write(pid)
         .map_err(SetupFailure::from)
         // The network is connected while the child waits: the program starts with it up.
-        .and_then(|()| network::connect(launch.policy, pid, &maps).map(|h| helper = h))
+        .and_then(|()| match launch.user_helper() {
+            true => network::connect(launch.policy, pid, &maps).map(|h| helper = h),
+            false => Ok(()),
+        })
         // A root caller's root filesystem: its layers mapped through the child's user namespace.
         .and_then(|()| rootfs::idmapped_trees(pid, &plan.trees))
         .and_then(|trees| release(&sync_wr, &trees))

@@ -9,6 +9,8 @@
 //! | `user` | its own, loopback and `eth0` from pasta | written: the hostname on loopback; [`DNS_FORWARD`] |
 
 mod keeper;
+#[cfg(feature = "vm")]
+pub(crate) mod passt;
 pub(crate) mod pasta;
 
 use std::net::Ipv4Addr;

@@ -9,6 +9,8 @@
 
 mod creds;
 mod mount;
+#[cfg(feature = "vm")]
+mod net;
 mod process;
 
 use std::ffi::CStr;
@@ -27,6 +29,8 @@ pub use self::mount::{
 };
 // Used by the VM backend only, like the function itself.
 #[cfg_attr(not(feature = "vm"), allow(unused_imports))]
+#[cfg(feature = "vm")]
+pub use self::net::{default_route, interface_ipv4};
 pub use self::process::pidfd_open;
 pub use self::process::{
     CLONE_PIDFD, claim_terminal, clone, execve, exit, fork, full_sigset, getpid, getppid, kill,

@@ -15,7 +15,7 @@ pub mod session;
 mod spec;
 
 pub use ports::{CONTROL_PORT, STDERR_PORT, STDIN_PORT, STDOUT_PORT, ports_param};
-pub use spec::{Link, RunSpec, Share, ShareFs};
+pub use spec::{GuestNet, Link, RunSpec, Share, ShareFs};
 
 use crate::outcome::Outcome;
 

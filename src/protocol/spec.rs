@@ -63,6 +63,22 @@ pub struct RunSpec {
     /// it is stopped or the host closes the control port.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub session: bool,
+    /// The guest's `eth0` for `network = "user"`: the agent configures it before the sandbox is built (the
+    /// VM's virtio-net device, whose frames go to passt on the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<GuestNet>,
+}
+
+/// The address of the guest's `eth0`, its prefix and its default gateway (IPv4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestNet {
+    /// The interface's address.
+    pub address: std::net::Ipv4Addr,
+    /// Its prefix length (0 to 32).
+    pub prefix: u8,
+    /// The default route's gateway, on the link.
+    pub gateway: std::net::Ipv4Addr,
 }
 
 /// A host directory shared with the guest.
@@ -141,6 +157,7 @@ impl RunSpec {
             links: Vec::new(),
             serve: false,
             session: false,
+            net: None,
         }
     }
 
@@ -191,6 +208,14 @@ impl RunSpec {
             && !cwd.is_absolute()
         {
             return Err(format!("cwd {cwd:?} is not absolute"));
+        }
+        if let Some(n) = &self.net {
+            if n.prefix == 0 || n.prefix > 32 {
+                return Err(format!("net prefix {} is not 1 to 32", n.prefix));
+            }
+            if self.serve || self.session {
+                return Err("net (a VM's user-mode network) is for a single run only".into());
+            }
         }
         self.policy.validate().map_err(|e| e.to_string())
     }

@@ -55,6 +55,10 @@ impl Hypervisor for Builtin {
         true
     }
 
+    fn user_network(&self) -> bool {
+        false
+    }
+
     fn invocation(&self, request: &Request<'_>) -> Result<Invocation, VmError> {
         let kvm: OwnedFd = std::fs::OpenOptions::new()
             .read(true)

@@ -4,6 +4,7 @@
 //! need not boot. The guest is the same whatever the run (the snapshot is taken before anything is mounted
 //! or run): the key is the kernel, the agent, RAM, the command line and the devices as the guest sees them.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,17 +21,13 @@ use super::snapshot_cache::Session;
 pub(super) fn start(
     engine: Engine,
     shares: &[Share],
-    memory_mib: u64,
-    cpus: u32,
+    size: (u64, u32),
     with_stdin: bool,
     deadline: Option<Duration>,
     cache: Option<&Path>,
+    net: Option<&OwnedFd>,
 ) -> Result<(Started, Option<Session>), VmError> {
-    let start = |cache| {
-        launch::start_vm(
-            engine, shares, memory_mib, cpus, with_stdin, deadline, cache,
-        )
-    };
+    let start = |cache| launch::start_vm(engine, shares, size, with_stdin, deadline, cache, net);
     let mut started = start(cache)?;
     let Some(mut session) = started.snapshot.take() else {
         return Ok((started, None));

@@ -25,11 +25,15 @@ pub(crate) use super::launch::{Engine, Host, Started, VmChannels};
 use super::run_spec::guest_spec;
 use crate::backend::{BootWatch, Run};
 use crate::error::Error;
+use crate::namespace::network::DNS_FORWARD;
+use crate::namespace::network::passt;
+use crate::namespace::network::pasta::Helper;
 use crate::namespace::{Launch, sys};
 use crate::outcome::{BackendKind, Outcome, SetupFailure, Stage, Status, TimeLimit, VmInfo};
 #[cfg(test)]
 use crate::policy::Mount;
-use crate::policy::Policy;
+use crate::policy::{Network, Policy, Publish};
+use crate::protocol::GuestNet;
 #[cfg(test)]
 use crate::protocol::ShareFs;
 
@@ -85,6 +89,8 @@ pub(crate) struct VmRun {
     /// A root of its own: holds the image's layers in the store until the run ends; its report completes
     /// the guest's (which knows only shares).
     root: Option<crate::namespace::rootfs::Root>,
+    /// With `network = "user"`: passt (ended when this is dropped) and the published ports.
+    network: Option<(Helper, Vec<Publish>)>,
 }
 
 impl std::fmt::Debug for VmRun {
@@ -177,8 +183,26 @@ fn start(
     let (root, applied) = super::run_spec::on_root(launch)?;
     let on_root = applied.as_ref().map(|a| a.launch(launch));
     let launch = on_root.as_ref().unwrap_or(launch);
-    let (spec, shares) = guest_spec(launch, engine.share_fs())?;
     let policy = launch.policy;
+    // User-mode networking: passt started first (its socket's other end goes to the VMM), the guest told
+    // the link it configures.
+    let network = if policy.network == Network::User {
+        if !engine.user_network() {
+            return Err(VmError::UserNetwork("on our own VMM (the builtin engine)"));
+        }
+        let link = passt::host_link().map_err(VmError::Confine)?;
+        let (ours, theirs) = super::launch::socket_pair()?;
+        let helper = passt::start(&link, &policy.publish, theirs).map_err(VmError::Confine)?;
+        let net = GuestNet {
+            address: link.address,
+            prefix: link.prefix,
+            gateway: link.gateway,
+        };
+        Some((helper, OwnedFd::from(ours), net))
+    } else {
+        None
+    };
+    let (spec, shares) = guest_spec(launch, engine.share_fs(), network.as_ref().map(|n| n.2))?;
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];
     let with_stdin = !(stdin >= 0 && is_dev_null(stdin));
@@ -202,8 +226,16 @@ fn start(
         },
         save,
     ) = super::cold_snapshot::start(
-        engine, &shares, memory_mib, cpus, with_stdin, deadline, cache,
+        engine,
+        &shares,
+        (memory_mib, cpus),
+        with_stdin,
+        deadline,
+        cache,
+        network.as_ref().map(|n| &n.1),
     )?;
+    // The VMM holds the socket now; passt ends when the VMM closes it, or with the run.
+    let network = network.map(|(helper, _, _)| (helper, policy.publish.clone()));
     let VmChannels {
         console: console_host,
         control: control_host,
@@ -216,7 +248,7 @@ fn start(
     for (mut from, target) in [(stdout, stdout_target), (stderr, stderr_target)] {
         threads.push(std::thread::spawn(move || {
             let mut to = std::fs::File::from(target);
-            let _ = std::io::copy(&mut from, &mut to);
+            relay(&mut from, &mut to);
         }));
     }
     let control = ControlState::default();
@@ -269,6 +301,7 @@ fn start(
         fallback_reason,
         boot_limit,
         root,
+        network,
     };
     run.watch_boot();
     Ok(run)
@@ -393,6 +426,13 @@ impl Run for VmRun {
         outcome.usage.wall = wall;
         outcome.fallback_reason = self.fallback_reason;
         super::run_spec::report_root(&mut outcome, self.root.as_ref());
+        if let Some((helper, published)) = &self.network {
+            // The guest reports the mode; the stack is on this side.
+            let n = &mut outcome.enforced.network;
+            n.helper = Some(format!("passt {}", helper.program.display()));
+            n.dns_forward = Some(DNS_FORWARD.to_string());
+            n.published = published.clone();
+        }
         outcome.vm = Some(info);
         Ok(outcome)
     }
@@ -400,6 +440,27 @@ impl Run for VmRun {
     /// Kills QEMU and reaps it.
     fn abort(self: Box<Self>) {
         self.host.abort();
+    }
+}
+
+/// Copies the program's stream from the VMM's socket to its target until end of file, by read and write.
+/// Not `std::io::copy`, which splices a socket into a pipe: a reader of that pipe was then not woken for
+/// data spliced after the first (seen on Linux 6.18), so a program's output reached a piped reader only
+/// at the run's end, too late for anyone waiting on a line such as a server's "listening".
+fn relay(from: &mut UnixStream, to: &mut std::fs::File) {
+    use std::io::Write;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -88,12 +88,12 @@ pub(crate) enum VmError {
     /// The guest's run specification is invalid.
     #[error("{0}")]
     Spec(String),
-    /// User-mode networking is the namespace backend's only.
+    /// User-mode networking where a VM cannot have it (yet): on our own VMM, a pool or a session.
     #[error(
-        "--net user (network = \"user\") is only available on the namespace backend for now: run with \
-         --backend namespace, or choose network \"none\" for the VM backend"
+        "--net user (network = \"user\") is not available {0} yet: the namespace backend has it, and so \
+         has a single run on the QEMU engine (--vm-engine qemu); or choose network \"none\""
     )]
-    UserNetwork,
+    UserNetwork(&'static str),
     /// A root filesystem that reached the guest's spec without being resolved into its layers.
     #[error(
         "a root filesystem (`rootfs` with `dir` or `image`) reached the VM's run spec unresolved: this is a bug \

@@ -20,6 +20,8 @@ use crate::policy::{IdMapping, Network, Policy, SYSTEM_TOP};
 
 /// The descriptor number of the serial console's socket in the VMM.
 const CONSOLE_FD: RawFd = 3;
+/// The VMM's descriptor of its socket to passt (after the channels 3-7 and the plain VMM's files 8 and 9).
+const NET_FD: RawFd = 10;
 
 /// How the VMM runs.
 #[derive(Debug)]
@@ -161,11 +163,11 @@ pub(crate) fn guest_files() -> Result<(PathBuf, PathBuf, PathBuf), VmError> {
 pub(crate) fn start_vm(
     engine: Engine,
     shares: &[Share],
-    memory_mib: u64,
-    cpus: u32,
+    (memory_mib, cpus): (u64, u32),
     with_stdin: bool,
     deadline: Option<Duration>,
     cache: Option<&Path>,
+    net: Option<&OwnedFd>,
 ) -> Result<Started, VmError> {
     if let Some(max) = engine.max_shares()
         && shares.len() > max
@@ -181,6 +183,21 @@ pub(crate) fn start_vm(
         ports,
         vmm_stderr: err_w,
     } = new_channels(with_stdin)?;
+    let net_fd = match net {
+        Some(_) if !engine.user_network() => {
+            return Err(VmError::UserNetwork("on our own VMM (the builtin engine)"));
+        }
+        Some(socket) => {
+            let ours = socket.try_clone().map_err(|source| VmError::Dup {
+                what: "passt's socket",
+                fd: socket.as_raw_fd(),
+                source,
+            })?;
+            fds.push((ours, NET_FD));
+            Some(NET_FD)
+        }
+        None => None,
+    };
     let mut invocation = engine.invocation(&Request {
         shares,
         memory_mib,
@@ -189,6 +206,7 @@ pub(crate) fn start_vm(
         cache: cache.filter(|_| engine.snapshots()),
         ports: &ports,
         console_fd: CONSOLE_FD,
+        net_fd,
     })?;
     fds.append(&mut invocation.fds);
     let stderr = err_w.as_raw_fd();

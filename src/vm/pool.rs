@@ -208,7 +208,7 @@ impl VmPool {
             guest: false,
         };
         let vmm = engine::Engine::pick(options.engine);
-        let (mut base, shares) = guest_spec(&launch, vmm.share_fs())?;
+        let (mut base, shares) = guest_spec(&launch, vmm.share_fs(), None)?;
         base.serve = true;
         base.policy = Policy::default();
         let extra = shares.len() - options.shares.len();
@@ -311,11 +311,11 @@ impl VmPool {
             launch::start_vm(
                 engine,
                 shares,
-                o.memory_mib,
-                o.cpus,
+                (o.memory_mib, o.cpus),
                 true,
                 None,
                 cache.as_deref(),
+                None,
             )
             .and_then(|s| WarmVm::start(s, limit))
         };

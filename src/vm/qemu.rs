@@ -105,6 +105,9 @@ pub struct Machine {
     pub ports: Vec<Port>,
     /// Descriptor number (in QEMU's process) of the connected socket the serial console (kernel log) goes to.
     pub console_fd: RawFd,
+    /// Descriptor number (in QEMU's process) of the connected stream socket to passt: the guest gets a
+    /// virtio-net device whose frames go there (`-netdev stream`, length-prefixed frames, passt's protocol).
+    pub net_fd: Option<RawFd>,
 }
 
 impl Machine {
@@ -170,6 +173,17 @@ impl Machine {
             push("-device".into());
             push(format!("virtserialport,chardev=port{i},name={}", p.name));
         }
+        if let Some(fd) = self.net_fd {
+            push("-netdev".into());
+            push(format!(
+                "stream,id=net0,server=off,addr.type=fd,addr.str={fd}"
+            ));
+            push("-device".into());
+            // No link-status feature: the link is up from the start (passt holds the socket's other end
+            // before QEMU starts), so the guest's gratuitous ARP when eth0 comes up is sent, not dropped
+            // while the driver waits for a status update; passt learns the guest's MAC address from it.
+            push("virtio-net-device,netdev=net0,status=off".into());
+        }
         for (i, s) in self.shares.iter().enumerate() {
             push("-fsdev".into());
             push(format!(
@@ -208,6 +222,10 @@ impl Hypervisor for Qemu {
         false
     }
 
+    fn user_network(&self) -> bool {
+        true
+    }
+
     fn invocation(&self, request: &Request<'_>) -> Result<Invocation, VmError> {
         let qemu_bin = find_qemu().ok_or(VmError::NoQemu)?;
         let (kernel, _agent, initrd) = guest_files()?;
@@ -228,6 +246,7 @@ impl Hypervisor for Qemu {
                 .map(|&(name, fd)| Port { name, fd })
                 .collect(),
             console_fd: request.console_fd,
+            net_fd: request.net_fd,
         };
         let args = move |kernel: &Path, initrd: &Path| {
             let mut m = machine.clone();
@@ -301,6 +320,7 @@ mod tests {
                 },
             ],
             console_fd: 4,
+            net_fd: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::namespace::Launch;
 use crate::namespace::rootfs::{Applied, Root};
 use crate::outcome::{Outcome, RootfsEnforced};
 use crate::policy::{Mount, Network, Policy, SYSTEM_TOP};
-use crate::protocol::{Link, RunSpec, Share as GuestShare, ShareFs};
+use crate::protocol::{GuestNet, Link, RunSpec, Share as GuestShare, ShareFs};
 
 /// Where the agent mounts the share of policy bind (or pool share) number `i`.
 pub(super) fn share_dir(i: usize) -> PathBuf {
@@ -31,9 +31,10 @@ pub(super) fn run_spec(
     base: RunSpec,
     mut place: impl FnMut(usize, &Path, PathBuf, bool) -> Result<Placed, VmError>,
 ) -> Result<RunSpec, VmError> {
-    // The guest has no user-mode stack to connect: refused, rather than a run without the network it asked for.
-    if launch.policy.network == Network::User {
-        return Err(VmError::UserNetwork);
+    // A warm VM has no user-mode stack to connect (a cold run's spec comes with its `net`): refused, rather
+    // than a run without the network it asked for.
+    if launch.policy.network == Network::User && base.net.is_none() {
+        return Err(VmError::UserNetwork("on a warm VM (a pool or a session)"));
     }
     let mut spec = base;
     let mut policy = launch.policy.clone();
@@ -127,8 +128,9 @@ pub(super) fn report_root(outcome: &mut Outcome, root: Option<&Root>) {
 pub(super) fn guest_spec(
     launch: &Launch<'_>,
     fs: ShareFs,
+    net: Option<GuestNet>,
 ) -> Result<(RunSpec, Vec<Share>), VmError> {
-    spec_and_shares(launch, fs, false)
+    spec_and_shares(launch, fs, false, net)
 }
 
 /// Like [`guest_spec`], for a session ([`RunSpec::session`]: the launch has no program).
@@ -136,13 +138,14 @@ pub(super) fn session_spec(
     launch: &Launch<'_>,
     fs: ShareFs,
 ) -> Result<(RunSpec, Vec<Share>), VmError> {
-    spec_and_shares(launch, fs, true)
+    spec_and_shares(launch, fs, true, None)
 }
 
 fn spec_and_shares(
     launch: &Launch<'_>,
     fs: ShareFs,
     session: bool,
+    net: Option<GuestNet>,
 ) -> Result<(RunSpec, Vec<Share>), VmError> {
     let mut shares = Vec::new();
     let mut base = RunSpec {
@@ -156,6 +159,7 @@ fn spec_and_shares(
         links: Vec::new(),
         serve: false,
         session,
+        net,
     };
     let share = |tag: String, host: PathBuf, guest: PathBuf, readonly: bool| {
         let guest = GuestShare {
@@ -243,7 +247,7 @@ mod tests {
         let policy = Policy::default().bind(&dir, "/data").tmpfs("/scratch");
         let launch = true_on(&policy);
         let real = dir.canonicalize().unwrap();
-        let base = guest_spec(&launch, ShareFs::Virtiofs).unwrap().0;
+        let base = guest_spec(&launch, ShareFs::Virtiofs, None).unwrap().0;
         let mut seen = Vec::new();
         let spec = run_spec(&launch, base.clone(), |i, _, real, writable| {
             seen.push((i, real, writable));
@@ -272,17 +276,26 @@ mod tests {
     }
 
     #[test]
-    fn user_networking_is_refused_with_its_reason() {
+    fn user_networking_needs_the_guests_link() {
         let policy = Policy::default().network(Network::User);
         let launch = true_on(&policy);
-        let err = guest_spec(&launch, ShareFs::Virtiofs).unwrap_err();
-        assert!(matches!(err, VmError::UserNetwork), "{err}");
+        // A warm VM's spec (no link of its own): refused, with the way out.
+        let err = guest_spec(&launch, ShareFs::Virtiofs, None).unwrap_err();
+        assert!(matches!(err, VmError::UserNetwork(_)), "{err}");
         assert!(
-            err.to_string().contains(
-                "--net user (network = \"user\") is only available on the namespace backend for now"
-            ),
+            err.to_string()
+                .contains("is not available on a warm VM (a pool or a session) yet"),
             "{err}"
         );
+        // A cold run's spec carries its link to the agent.
+        let net = GuestNet {
+            address: [10, 77, 0, 1].into(),
+            prefix: 24,
+            gateway: [10, 77, 0, 254].into(),
+        };
+        let spec = guest_spec(&launch, ShareFs::NineP, Some(net)).unwrap().0;
+        assert_eq!(spec.net, Some(net));
+        assert_eq!(spec.policy.network, Network::User);
     }
 
     #[test]
@@ -299,7 +312,7 @@ mod tests {
             ..Rootfs::default()
         });
         let launch = true_on(&policy);
-        let (spec, shares) = guest_spec(&launch, ShareFs::NineP).unwrap();
+        let (spec, shares) = guest_spec(&launch, ShareFs::NineP, None).unwrap();
         let hosts: Vec<(&str, &Path, bool)> = shares
             .iter()
             .map(|s| (s.tag.as_str(), s.path.as_path(), s.readonly))
@@ -318,6 +331,7 @@ mod tests {
                 ..launch
             },
             ShareFs::NineP,
+            None,
         )
         .unwrap_err();
         assert!(matches!(err, VmError::Rootfs), "{err}");
@@ -335,6 +349,7 @@ mod tests {
                 ..launch
             },
             ShareFs::NineP,
+            None,
         )
         .unwrap_err();
         assert!(matches!(err, VmError::RootfsUpper), "{err}");

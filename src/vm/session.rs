@@ -253,7 +253,7 @@ fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
     let (root, (spec, shares)) = on_its_root(launch, |l| session_spec(l, engine.share_fs()))?;
     let (memory_mib, cpus) = machine_size(launch.policy);
     let boot_limit = engine.boot_limit();
-    let started = launch::start_vm(engine, &shares, memory_mib, cpus, true, None, None)?;
+    let started = launch::start_vm(engine, &shares, (memory_mib, cpus), true, None, None, None)?;
     let mut session = boot(started, boot_limit)?;
     session.root = root;
     session.assign(&spec)?;

@@ -286,3 +286,43 @@ pub(super) fn arg0_is_the_programs_own(b: B) {
         .unwrap();
     assert_eq!(out(&o), "from an applet\n", "{o:?}");
 }
+
+/// A program's output reaches a piped reader as it is written, not at the run's end: the program writes a
+/// line and then waits for input that the test sends only after it read that line (a caller waiting for a
+/// server's "listening" line depends on it; the VM's stdout relay once delivered spliced data only at the
+/// end, which here would leave both sides waiting: the test gives up after a minute and kills the run).
+pub(super) fn output_streams(b: B) {
+    use std::io::{BufRead, Write};
+    let mut child = Cmd::new("/bin/sh")
+        // Two writes a moment apart (the lost wake-up hit data spliced after the first).
+        .args([
+            "-c",
+            "echo first; sleep 1; echo second; read x; echo third $x",
+        ])
+        .on(b)
+        .stdin(sandkasten::Stdio::Piped)
+        .stdout(sandkasten::Stdio::Piped)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = lines.read_line(&mut line);
+        let _ = lines.read_line(&mut line);
+        let _ = tx.send((line, lines));
+    });
+    let Ok((line, mut lines)) = rx.recv_timeout(Duration::from_secs(60)) else {
+        child.kill().unwrap();
+        let _ = child.wait();
+        panic!("the first lines did not arrive while the program waited for input");
+    };
+    assert_eq!(line, "first\nsecond\n");
+    input.write_all(b"go\n").unwrap();
+    drop(input);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+    assert_eq!(rest, "third go\n");
+    assert_eq!(child.wait().unwrap().status, Status::Exited(0));
+}

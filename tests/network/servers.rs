@@ -1,11 +1,11 @@
-//! The servers of tests/network.rs's namespaces: a TCP greeter and a tiny DNS server.
+//! The servers of the user-mode networking tests' namespaces: a TCP greeter and a tiny DNS server.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::SERVER;
+use super::netns::SERVER;
 
 /// A TCP server of the test namespace: every connection gets `greeting`; the count of connections it
 /// accepted.

@@ -1,4 +1,5 @@
-//! The keeper: a small process forked from the host that starts pasta and ends it with the run.
+//! The keeper: a small process forked from the host that starts the network's helper (pasta for a network
+//! namespace, passt for a VM) and ends it with the run.
 //!
 //! Forked from a possibly multi-threaded host process, so it must not allocate, take locks or panic, like
 //! the sandbox child ([`crate::namespace::child`]): everything it uses was prepared in a [`Spec`]. It forks
@@ -30,7 +31,8 @@ pub(super) struct Spec {
     /// What pasta gets as descriptors 0 to 4: /dev/null, /dev/null, its error pipe, its ready pipe (`--pid`),
     /// the sandbox's network namespace (`--netns`).
     pub fds: [RawFd; 5],
-    /// The sandbox's user namespace, which pasta's process joins.
+    /// The sandbox's user namespace, which pasta's process joins (-1: none to join; the helper stays in the
+    /// host's user namespace as the caller and confines itself, as passt does for a VM).
     pub userns: RawFd,
     /// Read end of the stop pipe (hangs up when the host closes or loses the write end).
     pub stop: RawFd,
@@ -70,7 +72,9 @@ pub(super) fn main(spec: &mut Spec) -> ! {
     for fd in spec.fds.iter_mut() {
         lift(fd);
     }
-    lift(&mut spec.userns);
+    if spec.userns >= 0 {
+        lift(&mut spec.userns);
+    }
     lift(&mut spec.stop);
     for (target, &fd) in spec.fds.iter().enumerate() {
         if sys::dup2(fd, target as RawFd).is_err() {
@@ -103,7 +107,9 @@ pub(super) fn main(spec: &mut Spec) -> ! {
     // 3. Only the stop pipe and pasta's pidfd stay: the host sees end of file on the ready and error pipes
     //    once pasta has ended.
     for fd in [2, 3, 4, spec.userns] {
-        sys::close(fd);
+        if fd >= 0 {
+            sys::close(fd);
+        }
     }
     let mut fds = [
         libc::pollfd {
@@ -152,16 +158,19 @@ fn pasta(spec: &Spec, keeper: libc::pid_t) -> ! {
             e,
         );
     }
-    // Joining the user namespace gives every capability in it, and only in it (and its network namespace).
-    if let Err(e) = sys::setns(spec.userns, libc::CLONE_NEWUSER) {
-        fail(c"setns into the sandbox's user namespace", e);
-    }
-    sys::close(spec.userns);
-    if let Err(e) = sys::set_ids(spec.uid, spec.gid, false, &[]) {
-        fail(c"setresgid/setresuid to the sandbox user", e);
-    }
-    if let Err(e) = sys::keep_only_capabilities(spec.caps) {
-        fail(c"keeping only pasta's capabilities (capset, ambient)", e);
+    if spec.userns >= 0 {
+        // Joining the user namespace gives every capability in it, and only in it (and its network
+        // namespace).
+        if let Err(e) = sys::setns(spec.userns, libc::CLONE_NEWUSER) {
+            fail(c"setns into the sandbox's user namespace", e);
+        }
+        sys::close(spec.userns);
+        if let Err(e) = sys::set_ids(spec.uid, spec.gid, false, &[]) {
+            fail(c"setresgid/setresuid to the sandbox user", e);
+        }
+        if let Err(e) = sys::keep_only_capabilities(spec.caps) {
+            fail(c"keeping only pasta's capabilities (capset, ambient)", e);
+        }
     }
     // Dies with the keeper, whatever ends it. Set last: a change of ids clears it. If the keeper is gone
     // already, its signal was missed: end here.

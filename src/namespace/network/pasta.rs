@@ -29,7 +29,7 @@ use crate::outcome::{SetupFailure, Stage};
 use crate::policy::{Policy, Protocol, Publish};
 
 /// Descriptor on which pasta gets the write end of the pipe its pid file line goes to (`--pid`).
-const READY_FD: RawFd = 3;
+pub(super) const READY_FD: RawFd = 3;
 /// Descriptor on which pasta gets the sandbox's network namespace (`--netns`).
 const NETNS_FD: RawFd = 4;
 /// How long pasta may take to configure the namespace (about 50 ms here, much more on a loaded machine).
@@ -71,7 +71,12 @@ fn failure(errno: Option<i32>, message: String) -> SetupFailure {
 
 /// The pasta program: `$SANDBOX_PASTA`, else `pasta` on the `PATH`.
 pub(crate) fn find() -> Result<PathBuf, SetupFailure> {
-    if let Some(p) = std::env::var_os("SANDBOX_PASTA") {
+    find_helper("pasta", "SANDBOX_PASTA")
+}
+
+/// A helper program of Debian's passt package: `$VAR`, else `name` on the `PATH`.
+pub(super) fn find_helper(name: &str, var: &str) -> Result<PathBuf, SetupFailure> {
+    if let Some(p) = std::env::var_os(var) {
         let p = PathBuf::from(p);
         return if p.is_absolute() && p.is_file() {
             Ok(p)
@@ -79,8 +84,8 @@ pub(crate) fn find() -> Result<PathBuf, SetupFailure> {
             Err(failure(
                 None,
                 format!(
-                    "SANDBOX_PASTA={} is not the absolute path of a file: point it at pasta (Debian package \
-                     passt), or unset it to use the PATH",
+                    "{var}={} is not the absolute path of a file: point it at {name} (Debian package passt), \
+                     or unset it to use the PATH",
                     p.display()
                 ),
             ))
@@ -88,15 +93,16 @@ pub(crate) fn find() -> Result<PathBuf, SetupFailure> {
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path)
-        .map(|d| d.join("pasta"))
+        .map(|d| d.join(name))
         .find(|p| p.is_absolute() && p.is_file())
         .ok_or_else(|| {
             failure(
                 Some(libc::ENOENT),
-                "user-mode networking (network = \"user\", --net user) needs pasta, and there is no `pasta` on \
-                 the PATH: install the Debian package passt (apt-get install passt), or set SANDBOX_PASTA to \
-                 pasta's path"
-                    .into(),
+                format!(
+                    "user-mode networking (network = \"user\", --net user) needs {name}, and there is no \
+                     `{name}` on the PATH: install the Debian package passt (apt-get install passt), or set \
+                     {var} to {name}'s path"
+                ),
             )
         })
 }
@@ -190,7 +196,7 @@ pub(crate) fn args(publish: &[Publish]) -> Vec<String> {
 }
 
 /// An O_CLOEXEC pipe: `(read end, write end)`.
-fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
     let [r, w] = sys::pipe().map_err(|e| {
         failure(
             Some(e),
@@ -201,7 +207,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
     Ok(unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w)) })
 }
 
-fn open(path: &str) -> Result<OwnedFd, SetupFailure> {
+pub(super) fn open(path: &str) -> Result<OwnedFd, SetupFailure> {
     File::open(path)
         .map(OwnedFd::from)
         .map_err(|e| failure(e.raw_os_error(), format!("opening {path} for pasta: {e}")))
@@ -239,7 +245,7 @@ pub(crate) fn start(
             )
         })?;
     }
-    let mut spec = keeper::Spec {
+    let spec = keeper::Spec {
         program: c(program.as_os_str().as_bytes())?,
         argv: argv_owned
             .iter()
@@ -263,6 +269,26 @@ pub(crate) fn start(
         caps: CAPS,
         argv_area: argv_area(),
     };
+    // Only the keeper and pasta hold the namespaces and the pipes' other ends once it runs.
+    let held = (userns, netns, devnull, ready_wr, errors_wr, stop_rd);
+    run_keeper(spec, program, held, ready_rd, errors_rd, stop_wr, |said| {
+        explain(said, host_uid)
+    })
+}
+
+/// Forks the keeper of `spec`, drops `held` (what only the keeper and its helper may hold from then on),
+/// and waits until the helper writes its pid on `ready_rd`; when it ends instead, the failure's message is
+/// `explain` of what it wrote on `errors_rd`. The helper's name in messages is `spec.argv[0]`.
+pub(super) fn run_keeper<H>(
+    mut spec: keeper::Spec,
+    program: PathBuf,
+    held: H,
+    ready_rd: OwnedFd,
+    errors_rd: OwnedFd,
+    stop_wr: OwnedFd,
+    explain: impl FnOnce(&[u8]) -> String,
+) -> Result<Helper, SetupFailure> {
+    let name = spec._argv[0].to_string_lossy().into_owned();
     let keeper = match sys::fork() {
         Ok(0) => keeper::main(&mut spec),
         Ok(pid) => pid,
@@ -270,14 +296,14 @@ pub(crate) fn start(
             return Err(failure(
                 Some(e),
                 format!(
-                    "fork of pasta's keeper: {}",
+                    "fork of {name}'s keeper: {}",
                     std::io::Error::from_raw_os_error(e)
                 ),
             ));
         }
     };
-    // Only the keeper and pasta hold these now: end of file on the ready pipe means pasta ended.
-    drop((userns, netns, devnull, ready_wr, errors_wr, stop_rd));
+    // Only the keeper and the helper hold these now: end of file on the ready pipe means the helper ended.
+    drop(held);
     let mut helper = Helper {
         program,
         pid: 0,
@@ -293,20 +319,21 @@ pub(crate) fn start(
             }
             Err(_) => Err(failure(
                 None,
-                format!("pasta wrote {line:?} where its pid was expected"),
+                format!("{name} wrote {line:?} where its pid was expected"),
             )),
         },
         Ok(None) => {
-            // pasta ended: what it said, once the keeper is gone (then no one holds the pipe's write end).
+            // The helper ended: what it said, once the keeper is gone (then no one holds the pipe's write
+            // end).
             drop(helper);
             let mut said = Vec::new();
             let _ = File::from(errors_rd).take(64 << 10).read_to_end(&mut said);
-            Err(failure(None, explain(&said, host_uid)))
+            Err(failure(None, explain(&said)))
         }
         Err(e) => Err(failure(
             e.raw_os_error(),
             format!(
-                "pasta did not configure the sandbox's network within {} s ({e}); the machine may be \
+                "{name} did not connect the sandbox's network within {} s ({e}); the machine may be \
                  overloaded",
                 READY_LIMIT.as_secs()
             ),
@@ -317,12 +344,7 @@ pub(crate) fn start(
 /// What pasta said before it ended, as the message of the setup failure.
 fn explain(said: &[u8], host_uid: u32) -> String {
     let said = String::from_utf8_lossy(said);
-    // pasta reports every failed attempt to reach a syslog daemon on stderr too: noise here.
-    let lines: Vec<&str> = said
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Failed to send"))
-        .collect();
+    let lines = lines(&said);
     let mut m = format!(
         "pasta (Debian package passt) could not connect the sandbox's network namespace: {}",
         if lines.is_empty() {
@@ -343,6 +365,15 @@ fn explain(said: &[u8], host_uid: u32) -> String {
         );
     }
     m
+}
+
+/// The lines a helper (pasta or passt) wrote on its stderr, without the noise: both report every failed
+/// attempt to reach a syslog daemon there too.
+pub(super) fn lines(said: &str) -> Vec<&str> {
+    said.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Failed to send"))
+        .collect()
 }
 
 /// One line from `f`, waiting at most `limit`: `Ok(None)` at end of file without a line.

@@ -27,7 +27,7 @@ fn spec_shares_the_system_and_rewrites_binds() {
         .ro_bind(dir.join("f"), "/in/f")
         .tmpfs("/scratch");
     let args = vec!["-c".into(), "true".into()];
-    let (spec, shares) = guest_spec(&launch(&policy, &args), ShareFs::NineP).unwrap();
+    let (spec, shares) = guest_spec(&launch(&policy, &args), ShareFs::NineP, None).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         shares

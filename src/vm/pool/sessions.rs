@@ -95,11 +95,11 @@ impl VmPool {
             launch::start_vm(
                 inner.engine,
                 &inner.shares,
-                o.memory_mib,
-                o.cpus,
+                (o.memory_mib, o.cpus),
                 true,
                 None,
                 cache.as_deref(),
+                None,
             )
             .map_err(Boot::from)
             .and_then(|s| session::boot(s, limit))

@@ -105,6 +105,13 @@ pub(crate) fn doctor(json: bool) -> ExitCode {
             (None, None) => "unavailable".into(),
         }
     );
+    println!(
+        "user network, VM: {}",
+        match &report.passt {
+            Some(p) => format!("passt {} (QEMU engine, single runs)", p.display()),
+            None => "unavailable: no passt on the PATH (apt-get install passt)".into(),
+        }
+    );
     if !usable {
         eprintln!(
             "sandbox doctor: no backend can run here: enable user namespaces, or install the VM backend's \

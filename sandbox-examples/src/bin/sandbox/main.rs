@@ -114,7 +114,8 @@ enum NetArg {
     /// The host's network.
     Host,
     /// A network namespace of its own connected through pasta (Debian package passt): outbound TCP, UDP and
-    /// DNS; never the host's loopback services; --publish binds host ports. Namespace backend only.
+    /// DNS; never the host's loopback services; --publish binds host ports. Namespace backend, and a VM run
+    /// on the QEMU engine (passt).
     User,
 }
 

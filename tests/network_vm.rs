@@ -1,0 +1,205 @@
+//! User-mode networking (`Network::User`) on the VM backend's QEMU engine: the guest's virtio-net device
+//! leads to passt on the host, and the sandbox in the guest sees what a namespace sandbox sees with pasta
+//! (tests/network.rs): the same addresses, `eth0`, the DNS forwarder, published ports, and no way to the
+//! host's loopback. Proven against servers in a network namespace each test makes for itself
+//! (`network/netns.rs`): no packet leaves the machine. Without root: SKIPPED, as there.
+#![cfg(feature = "vm")]
+
+mod common;
+/// The test's namespace and servers, shared with tests/network.rs.
+mod network {
+    pub(crate) mod netns;
+    pub(crate) mod servers;
+}
+use network::netns::{GATEWAY, HOST, SERVER, inside};
+use network::servers;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::linux::net::SocketAddrExt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sandkasten::{Backend, Network, Outcome, Policy, Publish, Sandbox, Status, Stdio, VmEngine};
+use testkit::text;
+
+/// A cold QEMU-engine VM running a python3 script.
+fn python(script: &str, policy: Policy) -> Sandbox {
+    let mut s = Sandbox::new("/usr/bin/python3");
+    s.args(["-c", script])
+        .backend(Backend::Vm)
+        .vm_engine(VmEngine::Qemu)
+        .policy(policy.timeout(Duration::from_secs(60)));
+    s
+}
+
+fn user() -> Policy {
+    Policy::default().network(Network::User)
+}
+
+fn ok(o: &Outcome) -> String {
+    assert_eq!(
+        o.status,
+        Status::Exited(0),
+        "stdout: {}\nstderr: {}\nvm: {:?}",
+        text(&o.stdout),
+        text(&o.stderr),
+        o.vm
+    );
+    text(&o.stdout)
+}
+
+/// The live passt processes among this process's descendants, by their command name (`passt`, or
+/// `passt.avx2`, which Debian's passt executes where the CPU has AVX2). Not by the command line: passt
+/// clears it once it runs.
+fn passts() -> Vec<u32> {
+    common::descendants()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("passt"))
+                && std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+                })
+        })
+        .collect()
+}
+
+/// One VM: outbound TCP to a server of the network, DNS through the forwarder, the host's address on
+/// `eth0`; the test namespace's loopback services (by 127.0.0.1, the gateway's address or the host's own)
+/// and its abstract unix sockets out of reach; the verdict names passt; passt gone with the run.
+#[test]
+fn a_vm_reaches_the_network_through_passt_and_not_the_hosts_loopback() {
+    if !inside("a_vm_reaches_the_network_through_passt_and_not_the_hosts_loopback") {
+        return;
+    }
+    let accepted = servers::greeter((SERVER, 7000).into(), "greetings from the test's network\n");
+    let leak = servers::greeter(
+        (Ipv4Addr::LOCALHOST, 7001).into(),
+        "LEAK: the host's loopback\n",
+    );
+    let queries = servers::dns_server();
+    let name = format!("sandkasten-net-vm-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let unix = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    unix.set_nonblocking(true).unwrap();
+    let o = python(
+        &format!(
+            "import socket\n\
+             s = socket.create_connection(('{SERVER}', 7000), timeout=10)\n\
+             print(s.recv(100).decode(), end='')\n\
+             print(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]))\n\
+             print(socket.gethostbyname('example.test'))\n\
+             print([l for l in open('/etc/resolv.conf').read().splitlines() if l.startswith('nameserver')])\n\
+             for host in ['127.0.0.1', '{GATEWAY}', '{HOST}']:\n\
+             \x20   try:\n\
+             \x20       c = socket.create_connection((host, 7001), timeout=3)\n\
+             \x20       print('tcp', host, 'REACHED', c.recv(100))\n\
+             \x20   except OSError as e:\n\
+             \x20       print('tcp', host, 'failed')\n\
+             a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+             try:\n\
+             \x20   a.connect('\\0{name}')\n\
+             \x20   print('abstract REACHED')\n\
+             except OSError as e:\n\
+             \x20   print('abstract failed')\n"
+        ),
+        user(),
+    )
+    .output()
+    .unwrap();
+    let out = ok(&o);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("greetings from the test's network"));
+    assert_eq!(lines.next(), Some("['eth0', 'lo']"), "{out}");
+    assert_eq!(lines.next(), Some("192.0.2.77"), "{out}");
+    assert_eq!(lines.next(), Some("['nameserver 169.254.0.53']"), "{out}");
+    assert!(!out.contains("REACHED"), "{out}");
+    let tcp_failed = out
+        .lines()
+        .filter(|l| l.starts_with("tcp ") && l.ends_with(" failed"))
+        .count();
+    assert_eq!(tcp_failed, 3, "{out}");
+    assert!(out.contains("abstract failed"), "{out}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert!(queries.load(Ordering::SeqCst) >= 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(leak.load(Ordering::SeqCst), 0, "{out}");
+    assert!(unix.accept().is_err(), "the abstract socket was reached");
+    let n = &o.enforced.network;
+    assert_eq!(n.mode, "user");
+    assert!(
+        n.helper
+            .as_deref()
+            .is_some_and(|h| h.starts_with("passt /")),
+        "{n:?}"
+    );
+    assert_eq!(n.dns_forward.as_deref(), Some("169.254.0.53"));
+    assert_eq!(o.vm.as_ref().map(|v| v.engine.as_str()), Some("qemu"));
+    assert_eq!(passts(), Vec::<u32>::new(), "passt ended with the run");
+}
+
+/// A published port: the test connects from the host's loopback to a server in the guest; the port is
+/// released with the run.
+#[test]
+fn a_published_port_reaches_a_server_in_the_vm() {
+    if !inside("a_published_port_reaches_a_server_in_the_vm") {
+        return;
+    }
+    let script = "import socket\n\
+                  t = socket.socket(); t.bind(('0.0.0.0', 8080)); t.listen()\n\
+                  print('listening', flush=True)\n\
+                  c, a = t.accept(); c.sendall(b'inside got ' + c.recv(100)); c.close()\n";
+    let mut child = python(script, user().publish(Publish::tcp(18080, 8080)))
+        .stdout(Stdio::Piped)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "listening\n");
+    // While the run lasts: one passt, never root.
+    let passt = passts();
+    assert_eq!(passt.len(), 1, "{passt:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", passt[0])).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
+    let mut c = TcpStream::connect_timeout(
+        &(Ipv4Addr::LOCALHOST, 18080).into(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"hello").unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "inside got hello");
+    let o = child.wait().unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{}", text(&o.stderr));
+    assert_eq!(o.enforced.network.published, [Publish::tcp(18080, 8080)]);
+    let refused = TcpStream::connect((Ipv4Addr::LOCALHOST, 18080)).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(passts(), Vec::<u32>::new(), "passt ended with the run");
+}
+
+/// Where a VM cannot have user-mode networking yet, the run is refused before anything starts, with the
+/// way out: our own VMM. (Pools and sessions: `run_spec`'s unit test.)
+#[test]
+fn the_builtin_engine_refuses_user_networking_with_the_way_out() {
+    let o = Sandbox::new("/bin/true")
+        .backend(Backend::Vm)
+        .vm_engine(VmEngine::Builtin)
+        .policy(user())
+        .output()
+        .unwrap();
+    let Status::SetupFailed(f) = &o.status else {
+        panic!("{o:?}")
+    };
+    assert!(
+        f.message
+            .contains("not available on our own VMM (the builtin engine) yet")
+            && f.message.contains("--vm-engine qemu"),
+        "{}",
+        f.message
+    );
+}
