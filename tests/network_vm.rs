@@ -11,7 +11,7 @@ mod network {
     pub(crate) mod netns;
     pub(crate) mod servers;
 }
-use network::netns::{GATEWAY, HOST, SERVER, inside};
+use network::netns::{GATEWAY, HOST, INSIDE, ROLE, SERVER, inside};
 use network::servers;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -202,4 +202,102 @@ fn the_builtin_engine_refuses_user_networking_with_the_way_out() {
         "{}",
         f.message
     );
+}
+
+/// An unprivileged caller (uid 65534 through setpriv, running a copy of this test binary with the guest
+/// kernel and agent staged where it can read them) gets the same: passt then runs as that user.
+#[test]
+fn an_unprivileged_callers_vm_gets_user_networking() {
+    let test = "an_unprivileged_callers_vm_gets_user_networking";
+    if std::env::var(ROLE).as_deref() == Ok("client") {
+        let o = python(
+            &format!(
+                "import socket\n\
+                 print(socket.create_connection(('{SERVER}', 7000), timeout=10).recv(100).decode(), end='')"
+            ),
+            user(),
+        )
+        .output()
+        .unwrap();
+        assert_eq!(ok(&o), "hello, unprivileged VM\n");
+        assert_eq!(o.enforced.network.mode, "user");
+        return;
+    }
+    if !inside(test) {
+        return;
+    }
+    let accepted = servers::greeter((SERVER, 7000).into(), "hello, unprivileged VM\n");
+    let stage = testkit::TempDir::with_mode("net-vm-unpriv", 0o755);
+    let exe = stage.join("network-vm-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    let mut env = Vec::new();
+    for (var, name) in [
+        ("SANDBOX_KERNEL", "vmlinux"),
+        ("SANDBOX_AGENT", "sandbox-init"),
+    ] {
+        let from =
+            std::env::var_os(var).unwrap_or_else(|| panic!("{var} (scripts/test.sh sets it)"));
+        std::fs::copy(&from, stage.join(name)).unwrap();
+        std::fs::set_permissions(
+            stage.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        env.push((var, stage.join(name)));
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, "client")
+        .env_remove(INSIDE)
+        .envs(env)
+        .current_dir("/tmp")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "as uid 65534 ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A session in a VM of its own (QEMU engine) gets user-mode networking too: its commands reach the
+/// network, the session's verdict names passt, and passt ends with the session.
+#[test]
+fn a_vm_sessions_commands_reach_the_network() {
+    if !inside("a_vm_sessions_commands_reach_the_network") {
+        return;
+    }
+    let accepted = servers::greeter((SERVER, 7000).into(), "hello, session\n");
+    let s = sandkasten::Session::start_vm(user(), VmEngine::Qemu).unwrap();
+    assert!(
+        s.enforced()
+            .network
+            .helper
+            .as_deref()
+            .is_some_and(|h| h.starts_with("passt /")),
+        "{:?}",
+        s.enforced().network
+    );
+    for _ in 0..2 {
+        let o = s
+            .command("/usr/bin/python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket\n\
+                     print(socket.create_connection(('{SERVER}', 7000), timeout=10).recv(100).decode(), end='')"
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(ok(&o), "hello, session\n");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(passts().len(), 1);
+    s.stop(Duration::from_secs(2)).unwrap();
+    assert_eq!(passts(), Vec::<u32>::new(), "passt ended with the session");
 }

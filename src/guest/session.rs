@@ -45,6 +45,9 @@ pub(crate) fn serve(
 ) -> Result<Option<Outcome>, GuestError> {
     mounts::mount_shares(&spec.shares)?;
     mounts::make_links(&spec.links)?;
+    if let Some(net) = &spec.net {
+        super::network(net)?;
+    }
     let control: &File = lines.get_ref();
     let (Some(out), Some(input)) = (&channels.stdout, &channels.stdin) else {
         return Err(GuestError::NoSpec(

@@ -213,8 +213,11 @@ impl RunSpec {
             if n.prefix == 0 || n.prefix > 32 {
                 return Err(format!("net prefix {} is not 1 to 32", n.prefix));
             }
-            if self.serve || self.session {
-                return Err("net (a VM's user-mode network) is for a single run only".into());
+            if self.serve {
+                return Err(
+                    "net (a VM's user-mode network) is for a VM of its own, not a served warm VM"
+                        .into(),
+                );
             }
         }
         self.policy.validate().map_err(|e| e.to_string())

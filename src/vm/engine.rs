@@ -184,24 +184,7 @@ fn start(
     let on_root = applied.as_ref().map(|a| a.launch(launch));
     let launch = on_root.as_ref().unwrap_or(launch);
     let policy = launch.policy;
-    // User-mode networking: passt started first (its socket's other end goes to the VMM), the guest told
-    // the link it configures.
-    let network = if policy.network == Network::User {
-        if !engine.user_network() {
-            return Err(VmError::UserNetwork("on our own VMM (the builtin engine)"));
-        }
-        let link = passt::host_link().map_err(VmError::Confine)?;
-        let (ours, theirs) = super::launch::socket_pair()?;
-        let helper = passt::start(&link, &policy.publish, theirs).map_err(VmError::Confine)?;
-        let net = GuestNet {
-            address: link.address,
-            prefix: link.prefix,
-            gateway: link.gateway,
-        };
-        Some((helper, OwnedFd::from(ours), net))
-    } else {
-        None
-    };
+    let network = user_network(policy, engine)?;
     let (spec, shares) = guest_spec(launch, engine.share_fs(), network.as_ref().map(|n| n.2))?;
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];
@@ -427,11 +410,7 @@ impl Run for VmRun {
         outcome.fallback_reason = self.fallback_reason;
         super::run_spec::report_root(&mut outcome, self.root.as_ref());
         if let Some((helper, published)) = &self.network {
-            // The guest reports the mode; the stack is on this side.
-            let n = &mut outcome.enforced.network;
-            n.helper = Some(format!("passt {}", helper.program.display()));
-            n.dns_forward = Some(DNS_FORWARD.to_string());
-            n.published = published.clone();
+            report_network(&mut outcome.enforced.network, helper, published);
         }
         outcome.vm = Some(info);
         Ok(outcome)
@@ -441,6 +420,40 @@ impl Run for VmRun {
     fn abort(self: Box<Self>) {
         self.host.abort();
     }
+}
+
+/// A VM of its own with `network = "user"`: passt started (its socket's other end is for the VMM), and the
+/// link the guest configures. None for the other modes.
+pub(super) fn user_network(
+    policy: &Policy,
+    engine: Engine,
+) -> Result<Option<(Helper, OwnedFd, GuestNet)>, VmError> {
+    if policy.network != Network::User {
+        return Ok(None);
+    }
+    if !engine.user_network() {
+        return Err(VmError::UserNetwork("on our own VMM (the builtin engine)"));
+    }
+    let link = passt::host_link().map_err(VmError::Confine)?;
+    let (ours, theirs) = super::launch::socket_pair()?;
+    let helper = passt::start(&link, &policy.publish, theirs).map_err(VmError::Confine)?;
+    let net = GuestNet {
+        address: link.address,
+        prefix: link.prefix,
+        gateway: link.gateway,
+    };
+    Ok(Some((helper, OwnedFd::from(ours), net)))
+}
+
+/// What the verdict's network says of a VM's passt (the guest reports the mode; the stack is here).
+pub(super) fn report_network(
+    n: &mut crate::outcome::NetworkEnforced,
+    helper: &Helper,
+    published: &[Publish],
+) {
+    n.helper = Some(format!("passt {}", helper.program.display()));
+    n.dns_forward = Some(DNS_FORWARD.to_string());
+    n.published = published.to_vec();
 }
 
 /// Copies the program's stream from the VMM's socket to its target until end of file, by read and write.

@@ -88,10 +88,10 @@ pub(crate) enum VmError {
     /// The guest's run specification is invalid.
     #[error("{0}")]
     Spec(String),
-    /// User-mode networking where a VM cannot have it (yet): on our own VMM, a pool or a session.
+    /// User-mode networking where a VM cannot have it (yet): on our own VMM, or a pool's warm VMs.
     #[error(
         "--net user (network = \"user\") is not available {0} yet: the namespace backend has it, and so \
-         has a single run on the QEMU engine (--vm-engine qemu); or choose network \"none\""
+         has a VM of its own on the QEMU engine (--vm-engine qemu: a run or a session); or choose network \"none\""
     )]
     UserNetwork(&'static str),
     /// A root filesystem that reached the guest's spec without being resolved into its layers.

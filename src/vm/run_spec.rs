@@ -31,10 +31,10 @@ pub(super) fn run_spec(
     base: RunSpec,
     mut place: impl FnMut(usize, &Path, PathBuf, bool) -> Result<Placed, VmError>,
 ) -> Result<RunSpec, VmError> {
-    // A warm VM has no user-mode stack to connect (a cold run's spec comes with its `net`): refused, rather
-    // than a run without the network it asked for.
+    // A pool's warm VM has no user-mode stack to connect (a VM of its own comes with its `net`): refused,
+    // rather than a run without the network it asked for.
     if launch.policy.network == Network::User && base.net.is_none() {
-        return Err(VmError::UserNetwork("on a warm VM (a pool or a session)"));
+        return Err(VmError::UserNetwork("on a VM pool's warm VMs"));
     }
     let mut spec = base;
     let mut policy = launch.policy.clone();
@@ -137,8 +137,9 @@ pub(super) fn guest_spec(
 pub(super) fn session_spec(
     launch: &Launch<'_>,
     fs: ShareFs,
+    net: Option<GuestNet>,
 ) -> Result<(RunSpec, Vec<Share>), VmError> {
-    spec_and_shares(launch, fs, true, None)
+    spec_and_shares(launch, fs, true, net)
 }
 
 fn spec_and_shares(
@@ -284,7 +285,7 @@ mod tests {
         assert!(matches!(err, VmError::UserNetwork(_)), "{err}");
         assert!(
             err.to_string()
-                .contains("is not available on a warm VM (a pool or a session) yet"),
+                .contains("is not available on a VM pool's warm VMs yet"),
             "{err}"
         );
         // A cold run's spec carries its link to the agent.

@@ -54,6 +54,8 @@ pub(crate) struct VmSession {
     pub(super) on_end: Option<OnEnd>,
     /// The VM: its engine, accelerator, boot time, whether it was restored or booted ahead (in the verdict).
     pub(super) info: VmInfo,
+    /// With `network = "user"`: passt, ended when the session is dropped.
+    network: Option<crate::namespace::network::pasta::Helper>,
 }
 
 /// What to do once a session's VM is gone.
@@ -250,13 +252,32 @@ pub(super) fn on_its_root<T>(
 }
 
 fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
-    let (root, (spec, shares)) = on_its_root(launch, |l| session_spec(l, engine.share_fs()))?;
+    // A VM of its own: with `network = "user"`, passt for it, held as long as the session.
+    let network = super::engine::user_network(launch.policy, engine)?;
+    let net = network.as_ref().map(|n| n.2);
+    let (root, (spec, shares)) = on_its_root(launch, |l| session_spec(l, engine.share_fs(), net))?;
     let (memory_mib, cpus) = machine_size(launch.policy);
     let boot_limit = engine.boot_limit();
-    let started = launch::start_vm(engine, &shares, (memory_mib, cpus), true, None, None, None)?;
+    let started = launch::start_vm(
+        engine,
+        &shares,
+        (memory_mib, cpus),
+        true,
+        None,
+        None,
+        network.as_ref().map(|n| &n.1),
+    )?;
     let mut session = boot(started, boot_limit)?;
     session.root = root;
     session.assign(&spec)?;
+    if let Some((helper, _, _)) = network {
+        super::engine::report_network(
+            &mut session.enforced.network,
+            &helper,
+            &launch.policy.publish,
+        );
+        session.network = Some(helper);
+    }
     Ok(session)
 }
 
@@ -319,6 +340,7 @@ pub(super) fn boot(started: Started, boot_limit: Duration) -> Result<VmSession, 
         enforced: Enforced::default(),
         on_end: None,
         info,
+        network: None,
     };
     {
         let s = shared.clone();

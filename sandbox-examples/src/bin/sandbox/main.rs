@@ -114,8 +114,8 @@ enum NetArg {
     /// The host's network.
     Host,
     /// A network namespace of its own connected through pasta (Debian package passt): outbound TCP, UDP and
-    /// DNS; never the host's loopback services; --publish binds host ports. Namespace backend, and a VM run
-    /// on the QEMU engine (passt).
+    /// DNS; never the host's loopback services; --publish binds host ports. Namespace backend, and a VM of
+    /// its own on the QEMU engine (passt).
     User,
 }
 
