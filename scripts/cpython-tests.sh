@@ -14,8 +14,8 @@
 #
 # Modules: by default test_os test_posix test_subprocess test_socket test_shutil test_tempfile test_signal
 # test_select on the host and the namespace backend (under 3 minutes per configuration), and only test_posix
-# test_shutil test_select in the VM (2.5-4 minutes: TCG runs these tests 3-55x slower); --full runs them all
-# in the VM too (45 minutes or more); MODULE... names others, for every configuration. The sandbox binary:
+# test_shutil test_select in the VM (about 1 minute: TCG runs these tests 3-30x slower); --full runs them all
+# in the VM too (about 10 minutes); MODULE... names others, for every configuration. The sandbox binary:
 # --sandbox BIN, else
 # $SANDBOX_BIN, else target/release/sandbox (built when missing). Logs and verdicts (--report JSON) stay in
 # --out DIR (default: a new /tmp/cpython-tests.* directory). The policy and the reasons of every choice are in

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 # loopback TCP; test_posix 88-146 s; test_subprocess 11 minutes and more, its two test_leaking_fds_on_error
 # 80 s each; test_socket 108 s with loopback TCP; test_shutil 40-45 s; test_tempfile 83 s; test_signal 177 s;
 # test_select 19-42 s), so by default the VM runs VM_CI, three modules that still exercise its own layers (the
-# guest kernel's system calls, its /tmp, processes and pipes), about 2.5 minutes (4 under load); --full runs
-# every module there too (45 minutes or more).
+# guest kernel's system calls, its /tmp, processes and pipes), about 1 minute since the VM stdout fix of 2026-12-04; --full runs
+# every module there too (about 10 minutes).
 FULL = [
     "test_os",
     "test_posix",
