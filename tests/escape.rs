@@ -204,16 +204,6 @@ fn py_with(probe: &'static str, policy: fn() -> Policy, want: &'static str) -> H
     }
 }
 
-/// `py`, with what the probe must print instead on the VM backend.
-fn py_vm(probe: &'static str, want: &'static str, vm_want: &'static str) -> How {
-    How::Py {
-        probe,
-        policy: default,
-        want,
-        vm_want: Some(vm_want),
-    }
-}
-
 /// `py_with`, with what the probe must print instead on the VM backend.
 fn py_with_vm(
     probe: &'static str,
@@ -404,10 +394,9 @@ fn probes() -> Vec<Probe> {
         // The guest kernel has no IA32 emulation: int 0x80 faults (SIGSEGV) before any system call is made.
         int80: "a 32-bit system call through int 0x80" => Killed("int80", Some(libc::SIGSEGV));
         x32: "an x32 system call (bit 30)" => Killed("x32", None);
-        // The guest kernel has no CONFIG_IPV6: no IPv6 socket at all can be made there (EAFNOSUPPORT).
+        // The guest kernel has IPv6 too (since 2026-12-04): the same answers on every backend.
         sockets: "AF_PACKET, AF_ALG, AF_VSOCK, raw IPv4/IPv6, AF_PACKET with high bits"
-            => py_vm("sockets", "packet=EPERM alg=EPERM vsock=EPERM raw4=EPERM raw6=EPERM packet_high=EPERM",
-                     "packet=EPERM alg=EPERM vsock=EPERM raw4=EPERM raw6=EAFNOSUPPORT packet_high=EPERM");
+            => py("sockets", "packet=EPERM alg=EPERM vsock=EPERM raw4=EPERM raw6=EPERM packet_high=EPERM");
         host_tcp: "connect to a TCP port the test listens on at the host's 127.0.0.1" => Custom(host_tcp);
         host_tcp_netns_only: "the same with landlock allowing the port: the netns alone refuses"
             => Custom(host_tcp_netns_only);
