@@ -25,7 +25,7 @@ use super::DNS_FORWARD;
 use super::keeper;
 use super::pasta::{self, Helper, READY_FD};
 use crate::outcome::{SetupFailure, Stage};
-use crate::policy::{Protocol, Publish};
+use crate::policy::Publish;
 
 /// Descriptor on which passt gets its end of the guest's socket (`--fd`).
 const SOCKET_FD: i32 = 4;
@@ -155,16 +155,7 @@ pub(crate) fn args(link: &Link, publish: &[Publish], root: bool) -> Vec<String> 
         "--gateway".into(),
         link.gateway.to_string(),
     ]);
-    for (flag, protocol) in [("-t", Protocol::Tcp), ("-u", Protocol::Udp)] {
-        let mut any = false;
-        for p in publish.iter().filter(|p| p.protocol == protocol) {
-            a.extend([flag.to_string(), format!("{}:{}", p.host_port, p.port)]);
-            any = true;
-        }
-        if !any {
-            a.extend([flag.to_string(), "none".to_string()]);
-        }
-    }
+    a.extend(pasta::publish_args(publish));
     if root {
         a.extend(["--runas".into(), format!("{NOBODY}:{NOBODY}")]);
     }

@@ -163,18 +163,8 @@ pub(crate) fn args(publish: &[Publish]) -> Vec<String> {
     .map(String::from)
     .to_vec();
     a.push(DNS_FORWARD.to_string());
-    // Host ports into the sandbox: only the published ones (default: `auto`, every port the sandbox binds;
-    // and an unlisted protocol would follow TCP's list).
-    for (flag, protocol) in [("-t", Protocol::Tcp), ("-u", Protocol::Udp)] {
-        let mut any = false;
-        for p in publish.iter().filter(|p| p.protocol == protocol) {
-            a.extend([flag.to_string(), format!("{}:{}", p.host_port, p.port)]);
-            any = true;
-        }
-        if !any {
-            a.extend([flag.to_string(), "none".to_string()]);
-        }
-    }
+    // Host ports into the sandbox: only the published ones.
+    a.extend(publish_args(publish));
     a.extend(
         [
             // pasta is in the sandbox's user namespace already (the keeper put it there): it joins no other
@@ -195,6 +185,24 @@ pub(crate) fn args(publish: &[Publish]) -> Vec<String> {
     a
 }
 
+/// The host ports into the sandbox, for pasta and passt alike: only the published ones (`-t`/`-u`
+/// HOSTPORT:PORT; `none` for a protocol without any: their default is `auto`, every port the sandbox binds,
+/// and an unlisted protocol would follow TCP's list).
+pub(super) fn publish_args(publish: &[Publish]) -> Vec<String> {
+    let mut a = Vec::new();
+    for (flag, protocol) in [("-t", Protocol::Tcp), ("-u", Protocol::Udp)] {
+        let mut any = false;
+        for p in publish.iter().filter(|p| p.protocol == protocol) {
+            a.extend([flag.to_string(), format!("{}:{}", p.host_port, p.port)]);
+            any = true;
+        }
+        if !any {
+            a.extend([flag.to_string(), "none".to_string()]);
+        }
+    }
+    a
+}
+
 /// An O_CLOEXEC pipe: `(read end, write end)`.
 pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
     let [r, w] = sys::pipe().map_err(|e| {
@@ -208,9 +216,12 @@ pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
 }
 
 pub(super) fn open(path: &str) -> Result<OwnedFd, SetupFailure> {
-    File::open(path)
-        .map(OwnedFd::from)
-        .map_err(|e| failure(e.raw_os_error(), format!("opening {path} for pasta: {e}")))
+    File::open(path).map(OwnedFd::from).map_err(|e| {
+        failure(
+            e.raw_os_error(),
+            format!("opening {path} for the network helper: {e}"),
+        )
+    })
 }
 
 /// Starts pasta for the sandbox whose first process is `pid` (waiting, with its id maps written) and waits
