@@ -125,7 +125,8 @@ fi
 # KVM (PVM) a boot takes one to two minutes and every run tens of seconds (guest kernel code is emulated), so
 # the runs share warm VMs restored from a snapshot of the booted guest (~/.cache/sandbox/snapshots; the first
 # start of a new agent or kernel boots and saves it). CI runs one batched pass on it: the conformance suite
-# (every property, two warm VMs; 5-13 minutes here). The escape probes, resource attacks and leak checks on
+# (every property, two warm VMs; 5-13 minutes here), and one test of its network device (passt, one boot
+# and one restored run on a snapshot cache of its own). The escape probes, resource attacks and leak checks on
 # this engine are the --full mode's (the same tests run above on the namespace backend, on QEMU VMs and on
 # warm QEMU pools; on the builtin engine about 1.5 h here: all 67 probes 24-45 min, the attacks 40-60 min).
 # (The default run already boots the builtin engine once through the CLI, sandbox-examples/tests/vm_cli.rs;
@@ -133,6 +134,8 @@ fi
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     say "conformance suite on the builtin engine (two warm VMs)"
     SANDBOX_TEST_BUILTIN=1 cargo test --test conformance builtin:: -- --test-threads=2
+    say "user-mode networking on the builtin engine (a boot that saves a snapshot, then a restored run)"
+    SANDBOX_TEST_BUILTIN=1 cargo test --test network_vm our_own_vmm
     if [ "$full" = 1 ]; then
         say "--full: escape probes, resource attacks and leaks on the builtin engine"
         SANDBOX_TEST_BACKEND=builtin cargo test --release --test escape --test attacks --test leaks -- \

@@ -51,7 +51,7 @@ pub struct HostReport {
     pub pasta: Option<PathBuf>,
     /// Why user-mode networking cannot run here, when it cannot.
     pub user_network_problem: Option<String>,
-    /// passt, for user-mode networking in a VM on the QEMU engine, when found.
+    /// passt, for user-mode networking in a VM of its own, when found.
     pub passt: Option<PathBuf>,
 }
 

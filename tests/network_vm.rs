@@ -1,5 +1,5 @@
-//! User-mode networking (`Network::User`) on the VM backend's QEMU engine: the guest's virtio-net device
-//! leads to passt on the host, and the sandbox in the guest sees what a namespace sandbox sees with pasta
+//! User-mode networking (`Network::User`) on the VM backend (the QEMU engine; our own VMM with
+//! `SANDBOX_TEST_BUILTIN=1`): the guest's virtio-net device leads to passt on the host, and the sandbox in the guest sees what a namespace sandbox sees with pasta
 //! (tests/network.rs): the same addresses, `eth0`, the DNS forwarder, published ports, and no way to the
 //! host's loopback. Proven against servers in a network namespace each test makes for itself
 //! (`network/netns.rs`): no packet leaves the machine. Without root: SKIPPED, as there.
@@ -182,26 +182,71 @@ fn a_published_port_reaches_a_server_in_the_vm() {
     assert_eq!(passts(), Vec::<u32>::new(), "passt ended with the run");
 }
 
-/// Where a VM cannot have user-mode networking yet, the run is refused before anything starts, with the
-/// way out: our own VMM. (Pools and sessions: `run_spec`'s unit test.)
+/// Our own VMM (the builtin engine): its virtio-net device leads to the same passt. Two runs on a fresh
+/// snapshot cache: the first boots the guest (with its network device) and saves it, the second is restored
+/// from that snapshot and its device is connected to a new passt. Both reach the test's network server and
+/// its DNS, and not the loopback. Minutes under software KVM: run with `SANDBOX_TEST_BUILTIN=1` (as
+/// scripts/test.sh does), where it fails, never skips.
 #[test]
-fn the_builtin_engine_refuses_user_networking_with_the_way_out() {
-    let o = Sandbox::new("/bin/true")
-        .backend(Backend::Vm)
-        .vm_engine(VmEngine::Builtin)
-        .policy(user())
-        .output()
-        .unwrap();
-    let Status::SetupFailed(f) = &o.status else {
-        panic!("{o:?}")
-    };
-    assert!(
-        f.message
-            .contains("not available on our own VMM (the builtin engine) yet")
-            && f.message.contains("--vm-engine qemu"),
-        "{}",
-        f.message
+fn our_own_vmm_gives_a_vm_user_networking_booted_and_restored() {
+    if std::env::var_os("SANDBOX_TEST_BUILTIN").is_none() {
+        eprintln!("builtin engine: set SANDBOX_TEST_BUILTIN=1 to run (needs /dev/kvm)");
+        return;
+    }
+    if !inside("our_own_vmm_gives_a_vm_user_networking_booted_and_restored") {
+        return;
+    }
+    let accepted = servers::greeter((SERVER, 7000).into(), "greetings from the test's network\n");
+    let leak = servers::greeter(
+        (Ipv4Addr::LOCALHOST, 7001).into(),
+        "LEAK: the host's loopback\n",
     );
+    let queries = servers::dns_server();
+    let cache = testkit::TempDir::new("sandbox-test-net-builtin-snapshots");
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('{SERVER}', 7000), timeout=20)\n\
+         print(s.recv(100).decode(), end='')\n\
+         print(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]))\n\
+         print(socket.gethostbyname('example.test'))\n\
+         try:\n\
+         \x20   socket.create_connection(('127.0.0.1', 7001), timeout=3)\n\
+         \x20   print('loopback REACHED')\n\
+         except OSError:\n\
+         \x20   print('loopback failed')\n"
+    );
+    for (round, restored) in [(1u32, false), (2, true)] {
+        let mut s = python(&script, user().timeout(Duration::from_secs(600)));
+        s.vm_engine(VmEngine::Builtin)
+            .vm_snapshots(sandkasten::SnapshotCache::Dir(cache.path().to_path_buf()));
+        let started = std::time::Instant::now();
+        let o = s.output().unwrap();
+        eprintln!(
+            "round {round} (restored: {restored}): {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let out = ok(&o);
+        assert_eq!(
+            out, "greetings from the test's network\n['eth0', 'lo']\n192.0.2.77\nloopback failed\n",
+            "round {round}"
+        );
+        let vm = o.vm.as_ref().unwrap();
+        assert_eq!(vm.engine, "builtin");
+        assert_eq!(vm.restored, restored, "round {round}: {vm:?}");
+        assert!(
+            o.enforced
+                .network
+                .helper
+                .as_deref()
+                .is_some_and(|h| h.starts_with("passt /")),
+            "{:?}",
+            o.enforced.network
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), round);
+        assert_eq!(passts(), Vec::<u32>::new(), "passt ended with the run");
+    }
+    assert!(queries.load(Ordering::SeqCst) >= 2);
+    assert_eq!(leak.load(Ordering::SeqCst), 0);
 }
 
 /// An unprivileged caller (uid 65534 through setpriv, running a copy of this test binary with the guest

@@ -281,21 +281,6 @@ fn user_network_flags_refuse_clearly() {
         "install the Debian package passt",
         &[("PATH", "/nonexistent")],
     );
-    refused(
-        &[
-            "run",
-            "--backend",
-            "vm",
-            "--vm-engine",
-            "builtin",
-            "--net",
-            "user",
-            "--",
-            "true",
-        ],
-        "--net user (network = \"user\") is not available on our own VMM (the builtin engine) yet",
-        &[],
-    );
 }
 
 #[test]

@@ -19,7 +19,7 @@ pub enum Network {
     /// of the host: outbound TCP and UDP, and DNS through a forwarder address in the sandbox's
     /// `/etc/resolv.conf`. The host's loopback services and its abstract unix sockets stay out of reach; the
     /// ports of [`Policy::publish`](super::Policy::publish) are bound on the host. On the namespace backend,
-    /// and in a VM of its own on the QEMU engine, a run or a session (passt feeds the guest's virtio-net
+    /// and in a VM of its own on either engine, a run or a session (passt feeds the guest's virtio-net
     /// device); see SECURITY.md.
     User,
 }

@@ -55,10 +55,6 @@ impl Hypervisor for Builtin {
         true
     }
 
-    fn user_network(&self) -> bool {
-        false
-    }
-
     fn invocation(&self, request: &Request<'_>) -> Result<Invocation, VmError> {
         let kvm: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
@@ -106,6 +102,7 @@ impl Hypervisor for Builtin {
                     readonly: s.readonly,
                 })
                 .collect(),
+            net_fd: request.net_fd,
             snapshot: snapshot_config,
         };
         let args = move |kernel: &Path, initrd: &Path| {
@@ -160,6 +157,9 @@ fn guest_key<'a>(
             .iter()
             .map(|s: &Share| format!("fs {} {}", s.tag, s.readonly)),
     );
+    if request.net_fd.is_some() {
+        devices.push("net".to_string());
+    }
     GuestKey {
         kernel,
         initramfs: initrd,

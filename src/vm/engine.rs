@@ -184,7 +184,7 @@ fn start(
     let on_root = applied.as_ref().map(|a| a.launch(launch));
     let launch = on_root.as_ref().unwrap_or(launch);
     let policy = launch.policy;
-    let network = user_network(policy, engine)?;
+    let network = user_network(policy)?;
     let (spec, shares) = guest_spec(launch, engine.share_fs(), network.as_ref().map(|n| n.2))?;
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];
@@ -426,13 +426,9 @@ impl Run for VmRun {
 /// link the guest configures. None for the other modes.
 pub(super) fn user_network(
     policy: &Policy,
-    engine: Engine,
 ) -> Result<Option<(Helper, OwnedFd, GuestNet)>, VmError> {
     if policy.network != Network::User {
         return Ok(None);
-    }
-    if !engine.user_network() {
-        return Err(VmError::UserNetwork("on our own VMM (the builtin engine)"));
     }
     let link = passt::host_link().map_err(VmError::Confine)?;
     let (ours, theirs) = super::launch::socket_pair()?;

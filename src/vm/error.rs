@@ -27,7 +27,7 @@ pub(crate) enum VmError {
     /// The builtin engine's device slots.
     #[error(
         "the builtin engine offers at most {max} shared directories ({needed} needed: the system, /etc and one \
-         per bind source); use fewer binds or the qemu engine"
+         per bind source; a network device takes one more); use fewer binds or the qemu engine"
     )]
     TooManyShares { max: usize, needed: usize },
     /// Opening /dev/kvm for the builtin engine.
@@ -88,10 +88,10 @@ pub(crate) enum VmError {
     /// The guest's run specification is invalid.
     #[error("{0}")]
     Spec(String),
-    /// User-mode networking where a VM cannot have it (yet): on our own VMM, or a pool's warm VMs.
+    /// User-mode networking where a VM cannot have it (yet): a pool's warm VMs.
     #[error(
         "--net user (network = \"user\") is not available {0} yet: the namespace backend has it, and so \
-         has a VM of its own on the QEMU engine (--vm-engine qemu: a run or a session); or choose network \"none\""
+         has a VM of its own (a run or a session, on either engine); or choose network \"none\""
     )]
     UserNetwork(&'static str),
     /// A root filesystem that reached the guest's spec without being resolved into its layers.

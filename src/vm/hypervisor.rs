@@ -23,8 +23,6 @@ pub(crate) trait Hypervisor: Sync + std::fmt::Debug {
     fn max_shares(&self) -> Option<usize>;
     /// Whether its VMs are restored from (and saved into) a snapshot cache.
     fn snapshots(&self) -> bool;
-    /// Whether its guest can have a network device fed by passt ([`Request::net_fd`]).
-    fn user_network(&self) -> bool;
     /// How to start a machine for `request`: its program, arguments, descriptors and view.
     fn invocation(&self, request: &Request<'_>) -> Result<Invocation, VmError>;
 }
@@ -46,7 +44,7 @@ pub(crate) struct Request<'a> {
     /// The descriptor number of the serial console's socket in the VMM.
     pub console_fd: RawFd,
     /// The descriptor number, in the VMM, of the connected stream socket to passt that the guest's network
-    /// device sends its frames to (`network = "user"`; only for an engine with [`Hypervisor::user_network`]).
+    /// device sends its frames to (`network = "user"`).
     pub net_fd: Option<RawFd>,
 }
 

@@ -169,7 +169,8 @@ pub(crate) fn start_vm(
     cache: Option<&Path>,
     net: Option<&OwnedFd>,
 ) -> Result<Started, VmError> {
-    if let Some(max) = engine.max_shares()
+    // A network device takes a slot of its own.
+    if let Some(max) = engine.max_shares().map(|m| m - usize::from(net.is_some()))
         && shares.len() > max
     {
         return Err(VmError::TooManyShares {
@@ -184,9 +185,6 @@ pub(crate) fn start_vm(
         vmm_stderr: err_w,
     } = new_channels(with_stdin)?;
     let net_fd = match net {
-        Some(_) if !engine.user_network() => {
-            return Err(VmError::UserNetwork("on our own VMM (the builtin engine)"));
-        }
         Some(socket) => {
             let ours = socket.try_clone().map_err(|source| VmError::Dup {
                 what: "passt's socket",

@@ -182,7 +182,13 @@ impl Machine {
             // No link-status feature: the link is up from the start (passt holds the socket's other end
             // before QEMU starts), so the guest's gratuitous ARP when eth0 comes up is sent, not dropped
             // while the driver waits for a status update; passt learns the guest's MAC address from it.
-            push("virtio-net-device,netdev=net0,status=off".into());
+            // The MAC address our own VMM gives its guest: the same guest on either engine.
+            let mac = crate::vmm::process::GUEST_MAC
+                .map(|b| format!("{b:02x}"))
+                .join(":");
+            push(format!(
+                "virtio-net-device,netdev=net0,status=off,mac={mac}"
+            ));
         }
         for (i, s) in self.shares.iter().enumerate() {
             push("-fsdev".into());
@@ -220,10 +226,6 @@ impl Hypervisor for Qemu {
 
     fn snapshots(&self) -> bool {
         false
-    }
-
-    fn user_network(&self) -> bool {
-        true
     }
 
     fn invocation(&self, request: &Request<'_>) -> Result<Invocation, VmError> {

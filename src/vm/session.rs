@@ -253,7 +253,7 @@ pub(super) fn on_its_root<T>(
 
 fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
     // A VM of its own: with `network = "user"`, passt for it, held as long as the session.
-    let network = super::engine::user_network(launch.policy, engine)?;
+    let network = super::engine::user_network(launch.policy)?;
     let net = network.as_ref().map(|n| n.2);
     let (root, (spec, shares)) = on_its_root(launch, |l| session_spec(l, engine.share_fs(), net))?;
     let (memory_mib, cpus) = machine_size(launch.policy);

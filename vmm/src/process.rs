@@ -16,7 +16,12 @@ use serde::{Deserialize, Serialize};
 use super::virtio::VirtioDevice;
 use super::virtio::console::{Port, VirtioConsole};
 use super::virtio::fs::VirtioFs;
+use super::virtio::net::VirtioNet;
 use super::{Console, SnapshotOptions, VmConfig};
+
+/// The guest's MAC address on its network device (locally administered; passt learns it from the guest's
+/// first frame). Fixed, so a snapshot's guest and its restored copies agree.
+pub const GUEST_MAC: [u8; 6] = [0x02, 0x73, 0x62, 0x78, 0x00, 0x01];
 
 /// What the host tells the VMM process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +45,10 @@ pub struct ProcessConfig {
     pub ports: Vec<(String, RawFd)>,
     /// virtio-fs shares.
     pub shares: Vec<ShareConfig>,
+    /// The descriptor of a connected stream socket to passt (the user-mode network stack): the guest gets a
+    /// virtio-net device whose frames go there (`network = "user"`), after the shares.
+    #[serde(default)]
+    pub net_fd: Option<RawFd>,
     /// Snapshots: restore from one, or serve a save request.
     #[serde(default)]
     pub snapshot: Option<SnapshotConfig>,
@@ -139,6 +148,7 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
         serde_json::from_str(config_json).map_err(|e| ProcessError::Config(e.to_string()))?;
     let mut numbers: Vec<RawFd> = config.ports.iter().map(|(_, fd)| *fd).collect();
     numbers.extend([config.kvm_fd, config.console_fd]);
+    numbers.extend(config.net_fd);
     if let Some(s) = &config.snapshot {
         numbers.extend([s.channel_fd, s.file_fd]);
     }
@@ -165,6 +175,10 @@ fn run(config_json: &str) -> Result<super::VmReport, ProcessError> {
             VirtioFs::new(&s.tag, &s.path, s.readonly)
                 .map_err(|e| ProcessError::Device(e.to_string()))?,
         ));
+    }
+    if let Some(fd) = config.net_fd {
+        let socket = UnixStream::from(take_fd(fd, "passt's socket")?);
+        devices.push(Box::new(VirtioNet::new(socket, GUEST_MAC)));
     }
     let mut snapshots = SnapshotOptions::default();
     if let Some(s) = &config.snapshot {
@@ -499,9 +513,17 @@ mod tests {
             console_fd: 900,
             ports: vec![],
             shares: vec![],
+            net_fd: None,
             snapshot: None,
         };
         let err = run(&serde_json::to_string(&c).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("repeat"), "{err}");
+        let net = ProcessConfig {
+            console_fd: 901,
+            net_fd: Some(901),
+            ..c.clone()
+        };
+        let err = run(&serde_json::to_string(&net).unwrap()).unwrap_err();
         assert!(err.to_string().contains("repeat"), "{err}");
         let c = ProcessConfig {
             console_fd: 901,

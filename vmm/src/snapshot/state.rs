@@ -296,6 +296,8 @@ pub enum DeviceState {
     Console(ConsoleState),
     /// A virtio-fs share (saved only before any FUSE session: see the module docs).
     Fs(FsState),
+    /// A network card (saved only with no frame in flight to or from passt).
+    Net(NetState),
 }
 
 /// A virtio-console.
@@ -342,6 +344,24 @@ pub struct FsState {
     pub acked: u64,
     /// The device's queues while it runs.
     pub queues: Option<Vec<QueueState>>,
+}
+
+/// A virtio-net device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetState {
+    /// Features the driver accepted.
+    pub acked: u64,
+    /// The queues while the device runs.
+    pub active: Option<NetActive>,
+}
+
+/// A running virtio-net device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetActive {
+    /// The receive and the transmit queue.
+    pub queues: Vec<QueueState>,
 }
 
 #[cfg(test)]

@@ -1,17 +1,18 @@
 //! Virtio devices of the builtin VMM: the virtio-mmio transport ([`mmio`]) and the devices behind it
-//! (console ports, virtio-fs). A device implements [`VirtioDevice`]; the transport owns the register file,
-//! the feature negotiation and the queues' configuration, and hands the ready queues to the device when the
-//! driver sets DRIVER_OK ([`VirtioDevice::activate`]).
+//! (console ports, virtio-fs, virtio-net to passt). A device implements [`VirtioDevice`]; the transport
+//! owns the register file, the feature negotiation and the queues' configuration, and hands the ready
+//! queues to the device when the driver sets DRIVER_OK ([`VirtioDevice::activate`]).
 //!
 //! Threads: register accesses, and so [`VirtioDevice::queue_notify`], run on the vCPU thread (an MMIO exit).
-//! A device that also waits on host descriptors (console input) runs its own thread from `activate`. Every
-//! device treats guest memory and the rings as hostile: a malformed chain is skipped (and counted), never
-//! a panic, a hang or an out-of-range access.
+//! A device that also waits on host descriptors (console input, network frames) runs its own thread from
+//! `activate`. Every device treats guest memory and the rings as hostile: a malformed chain is skipped (and
+//! counted), never a panic, a hang or an out-of-range access.
 
 pub mod chain;
 pub mod console;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -113,7 +114,7 @@ pub enum StateError {
 
 /// A virtio device behind the transport.
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (3 console, 26 fs).
+    /// The virtio device ID (1 net, 3 console, 26 fs).
     fn device_type(&self) -> u32;
     /// What the guest knows of the device, for matching a snapshot to a VM (e.g. console port names).
     fn describe(&self) -> String {

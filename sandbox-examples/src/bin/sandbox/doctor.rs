@@ -108,7 +108,7 @@ pub(crate) fn doctor(json: bool) -> ExitCode {
     println!(
         "user network, VM: {}",
         match &report.passt {
-            Some(p) => format!("passt {} (QEMU engine, single runs)", p.display()),
+            Some(p) => format!("passt {} (a VM of its own: runs and sessions)", p.display()),
             None => "unavailable: no passt on the PATH (apt-get install passt)".into(),
         }
     );

@@ -115,7 +115,7 @@ enum NetArg {
     Host,
     /// A network namespace of its own connected through pasta (Debian package passt): outbound TCP, UDP and
     /// DNS; never the host's loopback services; --publish binds host ports. Namespace backend, and a VM of
-    /// its own on the QEMU engine (passt).
+    /// its own (passt), on either engine.
     User,
 }
 
