@@ -346,3 +346,157 @@ fn a_vm_sessions_commands_reach_the_network() {
     s.stop(Duration::from_secs(2)).unwrap();
     assert_eq!(passts(), Vec::<u32>::new(), "passt ended with the session");
 }
+
+/// A pool made with user networking (QEMU engine): every VM gets a passt of its own when it boots. Two runs
+/// on the same warm VM reach the network (the guest configures `eth0` once), a run with `network = "none"`
+/// on it sees only its loopback, a pooled session reaches the network too; publishing is refused (a warm
+/// VM's passt predates its runs), and so is `user` on a pool without it, both with the way out. Every
+/// passt ends with the pool.
+#[test]
+fn a_pool_with_user_networking_gives_its_runs_and_sessions_the_network() {
+    if !inside("a_pool_with_user_networking_gives_its_runs_and_sessions_the_network") {
+        return;
+    }
+    use sandkasten::{PoolOptions, VmPool};
+    let accepted = servers::greeter((SERVER, 7000).into(), "hello, pool\n");
+    let connect = format!(
+        "import socket\n\
+         print(socket.create_connection(('{SERVER}', 7000), timeout=10).recv(100).decode(), end='')\n\
+         print(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]))"
+    );
+    let pool = VmPool::new(PoolOptions {
+        engine: VmEngine::Qemu,
+        max_idle: 1,
+        max_vms: 1,
+        user_network: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let run = |policy: Policy| {
+        let mut s = python(&connect, policy);
+        s.vm_pool(&pool);
+        s.output().unwrap()
+    };
+    for round in 1..=2u32 {
+        let o = run(user());
+        assert_eq!(ok(&o), "hello, pool\n['eth0', 'lo']\n", "round {round}");
+        assert_eq!(o.vm.as_ref().map(|v| v.warm), Some(round == 2));
+        assert!(
+            o.enforced
+                .network
+                .helper
+                .as_deref()
+                .is_some_and(|h| h.starts_with("passt /")),
+            "{:?}",
+            o.enforced.network
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), round);
+    }
+    assert_eq!(passts().len(), 1, "one passt for the pool's one VM");
+    let lo_only = python(
+        "print(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]))",
+        Policy::default(),
+    )
+    .vm_pool(&pool)
+    .output()
+    .unwrap();
+    assert_eq!(ok(&lo_only), "['lo']\n");
+    assert_eq!(lo_only.enforced.network.helper, None);
+    let published = run(user().publish(Publish::tcp(18081, 8080)));
+    let Status::SetupFailed(f) = &published.status else {
+        panic!("{published:?}")
+    };
+    assert!(f.message.contains("need a VM of its own"), "{}", f.message);
+
+    let s = sandkasten::Session::start_pooled(user(), &pool).unwrap();
+    let o = s
+        .command("/usr/bin/python3")
+        .args(["-c", &connect])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), "hello, pool\n['eth0', 'lo']\n");
+    assert!(s.enforced().network.helper.is_some(), "{:?}", s.enforced());
+    s.stop(Duration::from_secs(2)).unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    drop(pool);
+    assert_eq!(
+        passts(),
+        Vec::<u32>::new(),
+        "every passt ended with the pool"
+    );
+
+    let plain = VmPool::new(PoolOptions {
+        engine: VmEngine::Qemu,
+        ..Default::default()
+    })
+    .unwrap();
+    let o = Sandbox::new("/bin/true")
+        .vm_pool(&plain)
+        .policy(user())
+        .output()
+        .unwrap();
+    let Status::SetupFailed(f) = &o.status else {
+        panic!("{o:?}")
+    };
+    assert!(
+        f.message.contains("PoolOptions::user_network"),
+        "{}",
+        f.message
+    );
+}
+
+/// A detached VM session (its keeper process holds the VM and passt): an attached client's commands reach
+/// the network, and passt ends when the session is stopped.
+#[test]
+fn a_detached_vm_sessions_commands_reach_the_network() {
+    if !inside("a_detached_vm_sessions_commands_reach_the_network") {
+        return;
+    }
+    use sandkasten::{Detach, Session};
+    let accepted = servers::greeter((SERVER, 7000).into(), "hello, detached\n");
+    let dir = testkit::TempDir::new("net-vm-detached");
+    let d = Session::create(
+        user(),
+        Detach::new(dir.path().join("ctl.sock"), dir.path().join("status")).vm(VmEngine::Qemu),
+    )
+    .unwrap();
+    let keeper = d.pid as i32;
+    // Kills and reaps the keeper (and with it the VM and passt) if an assertion fails first.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: signals and reaps this test's own child; no memory is passed.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    let reap = Reap(keeper);
+    let s = Session::attach(&d).unwrap();
+    let o = s
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket\n\
+                 print(socket.create_connection(('{SERVER}', 7000), timeout=10).recv(100).decode(), end='')"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), "hello, detached\n");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let passt = passts();
+    assert_eq!(passt.len(), 1, "{passt:?}");
+    s.stop(Duration::from_secs(2)).unwrap();
+    let mut status = 0;
+    // SAFETY: waits for this test's own child; `status` is writable.
+    assert_eq!(unsafe { libc::waitpid(keeper, &mut status, 0) }, keeper);
+    std::mem::forget(reap);
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !std::path::Path::new(&format!("/proc/{}", passt[0])).exists()
+    });
+    assert!(gone, "passt {} outlived the detached session", passt[0]);
+}

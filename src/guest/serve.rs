@@ -16,6 +16,8 @@ use crate::{Outcome, Stdio};
 #[derive(Default)]
 pub(crate) struct Server {
     mounted: BTreeSet<String>,
+    /// `eth0`'s configuration, made at the first run that asked for `network = "user"`.
+    net: Option<crate::protocol::GuestNet>,
     served: usize,
     /// The previous run's stdin reader, which consumes the host's frames up to that run's end frame.
     stdin_drain: Option<JoinHandle<()>>,
@@ -52,6 +54,20 @@ impl Server {
             }
         }
         mounts::make_links(&spec.links)?;
+        if let Some(net) = &spec.net
+            && self.net.as_ref() != Some(net)
+        {
+            if self.net.is_some() {
+                return Err(GuestError::BadSpec {
+                    from: "control_port",
+                    message:
+                        "a warm VM's eth0 is configured once, and this run asks for another link"
+                            .into(),
+                });
+            }
+            super::network(net)?;
+            self.net = Some(*net);
+        }
 
         let (stdin_port, stdout_port, stderr_port) = (
             port(&channels.stdin)?,

@@ -209,16 +209,10 @@ impl RunSpec {
         {
             return Err(format!("cwd {cwd:?} is not absolute"));
         }
-        if let Some(n) = &self.net {
-            if n.prefix == 0 || n.prefix > 32 {
-                return Err(format!("net prefix {} is not 1 to 32", n.prefix));
-            }
-            if self.serve {
-                return Err(
-                    "net (a VM's user-mode network) is for a VM of its own, not a served warm VM"
-                        .into(),
-                );
-            }
+        if let Some(n) = &self.net
+            && (n.prefix == 0 || n.prefix > 32)
+        {
+            return Err(format!("net prefix {} is not 1 to 32", n.prefix));
         }
         self.policy.validate().map_err(|e| e.to_string())
     }

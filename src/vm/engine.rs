@@ -431,14 +431,28 @@ pub(super) fn user_network(
         return Ok(None);
     }
     let link = passt::host_link().map_err(VmError::Confine)?;
+    let (helper, socket) = start_passt(&link, &policy.publish)?;
+    Ok(Some((helper, socket, guest_net(&link))))
+}
+
+/// passt for a guest on `link`, publishing `publish`: its helper (passt ends when it is dropped) and the
+/// VMM's end of its socket.
+pub(super) fn start_passt(
+    link: &passt::Link,
+    publish: &[Publish],
+) -> Result<(Helper, OwnedFd), VmError> {
     let (ours, theirs) = super::launch::socket_pair()?;
-    let helper = passt::start(&link, &policy.publish, theirs).map_err(VmError::Confine)?;
-    let net = GuestNet {
+    let helper = passt::start(link, publish, theirs).map_err(VmError::Confine)?;
+    Ok((helper, OwnedFd::from(ours)))
+}
+
+/// What the guest's agent configures `eth0` with.
+pub(super) fn guest_net(link: &passt::Link) -> GuestNet {
+    GuestNet {
         address: link.address,
         prefix: link.prefix,
         gateway: link.gateway,
-    };
-    Ok(Some((helper, OwnedFd::from(ours), net)))
+    }
 }
 
 /// What the verdict's network says of a VM's passt (the guest reports the mode; the stack is here).

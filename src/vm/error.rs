@@ -88,12 +88,19 @@ pub(crate) enum VmError {
     /// The guest's run specification is invalid.
     #[error("{0}")]
     Spec(String),
-    /// User-mode networking where a VM cannot have it (yet): a pool's warm VMs.
+    /// User-mode networking on a pool whose VMs have no network device.
     #[error(
-        "--net user (network = \"user\") is not available {0} yet: the namespace backend has it, and so \
-         has a VM of its own (a run or a session, on either engine); or choose network \"none\""
+        "network = \"user\" (--net user) on a VM pool's warm VMs needs a pool made with user networking \
+         (PoolOptions::user_network: each of its VMs gets a passt of its own); a VM of its own and the \
+         namespace backend have it too; or choose network \"none\""
     )]
-    UserNetwork(&'static str),
+    PoolNetwork,
+    /// Published ports on a pool's warm VM, whose passt was started before the run.
+    #[error(
+        "published ports (--publish) need a VM of its own or the namespace backend: a pool's warm VM got its \
+         passt when it booted, before any run, so it publishes nothing"
+    )]
+    PoolPublish,
     /// A root filesystem that reached the guest's spec without being resolved into its layers.
     #[error(
         "a root filesystem (`rootfs` with `dir` or `image`) reached the VM's run spec unresolved: this is a bug \

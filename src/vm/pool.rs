@@ -45,6 +45,7 @@ use crate::policy::Policy;
 use crate::protocol::RunSpec;
 
 mod channels;
+mod network;
 mod run;
 mod sessions;
 pub(super) mod snapshot;
@@ -82,6 +83,10 @@ pub struct PoolOptions {
     /// Builtin engine: VMs are restored from a snapshot of the same booted guest instead of booting, and a
     /// boot without one saves it ([`SnapshotCache`](crate::SnapshotCache)).
     pub snapshots: SnapshotCache,
+    /// User-mode networking: every VM gets a network device and a passt of its own when it boots (ended
+    /// with the VM), and runs and sessions may ask for [`Network::User`](crate::Network::User), though not
+    /// publish ports (a VM's passt is started before its runs). Off by default: no device, no passt.
+    pub user_network: bool,
 }
 
 impl Default for PoolOptions {
@@ -94,6 +99,7 @@ impl Default for PoolOptions {
             shares: Vec::new(),
             engine: crate::VmEngine::Auto,
             snapshots: SnapshotCache::default(),
+            user_network: false,
         }
     }
 }
@@ -129,6 +135,8 @@ struct PoolInner {
     shares: Vec<Share>,
     /// The VMM.
     engine: engine::Engine,
+    /// With [`PoolOptions::user_network`]: the guests' link, read once from the host's default route.
+    link: Option<crate::namespace::network::passt::Link>,
     base: RunSpec,
     /// The canonical pool share directories, in the order of [`PoolOptions::shares`], with their share index.
     roots: Vec<(PathBuf, bool, usize)>,
@@ -225,11 +233,13 @@ impl VmPool {
             })
             .collect::<Result<Vec<_>, VmError>>()?;
         debug_assert!(extra <= shares.len());
+        let link = network::link(&options)?;
         Ok(VmPool {
             inner: Arc::new(PoolInner {
                 options,
                 shares,
                 engine: vmm,
+                link,
                 base,
                 roots,
                 state: Mutex::new(PoolState::default()),
@@ -308,16 +318,19 @@ impl VmPool {
         let cache = o.snapshots.dir();
         let start = || {
             let (shares, engine) = (&self.inner.shares, self.inner.engine);
-            launch::start_vm(
+            let passt = self.inner.passt()?;
+            let started = launch::start_vm(
                 engine,
                 shares,
                 (o.memory_mib, o.cpus),
                 true,
                 None,
                 cache.as_deref(),
-                None,
-            )
-            .and_then(|s| WarmVm::start(s, limit))
+                passt.as_ref().map(|p| &p.1),
+            )?;
+            let mut vm = WarmVm::start(started, limit)?;
+            vm.passt = passt.map(|p| p.0);
+            Ok::<_, VmError>(vm)
         };
         let vm = start().or_else(|f| {
             if !f.is_restore_failure() {
@@ -366,6 +379,7 @@ impl VmPool {
     /// [`VmPool::session`]).
     fn spec(&self, launch: &Launch<'_>, session: bool) -> Result<RunSpec, VmError> {
         let mut base = self.inner.base.clone();
+        base.net = self.inner.guest_net(launch.policy)?;
         base.serve = !session;
         base.session = session;
         run_spec(launch, base, |_, src, real, writable| {
@@ -411,8 +425,10 @@ impl VmPool {
         if vm.warm {
             self.inner.warm_runs.fetch_add(1, Ordering::Relaxed);
         }
+        let user_network = spec.net.is_some();
         let mut run = vm.begin(spec, stdin_source, targets, self.inner.clone())?;
         run.root = root;
+        run.user_network = user_network;
         Ok(run)
     }
 }
@@ -472,6 +488,8 @@ struct WarmVm {
     info: VmInfo,
     /// Served a run already, or was prewarmed.
     warm: bool,
+    /// With [`PoolOptions::user_network`]: the VM's passt, ended with the VM.
+    passt: Option<crate::namespace::network::pasta::Helper>,
 }
 
 impl std::fmt::Debug for WarmVm {
@@ -539,6 +557,7 @@ impl WarmVm {
             threads,
             info: VmInfo::default(),
             warm: false,
+            passt: None,
         };
         let limit = Instant::now() + boot_limit;
         let (mut snapshot, restored) = match restore_snapshot(snapshot, &vm.control, boot_limit) {

@@ -31,10 +31,10 @@ pub(super) fn run_spec(
     base: RunSpec,
     mut place: impl FnMut(usize, &Path, PathBuf, bool) -> Result<Placed, VmError>,
 ) -> Result<RunSpec, VmError> {
-    // A pool's warm VM has no user-mode stack to connect (a VM of its own comes with its `net`): refused,
-    // rather than a run without the network it asked for.
+    // A warm VM of a pool without user networking has no user-mode stack to connect (a VM of its own, or
+    // of a pool with it, comes with its `net`): refused, rather than a run without the network it asked for.
     if launch.policy.network == Network::User && base.net.is_none() {
-        return Err(VmError::UserNetwork("on a VM pool's warm VMs"));
+        return Err(VmError::PoolNetwork);
     }
     let mut spec = base;
     let mut policy = launch.policy.clone();
@@ -282,10 +282,10 @@ mod tests {
         let launch = true_on(&policy);
         // A warm VM's spec (no link of its own): refused, with the way out.
         let err = guest_spec(&launch, ShareFs::Virtiofs, None).unwrap_err();
-        assert!(matches!(err, VmError::UserNetwork(_)), "{err}");
+        assert!(matches!(err, VmError::PoolNetwork), "{err}");
         assert!(
             err.to_string()
-                .contains("is not available on a VM pool's warm VMs yet"),
+                .contains("needs a pool made with user networking (PoolOptions::user_network"),
             "{err}"
         );
         // A cold run's spec carries its link to the agent.

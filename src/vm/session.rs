@@ -54,8 +54,9 @@ pub(crate) struct VmSession {
     pub(super) on_end: Option<OnEnd>,
     /// The VM: its engine, accelerator, boot time, whether it was restored or booted ahead (in the verdict).
     pub(super) info: VmInfo,
-    /// With `network = "user"`: passt, ended when the session is dropped.
-    network: Option<crate::namespace::network::pasta::Helper>,
+    /// With `network = "user"` (or on a pool with user networking): passt, ended when the session is
+    /// dropped.
+    pub(super) network: Option<crate::namespace::network::pasta::Helper>,
 }
 
 /// What to do once a session's VM is gone.

@@ -32,6 +32,8 @@ pub(crate) struct PooledRun {
     pidfd: OwnedFd,
     pool: Arc<PoolInner>,
     result: Option<RunEnd>,
+    /// The run asked for `network = "user"` (its verdict names the VM's passt).
+    pub(super) user_network: bool,
     /// A root of its own: holds the image's layers until the run ends; completes the guest's report.
     pub(super) root: Option<crate::namespace::rootfs::Root>,
 }
@@ -57,6 +59,7 @@ impl PooledRun {
             pidfd,
             pool,
             result: None,
+            user_network: false,
             root: None,
         }
     }
@@ -172,6 +175,11 @@ impl Run for PooledRun {
         outcome.backend = BackendKind::Vm;
         outcome.usage.wall = wall;
         outcome.vm = Some(info);
+        if self.user_network
+            && let Some(passt) = &vm.passt
+        {
+            crate::vm::engine::report_network(&mut outcome.enforced.network, passt, &[]);
+        }
         super::super::run_spec::report_root(&mut outcome, self.root.as_ref());
         let healthy = end.broken.is_none() && end.verdict.is_some() && !host_timeout;
         let mut vm = vm;

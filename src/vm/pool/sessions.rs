@@ -9,8 +9,8 @@ use super::VmPool;
 use crate::error::Error;
 use crate::namespace::Launch;
 use crate::outcome::SetupFailure;
-use crate::vm::launch;
 use crate::vm::session::{self, Boot, OnEnd, VmSession};
+use crate::vm::{engine, launch};
 
 impl VmPool {
     /// Boots VMs until `n` wait for sessions (at most [`PoolOptions::max_idle`](super::PoolOptions), and
@@ -50,6 +50,11 @@ impl VmPool {
         vm.info.warm = warm;
         // On failure the VM is dropped: it ends and frees its place.
         vm.assign(&spec)?;
+        if spec.net.is_some()
+            && let Some(passt) = &vm.network
+        {
+            engine::report_network(&mut vm.enforced.network, passt, &[]);
+        }
         Ok(vm)
     }
 
@@ -92,17 +97,19 @@ impl VmPool {
         let limit = inner.engine.boot_limit();
         let cache = o.snapshots.dir();
         let start = || {
-            launch::start_vm(
+            let passt = inner.passt()?;
+            let started = launch::start_vm(
                 inner.engine,
                 &inner.shares,
                 (o.memory_mib, o.cpus),
                 true,
                 None,
                 cache.as_deref(),
-                None,
-            )
-            .map_err(Boot::from)
-            .and_then(|s| session::boot(s, limit))
+                passt.as_ref().map(|p| &p.1),
+            )?;
+            let mut vm = session::boot(started, limit)?;
+            vm.network = passt.map(|p| p.0);
+            Ok::<_, Boot>(vm)
         };
         let vm = start().or_else(|f| match f {
             Boot::Vm(e) if e.is_restore_failure() => {
