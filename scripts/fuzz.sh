@@ -2,7 +2,7 @@
 # Fuzzes the parsers that read untrusted input (fuzz/fuzz_targets/):
 #   policy_toml     policy files: Policy::from_toml_str, validate, the seccomp compiler, the namespace planner
 #   run_spec_json   the host-guest channel: RunSpec::from_json + validate, find_verdict, Outcome::from_report_json
-#   virtqueue       hostile virtio split queues fed to our devices (console ports, virtio-fs) and walked raw
+#   virtqueue       hostile virtio split queues fed to our devices (console ports, virtio-fs, virtio-net) and walked raw
 #   layer_apply     image layers (uncompressed tars) applied by the image store into a fresh directory
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]    each target for SECONDS (default 20, as in CI); all by default

@@ -1,5 +1,5 @@
 //! A virtio split queue whose guest memory is all fuzz bytes: the descriptor table, the available ring and
-//! every buffer are the guest driver's to forge. A device front-end pops chains with `virtio-queue` and walks
+//! every buffer are the guest driver's to forge (and, for virtio-net, the host peer's stream too). A device front-end pops chains with `virtio-queue` and walks
 //! them the way our devices do (readable then writable descriptors, `Reader`/`Writer`, `add_used`,
 //! notification suppression). Whatever the bytes, it must end: no panic, no hang, no access outside guest
 //! memory.
@@ -9,6 +9,7 @@
 #![no_main]
 
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
@@ -136,11 +137,23 @@ fn walk(queue: &mut Queue, mem: &GuestMemoryMmap) {
 
 /// Our virtio devices, fresh for each input.
 ///
-/// ==== DEVICES: add each virtio device of `vmm/src/virtio/` here once it exists (console, fs) ====
+/// ==== DEVICES: add each virtio device of `vmm/src/virtio/` here once it exists (console, fs, net) ====
 /// e.g. `Box::new(sandkasten_vmm::virtio::console::Console::new(...))`. `drive` below hands it queues built
-/// from the same fuzz header, activates it and notifies every queue.
-fn devices() -> Vec<Box<dyn VirtioDevice>> {
+/// from the same fuzz header, activates it and notifies every queue. `stream` is what a hostile host peer
+/// (passt) sends; the host ends returned must live until the devices are reset.
+fn devices(stream: &[u8]) -> (Vec<Box<dyn VirtioDevice>>, Vec<UnixStream>) {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut hosts = Vec::new();
+    // virtio-net: passt's end has already sent `stream` (frame lengths and frames as the bytes fall).
+    if let Ok((ours, theirs)) = UnixStream::pair() {
+        let _ = theirs.set_nonblocking(true);
+        let _ = (&theirs).write(stream);
+        out.push(Box::new(sandkasten_vmm::virtio::net::VirtioNet::new(
+            ours,
+            [0x02, 0, 0, 0, 0, 1],
+        )));
+        hosts.push(theirs);
+    }
     // Console: two named ports whose host ends are dropped at once (a vanished host is one of the cases).
     if let Ok((console, _hosts)) =
         sandkasten_vmm::virtio::console::VirtioConsole::with_socketpairs(&["a", "b"])
@@ -158,7 +171,7 @@ fn devices() -> Vec<Box<dyn VirtioDevice>> {
     if let Ok(fs) = sandkasten_vmm::virtio::fs::VirtioFs::new("fuzz", dir, true) {
         out.push(Box::new(fs));
     }
-    out
+    (out, hosts)
 }
 
 /// Activates `dev` with queues the fuzz header describes (queue `i` shifted by `i` pages, so that each has
@@ -200,7 +213,10 @@ fuzz_target!(|data: &[u8]| {
     walk(&mut queue, &mem);
     // A second pass over the same rings after the device published used entries (indices wrapped around).
     walk(&mut queue, &mem);
-    for mut dev in devices() {
+    // The guest memory's first bytes double as the host peer's stream.
+    let stream = &data[Header::LEN..data.len().min(Header::LEN + 4096)];
+    let (devices, _hosts) = devices(stream);
+    for mut dev in devices {
         drive(dev.as_mut(), &header, &mem);
     }
 });
