@@ -49,6 +49,20 @@ fn ok(o: &Outcome) -> String {
     text(&o.stdout)
 }
 
+/// A session's command that prints what the test network's greeter (port 7000) says.
+fn greeting(s: &sandkasten::Session) -> Outcome {
+    s.command("/usr/bin/python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket\n\
+                 print(socket.create_connection(('{SERVER}', 7000), timeout=10).recv(100).decode(), end='')"
+            ),
+        ])
+        .output()
+        .unwrap()
+}
+
 /// The live passt processes among this process's descendants, by their command name (`passt`, or
 /// `passt.avx2`, which Debian's passt executes where the CPU has AVX2). Not by the command line: passt
 /// clears it once it runs.
@@ -328,18 +342,7 @@ fn a_vm_sessions_commands_reach_the_network() {
         s.enforced().network
     );
     for _ in 0..2 {
-        let o = s
-            .command("/usr/bin/python3")
-            .args([
-                "-c",
-                &format!(
-                    "import socket\n\
-                     print(socket.create_connection(('{SERVER}', 7000), timeout=10).recv(100).decode(), end='')"
-                ),
-            ])
-            .output()
-            .unwrap();
-        assert_eq!(ok(&o), "hello, session\n");
+        assert_eq!(ok(&greeting(&s)), "hello, session\n");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     assert_eq!(passts().len(), 1);
@@ -474,18 +477,7 @@ fn a_detached_vm_sessions_commands_reach_the_network() {
     }
     let reap = Reap(keeper);
     let s = Session::attach(&d).unwrap();
-    let o = s
-        .command("/usr/bin/python3")
-        .args([
-            "-c",
-            &format!(
-                "import socket\n\
-                 print(socket.create_connection(('{SERVER}', 7000), timeout=10).recv(100).decode(), end='')"
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(ok(&o), "hello, detached\n");
+    assert_eq!(ok(&greeting(&s)), "hello, detached\n");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     let passt = passts();
     assert_eq!(passt.len(), 1, "{passt:?}");
