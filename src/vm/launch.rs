@@ -170,7 +170,9 @@ pub(crate) fn start_vm(
     net: Option<&OwnedFd>,
 ) -> Result<Started, VmError> {
     // A network device takes a slot of its own.
-    if let Some(max) = engine.max_shares().map(|m| m - usize::from(net.is_some()))
+    if let Some(max) = engine
+        .max_shares()
+        .map(|m| m.saturating_sub(usize::from(net.is_some())))
         && shares.len() > max
     {
         return Err(VmError::TooManyShares {
