@@ -49,6 +49,13 @@ fn ok(o: &Outcome) -> String {
     text(&o.stdout)
 }
 
+/// Whether a verdict's network names passt as the helper (the VM's stack, filled in on the host).
+fn names_passt(n: &sandkasten::outcome::NetworkEnforced) -> bool {
+    n.helper
+        .as_deref()
+        .is_some_and(|h| h.starts_with("passt /"))
+}
+
 /// A session's command that prints what the test network's greeter (port 7000) says.
 fn greeting(s: &sandkasten::Session) -> Outcome {
     s.command("/usr/bin/python3")
@@ -142,12 +149,7 @@ fn a_vm_reaches_the_network_through_passt_and_not_the_hosts_loopback() {
     assert!(unix.accept().is_err(), "the abstract socket was reached");
     let n = &o.enforced.network;
     assert_eq!(n.mode, "user");
-    assert!(
-        n.helper
-            .as_deref()
-            .is_some_and(|h| h.starts_with("passt /")),
-        "{n:?}"
-    );
+    assert!(names_passt(n), "{n:?}");
     assert_eq!(n.dns_forward.as_deref(), Some("169.254.0.53"));
     assert_eq!(o.vm.as_ref().map(|v| v.engine.as_str()), Some("qemu"));
     assert_eq!(passts(), Vec::<u32>::new(), "passt ended with the run");
@@ -247,15 +249,7 @@ fn our_own_vmm_gives_a_vm_user_networking_booted_and_restored() {
         let vm = o.vm.as_ref().unwrap();
         assert_eq!(vm.engine, "builtin");
         assert_eq!(vm.restored, restored, "round {round}: {vm:?}");
-        assert!(
-            o.enforced
-                .network
-                .helper
-                .as_deref()
-                .is_some_and(|h| h.starts_with("passt /")),
-            "{:?}",
-            o.enforced.network
-        );
+        assert!(names_passt(&o.enforced.network), "{:?}", o.enforced.network);
         assert_eq!(accepted.load(Ordering::SeqCst), round);
         assert_eq!(passts(), Vec::<u32>::new(), "passt ended with the run");
     }
@@ -333,11 +327,7 @@ fn a_vm_sessions_commands_reach_the_network() {
     let accepted = servers::greeter((SERVER, 7000).into(), "hello, session\n");
     let s = sandkasten::Session::start_vm(user(), VmEngine::Qemu).unwrap();
     assert!(
-        s.enforced()
-            .network
-            .helper
-            .as_deref()
-            .is_some_and(|h| h.starts_with("passt /")),
+        names_passt(&s.enforced().network),
         "{:?}",
         s.enforced().network
     );
@@ -384,15 +374,7 @@ fn a_pool_with_user_networking_gives_its_runs_and_sessions_the_network() {
         let o = run(user());
         assert_eq!(ok(&o), "hello, pool\n['eth0', 'lo']\n", "round {round}");
         assert_eq!(o.vm.as_ref().map(|v| v.warm), Some(round == 2));
-        assert!(
-            o.enforced
-                .network
-                .helper
-                .as_deref()
-                .is_some_and(|h| h.starts_with("passt /")),
-            "{:?}",
-            o.enforced.network
-        );
+        assert!(names_passt(&o.enforced.network), "{:?}", o.enforced.network);
         assert_eq!(accepted.load(Ordering::SeqCst), round);
     }
     assert_eq!(passts().len(), 1, "one passt for the pool's one VM");

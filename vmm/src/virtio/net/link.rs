@@ -233,13 +233,14 @@ impl Output {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::io::Read;
     use std::time::Duration;
 
     use super::*;
 
-    fn framed(frames: &[&[u8]]) -> Vec<u8> {
+    /// `frames` with passt's length prefixes (also for the device's tests).
+    pub(in crate::virtio::net) fn framed(frames: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for f in frames {
             out.extend((f.len() as u32).to_be_bytes());

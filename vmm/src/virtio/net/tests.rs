@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::link::tests::framed;
 use super::*;
 use crate::virtio::testing::{self, Buf, DriverQueue};
 
@@ -223,16 +224,6 @@ impl Rig {
             }
         }
     }
-}
-
-/// `frames` with passt's length prefixes.
-fn framed(frames: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for f in frames {
-        out.extend((f.len() as u32).to_be_bytes());
-        out.extend(*f);
-    }
-    out
 }
 
 /// An Ethernet frame of `len` bytes whose contents tell it apart.
