@@ -313,6 +313,7 @@ conformance!(
     setup_failure_in_the_verdict,
     arg0_is_the_programs_own,
     bounded_output,
+    many_small_writes,
     wall_timeout_kills_the_tree,
     no_privileges,
     seccomp_denials_reported,

@@ -326,3 +326,22 @@ pub(super) fn output_streams(b: B) {
     assert_eq!(rest, "third go\n");
     assert_eq!(child.wait().unwrap().status, Status::Exited(0));
 }
+
+/// Output written in many small writes (busybox `seq`, through stdio) reaches the caller whole and in order
+/// on both streams (in a VM, each write is one buffer of a virtio-serial port).
+pub(super) fn many_small_writes(b: B) {
+    let o = sh(b, "seq 1 30000; seq 1 20000 >&2", Policy::default());
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    let numbers = |n: u32| (1..=n).map(|i| format!("{i}\n")).collect::<String>();
+    let stdout = out(&o);
+    assert!(
+        stdout == numbers(30000),
+        "stdout whole and in order ({} bytes)",
+        stdout.len()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr) == numbers(20000),
+        "stderr whole and in order ({} bytes)",
+        o.stderr.len()
+    );
+}

@@ -296,6 +296,11 @@ impl Floor {
     /// One run; `clock`, when given, receives the time after each step (nanoseconds, `CLOCK_MONOTONIC`),
     /// index 0 the child's start. True when `/bin/true` exited 0.
     fn run(&self, clock: Option<&Shared>) -> bool {
+        // Two threads running cases at once: a child cloned while another thread's release pipe is open
+        // would hold that pipe's write end until its exec, and each child could wait for the other's. From the
+        // pipe's creation to the release, one thread at a time (the children's work and the waits overlap).
+        static RELEASE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = RELEASE.lock().unwrap_or_else(|e| e.into_inner());
         let mut ready = [0i32; 2];
         // SAFETY: `ready` has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -342,6 +347,7 @@ impl Floor {
         let mapped = maps.iter().all(|(p, v)| std::fs::write(p, v).is_ok());
         // SAFETY: closing the write end releases the child (end of file on its read end).
         unsafe { libc::close(ready[1]) };
+        drop(guard);
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };

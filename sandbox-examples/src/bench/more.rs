@@ -31,7 +31,34 @@ fn throughput(
     total as f64 / secs as f64
 }
 
-/// Two concurrent spawners of `/bin/true` for `secs` seconds: the library in-process versus bwrap.
+/// Runs a case made by `make` (one per thread) on `threads` threads for `secs` seconds; returns completed
+/// runs per second.
+fn throughput_each<F: FnMut() -> bool>(
+    threads: usize,
+    secs: u64,
+    make: impl Fn() -> F + Send + Sync + Copy + 'static,
+) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut case = make();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    if case() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / secs as f64
+}
+
+/// Two concurrent spawners of `/bin/true` for `secs` seconds: the library in-process versus bwrap, and the
+/// kernel's floor for the same view (`floor-init` of [`super::floor`], two at a time).
 pub fn concurrent(secs: u64, bwrap_view: &'static [&'static str]) {
     println!("\nthroughput: 2 concurrent spawners of /bin/true for {secs} s each");
     let ours = throughput(2, secs, || {
@@ -48,10 +75,13 @@ pub fn concurrent(secs: u64, bwrap_view: &'static [&'static str]) {
             .status()
             .is_ok_and(|s| s.success())
     });
+    let floor = throughput_each(2, secs, || super::floor::case(true));
     println!("{:<16} {:>10.1} runs/s", "lib (in-process)", ours);
     println!("{:<16} {:>10.1} runs/s", "bwrap", bwrap);
+    println!("{:<16} {:>10.1} runs/s", "floor-init", floor);
     if bwrap > 0.0 {
         println!("{:<16} {:>10.2}x", "ours / bwrap", ours / bwrap);
+        println!("{:<16} {:>10.2}x", "floor / bwrap", floor / bwrap);
     }
 }
 
