@@ -130,6 +130,8 @@ pub struct Planner {
     pub(super) idmap_binds: Vec<PathBuf>,
     /// The host files [`Op::CopyFile`] copies, open for reading.
     pub(super) copies: Vec<std::os::fd::OwnedFd>,
+    /// Host directories the link check of bind sources has looked at ([`links::check_links_with`]).
+    pub(super) looked_up: BTreeSet<PathBuf>,
 }
 
 impl Planner {
@@ -139,6 +141,7 @@ impl Planner {
             covers: vec![(PathBuf::from("/"), Cover::Ours)],
             links: Vec::new(),
             made: BTreeSet::new(),
+            looked_up: BTreeSet::new(),
             sources: Vec::new(),
             inside: Vec::new(),
             uid,
@@ -278,12 +281,18 @@ impl Planner {
 
     /// A bind of the host path `src` (as given) at `dst`.
     pub(super) fn bind(&mut self, src: &Path, dst: &Path, writable: bool) -> Result<(), PlanError> {
-        check_links(src)?;
-        let real = std::fs::canonicalize(src).map_err(|source| PlanError::Source {
-            path: src.into(),
-            source,
-        })?;
-        let kind = if real.is_dir() { Kind::Dir } else { Kind::File };
+        let (real, is_dir) = match links::check_links_with(src, &mut self.looked_up)? {
+            Some(direct) => (direct.path, direct.is_dir),
+            None => {
+                let real = std::fs::canonicalize(src).map_err(|source| PlanError::Source {
+                    path: src.into(),
+                    source,
+                })?;
+                let is_dir = real.is_dir();
+                (real, is_dir)
+            }
+        };
+        let kind = if is_dir { Kind::Dir } else { Kind::File };
         let dst = self.resolve(dst);
         self.mountpoint(&dst, kind)?;
         // Landlock rules follow the bind inside the sandbox, by the mounted inode: a rule on the host path

@@ -30,6 +30,8 @@ impl Planner {
                 self.symlink(&target, &host)?;
                 self.links.push((host, target));
             } else if meta.is_dir() {
+                // Looked at just now: the bind's link check need not look again.
+                self.looked_up.insert(host.clone());
                 self.bind(&host, &host, false)?;
             }
         }
@@ -68,6 +70,9 @@ impl Planner {
             } else if meta.is_file() && meta.len() <= COPY_LIMIT {
                 self.copy_file(&host, &host)?;
             } else {
+                if meta.is_dir() {
+                    self.looked_up.insert(host.clone());
+                }
                 self.bind(&host, &host, false)?;
             }
         }

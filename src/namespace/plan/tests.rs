@@ -131,6 +131,63 @@ fn symlinks_owned_by_others_are_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The link check looks at each host directory once per view, and a source with no link on its way is taken
+/// as it is written: the sources are still the canonical paths, and a link met after directories already
+/// looked at is still checked.
+#[test]
+fn sources_are_canonical_and_links_checked_after_looked_up_directories() {
+    use std::os::unix::fs::symlink;
+    let dir = std::env::temp_dir().join(format!("sandbox-plan-direct-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("real/sub")).unwrap();
+    std::fs::write(dir.join("real/file"), "x").unwrap();
+    let mine = dir.join("mine");
+    let _ = std::fs::remove_file(&mine);
+    symlink(dir.join("real"), &mine).unwrap();
+    let p = plan(
+        &Policy::empty()
+            .ro_bind(dir.join("real/./sub/"), "/a")
+            .ro_bind(mine.join("sub"), "/b")
+            .ro_bind(dir.join("real/file"), "/c"),
+    )
+    .unwrap();
+    let sub = cstr(dir.join("real/sub")).unwrap();
+    assert_eq!(
+        p.sources.iter().filter(|s| **s == sub).count(),
+        2,
+        "{:?}",
+        p.sources
+    );
+    assert!(p.sources.contains(&cstr(dir.join("real/file")).unwrap()));
+    let t = text(&p.steps);
+    assert!(
+        t.iter()
+            .any(|s| s == "creating mount point file \"/newroot/c\""),
+        "a file's mount point is a file: {t:?}"
+    );
+    if nix::unistd::geteuid().is_root() {
+        let planted = dir.join("planted");
+        let _ = std::fs::remove_file(&planted);
+        symlink(dir.join("real"), &planted).unwrap();
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &planted,
+            Some(nix::unistd::Uid::from_raw(65534)),
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        // `dir` and `dir/real` were looked at for the first bind; the planted link is still seen.
+        let err = plan(
+            &Policy::empty()
+                .ro_bind(dir.join("real/sub"), "/a")
+                .ro_bind(planted.join("sub"), "/b"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PlanError::UntrustedSymlink { .. }), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn missing_source_is_an_error() {
     let err = plan(&Policy::empty().ro_bind("/nonexistent/sandbox/path", "/x")).unwrap_err();
