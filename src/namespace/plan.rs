@@ -20,6 +20,7 @@ use crate::policy::{Mount, Policy};
 mod links;
 mod step;
 
+#[cfg(feature = "vm")]
 pub(crate) use self::links::check_links;
 pub use self::step::{Op, Step};
 

@@ -8,7 +8,8 @@ use super::PlanError;
 
 /// Refuses a bind source whose resolution passes through a symlink owned by anyone but root or the caller:
 /// a sandbox with a read-write bind can plant links (owned by its host uid) for a later run to follow with
-/// the caller's credentials.
+/// the caller's credentials. (The VM backend's shares; the view uses [`check_links_with`].)
+#[cfg(feature = "vm")]
 pub(crate) fn check_links(src: &Path) -> Result<(), PlanError> {
     check_links_with(src, &mut BTreeSet::new()).map(drop)
 }
