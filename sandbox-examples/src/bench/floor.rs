@@ -101,6 +101,72 @@ pub struct Floor {
     exe: CString,
     /// Like the library: the namespace's PID 1 forks the program and waits for it, instead of becoming it.
     init: bool,
+    /// The kernel's part of the library's layers, applied by the program's process before its exec.
+    layers: Option<Layers>,
+}
+
+/// Our default seccomp filter (compiled by the library, without the audit listener) and a landlock ruleset
+/// over every filesystem right the kernel has, made once: the child only sets `no_new_privs`, restricts itself
+/// with the ruleset and installs the filter, the kernel's work of those layers at each run. (The library
+/// also creates the ruleset and adds its rules at each run: this is the lower bound.)
+struct Layers {
+    filter: Vec<libc::sock_filter>,
+    ruleset: std::os::fd::OwnedFd,
+}
+
+impl Layers {
+    fn new() -> Option<Layers> {
+        use landlock::{
+            ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, path_beneath_rules,
+        };
+        let filter =
+            sandkasten::seccomp::compile(&sandkasten::seccomp::SeccompProfile::Default, false)
+                .ok()?
+                .program;
+        let abi = ABI::V5;
+        let created = Ruleset::default()
+            .handle_access(AccessFs::from_all(abi))
+            .ok()?
+            .create()
+            .ok()?
+            .add_rules(path_beneath_rules(
+                ["/usr", "/etc", "/dev", "/proc"],
+                AccessFs::from_read(abi),
+            ))
+            .ok()?
+            .add_rules(path_beneath_rules(["/tmp"], AccessFs::from_all(abi)))
+            .ok()?;
+        let ruleset: Option<std::os::fd::OwnedFd> = created.into();
+        Some(Layers {
+            filter,
+            ruleset: ruleset?,
+        })
+    }
+
+    /// # Safety
+    /// Only in the child of a fork-like clone: system calls on data made before it.
+    unsafe fn apply(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let prog = libc::sock_fprog {
+            len: self.filter.len() as u16,
+            filter: self.filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: the caller's contract; `prog` points at the filter, which outlives the calls.
+        unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                && libc::syscall(
+                    libc::SYS_landlock_restrict_self,
+                    self.ruleset.as_raw_fd(),
+                    0u32,
+                ) == 0
+                && libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0u32,
+                    &prog as *const libc::sock_fprog,
+                ) == 0
+        }
+    }
 }
 
 impl Floor {
@@ -290,7 +356,17 @@ impl Floor {
             steps: s,
             exe: c(Path::new("/bin/true").as_os_str().as_bytes()),
             init,
+            layers: None,
         }
+    }
+
+    /// The floor with a PID 1 and the kernel's part of seccomp and landlock ([`Layers`]); `None` where the
+    /// filter or the ruleset cannot be made.
+    pub fn with_layers() -> Option<Floor> {
+        Some(Floor {
+            layers: Some(Layers::new()?),
+            ..Floor::new(true)
+        })
     }
 
     /// One run; `clock`, when given, receives the time after each step (nanoseconds, `CLOCK_MONOTONIC`),
@@ -466,6 +542,11 @@ impl Floor {
                     libc::_exit(101);
                 }
             }
+            if let Some(l) = &self.layers
+                && !l.apply()
+            {
+                libc::_exit(102);
+            }
             let argv = [self.exe.as_ptr(), std::ptr::null()];
             let envp = [std::ptr::null::<libc::c_char>()];
             libc::execve(self.exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -478,6 +559,13 @@ impl Floor {
 pub fn case(init: bool) -> impl FnMut() -> bool {
     let floor = Floor::new(init);
     move || floor.run(None)
+}
+
+/// The benchmark case with PID 1 and the layers' kernel work ([`Floor::with_layers`]); every run fails where
+/// they cannot be made.
+pub fn case_layers() -> impl FnMut() -> bool {
+    let floor = Floor::with_layers();
+    move || floor.as_ref().is_some_and(|f| f.run(None))
 }
 
 /// Times kept in memory shared with the child (a `MAP_SHARED` anonymous mapping).

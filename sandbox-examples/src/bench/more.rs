@@ -58,7 +58,8 @@ fn throughput_each<F: FnMut() -> bool>(
 }
 
 /// Two concurrent spawners of `/bin/true` for `secs` seconds: the library in-process versus bwrap, and the
-/// kernel's floor for the same view (`floor-init` of [`super::floor`], two at a time).
+/// kernel's floor for the same view (`floor-init` of [`super::floor`], two at a time), and with the kernel's
+/// part of seccomp and landlock (`floor-layers`).
 pub fn concurrent(secs: u64, bwrap_view: &'static [&'static str]) {
     println!("\nthroughput: 2 concurrent spawners of /bin/true for {secs} s each");
     let ours = throughput(2, secs, || {
@@ -76,12 +77,15 @@ pub fn concurrent(secs: u64, bwrap_view: &'static [&'static str]) {
             .is_ok_and(|s| s.success())
     });
     let floor = throughput_each(2, secs, || super::floor::case(true));
+    let floor_layers = throughput_each(2, secs, super::floor::case_layers);
     println!("{:<16} {:>10.1} runs/s", "lib (in-process)", ours);
     println!("{:<16} {:>10.1} runs/s", "bwrap", bwrap);
     println!("{:<16} {:>10.1} runs/s", "floor-init", floor);
+    println!("{:<16} {:>10.1} runs/s", "floor-layers", floor_layers);
     if bwrap > 0.0 {
         println!("{:<16} {:>10.2}x", "ours / bwrap", ours / bwrap);
         println!("{:<16} {:>10.2}x", "floor / bwrap", floor / bwrap);
+        println!("{:<16} {:>10.2}x", "layers / bwrap", floor_layers / bwrap);
     }
 }
 

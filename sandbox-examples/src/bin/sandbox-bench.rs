@@ -28,7 +28,9 @@
 //! - `floor`: the kernel's floor for the library's view: a clone into the same namespaces from this process,
 //!   the default view's mounts, directories, links and `/etc` files replayed by raw system calls, then
 //!   `/bin/true` (no seccomp, landlock, PID 1 or planning: `bench/floor.rs`); `floor-init`: the same with a
-//!   PID 1 that forks the program and waits for it, as the library's init does;
+//!   PID 1 that forks the program and waits for it, as the library's init does; `floor-layers`: that plus the
+//!   kernel's part of our seccomp filter and a landlock ruleset (`no_new_privs`, `landlock_restrict_self`,
+//!   `seccomp`) in the program's process, the filter and ruleset made once;
 //! - `lib`, `lib-bare`, `lib-noaudit`, `lib-nolandlock`, `lib-noseccomp`, `lib-cgroup`: the library's
 //!   in-process `Sandbox::output()`, with all layers, none, and one layer changed at a time;
 //! - `lib-async`: the same through the async API (`output_async` on a current-thread tokio runtime).
@@ -253,6 +255,7 @@ fn main() {
     // The kernel's own cost of the same namespaces and mounts (bench/floor.rs).
     cases.push(("floor", Box::new(floor::case(false))));
     cases.push(("floor-init", Box::new(floor::case(true))));
+    cases.push(("floor-layers", Box::new(floor::case_layers())));
     let lib = |policy: Policy| -> Case {
         Box::new(move || {
             let o = Sandbox::new("/bin/true")
