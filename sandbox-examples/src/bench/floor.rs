@@ -11,7 +11,7 @@
 //! parts, `/dev/shm` and `/tmp`, the old root detached, the root and `/dev` read-only. Entries missing on
 //! another host are left out.
 //!
-//! `case_layers` adds the kernel's part of seccomp and landlock in the program's process ([`Layers`]).
+//! `case_layers` adds the kernel's part of seccomp and landlock in the program's process ([`Floor::with_layers`]).
 //!
 //! `step_costs` runs it with a clock read after each step (in shared memory) and reports what each kind
 //! of step costs: a profile of the kernel's part of a run.
