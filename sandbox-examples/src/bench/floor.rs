@@ -11,7 +11,8 @@
 //! parts, `/dev/shm` and `/tmp`, the old root detached, the root and `/dev` read-only. Entries missing on
 //! another host are left out.
 //!
-//! `case_layers` adds the kernel's part of seccomp and landlock in the program's process ([`Floor::with_layers`]).
+//! `case_layers` adds the kernel's part of seccomp and landlock in the program's process
+//! ([`Floor::with_layers`]).
 //!
 //! `step_costs` runs it with a clock read after each step (in shared memory) and reports what each kind
 //! of step costs: a profile of the kernel's part of a run.
@@ -362,7 +363,7 @@ impl Floor {
         }
     }
 
-    /// The floor with a PID 1 and the kernel's part of seccomp and landlock ([`Layers`]); `None` where the
+    /// The floor with a PID 1 and the kernel's part of seccomp and landlock (`Layers`); `None` where the
     /// filter or the ruleset cannot be made.
     pub fn with_layers() -> Option<Floor> {
         Some(Floor {

@@ -143,7 +143,7 @@ fn bare_qemu(accel: &str, cmdline: &str, runs: usize) -> Option<Duration> {
     median(bare_qemu_times(accel, cmdline, runs))
 }
 
-/// The times of the successful runs of [`bare_qemu`].
+/// The times of the successful runs of `bare_qemu`.
 pub fn bare_qemu_times(accel: &str, cmdline: &str, runs: usize) -> Vec<Duration> {
     // QEMU's `-cpu max`/`host` cannot start on PVM (it cannot set IA32_ARCH_CAPABILITIES); our VMM's vCPU is
     // KVM's supported CPUID, which `host,-arch-capabilities` matches.
