@@ -13,22 +13,7 @@ fn throughput(
     secs: u64,
     f: impl Fn() -> bool + Send + Sync + Copy + 'static,
 ) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    if f() {
-                        n += 1;
-                    }
-                }
-                n
-            })
-        })
-        .collect();
-    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
-    total as f64 / secs as f64
+    throughput_each(threads, secs, move || f)
 }
 
 /// Runs a case made by `make` (one per thread) on `threads` threads for `secs` seconds; returns completed

@@ -101,6 +101,22 @@ fn rw_bind_is_not_read_only_and_sources_are_canonical() {
     assert!(t.iter().any(|s| s == "mkdir(\"/newroot/data/x\")"));
 }
 
+/// `dir/planted`, a link to `dir/real` owned by uid 65534 (as root only).
+fn plant_link(dir: &Path) -> PathBuf {
+    let planted = dir.join("planted");
+    let _ = std::fs::remove_file(&planted);
+    std::os::unix::fs::symlink(dir.join("real"), &planted).unwrap();
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        &planted,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    planted
+}
+
 #[test]
 fn symlinks_owned_by_others_are_refused() {
     use std::os::unix::fs::symlink;
@@ -114,17 +130,7 @@ fn symlinks_owned_by_others_are_refused() {
         "own links are fine"
     );
     if nix::unistd::geteuid().is_root() {
-        let planted = dir.join("planted");
-        let _ = std::fs::remove_file(&planted);
-        symlink(dir.join("real"), &planted).unwrap();
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &planted,
-            Some(nix::unistd::Uid::from_raw(65534)),
-            None,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
+        let planted = plant_link(&dir);
         let err = plan(&Policy::empty().ro_bind(planted.join("."), "/x")).unwrap_err();
         assert!(matches!(err, PlanError::UntrustedSymlink { .. }), "{err}");
     }
@@ -165,17 +171,7 @@ fn sources_are_canonical_and_links_checked_after_looked_up_directories() {
         "a file's mount point is a file: {t:?}"
     );
     if nix::unistd::geteuid().is_root() {
-        let planted = dir.join("planted");
-        let _ = std::fs::remove_file(&planted);
-        symlink(dir.join("real"), &planted).unwrap();
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &planted,
-            Some(nix::unistd::Uid::from_raw(65534)),
-            None,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
+        let planted = plant_link(&dir);
         // `dir` and `dir/real` were looked at for the first bind; the planted link is still seen.
         let err = plan(
             &Policy::empty()
