@@ -23,7 +23,7 @@ pub(crate) struct Direct {
     pub(crate) is_dir: bool,
 }
 
-/// [`check_links`] with `dirs`, the directories (no symbolic links on the way) already looked at for the
+/// The check of `check_links` with `dirs`, the directories (no symbolic links on the way) already looked at for the
 /// same view: a view binds many sources below `/etc` and `/usr`, and each prefix is looked up once (in a VM
 /// every lookup of a 9p share is a round trip to the host). Also says when the source is [`Direct`], which
 /// spares the caller its canonicalisation.
@@ -35,8 +35,9 @@ pub(crate) fn check_links_with(
     let me = nix::unistd::geteuid().as_raw();
     let mut todo: Vec<PathBuf> = vec![src.to_path_buf()];
     let mut hops = 0;
-    // The source's last component as looked at, while nothing along the way was a link.
+    // Whether the source resolves to itself: cleared by a link or a missing entry on the way.
     let mut direct = src.is_absolute() && !src.components().any(|c| c == Component::ParentDir);
+    // Whether the source's last component is a directory, once it has been looked at.
     let mut last_is_dir = None;
     while let Some(path) = todo.pop() {
         let mut prefix = PathBuf::new();
@@ -44,7 +45,7 @@ pub(crate) fn check_links_with(
         for (i, comp) in path.components().enumerate() {
             prefix.push(comp);
             if dirs.contains(&prefix) {
-                last_is_dir = Some(true);
+                last_is_dir = (i + 1 == n).then_some(true);
                 continue;
             }
             let Ok(meta) = std::fs::symlink_metadata(&prefix) else {
