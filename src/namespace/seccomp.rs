@@ -7,14 +7,18 @@
 //!    from a 64-bit process arrives as `AUDIT_ARCH_I386`, with the i386 numbers); load `seccomp_data.nr` and
 //!    kill the process when the x32 bit (`0x4000_0000`) is set (x32 calls share the arch value and would
 //!    otherwise slip past every rule, which matches exact numbers).
-//! 2. One block per action, most restrictive first (kill, then each errno, then allow), each compiled by
+//! 2. The dispatch (`dispatch.rs`): a binary search over the numbers the rules name, which gives a call no
+//!    rule names the default action at once and sends the others on to the blocks. The kernel runs the
+//!    program for every number when it installs a filter; without the dispatch, that walk through every
+//!    block was most of the install's cost.
+//! 3. One block per action, most restrictive first (kill, then each errno, then allow), each compiled by
 //!    seccompiler with "no rule matched" as a marker return that we rewrite into a jump to the next block.
 //!    So when several rules match a call, the most restrictive action wins, whatever their order in the file.
 //!    seccompiler starts every program it compiles with its own prologue: `ld [4]` (arch), `jeq
 //!    AUDIT_ARCH_X86_64, +1`, `ret KILL_PROCESS`, and then `ld [0]` (nr) before the first syscall
 //!    comparison; it never looks at the x32 bit. We check that those first three instructions are exactly
 //!    this and drop them (our prologue already did it), keeping its `ld [0]`, which each block needs anyway.
-//! 3. A final `ret` of the profile's default action.
+//! 4. A final `ret` of the profile's default action.
 //!
 //! Audit mode (`compile(.., true)`) rewrites every errno return into `SECCOMP_RET_USER_NOTIF` and records
 //! which errno each syscall should get ([`Filter::errno_for`]); kills stay kills.
@@ -306,7 +310,14 @@ pub fn compile(profile: &SeccompProfile, audit: bool) -> Result<Filter, SeccompE
         }
     }
 
+    let named: BTreeSet<u32> = groups
+        .values()
+        .flat_map(|g| g.keys())
+        .map(|&nr| nr as u32)
+        .collect();
+    let named: Vec<u32> = named.into_iter().collect();
     let mut program = PROLOGUE.to_vec();
+    program.extend(dispatch::tree(&named, default.ret()));
     let mut starts = Vec::new();
     let mut continues = Vec::new(); // (pc, index of the block to continue with)
     for (act, rules) in groups {
@@ -563,5 +574,6 @@ pub fn answer_one(
     }
 }
 
+mod dispatch;
 #[cfg(test)]
 mod tests;
