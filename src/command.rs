@@ -533,8 +533,8 @@ impl Sandbox {
             let grace = run.setup_grace();
             return Ok((Box::new(run), timeout.map(|t| t + grace)));
         }
-        let namespace = |s: namespace::Started| -> (Box<dyn Run>, Option<Duration>) {
-            (Box::new(s), timeout.map(|t| t + TIMEOUT_GRACE))
+        let namespace = |s: Box<namespace::Started>| -> (Box<dyn Run>, Option<Duration>) {
+            (s, timeout.map(|t| t + TIMEOUT_GRACE))
         };
         match self.backend {
             Backend::Namespace => Ok(namespace(namespace::spawn(launch).map_err(Error::Setup)?)),

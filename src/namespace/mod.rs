@@ -317,7 +317,7 @@ fn read_argv_area() -> (usize, usize) {
 }
 
 /// Starts the program in a new sandbox. Returns once the program was executed, or with the step that failed.
-pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Started, SetupFailure> {
+pub(crate) fn spawn(launch: &Launch<'_>) -> Result<Box<Started>, SetupFailure> {
     let root = rootfs::resolve(launch.policy, launch.guest)?;
     let Some(root) = root else {
         return spawn_on(launch, None);
@@ -337,7 +337,7 @@ pub(crate) fn spawn_session(
     launch: &Launch<'_>,
 ) -> Result<
     (
-        Started,
+        Box<Started>,
         Vec<(std::ffi::OsString, std::ffi::OsString)>,
         Option<std::path::PathBuf>,
     ),
@@ -389,7 +389,13 @@ fn groups(policy: &crate::Policy, maps: &idmap::IdMaps) -> Result<(), SetupFailu
     Ok(())
 }
 
-fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started, SetupFailure> {
+/// Returns the run boxed, in a box allocated before `clone`: a large allocation after it may have the
+/// allocator consolidate its free chunks, writing into pages the init shares copy-on-write.
+fn spawn_on(
+    launch: &Launch<'_>,
+    root: Option<&rootfs::Root>,
+) -> Result<Box<Started>, SetupFailure> {
+    let slot = Box::<Started>::new_uninit();
     let (mut spec, plan) = prepare(launch, root)?;
     if launch.user_helper() {
         // Before anything is started: no pasta, no run.
@@ -526,25 +532,28 @@ fn spawn_on(launch: &Launch<'_>, root: Option<&rootfs::Root>) -> Result<Started,
     let mut plan = plan;
     drop(std::mem::take(&mut plan.copies));
     match got.map(|()| msg::decode(&buf)) {
-        Ok([msg::STARTED, ..]) => Ok(Started {
-            pid,
-            pidfd,
-            report,
-            _death: death_wr,
-            cgroup: run_cgroup.map(std::sync::Arc::new),
-            enforced: Enforced {
-                network: network::enforced(launch.policy, helper.as_ref()),
-                ..layers.enforced
+        Ok([msg::STARTED, ..]) => Ok(Box::write(
+            slot,
+            Started {
+                pid,
+                pidfd,
+                report,
+                _death: death_wr,
+                cgroup: run_cgroup.map(std::sync::Arc::new),
+                enforced: Enforced {
+                    network: network::enforced(launch.policy, helper.as_ref()),
+                    ..layers.enforced
+                },
+                _network: helper,
+                cpu_time: launch.policy.limits.cpu_time,
+                _ids: maps.lease.take(),
+                _root: None,
+                _made_from: Some(MadeFrom {
+                    _spec: spec,
+                    _plan: plan,
+                }),
             },
-            _network: helper,
-            cpu_time: launch.policy.limits.cpu_time,
-            _ids: maps.lease.take(),
-            _root: None,
-            _made_from: Some(MadeFrom {
-                _spec: spec,
-                _plan: plan,
-            }),
-        }),
+        )),
         Ok([msg::SETUP_FAILED, stage, step, errno]) => {
             kill_and_reap(pid);
             Err(describe_failure(

@@ -51,7 +51,7 @@ fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), SetupFailure> {
 #[derive(Debug)]
 pub(crate) struct NsSession {
     /// The init, as a one-shot run's (its verdict when the session ends).
-    pub started: Started,
+    pub started: Box<Started>,
     /// What every exec shares: the control channel and the session's defaults.
     pub shared: std::sync::Arc<Shared>,
 }
@@ -196,12 +196,10 @@ impl NsSession {
         ) {
             let _ = sys::pidfd_signal(&self.started.pidfd, libc::SIGKILL);
         }
-        self.started
-            .finish(wall, false)
-            .map_err(|source| Error::Io {
-                what: "wait4 on the session's init",
-                source,
-            })
+        Started::finish(*self.started, wall, false).map_err(|source| Error::Io {
+            what: "wait4 on the session's init",
+            source,
+        })
     }
 }
 

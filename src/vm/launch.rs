@@ -254,7 +254,7 @@ fn start_confined(
         guest: false,
     };
     namespace::spawn(&launch)
-        .map(|s| Host::Sandboxed(Box::new(s)))
+        .map(Host::Sandboxed)
         .map_err(VmError::Confine)
 }
 
