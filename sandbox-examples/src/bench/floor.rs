@@ -8,8 +8,8 @@
 //! the default policy's view on this machine, as `strace -f sandbox run -- /bin/true` shows it (Debian 12):
 //! a tmpfs root with `/usr` read-only and the merged-`/usr` links, `/etc` made of copied files and read-only
 //! directory binds, a fresh `/dev` with six device binds and devpts, `/proc` with its masks and read-only
-//! parts, `/dev/shm` and `/tmp`, the old root detached, the root and `/dev` read-only. Entries missing on
-//! another host are left out.
+//! parts, `/dev/shm` and `/tmp`, the old root detached, the root and `/dev` read-only, the hostname, and
+//! `lo` up. Entries missing on another host are left out.
 //!
 //! `case_layers` adds the kernel's part of seccomp and landlock in the program's process
 //! ([`Floor::with_layers`]).
@@ -75,6 +75,8 @@ enum Step {
     Chdir(CString),
     Detach(CString),
     Hostname,
+    /// `lo` up in the new network namespace, as the library and bwrap do (one socket, `SIOCSIFFLAGS`).
+    LoopbackUp,
 }
 
 impl Step {
@@ -90,6 +92,7 @@ impl Step {
             Step::Chdir(_) => "chdir",
             Step::Detach(_) => "umount2 (detach old root)",
             Step::Hostname => "sethostname",
+            Step::LoopbackUp => "loopback up",
         }
     }
 }
@@ -355,6 +358,7 @@ impl Floor {
             });
         }
         s.push(Step::Hostname);
+        s.push(Step::LoopbackUp);
         Floor {
             steps: s,
             exe: c(Path::new("/bin/true").as_os_str().as_bytes()),
@@ -514,6 +518,17 @@ impl Floor {
                     Step::Chdir(p) => libc::chdir(p.as_ptr()) == 0,
                     Step::Detach(p) => libc::umount2(p.as_ptr(), libc::MNT_DETACH) == 0,
                     Step::Hostname => libc::sethostname(b"sandbox".as_ptr().cast(), 7) == 0,
+                    Step::LoopbackUp => {
+                        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                        let mut req: libc::ifreq = std::mem::zeroed();
+                        req.ifr_name[..2]
+                            .copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+                        req.ifr_ifru.ifru_flags =
+                            (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                        let ok = sock >= 0 && libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0;
+                        libc::close(sock);
+                        ok
+                    }
                 };
                 if !ok {
                     libc::_exit(100);
