@@ -70,7 +70,7 @@ fn segments(bounds: &[u32], first: usize, last: usize, default_ret: u32) -> Vec<
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::{
         AUDIT_ARCH_X86_64, Action, Filter, INIT_CALLS, PROLOGUE, SeccompProfile, compile,
         default_profile, eval, install, syscall_name, syscall_number,
@@ -117,7 +117,8 @@ mod tests {
         custom(&text)
     }
 
-    fn profiles() -> Vec<(&'static str, SeccompProfile)> {
+    /// Profiles of every shape: with each action, an allow list, one rule, none.
+    pub(in super::super) fn profiles() -> Vec<(&'static str, SeccompProfile)> {
         let mut allow_list = String::from("default_action = \"errno\"\ndefault_errno = 38\n");
         for name in INIT_CALLS.iter().map(|c| c.0).chain(["getpid"]) {
             allow_list.push_str(&format!(
