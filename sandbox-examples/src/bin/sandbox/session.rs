@@ -35,6 +35,7 @@ pub struct StateArg {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum SessionCommand {
     /// Make a session that outlives this command and print its id.
     ///
