@@ -115,19 +115,14 @@ mod tests {
 
     #[test]
     fn compaction_keeps_every_decision_and_drops_the_jump_pairs() {
-        let args = [
-            [0; 6],
-            [7, 0, 0, 0, 0, 0],
-            [0xdead, 0x5412, 0x800, 1, 2, 3],
-            [u64::MAX; 6],
-        ];
-        for (what, profile) in super::super::dispatch::tests::profiles() {
+        use super::super::dispatch::tests::{ARG_SETS, profiles};
+        for (what, profile) in profiles() {
             for audit in [false, true] {
                 let long = compile_with(&profile, audit, false).expect(what).program;
                 let short = compile_with(&profile, audit, true).expect(what).program;
                 assert!(short.len() <= long.len(), "{what}");
                 for nr in 0..600 {
-                    for args in args {
+                    for args in ARG_SETS {
                         let want = eval(&long, AUDIT_ARCH_X86_64, nr, args);
                         let got = eval(&short, AUDIT_ARCH_X86_64, nr, args);
                         assert_eq!(got, want, "{what}, audit {audit}: call {nr} {args:?}");

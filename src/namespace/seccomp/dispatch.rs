@@ -136,6 +136,14 @@ pub(super) mod tests {
         ]
     }
 
+    /// Arguments each decision is checked with: none, the values the test profiles compare, all ones.
+    pub(in super::super) const ARG_SETS: [[u64; 6]; 4] = [
+        [0; 6],
+        [7, 0, 0, 0, 0, 0],
+        [0xdead, 0x5412, 0x800, 1, 2, 3],
+        [u64::MAX; 6],
+    ];
+
     /// The numbers the blocks look at: every rule's, except allow rules under an allow default.
     fn named(profile: &SeccompProfile) -> Vec<i32> {
         let p = match profile {
@@ -150,12 +158,6 @@ pub(super) mod tests {
 
     #[test]
     fn the_dispatch_decides_as_the_blocks_do_and_alone_for_calls_no_rule_names() {
-        let args = [
-            [0; 6],
-            [7, 0, 0, 0, 0, 0],
-            [0xdead, 0x5412, 0x800, 1, 2, 3],
-            [u64::MAX; 6],
-        ];
         for (what, profile) in profiles() {
             let named = named(&profile);
             for audit in [false, true] {
@@ -163,7 +165,7 @@ pub(super) mod tests {
                 let (len, linear) = without_dispatch(&program);
                 let head = &program[..PROLOGUE.len() + len];
                 for nr in 0..600 {
-                    for args in args {
+                    for args in ARG_SETS {
                         let full = eval(&program, AUDIT_ARCH_X86_64, nr, args);
                         let blocks = eval(&linear, AUDIT_ARCH_X86_64, nr, args);
                         assert_eq!(full, blocks, "{what}, audit {audit}: call {nr}");
