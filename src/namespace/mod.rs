@@ -396,7 +396,7 @@ fn spawn_on(
     root: Option<&rootfs::Root>,
 ) -> Result<Box<Started>, SetupFailure> {
     let slot = Box::<Started>::new_uninit();
-    let (mut spec, plan) = prepare(launch, root)?;
+    let (mut spec, mut plan) = prepare(launch, root)?;
     if launch.user_helper() {
         // Before anything is started: no pasta, no run.
         network::pasta::find()?;
@@ -529,7 +529,6 @@ fn spawn_on(
 
     let mut buf = [0u8; msg::LEN];
     let got = read_message(&mut report, &mut buf);
-    let mut plan = plan;
     drop(std::mem::take(&mut plan.copies));
     match got.map(|()| msg::decode(&buf)) {
         Ok([msg::STARTED, ..]) => Ok(Box::write(

@@ -10,16 +10,19 @@
 
 use libc::{BPF_JA, BPF_JMP, BPF_RET, sock_filter};
 
+/// The instruction class bits of a code (`BPF_CLASS`).
+const CLASS: u32 = 0x07;
+
 fn is_ja(i: &sock_filter) -> bool {
     u32::from(i.code) == BPF_JMP | BPF_JA
 }
 
 fn is_ret(i: &sock_filter) -> bool {
-    u32::from(i.code) & 0x07 == BPF_RET
+    u32::from(i.code) & CLASS == BPF_RET
 }
 
 fn is_cond(i: &sock_filter) -> bool {
-    u32::from(i.code) & 0x07 == BPF_JMP && !is_ja(i)
+    u32::from(i.code) & CLASS == BPF_JMP && !is_ja(i)
 }
 
 /// The compacted program. `program` must be valid: every jump forward and inside it.
