@@ -314,6 +314,7 @@ conformance!(
     arg0_is_the_programs_own,
     bounded_output,
     many_small_writes,
+    late_reader,
     wall_timeout_kills_the_tree,
     no_privileges,
     seccomp_denials_reported,

@@ -6,7 +6,8 @@
 //! else from `/sandbox/spec.json` in the initramfs → mount its shares (9p or virtio-fs) and create its links →
 //! run the program with the library's [`Sandbox`](crate::Sandbox) on the namespace backend, so cgroups,
 //! seccomp, landlock and namespaces apply inside the guest exactly as on a host → send the verdict line
-//! (`SANDBOX-VERDICT {json}`, see [`verdict_json`]) on the console and the control port → `sync` and
+//! (`SANDBOX-VERDICT {json}`, see [`verdict_json`]) on the console and the control port → write the run's end
+//! mark on the output ports and wait until the host relayed them ([`RunSpec::end_mark`]) → `sync` and
 //! `reboot(RB_AUTOBOOT)`, which ends a `-no-reboot` VM.
 //!
 //! The agent never panics or hangs on its own account: every failure becomes a verdict (exit status 125 for
@@ -25,6 +26,7 @@ mod verdict;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use nix::errno::Errno;
 
@@ -32,8 +34,8 @@ pub use ports::Channels;
 pub use verdict::{agent_failure, uptime_ms};
 
 use crate::protocol::{
-    AgentInfo, CONTROL_PORT, GuestNet, PING_LINE, READY_PREFIX, RunSpec, SPEC_PATH, parse_hex,
-    verdict_json,
+    AgentInfo, CONTROL_PORT, DRAINED_LINE, GuestNet, PING_LINE, READY_PREFIX, RunSpec, SPEC_PATH,
+    parse_hex, verdict_json,
 };
 use crate::{Backend, BackendKind, Outcome, Sandbox, Stage, Stdio};
 use verdict::say;
@@ -213,7 +215,8 @@ fn init_main() -> ! {
     };
     // Held until the VM ends: the verdict goes back through it.
     let mut control = None;
-    let outcome = match boot_and_run(&mut info, &mut control) {
+    let mut drain = None;
+    let outcome = match boot_and_run(&mut info, &mut control, &mut drain) {
         Ok(Some(o)) => o,
         // Served runs ended because the host closed the control port: every verdict is sent.
         Ok(None) => {
@@ -225,10 +228,78 @@ fn init_main() -> ! {
             e.into_outcome()
         }
     };
+    let outcome = match (drain, &control) {
+        (Some(drain), Some(control)) => drain.finish(control, outcome),
+        _ => outcome,
+    };
     info.uptime_end_ms = uptime_ms();
     verdict::send(&verdict_json(&outcome, &info));
     drop(control);
     verdict::end_vm()
+}
+
+/// A one-shot run's output ports and its end mark ([`RunSpec::end_mark`]), kept for after the run.
+struct Drain {
+    mark: Vec<u8>,
+    ports: Vec<std::fs::File>,
+    /// The run's time limit, counted from before its shares were mounted (so a little early).
+    deadline: Option<Instant>,
+}
+
+impl Drain {
+    /// The ports of `channels` to mark after a run of `spec`, when it has an end mark.
+    fn of(spec: &RunSpec, channels: &Channels) -> Option<Drain> {
+        let mark = crate::protocol::end_mark_bytes(spec.end_mark.as_deref()?);
+        let ports = [&channels.stdout, &channels.stderr]
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.try_clone().ok())
+            .collect();
+        let deadline = spec.policy.timeout.map(|t| Instant::now() + t);
+        Some(Drain {
+            mark,
+            ports,
+            deadline,
+        })
+    }
+
+    /// Writes the mark after the last byte of each port (the sandbox is gone: nothing else writes there),
+    /// then waits until the host says it relayed them all ([`DRAINED_LINE`]) or closes the control port. A
+    /// host that reads slowly is waited for, within the run's time limit: output that has not left the VM
+    /// when it passes makes the run one that timed out, as a program blocked on a full pipe would on a host.
+    fn finish(self, control: &std::fs::File, outcome: Outcome) -> Outcome {
+        let left = || {
+            self.deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        for port in &self.ports {
+            match verdict::port_write_until(std::os::fd::AsFd::as_fd(port), &self.mark, left()) {
+                Ok(()) => {}
+                Err(Errno::ETIMEDOUT) => return timed_out(outcome),
+                Err(e) => say(&format!(
+                    "sandbox-init: writing the end mark on an output port: {e}"
+                )),
+            }
+        }
+        let mut lines = std::io::BufReader::new(control);
+        loop {
+            let waiting = lines.buffer().is_empty();
+            if waiting && !verdict::readable_within(control, left()) {
+                return timed_out(outcome);
+            }
+            match read_line(&mut lines) {
+                Ok(line) if line == DRAINED_LINE.as_bytes() => return outcome,
+                Ok(_) => {}
+                Err(_) => return outcome,
+            }
+        }
+    }
+}
+
+/// A run whose output did not leave the VM within its time limit.
+fn timed_out(outcome: Outcome) -> Outcome {
+    say("sandbox-init: the run's output had not left the VM when its time limit passed");
+    outcome.with_status(crate::Status::TimedOut(crate::outcome::TimeLimit::Wall))
 }
 
 /// Boots, then runs the first specification; a served one (`serve`) is followed by more until the host
@@ -236,6 +307,7 @@ fn init_main() -> ! {
 fn boot_and_run(
     info: &mut AgentInfo,
     control: &mut Option<std::fs::File>,
+    drain: &mut Option<Drain>,
 ) -> Result<Option<Outcome>, GuestError> {
     mounts::leave_rootfs()?;
     let mounted = mounts::mount_system();
@@ -318,7 +390,10 @@ fn boot_and_run(
                 return session::serve(&spec, &channels, &mut lines);
             }
             Ok(spec) if spec.serve => spec,
-            Ok(spec) if server.served() == 0 => return prepare_and_run(&spec, channels).map(Some),
+            Ok(spec) if server.served() == 0 => {
+                *drain = Drain::of(&spec, &channels);
+                return prepare_and_run(&spec, channels).map(Some);
+            }
             Ok(_) => {
                 let e = GuestError::BadSpec {
                     from: "control_port",

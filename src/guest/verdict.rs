@@ -74,17 +74,62 @@ pub(crate) fn port_write(port: BorrowedFd<'_>, buf: &[u8]) -> nix::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(port, FcntlArg::F_GETFL)?);
     fcntl(port, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    let written = write_within(port, buf, PORT_WRITE_LIMIT);
+    let written = write_within(port, buf, Some(PORT_WRITE_LIMIT), false);
     let restored = fcntl(port, FcntlArg::F_SETFL(flags));
     written.and(restored.map(drop))
+}
+
+/// Writes all of `buf` to a virtio port for as long as the host end stays connected, within `limit` if
+/// any: a host that reads slowly is waited for, one that hung up gets `EPIPE` (a blocking write would wait
+/// for it forever), and `ETIMEDOUT` once the limit passed.
+pub(crate) fn port_write_until(
+    port: BorrowedFd<'_>,
+    buf: &[u8],
+    limit: Option<Duration>,
+) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(port, FcntlArg::F_GETFL)?);
+    fcntl(port, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    let written = write_within(port, buf, limit, true);
+    let restored = fcntl(port, FcntlArg::F_SETFL(flags));
+    written.and(restored.map(drop))
+}
+
+/// Whether `port` has something to read (or its end) within `limit` (none: waits as long as it takes).
+pub(crate) fn readable_within(port: &impl AsFd, limit: Option<Duration>) -> bool {
+    let start = Instant::now();
+    loop {
+        let ms = match limit {
+            Some(l) => {
+                let left = l.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    return false;
+                }
+                left.as_millis().clamp(1, 1000) as u16
+            }
+            None => 1000,
+        };
+        let mut fds = [PollFd::new(port.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return true,
+        }
+    }
 }
 
 /// How long the agent tries to hand the verdict to a control port whose host end does not read.
 pub const PORT_WRITE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Writes the whole buffer, retrying short writes and interruptions; on a non-blocking descriptor it waits
-/// for room at most `limit` in total.
-fn write_within(fd: BorrowedFd<'_>, mut buf: &[u8], limit: Duration) -> nix::Result<()> {
+/// for room at most `limit` in total (none: as long as it takes), and with `while_connected`, only while the
+/// port's host end is connected.
+fn write_within(
+    fd: BorrowedFd<'_>,
+    mut buf: &[u8],
+    limit: Option<Duration>,
+    while_connected: bool,
+) -> nix::Result<()> {
     let start = Instant::now();
     while !buf.is_empty() {
         match nix::unistd::write(fd, buf) {
@@ -92,7 +137,10 @@ fn write_within(fd: BorrowedFd<'_>, mut buf: &[u8], limit: Duration) -> nix::Res
             Ok(n) => buf = &buf[n..],
             Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => {
-                let left = limit.saturating_sub(start.elapsed());
+                let left = match limit {
+                    Some(limit) => limit.saturating_sub(start.elapsed()),
+                    None => Duration::from_secs(1),
+                };
                 if left.is_zero() {
                     return Err(Errno::ETIMEDOUT);
                 }
@@ -101,6 +149,12 @@ fn write_within(fd: BorrowedFd<'_>, mut buf: &[u8], limit: Duration) -> nix::Res
                 match poll(&mut fds, PollTimeout::from(ms)) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => return Err(e),
+                }
+                let hung_up = fds[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(PollFlags::POLLHUP));
+                if while_connected && hung_up {
+                    return Err(Errno::EPIPE);
                 }
             }
             Err(e) => return Err(e),

@@ -4,7 +4,7 @@
 //! - [`RunSpec`]: what to run, as JSON on the control port (or in the initramfs at [`SPEC_PATH`]);
 //! - the control-port lines: the agent's [`READY_PREFIX`] line, the host's [`PING_LINE`] (with a random seed
 //!   for a restored guest), the agent's [`VERDICT_PREFIX`] line ([`verdict_json`], read back by
-//!   [`find_verdict`]);
+//!   [`find_verdict`]), and the host's [`DRAINED_LINE`] after a one-shot run's output left the VM;
 //! - [`ports`]: the named virtio-serial ports and their announcement on the kernel command line;
 //! - [`frames`]: how a warm VM's ports carry the streams of many runs;
 //! - [`session`]: a session in a VM (commands run in one live sandbox of the guest, their streams multiplexed).
@@ -31,6 +31,17 @@ pub const VERDICT_PREFIX: &str = "SANDBOX-VERDICT ";
 /// The prefix of the line the agent sends on the control port when it is ready for the specification:
 /// `SANDBOX-READY {"version": ..., "uptime_ms": ...}`.
 pub const READY_PREFIX: &str = "SANDBOX-READY ";
+
+/// The line the host sends on a one-shot run's control port once it has relayed the stdout and stderr ports
+/// up to the run's end mark ([`RunSpec::end_mark`]): every byte the program wrote has left the VM, and the
+/// agent may end it.
+pub const DRAINED_LINE: &str = "SANDBOX-DRAINED";
+
+/// What the agent writes on an output port after a run with an end mark: the last bytes of that port, which
+/// the host does not pass on.
+pub fn end_mark_bytes(mark: &str) -> Vec<u8> {
+    format!("\0SANDBOX-END {mark}\0").into_bytes()
+}
 
 /// Facts about the agent's own run, sent with the verdict.
 #[derive(Clone, Debug, Default, serde::Serialize)]

@@ -67,6 +67,13 @@ pub struct RunSpec {
     /// VM's virtio-net device, whose frames go to passt on the host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<GuestNet>,
+    /// A one-shot run's end mark (hex, from the host's random source): once the sandbox is gone the agent
+    /// writes [`end_mark_bytes`](super::end_mark_bytes) on the stdout and stderr ports and waits for the
+    /// host's [`DRAINED_LINE`](super::DRAINED_LINE) before it ends the VM. A virtio port's writes complete
+    /// when they are queued, not when the host took them, so without it the output still queued when the
+    /// program ended (the host reading slowly) was lost with the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_mark: Option<String>,
 }
 
 /// The address of the guest's `eth0`, its prefix and its default gateway (IPv4).
@@ -158,6 +165,7 @@ impl RunSpec {
             serve: false,
             session: false,
             net: None,
+            end_mark: None,
         }
     }
 
@@ -213,6 +221,11 @@ impl RunSpec {
             && (n.prefix == 0 || n.prefix > 32)
         {
             return Err(format!("net prefix {} is not 1 to 32", n.prefix));
+        }
+        if let Some(m) = &self.end_mark
+            && (!(16..=128).contains(&m.len()) || !m.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!("end_mark {m:?} is not 16 to 128 hex digits"));
         }
         self.policy.validate().map_err(|e| e.to_string())
     }
@@ -307,6 +320,15 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.contains("two shares"), "{err}");
+        let marked = |m: &str| RunSpec {
+            end_mark: Some(m.into()),
+            ..RunSpec::new("x")
+        };
+        assert!(marked("0123456789abcdef").validate().is_ok());
+        for m in ["0123456789abcde", "0123456789abcdeg", "0123456789abcdef\n"] {
+            let err = marked(m).validate().unwrap_err();
+            assert!(err.contains("end_mark"), "{m:?}: {err}");
+        }
         let mut s = RunSpec::new("x");
         s.links = Link::merged_usr();
         assert!(s.validate().is_ok());

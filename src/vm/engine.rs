@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::control::{ControlState, Stdin, relay_stdin};
+use super::drain::{Drained, EndMark, Ended, relay};
 use super::error::VmError;
 pub(crate) use super::launch::{Engine, Host, Started, VmChannels};
 use super::run_spec::guest_spec;
@@ -89,6 +90,8 @@ pub(crate) struct VmRun {
     /// A root of its own: holds the image's layers in the store until the run ends; its report completes
     /// the guest's (which knows only shares).
     root: Option<crate::namespace::rootfs::Root>,
+    /// Whether the program's output left the VM to its last byte.
+    drained: Drained,
     /// With `network = "user"`: passt (ended when this is dropped) and the published ports.
     network: Option<(Helper, Vec<Publish>)>,
 }
@@ -123,7 +126,7 @@ pub(super) fn dup(fd: RawFd, inherit: RawFd) -> Result<OwnedFd, VmError> {
 
 /// Writes all of `buf` to a socket with `MSG_NOSIGNAL`: a peer that is gone gives EPIPE, never a SIGPIPE
 /// to the caller's process.
-fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+pub(super) fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         // SAFETY: `buf` is valid for `buf.len()` bytes; the socket stays open for the call.
         let n = unsafe {
@@ -185,7 +188,9 @@ fn start(
     let launch = on_root.as_ref().unwrap_or(launch);
     let policy = launch.policy;
     let network = user_network(policy)?;
-    let (spec, shares) = guest_spec(launch, engine.share_fs(), network.as_ref().map(|n| n.2))?;
+    let (mut spec, shares) = guest_spec(launch, engine.share_fs(), network.as_ref().map(|n| n.2))?;
+    let mark = EndMark::new()?;
+    spec.end_mark = Some(mark.hex);
     let (memory_mib, cpus) = machine_size(policy);
     let stdin = launch.stdio[0];
     let with_stdin = !(stdin >= 0 && is_dev_null(stdin));
@@ -228,10 +233,14 @@ fn start(
         vmm_stderr,
     } = channels;
     let mut threads = Vec::new();
+    let drained = Drained::new(2, clone_socket(&control_host, "the control socket")?);
+    let mark = Arc::new(mark.bytes);
     for (mut from, target) in [(stdout, stdout_target), (stderr, stderr_target)] {
+        let (drained, mark) = (drained.clone(), mark.clone());
         threads.push(std::thread::spawn(move || {
             let mut to = std::fs::File::from(target);
-            relay(&mut from, &mut to);
+            let ended = relay(&mut from, &mut to, &mark);
+            drained.relay_ended(ended == Ended::Mark);
         }));
     }
     let control = ControlState::default();
@@ -254,11 +263,7 @@ fn start(
     // The spec is sent by a thread: one larger than the socket's buffer (argv near ARG_MAX) waits for the
     // agent to read it, which happens only after the boot. It ends when the agent has read the spec, or with
     // EPIPE when the VMM is gone (then the run has no verdict). A VM to be saved gets it after the save.
-    let control_w = control_host.try_clone().map_err(|source| VmError::Dup {
-        what: "the control socket",
-        fd: control_host.as_raw_fd(),
-        source,
-    })?;
+    let control_w = clone_socket(&control_host, "the control socket")?;
     let spec_line = spec.to_json_line().into_bytes();
     let ready = control.clone();
     threads.push(std::thread::spawn(move || {
@@ -284,6 +289,7 @@ fn start(
         fallback_reason,
         boot_limit,
         root,
+        drained,
         network,
     };
     run.watch_boot();
@@ -386,6 +392,11 @@ impl Run for VmRun {
             Outcome::from_report_json(&v)
         });
         let mut outcome = match verdict {
+            // The program ended in time, but its output was still leaving the VM at the deadline: the run
+            // as a whole did not end in time, and the caller did not get all of its output.
+            Some(o) if host_timeout && !self.drained.complete() => {
+                o.with_status(Status::TimedOut(TimeLimit::Wall))
+            }
             Some(o) => o,
             None => {
                 let console = self.console.text();
@@ -466,25 +477,12 @@ pub(super) fn report_network(
     n.published = published.to_vec();
 }
 
-/// Copies the program's stream from the VMM's socket to its target until end of file, by read and write.
-/// Not `std::io::copy`, which splices a socket into a pipe: a reader of that pipe was then not woken for
-/// data spliced after the first (seen on Linux 6.18), so a program's output reached a piped reader only
-/// at the run's end, too late for anyone waiting on a line such as a server's "listening".
-fn relay(from: &mut UnixStream, to: &mut std::fs::File) {
-    use std::io::Write;
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
+fn clone_socket(s: &UnixStream, what: &'static str) -> Result<UnixStream, VmError> {
+    s.try_clone().map_err(|source| VmError::Dup {
+        what,
+        fd: s.as_raw_fd(),
+        source,
+    })
 }
 
 /// The placeholder failure of an outcome whose status is set right after.

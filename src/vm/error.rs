@@ -134,6 +134,11 @@ pub(crate) enum VmError {
     /// The eventfd of a warm VM's readers.
     #[error("eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// No random bytes for a cold run's end mark.
+    #[error(
+        "reading /dev/urandom for the run's end mark: {0} (is /dev/urandom there and readable?)"
+    )]
+    EndMark(#[source] std::io::Error),
     /// A warm VM started without its stdin port.
     #[error("a warm VM needs its stdin port")]
     NoStdinPort,

@@ -7,7 +7,7 @@
 //! would use ([`find_qemu`], [`choose_accel`]).
 //!
 //! Inside (where each kind of change goes: ARCHITECTURE.md): the engine seam (`hypervisor.rs`, implemented by
-//! `qemu.rs` and `builtin.rs`), the confined launcher (`launch.rs`), cold runs (`engine.rs`), warm VMs
+//! `qemu.rs` and `builtin.rs`), the confined launcher (`launch.rs`), cold runs (`engine.rs`, their output's end: `drain.rs`), warm VMs
 //! (`pool.rs`, `pool/`), the run specification (`run_spec.rs`), the control channel (`control.rs`) and the
 //! snapshot cache (`snapshot_cache.rs`, `cold_snapshot.rs`).
 
@@ -16,6 +16,7 @@ mod builtin;
 pub mod cmdline;
 mod cold_snapshot;
 mod control;
+mod drain;
 pub(crate) mod engine;
 mod error;
 mod hypervisor;

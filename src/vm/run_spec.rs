@@ -161,6 +161,7 @@ fn spec_and_shares(
         serve: false,
         session,
         net,
+        end_mark: None,
     };
     let share = |tag: String, host: PathBuf, guest: PathBuf, readonly: bool| {
         let guest = GuestShare {

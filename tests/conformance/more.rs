@@ -1,5 +1,6 @@
 //! More conformance properties (see `tests/conformance.rs`, whose `conformance!` runs each on every backend):
-//! the id range, capabilities kept, supplementary groups, masked and read-only paths, the pollable end of a run, bounded output.
+//! the id range, capabilities kept, supplementary groups, masked and read-only paths, the pollable end of a run, bounded output, a
+//! late reader.
 
 use std::time::Duration;
 
@@ -343,5 +344,52 @@ pub(super) fn many_small_writes(b: B) {
         String::from_utf8_lossy(&o.stderr) == numbers(20000),
         "stderr whole and in order ({} bytes)",
         o.stderr.len()
+    );
+}
+
+/// A caller that reads stdout only once the program ended gets every byte. In a VM the program's writes
+/// complete when the guest queued them, and its last megabytes wait there until the host takes them: the VM
+/// must not end before (the run's end mark). On a host the program waits on the full pipe instead, so there
+/// the output is read at once.
+pub(super) fn late_reader(b: B) {
+    use std::io::Read;
+    const SIZE: usize = 2_000_000;
+    let dir = testkit::TempDir::new("conf-late");
+    let mut child = Cmd::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("head -c {SIZE} /dev/zero; printf tail; echo > /data/written"),
+        ])
+        .on(b)
+        .policy(
+            Policy::default()
+                .bind(dir.path(), "/data")
+                .timeout(Duration::from_secs(300)),
+        )
+        .stdout(sandkasten::Stdio::Piped)
+        .spawn()
+        .unwrap();
+    if !matches!(b, B::Namespace | B::Session) {
+        let written = dir.path().join("written");
+        let start = std::time::Instant::now();
+        while !written.exists() {
+            if start.elapsed() > Duration::from_secs(300) {
+                child.kill().unwrap();
+                panic!("the program did not finish writing while nobody read");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Its shell ends a moment later, and with it the run but for the output still in the guest.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut stdout = Vec::new();
+    let mut from = child.stdout.take().unwrap();
+    from.read_to_end(&mut stdout).unwrap();
+    let o = child.wait().unwrap();
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    assert_eq!(stdout.len(), SIZE + 4, "every byte arrives");
+    assert!(
+        stdout[..SIZE].iter().all(|&c| c == 0) && stdout.ends_with(b"tail"),
+        "in order and unchanged"
     );
 }
