@@ -73,7 +73,7 @@ pub(crate) fn prepare(
                 "custom"
             }
             .into();
-            let f = compiled(profile, policy.audit_denials)
+            let f = seccomp::compile(profile, policy.audit_denials)
                 .map_err(|e| failure(Stage::Seccomp, e.to_string()))?;
             enforced.seccomp_audit = f.listener;
             Some(f)
@@ -195,23 +195,4 @@ pub(crate) fn prepare(
         rlimits,
         enforced,
     })
-}
-
-/// The compiled filter of a profile. The default profile is compiled once per process and mode (it is the
-/// same program every time, and compiling it is a good part of a run's preparation); a custom profile each
-/// time.
-fn compiled(
-    profile: &seccomp::SeccompProfile,
-    audit: bool,
-) -> Result<seccomp::Filter, seccomp::SeccompError> {
-    use std::sync::OnceLock;
-    static DEFAULT: [OnceLock<Result<seccomp::Filter, String>>; 2] =
-        [OnceLock::new(), OnceLock::new()];
-    if !matches!(profile, seccomp::SeccompProfile::Default) {
-        return seccomp::compile(profile, audit);
-    }
-    DEFAULT[usize::from(audit)]
-        .get_or_init(|| seccomp::compile(profile, audit).map_err(|e| e.to_string()))
-        .clone()
-        .map_err(seccomp::SeccompError::Compile)
 }
