@@ -157,7 +157,10 @@ impl SandboxChild {
             streams.push((s, 1));
         }
         let watch_end = self.streams_outlive();
-        let mut buf = vec![0u8; 64 * 1024];
+        // A page at first, 64 KiB (a pipe's default capacity) once a read fills it: the buffer is written
+        // while the sandbox's init still shares the heap's pages copy-on-write, so a program that writes
+        // little should not cost 16 page copies.
+        let mut buf = vec![0u8; 4096];
         while !streams.is_empty() {
             let ended = watch_end && self.done.is_some();
             let mut pfds: Vec<libc::pollfd> = streams
@@ -217,6 +220,9 @@ impl SandboxChild {
                     Ok(n) => {
                         if kept.take(*which, &buf[..n], self.killed) {
                             self.kill()?;
+                        }
+                        if n == buf.len() && n < 64 * 1024 {
+                            buf.resize(64 * 1024, 0);
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
