@@ -22,6 +22,8 @@
 //! bubblewrap's. Cases:
 //! - `cli`: `sandbox run -- /bin/true` with every layer on (the default policy);
 //! - `cli-bare`: the same without seccomp and landlock;
+//! - `cli-static`: `cli` with the static build of the CLI (`scripts/build-cli.sh`), when SANDBOX_STATIC_CLI
+//!   names it;
 //! - `bwrap`: `bwrap --unshare-all --die-with-parent` with a comparable read-only view;
 //! - `bwrap-seccomp`: the same plus our default seccomp filter passed with `--seccomp`;
 //! - `unshare`: `unshare -Urpmnif --fork /bin/true` (namespaces only, no new root);
@@ -203,6 +205,12 @@ fn main() {
         let cli = cli.clone();
         cases.push((
             "cli",
+            Box::new(move || run(Command::new(&cli).args(["run", "--", "/bin/true"]))),
+        ));
+    }
+    if let Some(cli) = std::env::var_os("SANDBOX_STATIC_CLI") {
+        cases.push((
+            "cli-static",
             Box::new(move || run(Command::new(&cli).args(["run", "--", "/bin/true"]))),
         ));
     }
