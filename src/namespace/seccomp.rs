@@ -393,9 +393,7 @@ fn compile_with(
     }
     let has_errno = program.iter().any(is_errno_ret);
     if audit {
-        for ins in program.iter_mut().filter(|i| is_errno_ret(i)) {
-            ins.k = libc::SECCOMP_RET_USER_NOTIF;
-        }
+        notify_instead_of_errno(&mut program);
     }
     for &(name, nr, args) in INIT_CALLS {
         if eval(&program, AUDIT_ARCH_X86_64, nr as i32, args) != Some(libc::SECCOMP_RET_ALLOW) {
@@ -425,6 +423,13 @@ fn compile_with(
         errnos,
         default_errno,
     })
+}
+
+/// Audit mode: every errno return becomes a user notification (the supervisor answers with the errno).
+fn notify_instead_of_errno(program: &mut [sock_filter]) {
+    for ins in program.iter_mut().filter(|i| is_errno_ret(i)) {
+        ins.k = libc::SECCOMP_RET_USER_NOTIF;
+    }
 }
 
 fn is_errno_ret(i: &sock_filter) -> bool {
