@@ -71,12 +71,7 @@ pub(crate) fn send(v: &serde_json::Value) {
 /// Writes a whole line to a virtio port, waiting at most [`PORT_WRITE_LIMIT`] for the host to take it (a
 /// port write blocks while the host end is not connected). The descriptor's flags are restored after.
 pub(crate) fn port_write(port: BorrowedFd<'_>, buf: &[u8]) -> nix::Result<()> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = OFlag::from_bits_truncate(fcntl(port, FcntlArg::F_GETFL)?);
-    fcntl(port, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    let written = write_within(port, buf, Some(PORT_WRITE_LIMIT), false);
-    let restored = fcntl(port, FcntlArg::F_SETFL(flags));
-    written.and(restored.map(drop))
+    nonblocking_write(port, buf, Some(PORT_WRITE_LIMIT), false)
 }
 
 /// Writes all of `buf` to a virtio port for as long as the host end stays connected, within `limit` if
@@ -87,10 +82,20 @@ pub(crate) fn port_write_until(
     buf: &[u8],
     limit: Option<Duration>,
 ) -> nix::Result<()> {
+    nonblocking_write(port, buf, limit, true)
+}
+
+/// [`write_within`] on the port made non-blocking for the call; its flags are restored after.
+fn nonblocking_write(
+    port: BorrowedFd<'_>,
+    buf: &[u8],
+    limit: Option<Duration>,
+    while_connected: bool,
+) -> nix::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(port, FcntlArg::F_GETFL)?);
     fcntl(port, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    let written = write_within(port, buf, limit, true);
+    let written = write_within(port, buf, limit, while_connected);
     let restored = fcntl(port, FcntlArg::F_SETFL(flags));
     written.and(restored.map(drop))
 }
