@@ -32,10 +32,10 @@ pub enum VmEngine {
     Builtin,
 }
 
-/// Where the builtin engine keeps snapshots of its booted guest, for a [`VmPool`](crate::VmPool) and for cold
+/// Where the VM engines keep snapshots of their booted guest, for a [`VmPool`](crate::VmPool) and for cold
 /// runs ([`Sandbox::vm_snapshots`](crate::Sandbox::vm_snapshots)). At most four snapshots stay (the
-/// least recently used go first); each is the guest's RAM with its zero pages as holes (tens of MiB on
-/// disk for a 512 MiB guest).
+/// least recently used go first); each is the guest's RAM without its zero pages (tens of MiB on disk for
+/// a 256-512 MiB guest): our VMM's own format, or QEMU's migration stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SnapshotCache {
     /// No snapshots: every VM boots.

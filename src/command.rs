@@ -336,9 +336,9 @@ impl Sandbox {
         self
     }
 
-    /// Where the builtin engine keeps snapshots of its booted guest ([`SnapshotCache`](crate::SnapshotCache),
+    /// Where the VM engines keep snapshots of their booted guest ([`SnapshotCache`](crate::SnapshotCache),
     /// by default the user's cache): a cold run is then restored from the snapshot of the same guest instead
-    /// of booted, and a run that boots saves one first. Other engines and backends ignore it.
+    /// of booted, and a run that boots saves one first. The namespace backend ignores it.
     pub fn vm_snapshots(&mut self, cache: crate::SnapshotCache) -> &mut Self {
         self.vm_snapshots = cache;
         self

@@ -1,4 +1,5 @@
-//! Snapshot/restore in the builtin engine (a warm VM of a pool, and cold runs), on this machine's real KVM: a pool boots a VM and
+//! Snapshot/restore of cold runs on QEMU (TCG here: seconds), and in the builtin engine (a warm VM of a pool,
+//! and cold runs), on this machine's real KVM: a pool boots a VM and
 //! saves it at READY into a snapshot cache (a temporary directory here); the booted VM still serves; a
 //! second pool restores its VM from the snapshot instead of booting, and that VM runs a program correctly
 //! and says it was restored. One boot and two runs: about 90-140 s on PVM (2026-11-29: boot + save 50 s, first run
@@ -90,12 +91,17 @@ fn a_restored_pool_vm_runs_without_booting() {
     );
 }
 
-fn cold(cache: &std::path::Path, script: &str, stdin: Option<&str>) -> (sandkasten::Outcome, f64) {
+fn cold(
+    engine: VmEngine,
+    cache: &std::path::Path,
+    script: &str,
+    stdin: Option<&str>,
+) -> (sandkasten::Outcome, f64) {
     let start = Instant::now();
     let mut s = Sandbox::new("/bin/sh");
     s.args(["-c", script])
         .backend(sandkasten::Backend::Vm)
-        .vm_engine(VmEngine::Builtin)
+        .vm_engine(engine)
         .vm_snapshots(SnapshotCache::Dir(cache.to_path_buf()));
     let o = match stdin {
         None => s.output().expect("run"),
@@ -112,8 +118,8 @@ fn cold(cache: &std::path::Path, script: &str, stdin: Option<&str>) -> (sandkast
     (o, start.elapsed().as_secs_f64())
 }
 
-/// Cold runs (no pool): the first boots and saves the guest before it reads its specification, the next
-/// ones are restored from that snapshot (with and without stdin: different guests, so one more boot).
+/// Cold runs (no pool) on our VMM: the first boots and saves the guest before it reads its specification,
+/// the next ones are restored from that snapshot (with and without stdin: different guests, so one more boot).
 #[test]
 fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
     if !testkit::kvm_usable()
@@ -121,15 +127,46 @@ fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
     {
         return;
     }
+    cold_runs_are_restored(VmEngine::Builtin);
+}
+
+/// The same on QEMU (TCG here: a few seconds in all), whose snapshots are its own migration stream saved
+/// and loaded over its monitor (src/vm/snapshot_cache/qmp.rs).
+#[test]
+fn a_cold_qemu_run_is_restored_from_the_snapshot_of_its_guest() {
+    cold_runs_are_restored(VmEngine::Qemu);
+    // A snapshot QEMU cannot load is deleted and the run boots; the next run boots and saves a good one again,
+    // which the one after restores.
+    let cache = TempDir::new("cold-snapshot-bad");
+    let dir = cache.path().join("snapshots");
+    let (o, _) = cold(VmEngine::Qemu, &dir, "echo first", None);
+    assert_eq!(o.stdout, b"first\n", "{o:?}");
+    let files = snapshots(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let len = std::fs::metadata(&files[0]).unwrap().len();
+    std::fs::write(&files[0], vec![0x5a; len as usize]).unwrap();
+    let (o, _) = cold(VmEngine::Qemu, &dir, "echo second", None);
+    assert_eq!(o.status, Status::Exited(0), "{o:?}");
+    assert_eq!(o.stdout, b"second\n", "{o:?}");
+    assert!(!o.vm.as_ref().unwrap().restored, "{o:?}");
+    assert!(snapshots(&dir).is_empty(), "{:?}", snapshots(&dir));
+    for (said, restored) in [("third", false), ("fourth", true)] {
+        let (o, _) = cold(VmEngine::Qemu, &dir, &format!("echo {said}"), None);
+        assert_eq!(o.stdout, format!("{said}\n").as_bytes(), "{o:?}");
+        assert_eq!(o.vm.as_ref().unwrap().restored, restored, "{o:?}");
+    }
+}
+
+fn cold_runs_are_restored(engine: VmEngine) {
     let cache = TempDir::new("cold-snapshot");
     let dir = cache.path().join("snapshots");
-    let (o, boot) = cold(&dir, "echo booted; exit 5", None);
+    let (o, boot) = cold(engine, &dir, "echo booted; exit 5", None);
     assert_eq!(o.status, Status::Exited(5), "{o:?}");
     assert_eq!(o.stdout, b"booted\n");
     assert!(!o.vm.as_ref().unwrap().restored);
     assert_eq!(snapshots(&dir).len(), 1, "{:?}", snapshots(&dir));
 
-    let (o, restore) = cold(&dir, "echo restored; exit 6", None);
+    let (o, restore) = cold(engine, &dir, "echo restored; exit 6", None);
     assert_eq!(o.status, Status::Exited(6), "{o:?}");
     assert_eq!(o.stdout, b"restored\n");
     let vm = o.vm.as_ref().unwrap();
@@ -138,12 +175,12 @@ fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
     // guests must not share their random numbers (the kernel's generator state is in the snapshot): the host
     // gives each restored agent fresh entropy and has it reseed the generator.
     let random = "echo again; od -An -tx1 -N32 /dev/urandom | tr -d ' \n'";
-    let (o, again) = cold(&dir, random, None);
+    let (o, again) = cold(engine, &dir, random, None);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let (said, first) = out.split_once('\n').unwrap_or_else(|| panic!("{o:?}"));
     assert_eq!(said, "again", "{o:?}");
     assert!(o.vm.as_ref().unwrap().restored);
-    let (o, _) = cold(&dir, random, None);
+    let (o, _) = cold(engine, &dir, random, None);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let (_, second) = out.split_once('\n').unwrap_or_else(|| panic!("{o:?}"));
     assert_eq!(
@@ -157,10 +194,10 @@ fn a_cold_run_is_restored_from_the_snapshot_of_its_guest() {
     );
 
     // A run with stdin has one more port: another guest, booted and saved, then restored.
-    let (o, _) = cold(&dir, "tr a-z A-Z", Some("piped\n"));
+    let (o, _) = cold(engine, &dir, "tr a-z A-Z", Some("piped\n"));
     assert_eq!(o.stdout, b"PIPED\n", "{o:?}");
     assert!(!o.vm.as_ref().unwrap().restored);
-    let (o, stdin_restore) = cold(&dir, "tr a-z A-Z", Some("again\n"));
+    let (o, stdin_restore) = cold(engine, &dir, "tr a-z A-Z", Some("again\n"));
     assert_eq!(o.stdout, b"AGAIN\n", "{o:?}");
     assert!(o.vm.as_ref().unwrap().restored);
     assert_eq!(snapshots(&dir).len(), 2, "{:?}", snapshots(&dir));

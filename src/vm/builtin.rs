@@ -15,7 +15,6 @@ use std::time::Duration;
 use super::error::VmError;
 use super::hypervisor::{Hypervisor, Invocation, Request};
 use super::launch::{guest_files, socket_pair};
-use super::qemu::Share;
 use super::snapshot_cache::{GuestKey, Plan, Session};
 use crate::outcome::VmInfo;
 use crate::protocol::ShareFs;
@@ -79,7 +78,7 @@ impl Hypervisor for Builtin {
         );
         let (snapshot, snapshot_config) = match request.cache {
             Some(dir) => {
-                let key = guest_key(&kernel, &initrd, request, &cmdline);
+                let key = GuestKey::of("builtin", &kernel, &initrd, request, &cmdline);
                 snapshot_fds(dir, &key, &mut fds)?
             }
             None => (None, None),
@@ -139,33 +138,6 @@ impl Hypervisor for Builtin {
             },
             snapshot,
         })
-    }
-}
-
-/// What the guest is, for the snapshot cache: its files, RAM, command line and devices as it sees them.
-fn guest_key<'a>(
-    kernel: &'a Path,
-    initrd: &'a Path,
-    request: &Request<'_>,
-    cmdline: &'a str,
-) -> GuestKey<'a> {
-    let names: Vec<&str> = request.ports.iter().map(|&(n, _)| n).collect();
-    let mut devices = vec![format!("console {}", names.join(","))];
-    devices.extend(
-        request
-            .shares
-            .iter()
-            .map(|s: &Share| format!("fs {} {}", s.tag, s.readonly)),
-    );
-    if request.net_fd.is_some() {
-        devices.push("net".to_string());
-    }
-    GuestKey {
-        kernel,
-        initramfs: initrd,
-        memory_mib: request.memory_mib,
-        cmdline,
-        devices,
     }
 }
 

@@ -1,4 +1,4 @@
-//! A cold run of the builtin engine and the snapshot cache ([`super::snapshot_cache`]): its VM is restored
+//! A cold run and the snapshot cache ([`super::snapshot_cache`]): its VM is restored
 //! from the cached snapshot of the same guest instead of booted when there is one; else it boots and is
 //! saved at READY, before its agent reads the run's specification, so the next cold run of the same guest
 //! need not boot. The guest is the same whatever the run (the snapshot is taken before anything is mounted

@@ -163,8 +163,7 @@ pub(super) fn machine_size(policy: &Policy) -> (u64, u32) {
     (memory_mib, cpus)
 }
 
-/// Starts the run in a VM; on the builtin engine with a snapshot `cache` directory, restored from (or saved
-/// into) the cache ([`super::cold_snapshot`]).
+/// Starts the run in a VM; with a snapshot `cache` directory, restored from (or saved into) the cache ([`super::cold_snapshot`]).
 pub(crate) fn spawn(
     launch: &Launch<'_>,
     fallback_reason: Option<String>,

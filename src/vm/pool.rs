@@ -80,8 +80,8 @@ pub struct PoolOptions {
     pub shares: Vec<PoolShare>,
     /// The VMM: Auto takes our own where hardware KVM is usable, else QEMU.
     pub engine: crate::VmEngine,
-    /// Builtin engine: VMs are restored from a snapshot of the same booted guest instead of booting, and a
-    /// boot without one saves it ([`SnapshotCache`](crate::SnapshotCache)).
+    /// VMs are restored from a snapshot of the same booted guest instead of booting, and a boot without one
+    /// saves it (either engine) ([`SnapshotCache`](crate::SnapshotCache)).
     pub snapshots: SnapshotCache,
     /// User-mode networking: every VM gets a network device and a passt of its own when it boots (ended
     /// with the VM), and runs and sessions may ask for [`Network::User`](crate::Network::User), though not

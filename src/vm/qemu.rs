@@ -8,7 +8,7 @@
 //! (`reboot=k` and `-no-reboot`).
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use std::time::Duration;
@@ -16,7 +16,8 @@ use std::time::Duration;
 use super::cmdline;
 use super::error::VmError;
 use super::hypervisor::{Hypervisor, Invocation, Request};
-use super::launch::guest_files;
+use super::launch::{guest_files, socket_pair};
+use super::snapshot_cache::{GuestKey, Plan, Session};
 use crate::outcome::VmInfo;
 use crate::protocol::ShareFs;
 use crate::vmm::{KvmFlavour, KvmReport};
@@ -108,6 +109,12 @@ pub struct Machine {
     /// Descriptor number (in QEMU's process) of the connected stream socket to passt: the guest gets a
     /// virtio-net device whose frames go there (`-netdev stream`, length-prefixed frames, passt's protocol).
     pub net_fd: Option<RawFd>,
+    /// Descriptor number (in QEMU's process) of the connected socket QEMU's machine protocol (QMP) is served
+    /// on: the snapshot channel of a VM that is saved or restored ([`super::snapshot_cache`]).
+    pub qmp_fd: Option<RawFd>,
+    /// Descriptor number (in QEMU's process) of the snapshot file to restore the machine from, instead of
+    /// booting it (`-incoming fd:N`; the guest waits, paused, for the host's `cont`).
+    pub incoming_fd: Option<RawFd>,
 }
 
 impl Machine {
@@ -200,6 +207,16 @@ impl Machine {
             push("-device".into());
             push(format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", s.tag));
         }
+        if let Some(fd) = self.qmp_fd {
+            push("-chardev".into());
+            push(format!("socket,id=qmp,fd={fd}"));
+            push("-mon".into());
+            push("chardev=qmp,mode=control".into());
+        }
+        if let Some(fd) = self.incoming_fd {
+            push("-incoming".into());
+            push(format!("fd:{fd}"));
+        }
         a
     }
 }
@@ -225,13 +242,29 @@ impl Hypervisor for Qemu {
     }
 
     fn snapshots(&self) -> bool {
-        false
+        true
     }
 
     fn invocation(&self, request: &Request<'_>) -> Result<Invocation, VmError> {
         let qemu_bin = find_qemu().ok_or(VmError::NoQemu)?;
         let (kernel, _agent, initrd) = guest_files()?;
         let (accel, accel_reason) = choose_accel(&crate::vmm::probe_kvm());
+        let mut fds = Vec::new();
+        let snapshot = match request.cache {
+            Some(dir) => {
+                let cmdline = cmdline::kernel_cmdline_with_ports(
+                    accel == Accel::Kvm,
+                    false,
+                    "",
+                    request.ports.iter().map(|&(n, _)| n),
+                );
+                let engine = qemu_identity(&qemu_bin, accel);
+                let key = GuestKey::of(&engine, &kernel, &initrd, request, &cmdline);
+                snapshot_fds(dir, &key, &mut fds)?
+            }
+            None => None,
+        };
+        let restores = snapshot.as_ref().is_some_and(Session::restores);
         let machine = Machine {
             kernel: kernel.clone(),
             initramfs: initrd.clone(),
@@ -249,6 +282,8 @@ impl Hypervisor for Qemu {
                 .collect(),
             console_fd: request.console_fd,
             net_fd: request.net_fd,
+            qmp_fd: snapshot.is_some().then_some(QMP_FD),
+            incoming_fd: restores.then_some(INCOMING_FD),
         };
         let args = move |kernel: &Path, initrd: &Path| {
             let mut m = machine.clone();
@@ -264,7 +299,7 @@ impl Hypervisor for Qemu {
             kernel,
             initramfs: initrd,
             shares: request.shares.to_vec(),
-            fds: Vec::new(),
+            fds,
             args: Box::new(args),
             plain_files: [8, 9],
             info: VmInfo {
@@ -273,9 +308,46 @@ impl Hypervisor for Qemu {
                 accelerator_reason: accel_reason,
                 ..VmInfo::default()
             },
-            snapshot: None,
+            snapshot,
         })
     }
+}
+
+/// QEMU's monitor socket and the snapshot file to restore from, as descriptors of the QEMU process (3-10 are
+/// the console, the ports, the kernel, the initramfs and the network).
+const QMP_FD: RawFd = 11;
+const INCOMING_FD: RawFd = 12;
+
+/// Which QEMU runs the guest, for the snapshot key: its binary (path, size and modification time: another
+/// version may not load this one's snapshots) and accelerator.
+fn qemu_identity(bin: &Path, accel: Accel) -> String {
+    let (len, modified) = std::fs::metadata(bin)
+        .map(|m| (m.len(), m.modified().ok()))
+        .unwrap_or((0, None));
+    format!("qemu {} {len} {modified:?} {}", bin.display(), accel.name())
+}
+
+/// The snapshot plan for this guest, and its descriptors for QEMU (the QMP socket; the file when it restores;
+/// a save hands QEMU the file later, with `getfd`); none when the cache cannot be used (the VM then boots).
+fn snapshot_fds(
+    dir: &Path,
+    key: &GuestKey<'_>,
+    fds: &mut Vec<(OwnedFd, RawFd)>,
+) -> Result<Option<Session>, VmError> {
+    let Some(plan) = Plan::for_guest(dir, key) else {
+        return Ok(None);
+    };
+    if plan.restores() {
+        let file = plan.file().try_clone().map_err(|source| VmError::Dup {
+            what: "the snapshot file",
+            fd: plan.file().as_raw_fd(),
+            source,
+        })?;
+        fds.push((file.into(), INCOMING_FD));
+    }
+    let (host, qemu) = socket_pair()?;
+    fds.push((qemu, QMP_FD));
+    Ok(Some(Session::qmp(host, plan)))
 }
 
 fn path_arg(p: &Path) -> String {
@@ -323,6 +395,8 @@ mod tests {
             ],
             console_fd: 4,
             net_fd: None,
+            qmp_fd: None,
+            incoming_fd: None,
         }
     }
 

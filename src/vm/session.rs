@@ -559,8 +559,16 @@ fn read_outputs(mut port: UnixStream, s: &VmShared) {
                     let _ = slot.activity.write(1);
                 }
             }),
+            // The VM ended: its ports close together, and this reader may see it first. The control port's
+            // reader says the session broke once it has passed on what came before its own end (the
+            // session's verdict, which a stop waits for), so this one only ends the commands' output.
             Ok(mux::Frame::Closed) => {
-                s.broke("the output port closed".into());
+                s.update(|st| {
+                    for slot in st.commands.values_mut() {
+                        slot.sinks = [None, None];
+                        let _ = slot.activity.write(1);
+                    }
+                });
                 return;
             }
             Ok(_) => {

@@ -1,4 +1,4 @@
-//! The builtin engine's snapshot cache: a booted guest, saved once its agent has said READY and before it
+//! The VM engines' snapshot cache: a booted guest, saved once its agent has said READY and before it
 //! mounted anything, is restored instead of booted the next time the same guest is asked for.
 //!
 //! A snapshot is keyed by what the guest is: the kernel and initramfs (their contents), RAM, the kernel
@@ -8,8 +8,10 @@
 //! only once complete and synced. A snapshot that fails to restore is deleted, so the next start boots and
 //! saves a new one.
 //!
-//! The host side of one VM's snapshot: [`Session`] over the VMM's snapshot channel (`sandbox-init vmm`'s
-//! `snapshot` config, see [`crate::vmm::snapshot::serve`]).
+//! The host side of one VM's snapshot: [`Session`] over the VMM's snapshot channel: our VMM's
+//! (`sandbox-init vmm`'s `snapshot` config, see [`crate::vmm::snapshot::serve`]), or QEMU's monitor ([`qmp`]),
+//! whose snapshots are its own migration stream. The key names the engine (and QEMU's binary), so the two
+//! never take each other's files.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,6 +23,8 @@ use std::time::{Duration, Instant};
 use crate::protocol::PING_LINE;
 use crate::vmm::snapshot::SaveReport;
 use crate::vmm::snapshot::format::VERSION;
+
+mod qmp;
 
 /// What went wrong on a VM's snapshot channel or with its snapshot file.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +139,39 @@ pub(crate) struct GuestKey<'a> {
     pub devices: Vec<String>,
 }
 
-impl GuestKey<'_> {
+impl<'a> GuestKey<'a> {
+    /// The guest `engine` (our VMM, or QEMU with its binary and accelerator) makes for `request`: its files, RAM,
+    /// command line and devices as it sees them.
+    pub(crate) fn of(
+        engine: &str,
+        kernel: &'a Path,
+        initramfs: &'a Path,
+        request: &super::hypervisor::Request<'_>,
+        cmdline: &'a str,
+    ) -> GuestKey<'a> {
+        let names: Vec<&str> = request.ports.iter().map(|&(n, _)| n).collect();
+        let mut devices = vec![
+            format!("engine {engine}"),
+            format!("console {}", names.join(",")),
+        ];
+        devices.extend(
+            request
+                .shares
+                .iter()
+                .map(|s| format!("fs {} {}", s.tag, s.readonly)),
+        );
+        if request.net_fd.is_some() {
+            devices.push("net".to_string());
+        }
+        GuestKey {
+            kernel,
+            initramfs,
+            memory_mib: request.memory_mib,
+            cmdline,
+            devices,
+        }
+    }
+
     /// The file name of the snapshot of this guest.
     pub(crate) fn file_name(&self) -> std::io::Result<String> {
         let mut h = Fnv::new();
@@ -236,6 +272,16 @@ impl Plan {
 pub(crate) struct Session {
     channel: BufReader<UnixStream>,
     plan: Plan,
+    protocol: Protocol,
+}
+
+/// What the VMM speaks on the channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// Our VMM's lines (`started`, `save`, `saved {...}`, `restored`).
+    Vmm,
+    /// QEMU's machine protocol ([`qmp`]).
+    Qmp,
 }
 
 /// Reads one line within `limit`; an error when the channel closes or stays silent.
@@ -252,12 +298,20 @@ fn read_reply(r: &mut BufReader<UnixStream>, limit: Duration) -> Result<String, 
 }
 
 impl Session {
-    /// A session over the host end of the channel.
+    /// A session over the host end of our VMM's channel.
     pub(crate) fn new(channel: UnixStream, plan: Plan) -> Session {
         Session {
             channel: BufReader::new(channel),
             plan,
+            protocol: Protocol::Vmm,
         }
+    }
+
+    /// A session over the host end of QEMU's QMP monitor.
+    pub(crate) fn qmp(channel: UnixStream, plan: Plan) -> Session {
+        let mut s = Session::new(channel, plan);
+        s.protocol = Protocol::Qmp;
+        s
     }
 
     /// Whether the VM is being restored.
@@ -274,14 +328,17 @@ impl Session {
         control: &UnixStream,
         limit: Duration,
     ) -> Result<(), SnapshotError> {
-        match read_reply(&mut self.channel, limit)?.as_str() {
-            "restored" => {}
-            other => {
-                return Err(SnapshotError::Unexpected {
-                    what: "answer",
-                    line: other.into(),
-                });
-            }
+        match self.protocol {
+            Protocol::Qmp => qmp::resume(&mut self.channel, limit)?,
+            Protocol::Vmm => match read_reply(&mut self.channel, limit)?.as_str() {
+                "restored" => {}
+                other => {
+                    return Err(SnapshotError::Unexpected {
+                        what: "answer",
+                        line: other.into(),
+                    });
+                }
+            },
         }
         let mut seed = [0u8; crate::protocol::MAX_SEED];
         File::open("/dev/urandom")
@@ -306,28 +363,10 @@ impl Session {
             return Err(SnapshotError::NotBooted);
         };
         let result = (|| {
-            let deadline = Instant::now() + limit;
-            let left = || deadline.saturating_duration_since(Instant::now());
-            match read_reply(&mut self.channel, left())?.as_str() {
-                "started" => {}
-                other => {
-                    return Err(SnapshotError::Unexpected {
-                        what: "greeting",
-                        line: other.into(),
-                    });
-                }
-            }
-            self.channel
-                .get_mut()
-                .write_all(b"save\n")
-                .map_err(SnapshotError::Ask)?;
-            let reply = read_reply(&mut self.channel, left())?;
-            let Some(json) = reply.strip_prefix("saved ") else {
-                let why = reply.strip_prefix("failed ").unwrap_or(&reply);
-                return Err(SnapshotError::Refused(why.to_string()));
+            let report = match self.protocol {
+                Protocol::Qmp => qmp::save(&mut self.channel, file, limit)?,
+                Protocol::Vmm => vmm_save(&mut self.channel, limit)?,
             };
-            let report: SaveReport =
-                serde_json::from_str(json).map_err(SnapshotError::BadReport)?;
             let at = |call, path: &Path| {
                 let path = path.to_path_buf();
                 move |source| SnapshotError::File { call, path, source }
@@ -341,6 +380,34 @@ impl Session {
         }
         result
     }
+}
+
+/// Our VMM's save: it greets when its guest is at the quiescent point, then saves when asked.
+fn vmm_save(
+    channel: &mut BufReader<UnixStream>,
+    limit: Duration,
+) -> Result<SaveReport, SnapshotError> {
+    let deadline = Instant::now() + limit;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    match read_reply(channel, left())?.as_str() {
+        "started" => {}
+        other => {
+            return Err(SnapshotError::Unexpected {
+                what: "greeting",
+                line: other.into(),
+            });
+        }
+    }
+    channel
+        .get_mut()
+        .write_all(b"save\n")
+        .map_err(SnapshotError::Ask)?;
+    let reply = read_reply(channel, left())?;
+    let Some(json) = reply.strip_prefix("saved ") else {
+        let why = reply.strip_prefix("failed ").unwrap_or(&reply);
+        return Err(SnapshotError::Refused(why.to_string()));
+    };
+    serde_json::from_str(json).map_err(SnapshotError::BadReport)
 }
 
 impl Drop for Session {

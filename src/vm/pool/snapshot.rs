@@ -1,4 +1,4 @@
-//! A warm VM of the builtin engine and the snapshot cache ([`crate::vm::snapshot_cache`]): a restored VM is
+//! A warm VM and the snapshot cache ([`crate::vm::snapshot_cache`]): a restored VM is
 //! checked before it serves (the VMM says it restored, the agent answers a ping with a new READY line);
 //! a booted one is saved at READY, before its first run mounts anything. A failed restore deletes the
 //! snapshot and says why; the pool then boots instead ([`VmError::RestoreFailed`]).

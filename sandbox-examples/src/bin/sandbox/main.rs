@@ -130,7 +130,7 @@ struct RunArgs {
     /// Which engine runs the VM backend.
     #[arg(long = "vm-engine", value_enum, default_value = "auto")]
     vm_engine: EngineArg,
-    /// Builtin engine: where snapshots of the booted guest are kept, so that a run restores one instead of
+    /// Where snapshots of the booted guest are kept (either engine), so that a run restores one instead of
     /// booting (`user`: ~/.cache/sandbox/snapshots; `off`: always boot; else a directory).
     #[arg(
         long = "vm-snapshots",
