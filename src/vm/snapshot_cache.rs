@@ -197,6 +197,16 @@ impl<'a> GuestKey<'a> {
     }
 }
 
+/// A cache this user may not write is the usual case of a process whose `HOME` is another user's (a service
+/// started with `setpriv`, `sudo -u`): said at info level, since the VM just boots; anything else warns.
+fn unusable(path: &Path, e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        tracing::info!("snapshot cache {}: {e}; the VM boots", path.display());
+    } else {
+        tracing::warn!("snapshot cache {}: {e}; the VM boots", path.display());
+    }
+}
+
 /// What a VMM start does with the cache.
 #[derive(Debug)]
 pub(crate) enum Plan {
@@ -237,7 +247,7 @@ impl Plan {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| tracing::warn!("snapshot cache {}: {e}", dir.display()))
+            .map_err(|e| unusable(dir, &e))
             .ok()?;
         // Room for the new one.
         prune(dir, KEPT - 1);
@@ -249,7 +259,7 @@ impl Plan {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| tracing::warn!("snapshot cache {}: {e}", tmp.display()))
+            .map_err(|e| unusable(&tmp, &e))
             .ok()?;
         Some(Plan::Save { file, tmp, path })
     }
