@@ -58,7 +58,12 @@ fn vm_backend_prints_and_exits_with_the_program() {
         ["tcg", "kvm"].contains(&r["accelerator"].as_str().unwrap()),
         "{r}"
     );
-    assert!(r["vm"]["boot_ms"].as_u64().is_some(), "{r}");
+    // Booted, or restored from the user's snapshot of this guest (whose boot was the snapshot's).
+    assert_eq!(
+        r["vm"]["boot_ms"].as_u64().is_some(),
+        r["vm"]["restored"] == false,
+        "{r}"
+    );
     assert_eq!(r["enforced"]["seccomp"], "default");
 }
 

@@ -19,6 +19,8 @@ use crate::vmm::snapshot::SaveReport;
 
 /// The name the snapshot file's descriptor gets in QEMU (`getfd`).
 const FD_NAME: &str = "snapshot";
+/// The migration's bandwidth limit for a save, bytes per second: none in practice.
+const MAX_BANDWIDTH: u64 = 1 << 40;
 /// How often the state of a migration is asked for.
 const POLL: Duration = Duration::from_millis(2);
 
@@ -156,6 +158,13 @@ pub(super) fn save(
             json!({"fdname": FD_NAME}),
             Some(std::os::fd::AsFd::as_fd(file)),
         )?;
+        // QEMU throttles a migration to 128 MiB/s by default (a live migration shares the link with the guest);
+        // into a file with the guest stopped, that is just waiting: ~0.35 s for 45 MB.
+        q.execute(
+            "migrate-set-parameters",
+            json!({"max-bandwidth": MAX_BANDWIDTH}),
+            None,
+        )?;
         q.execute("migrate", json!({"uri": format!("fd:{FD_NAME}")}), None)?;
         loop {
             let m = q.execute("query-migrate", json!({}), None)?;
@@ -238,6 +247,7 @@ mod tests {
     #[test]
     fn a_failed_migration_is_reported_and_the_guest_goes_on() {
         let (host, t) = fake(vec![
+            r#"{"return": {}}"#,
             r#"{"return": {}}"#,
             r#"{"return": {}}"#,
             r#"{"return": {}}"#,
