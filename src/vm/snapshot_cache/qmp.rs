@@ -265,6 +265,7 @@ mod tests {
                 "qmp_capabilities",
                 "stop",
                 "getfd",
+                "migrate-set-parameters",
                 "migrate",
                 "query-migrate",
                 "cont"
