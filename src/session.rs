@@ -110,7 +110,9 @@ impl Session {
     /// the guest (the same layers as on the namespace backend, applied inside the guest) and runs each
     /// command in it, several at once, their streams multiplexed over the VM's ports. The policy's paths are
     /// host paths, shared with the guest as for a one-shot VM run. Programs, arguments, variables and the
-    /// working directory must be UTF-8.
+    /// working directory must be UTF-8. The VM is restored from the user's snapshot cache
+    /// ([`SnapshotCache::User`](crate::SnapshotCache::User)) when it holds this guest, else booted and saved
+    /// there first, as a cold run's is by default.
     #[cfg(feature = "vm")]
     pub fn start_vm(policy: Policy, engine: crate::VmEngine) -> Result<Session, Error> {
         Session::start_vm_with(policy, &[], None, engine)
@@ -125,8 +127,10 @@ impl Session {
         engine: crate::VmEngine,
     ) -> Result<Session, Error> {
         let engine = crate::vm::engine::Engine::pick(engine);
+        // The user's snapshot cache, as a cold run's by default.
+        let cache = crate::SnapshotCache::User.dir();
         Session::in_vm(policy, env, cwd, |launch| {
-            crate::vm::session::start(launch, engine)
+            crate::vm::session::start(launch, engine, cache.as_deref())
         })
     }
 

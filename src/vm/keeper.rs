@@ -261,7 +261,9 @@ pub(crate) fn main() -> ! {
         guest: false,
         serve: None,
     };
-    let vm = match super::session::start(&launch, engine) {
+    // The user's snapshot cache, as a cold run's by default.
+    let cache = crate::SnapshotCache::User.dir();
+    let vm = match super::session::start(&launch, engine, cache.as_deref()) {
         Ok(vm) => vm,
         Err(f) => {
             say(&mut report, format!("ERR {}", f.message));

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -196,9 +197,14 @@ fn readable(fd: BorrowedFd<'_>, wait: Duration) -> bool {
     )
 }
 
-/// Boots a VM for the session on `engine` and starts the session's sandbox in it.
-pub(crate) fn start(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, SetupFailure> {
-    start_vm(launch, engine).map_err(SetupFailure::from)
+/// Boots a VM for the session on `engine` (restored from the snapshot `cache`, or booted and saved into it,
+/// as a cold run's) and starts the session's sandbox in it.
+pub(crate) fn start(
+    launch: &Launch<'_>,
+    engine: Engine,
+    cache: Option<&Path>,
+) -> Result<VmSession, SetupFailure> {
+    start_vm(launch, engine, cache).map_err(SetupFailure::from)
 }
 
 /// Why a session's VM did not come up: the VM's error, or the guest's own account of its failure.
@@ -247,7 +253,7 @@ pub(super) fn on_its_root<T>(
     Ok((root, t))
 }
 
-fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
+fn start_vm(launch: &Launch<'_>, engine: Engine, cache: Option<&Path>) -> Result<VmSession, Boot> {
     // A VM of its own: with `network = "user"`, passt for it, held as long as the session.
     let network = super::engine::user_network(launch.policy)?;
     let net = network.as_ref().map(|n| n.2);
@@ -260,7 +266,7 @@ fn start_vm(launch: &Launch<'_>, engine: Engine) -> Result<VmSession, Boot> {
         (memory_mib, cpus),
         true,
         None,
-        None,
+        cache,
         network.as_ref().map(|n| &n.1),
     )?;
     let mut session = boot(started, boot_limit)?;
