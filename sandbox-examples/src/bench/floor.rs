@@ -22,6 +22,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
+mod layers;
+use layers::Layers;
+
 const RO: u64 = libc::MOUNT_ATTR_RDONLY;
 const NOSUID: u64 = libc::MOUNT_ATTR_NOSUID;
 const NODEV: u64 = libc::MOUNT_ATTR_NODEV;
@@ -109,70 +112,37 @@ pub struct Floor {
     init: bool,
     /// The kernel's part of the library's layers, applied by the program's process before its exec.
     layers: Option<Layers>,
+    /// PID 1 shares this process's memory (`CLONE_VM`, a stack of its own) and starts the program with
+    /// `CLONE_VM | CLONE_VFORK`, instead of fork-like clones: no page tables copied, none torn down, no
+    /// copy-on-write faults on either side. What an init that is not a fork of its caller could save.
+    shared_memory: bool,
 }
 
-/// Our default seccomp filter (compiled by the library, without the audit listener) and a landlock ruleset
-/// over every filesystem right the kernel has, made once: the child only sets `no_new_privs`, restricts itself
-/// with the ruleset and installs the filter, the kernel's work of those layers at each run. (The library
-/// also creates the ruleset and adds its rules at each run: this is the lower bound.)
-struct Layers {
-    filter: Vec<libc::sock_filter>,
-    ruleset: std::os::fd::OwnedFd,
+/// The stack of each of the two shared-memory clones (PID 1, then the program until its exec).
+const STACK: usize = 256 << 10;
+
+/// What the shared-memory PID 1 gets (on the caller's stack, which outlives it: the caller waits).
+struct ChildArgs<'a> {
+    floor: &'a Floor,
+    ready: i32,
+    writer: i32,
+    clock: Option<&'a Shared>,
+    /// Where the program's stack ends (it grows down), in the same mapping as PID 1's.
+    program_stack: *mut libc::c_void,
 }
 
-impl Layers {
-    fn new() -> Option<Layers> {
-        use landlock::{
-            ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, path_beneath_rules,
-        };
-        let filter =
-            sandkasten::seccomp::compile(&sandkasten::seccomp::SeccompProfile::Default, false)
-                .ok()?
-                .program;
-        let abi = ABI::V5;
-        let created = Ruleset::default()
-            .handle_access(AccessFs::from_all(abi))
-            .ok()?
-            .create()
-            .ok()?
-            .add_rules(path_beneath_rules(
-                ["/usr", "/etc", "/dev", "/proc"],
-                AccessFs::from_read(abi),
-            ))
-            .ok()?
-            .add_rules(path_beneath_rules(["/tmp"], AccessFs::from_all(abi)))
-            .ok()?;
-        let ruleset: Option<std::os::fd::OwnedFd> = created.into();
-        Some(Layers {
-            filter,
-            ruleset: ruleset?,
-        })
-    }
+extern "C" fn shared_init(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` the caller passed to clone and keeps alive until this process ended.
+    let a = unsafe { &*(arg as *const ChildArgs<'_>) };
+    // SAFETY: the child of a clone; it makes only system calls on data made before it.
+    unsafe { a.floor.child(a.ready, a.writer, a.clock, a.program_stack) }
+}
 
-    /// # Safety
-    /// Only in the child of a fork-like clone: system calls on data made before it.
-    unsafe fn apply(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        let prog = libc::sock_fprog {
-            len: self.filter.len() as u16,
-            filter: self.filter.as_ptr().cast_mut(),
-        };
-        // SAFETY: the caller's contract; `prog` points at the filter, which outlives the calls.
-        unsafe {
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
-                && libc::syscall(
-                    libc::SYS_landlock_restrict_self,
-                    self.ruleset.as_raw_fd(),
-                    0u32,
-                ) == 0
-                && libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0u32,
-                    &prog as *const libc::sock_fprog,
-                ) == 0
-        }
-    }
+extern "C" fn shared_program(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Floor` of the PID 1 that cloned this process, suspended until its exec.
+    let floor = unsafe { &*(arg as *const Floor) };
+    // SAFETY: the child of a clone: system calls on data made before it, then execve or _exit.
+    unsafe { floor.exec_program() }
 }
 
 impl Floor {
@@ -364,6 +334,7 @@ impl Floor {
             exe: c(Path::new("/bin/true").as_os_str().as_bytes()),
             init,
             layers: None,
+            shared_memory: false,
         }
     }
 
@@ -373,6 +344,14 @@ impl Floor {
         Some(Floor {
             layers: Some(Layers::new()?),
             ..Floor::new(true)
+        })
+    }
+
+    /// [`Floor::with_layers`] with a PID 1 that shares this process's memory ([`Floor::shared_memory`]).
+    pub fn with_layers_shared() -> Option<Floor> {
+        Some(Floor {
+            shared_memory: true,
+            ..Floor::with_layers()?
         })
     }
 
@@ -398,21 +377,48 @@ impl Floor {
             | libc::CLONE_NEWCGROUP;
         // SAFETY: plain getters.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        // SAFETY: a fork-like clone (no new stack); the child below makes only system calls on data built
-        // before it, and ends in execve or _exit.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (flags | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            )
+        let stacks = self.shared_memory.then(Stacks::new);
+        // Kept in this frame until the wait below: the shared-memory PID 1 reads them.
+        let args = match &stacks {
+            Some(Some(st)) => Some(ChildArgs {
+                floor: self,
+                ready: ready[0],
+                writer: ready[1],
+                clock,
+                program_stack: st.top(1),
+            }),
+            _ => None,
+        };
+        let pid = match (&stacks, &args) {
+            (Some(Some(st)), Some(args)) => {
+                // SAFETY: PID 1 runs `shared_init` on a stack of its own in this process's memory; it makes
+                // only system calls on data that outlives it (this frame waits for it below).
+                unsafe {
+                    libc::clone(
+                        shared_init,
+                        st.top(0),
+                        flags | libc::CLONE_VM | libc::SIGCHLD,
+                        (args as *const ChildArgs<'_>).cast_mut().cast(),
+                    ) as libc::c_long
+                }
+            }
+            (Some(_), _) => -1,
+            // SAFETY: a fork-like clone (no new stack); the child below makes only system calls on data
+            // built before it, and ends in execve or _exit.
+            (None, _) => unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (flags | libc::SIGCHLD) as libc::c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                )
+            },
         };
         if pid == 0 {
             // SAFETY: the child: only system calls, no allocation, no locks.
-            unsafe { self.child(ready[0], ready[1], clock) }
+            unsafe { self.child(ready[0], ready[1], clock, std::ptr::null_mut()) }
         }
         // SAFETY: closing our copy of the read end, which nothing else owns.
         unsafe { libc::close(ready[0]) };
@@ -438,8 +444,15 @@ impl Floor {
     }
 
     /// # Safety
-    /// Only in the child of a fork-like clone.
-    unsafe fn child(&self, ready: i32, writer: i32, clock: Option<&Shared>) -> ! {
+    /// Only in the child of a clone; `program_stack` is the top of a stack for the program's shared-memory
+    /// clone (with [`Floor::shared_memory`]).
+    unsafe fn child(
+        &self,
+        ready: i32,
+        writer: i32,
+        clock: Option<&Shared>,
+        program_stack: *mut libc::c_void,
+    ) -> ! {
         let now = || {
             let mut ts = libc::timespec {
                 tv_sec: 0,
@@ -538,15 +551,25 @@ impl Floor {
                 }
             }
             if self.init {
-                // A fork-like clone of this (large) process, as the library's init makes.
-                let pid = libc::syscall(
-                    libc::SYS_clone,
-                    libc::SIGCHLD as libc::c_ulong,
-                    0usize,
-                    0usize,
-                    0usize,
-                    0usize,
-                );
+                // A fork-like clone of this (large) process, as the library's init makes; or the program in
+                // this memory until its exec, PID 1 suspended meanwhile (as posix_spawn does).
+                let pid = if self.shared_memory {
+                    libc::clone(
+                        shared_program,
+                        program_stack,
+                        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                        (self as *const Floor).cast_mut().cast(),
+                    ) as libc::c_long
+                } else {
+                    libc::syscall(
+                        libc::SYS_clone,
+                        libc::SIGCHLD as libc::c_ulong,
+                        0usize,
+                        0usize,
+                        0usize,
+                        0usize,
+                    )
+                };
                 if pid > 0 {
                     let mut status = 0;
                     libc::waitpid(pid as i32, &mut status, 0);
@@ -560,6 +583,17 @@ impl Floor {
                     libc::_exit(101);
                 }
             }
+            self.exec_program()
+        }
+    }
+
+    /// The program's process: the layers, then the exec.
+    ///
+    /// # Safety
+    /// Only in the child of a clone.
+    unsafe fn exec_program(&self) -> ! {
+        // SAFETY: system calls on data made before the clone.
+        unsafe {
             if let Some(l) = &self.layers
                 && !l.apply()
             {
@@ -573,6 +607,38 @@ impl Floor {
     }
 }
 
+/// Two stacks in one anonymous mapping, unmapped when dropped (after the processes on them ended).
+struct Stacks(*mut libc::c_void);
+
+impl Stacks {
+    fn new() -> Option<Stacks> {
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(Stacks(p))
+    }
+
+    /// The top (highest address) of stack `i`.
+    fn top(&self, i: usize) -> *mut libc::c_void {
+        self.0.cast::<u8>().wrapping_add((i + 1) * STACK).cast()
+    }
+}
+
+impl Drop for Stacks {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, whose users have ended.
+        unsafe { libc::munmap(self.0, 2 * STACK) };
+    }
+}
+
 /// The benchmark case: one run; with `init`, PID 1 forks the program.
 pub fn case(init: bool) -> impl FnMut() -> bool {
     let floor = Floor::new(init);
@@ -583,6 +649,12 @@ pub fn case(init: bool) -> impl FnMut() -> bool {
 /// they cannot be made.
 pub fn case_layers() -> impl FnMut() -> bool {
     let floor = Floor::with_layers();
+    move || floor.as_ref().is_some_and(|f| f.run(None))
+}
+
+/// [`case_layers`] with a PID 1 that shares this process's memory ([`Floor::with_layers_shared`]).
+pub fn case_layers_shared() -> impl FnMut() -> bool {
+    let floor = Floor::with_layers_shared();
     move || floor.as_ref().is_some_and(|f| f.run(None))
 }
 

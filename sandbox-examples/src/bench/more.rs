@@ -63,14 +63,21 @@ pub fn concurrent(secs: u64, bwrap_view: &'static [&'static str]) {
     });
     let floor = throughput_each(2, secs, || super::floor::case(true));
     let floor_layers = throughput_each(2, secs, super::floor::case_layers);
+    let floor_shared = throughput_each(2, secs, super::floor::case_layers_shared);
     println!("{:<16} {:>10.1} runs/s", "lib (in-process)", ours);
     println!("{:<16} {:>10.1} runs/s", "bwrap", bwrap);
     println!("{:<16} {:>10.1} runs/s", "floor-init", floor);
     println!("{:<16} {:>10.1} runs/s", "floor-layers", floor_layers);
+    println!("{:<16} {:>10.1} runs/s", "floor-layers-vm", floor_shared);
     if bwrap > 0.0 {
         println!("{:<16} {:>10.2}x", "ours / bwrap", ours / bwrap);
         println!("{:<16} {:>10.2}x", "floor / bwrap", floor / bwrap);
         println!("{:<16} {:>10.2}x", "layers / bwrap", floor_layers / bwrap);
+        println!(
+            "{:<16} {:>10.2}x",
+            "layers-vm / bwrap",
+            floor_shared / bwrap
+        );
     }
 }
 

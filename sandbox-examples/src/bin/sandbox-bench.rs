@@ -32,7 +32,9 @@
 //!   `/bin/true` (no seccomp, landlock, PID 1 or planning: `bench/floor.rs`); `floor-init`: the same with a
 //!   PID 1 that forks the program and waits for it, as the library's init does; `floor-layers`: that plus the
 //!   kernel's part of our seccomp filter and a landlock ruleset (`no_new_privs`, `landlock_restrict_self`,
-//!   `seccomp`) in the program's process, the filter and ruleset made once;
+//!   `seccomp`) in the program's process, the filter and ruleset made once; `floor-layers-vm`: that with a
+//!   PID 1 sharing this process's memory (`CLONE_VM`, a stack of its own) that starts the program with
+//!   `CLONE_VM | CLONE_VFORK`: no fork-like clone of this process at all (what the library's init could save);
 //! - `lib`, `lib-bare`, `lib-noaudit`, `lib-nolandlock`, `lib-noseccomp`, `lib-cgroup`: the library's
 //!   in-process `Sandbox::output()`, with all layers, none, and one layer changed at a time;
 //! - `lib-async`: the same through the async API (`output_async` on a current-thread tokio runtime).
@@ -264,6 +266,7 @@ fn main() {
     cases.push(("floor", Box::new(floor::case(false))));
     cases.push(("floor-init", Box::new(floor::case(true))));
     cases.push(("floor-layers", Box::new(floor::case_layers())));
+    cases.push(("floor-layers-vm", Box::new(floor::case_layers_shared())));
     let lib = |policy: Policy| -> Case {
         Box::new(move || {
             let o = Sandbox::new("/bin/true")
