@@ -347,7 +347,7 @@ impl Floor {
         })
     }
 
-    /// [`Floor::with_layers`] with a PID 1 that shares this process's memory ([`Floor::shared_memory`]).
+    /// [`Floor::with_layers`] with a PID 1 that shares this process's memory (`CLONE_VM`, a stack of its own).
     pub fn with_layers_shared() -> Option<Floor> {
         Some(Floor {
             shared_memory: true,
