@@ -8,7 +8,7 @@
 //! when there is one, else booted with a file to save into, and [`Invocation::snapshot`] carries on from
 //! there.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -151,15 +151,7 @@ fn snapshot_fds(
     let Some(plan) = Plan::for_guest(dir, key) else {
         return Ok((None, None));
     };
-    let file: OwnedFd = plan
-        .file()
-        .try_clone()
-        .map_err(|source| VmError::Dup {
-            what: "the snapshot file",
-            fd: plan.file().as_raw_fd(),
-            source,
-        })?
-        .into();
+    let file = plan.dup_file()?;
     let (host, vmm) = socket_pair()?;
     fds.push((vmm, 11));
     fds.push((file, 12));

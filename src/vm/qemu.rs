@@ -8,7 +8,7 @@
 //! (`reboot=k` and `-no-reboot`).
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use std::time::Duration;
@@ -118,6 +118,18 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The guest kernel's command line. The ports are announced, so the agent waits for each of them (else a
+    /// run on a starved guest could start before its stdout port is named, and its output would go to the
+    /// console).
+    pub fn kernel_cmdline(&self) -> String {
+        cmdline::kernel_cmdline_with_ports(
+            self.accel == Accel::Kvm,
+            self.pvm,
+            &self.cmdline,
+            self.ports.iter().map(|p| p.name),
+        )
+    }
+
     /// The QEMU arguments (after the program name).
     pub fn args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
@@ -162,14 +174,7 @@ impl Machine {
         push("-initrd".into());
         push(path_arg(&self.initramfs));
         push("-append".into());
-        // The ports are announced, so the agent waits for each of them (else a run on a starved guest could
-        // start before its stdout port is named, and its output would go to the console).
-        push(cmdline::kernel_cmdline_with_ports(
-            self.accel == Accel::Kvm,
-            self.pvm,
-            &self.cmdline,
-            self.ports.iter().map(|p| p.name),
-        ));
+        push(self.kernel_cmdline());
         if !self.ports.is_empty() {
             push("-device".into());
             push("virtio-serial-device,max_ports=8".into());
@@ -249,23 +254,7 @@ impl Hypervisor for Qemu {
         let qemu_bin = find_qemu().ok_or(VmError::NoQemu)?;
         let (kernel, _agent, initrd) = guest_files()?;
         let (accel, accel_reason) = choose_accel(&crate::vmm::probe_kvm());
-        let mut fds = Vec::new();
-        let snapshot = match request.cache {
-            Some(dir) => {
-                let cmdline = cmdline::kernel_cmdline_with_ports(
-                    accel == Accel::Kvm,
-                    false,
-                    "",
-                    request.ports.iter().map(|&(n, _)| n),
-                );
-                let engine = qemu_identity(&qemu_bin, accel);
-                let key = GuestKey::of(&engine, &kernel, &initrd, request, &cmdline);
-                snapshot_fds(dir, &key, &mut fds)?
-            }
-            None => None,
-        };
-        let restores = snapshot.as_ref().is_some_and(Session::restores);
-        let machine = Machine {
+        let mut machine = Machine {
             kernel: kernel.clone(),
             initramfs: initrd.clone(),
             memory_mib: request.memory_mib,
@@ -282,9 +271,24 @@ impl Hypervisor for Qemu {
                 .collect(),
             console_fd: request.console_fd,
             net_fd: request.net_fd,
-            qmp_fd: snapshot.is_some().then_some(QMP_FD),
-            incoming_fd: restores.then_some(INCOMING_FD),
+            qmp_fd: None,
+            incoming_fd: None,
         };
+        let mut fds = Vec::new();
+        let snapshot = match request.cache {
+            Some(dir) => {
+                let cmdline = machine.kernel_cmdline();
+                let engine = qemu_identity(&qemu_bin, accel);
+                let key = GuestKey::of(&engine, &kernel, &initrd, request, &cmdline);
+                snapshot_fds(dir, &key, &mut fds)?
+            }
+            None => None,
+        };
+        machine.qmp_fd = snapshot.is_some().then_some(QMP_FD);
+        machine.incoming_fd = snapshot
+            .as_ref()
+            .is_some_and(Session::restores)
+            .then_some(INCOMING_FD);
         let args = move |kernel: &Path, initrd: &Path| {
             let mut m = machine.clone();
             m.kernel = kernel.to_path_buf();
@@ -338,12 +342,7 @@ fn snapshot_fds(
         return Ok(None);
     };
     if plan.restores() {
-        let file = plan.file().try_clone().map_err(|source| VmError::Dup {
-            what: "the snapshot file",
-            fd: plan.file().as_raw_fd(),
-            source,
-        })?;
-        fds.push((file.into(), INCOMING_FD));
+        fds.push((plan.dup_file()?, INCOMING_FD));
     }
     let (host, qemu) = socket_pair()?;
     fds.push((qemu, QMP_FD));

@@ -271,6 +271,18 @@ impl Plan {
         }
     }
 
+    /// A descriptor of the file for the VMM's process.
+    pub(crate) fn dup_file(&self) -> Result<std::os::fd::OwnedFd, super::error::VmError> {
+        let file = self.file();
+        file.try_clone()
+            .map(Into::into)
+            .map_err(|source| super::error::VmError::Dup {
+                what: "the snapshot file",
+                fd: std::os::fd::AsRawFd::as_raw_fd(file),
+                source,
+            })
+    }
+
     /// Whether the VM is restored rather than booted.
     pub(crate) fn restores(&self) -> bool {
         matches!(self, Plan::Restore { .. })
