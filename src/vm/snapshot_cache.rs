@@ -71,34 +71,57 @@ pub(crate) enum SnapshotError {
     },
 }
 
-/// How many snapshots a cache directory keeps.
+/// How many snapshots a cache directory keeps of each engine (the engines' guests never share a snapshot, and
+/// QEMU's many variants of a guest must not push out the one our VMM restores from).
 pub const KEPT: usize = 4;
 
-/// Keeps the `keep` most recently used snapshots in `dir` and removes the others, and the temporary files of
-/// processes that are gone (a save that was killed): called at every start that uses the cache.
-fn prune(dir: &Path, keep: usize) {
+/// The engine a snapshot's file name names (`guest-<engine>-<key>.vmsnap`); `None`: not a snapshot, or one of
+/// an older name without the engine, which no key makes any more.
+fn engine_of(name: &str) -> Option<Option<&str>> {
+    let inner = name.strip_prefix("guest-")?.strip_suffix(".vmsnap")?;
+    Some(inner.rsplit_once('-').map(|(engine, _)| engine))
+}
+
+/// Keeps the most recently used snapshots in `dir`, `keep` of `engine`'s and [`KEPT`] of each other engine's,
+/// and removes the others, snapshots of the old unnamed form, and the temporary files of processes that are
+/// gone (a save that was killed): called at every start that uses the cache.
+fn prune(dir: &Path, engine: &str, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut snapshots = Vec::new();
+    let mut snapshots: std::collections::BTreeMap<String, Vec<_>> = Default::default();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("guest-") && name.ends_with(".vmsnap") {
-            let used = e.metadata().and_then(|m| m.modified()).ok();
-            snapshots.push((used, e.path()));
-        } else if name.starts_with(".guest-")
-            && name
-                .strip_suffix(".tmp")
-                .and_then(|n| n.rsplit('.').next())
-                .is_some_and(super::assets::writer_gone)
-        {
-            let _ = std::fs::remove_file(e.path());
+        match engine_of(&name) {
+            Some(Some(owner)) => {
+                let used = e.metadata().and_then(|m| m.modified()).ok();
+                snapshots
+                    .entry(owner.to_string())
+                    .or_default()
+                    .push((used, e.path()));
+            }
+            Some(None) => {
+                tracing::info!(path = %e.path().display(), "snapshot cache: removing a snapshot of the old name");
+                let _ = std::fs::remove_file(e.path());
+            }
+            None if name.starts_with(".guest-")
+                && name
+                    .strip_suffix(".tmp")
+                    .and_then(|n| n.rsplit('.').next())
+                    .is_some_and(super::assets::writer_gone) =>
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+            None => {}
         }
     }
-    snapshots.sort_by_key(|s| std::cmp::Reverse(s.0));
-    for (_, path) in snapshots.into_iter().skip(keep) {
-        tracing::info!(path = %path.display(), "snapshot cache: removing the least recently used");
-        let _ = std::fs::remove_file(path);
+    for (owner, mut files) in snapshots {
+        let keep = if owner == engine { keep } else { KEPT };
+        files.sort_by_key(|s| std::cmp::Reverse(s.0));
+        for (_, path) in files.into_iter().skip(keep) {
+            tracing::info!(path = %path.display(), "snapshot cache: removing the least recently used");
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -137,6 +160,8 @@ pub(crate) struct GuestKey<'a> {
     pub cmdline: &'a str,
     /// The devices as the guest sees them, in slot order.
     pub devices: Vec<String>,
+    /// The engine's name in the file name (`builtin`, `qemu`): each engine's snapshots are counted apart.
+    pub engine: &'static str,
 }
 
 impl<'a> GuestKey<'a> {
@@ -169,6 +194,11 @@ impl<'a> GuestKey<'a> {
             memory_mib: request.memory_mib,
             cmdline,
             devices,
+            engine: match engine.split(' ').next() {
+                Some("builtin") => "builtin",
+                Some("qemu") => "qemu",
+                _ => "other",
+            },
         }
     }
 
@@ -193,7 +223,7 @@ impl<'a> GuestKey<'a> {
         for d in &self.devices {
             h.field(d.as_bytes());
         }
-        Ok(format!("guest-{:016x}.vmsnap", h.0))
+        Ok(format!("guest-{}-{:016x}.vmsnap", self.engine, h.0))
     }
 }
 
@@ -240,7 +270,7 @@ impl Plan {
         if let Ok(file) = File::open(&path) {
             // Its modification time is its last use, for [`prune`].
             let _ = file.set_modified(std::time::SystemTime::now());
-            prune(dir, KEPT);
+            prune(dir, key.engine, KEPT);
             return Some(Plan::Restore { file, path });
         }
         std::fs::DirBuilder::new()
@@ -250,7 +280,7 @@ impl Plan {
             .map_err(|e| unusable(dir, &e))
             .ok()?;
         // Room for the new one.
-        prune(dir, KEPT - 1);
+        prune(dir, key.engine, KEPT - 1);
         // Its own name: two VMs of one process saving the same guest at once must not write one file.
         let tmp = dir.join(format!(".{name}.{}.tmp", super::assets::unique_tag()));
         let file = std::fs::OpenOptions::new()
@@ -458,9 +488,11 @@ mod tests {
             memory_mib: 512,
             cmdline: "quiet",
             devices: vec!["console ports a,b".into()],
+            engine: "qemu",
         };
         let base = key.file_name().unwrap();
-        assert!(base.starts_with("guest-") && base.ends_with(".vmsnap"));
+        assert!(base.starts_with("guest-qemu-") && base.ends_with(".vmsnap"));
+        assert_eq!(engine_of(&base), Some(Some("qemu")));
         assert_eq!(key.file_name().unwrap(), base, "stable");
         let mut other = vec![
             GuestKey {
@@ -496,40 +528,81 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_the_most_recently_used_and_live_temporaries() {
+    fn the_engine_in_the_key_comes_from_its_engine_line() {
+        let (k, i) = (Path::new("/k"), Path::new("/i"));
+        let request = super::super::hypervisor::Request {
+            shares: &[],
+            memory_mib: 256,
+            cpus: 1,
+            deadline: None,
+            cache: None,
+            ports: &[],
+            console_fd: -1,
+            net_fd: None,
+        };
+        for (line, want) in [
+            ("builtin", "builtin"),
+            ("qemu /usr/bin/qemu-system-x86_64 1 2 tcg", "qemu"),
+            ("../x y", "other"),
+        ] {
+            assert_eq!(GuestKey::of(line, k, i, &request, "").engine, want);
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_most_recently_used_of_each_engine_and_live_temporaries() {
         let dir = std::env::temp_dir().join(format!("snapshot-prune-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let t0 = std::time::SystemTime::now() - Duration::from_secs(3600);
+        // Six of QEMU's, newer than the two of our VMM's, and two of the old name without an engine.
+        let name = |engine: &str, i: u64| format!("guest-{engine}-{i:016x}.vmsnap");
+        let mut made = Vec::new();
         for i in 0..6u64 {
-            let f = File::create(dir.join(format!("guest-{i:016x}.vmsnap"))).unwrap();
-            f.set_modified(t0 + Duration::from_secs(i * 60)).unwrap();
+            made.push((name("qemu", i), 100 + i));
+        }
+        for i in 0..2u64 {
+            made.push((name("builtin", i), i));
+            made.push((format!("guest-{i:016x}.vmsnap"), 200 + i));
+        }
+        for (n, minute) in &made {
+            let f = File::create(dir.join(n)).unwrap();
+            f.set_modified(t0 + Duration::from_secs(minute * 60))
+                .unwrap();
         }
         let live = dir.join(format!(
-            ".guest-1.vmsnap.{}.tmp",
+            ".guest-qemu-1.vmsnap.{}.tmp",
             super::super::assets::unique_tag()
         ));
-        let dead = dir.join(".guest-2.vmsnap.4000000000-3.tmp");
+        let dead = dir.join(".guest-qemu-2.vmsnap.4000000000-3.tmp");
         let dead_old_name = dir.join(".guest-3.vmsnap.4000000000.tmp");
         let other = dir.join("notes.txt");
         for p in [&live, &dead, &dead_old_name, &other] {
             File::create(p).unwrap();
         }
-        prune(&dir, KEPT - 1);
-        let mut left: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let mut want: Vec<String> = (3..6u64)
-            .map(|i| format!("guest-{i:016x}.vmsnap"))
-            .collect();
+        let left = || {
+            let mut left: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            left
+        };
+        // Room for one more of QEMU's: its KEPT - 1 newest stay, and both of our VMM's.
+        prune(&dir, "qemu", KEPT - 1);
+        let mut want: Vec<String> = (3..6u64).map(|i| name("qemu", i)).collect();
+        want.extend((0..2u64).map(|i| name("builtin", i)));
         want.push(live.file_name().unwrap().to_string_lossy().into_owned());
         want.push("notes.txt".into());
         want.sort();
         assert_eq!(
-            left, want,
-            "KEPT - 1 newest snapshots, the live temporary, other files"
+            left(),
+            want,
+            "KEPT - 1 newest of the engine's, the other engine's, the live temporary, other files"
         );
+        // Room for one more of our VMM's: nothing of QEMU's goes.
+        prune(&dir, "builtin", 1);
+        want.retain(|n| n != &name("builtin", 0));
+        assert_eq!(left(), want, "the oldest of our VMM's only");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
