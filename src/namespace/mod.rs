@@ -289,6 +289,7 @@ fn prepare(
             status: s.status,
             request: vec![0; child::serve::MAX_REQUEST],
             ptrs: vec![std::ptr::null(); child::serve::MAX_STRINGS],
+            execs: child::serve::Exec::table(),
         }),
     };
     Ok((spec, plan))

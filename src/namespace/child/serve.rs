@@ -47,6 +47,9 @@ pub struct ServeSpec {
     pub request: Vec<u8>,
     /// Room for the pointers of one exec's strings.
     pub ptrs: Vec<*const c_char>,
+    /// The table of running execs ([`Exec::table`]): on the heap, so a one-shot run's init, which has none,
+    /// does not write ~33 KiB of stack (each page a copy-on-write fault after the fork-like clone).
+    pub execs: Vec<Exec>,
 }
 
 /// Distinct system calls counted per exec (more are counted in the session's verdict only).
@@ -54,7 +57,7 @@ const EXEC_DENIALS: usize = 64;
 
 /// One running exec: its pid, the socket its verdict goes to, and the calls its process session was denied.
 #[derive(Clone, Copy)]
-struct Exec {
+pub struct Exec {
     pid: libc::pid_t,
     reply: RawFd,
     denied: [(i32, u32); EXEC_DENIALS],
@@ -67,6 +70,11 @@ const FREE: Exec = Exec {
 };
 
 impl Exec {
+    /// A session's table: [`MAX_EXECS`] free slots.
+    pub fn table() -> Vec<Exec> {
+        vec![FREE; MAX_EXECS]
+    }
+
     fn record(&mut self, nr: i32) {
         if let Some(slot) = self.denied.iter_mut().find(|(n, c)| *n == nr || *c == 0) {
             *slot = (nr, slot.1.saturating_add(1));
@@ -139,7 +147,8 @@ struct Init<'a> {
     program: libc::pid_t,
     /// Whether a main program is still to be started by a START request.
     pending: bool,
-    execs: [Exec; MAX_EXECS],
+    /// Running execs (a session's; empty for a one-shot run).
+    execs: Vec<Exec>,
     conns: [RawFd; MAX_CONNS],
     /// When a stop's grace ends (monotonic ms), once a stop was asked for.
     stop_deadline: Option<i64>,
@@ -187,9 +196,13 @@ pub fn init(spec: &mut ChildSpec) -> ! {
     };
 
     // Moving the buffers out allocates nothing (an empty Vec owns no memory).
-    let (request, ptrs) = match spec.serve.as_mut() {
-        Some(s) => (std::mem::take(&mut s.request), std::mem::take(&mut s.ptrs)),
-        None => (Vec::new(), Vec::new()),
+    let (request, ptrs, execs) = match spec.serve.as_mut() {
+        Some(s) => (
+            std::mem::take(&mut s.request),
+            std::mem::take(&mut s.ptrs),
+            std::mem::take(&mut s.execs),
+        ),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
     let spec: &ChildSpec = spec;
     let has_main = !spec.candidates.is_empty();
@@ -198,7 +211,7 @@ pub fn init(spec: &mut ChildSpec) -> ! {
         spec,
         program: 0,
         pending: has_main && wait_start,
-        execs: [FREE; MAX_EXECS],
+        execs,
         conns: [-1; MAX_CONNS],
         stop_deadline: None,
         stop_killed: false,
