@@ -34,8 +34,9 @@ pub enum VmEngine {
 
 /// Where the VM engines keep snapshots of their booted guest, for a [`VmPool`](crate::VmPool) and for cold
 /// runs ([`Sandbox::vm_snapshots`](crate::Sandbox::vm_snapshots)). At most four snapshots of each engine
-/// stay (the least recently used go first; QEMU's and our VMM's are counted apart); each is the guest's RAM without its zero pages (tens of MiB on disk for
-/// a 256-512 MiB guest): our VMM's own format, or QEMU's migration stream.
+/// stay (the least recently used go first; QEMU's and our VMM's are counted apart); each is the guest's RAM
+/// without its zero pages (tens of MiB on disk for a 256-512 MiB guest): our VMM's own format, or QEMU's
+/// migration stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SnapshotCache {
     /// No snapshots: every VM boots.

@@ -4,9 +4,10 @@
 //! A snapshot is keyed by what the guest is: the kernel and initramfs (their contents), RAM, the kernel
 //! command line and the devices as the guest sees them (console port names, share tags and access), and the
 //! snapshot format version. Files live in the [`SnapshotCache`](crate::SnapshotCache) directory (by default
-//! `~/.cache/sandbox/snapshots`, next to the kernel cache), mode 0600 in a 0700 directory, written to a temporary name and renamed into place
-//! only once complete and synced. A snapshot that fails to restore is deleted, so the next start boots and
-//! saves a new one.
+//! `~/.cache/sandbox/snapshots`, next to the kernel cache) as `guest-<engine>-<key>.vmsnap`, mode 0600 in a
+//! 0700 directory, written to a temporary name and renamed into place only once complete and synced; each
+//! engine keeps its [`KEPT`] most recently used. A snapshot that fails to restore is deleted, so the next
+//! start boots and saves a new one.
 //!
 //! The host side of one VM's snapshot: [`Session`] over the VMM's snapshot channel: our VMM's
 //! (`sandbox-init vmm`'s `snapshot` config, see [`crate::vmm::snapshot::serve`]), or QEMU's monitor ([`qmp`]),
@@ -75,8 +76,8 @@ pub(crate) enum SnapshotError {
 /// QEMU's many variants of a guest must not push out the one our VMM restores from).
 pub const KEPT: usize = 4;
 
-/// The engine a snapshot's file name names (`guest-<engine>-<key>.vmsnap`); `None`: not a snapshot, or one of
-/// an older name without the engine, which no key makes any more.
+/// The engine a snapshot's file name names (`guest-<engine>-<key>.vmsnap`). `None`: not a snapshot;
+/// `Some(None)`: a snapshot of the older name without the engine, which no key makes any more.
 fn engine_of(name: &str) -> Option<Option<&str>> {
     let inner = name.strip_prefix("guest-")?.strip_suffix(".vmsnap")?;
     Some(inner.rsplit_once('-').map(|(engine, _)| engine))
