@@ -254,3 +254,59 @@ pub fn stdout(mib: u64, vm_mib: u64) {
         );
     }
 }
+
+/// Spawn-to-exit of `/bin/true` from callers of growing size: this process holds `mib` MiB of heap it has
+/// written (0, 64, 256), and the library's in-process run is measured against bwrap spawned from it, `runs`
+/// runs each, interleaved. The library's init is a fork-like clone of the caller (SECURITY.md: "Why the init
+/// is a copy of its caller"), whose page tables it copies and whose pages then fault once per write on
+/// either side; bwrap is started with `posix_spawn` (`CLONE_VM | CLONE_VFORK`), which copies nothing.
+pub fn caller_size(runs: usize, bwrap_view: &'static [&'static str]) {
+    println!(
+        "\ncaller size: /bin/true from a process holding N MiB of written heap, {runs} runs each"
+    );
+    println!(
+        "{:<12} {:>12} {:>12} {:>10}",
+        "heap MiB", "lib ms", "bwrap ms", "lib/bwrap"
+    );
+    for mib in [0usize, 64, 256] {
+        // Written, so every page is present (and copied by a fork-like clone): a service's working set.
+        let mut heap = vec![0u8; mib << 20];
+        for page in heap.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        let mut lib = Vec::with_capacity(runs);
+        let mut bwrap = Vec::with_capacity(runs);
+        let mut ok = true;
+        for _ in 0..runs {
+            let t = Instant::now();
+            ok &= Sandbox::new("/bin/true")
+                .output()
+                .is_ok_and(|o| o.status == Status::Exited(0));
+            lib.push(t.elapsed());
+            let t = Instant::now();
+            ok &= Command::new("bwrap")
+                .args(bwrap_view)
+                .arg("/bin/true")
+                .stdout(StdStdio::null())
+                .stderr(StdStdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            bwrap.push(t.elapsed());
+            // The caller keeps working on its memory between runs, as a service does.
+            for page in heap.chunks_mut(4096 * 64) {
+                page[0] = page[0].wrapping_add(1);
+            }
+        }
+        std::hint::black_box(&heap);
+        if !ok {
+            println!("{mib:<12} a run failed; skipped");
+            continue;
+        }
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1000.0
+        };
+        let (l, b) = (median(&mut lib), median(&mut bwrap));
+        println!("{mib:<12} {l:>12.2} {b:>12.2} {:>9.2}x", l / b);
+    }
+}

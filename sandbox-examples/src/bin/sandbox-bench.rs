@@ -1,14 +1,15 @@
 //! `sandbox-bench`: spawn latency of our sandbox next to its peers, measured in the same run.
 //!
 //! ```text
-//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,floor,throughput,vm,stdout,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]
+//! sandbox-bench [--runs N] [--only NAME,...] [--sections spawn,floor,throughput,vm,stdout,caller,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]
 //! ```
 //! Sections (all by default): `spawn` (below), `floor` (the kernel's part of a run step by step: the `floor`
 //! case's mounts, directories, links and copied files, each timed in the child; medians by kind), `throughput` (2 concurrent spawners for S seconds, default 10:
 //! the library in-process versus bwrap), `vm` (cold `/bin/true` in the VM backend versus a bare QEMU boot of
 //! the same kernel and initramfs, and QEMU's peak RSS; then warm runs on a `VmPool` against cold runs and
 //! QEMU's memory beyond guest RAM; needs SANDBOX_KERNEL/SANDBOX_AGENT or the defaults), `stdout` (1 GiB
-//! through a namespace sandbox and 256 MiB through the VM, versus a plain pipe, from the first byte read), `image` (importing a
+//! through a namespace sandbox and 256 MiB through the VM, versus a plain pipe, from the first byte read), `caller`
+//! (the library against bwrap from a process holding 0, 64 and 256 MiB of written heap, N/2 runs each), `image` (importing a
 //! 3-layer image against `umoci unpack` and `tar -x` of its layers, and the disk use of 5 images sharing their
 //! base layers; needs umoci), `lifecycle` (a whole run and an exec into a live container, N times each, default
 //! 20: podman with runc against podman with our `sandbox-runtime`, the library's `Session::command` against a
@@ -106,6 +107,7 @@ fn main() {
         "throughput",
         "vm",
         "stdout",
+        "caller",
         "image",
         "lifecycle",
     ]
@@ -391,6 +393,9 @@ fn main() {
     if sections.iter().any(|s| s == "stdout") {
         more::stdout(1024, 256);
     }
+    if sections.iter().any(|s| s == "caller") {
+        more::caller_size(runs.div_ceil(2), BWRAP_VIEW);
+    }
     if sections.iter().any(|s| s == "image") {
         image::import(&cli, 5);
     }
@@ -431,7 +436,7 @@ fn ms(d: Duration) -> f64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,floor,throughput,vm,stdout,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]"
+        "usage: sandbox-bench [--runs N] [--only CASE,...] [--sections spawn,floor,throughput,vm,stdout,caller,image,lifecycle,builtin] [--secs S] [--vm-runs N] [--lifecycle-runs N]"
     );
     std::process::exit(2)
 }
