@@ -1,5 +1,5 @@
 //! The benchmark sections beyond spawn latency: throughput of concurrent spawners, the VM backend against a
-//! bare QEMU boot, and stdout throughput. Part of the library, for `sandbox-bench`.
+//! bare QEMU boot, stdout throughput, and spawn latency against the caller's size. Part of the library, for `sandbox-bench`.
 
 use std::io::Read;
 use std::process::{Command, Stdio as StdStdio};
@@ -261,6 +261,9 @@ pub fn stdout(mib: u64, vm_mib: u64) {
 /// is a copy of its caller"), whose page tables it copies and whose pages then fault once per write on
 /// either side; bwrap is started with `posix_spawn` (`CLONE_VM | CLONE_VFORK`), which copies nothing.
 pub fn caller_size(runs: usize, bwrap_view: &'static [&'static str]) {
+    if runs == 0 {
+        return;
+    }
     println!(
         "\ncaller size: /bin/true from a process holding N MiB of written heap, {runs} runs each"
     );
