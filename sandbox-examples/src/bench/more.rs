@@ -1,5 +1,6 @@
 //! The benchmark sections beyond spawn latency: throughput of concurrent spawners, the VM backend against a
-//! bare QEMU boot, stdout throughput, and spawn latency against the caller's size. Part of the library, for `sandbox-bench`.
+//! bare QEMU boot, stdout throughput, and spawn latency against the caller's size. Part of the library, for
+//! `sandbox-bench`.
 
 use std::io::Read;
 use std::process::{Command, Stdio as StdStdio};
