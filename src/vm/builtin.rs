@@ -78,7 +78,7 @@ impl Hypervisor for Builtin {
         );
         let (snapshot, snapshot_config) = match request.cache {
             Some(dir) => {
-                let key = GuestKey::of("builtin", &kernel, &initrd, request, &cmdline);
+                let key = GuestKey::of("builtin", "", &kernel, &initrd, request, &cmdline);
                 snapshot_fds(dir, &key, &mut fds)?
             }
             None => (None, None),

@@ -278,8 +278,8 @@ impl Hypervisor for Qemu {
         let snapshot = match request.cache {
             Some(dir) => {
                 let cmdline = machine.kernel_cmdline();
-                let engine = qemu_identity(&qemu_bin, accel);
-                let key = GuestKey::of(&engine, &kernel, &initrd, request, &cmdline);
+                let identity = qemu_identity(&qemu_bin, accel);
+                let key = GuestKey::of("qemu", &identity, &kernel, &initrd, request, &cmdline);
                 snapshot_fds(dir, &key, &mut fds)?
             }
             None => None,
@@ -328,7 +328,7 @@ fn qemu_identity(bin: &Path, accel: Accel) -> String {
     let (len, modified) = std::fs::metadata(bin)
         .map(|m| (m.len(), m.modified().ok()))
         .unwrap_or((0, None));
-    format!("qemu {} {len} {modified:?} {}", bin.display(), accel.name())
+    format!("{} {len} {modified:?} {}", bin.display(), accel.name())
 }
 
 /// The snapshot plan for this guest, and its descriptors for QEMU (the QMP socket; the file when it restores;

@@ -166,20 +166,23 @@ pub(crate) struct GuestKey<'a> {
 }
 
 impl<'a> GuestKey<'a> {
-    /// The guest `engine` (our VMM, or QEMU with its binary and accelerator) makes for `request`: its files, RAM,
-    /// command line and devices as it sees them.
+    /// The guest `engine` (`builtin`, `qemu`) makes for `request`: its files, RAM, command line and devices as it
+    /// sees them. `identity` tells one build of the engine from another (QEMU's binary and accelerator; empty
+    /// for our VMM, whose build is the initramfs's).
     pub(crate) fn of(
-        engine: &str,
+        engine: &'static str,
+        identity: &str,
         kernel: &'a Path,
         initramfs: &'a Path,
         request: &super::hypervisor::Request<'_>,
         cmdline: &'a str,
     ) -> GuestKey<'a> {
         let names: Vec<&str> = request.ports.iter().map(|&(n, _)| n).collect();
-        let mut devices = vec![
-            format!("engine {engine}"),
-            format!("console {}", names.join(",")),
-        ];
+        let engine_line = match identity {
+            "" => format!("engine {engine}"),
+            id => format!("engine {engine} {id}"),
+        };
+        let mut devices = vec![engine_line, format!("console {}", names.join(","))];
         devices.extend(
             request
                 .shares
@@ -195,11 +198,7 @@ impl<'a> GuestKey<'a> {
             memory_mib: request.memory_mib,
             cmdline,
             devices,
-            engine: match engine.split(' ').next() {
-                Some("builtin") => "builtin",
-                Some("qemu") => "qemu",
-                _ => "other",
-            },
+            engine,
         }
     }
 
@@ -529,7 +528,7 @@ mod tests {
     }
 
     #[test]
-    fn the_engine_in_the_key_comes_from_its_engine_line() {
+    fn the_engine_names_the_file_and_its_identity_is_in_the_key() {
         let (k, i) = (Path::new("/k"), Path::new("/i"));
         let request = super::super::hypervisor::Request {
             shares: &[],
@@ -541,13 +540,22 @@ mod tests {
             console_fd: -1,
             net_fd: None,
         };
-        for (line, want) in [
-            ("builtin", "builtin"),
-            ("qemu /usr/bin/qemu-system-x86_64 1 2 tcg", "qemu"),
-            ("../x y", "other"),
-        ] {
-            assert_eq!(GuestKey::of(line, k, i, &request, "").engine, want);
-        }
+        let builtin = GuestKey::of("builtin", "", k, i, &request, "");
+        assert_eq!(builtin.engine, "builtin");
+        assert_eq!(builtin.devices[0], "engine builtin");
+        let qemu = GuestKey::of(
+            "qemu",
+            "/usr/bin/qemu-system-x86_64 1 2 tcg",
+            k,
+            i,
+            &request,
+            "",
+        );
+        assert_eq!(qemu.engine, "qemu");
+        assert_eq!(
+            qemu.devices[0],
+            "engine qemu /usr/bin/qemu-system-x86_64 1 2 tcg"
+        );
     }
 
     #[test]

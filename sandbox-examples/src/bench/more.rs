@@ -43,25 +43,31 @@ fn throughput_each<F: FnMut() -> bool>(
     total as f64 / secs as f64
 }
 
+/// One run of `/bin/true` by the library in-process, with the default policy; whether it exited 0.
+fn lib_true() -> bool {
+    Sandbox::new("/bin/true")
+        .output()
+        .is_ok_and(|o| o.status == Status::Exited(0))
+}
+
+/// One run of `/bin/true` under bwrap with `view`; whether it exited 0.
+fn bwrap_true(view: &[&str]) -> bool {
+    Command::new("bwrap")
+        .args(view)
+        .arg("/bin/true")
+        .stdout(StdStdio::null())
+        .stderr(StdStdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Two concurrent spawners of `/bin/true` for `secs` seconds: the library in-process versus bwrap, and the
 /// kernel's floor for the same view (`floor-init` of [`super::floor`], two at a time), and with the kernel's
 /// part of seccomp and landlock (`floor-layers`).
 pub fn concurrent(secs: u64, bwrap_view: &'static [&'static str]) {
     println!("\nthroughput: 2 concurrent spawners of /bin/true for {secs} s each");
-    let ours = throughput(2, secs, || {
-        Sandbox::new("/bin/true")
-            .output()
-            .is_ok_and(|o| o.status == Status::Exited(0))
-    });
-    let bwrap = throughput(2, secs, move || {
-        Command::new("bwrap")
-            .args(bwrap_view)
-            .arg("/bin/true")
-            .stdout(StdStdio::null())
-            .stderr(StdStdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
+    let ours = throughput(2, secs, lib_true);
+    let bwrap = throughput(2, secs, move || bwrap_true(bwrap_view));
     let floor = throughput_each(2, secs, || super::floor::case(true));
     let floor_layers = throughput_each(2, secs, super::floor::case_layers);
     let floor_shared = throughput_each(2, secs, super::floor::case_layers_shared);
@@ -283,18 +289,10 @@ pub fn caller_size(runs: usize, bwrap_view: &'static [&'static str]) {
         let mut ok = true;
         for _ in 0..runs {
             let t = Instant::now();
-            ok &= Sandbox::new("/bin/true")
-                .output()
-                .is_ok_and(|o| o.status == Status::Exited(0));
+            ok &= lib_true();
             lib.push(t.elapsed());
             let t = Instant::now();
-            ok &= Command::new("bwrap")
-                .args(bwrap_view)
-                .arg("/bin/true")
-                .stdout(StdStdio::null())
-                .stderr(StdStdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
+            ok &= bwrap_true(bwrap_view);
             bwrap.push(t.elapsed());
             // The caller keeps working on its memory between runs, as a service does.
             for page in heap.chunks_mut(4096 * 64) {
